@@ -1,0 +1,108 @@
+"""pulsetrace: a Python APM agent with a native hot path.
+
+Spans go to lock-free latency histograms (live percentiles per operation)
+and to a tail sampler that keeps whole traces: errors, slow ones, a
+consistent baseline. Configuration comes from the environment (see the
+README); :func:`configure` overrides it in code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pulsetrace import _diag, _runtime
+from pulsetrace._native import Histogram, Span, SpanContext, SpanData
+from pulsetrace.config import Config
+from pulsetrace.export import (
+    ConsoleSpanExporter,
+    ExportResult,
+    InMemorySpanExporter,
+    SpanExporter,
+)
+from pulsetrace.propagation import extract, inject, use_context
+from pulsetrace.tracing import current_span, traced
+
+__version__ = "0.1.0"
+
+#: Start a span (see :func:`pulsetrace.tracing.start_span`). The process's
+#: tracer is created here, from the environment, and lives as long as the
+#: process (``configure`` and ``fork`` renew its state in place), so this is
+#: its native method itself: no Python frame on the hot path.
+start_span = _runtime.tracer().start_span
+
+__all__ = [
+    "Config",
+    "ConsoleSpanExporter",
+    "ExportResult",
+    "Histogram",
+    "InMemorySpanExporter",
+    "Span",
+    "SpanContext",
+    "SpanData",
+    "SpanExporter",
+    "add_exporter",
+    "configure",
+    "counters",
+    "current_span",
+    "extract",
+    "flush",
+    "get_config",
+    "inject",
+    "latency",
+    "remove_exporter",
+    "shutdown",
+    "start_span",
+    "traced",
+    "use_context",
+]
+
+
+def configure(config: Optional[Config] = None, **overrides: Any) -> Config:
+    """Reconfigure the agent: ``config`` (default: read from the environment
+    again) with ``overrides`` applied, e.g. ``configure(sample_rate=1.0)``.
+    Histograms and buffers start afresh. Returns the configuration in use."""
+    from pulsetrace.config import from_env
+
+    cfg = (config or from_env()).replace(**overrides)
+    _runtime.configure(cfg)
+    return cfg
+
+
+def get_config() -> Config:
+    """The configuration in use."""
+    return _runtime.config()
+
+
+def add_exporter(exporter: SpanExporter) -> None:
+    """Send kept traces to ``exporter`` (on the export thread)."""
+    _runtime.add_exporter(exporter)
+
+
+def remove_exporter(exporter: SpanExporter) -> None:
+    _runtime.remove_exporter(exporter)
+
+
+def latency() -> list[dict[str, Any]]:
+    """Live statistics per operation from the native histograms: dicts with
+    ``name``, ``kind``, ``count``, ``errors``, ``min``, ``mean``, ``p50``,
+    ``p90``, ``p99``, ``p999`` and ``max`` (durations in seconds)."""
+    return list(_runtime.tracer().latency())
+
+
+def counters() -> dict[str, int]:
+    """Every counter of the agent (sampler outcomes, drops, conversions,
+    internal errors), by name."""
+    out = dict(_runtime.tracer().counters())
+    out["export_failures"] = _runtime.export_failures()
+    out["internal_errors"] = sum(_diag.internal_errors().values())
+    return out
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Process every ended span and export the kept traces now."""
+    return _runtime.flush(timeout)
+
+
+def shutdown(timeout: float = 5.0) -> bool:
+    """Decide every open trace, export, stop exporters (also run at exit)."""
+    return _runtime.shutdown(timeout)

@@ -1,0 +1,215 @@
+"""The agent of this process: one native tracer, its exporters and the
+export thread, started on first use, flushed at exit, renewed after fork."""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from pulsetrace import _diag
+from pulsetrace._native import Tracer
+from pulsetrace.config import Config, from_env
+from pulsetrace.export import ExportResult, SpanExporter
+
+#: The current span (a Span) or remote parent (a SpanContext) of a context.
+CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "pulsetrace_current_span", default=None
+)
+
+_lock = threading.RLock()
+_tracer: Optional[Tracer] = None
+_config: Optional[Config] = None
+_exporters: list[SpanExporter] = []
+_export_failures = 0
+_worker: Optional[_ExportThread] = None
+_pid = os.getpid()
+
+
+class _ExportThread(threading.Thread):
+    """Drains kept traces and hands them to the exporters, off the request path."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__(name="pulsetrace-export", daemon=True)
+        self.interval_s = interval_s
+        self.wake = threading.Event()
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.wake.wait(self.interval_s)
+            self.wake.clear()
+            export_pending()
+
+
+def tracer() -> Tracer:
+    """The process's tracer, created from the environment on first use."""
+    t = _tracer
+    if t is not None:
+        return t
+    with _lock:
+        if _tracer is None:
+            _start(from_env())
+        assert _tracer is not None
+        return _tracer
+
+
+def config() -> Config:
+    tracer()
+    assert _config is not None
+    return _config
+
+
+def _start(cfg: Config) -> None:
+    global _tracer, _config
+    _config = cfg
+    _tracer = Tracer(cfg.to_native(), CURRENT)
+
+
+def configure(cfg: Config) -> None:
+    """Apply a new configuration (fresh histograms and buffers)."""
+    global _config
+    with _lock:
+        if _tracer is None:
+            _start(cfg)
+        else:
+            _tracer.configure(cfg.to_native())
+            _config = cfg
+        _restart_worker()
+
+
+def add_exporter(exporter: SpanExporter) -> None:
+    with _lock:
+        tracer()
+        if exporter not in _exporters:
+            _exporters.append(exporter)
+        _restart_worker()
+
+
+def remove_exporter(exporter: SpanExporter) -> None:
+    with _lock:
+        if exporter in _exporters:
+            _exporters.remove(exporter)
+
+
+def exporters() -> Sequence[SpanExporter]:
+    return tuple(_exporters)
+
+
+def _restart_worker() -> None:
+    global _worker
+    if _worker is not None:
+        _worker.stopping = True
+        _worker.wake.set()
+        _worker = None
+    if _exporters and _config is not None:
+        _worker = _ExportThread(_config.export_interval_ms / 1000.0)
+        _worker.start()
+
+
+_export_lock = threading.Lock()
+
+
+def export_pending(max_spans: int = 4096) -> int:
+    """Drain kept traces into every exporter; returns spans handed over."""
+    global _export_failures
+    t = _tracer
+    if t is None or not _exporters:
+        return 0
+    total = 0
+    with _export_lock:
+        while True:
+            try:
+                batch = t.drain(max_spans)
+            except Exception as exc:  # noqa: BLE001
+                _diag.internal_error("export.drain", exc)
+                return total
+            if not batch:
+                return total
+            total += sum(len(tr) for tr in batch)
+            for exporter in tuple(_exporters):
+                try:
+                    if exporter.export(batch) is not ExportResult.SUCCESS:
+                        _export_failures += 1
+                except Exception as exc:  # noqa: BLE001
+                    _export_failures += 1
+                    _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+
+
+def export_failures() -> int:
+    return _export_failures
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Process every ended span now and export what is kept. Traces whose
+    root has not ended stay open. Returns False if the deadline passed."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    t = _tracer
+    if t is None:
+        return True
+    try:
+        t.process(False)
+        export_pending()
+        ok = True
+        for exporter in tuple(_exporters):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            ok = bool(exporter.force_flush(remaining)) and ok
+        return ok and time.monotonic() <= deadline
+    except Exception as exc:  # noqa: BLE001
+        _diag.internal_error("flush", exc)
+        return False
+
+
+def shutdown(timeout: float = 5.0) -> bool:
+    """Decide every open trace, export it, stop the exporters. Idempotent."""
+    global _worker
+    deadline = time.monotonic() + max(timeout, 0.0)
+    t = _tracer
+    if t is None:
+        return True
+    try:
+        if _worker is not None:
+            _worker.stopping = True
+            _worker.wake.set()
+            _worker = None
+        t.shutdown()
+        export_pending()
+        for exporter in tuple(_exporters):
+            remaining = max(deadline - time.monotonic(), 0.0)
+            exporter.shutdown(remaining)
+        return time.monotonic() <= deadline
+    except Exception as exc:  # noqa: BLE001
+        _diag.internal_error("shutdown", exc)
+        return False
+
+
+def _after_fork_in_child() -> None:
+    global _worker, _export_lock, _lock, _pid
+    _pid = os.getpid()
+    _lock = threading.RLock()
+    _export_lock = threading.Lock()
+    _worker = None
+    t = _tracer
+    if t is not None:
+        try:
+            t.reset_after_fork()
+        except Exception as exc:  # noqa: BLE001
+            _diag.internal_error("fork", exc)
+    if _exporters and _config is not None:
+        _restart_worker()
+
+
+def _at_exit() -> None:
+    if os.getpid() == _pid:
+        shutdown(timeout=5.0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

@@ -1,0 +1,175 @@
+"""pulsetrace's configuration, read from the environment.
+
+Every variable is documented in the README's configuration table. A value
+that cannot be used never raises: it produces one warning on the
+``pulsetrace`` logger naming the variable, the bad value and the value used
+instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Optional
+
+log = logging.getLogger("pulsetrace")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass
+class Config:
+    """Agent settings. Field defaults are the documented defaults."""
+
+    # Tail sampling
+    sample_rate: float = 0.1
+    keep_errors: bool = True
+    slow_threshold_ms: float = 0.0
+    adaptive_percentile: float = 99.0
+    adaptive_min_count: int = 100
+    keep_attributes: list[tuple[str, Optional[str]]] = field(default_factory=list)
+    rate_limit: float = 0.0
+    decision_wait_ms: float = 10_000.0
+    # Buffers
+    max_open_traces: int = 10_000
+    max_spans_per_trace: int = 1_000
+    ingest_queue_size: int = 16_384
+    export_queue_size: int = 20_000
+    worker_interval_ms: float = 50.0
+    # Histograms
+    histogram_sigfig: int = 2
+    max_metric_keys: int = 2_000
+    # Attribute limits
+    max_attribute_length: int = 4_096
+    max_attributes: int = 128
+    max_events: int = 128
+    # Export
+    export_interval_ms: float = 1_000.0
+
+    def to_native(self) -> dict[str, Any]:
+        """The dict the native ``Tracer`` is built from."""
+        return asdict(self)
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with some fields replaced; unknown names raise TypeError."""
+        names = {f.name for f in fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown pulsetrace settings: {', '.join(sorted(unknown))}")
+        data = asdict(self)
+        data.update(overrides)
+        return Config(**data)
+
+
+def _warn(var: str, raw: str, why: str, used: Any) -> None:
+    log.warning("pulsetrace: %s=%r is %s; using %r instead", var, raw, why, used)
+
+
+def _number(
+    env: Mapping[str, str],
+    var: str,
+    default: float,
+    *,
+    kind: Callable[[str], Any] = float,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    low_open: bool = False,
+) -> Any:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        _warn(var, raw, "not a number" if kind is float else "not an integer", default)
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        _warn(var, raw, "not a finite number", default)
+        return default
+    if low is not None and (value < low or (low_open and value == low)):
+        _warn(var, raw, f"below the minimum ({'>' if low_open else '>='} {low:g})", default)
+        return default
+    if high is not None and value > high:
+        _warn(var, raw, f"above the maximum ({high:g})", default)
+        return default
+    return value
+
+
+def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    _warn(var, raw, "not a boolean (true/false)", default)
+    return default
+
+
+def _rules(env: Mapping[str, str], var: str) -> list[tuple[str, Optional[str]]]:
+    raw = env.get(var, "")
+    rules: list[tuple[str, Optional[str]]] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not key:
+            _warn(var, raw, f"malformed (rule {part!r} has no attribute name)", "the rule skipped")
+            continue
+        rules.append((key, value.strip() if sep else None))
+    return rules
+
+
+def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
+    """Read the configuration from ``env`` (default: ``os.environ``)."""
+    e = os.environ if env is None else env
+    d = Config()
+    return Config(
+        sample_rate=_number(e, "PULSETRACE_SAMPLE_RATE", d.sample_rate, low=0.0, high=1.0),
+        keep_errors=_bool(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
+        slow_threshold_ms=_number(e, "PULSETRACE_SLOW_THRESHOLD_MS", d.slow_threshold_ms, low=0.0),
+        adaptive_percentile=_number(
+            e, "PULSETRACE_ADAPTIVE_PERCENTILE", d.adaptive_percentile, low=0.0, high=99.999
+        ),
+        adaptive_min_count=_number(
+            e, "PULSETRACE_ADAPTIVE_MIN_COUNT", d.adaptive_min_count, kind=int, low=1
+        ),
+        keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
+        rate_limit=_number(e, "PULSETRACE_RATE_LIMIT", d.rate_limit, low=0.0),
+        decision_wait_ms=_number(
+            e, "PULSETRACE_DECISION_WAIT_MS", d.decision_wait_ms, low=0.0, low_open=True
+        ),
+        max_open_traces=_number(e, "PULSETRACE_MAX_OPEN_TRACES", d.max_open_traces, kind=int, low=1),
+        max_spans_per_trace=_number(
+            e, "PULSETRACE_MAX_SPANS_PER_TRACE", d.max_spans_per_trace, kind=int, low=1
+        ),
+        ingest_queue_size=_number(
+            e, "PULSETRACE_INGEST_QUEUE_SIZE", d.ingest_queue_size, kind=int, low=1
+        ),
+        export_queue_size=_number(
+            e, "PULSETRACE_EXPORT_QUEUE_SIZE", d.export_queue_size, kind=int, low=1
+        ),
+        worker_interval_ms=_number(
+            e, "PULSETRACE_WORKER_INTERVAL_MS", d.worker_interval_ms, low=1.0
+        ),
+        histogram_sigfig=_number(
+            e, "PULSETRACE_HISTOGRAM_DIGITS", d.histogram_sigfig, kind=int, low=1, high=5
+        ),
+        max_metric_keys=_number(e, "PULSETRACE_MAX_METRIC_KEYS", d.max_metric_keys, kind=int, low=1),
+        max_attribute_length=_number(
+            e, "PULSETRACE_MAX_ATTRIBUTE_LENGTH", d.max_attribute_length, kind=int, low=16
+        ),
+        max_attributes=_number(e, "PULSETRACE_MAX_ATTRIBUTES", d.max_attributes, kind=int, low=0),
+        max_events=_number(e, "PULSETRACE_MAX_EVENTS", d.max_events, kind=int, low=0),
+        export_interval_ms=_number(
+            e, "PULSETRACE_EXPORT_INTERVAL_MS", d.export_interval_ms, low=10.0
+        ),
+    )

@@ -1,0 +1,20 @@
+//! pulsetrace core: everything per-span and numeric, with no Python in it.
+//!
+//! - [`histogram`]: a lock-free HDR latency histogram (record is O(1), atomics only).
+//! - [`registry`]: histograms keyed by (kind, operation, status class), bounded.
+//! - [`sampler`]: the tail sampler's policies and rate limit.
+//! - [`pipeline`]: span end → histograms + ingest queue → trace buffer →
+//!   decision → export queue, and the worker thread that runs it.
+//! - [`propagation`]: W3C `traceparent` / `tracestate`.
+//! - [`span`]: the finished-span record and its enums.
+//! - [`clock`]: the monotonic clock and its Unix-time mapping.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod histogram;
+pub mod pipeline;
+pub mod propagation;
+pub mod registry;
+pub mod sampler;
+pub mod span;
+mod sync;

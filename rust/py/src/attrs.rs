@@ -1,0 +1,234 @@
+//! Python values → attribute values, under limits. Never raises: a value
+//! that is not str/bool/int/float (or a homogeneous sequence of them) is
+//! converted with `str()` or dropped, an oversized string is truncated on a
+//! character boundary, text that is not valid UTF-8 (lone surrogates, bytes)
+//! is replaced with U+FFFD. Each such event is counted.
+
+use pulsetrace_core::span::AttrValue;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Attribute limits, fixed when the tracer is built.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_value_len: usize,
+    pub max_attributes: usize,
+    pub max_events: usize,
+}
+
+/// The limits, changeable at run time by `Tracer.configure`.
+#[derive(Debug)]
+pub struct AtomicLimits {
+    max_value_len: AtomicUsize,
+    max_attributes: AtomicUsize,
+    max_events: AtomicUsize,
+}
+
+impl AtomicLimits {
+    pub fn new(l: Limits) -> Self {
+        AtomicLimits {
+            max_value_len: AtomicUsize::new(l.max_value_len),
+            max_attributes: AtomicUsize::new(l.max_attributes),
+            max_events: AtomicUsize::new(l.max_events),
+        }
+    }
+
+    #[inline]
+    pub fn get(&self) -> Limits {
+        Limits {
+            max_value_len: self.max_value_len.load(Ordering::Relaxed),
+            max_attributes: self.max_attributes.load(Ordering::Relaxed),
+            max_events: self.max_events.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn set(&self, l: Limits) {
+        self.max_value_len.store(l.max_value_len, Ordering::Relaxed);
+        self.max_attributes.store(l.max_attributes, Ordering::Relaxed);
+        self.max_events.store(l.max_events, Ordering::Relaxed);
+    }
+}
+
+/// What conversion did that a user should be able to see.
+#[derive(Default, Debug)]
+pub struct AttrCounters {
+    pub converted: AtomicU64,
+    pub dropped: AtomicU64,
+    pub truncated: AtomicU64,
+    pub invalid_utf8: AtomicU64,
+}
+
+impl AttrCounters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Truncate to at most `max` bytes on a char boundary.
+pub fn truncate(mut s: String, max: usize, counters: &AttrCounters) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        AttrCounters::bump(&counters.truncated);
+    }
+    s
+}
+
+/// A Python `str` as Rust text: exact when valid, with U+FFFD for lone
+/// surrogates otherwise.
+pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
+    match s.to_cow() {
+        Ok(t) => t.into_owned(),
+        Err(_) => {
+            AttrCounters::bump(&counters.invalid_utf8);
+            s.to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+    if let Ok(s) = v.downcast::<PyString>() {
+        return Some(AttrValue::Str(truncate(text(s, counters), limits.max_value_len, counters)));
+    }
+    if v.is_instance_of::<PyBool>() {
+        return Some(AttrValue::Bool(v.is_truthy().unwrap_or(false)));
+    }
+    if v.is_instance_of::<PyInt>() {
+        return match v.extract::<i64>() {
+            Ok(i) => Some(AttrValue::Int(i)),
+            Err(_) => {
+                // Outside i64: keep the digits as a string.
+                AttrCounters::bump(&counters.converted);
+                v.str()
+                    .ok()
+                    .map(|s| AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters)))
+            }
+        };
+    }
+    if v.is_instance_of::<PyFloat>() {
+        return v.extract::<f64>().ok().map(AttrValue::Float);
+    }
+    if let Ok(b) = v.downcast::<PyBytes>() {
+        let bytes = b.as_bytes();
+        let s = match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_owned(),
+            Err(_) => {
+                AttrCounters::bump(&counters.invalid_utf8);
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        };
+        AttrCounters::bump(&counters.converted);
+        return Some(AttrValue::Str(truncate(s, limits.max_value_len, counters)));
+    }
+    None
+}
+
+fn sequence(items: Vec<Bound<'_, PyAny>>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+    let mut values = Vec::with_capacity(items.len());
+    for item in &items {
+        if item.is_none() {
+            continue;
+        }
+        values.push(scalar(item, limits, counters).or_else(|| stringify(item, limits, counters))?);
+    }
+    let all = |f: fn(&AttrValue) -> bool| values.iter().all(f);
+    if all(|v| matches!(v, AttrValue::Bool(_))) && !values.is_empty() {
+        return Some(AttrValue::BoolArray(
+            values.into_iter().map(|v| matches!(v, AttrValue::Bool(true))).collect(),
+        ));
+    }
+    if all(|v| matches!(v, AttrValue::Int(_))) && !values.is_empty() {
+        return Some(AttrValue::IntArray(
+            values
+                .into_iter()
+                .map(|v| if let AttrValue::Int(i) = v { i } else { 0 })
+                .collect(),
+        ));
+    }
+    if all(|v| matches!(v, AttrValue::Float(_) | AttrValue::Int(_))) && !values.is_empty() {
+        return Some(AttrValue::FloatArray(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    AttrValue::Float(f) => f,
+                    AttrValue::Int(i) => i as f64,
+                    _ => 0.0,
+                })
+                .collect(),
+        ));
+    }
+    // Empty or mixed: strings.
+    if !all(|v| matches!(v, AttrValue::Str(_))) {
+        AttrCounters::bump(&counters.converted);
+    }
+    Some(AttrValue::StrArray(
+        values
+            .into_iter()
+            .map(|v| match v {
+                AttrValue::Str(s) => s,
+                AttrValue::Bool(b) => b.to_string(),
+                AttrValue::Int(i) => i.to_string(),
+                AttrValue::Float(f) => f.to_string(),
+                _ => String::new(),
+            })
+            .collect(),
+    ))
+}
+
+fn stringify(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+    match v.str() {
+        Ok(s) => {
+            AttrCounters::bump(&counters.converted);
+            Some(AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters)))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Convert one attribute value; `None` means dropped (and counted).
+pub fn convert(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+    let out = if v.is_none() {
+        None
+    } else if let Some(s) = scalar(v, limits, counters) {
+        Some(s)
+    } else if let Ok(l) = v.downcast::<PyList>() {
+        sequence(l.iter().collect(), limits, counters)
+    } else if let Ok(t) = v.downcast::<PyTuple>() {
+        sequence(t.iter().collect(), limits, counters)
+    } else {
+        stringify(v, limits, counters)
+    };
+    if out.is_none() {
+        AttrCounters::bump(&counters.dropped);
+    }
+    out
+}
+
+/// An attribute key: a `str` (any other key is converted with `str()`).
+pub fn key(k: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<String> {
+    if let Ok(s) = k.downcast::<PyString>() {
+        return Some(truncate(text(s, counters), limits.max_value_len, counters));
+    }
+    AttrCounters::bump(&counters.converted);
+    k.str()
+        .ok()
+        .map(|s| truncate(text(&s, counters), limits.max_value_len, counters))
+}
+
+/// Attribute value → Python object (for exported span data).
+pub fn to_py(py: Python<'_>, v: &AttrValue) -> PyResult<PyObject> {
+    Ok(match v {
+        AttrValue::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        AttrValue::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        AttrValue::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        AttrValue::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+        AttrValue::StrArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
+        AttrValue::BoolArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
+        AttrValue::IntArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
+        AttrValue::FloatArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
+    })
+}

@@ -1,0 +1,59 @@
+//! `pulsetrace._native`: the binding of the core. It converts types and
+//! registers classes; policy lives in Python, mechanism in `pulsetrace-core`.
+//!
+//! GIL contract: O(1) span work runs with the GIL; every call that is not
+//! O(1) (processing, draining, encoding, latency queries) releases it with
+//! `allow_threads`, and the core's worker thread never takes it.
+#![deny(unsafe_code)]
+
+/// Span records are allocated on request threads and freed on the core's
+/// worker thread; mimalloc handles that cross-thread pattern without the
+/// contention glibc's arenas show under load (measured: benchmarks/).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod attrs;
+mod data;
+mod ids;
+mod span;
+mod tracer;
+
+use pulsetrace_core::propagation::{format_traceparent, parse_traceparent};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// Parse a `traceparent` value into (trace_id, span_id, flags); raises
+/// ValueError naming what is wrong.
+#[pyfunction]
+fn parse_traceparent_header(header: &str) -> PyResult<(u128, u64, u8)> {
+    parse_traceparent(header)
+        .map(|p| (p.trace_id, p.span_id, p.flags))
+        .map_err(|e| PyValueError::new_err(format!("malformed traceparent: {e}")))
+}
+
+/// Format a version-00 `traceparent` value.
+#[pyfunction]
+#[pyo3(signature = (trace_id, span_id, flags=1))]
+fn format_traceparent_header(trace_id: u128, span_id: u64, flags: u8) -> String {
+    format_traceparent(trace_id, span_id, flags)
+}
+
+/// Called in a child process after `fork` (new id streams).
+#[pyfunction]
+fn after_fork_in_child() {
+    ids::bump_fork_generation();
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<tracer::Tracer>()?;
+    m.add_class::<span::Span>()?;
+    m.add_class::<span::SpanContext>()?;
+    m.add_class::<data::SpanData>()?;
+    m.add_class::<data::Histogram>()?;
+    m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
+    m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

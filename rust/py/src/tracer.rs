@@ -1,0 +1,477 @@
+//! The `Tracer`: builds the core from one configuration dict, starts spans,
+//! and exposes the core's state (latency, counters, kept traces).
+//!
+//! GIL contract: `start_span` and span methods run with the GIL (they touch
+//! Python objects) and do O(1) work; `process`, `shutdown` and the worker
+//! thread run without it.
+
+use crate::attrs::{AtomicLimits, AttrCounters, Limits};
+use crate::data::SpanData;
+use crate::ids;
+use crate::span::{Inner, Span, SpanContext};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use pulsetrace_core::clock;
+use pulsetrace_core::histogram::HistogramConfig;
+use pulsetrace_core::pipeline::{BufferConfig, Core, CoreConfig};
+use pulsetrace_core::propagation::{normalize_tracestate, parse_traceparent};
+use pulsetrace_core::sampler::{AttributeRule, SamplerConfig};
+use pulsetrace_core::span::SpanKind;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyList, PyString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Counters the binding keeps (the core keeps its own).
+#[derive(Default, Debug)]
+pub struct TracerCounters {
+    pub double_end: AtomicU64,
+    pub context_reset_failed: AtomicU64,
+    pub traceparent_malformed: AtomicU64,
+    pub tracestate_malformed: AtomicU64,
+}
+
+#[pyclass(frozen, module = "pulsetrace._native", name = "Tracer")]
+pub struct Tracer {
+    pub(crate) core: ArcSwap<Core>,
+    config: Mutex<CoreConfig>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) limits: AtomicLimits,
+    pub(crate) attr_counters: AttrCounters,
+    pub(crate) counters: TracerCounters,
+    cv_get: PyObject,
+    pub(crate) cv_set: PyObject,
+    pub(crate) cv_reset: PyObject,
+}
+
+fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
+    match d.get_item(key)? {
+        None => Ok(default),
+        Some(v) if v.is_none() => Ok(default),
+        Some(v) => v
+            .extract::<T>()
+            .map_err(|e| PyValueError::new_err(format!("config {key}: {e}"))),
+    }
+}
+
+fn positive(key: &str, v: usize) -> PyResult<usize> {
+    if v == 0 {
+        return Err(PyValueError::new_err(format!("config {key}: must be at least 1")));
+    }
+    Ok(v)
+}
+
+/// Build the core configuration from the dict `pulsetrace.config` produces.
+fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
+    let sigfig: u8 = get(d, "histogram_sigfig", 2)?;
+    let histogram = HistogramConfig {
+        sigfig,
+        ..HistogramConfig::default()
+    }
+    .validated()
+    .map_err(|e| PyValueError::new_err(format!("config histogram: {e}")))?;
+    let probability: f64 = get(d, "sample_rate", 1.0)?;
+    if !(0.0..=1.0).contains(&probability) {
+        return Err(PyValueError::new_err("config sample_rate: must be within [0, 1]"));
+    }
+    let percentile: f64 = get(d, "adaptive_percentile", 99.0)?;
+    if !(0.0..100.0).contains(&percentile) {
+        return Err(PyValueError::new_err("config adaptive_percentile: must be within [0, 100)"));
+    }
+    let rules: Vec<(String, Option<String>)> = get(d, "keep_attributes", Vec::new())?;
+    let ms = |key: &str, default: f64| -> PyResult<u64> {
+        let v: f64 = get(d, key, default)?;
+        if !(v >= 0.0) {
+            return Err(PyValueError::new_err(format!("config {key}: must be >= 0")));
+        }
+        Ok((v * 1e6) as u64)
+    };
+    let sampler = SamplerConfig {
+        keep_errors: get(d, "keep_errors", true)?,
+        slow_threshold_ns: ms("slow_threshold_ms", 0.0)?,
+        adaptive_quantile: percentile / 100.0,
+        adaptive_min_count: get(d, "adaptive_min_count", 100)?,
+        attribute_rules: rules
+            .into_iter()
+            .map(|(key, value)| AttributeRule { key, value })
+            .collect(),
+        probability,
+        rate_limit: get(d, "rate_limit", 0.0)?,
+    };
+    let buffer = BufferConfig {
+        ingest_capacity: positive("ingest_queue_size", get(d, "ingest_queue_size", 16_384)?)?,
+        max_open_traces: positive("max_open_traces", get(d, "max_open_traces", 10_000)?)?,
+        max_spans_per_trace: positive("max_spans_per_trace", get(d, "max_spans_per_trace", 1_000)?)?,
+        decision_wait_ns: ms("decision_wait_ms", 10_000.0)?,
+        export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
+        worker_interval_ns: ms("worker_interval_ms", 50.0)?.max(1_000_000),
+    };
+    let limits = Limits {
+        max_value_len: positive("max_attribute_length", get(d, "max_attribute_length", 4096)?)?,
+        max_attributes: get(d, "max_attributes", 128)?,
+        max_events: get(d, "max_events", 128)?,
+    };
+    let cfg = CoreConfig {
+        histogram,
+        max_metric_keys: positive("max_metric_keys", get(d, "max_metric_keys", 2_000)?)?,
+        sampler,
+        buffer,
+    };
+    Ok((cfg, limits))
+}
+
+fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
+    let Some(kind) = kind else {
+        return Ok(SpanKind::Internal);
+    };
+    if let Ok(s) = kind.downcast::<PyString>() {
+        let s = s.to_cow()?;
+        return SpanKind::parse(&s).or_else(|| SpanKind::parse(&s.to_ascii_lowercase())).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "span kind must be one of internal, server, client, producer, consumer, not {s:?}"
+            ))
+        });
+    }
+    if kind.is_instance_of::<PyInt>() {
+        let v: u8 = kind.extract()?;
+        return SpanKind::from_u8(v).ok_or_else(|| PyValueError::new_err(format!("no span kind {v}")));
+    }
+    // An enum whose name is a kind (OpenTelemetry's SpanKind).
+    if let Ok(name) = kind.getattr("name").and_then(|n| n.extract::<String>()) {
+        if let Some(k) = SpanKind::parse(&name.to_ascii_lowercase()) {
+            return Ok(k);
+        }
+    }
+    Err(PyTypeError::new_err("span kind must be a str such as 'server'"))
+}
+
+impl Tracer {
+    fn spawn(core: &Arc<Core>) -> Option<JoinHandle<()>> {
+        core.spawn_worker().ok()
+    }
+}
+
+#[pymethods]
+impl Tracer {
+    /// `Tracer(config, context_var)`: `config` is the dict built by
+    /// `pulsetrace.config`, `context_var` the ContextVar that holds the
+    /// current span.
+    #[new]
+    fn new(config: &Bound<'_, PyDict>, context_var: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (cfg, limits) = build_config(config)?;
+        let core = Arc::new(Core::new(cfg.clone()));
+        let worker = Tracer::spawn(&core);
+        Ok(Tracer {
+            core: ArcSwap::new(core),
+            config: Mutex::new(cfg),
+            worker: Mutex::new(worker),
+            limits: AtomicLimits::new(limits),
+            attr_counters: AttrCounters::default(),
+            counters: TracerCounters::default(),
+            cv_get: context_var.getattr("get")?.unbind(),
+            cv_set: context_var.getattr("set")?.unbind(),
+            cv_reset: context_var.getattr("reset")?.unbind(),
+        })
+    }
+
+    /// Start a span. Its parent is `parent` (a Span or SpanContext) if given,
+    /// else the current span, else none (a new trace).
+    #[pyo3(signature = (name, *, kind=None, attributes=None, parent=None, links=None, start_time=None))]
+    fn start_span<'py>(
+        slf: &Bound<'py, Self>,
+        name: &Bound<'py, PyString>,
+        kind: Option<&Bound<'py, PyAny>>,
+        attributes: Option<&Bound<'py, PyAny>>,
+        parent: Option<&Bound<'py, PyAny>>,
+        links: Option<&Bound<'py, PyAny>>,
+        start_time: Option<u64>,
+    ) -> PyResult<Bound<'py, Span>> {
+        let py = slf.py();
+        let start_mono = match start_time {
+            Some(t) => clock::unix_to_mono_ns(t),
+            None => clock::now_mono_ns(),
+        };
+        let tracer = slf.get();
+        let kind = parse_kind(kind)?;
+        let current;
+        let parent = match parent {
+            Some(p) => Some(p),
+            None => {
+                current = tracer.cv_get.bind(py).call0()?;
+                Some(&current)
+            }
+        };
+        let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
+            match parent.filter(|p| !p.is_none()) {
+                Some(p) => {
+                    if let Ok(s) = p.downcast::<Span>() {
+                        let s = s.get();
+                        (s.trace_id, s.span_id, s.trace_flags, s.trace_state.clone(), false, false)
+                    } else if let Ok(c) = p.downcast::<SpanContext>() {
+                        let c = c.get();
+                        (c.trace_id, c.span_id, c.trace_flags, c.trace_state.clone(), c.is_remote, c.is_remote)
+                    } else {
+                        return Err(PyTypeError::new_err("parent must be a Span or a SpanContext"));
+                    }
+                }
+                None => (ids::trace_id(), 0, 1, String::new(), true, false),
+            };
+        let name = crate::attrs::truncate(
+            crate::attrs::text(name, &tracer.attr_counters),
+            tracer.limits.get().max_value_len,
+            &tracer.attr_counters,
+        );
+        let span = Span {
+            tracer: slf.clone().unbind(),
+            trace_id,
+            span_id: ids::span_id(),
+            parent_span_id,
+            trace_flags,
+            trace_state,
+            local_root,
+            remote_parent,
+            start_mono,
+            inner: Mutex::new(Inner {
+                name,
+                kind,
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                status: Default::default(),
+                status_message: String::new(),
+                http_status: 0,
+                dropped_attributes: 0,
+                dropped_events: 0,
+                ended: false,
+                token: None,
+            }),
+        };
+        if let Some(a) = attributes.filter(|a| !a.is_none()) {
+            let mut inner = span.inner.lock();
+            span.set_many(&mut inner, a, tracer);
+        }
+        if let Some(links) = links.filter(|l| !l.is_none()) {
+            let mut inner = span.inner.lock();
+            for link in links.try_iter()? {
+                let link = link?;
+                let ctx = if let Ok(s) = link.downcast::<Span>() {
+                    s.get().span_context()
+                } else if let Ok(c) = link.downcast::<SpanContext>() {
+                    c.get().clone()
+                } else {
+                    continue;
+                };
+                inner.links.push(pulsetrace_core::span::Link {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    trace_state: ctx.trace_state,
+                    attributes: Vec::new(),
+                });
+            }
+        }
+        Bound::new(py, span)
+    }
+
+    /// The current span, or None.
+    fn current_span<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
+        let cur = self.cv_get.bind(py).call0()?;
+        Ok(cur.downcast_into::<Span>().ok())
+    }
+
+    /// Parse incoming `traceparent` / `tracestate` values into a remote
+    /// context. A missing header gives None; a malformed one gives None and
+    /// is counted (never raises).
+    #[pyo3(signature = (traceparent, tracestate=None))]
+    fn extract(&self, traceparent: Option<&Bound<'_, PyAny>>, tracestate: Option<&Bound<'_, PyAny>>) -> Option<SpanContext> {
+        let text = |v: Option<&Bound<'_, PyAny>>| -> Option<String> {
+            let v = v?;
+            if let Ok(s) = v.downcast::<PyString>() {
+                return Some(s.to_string_lossy().into_owned());
+            }
+            if let Ok(b) = v.extract::<Vec<u8>>() {
+                return Some(String::from_utf8_lossy(&b).into_owned());
+            }
+            None
+        };
+        let tp = text(traceparent)?;
+        let parsed = match parse_traceparent(&tp) {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters.traceparent_malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let state = match text(tracestate) {
+            None => String::new(),
+            Some(ts) => normalize_tracestate(&ts).unwrap_or_else(|| {
+                self.counters.tracestate_malformed.fetch_add(1, Ordering::Relaxed);
+                String::new()
+            }),
+        };
+        Some(SpanContext {
+            trace_id: parsed.trace_id,
+            span_id: parsed.span_id,
+            trace_flags: parsed.flags,
+            trace_state: state,
+            is_remote: true,
+        })
+    }
+
+    /// Live per-operation statistics from the histograms: a list of dicts
+    /// (`name`, `kind`, `count`, `errors`, `min`, `mean`, `p50`, `p90`,
+    /// `p99`, `p999`, `max`; durations in seconds).
+    fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let core = self.core.load_full();
+        let rows = py.allow_threads(|| {
+            core.registry
+                .operations()
+                .into_iter()
+                .filter_map(|(kind, name)| {
+                    core.registry
+                        .merged(kind, &name)
+                        .map(|(snap, errors)| (kind, name, snap, errors))
+                })
+                .collect::<Vec<_>>()
+        });
+        let out = PyList::empty(py);
+        for (kind, name, s, errors) in rows {
+            let d = PyDict::new(py);
+            let secs = |ns: u64| ns as f64 / 1e9;
+            d.set_item("name", &*name)?;
+            d.set_item("kind", kind.as_str())?;
+            d.set_item("count", s.count())?;
+            d.set_item("errors", errors)?;
+            d.set_item("min", secs(s.min()))?;
+            d.set_item("mean", s.mean() / 1e9)?;
+            d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
+            d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
+            d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
+            d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
+            d.set_item("max", secs(s.max()))?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// The merged histogram of an operation (all status classes) in the
+    /// HdrHistogram V2 compressed base64 encoding, or None.
+    #[pyo3(signature = (name, kind="internal"))]
+    fn histogram_v2(&self, py: Python<'_>, name: &str, kind: &str) -> PyResult<Option<String>> {
+        let kind = SpanKind::parse(kind).ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
+        let core = self.core.load_full();
+        let name = name.to_owned();
+        Ok(py.allow_threads(move || core.registry.merged(kind, &name).map(|(s, _)| s.to_v2_base64())))
+    }
+
+    /// Every counter of the agent, by name.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let core = self.core.load_full();
+        let d = PyDict::new(py);
+        for (name, _, v) in core.counters.snapshot() {
+            d.set_item(name, v)?;
+        }
+        let a = &self.attr_counters;
+        let c = &self.counters;
+        for (name, v) in [
+            ("attributes_converted", &a.converted),
+            ("attributes_dropped", &a.dropped),
+            ("attributes_truncated", &a.truncated),
+            ("attributes_invalid_utf8", &a.invalid_utf8),
+            ("spans_ended_twice", &c.double_end),
+            ("context_reset_failed", &c.context_reset_failed),
+            ("traceparent_malformed", &c.traceparent_malformed),
+            ("tracestate_malformed", &c.tracestate_malformed),
+        ] {
+            d.set_item(name, v.load(Ordering::Relaxed))?;
+        }
+        d.set_item("metric_keys", core.registry.key_count())?;
+        d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
+        let s = core.stats();
+        d.set_item("ingest_queue_len", s.ingest_len)?;
+        d.set_item("open_traces", s.open_traces)?;
+        d.set_item("open_spans", s.open_spans)?;
+        d.set_item("export_queue_traces", s.export_traces)?;
+        d.set_item("export_queue_spans", s.export_spans)?;
+        Ok(d)
+    }
+
+    /// Run the pipeline now (without the GIL): spans ended so far reach
+    /// their traces and complete traces are decided. `force` decides every
+    /// open trace (at shutdown).
+    #[pyo3(signature = (force=false))]
+    fn process(&self, py: Python<'_>, force: bool) {
+        let core = self.core.load_full();
+        py.allow_threads(move || core.process(clock::now_mono_ns(), force));
+    }
+
+    /// Take kept traces for export: a list of traces, each a list of SpanData.
+    #[pyo3(signature = (max_spans=4096))]
+    fn drain<'py>(&self, py: Python<'py>, max_spans: usize) -> PyResult<Bound<'py, PyList>> {
+        let core = self.core.load_full();
+        let traces = py.allow_threads(move || core.drain_export(max_spans));
+        let out = PyList::empty(py);
+        for t in traces {
+            let spans = PyList::empty(py);
+            for s in t.spans {
+                spans.append(Bound::new(py, SpanData::new(py, s, t.reason)?)?)?;
+            }
+            out.append(spans)?;
+        }
+        Ok(out)
+    }
+
+    /// Stop the worker thread and decide every open trace.
+    fn shutdown(&self, py: Python<'_>) {
+        let core = self.core.load_full();
+        core.stop_worker();
+        let handle = self.worker.lock().take();
+        py.allow_threads(move || {
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+            core.process(clock::now_mono_ns(), true);
+        });
+    }
+
+    /// In a child process after `fork`: a fresh core (the parent's worker
+    /// thread does not exist here and its locks may be held), new ids.
+    fn reset_after_fork(&self) {
+        ids::bump_fork_generation();
+        // The old core may hold locks taken by threads that no longer exist:
+        // it is never touched again, and deliberately leaked.
+        std::mem::forget(self.worker.lock().take());
+        let core = Arc::new(Core::new(self.config.lock().clone()));
+        *self.worker.lock() = Tracer::spawn(&core);
+        std::mem::forget(self.core.swap(core));
+    }
+
+    /// Replace the configuration: a new core (fresh histograms and buffers)
+    /// takes over; the traces the old one already kept move to the new
+    /// export queue. Meant for start-up and tests, not for every request.
+    fn configure(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<()> {
+        let (cfg, limits) = build_config(config)?;
+        let new = Arc::new(Core::new(cfg.clone()));
+        let worker = Tracer::spawn(&new);
+        let old = self.core.swap(new.clone());
+        let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
+        *self.config.lock() = cfg;
+        self.limits.set(limits);
+        py.allow_threads(move || {
+            old.stop_worker();
+            if let Some(h) = old_worker {
+                let _ = h.join();
+            }
+            old.process(clock::now_mono_ns(), true);
+            new.adopt_export(&old);
+        });
+        Ok(())
+    }
+
+    /// Whether the background worker is running.
+    #[getter]
+    fn worker_alive(&self) -> bool {
+        self.worker.lock().as_ref().is_some_and(|h| !h.is_finished())
+    }
+}

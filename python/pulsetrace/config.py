@@ -37,9 +37,8 @@ class Config:
     # Buffers
     max_open_traces: int = 10_000
     max_spans_per_trace: int = 1_000
-    ingest_queue_size: int = 16_384
     export_queue_size: int = 20_000
-    worker_interval_ms: float = 50.0
+    worker_interval_ms: float = 200.0
     # Histograms
     histogram_sigfig: int = 2
     max_metric_keys: int = 2_000
@@ -150,9 +149,6 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         max_open_traces=_number(e, "PULSETRACE_MAX_OPEN_TRACES", d.max_open_traces, kind=int, low=1),
         max_spans_per_trace=_number(
             e, "PULSETRACE_MAX_SPANS_PER_TRACE", d.max_spans_per_trace, kind=int, low=1
-        ),
-        ingest_queue_size=_number(
-            e, "PULSETRACE_INGEST_QUEUE_SIZE", d.ingest_queue_size, kind=int, low=1
         ),
         export_queue_size=_number(
             e, "PULSETRACE_EXPORT_QUEUE_SIZE", d.export_queue_size, kind=int, low=1

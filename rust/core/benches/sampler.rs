@@ -27,11 +27,12 @@ fn decision(c: &mut Criterion) {
     for i in 0..10_000u64 {
         registry.record(SpanKind::Internal, "GET /users/{id}", StatusClass::Ok, 500_000 + i * 10);
     }
-    let mut sampler = TailSampler::new(SamplerConfig {
+    let sampler = TailSampler::new(SamplerConfig {
         probability: 0.1,
         slow_threshold_ns: 5_000_000,
         ..SamplerConfig::default()
     });
+    sampler.refresh_thresholds(&registry);
     let spans = trace(0x1234_5678_9abc_def0_1234_5678_9abc_def0, 5);
     let mut g = c.benchmark_group("sampler");
     g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_secs(1));
@@ -39,7 +40,7 @@ fn decision(c: &mut Criterion) {
     g.bench_function("decide_5_span_trace", |b| {
         b.iter(|| {
             now += 1000;
-            black_box(sampler.decide(black_box(&spans), &registry, now))
+            black_box(sampler.decide(black_box(&spans), now))
         })
     });
     g.finish();
@@ -65,12 +66,11 @@ fn pipeline(c: &mut Criterion) {
         b.iter_batched(
             || {
                 id += 1;
-                Box::new(trace(id, 1).pop().unwrap())
+                trace(id, 1).pop().unwrap()
             },
-            |s| core.end_span(s),
+            |s| core.end_span(s, 1),
             BatchSize::SmallInput,
         );
-        core.process(1, true);
         core.drain_export(usize::MAX);
     });
     g.bench_function("trace_of_5_end_to_export", |b| {
@@ -81,9 +81,8 @@ fn pipeline(c: &mut Criterion) {
             },
             |spans| {
                 for s in spans.into_iter().rev() {
-                    core.end_span(Box::new(s));
+                    core.end_span(s, 1);
                 }
-                core.process(1, false);
                 black_box(core.drain_export(usize::MAX))
             },
             BatchSize::SmallInput,

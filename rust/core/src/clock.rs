@@ -20,25 +20,26 @@ fn anchor() -> &'static Anchor {
     })
 }
 
-/// Nanoseconds on the monotonic clock since the process's anchor (never 0
-/// after the first call, never going backwards).
+/// The monotonic clock, on the Unix-time scale: the wall clock read once
+/// (the anchor) plus monotonic time elapsed since. Differences are exact
+/// durations that never go backwards; values are Unix nanoseconds, so a
+/// reading is also a timestamp and an explicit Unix timestamp is a reading.
 #[inline]
 pub fn now_mono_ns() -> u64 {
     let a = anchor();
-    (a.mono.elapsed().as_nanos() as u64).saturating_add(1)
+    a.unix_ns.saturating_add(a.mono.elapsed().as_nanos() as u64)
 }
 
-/// Unix time in nanoseconds of a reading of [`now_mono_ns`].
+/// Unix time in nanoseconds of a reading of [`now_mono_ns`] (the same value).
 #[inline]
 pub fn mono_to_unix_ns(mono_ns: u64) -> u64 {
-    anchor().unix_ns.saturating_add(mono_ns)
+    mono_ns
 }
 
-/// A Unix time in nanoseconds as a reading of [`now_mono_ns`] (for spans
-/// started with an explicit timestamp). Times before the anchor map to 1.
+/// A Unix time in nanoseconds as a reading of [`now_mono_ns`] (the same value).
 #[inline]
 pub fn unix_to_mono_ns(unix_ns: u64) -> u64 {
-    unix_ns.saturating_sub(anchor().unix_ns).max(1)
+    unix_ns
 }
 
 /// The current Unix time in nanoseconds, on the same scale as span timestamps.

@@ -538,10 +538,7 @@ impl Snapshot {
             (0, 0) => (None, None),
             (0, _) => (Some(other.min), Some(other.max)),
             (_, 0) => (Some(self.min), Some(self.max)),
-            _ => (
-                Some(self.min.min(other.min)),
-                Some(self.max.max(other.max)),
-            ),
+            _ => (Some(self.min.min(other.min)), Some(self.max.max(other.max))),
         };
         let mut counts = std::mem::take(&mut self.counts);
         for (a, &b) in counts.iter_mut().zip(other.counts.iter()) {
@@ -668,12 +665,18 @@ mod tests {
 
     #[test]
     fn config_validation_names_the_bad_field() {
-        assert_eq!(HistogramConfig::default().validated(), Ok(cfg(ONE_HOUR_NS, 2)));
+        assert_eq!(
+            HistogramConfig::default().validated(),
+            Ok(cfg(ONE_HOUR_NS, 2))
+        );
         assert!(cfg(1000, 0).validated().unwrap_err().contains("sigfig"));
         assert!(cfg(1000, 6).validated().unwrap_err().contains("sigfig"));
         assert!(cfg(199, 2).validated().unwrap_err().contains("highest"));
         assert!(cfg(200, 2).validated().is_ok());
-        assert!(cfg(u64::MAX, 2).validated().unwrap_err().contains("highest"));
+        assert!(cfg(u64::MAX, 2)
+            .validated()
+            .unwrap_err()
+            .contains("highest"));
         assert!(cfg(i64::MAX as u64, 5).validated().is_ok());
     }
 
@@ -721,7 +724,12 @@ mod tests {
         assert_eq!(l.index_of(515), 384); // width 4 in bucket 2
         assert_eq!(l.index_of(516), 385);
         for shift in 8..42 {
-            for v in [1u64 << shift, (1 << shift) - 1, (1 << shift) + 1, 3 << (shift - 1)] {
+            for v in [
+                1u64 << shift,
+                (1 << shift) - 1,
+                (1 << shift) + 1,
+                3 << (shift - 1),
+            ] {
                 let i = l.index_of(v);
                 assert!(l.lowest_at(i) <= v && v <= l.highest_at(i), "{v}");
                 assert_eq!(l.index_of(l.lowest_at(i)), i);
@@ -750,19 +758,29 @@ mod tests {
         h.record_n(2_000_000, 3);
         h.record(10);
         let s = h.snapshot();
-        assert_eq!((s.count(), s.clamped(), s.max(), s.min()), (6, 5, 1_000_000, 10));
+        assert_eq!(
+            (s.count(), s.clamped(), s.max(), s.min()),
+            (6, 5, 1_000_000, 10)
+        );
         assert_eq!(s.sum_ns(), 5 * 1_000_000 + 10);
         assert_eq!(s.value_at_quantile(1.0), 1_000_000);
         let l = s.layout;
         let top_slot_lowest = l.lowest_at(l.index_of(1_000_000));
         assert_eq!(s.count_le(top_slot_lowest - 1), 1);
-        assert_eq!(s.count_le(top_slot_lowest), 6, "the slot holding the value counts whole");
+        assert_eq!(
+            s.count_le(top_slot_lowest),
+            6,
+            "the slot holding the value counts whole"
+        );
     }
 
     #[test]
     fn min_max_mean_sum() {
         let empty = Histogram::new(HistogramConfig::default()).snapshot();
-        assert_eq!((empty.count(), empty.min(), empty.max(), empty.sum_ns()), (0, 0, 0, 0));
+        assert_eq!(
+            (empty.count(), empty.min(), empty.max(), empty.sum_ns()),
+            (0, 0, 0, 0)
+        );
         assert_eq!(empty.mean(), 0.0);
         assert_eq!(empty.value_at_quantile(0.5), 0);
         assert_eq!(empty.iter_recorded().count(), 0);
@@ -838,7 +856,8 @@ mod tests {
         let b = hist(&[7, 9_000_000]).snapshot();
         a.merge(&b).unwrap();
         assert_eq!(a, hist(&[5, 50_000, 7, 9_000_000]).snapshot());
-        a.merge(&Snapshot::empty(HistogramConfig::default())).unwrap();
+        a.merge(&Snapshot::empty(HistogramConfig::default()))
+            .unwrap();
         assert_eq!((a.count(), a.min(), a.max()), (4, 5, 9_000_000));
 
         let other = Snapshot::empty(cfg(ONE_HOUR_NS, 3));
@@ -852,11 +871,17 @@ mod tests {
     fn take_interval_and_reset() {
         let h = hist(&[100, 200]);
         let first = h.take_interval();
-        assert_eq!((first.count(), first.sum_ns(), first.min(), first.max()), (2, 300, 100, 200));
+        assert_eq!(
+            (first.count(), first.sum_ns(), first.min(), first.max()),
+            (2, 300, 100, 200)
+        );
         assert_eq!(h.snapshot().count(), 0);
         h.record(7);
         let second = h.take_interval();
-        assert_eq!((second.count(), second.min(), second.max(), second.sum_ns()), (1, 7, 7, 7));
+        assert_eq!(
+            (second.count(), second.min(), second.max(), second.sum_ns()),
+            (1, 7, 7, 7)
+        );
         let third = h.take_interval();
         assert_eq!(third, Snapshot::empty(HistogramConfig::default()));
 
@@ -875,7 +900,10 @@ mod tests {
         let mut slow = IntervalReader::new(&h);
         h.record(1_000);
         let w = fast.next(&h);
-        assert_eq!((w.count(), w.sum_ns(), w.min(), w.max()), (1, 1_000, 1_000, 1_000));
+        assert_eq!(
+            (w.count(), w.sum_ns(), w.min(), w.max()),
+            (1, 1_000, 1_000, 1_000)
+        );
         h.record(3);
         h.record(3);
         let w = fast.next(&h);
@@ -883,7 +911,10 @@ mod tests {
         assert_eq!((w.min(), w.max()), (3, 3)); // from the slot: not new extremes
         assert_eq!(fast.next(&h).count(), 0);
         let w = slow.next(&h);
-        assert_eq!((w.count(), w.sum_ns(), w.min(), w.max()), (3, 1_006, 3, 1_000));
+        assert_eq!(
+            (w.count(), w.sum_ns(), w.min(), w.max()),
+            (3, 1_006, 3, 1_000)
+        );
         h.reset();
         h.record(42);
         assert_eq!(fast.next(&h).sum_ns(), 42, "a reset restarts the window");
@@ -929,7 +960,9 @@ mod tests {
         let s = hist(&[1, 2, 3, 1_000_000]).snapshot();
         let text = s.to_v2_base64();
         assert!(text.starts_with("HISTF"), "{text}"); // the V2 compressed cookie
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
         let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
             .deserialize(&mut bytes.as_slice())
             .unwrap();

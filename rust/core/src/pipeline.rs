@@ -1,17 +1,21 @@
-//! The core pipeline: span end → histogram + ingest queue (request path),
-//! then, on the worker thread: trace buffer → tail sampler → export queue.
+//! The core pipeline: span end → histogram → trace buffer → tail sampler →
+//! export queue.
 //!
-//! Request path (`Core::end_span`): one histogram record (atomics) and one
-//! push on a bounded lock-free queue. Nothing else; when the queue is full
-//! the span is dropped and counted. The trace buffer and the export queue
-//! are behind mutexes that only the worker, `flush` and exporters take.
+//! Request path (`Core::end_span`): one histogram record (atomics), then the
+//! span joins its trace in one of 64 trace-buffer shards (a short mutex,
+//! chosen by trace id, so threads rarely meet). When the local root ends the
+//! trace is decided right there; a dropped trace is freed by the thread that
+//! allocated it (no cross-thread frees for the common case), a kept one is
+//! pushed on the bounded export queue (dropped and counted when full). The
+//! worker thread only refreshes adaptive thresholds and decides traces
+//! whose root never ends here, after the decision wait. Nothing blocks on
+//! I/O and no lock is held by an exporter while a request needs it.
 
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
 use crate::registry::Registry;
 use crate::sampler::{Decision, DropReason, KeepReason, SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
-use crossbeam_queue::ArrayQueue;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +26,7 @@ use std::time::Duration;
 /// Bounds and timings of the trace buffer and queues.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BufferConfig {
-    /// Ended spans waiting for the worker (lock-free ring).
-    pub ingest_capacity: usize,
-    /// Traces waiting for their decision.
+    /// Traces waiting for their decision (across all shards).
     pub max_open_traces: usize,
     /// Spans kept per open trace; more are dropped and counted.
     pub max_spans_per_trace: usize,
@@ -32,19 +34,18 @@ pub struct BufferConfig {
     pub decision_wait_ns: u64,
     /// Spans of kept traces waiting for an exporter.
     pub export_queue_spans: usize,
-    /// How often the worker runs.
+    /// How often the worker runs (timeouts, adaptive thresholds).
     pub worker_interval_ns: u64,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
-            ingest_capacity: 16_384,
             max_open_traces: 10_000,
             max_spans_per_trace: 1_000,
             decision_wait_ns: 10_000_000_000,
             export_queue_spans: 20_000,
-            worker_interval_ns: 50_000_000,
+            worker_interval_ns: 200_000_000,
         }
     }
 }
@@ -74,8 +75,6 @@ macro_rules! counters {
 }
 
 counters! {
-    spans_received: "spans taken from the ingest queue into the trace buffer",
-    spans_dropped_ingest_full: "spans dropped because the ingest queue was full",
     spans_dropped_trace_limit: "spans dropped because their trace had the maximum number of spans",
     spans_late_kept: "spans that arrived after their trace was kept (exported on their own)",
     spans_late_dropped: "spans that arrived after their trace was dropped",
@@ -105,17 +104,25 @@ pub struct KeptTrace {
 
 struct OpenTrace {
     spans: Vec<SpanRecord>,
-    first_seen_ns: u64,
 }
 
-struct Buffer {
+/// One shard of the trace buffer: the open traces whose id hashes here, the
+/// order they arrived in (for the decision wait and eviction), and the
+/// recent decisions (for late spans).
+#[derive(Default)]
+struct Shard {
     open: HashMap<u128, OpenTrace>,
     arrival: VecDeque<(u128, u64)>,
     decided: HashMap<u128, bool>,
     decided_order: VecDeque<u128>,
-    ready: Vec<u128>,
-    sampler: TailSampler,
 }
+
+const SHARDS: usize = 64;
+
+/// A shard on its own cache line(s), so shards do not false-share.
+#[repr(align(128))]
+#[derive(Default)]
+struct PaddedShard(Mutex<Shard>);
 
 struct ExportQueue {
     traces: VecDeque<KeptTrace>,
@@ -125,7 +132,6 @@ struct ExportQueue {
 /// Sizes of the buffers right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufferStats {
-    pub ingest_len: usize,
     pub open_traces: usize,
     pub open_spans: usize,
     pub export_traces: usize,
@@ -136,8 +142,9 @@ pub struct BufferStats {
 pub struct Core {
     cfg: CoreConfig,
     pub registry: Registry,
-    ingest: ArrayQueue<Box<SpanRecord>>,
-    buffer: Mutex<Buffer>,
+    sampler: TailSampler,
+    shards: Box<[PaddedShard]>,
+    per_shard_open: usize,
     export: Mutex<ExportQueue>,
     pub counters: Counters,
     wake: Mutex<bool>,
@@ -145,19 +152,24 @@ pub struct Core {
     stop: AtomicBool,
 }
 
+fn shard_of(trace_id: u128) -> usize {
+    // The low bits of a trace id are random (W3C level 2); fold in the high
+    // half for ids from older generators.
+    ((trace_id as u64) ^ ((trace_id >> 64) as u64)) as usize % SHARDS
+}
+
+enum Outcome {
+    None,
+    Export(KeptTrace),
+}
+
 impl Core {
     pub fn new(cfg: CoreConfig) -> Self {
         Core {
             registry: Registry::new(cfg.histogram, cfg.max_metric_keys.max(1)),
-            ingest: ArrayQueue::new(cfg.buffer.ingest_capacity.max(1)),
-            buffer: Mutex::new(Buffer {
-                open: HashMap::new(),
-                arrival: VecDeque::new(),
-                decided: HashMap::new(),
-                decided_order: VecDeque::new(),
-                ready: Vec::new(),
-                sampler: TailSampler::new(cfg.sampler.clone()),
-            }),
+            sampler: TailSampler::new(cfg.sampler.clone()),
+            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            per_shard_open: cfg.buffer.max_open_traces.max(1).div_ceil(SHARDS),
             export: Mutex::new(ExportQueue {
                 traces: VecDeque::new(),
                 spans: 0,
@@ -174,86 +186,63 @@ impl Core {
         &self.cfg
     }
 
-    /// Request path: record the duration and queue the span for its trace.
+    pub fn sampler(&self) -> &TailSampler {
+        &self.sampler
+    }
+
+    /// Request path: record the duration, add the span to its trace, and
+    /// decide the trace if this is its local root.
     #[inline]
-    pub fn end_span(&self, rec: Box<SpanRecord>) {
+    pub fn end_span(&self, rec: SpanRecord, now_ns: u64) {
         self.registry
             .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
-        if self.ingest.push(rec).is_err() {
-            self.counters
-                .spans_dropped_ingest_full
-                .fetch_add(1, Ordering::Relaxed);
+        let now = now_ns;
+        let outcome = {
+            let mut shard = self.shards[shard_of(rec.trace_id)].0.lock();
+            self.accept(&mut shard, rec, now)
+        };
+        if let Outcome::Export(t) = outcome {
+            self.enqueue(t);
         }
     }
 
-    /// Worker step: move ended spans into their traces, decide the traces
-    /// that are complete or waited long enough. `force` decides every open
-    /// trace (shutdown).
-    pub fn process(&self, now_ns: u64, force: bool) {
-        let mut buf = self.buffer.lock();
-        while let Some(rec) = self.ingest.pop() {
-            self.counters.spans_received.fetch_add(1, Ordering::Relaxed);
-            self.accept(&mut buf, *rec, now_ns);
-        }
-        let ready = std::mem::take(&mut buf.ready);
-        for id in ready {
-            self.decide(&mut buf, id, now_ns);
-        }
-        let wait = self.cfg.buffer.decision_wait_ns;
-        while let Some(&(id, seen)) = buf.arrival.front() {
-            if !buf.open.contains_key(&id) {
-                buf.arrival.pop_front();
-                continue;
-            }
-            if !force && seen.saturating_add(wait) > now_ns {
-                break;
-            }
-            buf.arrival.pop_front();
-            if !force {
-                self.counters
-                    .traces_decided_on_timeout
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            self.decide(&mut buf, id, now_ns);
-        }
-    }
-
-    fn accept(&self, buf: &mut Buffer, rec: SpanRecord, now_ns: u64) {
+    fn accept(&self, shard: &mut Shard, rec: SpanRecord, now_ns: u64) -> Outcome {
         let id = rec.trace_id;
-        if let Some(&kept) = buf.decided.get(&id) {
+        if let Some(&kept) = shard.decided.get(&id) {
             if kept {
                 self.counters.spans_late_kept.fetch_add(1, Ordering::Relaxed);
-                self.enqueue(KeptTrace {
+                return Outcome::Export(KeptTrace {
                     trace_id: id,
                     reason: None,
                     spans: vec![rec],
                 });
-            } else {
-                self.counters
-                    .spans_late_dropped
-                    .fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            self.counters
+                .spans_late_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return Outcome::None;
         }
-        if !buf.open.contains_key(&id) {
-            while buf.open.len() >= self.cfg.buffer.max_open_traces.max(1) {
-                let Some((old, _)) = buf.arrival.pop_front() else { break };
-                if buf.open.contains_key(&old) {
+        if rec.local_root && !shard.open.contains_key(&id) {
+            // A trace of one span (or whose other spans were all late): no
+            // buffering at all.
+            let spans = vec![rec];
+            return self.decide_spans(shard, id, spans, now_ns);
+        }
+        if !shard.open.contains_key(&id) {
+            while shard.open.len() >= self.per_shard_open {
+                let Some((old, _)) = shard.arrival.pop_front() else { break };
+                if shard.open.contains_key(&old) {
                     self.counters.traces_evicted.fetch_add(1, Ordering::Relaxed);
-                    self.decide(buf, old, now_ns);
+                    if let Outcome::Export(t) = self.decide(shard, old, now_ns) {
+                        self.enqueue(t);
+                    }
                 }
             }
-            buf.arrival.push_back((id, now_ns));
-            buf.open.insert(
-                id,
-                OpenTrace {
-                    spans: Vec::new(),
-                    first_seen_ns: now_ns,
-                },
-            );
+            shard.arrival.push_back((id, now_ns));
+            shard.open.insert(id, OpenTrace { spans: Vec::new() });
         }
         let local_root = rec.local_root;
-        let trace = buf.open.get_mut(&id).expect("inserted above");
+        let trace = shard.open.get_mut(&id).expect("inserted above");
         if trace.spans.len() < self.cfg.buffer.max_spans_per_trace.max(1) {
             trace.spans.push(rec);
         } else {
@@ -262,14 +251,20 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
         }
         if local_root {
-            buf.ready.push(id);
+            return self.decide(shard, id, now_ns);
+        }
+        Outcome::None
+    }
+
+    fn decide(&self, shard: &mut Shard, id: u128, now_ns: u64) -> Outcome {
+        match shard.open.remove(&id) {
+            Some(trace) => self.decide_spans(shard, id, trace.spans, now_ns),
+            None => Outcome::None,
         }
     }
 
-    fn decide(&self, buf: &mut Buffer, id: u128, now_ns: u64) {
-        let Some(trace) = buf.open.remove(&id) else { return };
-        let _ = trace.first_seen_ns;
-        let decision = buf.sampler.decide(&trace.spans, &self.registry, now_ns);
+    fn decide_spans(&self, shard: &mut Shard, id: u128, spans: Vec<SpanRecord>, now_ns: u64) -> Outcome {
+        let decision = self.sampler.decide(&spans, now_ns);
         let c = &self.counters;
         let counter = match decision {
             Decision::Keep(KeepReason::Error) => &c.traces_kept_error,
@@ -281,21 +276,56 @@ impl Core {
             Decision::Drop(DropReason::RateLimited) => &c.traces_dropped_rate_limited,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let keep = decision.is_keep();
-        buf.decided.insert(id, keep);
-        buf.decided_order.push_back(id);
-        let remember = self.cfg.buffer.max_open_traces.max(1) * 2;
-        while buf.decided_order.len() > remember {
-            if let Some(old) = buf.decided_order.pop_front() {
-                buf.decided.remove(&old);
+        shard.decided.insert(id, decision.is_keep());
+        shard.decided_order.push_back(id);
+        let remember = self.per_shard_open * 2;
+        while shard.decided_order.len() > remember {
+            if let Some(old) = shard.decided_order.pop_front() {
+                shard.decided.remove(&old);
             }
         }
-        if let Decision::Keep(reason) = decision {
-            self.enqueue(KeptTrace {
+        match decision {
+            Decision::Keep(reason) => Outcome::Export(KeptTrace {
                 trace_id: id,
                 reason: Some(reason),
-                spans: trace.spans,
-            });
+                spans,
+            }),
+            Decision::Drop(_) => Outcome::None,
+        }
+    }
+
+    /// Worker step: refresh the adaptive thresholds and decide the traces
+    /// that waited longer than the decision wait. `force` decides every open
+    /// trace (shutdown).
+    pub fn process(&self, now_ns: u64, force: bool) {
+        self.sampler.refresh_thresholds(&self.registry);
+        let wait = self.cfg.buffer.decision_wait_ns;
+        for padded in self.shards.iter() {
+            let mut out = Vec::new();
+            {
+                let mut shard = padded.0.lock();
+                while let Some(&(id, seen)) = shard.arrival.front() {
+                    if !shard.open.contains_key(&id) {
+                        shard.arrival.pop_front();
+                        continue;
+                    }
+                    if !force && seen.saturating_add(wait) > now_ns {
+                        break;
+                    }
+                    shard.arrival.pop_front();
+                    if !force {
+                        self.counters
+                            .traces_decided_on_timeout
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Outcome::Export(t) = self.decide(&mut shard, id, now_ns) {
+                        out.push(t);
+                    }
+                }
+            }
+            for t in out {
+                self.enqueue(t);
+            }
         }
     }
 
@@ -310,6 +340,7 @@ impl Core {
             self.counters
                 .spans_dropped_export_full
                 .fetch_add(n as u64, Ordering::Relaxed);
+            // `trace` is freed here, outside the lock.
             return;
         }
         q.spans += n;
@@ -351,18 +382,16 @@ impl Core {
     }
 
     pub fn stats(&self) -> BufferStats {
-        let (open_traces, open_spans) = {
-            let b = self.buffer.lock();
-            (b.open.len(), b.open.values().map(|t| t.spans.len()).sum())
-        };
-        let q = self.export.lock();
-        BufferStats {
-            ingest_len: self.ingest.len(),
-            open_traces,
-            open_spans,
-            export_traces: q.traces.len(),
-            export_spans: q.spans,
+        let mut stats = BufferStats::default();
+        for padded in self.shards.iter() {
+            let shard = padded.0.lock();
+            stats.open_traces += shard.open.len();
+            stats.open_spans += shard.open.values().map(|t| t.spans.len()).sum::<usize>();
         }
+        let q = self.export.lock();
+        stats.export_traces = q.traces.len();
+        stats.export_spans = q.spans;
+        stats
     }
 
     /// Wake the worker now (e.g. for a flush).
@@ -404,9 +433,9 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::StatusCode;
+    use crate::span::{SpanKind, StatusCode};
 
-    fn core(probability: f64) -> Core {
+    fn core_with(probability: f64, buffer: BufferConfig) -> Core {
         Core::new(CoreConfig {
             max_metric_keys: 100,
             sampler: SamplerConfig {
@@ -414,21 +443,27 @@ mod tests {
                 adaptive_quantile: 0.0,
                 ..SamplerConfig::default()
             },
-            buffer: BufferConfig {
-                max_open_traces: 4,
+            buffer,
+            ..CoreConfig::default()
+        })
+    }
+
+    fn core(probability: f64) -> Core {
+        core_with(
+            probability,
+            BufferConfig {
                 max_spans_per_trace: 3,
                 export_queue_spans: 10,
                 decision_wait_ns: 1_000,
                 ..BufferConfig::default()
             },
-            ..CoreConfig::default()
-        })
+        )
     }
 
-    fn rec(trace: u128, id: u64, parent: u64) -> Box<SpanRecord> {
+    fn rec(trace: u128, id: u64, parent: u64) -> SpanRecord {
         let mut r = SpanRecord::new(trace, id, parent, "op");
         r.duration_ns = 1_000;
-        Box::new(r)
+        r
     }
 
     fn count(c: &AtomicU64) -> u64 {
@@ -438,35 +473,31 @@ mod tests {
     #[test]
     fn a_trace_is_decided_when_its_local_root_ends() {
         let c = core(1.0);
-        c.end_span(rec(7, 2, 1));
-        c.process(10, false);
+        c.end_span(rec(7, 2, 1), 10);
         assert_eq!(c.stats().open_traces, 1);
-        c.end_span(rec(7, 1, 0));
-        c.process(20, false);
+        assert!(c.drain_export(100).is_empty());
+        c.end_span(rec(7, 1, 0), 20);
+        assert_eq!(c.stats().open_traces, 0);
         let out = c.drain_export(100);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].spans.len(), 2);
         assert_eq!(out[0].reason, Some(KeepReason::Probabilistic));
-        assert_eq!(c.registry.merged(crate::span::SpanKind::Internal, "op").unwrap().0.count(), 2);
+        assert_eq!(c.registry.merged(SpanKind::Internal, "op").unwrap().0.count(), 2);
     }
 
     #[test]
     fn late_spans_follow_the_decision() {
         let kept = core(1.0);
-        kept.end_span(rec(1, 1, 0));
-        kept.process(1, false);
-        kept.end_span(rec(1, 5, 1));
-        kept.process(2, false);
+        kept.end_span(rec(1, 1, 0), 1);
+        kept.end_span(rec(1, 5, 1), 2);
         let out = kept.drain_export(100);
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].reason, None);
         assert_eq!(count(&kept.counters.spans_late_kept), 1);
 
         let dropped = core(0.0);
-        dropped.end_span(rec(1, 1, 0));
-        dropped.process(1, false);
-        dropped.end_span(rec(1, 5, 1));
-        dropped.process(2, false);
+        dropped.end_span(rec(1, 1, 0), 1);
+        dropped.end_span(rec(1, 5, 1), 2);
         assert!(dropped.drain_export(100).is_empty());
         assert_eq!(count(&dropped.counters.spans_late_dropped), 1);
         assert_eq!(count(&dropped.counters.traces_dropped_sampled_out), 1);
@@ -477,18 +508,17 @@ mod tests {
         let c = core(0.0);
         let mut child = rec(3, 2, 1);
         child.status = StatusCode::Error;
-        c.end_span(child);
-        c.end_span(rec(3, 1, 0));
-        c.process(1, false);
+        c.end_span(child, 1);
+        c.end_span(rec(3, 1, 0), 2);
         assert_eq!(c.drain_export(100).len(), 1);
         assert_eq!(count(&c.counters.traces_kept_error), 1);
+        assert_eq!(count(&c.counters.traces_dropped_sampled_out), 0);
     }
 
     #[test]
     fn traces_without_a_local_root_are_decided_after_the_wait() {
         let c = core(1.0);
-        c.end_span(rec(9, 2, 1));
-        c.process(100, false);
+        c.end_span(rec(9, 2, 1), 100);
         c.process(500, false);
         assert_eq!(c.stats().open_traces, 1);
         c.process(1_200, false);
@@ -498,96 +528,91 @@ mod tests {
     }
 
     #[test]
-    fn bounds_are_enforced_and_counted() {
+    fn span_and_export_bounds_are_enforced_and_counted() {
         let c = core(1.0);
-        // Span limit per trace: 3.
+        // At most 3 spans per trace.
         for i in 0..5 {
-            c.end_span(rec(1, 10 + i, 1));
+            c.end_span(rec(1, 10 + i, 1), 1);
         }
-        // Open-trace limit: 4; the fifth new trace evicts the oldest.
-        for t in 2..=5 {
-            c.end_span(rec(t, 1, 99));
-        }
-        c.process(1, false);
         assert_eq!(count(&c.counters.spans_dropped_trace_limit), 2);
-        assert_eq!(count(&c.counters.traces_evicted), 1);
-        assert_eq!(c.stats().open_traces, 4);
-        // Export queue holds 10 spans: the evicted trace (3) is queued, then
-        // forcing the rest (4 traces of 1 span) fits; more does not.
+        assert_eq!(c.stats().open_spans, 3);
         c.process(2, true);
-        assert_eq!(c.stats().export_spans, 7);
-        for t in 10..15 {
-            let mut r = rec(t, 1, 0);
-            r.name = "big".into();
-            c.end_span(r);
+        assert_eq!(c.stats().export_spans, 3);
+        // The export queue holds 10 spans; 7 more single-span traces fit, 2 do not.
+        for t in 10..19 {
+            c.end_span(rec(t, 1, 0), 3);
         }
-        c.process(3, true);
         assert_eq!(c.stats().export_spans, 10);
         assert_eq!(count(&c.counters.traces_dropped_export_full), 2);
+        assert_eq!(count(&c.counters.spans_dropped_export_full), 2);
         let drained = c.drain_export(3);
         assert_eq!(drained.iter().map(|t| t.spans.len()).sum::<usize>(), 3);
         assert_eq!(c.stats().export_spans, 7);
+        assert_eq!(count(&c.counters.spans_exported), 3);
     }
 
     #[test]
-    fn a_full_ingest_queue_drops_and_counts() {
-        let c = Core::new(CoreConfig {
-            max_metric_keys: 10,
-            buffer: BufferConfig {
-                ingest_capacity: 2,
+    fn the_open_trace_bound_evicts_the_oldest() {
+        let c = core_with(
+            1.0,
+            BufferConfig {
+                max_open_traces: 64,
+                export_queue_spans: 1 << 20,
                 ..BufferConfig::default()
             },
-            ..CoreConfig::default()
-        });
-        for i in 0..5 {
-            c.end_span(rec(1, i + 1, 0));
+        );
+        // One open trace per shard is the bound: a second trace in a shard
+        // evicts (decides) the first.
+        for t in 1..=10_000u128 {
+            c.end_span(rec(t * 0x1_0000_0001, 2, 1), t as u64);
         }
-        assert_eq!(count(&c.counters.spans_dropped_ingest_full), 3);
-        // Histograms still saw every span.
-        assert_eq!(c.registry.merged(crate::span::SpanKind::Internal, "op").unwrap().0.count(), 5);
+        let stats = c.stats();
+        assert!(stats.open_traces <= 64, "{stats:?}");
+        assert_eq!(count(&c.counters.traces_evicted) as usize + stats.open_traces, 10_000);
+        assert_eq!(stats.export_traces + stats.open_traces, 10_000);
     }
 
     #[test]
-    fn the_worker_processes_in_the_background() {
-        let c = Arc::new(Core::new(CoreConfig {
-            max_metric_keys: 10,
-            buffer: BufferConfig {
+    fn the_worker_decides_timed_out_traces_in_the_background() {
+        let c = Arc::new(core_with(
+            1.0,
+            BufferConfig {
                 worker_interval_ns: 1_000_000,
+                decision_wait_ns: 5_000_000,
                 ..BufferConfig::default()
             },
-            ..CoreConfig::default()
-        }));
+        ));
         let h = c.spawn_worker().unwrap();
-        c.end_span(rec(1, 1, 0));
+        c.end_span(rec(1, 2, 1), now_mono_ns());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while c.stats().export_traces == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(c.stats().export_traces, 1);
+        assert_eq!(count(&c.counters.traces_decided_on_timeout), 1);
         c.stop_worker();
         h.join().unwrap();
     }
 
     #[test]
     fn many_threads_end_spans_without_losing_any() {
-        let c = Arc::new(Core::new(CoreConfig {
-            max_metric_keys: 10,
-            buffer: BufferConfig {
-                ingest_capacity: 1 << 20,
+        let c = Arc::new(core_with(
+            1.0,
+            BufferConfig {
                 max_open_traces: 1 << 20,
                 export_queue_spans: 1 << 22,
                 ..BufferConfig::default()
             },
-            ..CoreConfig::default()
-        }));
+        ));
         let threads: Vec<_> = (0..8u128)
             .map(|t| {
                 let c = c.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u128 {
                         let trace = (t << 64) | (i + 1);
-                        c.end_span(rec(trace, 2, 1));
-                        c.end_span(rec(trace, 1, 0));
+                        c.end_span(rec(trace, 2, 1), 1);
+                        c.end_span(rec(trace, 3, 1), 1);
+                        c.end_span(rec(trace, 1, 0), 1);
                     }
                 })
             })
@@ -595,10 +620,10 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        c.process(1, true);
-        assert_eq!(count(&c.counters.spans_received), 160_000);
         let out = c.drain_export(usize::MAX);
         assert_eq!(out.len(), 80_000);
-        assert!(out.iter().all(|t| t.spans.len() == 2));
+        assert!(out.iter().all(|t| t.spans.len() == 3));
+        assert_eq!(c.registry.merged(SpanKind::Internal, "op").unwrap().0.count(), 240_000);
+        assert_eq!(c.stats().open_traces, 0);
     }
 }

@@ -3,11 +3,13 @@
 //! adaptive quantile, attribute match, consistent probability), then the
 //! global rate limit caps how many kept traces per second leave.
 //!
-//! Runs on the core's worker thread only (no atomics, no locks of its own);
-//! it reads the live histograms through the registry for the adaptive policy.
+//! Runs on the thread that ends a trace's local root. The adaptive policy
+//! reads thresholds computed from the live histograms by the worker thread.
 
 use crate::registry::Registry;
 use crate::span::{SpanKind, SpanRecord};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -132,22 +134,22 @@ impl RateLimiter {
     }
 }
 
-/// How long an adaptive threshold read from a histogram is reused.
-const ADAPTIVE_REFRESH_NS: u64 = 1_000_000_000;
-
-/// The sampler with its state (rate limiter, cached adaptive thresholds).
+/// The sampler: shared by every thread that ends a local root. Its state is
+/// the rate limiter (a mutex taken only when a rate limit is set and a trace
+/// is kept) and the adaptive thresholds, read lock-free and refreshed from
+/// the histograms off the request path ([`TailSampler::refresh_thresholds`]).
 pub struct TailSampler {
     cfg: SamplerConfig,
-    limiter: RateLimiter,
-    thresholds: HashMap<(SpanKind, Arc<str>), (u64, u64)>,
+    limiter: Mutex<RateLimiter>,
+    thresholds: ArcSwap<HashMap<Arc<str>, [u64; SpanKind::ALL.len()]>>,
 }
 
 impl TailSampler {
     pub fn new(cfg: SamplerConfig) -> Self {
         TailSampler {
-            limiter: RateLimiter::new(cfg.rate_limit),
+            limiter: Mutex::new(RateLimiter::new(cfg.rate_limit)),
             cfg,
-            thresholds: HashMap::new(),
+            thresholds: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -155,34 +157,36 @@ impl TailSampler {
         &self.cfg
     }
 
-    /// The adaptive threshold of an operation, if it has enough samples.
-    fn adaptive_threshold(&mut self, registry: &Registry, kind: SpanKind, name: &str, now_ns: u64) -> Option<u64> {
-        let key = (kind, Arc::<str>::from(name));
-        if let Some(&(value, at)) = self.thresholds.get(&key) {
-            if now_ns.saturating_sub(at) < ADAPTIVE_REFRESH_NS {
-                return (value > 0).then_some(value);
+    /// Recompute every operation's adaptive threshold (its live quantile)
+    /// from the registry. Runs on the worker thread (and on flush).
+    pub fn refresh_thresholds(&self, registry: &Registry) {
+        if self.cfg.adaptive_quantile <= 0.0 {
+            return;
+        }
+        let mut next: HashMap<Arc<str>, [u64; SpanKind::ALL.len()]> = HashMap::new();
+        for (kind, name) in registry.operations() {
+            if let Some((snap, _)) = registry.merged(kind, &name) {
+                if snap.count() >= self.cfg.adaptive_min_count {
+                    let entry = next.entry(name).or_insert([0; SpanKind::ALL.len()]);
+                    entry[kind as usize] = snap.value_at_quantile(self.cfg.adaptive_quantile);
+                }
             }
         }
-        let value = match registry.merged(kind, name) {
-            Some((snap, _)) if snap.count() >= self.cfg.adaptive_min_count => {
-                snap.value_at_quantile(self.cfg.adaptive_quantile)
-            }
-            _ => 0,
-        };
-        if self.thresholds.len() > registry.max_keys() * 2 + 16 {
-            self.thresholds.clear();
-        }
-        self.thresholds.insert(key, (value, now_ns));
-        (value > 0).then_some(value)
+        self.thresholds.store(Arc::new(next));
     }
 
-    /// Decide on a trace from its spans. `root` is the local root if it ended
-    /// here (else the decision is on what arrived before the decision wait).
-    pub fn decide(&mut self, spans: &[SpanRecord], registry: &Registry, now_ns: u64) -> Decision {
-        let reason = self.policy(spans, registry, now_ns);
-        match reason {
+    /// The adaptive threshold of an operation, if known.
+    pub fn adaptive_threshold(&self, kind: SpanKind, name: &str) -> Option<u64> {
+        let t = self.thresholds.load().get(name).map(|a| a[kind as usize]).unwrap_or(0);
+        (t > 0).then_some(t)
+    }
+
+    /// Decide on a trace from its spans (the local root among them if it
+    /// ended here). `now_ns` is the monotonic clock, for the rate limit.
+    pub fn decide(&self, spans: &[SpanRecord], now_ns: u64) -> Decision {
+        match self.policy(spans) {
             Some(r) => {
-                if self.limiter.try_take(now_ns) {
+                if self.cfg.rate_limit <= 0.0 || self.limiter.lock().try_take(now_ns) {
                     Decision::Keep(r)
                 } else {
                     Decision::Drop(DropReason::RateLimited)
@@ -192,7 +196,7 @@ impl TailSampler {
         }
     }
 
-    fn policy(&mut self, spans: &[SpanRecord], registry: &Registry, now_ns: u64) -> Option<KeepReason> {
+    fn policy(&self, spans: &[SpanRecord]) -> Option<KeepReason> {
         if spans.is_empty() {
             return None;
         }
@@ -207,7 +211,7 @@ impl TailSampler {
             return Some(KeepReason::Slow);
         }
         if self.cfg.adaptive_quantile > 0.0 {
-            if let Some(t) = self.adaptive_threshold(registry, root.kind, &root.name, now_ns) {
+            if let Some(t) = self.adaptive_threshold(root.kind, &root.name) {
                 if root.duration_ns > t {
                     return Some(KeepReason::Adaptive);
                 }
@@ -278,37 +282,34 @@ mod tests {
 
     #[test]
     fn errors_are_kept_even_at_probability_zero() {
-        let r = registry();
-        let mut s = TailSampler::new(cfg(0.0));
+        let s = TailSampler::new(cfg(0.0));
         let mut child = span(1, 2, 1, "child", 10);
         child.status = StatusCode::Error;
         let spans = vec![span(1, 1, 0, "root", 100), child];
-        assert_eq!(s.decide(&spans, &r, 1), Decision::Keep(KeepReason::Error));
+        assert_eq!(s.decide(&spans, 1), Decision::Keep(KeepReason::Error));
         let ok = vec![span(2, 1, 0, "root", 100)];
-        assert_eq!(s.decide(&ok, &r, 1), Decision::Drop(DropReason::SampledOut));
+        assert_eq!(s.decide(&ok, 1), Decision::Drop(DropReason::SampledOut));
     }
 
     #[test]
     fn http_5xx_counts_as_error_but_4xx_does_not() {
-        let r = registry();
-        let mut s = TailSampler::new(cfg(0.0));
+        let s = TailSampler::new(cfg(0.0));
         let mut a = span(1, 1, 0, "GET /", 10);
         a.http_status = 503;
-        assert!(s.decide(&[a], &r, 1).is_keep());
+        assert!(s.decide(&[a], 1).is_keep());
         let mut b = span(2, 1, 0, "GET /", 10);
         b.http_status = 404;
-        assert!(!s.decide(&[b], &r, 1).is_keep());
+        assert!(!s.decide(&[b], 1).is_keep());
     }
 
     #[test]
     fn slow_threshold_applies_to_the_local_root() {
-        let r = registry();
-        let mut s = TailSampler::new(SamplerConfig {
+        let s = TailSampler::new(SamplerConfig {
             slow_threshold_ns: 1_000,
             ..cfg(0.0)
         });
-        assert_eq!(s.decide(&[span(1, 1, 0, "a", 1_000)], &r, 1), Decision::Keep(KeepReason::Slow));
-        assert!(!s.decide(&[span(2, 1, 0, "a", 999)], &r, 1).is_keep());
+        assert_eq!(s.decide(&[span(1, 1, 0, "a", 1_000)], 1), Decision::Keep(KeepReason::Slow));
+        assert!(!s.decide(&[span(2, 1, 0, "a", 999)], 1).is_keep());
     }
 
     #[test]
@@ -317,21 +318,23 @@ mod tests {
         for i in 0..1000u64 {
             r.record(SpanKind::Internal, "op", crate::span::StatusClass::Ok, 1_000 + i);
         }
-        let mut s = TailSampler::new(SamplerConfig {
+        let s = TailSampler::new(SamplerConfig {
             adaptive_quantile: 0.99,
             adaptive_min_count: 100,
             ..cfg(0.0)
         });
-        assert_eq!(s.decide(&[span(1, 1, 0, "op", 5_000)], &r, 1), Decision::Keep(KeepReason::Adaptive));
-        assert!(!s.decide(&[span(2, 1, 0, "op", 1_500)], &r, 1).is_keep());
+        // Nothing is known before the thresholds are computed.
+        assert!(!s.decide(&[span(9, 1, 0, "op", 5_000)], 1).is_keep());
+        s.refresh_thresholds(&r);
+        assert_eq!(s.decide(&[span(1, 1, 0, "op", 5_000)], 1), Decision::Keep(KeepReason::Adaptive));
+        assert!(!s.decide(&[span(2, 1, 0, "op", 1_500)], 1).is_keep());
         // An operation without enough samples is not judged adaptively.
-        assert!(!s.decide(&[span(3, 1, 0, "new", 1_000_000)], &r, 1).is_keep());
+        assert!(!s.decide(&[span(3, 1, 0, "new", 1_000_000)], 1).is_keep());
     }
 
     #[test]
     fn attribute_rules_match_key_and_value() {
-        let r = registry();
-        let mut s = TailSampler::new(SamplerConfig {
+        let s = TailSampler::new(SamplerConfig {
             attribute_rules: vec![
                 AttributeRule { key: "tenant".into(), value: Some("vip".into()) },
                 AttributeRule { key: "debug".into(), value: None },
@@ -340,34 +343,33 @@ mod tests {
         });
         let mut a = span(1, 1, 0, "a", 1);
         a.attributes.push(("tenant".into(), AttrValue::Str("vip".into())));
-        assert_eq!(s.decide(&[a], &r, 1), Decision::Keep(KeepReason::Attribute));
+        assert_eq!(s.decide(&[a], 1), Decision::Keep(KeepReason::Attribute));
         let mut b = span(2, 1, 0, "a", 1);
         b.attributes.push(("tenant".into(), AttrValue::Str("free".into())));
-        assert!(!s.decide(&[b], &r, 1).is_keep());
+        assert!(!s.decide(&[b], 1).is_keep());
         let mut c = span(3, 1, 0, "a", 1);
         c.attributes.push(("debug".into(), AttrValue::Bool(false)));
-        assert!(s.decide(&[c], &r, 1).is_keep());
+        assert!(s.decide(&[c], 1).is_keep());
     }
 
     #[test]
     fn rate_limit_caps_kept_traces_per_second() {
-        let r = registry();
-        let mut s = TailSampler::new(SamplerConfig {
+        let s = TailSampler::new(SamplerConfig {
             rate_limit: 10.0,
             ..cfg(1.0)
         });
         let t0 = 1_000_000_000u64;
         let kept = (0..100)
-            .filter(|i| s.decide(&[span(*i as u128 + 1, 1, 0, "a", 1)], &r, t0).is_keep())
+            .filter(|i| s.decide(&[span(*i as u128 + 1, 1, 0, "a", 1)], t0).is_keep())
             .count();
         assert_eq!(kept, 10);
         assert_eq!(
-            s.decide(&[span(500, 1, 0, "a", 1)], &r, t0),
+            s.decide(&[span(500, 1, 0, "a", 1)], t0),
             Decision::Drop(DropReason::RateLimited)
         );
         // Half a second later, five more tokens.
         let kept = (0..100)
-            .filter(|i| s.decide(&[span(*i as u128 + 1000, 1, 0, "a", 1)], &r, t0 + 500_000_000).is_keep())
+            .filter(|i| s.decide(&[span(*i as u128 + 1000, 1, 0, "a", 1)], t0 + 500_000_000).is_keep())
             .count();
         assert_eq!(kept, 5);
     }

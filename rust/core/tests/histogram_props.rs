@@ -32,10 +32,8 @@ fn config() -> impl Strategy<Value = HistogramConfig> {
         } else {
             ONE_HOUR_NS
         };
-        prop_oneof![Just(top), floor..=top].prop_map(move |highest| HistogramConfig {
-            highest,
-            sigfig,
-        })
+        prop_oneof![Just(top), floor..=top]
+            .prop_map(move |highest| HistogramConfig { highest, sigfig })
     })
 }
 
@@ -315,7 +313,10 @@ fn take_interval_racing_four_writers_loses_and_duplicates_nothing() {
     assert_eq!(total.sum_ns(), reference.sum_ns());
     assert_eq!(total.clamped(), reference.clamped());
     assert_eq!(slots(&total), slots(&reference), "per-slot counts differ");
-    assert_eq!((total.min(), total.max()), (reference.min(), reference.max()));
+    assert_eq!(
+        (total.min(), total.max()),
+        (reference.min(), reference.max())
+    );
 }
 
 #[test]

@@ -85,8 +85,27 @@ pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
         Ok(t) => t.into_owned(),
         Err(_) => {
             AttrCounters::bump(&counters.invalid_utf8);
-            s.to_string_lossy().into_owned()
+            lossy(s)
         }
+    }
+}
+
+/// One U+FFFD per lone surrogate (UTF-16 round trip), as a reader expects.
+fn lossy(s: &Bound<'_, PyString>) -> String {
+    let units = s
+        .call_method1("encode", ("utf-16-le", "surrogatepass"))
+        .ok()
+        .and_then(|b| b.downcast_into::<PyBytes>().ok());
+    match units {
+        Some(b) => {
+            let raw = b.as_bytes();
+            let wide: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&wide)
+        }
+        None => s.to_string_lossy().into_owned(),
     }
 }
 

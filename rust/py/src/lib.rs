@@ -13,6 +13,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod attrs;
+mod ctxvar;
 mod data;
 mod ids;
 mod span;

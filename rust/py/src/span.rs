@@ -180,7 +180,7 @@ impl Span {
             return;
         }
         inner.ended = true;
-        let rec = Box::new(SpanRecord {
+        let rec = SpanRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent_span_id,
@@ -200,11 +200,11 @@ impl Span {
             remote_parent: self.remote_parent,
             trace_flags: self.trace_flags,
             trace_state: self.trace_state.clone(),
-        });
+        };
         let token = inner.token.take();
         drop(inner);
         drop(token.map(|t| t.into_bound(py)));
-        tracer.core.load().end_span(rec);
+        tracer.core.load().end_span(rec, end_mono);
     }
 
     fn exception_event(
@@ -505,10 +505,9 @@ impl Span {
     }
 
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
-        let py = slf.py();
         let span = slf.get();
         let tracer = span.tracer.get();
-        let token = tracer.cv_set.bind(py).call1((slf,))?;
+        let token = tracer.current.set(slf.as_any())?;
         span.inner.lock().token = Some(token.unbind());
         Ok(slf.clone())
     }
@@ -543,7 +542,7 @@ impl Span {
         if let Some(token) = token {
             // A token made in another context (a generator resumed elsewhere)
             // cannot be reset there: count it, the span still ends.
-            if tracer.cv_reset.bind(py).call1((token,)).is_err() {
+            if tracer.current.reset(token.bind(py)).is_err() {
                 tracer.counters.context_reset_failed.fetch_add(1, Ordering::Relaxed);
             }
         }

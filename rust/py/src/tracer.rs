@@ -6,6 +6,7 @@
 //! thread run without it.
 
 use crate::attrs::{AtomicLimits, AttrCounters, Limits};
+use crate::ctxvar::ContextVar;
 use crate::data::SpanData;
 use crate::ids;
 use crate::span::{Inner, Span, SpanContext};
@@ -41,9 +42,7 @@ pub struct Tracer {
     pub(crate) limits: AtomicLimits,
     pub(crate) attr_counters: AttrCounters,
     pub(crate) counters: TracerCounters,
-    cv_get: PyObject,
-    pub(crate) cv_set: PyObject,
-    pub(crate) cv_reset: PyObject,
+    pub(crate) current: ContextVar,
 }
 
 fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
@@ -101,12 +100,11 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
         rate_limit: get(d, "rate_limit", 0.0)?,
     };
     let buffer = BufferConfig {
-        ingest_capacity: positive("ingest_queue_size", get(d, "ingest_queue_size", 16_384)?)?,
         max_open_traces: positive("max_open_traces", get(d, "max_open_traces", 10_000)?)?,
         max_spans_per_trace: positive("max_spans_per_trace", get(d, "max_spans_per_trace", 1_000)?)?,
         decision_wait_ns: ms("decision_wait_ms", 10_000.0)?,
         export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
-        worker_interval_ns: ms("worker_interval_ms", 50.0)?.max(1_000_000),
+        worker_interval_ns: ms("worker_interval_ms", 200.0)?.max(1_000_000),
     };
     let limits = Limits {
         max_value_len: positive("max_attribute_length", get(d, "max_attribute_length", 4096)?)?,
@@ -170,9 +168,7 @@ impl Tracer {
             limits: AtomicLimits::new(limits),
             attr_counters: AttrCounters::default(),
             counters: TracerCounters::default(),
-            cv_get: context_var.getattr("get")?.unbind(),
-            cv_set: context_var.getattr("set")?.unbind(),
-            cv_reset: context_var.getattr("reset")?.unbind(),
+            current: ContextVar::new(context_var)?,
         })
     }
 
@@ -199,7 +195,7 @@ impl Tracer {
         let parent = match parent {
             Some(p) => Some(p),
             None => {
-                current = tracer.cv_get.bind(py).call0()?;
+                current = tracer.current.get(py)?;
                 Some(&current)
             }
         };
@@ -276,7 +272,7 @@ impl Tracer {
 
     /// The current span, or None.
     fn current_span<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-        let cur = self.cv_get.bind(py).call0()?;
+        let cur = self.current.get(py)?;
         Ok(cur.downcast_into::<Span>().ok())
     }
 
@@ -389,7 +385,6 @@ impl Tracer {
         d.set_item("metric_keys", core.registry.key_count())?;
         d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
         let s = core.stats();
-        d.set_item("ingest_queue_len", s.ingest_len)?;
         d.set_item("open_traces", s.open_traces)?;
         d.set_item("open_spans", s.open_spans)?;
         d.set_item("export_queue_traces", s.export_traces)?;
@@ -458,6 +453,19 @@ impl Tracer {
         let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
         *self.config.lock() = cfg;
         self.limits.set(limits);
+        // A new configuration starts its counters afresh, like its core.
+        for c in [
+            &self.attr_counters.converted,
+            &self.attr_counters.dropped,
+            &self.attr_counters.truncated,
+            &self.attr_counters.invalid_utf8,
+            &self.counters.double_end,
+            &self.counters.context_reset_failed,
+            &self.counters.traceparent_malformed,
+            &self.counters.tracestate_malformed,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
         py.allow_threads(move || {
             old.stop_worker();
             if let Some(h) = old_worker {

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import pulsetrace
+from pulsetrace import _diag, _runtime
+
+
+def fresh(**overrides: object) -> None:
+    """Reconfigure (defaults, every trace kept) and discard what earlier
+    tests left in the export queue."""
+    settings = {"sample_rate": 1.0, "adaptive_percentile": 0.0, **overrides}
+    pulsetrace.configure(pulsetrace.Config(), **settings)
+    _runtime.tracer().drain(10**9)
+    _diag.reset()
+
+
+@pytest.fixture
+def exporter() -> Iterator[pulsetrace.InMemorySpanExporter]:
+    """A fresh agent that keeps every trace, with an in-memory exporter."""
+    fresh()
+    exp = pulsetrace.InMemorySpanExporter()
+    pulsetrace.add_exporter(exp)
+    yield exp
+    pulsetrace.remove_exporter(exp)
+    pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+
+
+def finished(exp: pulsetrace.InMemorySpanExporter) -> list[pulsetrace.SpanData]:
+    """Every span exported so far, after a flush."""
+    assert pulsetrace.flush(timeout=5)
+    return exp.spans()

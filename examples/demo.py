@@ -33,7 +33,9 @@ def handle(route: str, rng: random.Random) -> None:
         ):
             time.sleep(rng.expovariate(1 / 0.0004))
         if rng.random() < 0.5:
-            with pulsetrace.start_span("GET", kind="client", attributes={"db.system.name": "redis"}):
+            with pulsetrace.start_span(
+                "GET", kind="client", attributes={"db.system.name": "redis"}
+            ):
                 time.sleep(0.0001)
         status = 200
         try:
@@ -62,8 +64,10 @@ def main() -> None:
 
     print(f"pulsetrace demo: {n} requests in {elapsed:.2f} s (sample_rate={config.sample_rate})\n")
     print("Latency per operation (native HDR histograms):")
-    print(f"  {'kind':8} {'operation':18} {'count':>6} {'errors':>6} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(
+        f"  {'kind':8} {'operation':18} {'count':>6} {'errors':>6} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    )
     for row in sorted(pulsetrace.latency(), key=lambda r: (r["kind"], r["name"])):
         print(
             f"  {row['kind']:8} {row['name']:18} {row['count']:6d} {row['errors']:6d} "
@@ -74,8 +78,10 @@ def main() -> None:
     print(f"\nTail sampler kept {len(traces)} of {n} traces: {dict(reasons)}")
     for t in traces[:3]:
         root = next((s for s in t if s.local_root), t[0])
-        print(f"  trace {root.trace_id:032x} {root.name!r} {root.duration_ns / 1e6:.3f} ms "
-              f"({len(t)} spans, kept: {root.keep_reason})")
+        print(
+            f"  trace {root.trace_id:032x} {root.name!r} {root.duration_ns / 1e6:.3f} ms "
+            f"({len(t)} spans, kept: {root.keep_reason})"
+        )
         for s in sorted(t, key=lambda s: s.start_time_unix_nano):
             if s is not root:
                 print(f"      {s.kind:6} {s.name:18} {s.duration_ns / 1e6:8.3f} ms {s.status}")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import finished
-
 import pulsetrace
+from conftest import finished
 
 
 def test_supported_values_are_kept_exactly(exporter):

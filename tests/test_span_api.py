@@ -9,9 +9,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import finished
 
 import pulsetrace
+from conftest import finished
 
 
 def by_name(spans: list[pulsetrace.SpanData]) -> dict[str, pulsetrace.SpanData]:
@@ -143,7 +143,9 @@ def test_traced_decorator_sync_and_async(exporter):
 def test_context_follows_threads_that_copy_it(exporter):
     with pulsetrace.start_span("parent") as parent:
         ctx = contextvars.copy_context()
-        t = threading.Thread(target=ctx.run, args=(lambda: pulsetrace.start_span("in thread").end(),))
+        t = threading.Thread(
+            target=ctx.run, args=(lambda: pulsetrace.start_span("in thread").end(),)
+        )
         t.start()
         t.join()
         with ThreadPoolExecutor(2) as pool:
@@ -224,7 +226,7 @@ def test_fork_gives_the_child_fresh_ids_and_a_working_agent(exporter, tmp_path):
     while chunk := os.read(r, 65536):
         data += chunk
     os.waitpid(pid, 0)
-    child_ids, child_names = eval(data.decode())  # noqa: S307 - our own child's repr
+    child_ids, child_names = eval(data.decode())
     again = [pulsetrace.start_span("p").span_id for _ in range(5)]
     assert not set(child_ids) & (set(parent_ids) | set(again))
     assert "in child" in child_names

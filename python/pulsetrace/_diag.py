@@ -32,7 +32,7 @@ def internal_error(where: str, exc: BaseException) -> None:
             log.warning(
                 "pulsetrace internal error in %s (%d so far): %r", where, count, exc, exc_info=exc
             )
-    except Exception:  # noqa: BLE001 - diagnostics must never raise
+    except Exception:
         pass
 
 

@@ -125,7 +125,7 @@ def export_pending(max_spans: int = 4096) -> int:
         while True:
             try:
                 batch = t.drain(max_spans)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _diag.internal_error("export.drain", exc)
                 return total
             if not batch:
@@ -135,7 +135,7 @@ def export_pending(max_spans: int = 4096) -> int:
                 try:
                     if exporter.export(batch) is not ExportResult.SUCCESS:
                         _export_failures += 1
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     _export_failures += 1
                     _diag.internal_error(f"export.{type(exporter).__name__}", exc)
 
@@ -161,7 +161,7 @@ def flush(timeout: float = 5.0) -> bool:
                 return False
             ok = bool(exporter.force_flush(remaining)) and ok
         return ok and time.monotonic() <= deadline
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _diag.internal_error("flush", exc)
         return False
 
@@ -184,7 +184,7 @@ def shutdown(timeout: float = 5.0) -> bool:
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)
         return time.monotonic() <= deadline
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _diag.internal_error("shutdown", exc)
         return False
 
@@ -199,7 +199,7 @@ def _after_fork_in_child() -> None:
     if t is not None:
         try:
             t.reset_after_fork()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _diag.internal_error("fork", exc)
     if _exporters and _config is not None:
         _restart_worker()

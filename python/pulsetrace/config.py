@@ -146,7 +146,9 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         decision_wait_ms=_number(
             e, "PULSETRACE_DECISION_WAIT_MS", d.decision_wait_ms, low=0.0, low_open=True
         ),
-        max_open_traces=_number(e, "PULSETRACE_MAX_OPEN_TRACES", d.max_open_traces, kind=int, low=1),
+        max_open_traces=_number(
+            e, "PULSETRACE_MAX_OPEN_TRACES", d.max_open_traces, kind=int, low=1
+        ),
         max_spans_per_trace=_number(
             e, "PULSETRACE_MAX_SPANS_PER_TRACE", d.max_spans_per_trace, kind=int, low=1
         ),
@@ -159,7 +161,9 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         histogram_sigfig=_number(
             e, "PULSETRACE_HISTOGRAM_DIGITS", d.histogram_sigfig, kind=int, low=1, high=5
         ),
-        max_metric_keys=_number(e, "PULSETRACE_MAX_METRIC_KEYS", d.max_metric_keys, kind=int, low=1),
+        max_metric_keys=_number(
+            e, "PULSETRACE_MAX_METRIC_KEYS", d.max_metric_keys, kind=int, low=1
+        ),
         max_attribute_length=_number(
             e, "PULSETRACE_MAX_ATTRIBUTE_LENGTH", d.max_attribute_length, kind=int, low=16
         ),

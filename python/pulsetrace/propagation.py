@@ -34,7 +34,7 @@ def _get(headers: Any, name: str) -> Optional[Any]:
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value) if name == "tracestate" else value[0]
         return value
-    except Exception:  # noqa: BLE001 - a strange carrier is treated as empty
+    except Exception:
         return None
 
 
@@ -59,9 +59,7 @@ def inject(
         span = _runtime.tracer().current_span()
         if span is None:
             return
-    if not overwrite and any(
-        isinstance(k, str) and k.lower() == "traceparent" for k in headers
-    ):
+    if not overwrite and any(isinstance(k, str) and k.lower() == "traceparent" for k in headers):
         return
     headers["traceparent"] = span.traceparent
     if span.trace_state:

@@ -16,7 +16,8 @@ fn trace(id: u128, spans: u64) -> Vec<SpanRecord> {
         .map(|i| {
             let mut s = SpanRecord::new(id, i + 1, i, "GET /users/{id}");
             s.duration_ns = 1_000_000 - i * 1000;
-            s.attributes.push(("http.route".into(), AttrValue::Str("/users/{id}".into())));
+            s.attributes
+                .push(("http.route".into(), AttrValue::Str("/users/{id}".into())));
             s
         })
         .collect()
@@ -25,7 +26,12 @@ fn trace(id: u128, spans: u64) -> Vec<SpanRecord> {
 fn decision(c: &mut Criterion) {
     let registry = Registry::new(HistogramConfig::default(), 1000);
     for i in 0..10_000u64 {
-        registry.record(SpanKind::Internal, "GET /users/{id}", StatusClass::Ok, 500_000 + i * 10);
+        registry.record(
+            SpanKind::Internal,
+            "GET /users/{id}",
+            StatusClass::Ok,
+            500_000 + i * 10,
+        );
     }
     let sampler = TailSampler::new(SamplerConfig {
         probability: 0.1,
@@ -35,7 +41,8 @@ fn decision(c: &mut Criterion) {
     sampler.refresh_thresholds(&registry);
     let spans = trace(0x1234_5678_9abc_def0_1234_5678_9abc_def0, 5);
     let mut g = c.benchmark_group("sampler");
-    g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1));
     let mut now = 1u64;
     g.bench_function("decide_5_span_trace", |b| {
         b.iter(|| {
@@ -60,7 +67,8 @@ fn pipeline(c: &mut Criterion) {
         ..CoreConfig::default()
     });
     let mut g = c.benchmark_group("pipeline");
-    g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1));
     let mut id = 1u128;
     g.bench_function("end_span", |b| {
         b.iter_batched(

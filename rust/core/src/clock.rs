@@ -56,7 +56,10 @@ mod tests {
         let a = now_mono_ns();
         let b = now_mono_ns();
         assert!(b >= a && a > 0);
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let ours = now_unix_ns();
         assert!(ours.abs_diff(wall) < 1_000_000_000);
     }

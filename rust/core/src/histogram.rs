@@ -63,6 +63,22 @@
 //! both: after `take_interval` the cumulative snapshot no longer includes the
 //! taken counts, and an `IntervalReader` sees the drop as a reset.
 //!
+//! ```
+//! use pulsetrace_core::histogram::{Histogram, HistogramConfig, IntervalReader};
+//!
+//! let h = Histogram::new(HistogramConfig::default()); // 1 h range, 2 digits
+//! let mut scrape = IntervalReader::new(&h);
+//! for v in [120_000, 95_000, 2_500_000] {
+//!     h.record(v);
+//! }
+//! let total = h.snapshot();
+//! assert_eq!((total.count(), total.min(), total.max()), (3, 95_000, 2_500_000));
+//! assert_eq!(total.value_at_quantile(0.5), 120_319); // slot [119_808, 120_319]
+//! h.record(7_000);
+//! assert_eq!(scrape.next(&h).count(), 4);
+//! assert_eq!(scrape.next(&h).count(), 0);
+//! ```
+//!
 //! The sum is kept as two `u64` words (low word plus carries), so it is exact
 //! up to 2^128 ns. A reader racing with a carry may see the low word wrapped
 //! but not yet the carry (a window that is off by 2^64 ns for that instant;

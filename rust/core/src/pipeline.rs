@@ -210,7 +210,9 @@ impl Core {
         let id = rec.trace_id;
         if let Some(&kept) = shard.decided.get(&id) {
             if kept {
-                self.counters.spans_late_kept.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .spans_late_kept
+                    .fetch_add(1, Ordering::Relaxed);
                 return Outcome::Export(KeptTrace {
                     trace_id: id,
                     reason: None,
@@ -230,7 +232,9 @@ impl Core {
         }
         if !shard.open.contains_key(&id) {
             while shard.open.len() >= self.per_shard_open {
-                let Some((old, _)) = shard.arrival.pop_front() else { break };
+                let Some((old, _)) = shard.arrival.pop_front() else {
+                    break;
+                };
                 if shard.open.contains_key(&old) {
                     self.counters.traces_evicted.fetch_add(1, Ordering::Relaxed);
                     if let Outcome::Export(t) = self.decide(shard, old, now_ns) {
@@ -263,7 +267,13 @@ impl Core {
         }
     }
 
-    fn decide_spans(&self, shard: &mut Shard, id: u128, spans: Vec<SpanRecord>, now_ns: u64) -> Outcome {
+    fn decide_spans(
+        &self,
+        shard: &mut Shard,
+        id: u128,
+        spans: Vec<SpanRecord>,
+        now_ns: u64,
+    ) -> Outcome {
         let decision = self.sampler.decide(&spans, now_ns);
         let c = &self.counters;
         let counter = match decision {
@@ -407,7 +417,8 @@ impl Core {
         std::thread::Builder::new()
             .name("pulsetrace-core".into())
             .spawn(move || {
-                let interval = Duration::from_nanos(core.cfg.buffer.worker_interval_ns.max(1_000_000));
+                let interval =
+                    Duration::from_nanos(core.cfg.buffer.worker_interval_ns.max(1_000_000));
                 while !core.stop.load(Ordering::Acquire) {
                     {
                         let mut woken = core.wake.lock();
@@ -482,7 +493,14 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].spans.len(), 2);
         assert_eq!(out[0].reason, Some(KeepReason::Probabilistic));
-        assert_eq!(c.registry.merged(SpanKind::Internal, "op").unwrap().0.count(), 2);
+        assert_eq!(
+            c.registry
+                .merged(SpanKind::Internal, "op")
+                .unwrap()
+                .0
+                .count(),
+            2
+        );
     }
 
     #[test]
@@ -568,7 +586,10 @@ mod tests {
         }
         let stats = c.stats();
         assert!(stats.open_traces <= 64, "{stats:?}");
-        assert_eq!(count(&c.counters.traces_evicted) as usize + stats.open_traces, 10_000);
+        assert_eq!(
+            count(&c.counters.traces_evicted) as usize + stats.open_traces,
+            10_000
+        );
         assert_eq!(stats.export_traces + stats.open_traces, 10_000);
     }
 
@@ -623,7 +644,14 @@ mod tests {
         let out = c.drain_export(usize::MAX);
         assert_eq!(out.len(), 80_000);
         assert!(out.iter().all(|t| t.spans.len() == 3));
-        assert_eq!(c.registry.merged(SpanKind::Internal, "op").unwrap().0.count(), 240_000);
+        assert_eq!(
+            c.registry
+                .merged(SpanKind::Internal, "op")
+                .unwrap()
+                .0
+                .count(),
+            240_000
+        );
         assert_eq!(c.stats().open_traces, 0);
     }
 }

@@ -123,7 +123,9 @@ fn valid_key(key: &str) -> bool {
 fn valid_value(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 256
-        && value.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && value
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
         && !value.ends_with(' ')
 }
 
@@ -179,15 +181,42 @@ mod tests {
     fn refuses_malformed_headers() {
         let cases = [
             ("", TraceParentError::Length),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", TraceParentError::Length),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", TraceParentError::Length),
-            ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TraceParentError::Delimiter),
-            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", TraceParentError::Hex),
-            ("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", TraceParentError::Hex),
-            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TraceParentError::Version),
-            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", TraceParentError::ZeroTraceId),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", TraceParentError::ZeroSpanId),
-            ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", TraceParentError::Delimiter),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+                TraceParentError::Length,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+                TraceParentError::Length,
+            ),
+            (
+                "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                TraceParentError::Delimiter,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                TraceParentError::Hex,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+                TraceParentError::Hex,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                TraceParentError::Version,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                TraceParentError::ZeroTraceId,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                TraceParentError::ZeroSpanId,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+                TraceParentError::Delimiter,
+            ),
         ];
         for (h, e) in cases {
             assert_eq!(parse_traceparent(h), Err(e), "{h:?}");
@@ -206,7 +235,10 @@ mod tests {
             normalize_tracestate("rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE").as_deref(),
             Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
         );
-        assert_eq!(normalize_tracestate("tenant@vendor=x").as_deref(), Some("tenant@vendor=x"));
+        assert_eq!(
+            normalize_tracestate("tenant@vendor=x").as_deref(),
+            Some("tenant@vendor=x")
+        );
         assert_eq!(normalize_tracestate(""), Some(String::new()));
         assert_eq!(normalize_tracestate("Bad=1"), None);
         assert_eq!(normalize_tracestate("novalue"), None);

@@ -120,7 +120,12 @@ impl Registry {
     /// histogram of the same kind and class (counted in `overflowed`).
     pub fn histogram_for(&self, kind: SpanKind, name: &str, class: StatusClass) -> Arc<Histogram> {
         let idx = slot_index(kind, class);
-        if let Some(h) = self.names.load().get(name).and_then(|op| op.slots[idx].get()) {
+        if let Some(h) = self
+            .names
+            .load()
+            .get(name)
+            .and_then(|op| op.slots[idx].get())
+        {
             return h.clone();
         }
         let _g = self.grow.lock();
@@ -223,7 +228,10 @@ impl Registry {
 
     /// Approximate memory held by the histograms.
     pub fn memory_bytes(&self) -> usize {
-        self.entries().iter().map(|e| e.histogram.memory_bytes()).sum()
+        self.entries()
+            .iter()
+            .map(|e| e.histogram.memory_bytes())
+            .sum()
     }
 
     fn reserve_key(&self) -> bool {
@@ -298,7 +306,11 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(r.key_count(), 50);
-        let total: u64 = r.entries().iter().map(|e| e.histogram.snapshot().count()).sum();
+        let total: u64 = r
+            .entries()
+            .iter()
+            .map(|e| e.histogram.snapshot().count())
+            .sum();
         assert_eq!(total, 8 * 20_000);
         assert_eq!(r.overflowed(), 0);
     }

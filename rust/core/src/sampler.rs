@@ -177,7 +177,12 @@ impl TailSampler {
 
     /// The adaptive threshold of an operation, if known.
     pub fn adaptive_threshold(&self, kind: SpanKind, name: &str) -> Option<u64> {
-        let t = self.thresholds.load().get(name).map(|a| a[kind as usize]).unwrap_or(0);
+        let t = self
+            .thresholds
+            .load()
+            .get(name)
+            .map(|a| a[kind as usize])
+            .unwrap_or(0);
         (t > 0).then_some(t)
     }
 
@@ -203,10 +208,12 @@ impl TailSampler {
         if self.cfg.keep_errors && spans.iter().any(SpanRecord::is_error) {
             return Some(KeepReason::Error);
         }
-        let root = spans
-            .iter()
-            .find(|s| s.local_root)
-            .unwrap_or_else(|| spans.iter().max_by_key(|s| s.duration_ns).unwrap_or(&spans[0]));
+        let root = spans.iter().find(|s| s.local_root).unwrap_or_else(|| {
+            spans
+                .iter()
+                .max_by_key(|s| s.duration_ns)
+                .unwrap_or(&spans[0])
+        });
         if self.cfg.slow_threshold_ns > 0 && root.duration_ns >= self.cfg.slow_threshold_ns {
             return Some(KeepReason::Slow);
         }
@@ -221,7 +228,8 @@ impl TailSampler {
             && spans.iter().any(|s| {
                 self.cfg.attribute_rules.iter().any(|rule| {
                     s.attributes.iter().any(|(k, v)| {
-                        k == &rule.key && rule.value.as_deref().is_none_or(|want| v.matches_str(want))
+                        k == &rule.key
+                            && rule.value.as_deref().is_none_or(|want| v.matches_str(want))
                     })
                 })
             })
@@ -264,7 +272,9 @@ mod tests {
         let mut kept = 0;
         let mut x: u128 = 0x9e3779b97f4a7c15f39cc0605cedc834;
         for _ in 0..100_000 {
-            x = x.wrapping_mul(0x2545F4914F6CDD1D_u128 | 1).wrapping_add(0x1234567);
+            x = x
+                .wrapping_mul(0x2545F4914F6CDD1D_u128 | 1)
+                .wrapping_add(0x1234567);
             let id = x ^ (x >> 61);
             let a = probabilistic_keep(id, 0.25);
             assert_eq!(a, probabilistic_keep(id, 0.25));
@@ -308,7 +318,10 @@ mod tests {
             slow_threshold_ns: 1_000,
             ..cfg(0.0)
         });
-        assert_eq!(s.decide(&[span(1, 1, 0, "a", 1_000)], 1), Decision::Keep(KeepReason::Slow));
+        assert_eq!(
+            s.decide(&[span(1, 1, 0, "a", 1_000)], 1),
+            Decision::Keep(KeepReason::Slow)
+        );
         assert!(!s.decide(&[span(2, 1, 0, "a", 999)], 1).is_keep());
     }
 
@@ -316,7 +329,12 @@ mod tests {
     fn adaptive_keeps_what_is_slower_than_the_live_quantile() {
         let r = registry();
         for i in 0..1000u64 {
-            r.record(SpanKind::Internal, "op", crate::span::StatusClass::Ok, 1_000 + i);
+            r.record(
+                SpanKind::Internal,
+                "op",
+                crate::span::StatusClass::Ok,
+                1_000 + i,
+            );
         }
         let s = TailSampler::new(SamplerConfig {
             adaptive_quantile: 0.99,
@@ -326,7 +344,10 @@ mod tests {
         // Nothing is known before the thresholds are computed.
         assert!(!s.decide(&[span(9, 1, 0, "op", 5_000)], 1).is_keep());
         s.refresh_thresholds(&r);
-        assert_eq!(s.decide(&[span(1, 1, 0, "op", 5_000)], 1), Decision::Keep(KeepReason::Adaptive));
+        assert_eq!(
+            s.decide(&[span(1, 1, 0, "op", 5_000)], 1),
+            Decision::Keep(KeepReason::Adaptive)
+        );
         assert!(!s.decide(&[span(2, 1, 0, "op", 1_500)], 1).is_keep());
         // An operation without enough samples is not judged adaptively.
         assert!(!s.decide(&[span(3, 1, 0, "new", 1_000_000)], 1).is_keep());
@@ -336,16 +357,24 @@ mod tests {
     fn attribute_rules_match_key_and_value() {
         let s = TailSampler::new(SamplerConfig {
             attribute_rules: vec![
-                AttributeRule { key: "tenant".into(), value: Some("vip".into()) },
-                AttributeRule { key: "debug".into(), value: None },
+                AttributeRule {
+                    key: "tenant".into(),
+                    value: Some("vip".into()),
+                },
+                AttributeRule {
+                    key: "debug".into(),
+                    value: None,
+                },
             ],
             ..cfg(0.0)
         });
         let mut a = span(1, 1, 0, "a", 1);
-        a.attributes.push(("tenant".into(), AttrValue::Str("vip".into())));
+        a.attributes
+            .push(("tenant".into(), AttrValue::Str("vip".into())));
         assert_eq!(s.decide(&[a], 1), Decision::Keep(KeepReason::Attribute));
         let mut b = span(2, 1, 0, "a", 1);
-        b.attributes.push(("tenant".into(), AttrValue::Str("free".into())));
+        b.attributes
+            .push(("tenant".into(), AttrValue::Str("free".into())));
         assert!(!s.decide(&[b], 1).is_keep());
         let mut c = span(3, 1, 0, "a", 1);
         c.attributes.push(("debug".into(), AttrValue::Bool(false)));
@@ -360,7 +389,10 @@ mod tests {
         });
         let t0 = 1_000_000_000u64;
         let kept = (0..100)
-            .filter(|i| s.decide(&[span(*i as u128 + 1, 1, 0, "a", 1)], t0).is_keep())
+            .filter(|i| {
+                s.decide(&[span(*i as u128 + 1, 1, 0, "a", 1)], t0)
+                    .is_keep()
+            })
             .count();
         assert_eq!(kept, 10);
         assert_eq!(
@@ -369,7 +401,10 @@ mod tests {
         );
         // Half a second later, five more tokens.
         let kept = (0..100)
-            .filter(|i| s.decide(&[span(*i as u128 + 1000, 1, 0, "a", 1)], t0 + 500_000_000).is_keep())
+            .filter(|i| {
+                s.decide(&[span(*i as u128 + 1000, 1, 0, "a", 1)], t0 + 500_000_000)
+                    .is_keep()
+            })
             .count();
         assert_eq!(kept, 5);
     }

@@ -105,7 +105,7 @@ impl StatusClass {
     /// An HTTP 5xx is an error class; an explicit error status on an HTTP span
     /// with a 2xx code (an exception after the response started) is `Error`.
     pub fn classify(status: StatusCode, http_status: u16) -> StatusClass {
-        if http_status >= 100 && http_status < 600 {
+        if (100..600).contains(&http_status) {
             let class = match http_status / 100 {
                 1 => StatusClass::Http1xx,
                 2 => StatusClass::Http2xx,
@@ -294,7 +294,9 @@ impl SpanRecord {
             + self
                 .links
                 .iter()
-                .map(|l| std::mem::size_of::<Link>() + l.trace_state.capacity() + attrs(&l.attributes))
+                .map(|l| {
+                    std::mem::size_of::<Link>() + l.trace_state.capacity() + attrs(&l.attributes)
+                })
                 .sum::<usize>()
     }
 }
@@ -306,14 +308,32 @@ mod tests {
     #[test]
     fn status_class_follows_http_code_and_error_status() {
         assert_eq!(StatusClass::classify(StatusCode::Unset, 0), StatusClass::Ok);
-        assert_eq!(StatusClass::classify(StatusCode::Error, 0), StatusClass::Error);
-        assert_eq!(StatusClass::classify(StatusCode::Unset, 204), StatusClass::Http2xx);
-        assert_eq!(StatusClass::classify(StatusCode::Unset, 404), StatusClass::Http4xx);
-        assert_eq!(StatusClass::classify(StatusCode::Error, 503), StatusClass::Http5xx);
-        assert_eq!(StatusClass::classify(StatusCode::Error, 200), StatusClass::Error);
+        assert_eq!(
+            StatusClass::classify(StatusCode::Error, 0),
+            StatusClass::Error
+        );
+        assert_eq!(
+            StatusClass::classify(StatusCode::Unset, 204),
+            StatusClass::Http2xx
+        );
+        assert_eq!(
+            StatusClass::classify(StatusCode::Unset, 404),
+            StatusClass::Http4xx
+        );
+        assert_eq!(
+            StatusClass::classify(StatusCode::Error, 503),
+            StatusClass::Http5xx
+        );
+        assert_eq!(
+            StatusClass::classify(StatusCode::Error, 200),
+            StatusClass::Error
+        );
         assert!(StatusClass::Http5xx.is_error());
         assert!(!StatusClass::Http4xx.is_error());
-        assert_eq!(StatusClass::classify(StatusCode::Unset, 999), StatusClass::Ok);
+        assert_eq!(
+            StatusClass::classify(StatusCode::Unset, 999),
+            StatusClass::Ok
+        );
     }
 
     #[test]

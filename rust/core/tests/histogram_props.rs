@@ -60,7 +60,7 @@ fn slots(s: &Snapshot) -> Vec<(u64, u64, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn quantiles_are_within_relative_error_and_match_hdrhistogram(

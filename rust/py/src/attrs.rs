@@ -45,7 +45,8 @@ impl AtomicLimits {
 
     pub fn set(&self, l: Limits) {
         self.max_value_len.store(l.max_value_len, Ordering::Relaxed);
-        self.max_attributes.store(l.max_attributes, Ordering::Relaxed);
+        self.max_attributes
+            .store(l.max_attributes, Ordering::Relaxed);
         self.max_events.store(l.max_events, Ordering::Relaxed);
     }
 }
@@ -111,7 +112,11 @@ fn lossy(s: &Bound<'_, PyString>) -> String {
 
 fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
     if let Ok(s) = v.downcast::<PyString>() {
-        return Some(AttrValue::Str(truncate(text(s, counters), limits.max_value_len, counters)));
+        return Some(AttrValue::Str(truncate(
+            text(s, counters),
+            limits.max_value_len,
+            counters,
+        )));
     }
     if v.is_instance_of::<PyBool>() {
         return Some(AttrValue::Bool(v.is_truthy().unwrap_or(false)));
@@ -122,9 +127,9 @@ fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Opt
             Err(_) => {
                 // Outside i64: keep the digits as a string.
                 AttrCounters::bump(&counters.converted);
-                v.str()
-                    .ok()
-                    .map(|s| AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters)))
+                v.str().ok().map(|s| {
+                    AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters))
+                })
             }
         };
     }
@@ -146,7 +151,11 @@ fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Opt
     None
 }
 
-fn sequence(items: Vec<Bound<'_, PyAny>>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+fn sequence(
+    items: Vec<Bound<'_, PyAny>>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Option<AttrValue> {
     let mut values = Vec::with_capacity(items.len());
     for item in &items {
         if item.is_none() {
@@ -157,7 +166,10 @@ fn sequence(items: Vec<Bound<'_, PyAny>>, limits: &Limits, counters: &AttrCounte
     let all = |f: fn(&AttrValue) -> bool| values.iter().all(f);
     if all(|v| matches!(v, AttrValue::Bool(_))) && !values.is_empty() {
         return Some(AttrValue::BoolArray(
-            values.into_iter().map(|v| matches!(v, AttrValue::Bool(true))).collect(),
+            values
+                .into_iter()
+                .map(|v| matches!(v, AttrValue::Bool(true)))
+                .collect(),
         ));
     }
     if all(|v| matches!(v, AttrValue::Int(_))) && !values.is_empty() {
@@ -202,14 +214,22 @@ fn stringify(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> 
     match v.str() {
         Ok(s) => {
             AttrCounters::bump(&counters.converted);
-            Some(AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters)))
+            Some(AttrValue::Str(truncate(
+                text(&s, counters),
+                limits.max_value_len,
+                counters,
+            )))
         }
         Err(_) => None,
     }
 }
 
 /// Convert one attribute value; `None` means dropped (and counted).
-pub fn convert(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+pub fn convert(
+    v: &Bound<'_, PyAny>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Option<AttrValue> {
     let out = if v.is_none() {
         None
     } else if let Some(s) = scalar(v, limits, counters) {

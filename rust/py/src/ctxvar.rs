@@ -35,7 +35,9 @@ impl ContextVar {
                 "context_var must be a contextvars.ContextVar",
             ));
         }
-        Ok(ContextVar { var: var.clone().unbind() })
+        Ok(ContextVar {
+            var: var.clone().unbind(),
+        })
     }
 
     /// The value in the current context (the var's default if unset; None if

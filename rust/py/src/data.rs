@@ -1,7 +1,6 @@
 //! Read-only views handed to Python: `SpanData` (a span of a kept trace, for
 //! exporters and tests) and `Histogram` (a standalone native histogram).
 
-
 use crate::span::attributes_dict;
 use pulsetrace_core::histogram::{Histogram as CoreHistogram, HistogramConfig};
 use pulsetrace_core::sampler::KeepReason;
@@ -184,4 +183,3 @@ impl Histogram {
         self.inner.reset();
     }
 }
-

@@ -35,9 +35,17 @@ pub struct SpanContext {
 impl SpanContext {
     #[new]
     #[pyo3(signature = (trace_id, span_id, trace_flags=1, trace_state=String::new(), is_remote=true))]
-    fn new(trace_id: u128, span_id: u64, trace_flags: u8, trace_state: String, is_remote: bool) -> PyResult<Self> {
+    fn new(
+        trace_id: u128,
+        span_id: u64,
+        trace_flags: u8,
+        trace_state: String,
+        is_remote: bool,
+    ) -> PyResult<Self> {
         if trace_id == 0 || span_id == 0 {
-            return Err(PyValueError::new_err("trace_id and span_id must be non-zero"));
+            return Err(PyValueError::new_err(
+                "trace_id and span_id must be non-zero",
+            ));
         }
         Ok(SpanContext {
             trace_id,
@@ -73,7 +81,9 @@ impl SpanContext {
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other.downcast::<SpanContext>().is_ok_and(|o| {
             let o = o.get();
-            o.trace_id == self.trace_id && o.span_id == self.span_id && o.trace_flags == self.trace_flags
+            o.trace_id == self.trace_id
+                && o.span_id == self.span_id
+                && o.trace_flags == self.trace_flags
         })
     }
 
@@ -120,7 +130,13 @@ impl Span {
         (tracer.limits.get(), &tracer.attr_counters)
     }
 
-    pub(crate) fn set_one(inner: &mut Inner, key: String, value: AttrValue, limits: &Limits, counters: &AttrCounters) {
+    pub(crate) fn set_one(
+        inner: &mut Inner,
+        key: String,
+        value: AttrValue,
+        limits: &Limits,
+        counters: &AttrCounters,
+    ) {
         if key == HTTP_STATUS_KEY {
             if let AttrValue::Int(code) = value {
                 inner.http_status = u16::try_from(code).unwrap_or(0);
@@ -138,12 +154,20 @@ impl Span {
         inner.attributes.push((key, value));
     }
 
-    pub(crate) fn set_many(&self, inner: &mut Inner, attributes: &Bound<'_, PyAny>, tracer: &Tracer) {
+    pub(crate) fn set_many(
+        &self,
+        inner: &mut Inner,
+        attributes: &Bound<'_, PyAny>,
+        tracer: &Tracer,
+    ) {
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
         if let Ok(d) = attributes.downcast::<PyDict>() {
             for (k, v) in d.iter() {
-                if let (Some(k), Some(v)) = (attrs::key(&k, limits, counters), attrs::convert(&v, limits, counters)) {
+                if let (Some(k), Some(v)) = (
+                    attrs::key(&k, limits, counters),
+                    attrs::convert(&v, limits, counters),
+                ) {
                     Span::set_one(inner, k, v, limits, counters);
                 }
             }
@@ -151,7 +175,10 @@ impl Span {
             if let Ok(iter) = items.try_iter() {
                 for item in iter.flatten() {
                     if let Ok((k, v)) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
-                        if let (Some(k), Some(v)) = (attrs::key(&k, limits, counters), attrs::convert(&v, limits, counters)) {
+                        if let (Some(k), Some(v)) = (
+                            attrs::key(&k, limits, counters),
+                            attrs::convert(&v, limits, counters),
+                        ) {
                             Span::set_one(inner, k, v, limits, counters);
                         }
                     }
@@ -219,7 +246,10 @@ impl Span {
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
         let ty = exc.get_type();
-        let qualname = ty.qualname().map(|q| q.to_string()).unwrap_or_else(|_| "Exception".into());
+        let qualname = ty
+            .qualname()
+            .map(|q| q.to_string())
+            .unwrap_or_else(|_| "Exception".into());
         let module = ty.module().map(|m| m.to_string()).unwrap_or_default();
         let type_name = if module.is_empty() || module == "builtins" {
             qualname
@@ -235,14 +265,20 @@ impl Span {
             .unwrap_or_default();
         let mut event_attrs: Attributes = vec![
             ("exception.type".into(), AttrValue::Str(type_name)),
-            ("exception.message".into(), AttrValue::Str(attrs::truncate(message, limits.max_value_len, counters))),
+            (
+                "exception.message".into(),
+                AttrValue::Str(attrs::truncate(message, limits.max_value_len, counters)),
+            ),
             ("exception.stacktrace".into(), AttrValue::Str(stack)),
             ("exception.escaped".into(), AttrValue::Bool(escaped)),
         ];
         if let Some(extra) = attributes {
             if let Ok(d) = extra.downcast::<PyDict>() {
                 for (k, v) in d.iter() {
-                    if let (Some(k), Some(v)) = (attrs::key(&k, limits, counters), attrs::convert(&v, limits, counters)) {
+                    if let (Some(k), Some(v)) = (
+                        attrs::key(&k, limits, counters),
+                        attrs::convert(&v, limits, counters),
+                    ) {
                         event_attrs.push((k, v));
                     }
                 }
@@ -270,7 +306,10 @@ fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> Option<String> {
     static FORMAT: GILOnceCell<PyObject> = GILOnceCell::new();
     let f = FORMAT
         .get_or_try_init(py, || -> PyResult<PyObject> {
-            Ok(py.import("traceback")?.getattr("format_exception")?.unbind())
+            Ok(py
+                .import("traceback")?
+                .getattr("format_exception")?
+                .unbind())
         })
         .ok()?;
     let tb = exc.getattr("__traceback__").ok()?;
@@ -301,7 +340,9 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
         Ok(0) => Ok(StatusCode::Unset),
         Ok(1) => Ok(StatusCode::Ok),
         Ok(2) => Ok(StatusCode::Error),
-        _ => Err(PyValueError::new_err(format!("not a span status: {status}"))),
+        _ => Err(PyValueError::new_err(format!(
+            "not a span status: {status}"
+        ))),
     }
 }
 
@@ -377,8 +418,12 @@ impl Span {
         let tracer = self.tracer.get();
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
-        let Some(k) = attrs::key(key, limits, counters) else { return };
-        let Some(v) = attrs::convert(value, limits, counters) else { return };
+        let Some(k) = attrs::key(key, limits, counters) else {
+            return;
+        };
+        let Some(v) = attrs::convert(value, limits, counters) else {
+            return;
+        };
         let mut inner = self.inner.lock();
         if !inner.ended {
             Span::set_one(&mut inner, k, v, limits, counters);
@@ -396,7 +441,11 @@ impl Span {
     /// Set the status: 'ok', 'error' or 'unset' (or OpenTelemetry's codes).
     /// 'ok' is final; 'unset' changes nothing.
     #[pyo3(signature = (status, description=None))]
-    fn set_status(&self, status: &Bound<'_, PyAny>, description: Option<&Bound<'_, PyString>>) -> PyResult<()> {
+    fn set_status(
+        &self,
+        status: &Bound<'_, PyAny>,
+        description: Option<&Bound<'_, PyString>>,
+    ) -> PyResult<()> {
         let code = parse_status(status)?;
         let desc = status
             .getattr("description")
@@ -411,7 +460,8 @@ impl Span {
         if code == StatusCode::Error {
             if let Some(d) = description.cloned().or(desc) {
                 let t = attrs::text(&d, &tracer.attr_counters);
-                inner.status_message = attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
+                inner.status_message =
+                    attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
             }
         }
         Ok(())
@@ -422,12 +472,18 @@ impl Span {
         let t = attrs::text(name, &tracer.attr_counters);
         let mut inner = self.inner.lock();
         if !inner.ended {
-            inner.name = attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
+            inner.name =
+                attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
         }
     }
 
     #[pyo3(signature = (name, attributes=None, timestamp=None))]
-    fn add_event(&self, name: &Bound<'_, PyString>, attributes: Option<&Bound<'_, PyAny>>, timestamp: Option<u64>) {
+    fn add_event(
+        &self,
+        name: &Bound<'_, PyString>,
+        attributes: Option<&Bound<'_, PyAny>>,
+        timestamp: Option<u64>,
+    ) {
         let tracer = self.tracer.get();
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
@@ -438,7 +494,10 @@ impl Span {
         };
         if let Some(a) = attributes.and_then(|a| a.downcast::<PyDict>().ok()) {
             for (k, v) in a.iter() {
-                if let (Some(k), Some(v)) = (attrs::key(&k, limits, counters), attrs::convert(&v, limits, counters)) {
+                if let (Some(k), Some(v)) = (
+                    attrs::key(&k, limits, counters),
+                    attrs::convert(&v, limits, counters),
+                ) {
                     event.attributes.push((k, v));
                 }
             }
@@ -464,7 +523,10 @@ impl Span {
         };
         if let Some(a) = attributes {
             for (k, v) in a.iter() {
-                if let (Some(k), Some(v)) = (attrs::key(&k, limits, counters), attrs::convert(&v, limits, counters)) {
+                if let (Some(k), Some(v)) = (
+                    attrs::key(&k, limits, counters),
+                    attrs::convert(&v, limits, counters),
+                ) {
                     link.attributes.push((k, v));
                 }
             }
@@ -530,10 +592,25 @@ impl Span {
                     self.push_event(&mut inner, event);
                     if inner.status != StatusCode::Ok {
                         inner.status = StatusCode::Error;
-                        let ty = exc.get_type().qualname().map(|q| q.to_string()).unwrap_or_default();
-                        let msg = exc.str().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                        let text = if msg.is_empty() { ty } else { format!("{ty}: {msg}") };
-                        inner.status_message = attrs::truncate(text, tracer.limits.get().max_value_len, &tracer.attr_counters);
+                        let ty = exc
+                            .get_type()
+                            .qualname()
+                            .map(|q| q.to_string())
+                            .unwrap_or_default();
+                        let msg = exc
+                            .str()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let text = if msg.is_empty() {
+                            ty
+                        } else {
+                            format!("{ty}: {msg}")
+                        };
+                        inner.status_message = attrs::truncate(
+                            text,
+                            tracer.limits.get().max_value_len,
+                            &tracer.attr_counters,
+                        );
                     }
                 }
             }
@@ -543,7 +620,10 @@ impl Span {
             // A token made in another context (a generator resumed elsewhere)
             // cannot be reset there: count it, the span still ends.
             if tracer.current.reset(token.bind(py)).is_err() {
-                tracer.counters.context_reset_failed.fetch_add(1, Ordering::Relaxed);
+                tracer
+                    .counters
+                    .context_reset_failed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         self.end_at(py, end_mono);
@@ -564,11 +644,13 @@ impl Span {
 }
 
 /// Build the tuple form used by `SpanData.attributes` helpers.
-pub(crate) fn attributes_dict<'py>(py: Python<'py>, a: &Attributes) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn attributes_dict<'py>(
+    py: Python<'py>,
+    a: &Attributes,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (k, v) in a {
         d.set_item(k, attrs::to_py(py, v)?)?;
     }
     Ok(d)
 }
-

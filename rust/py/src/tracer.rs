@@ -57,7 +57,9 @@ fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T)
 
 fn positive(key: &str, v: usize) -> PyResult<usize> {
     if v == 0 {
-        return Err(PyValueError::new_err(format!("config {key}: must be at least 1")));
+        return Err(PyValueError::new_err(format!(
+            "config {key}: must be at least 1"
+        )));
     }
     Ok(v)
 }
@@ -73,16 +75,20 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
     .map_err(|e| PyValueError::new_err(format!("config histogram: {e}")))?;
     let probability: f64 = get(d, "sample_rate", 1.0)?;
     if !(0.0..=1.0).contains(&probability) {
-        return Err(PyValueError::new_err("config sample_rate: must be within [0, 1]"));
+        return Err(PyValueError::new_err(
+            "config sample_rate: must be within [0, 1]",
+        ));
     }
     let percentile: f64 = get(d, "adaptive_percentile", 99.0)?;
     if !(0.0..100.0).contains(&percentile) {
-        return Err(PyValueError::new_err("config adaptive_percentile: must be within [0, 100)"));
+        return Err(PyValueError::new_err(
+            "config adaptive_percentile: must be within [0, 100)",
+        ));
     }
     let rules: Vec<(String, Option<String>)> = get(d, "keep_attributes", Vec::new())?;
     let ms = |key: &str, default: f64| -> PyResult<u64> {
         let v: f64 = get(d, key, default)?;
-        if !(v >= 0.0) {
+        if v.is_nan() || v < 0.0 {
             return Err(PyValueError::new_err(format!("config {key}: must be >= 0")));
         }
         Ok((v * 1e6) as u64)
@@ -101,13 +107,19 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
     };
     let buffer = BufferConfig {
         max_open_traces: positive("max_open_traces", get(d, "max_open_traces", 10_000)?)?,
-        max_spans_per_trace: positive("max_spans_per_trace", get(d, "max_spans_per_trace", 1_000)?)?,
+        max_spans_per_trace: positive(
+            "max_spans_per_trace",
+            get(d, "max_spans_per_trace", 1_000)?,
+        )?,
         decision_wait_ns: ms("decision_wait_ms", 10_000.0)?,
         export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
         worker_interval_ns: ms("worker_interval_ms", 200.0)?.max(1_000_000),
     };
     let limits = Limits {
-        max_value_len: positive("max_attribute_length", get(d, "max_attribute_length", 4096)?)?,
+        max_value_len: positive(
+            "max_attribute_length",
+            get(d, "max_attribute_length", 4096)?,
+        )?,
         max_attributes: get(d, "max_attributes", 128)?,
         max_events: get(d, "max_events", 128)?,
     };
@@ -126,15 +138,18 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
     };
     if let Ok(s) = kind.downcast::<PyString>() {
         let s = s.to_cow()?;
-        return SpanKind::parse(&s).or_else(|| SpanKind::parse(&s.to_ascii_lowercase())).ok_or_else(|| {
-            PyValueError::new_err(format!(
+        return SpanKind::parse(&s)
+            .or_else(|| SpanKind::parse(&s.to_ascii_lowercase()))
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
                 "span kind must be one of internal, server, client, producer, consumer, not {s:?}"
             ))
-        });
+            });
     }
     if kind.is_instance_of::<PyInt>() {
         let v: u8 = kind.extract()?;
-        return SpanKind::from_u8(v).ok_or_else(|| PyValueError::new_err(format!("no span kind {v}")));
+        return SpanKind::from_u8(v)
+            .ok_or_else(|| PyValueError::new_err(format!("no span kind {v}")));
     }
     // An enum whose name is a kind (OpenTelemetry's SpanKind).
     if let Ok(name) = kind.getattr("name").and_then(|n| n.extract::<String>()) {
@@ -142,7 +157,9 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
             return Ok(k);
         }
     }
-    Err(PyTypeError::new_err("span kind must be a str such as 'server'"))
+    Err(PyTypeError::new_err(
+        "span kind must be a str such as 'server'",
+    ))
 }
 
 impl Tracer {
@@ -204,12 +221,28 @@ impl Tracer {
                 Some(p) => {
                     if let Ok(s) = p.downcast::<Span>() {
                         let s = s.get();
-                        (s.trace_id, s.span_id, s.trace_flags, s.trace_state.clone(), false, false)
+                        (
+                            s.trace_id,
+                            s.span_id,
+                            s.trace_flags,
+                            s.trace_state.clone(),
+                            false,
+                            false,
+                        )
                     } else if let Ok(c) = p.downcast::<SpanContext>() {
                         let c = c.get();
-                        (c.trace_id, c.span_id, c.trace_flags, c.trace_state.clone(), c.is_remote, c.is_remote)
+                        (
+                            c.trace_id,
+                            c.span_id,
+                            c.trace_flags,
+                            c.trace_state.clone(),
+                            c.is_remote,
+                            c.is_remote,
+                        )
                     } else {
-                        return Err(PyTypeError::new_err("parent must be a Span or a SpanContext"));
+                        return Err(PyTypeError::new_err(
+                            "parent must be a Span or a SpanContext",
+                        ));
                     }
                 }
                 None => (ids::trace_id(), 0, 1, String::new(), true, false),
@@ -280,7 +313,11 @@ impl Tracer {
     /// context. A missing header gives None; a malformed one gives None and
     /// is counted (never raises).
     #[pyo3(signature = (traceparent, tracestate=None))]
-    fn extract(&self, traceparent: Option<&Bound<'_, PyAny>>, tracestate: Option<&Bound<'_, PyAny>>) -> Option<SpanContext> {
+    fn extract(
+        &self,
+        traceparent: Option<&Bound<'_, PyAny>>,
+        tracestate: Option<&Bound<'_, PyAny>>,
+    ) -> Option<SpanContext> {
         let text = |v: Option<&Bound<'_, PyAny>>| -> Option<String> {
             let v = v?;
             if let Ok(s) = v.downcast::<PyString>() {
@@ -295,14 +332,18 @@ impl Tracer {
         let parsed = match parse_traceparent(&tp) {
             Ok(p) => p,
             Err(_) => {
-                self.counters.traceparent_malformed.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .traceparent_malformed
+                    .fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };
         let state = match text(tracestate) {
             None => String::new(),
             Some(ts) => normalize_tracestate(&ts).unwrap_or_else(|| {
-                self.counters.tracestate_malformed.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tracestate_malformed
+                    .fetch_add(1, Ordering::Relaxed);
                 String::new()
             }),
         };
@@ -355,10 +396,15 @@ impl Tracer {
     /// HdrHistogram V2 compressed base64 encoding, or None.
     #[pyo3(signature = (name, kind="internal"))]
     fn histogram_v2(&self, py: Python<'_>, name: &str, kind: &str) -> PyResult<Option<String>> {
-        let kind = SpanKind::parse(kind).ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
+        let kind = SpanKind::parse(kind)
+            .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
         let core = self.core.load_full();
         let name = name.to_owned();
-        Ok(py.allow_threads(move || core.registry.merged(kind, &name).map(|(s, _)| s.to_v2_base64())))
+        Ok(py.allow_threads(move || {
+            core.registry
+                .merged(kind, &name)
+                .map(|(s, _)| s.to_v2_base64())
+        }))
     }
 
     /// Every counter of the agent, by name.
@@ -480,6 +526,9 @@ impl Tracer {
     /// Whether the background worker is running.
     #[getter]
     fn worker_alive(&self) -> bool {
-        self.worker.lock().as_ref().is_some_and(|h| !h.is_finished())
+        self.worker
+            .lock()
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
     }
 }

@@ -1,0 +1,80 @@
+"""Native histograms: live latency, precision, and the standard encoding."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hdrh.histogram import HdrHistogram
+
+import pulsetrace
+from conftest import fresh
+
+T0 = 1_800_000_000_000_000_000
+
+
+def exact_quantile(values: list[int], q: float) -> int:
+    s = sorted(values)
+    return s[max(0, int(q * len(s) + 0.999999) - 1)]
+
+
+def test_latency_reports_each_operation_within_precision():
+    fresh()
+    rng = random.Random(1)
+    durations = [int(rng.lognormvariate(13, 1)) + 1 for _ in range(5000)]
+    for d in durations:
+        pulsetrace.start_span("GET /users/{id}", kind="server", start_time=T0).end(end_time=T0 + d)
+    for _ in range(7):
+        with pulsetrace.start_span("job") as s:
+            s.set_status("error")
+    rows = {r["name"]: r for r in pulsetrace.latency()}
+    r = rows["GET /users/{id}"]
+    assert r["kind"] == "server" and r["count"] == 5000 and r["errors"] == 0
+    for key, q in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)]:
+        exact = exact_quantile(durations, q) / 1e9
+        assert r[key] == pytest.approx(exact, rel=0.01), key
+    assert r["max"] == pytest.approx(max(durations) / 1e9, rel=0.01)
+    assert r["min"] == pytest.approx(min(durations) / 1e9, rel=0.01)
+    assert r["mean"] == pytest.approx(sum(durations) / len(durations) / 1e9, rel=1e-6)
+    assert rows["job"]["errors"] == 7
+
+
+def test_histogram_encoding_decodes_with_the_reference_implementation():
+    h = pulsetrace.Histogram(significant_digits=3)
+    rng = random.Random(2)
+    values = [int(rng.expovariate(1 / 2e6)) + 1 for _ in range(20_000)]
+    for v in values:
+        h.record(v)
+    decoded = HdrHistogram.decode(h.encode())
+    assert decoded.get_total_count() == len(values) == h.count
+    for q in (50, 90, 99, 99.9):
+        assert decoded.get_value_at_percentile(q) == pytest.approx(
+            exact_quantile(values, q / 100), rel=0.001
+        )
+    assert decoded.get_max_value() == pytest.approx(max(values), rel=0.001)
+
+
+def test_operation_histograms_are_exported_in_the_same_encoding():
+    fresh()
+    for d in (1_000, 2_000, 3_000):
+        pulsetrace.start_span("op", start_time=T0).end(end_time=T0 + d)
+    tracer = pulsetrace._runtime.tracer()
+    decoded = HdrHistogram.decode(tracer.histogram_v2("op", "internal"))
+    assert decoded.get_total_count() == 3
+    assert tracer.histogram_v2("missing") is None
+
+
+def test_metric_keys_are_bounded():
+    fresh(max_metric_keys=10)
+    for i in range(50):
+        pulsetrace.start_span(f"/users/{i}").end()
+    rows = {r["name"]: r for r in pulsetrace.latency()}
+    assert len(rows) == 11
+    assert rows["(overflow)"]["count"] == 40
+    c = pulsetrace.counters()
+    assert c["metric_keys"] == 10 and c["metric_keys_overflowed"] == 40
+
+
+def test_histogram_rejects_bad_settings_clearly():
+    with pytest.raises(ValueError, match="sigfig"):
+        pulsetrace.Histogram(significant_digits=9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -64,9 +65,14 @@ def config() -> Config:
     return _config
 
 
+def _apply_log_level(cfg: Config) -> None:
+    logging.getLogger("pulsetrace").setLevel(cfg.log_level.upper())
+
+
 def _start(cfg: Config) -> None:
     global _tracer, _config
     _config = cfg
+    _apply_log_level(cfg)
     _tracer = Tracer(cfg.to_native(), CURRENT)
 
 
@@ -79,6 +85,7 @@ def configure(cfg: Config) -> None:
         else:
             _tracer.configure(cfg.to_native())
             _config = cfg
+            _apply_log_level(cfg)
         _restart_worker()
 
 

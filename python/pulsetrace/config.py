@@ -25,6 +25,15 @@ _FALSE = {"0", "false", "no", "off"}
 class Config:
     """Agent settings. Field defaults are the documented defaults."""
 
+    # Switches and identity
+    enabled: bool = True
+    service_name: str = "unknown_service"
+    resource_attributes: dict[str, str] = field(default_factory=dict)
+    disabled_integrations: frozenset[str] = frozenset()
+    log_level: str = "warning"
+    # Head sampling (OpenTelemetry), before the tail sampler
+    head_sampler: str = "parentbased_always_on"
+    head_sampler_ratio: float = 1.0
     # Tail sampling
     sample_rate: float = 0.1
     keep_errors: bool = True
@@ -49,9 +58,19 @@ class Config:
     # Export
     export_interval_ms: float = 1_000.0
 
+    def __post_init__(self) -> None:
+        # The resource always names the service the way service_name does.
+        self.resource_attributes = {**self.resource_attributes, "service.name": self.service_name}
+
     def to_native(self) -> dict[str, Any]:
         """The dict the native ``Tracer`` is built from."""
-        return asdict(self)
+        d = asdict(self)
+        d["disabled_integrations"] = sorted(self.disabled_integrations)
+        return d
+
+    def integration_enabled(self, name: str) -> bool:
+        """Whether the integration ``name`` may be switched on."""
+        return self.enabled and name not in self.disabled_integrations
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with some fields replaced; unknown names raise TypeError."""
@@ -127,11 +146,79 @@ def _rules(env: Mapping[str, str], var: str) -> list[tuple[str, Optional[str]]]:
     return rules
 
 
+_HEAD_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    v = raw.strip().lower()
+    if v == "warn":
+        v = "warning"
+    if v not in choices:
+        _warn(var, raw, f"not one of {', '.join(choices)}", default)
+        return default
+    return v
+
+
+def _resource(env: Mapping[str, str]) -> dict[str, str]:
+    from urllib.parse import unquote
+
+    raw = env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            _warn("OTEL_RESOURCE_ATTRIBUTES", raw, f"malformed at {part!r}", "that entry skipped")
+            continue
+        out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+def _disabled(env: Mapping[str, str]) -> frozenset[str]:
+    names = {
+        n.strip().lower()
+        for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+        if n.strip()
+    }
+    for var in env:
+        if var.startswith("PULSETRACE_") and var.endswith("_ENABLED"):
+            name = var[len("PULSETRACE_") : -len("_ENABLED")].lower()
+            if name and not _bool(env, var, True):
+                names.add(name)
+    return frozenset(names)
+
+
 def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
     """Read the configuration from ``env`` (default: ``os.environ``)."""
     e = os.environ if env is None else env
     d = Config()
+    resource = _resource(e)
+    service = (e.get("OTEL_SERVICE_NAME") or "").strip() or resource.get(
+        "service.name", d.service_name
+    )
+    resource["service.name"] = service
     return Config(
+        enabled=_bool(e, "APM_ENABLED", True) and not _bool(e, "OTEL_SDK_DISABLED", False),
+        service_name=service,
+        resource_attributes=resource,
+        disabled_integrations=_disabled(e),
+        log_level=_choice(e, "LOG_LEVEL", d.log_level, _LOG_LEVELS),
+        head_sampler=_choice(e, "OTEL_TRACES_SAMPLER", d.head_sampler, _HEAD_SAMPLERS),
+        head_sampler_ratio=_number(
+            e, "OTEL_TRACES_SAMPLER_ARG", d.head_sampler_ratio, low=0.0, high=1.0
+        ),
         sample_rate=_number(e, "PULSETRACE_SAMPLE_RATE", d.sample_rate, low=0.0, high=1.0),
         keep_errors=_bool(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         slow_threshold_ms=_number(e, "PULSETRACE_SLOW_THRESHOLD_MS", d.slow_threshold_ms, low=0.0),

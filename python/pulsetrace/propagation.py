@@ -59,6 +59,8 @@ def inject(
         span = _runtime.tracer().current_span()
         if span is None:
             return
+    if span.trace_id == 0:  # tracing is off: nothing to propagate
+        return
     if not overwrite and any(isinstance(k, str) and k.lower() == "traceparent" for k in headers):
         return
     headers["traceparent"] = span.traceparent

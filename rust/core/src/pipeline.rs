@@ -206,6 +206,13 @@ impl Core {
         }
     }
 
+    /// A span that is not traced (head-sampled out): only its latency counts.
+    #[inline]
+    pub fn record_metrics(&self, rec: &SpanRecord) {
+        self.registry
+            .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
+    }
+
     fn accept(&self, shard: &mut Shard, rec: SpanRecord, now_ns: u64) -> Outcome {
         let id = rec.trace_id;
         if let Some(&kept) = shard.decided.get(&id) {

@@ -120,12 +120,43 @@ pub struct Span {
     pub(crate) local_root: bool,
     pub(crate) remote_parent: bool,
     pub(crate) start_mono: u64,
+    /// False only for the shared no-op span handed out while tracing is off.
+    pub(crate) recording: bool,
     pub(crate) inner: Mutex<Inner>,
 }
 
 const HTTP_STATUS_KEY: &str = "http.response.status_code";
 
 impl Span {
+    pub(crate) fn noop(tracer: Py<Tracer>) -> Self {
+        Span {
+            tracer,
+            trace_id: 0,
+            span_id: 0,
+            parent_span_id: 0,
+            trace_flags: 0,
+            trace_state: String::new(),
+            local_root: false,
+            remote_parent: false,
+            start_mono: 0,
+            recording: false,
+            inner: Mutex::new(Inner {
+                name: String::new(),
+                kind: SpanKind::Internal,
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                status: StatusCode::Unset,
+                status_message: String::new(),
+                http_status: 0,
+                dropped_attributes: 0,
+                dropped_events: 0,
+                ended: true,
+                token: None,
+            }),
+        }
+    }
+
     fn limits<'a>(&self, tracer: &'a Tracer) -> (Limits, &'a AttrCounters) {
         (tracer.limits.get(), &tracer.attr_counters)
     }
@@ -200,6 +231,9 @@ impl Span {
     }
 
     fn end_at(&self, py: Python<'_>, end_mono: u64) {
+        if !self.recording {
+            return;
+        }
         let tracer = self.tracer.get();
         let mut inner = self.inner.lock();
         if inner.ended {
@@ -231,7 +265,12 @@ impl Span {
         let token = inner.token.take();
         drop(inner);
         drop(token.map(|t| t.into_bound(py)));
-        tracer.core.load().end_span(rec, end_mono);
+        if self.trace_flags & 1 == 1 {
+            tracer.core.load().end_span(rec, end_mono);
+        } else {
+            // Head-sampled out: latency still counts, the trace is not kept.
+            tracer.core.load().record_metrics(&rec);
+        }
     }
 
     fn exception_event(
@@ -411,7 +450,14 @@ impl Span {
     }
 
     fn is_recording(&self) -> bool {
-        !self.inner.lock().ended
+        self.recording && !self.inner.lock().ended
+    }
+
+    /// Whether this span's trace is sampled (W3C flag): False when head
+    /// sampling rejected it, or while tracing is off.
+    #[getter]
+    fn sampled(&self) -> bool {
+        self.trace_flags & 1 == 1
     }
 
     fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
@@ -568,6 +614,9 @@ impl Span {
 
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
         let span = slf.get();
+        if !span.recording {
+            return Ok(slf.clone());
+        }
         let tracer = span.tracer.get();
         let token = tracer.current.set(slf.as_any())?;
         span.inner.lock().token = Some(token.unbind());
@@ -582,6 +631,9 @@ impl Span {
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
     ) -> bool {
+        if !self.recording {
+            return false;
+        }
         let end_mono = clock::now_mono_ns();
         let _ = (exc_type, traceback);
         let tracer = self.tracer.get();

@@ -21,9 +21,42 @@ use pulsetrace_core::span::SpanKind;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+
+/// Head sampling (OpenTelemetry's `OTEL_TRACES_SAMPLER`), applied when a
+/// span starts, before the tail sampler. A span it rejects is not traced
+/// (trace flags 00, propagated downstream) but still feeds the histograms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadSampler {
+    /// Follow a parent's sampled flag when there is a parent.
+    pub parent_based: bool,
+    /// Probability for roots (1: always on, 0: always off).
+    pub ratio: f64,
+}
+
+impl HeadSampler {
+    fn parse(name: &str, ratio: f64) -> PyResult<Self> {
+        let (parent_based, ratio) = match name {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, ratio),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, ratio),
+            other => {
+                return Err(PyValueError::new_err(format!("config head_sampler: unknown sampler {other:?}")))
+            }
+        };
+        Ok(HeadSampler { parent_based, ratio })
+    }
+
+    #[inline]
+    fn root_flags(&self, trace_id: u128) -> u8 {
+        u8::from(pulsetrace_core::sampler::probabilistic_keep(trace_id, self.ratio))
+    }
+}
 
 /// Counters the binding keeps (the core keeps its own).
 #[derive(Default, Debug)]
@@ -43,6 +76,9 @@ pub struct Tracer {
     pub(crate) attr_counters: AttrCounters,
     pub(crate) counters: TracerCounters,
     pub(crate) current: ContextVar,
+    head: Mutex<HeadSampler>,
+    enabled: AtomicBool,
+    noop: OnceLock<Py<Span>>,
 }
 
 fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
@@ -65,7 +101,7 @@ fn positive(key: &str, v: usize) -> PyResult<usize> {
 }
 
 /// Build the core configuration from the dict `pulsetrace.config` produces.
-fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
+fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSampler, bool)> {
     let sigfig: u8 = get(d, "histogram_sigfig", 2)?;
     let histogram = HistogramConfig {
         sigfig,
@@ -129,7 +165,14 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits)> {
         sampler,
         buffer,
     };
-    Ok((cfg, limits))
+    let head_name: String = get(d, "head_sampler", "parentbased_always_on".to_owned())?;
+    let head_ratio: f64 = get(d, "head_sampler_ratio", 1.0)?;
+    if !(0.0..=1.0).contains(&head_ratio) {
+        return Err(PyValueError::new_err("config head_sampler_ratio: must be within [0, 1]"));
+    }
+    let head = HeadSampler::parse(&head_name, head_ratio)?;
+    let enabled: bool = get(d, "enabled", true)?;
+    Ok((cfg, limits, head, enabled))
 }
 
 fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
@@ -163,6 +206,17 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
 }
 
 impl Tracer {
+    /// The shared span handed out while tracing is off: every method is a
+    /// no-op, entering it changes no context.
+    fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
+        if let Some(s) = self.noop.get() {
+            return Ok(s.clone_ref(slf.py()));
+        }
+        let span = Py::new(slf.py(), Span::noop(slf.clone().unbind()))?;
+        let _ = self.noop.set(span);
+        Ok(self.noop.get().expect("set above").clone_ref(slf.py()))
+    }
+
     fn spawn(core: &Arc<Core>) -> Option<JoinHandle<()>> {
         core.spawn_worker().ok()
     }
@@ -175,7 +229,7 @@ impl Tracer {
     /// current span.
     #[new]
     fn new(config: &Bound<'_, PyDict>, context_var: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let (cfg, limits) = build_config(config)?;
+        let (cfg, limits, head, enabled) = build_config(config)?;
         let core = Arc::new(Core::new(cfg.clone()));
         let worker = Tracer::spawn(&core);
         Ok(Tracer {
@@ -186,6 +240,9 @@ impl Tracer {
             attr_counters: AttrCounters::default(),
             counters: TracerCounters::default(),
             current: ContextVar::new(context_var)?,
+            head: Mutex::new(head),
+            enabled: AtomicBool::new(enabled),
+            noop: OnceLock::new(),
         })
     }
 
@@ -202,11 +259,14 @@ impl Tracer {
         start_time: Option<u64>,
     ) -> PyResult<Bound<'py, Span>> {
         let py = slf.py();
+        let tracer = slf.get();
+        if !tracer.enabled.load(Ordering::Relaxed) {
+            return Ok(tracer.noop_span(slf)?.into_bound(py));
+        }
         let start_mono = match start_time {
             Some(t) => clock::unix_to_mono_ns(t),
             None => clock::now_mono_ns(),
         };
-        let tracer = slf.get();
         let kind = parse_kind(kind)?;
         let current;
         let parent = match parent {
@@ -245,7 +305,11 @@ impl Tracer {
                         ));
                     }
                 }
-                None => (ids::trace_id(), 0, 1, String::new(), true, false),
+                None => {
+                    let id = ids::trace_id();
+                    let head = *tracer.head.lock();
+                    (id, 0, head.root_flags(id), String::new(), true, false)
+                }
             };
         let name = crate::attrs::truncate(
             crate::attrs::text(name, &tracer.attr_counters),
@@ -262,6 +326,7 @@ impl Tracer {
             local_root,
             remote_parent,
             start_mono,
+            recording: true,
             inner: Mutex::new(Inner {
                 name,
                 kind,
@@ -492,8 +557,10 @@ impl Tracer {
     /// takes over; the traces the old one already kept move to the new
     /// export queue. Meant for start-up and tests, not for every request.
     fn configure(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<()> {
-        let (cfg, limits) = build_config(config)?;
+        let (cfg, limits, head, enabled) = build_config(config)?;
         let new = Arc::new(Core::new(cfg.clone()));
+        *self.head.lock() = head;
+        self.enabled.store(enabled, Ordering::Relaxed);
         let worker = Tracer::spawn(&new);
         let old = self.core.swap(new.clone());
         let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
@@ -521,6 +588,18 @@ impl Tracer {
             new.adopt_export(&old);
         });
         Ok(())
+    }
+
+    /// Whether tracing is on (`APM_ENABLED` / `OTEL_SDK_DISABLED`). Off, every
+    /// `start_span` returns one shared no-op span.
+    #[getter]
+    fn get_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Whether the background worker is running.

@@ -84,6 +84,13 @@ def capacity_spans(cfg: dict[str, Any]) -> int:
 
 def child(name: str, spans: int) -> dict[str, Any]:
     """One configuration, in this (fresh) process."""
+    for var in (
+        "APM_ENABLED",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ):
+        os.environ.pop(var, None)  # kill switch / head sampler: not what is measured here
     import pulsetrace
 
     known = {f.name for f in dataclasses.fields(pulsetrace.Config)}

@@ -94,6 +94,7 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "counters": parts[-1]["counters"],
         "counters_per_process": [p["counters"] for p in parts],
         "loadavg_per_process": [p["loadavg"] for p in parts],
+        "env_scrubbed": parts[0]["env_scrubbed"],
     }
 
 
@@ -108,6 +109,8 @@ def print_report(r: dict[str, Any]) -> None:
         f"opentelemetry-sdk {v['opentelemetry-sdk']}, wrapt {v['wrapt']}"
     )
     print(f"pulsetrace config: {r['pulsetrace_config']}")
+    if r["env_scrubbed"]:
+        print(f"ignored (removed from the environment): {', '.join(r['env_scrubbed'])}")
     print("\nraw ns per operation, loop included (samples = processes x rounds)\n")
     header = f"{'case':<32}{'median':>10}{'p25':>10}{'p75':>10}{'min':>10}{'samples':>9}"
     print(header)

@@ -78,6 +78,21 @@ MODES = {  # rounds per process, processes, target duration of one batch (ms)
 Batch = Callable[[range, list[int], Callable[[], int]], int]
 
 
+#: Environment variables that would change what is measured (kill switches, samplers
+#: of pulsetrace or of the OpenTelemetry SDK); removed before either is imported.
+SCRUBBED_ENV = (
+    "APM_ENABLED",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+)
+
+
+def scrub_env() -> list[str]:
+    """Remove SCRUBBED_ENV from this process's environment; returns those that were set."""
+    return [name for name in SCRUBBED_ENV if os.environ.pop(name, None) is not None]
+
+
 def empty() -> None:
     pass
 
@@ -171,6 +186,7 @@ def calibrate(fn: Batch, pool: list[int], target_ns: float) -> int:
 
 def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
     """Run every case ``rounds`` times, interleaved, in this process."""
+    scrubbed = scrub_env()
     import pulsetrace
 
     env, settle, versions = build_env()
@@ -206,6 +222,7 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
         "pulsetrace_config": {k: getattr(cfg, k) for k in CONFIG_SHOWN if hasattr(cfg, k)},
         "cases": {name: {"n": sizes[name], "samples": samples[name]} for name in names},
         "counters": pulsetrace.counters(),
+        "env_scrubbed": scrubbed,
         "spans_timed": attempted,
         "span_drops_timed": drops,
         "loadavg": [load_start, os.getloadavg()],

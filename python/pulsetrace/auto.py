@@ -1,0 +1,63 @@
+"""``import pulsetrace.auto`` at the top of an application: configure
+pulsetrace from the environment and instrument every enabled integration.
+
+Integrations are registered lazily: a library is patched when the
+application imports it, before or after this import. With ``APM_ENABLED=false``
+(or ``OTEL_SDK_DISABLED=true``) nothing is patched and spans cost next to
+nothing. Kept traces are flushed at exit and on SIGTERM (when the
+application has not set its own SIGTERM handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from pulsetrace import _diag, _runtime, contrib
+
+log = logging.getLogger("pulsetrace")
+
+_started = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    try:
+        _runtime.shutdown(timeout=5.0)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def start() -> list[str]:
+    """Configure from the environment and instrument (idempotent); returns
+    the integrations switched on."""
+    global _started
+    cfg = _runtime.config()
+    if not cfg.enabled:
+        log.info("pulsetrace: tracing is off (APM_ENABLED / OTEL_SDK_DISABLED)")
+        return []
+    names = contrib.instrument(cfg)
+    if not _started:
+        _started = True
+        try:
+            _install_sigterm()
+        except Exception as exc:
+            _diag.internal_error("auto.signal", exc)
+        log.info("pulsetrace: service %s, integrations %s", cfg.service_name, ", ".join(names))
+    return names
+
+
+try:
+    start()
+except Exception as exc:
+    _diag.internal_error("auto", exc)

@@ -1,0 +1,115 @@
+"""Integrations: one module per instrumented library, one registry.
+
+Each module has the same shape: user-facing docs in its docstring,
+``patch()``, ``unpatch()``, ``SUPPORTED`` (the version range), and an
+idempotence marker so patching twice is harmless. A hook only starts and
+ends spans through the span API; it never calls an exporter and does not
+know how it was switched on.
+
+``instrument()`` registers every enabled integration lazily with
+``wrapt.when_imported``: a library is touched only when the application
+imports it, whatever the import order. Third-party packages add
+integrations through the ``pulsetrace.integrations`` entry-point group (an
+entry point names a module with ``patch()``/``unpatch()``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import wrapt
+
+from pulsetrace import _diag
+from pulsetrace.config import Config
+
+__all__ = ["INTEGRATIONS", "Integration", "instrument", "instrumented", "uninstrument"]
+
+
+@dataclass(frozen=True)
+class Integration:
+    #: The toggle name: ``PULSETRACE_<NAME>_ENABLED``, ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``.
+    name: str
+    #: The module whose import triggers the patch.
+    module: str
+    #: The pulsetrace module with ``patch()`` / ``unpatch()``.
+    hook: str
+
+
+#: Every built-in integration, in one place.
+INTEGRATIONS: tuple[Integration, ...] = (
+    Integration("flask", "flask", "pulsetrace.contrib.flask"),
+    Integration("django", "django.core.handlers.base", "pulsetrace.contrib.django"),
+    Integration("starlette", "starlette.applications", "pulsetrace.contrib.starlette"),
+)
+
+_registered: set[str] = set()
+_patched: dict[str, str] = {}
+
+
+def _third_party() -> list[Integration]:
+    try:
+        from importlib.metadata import entry_points
+
+        eps = entry_points()
+        group = (
+            eps.select(group="pulsetrace.integrations")
+            if hasattr(eps, "select")
+            else eps.get("pulsetrace.integrations", [])
+        )
+        return [Integration(ep.name, ep.name, ep.value) for ep in group]
+    except Exception as exc:
+        _diag.internal_error("contrib.entry_points", exc)
+        return []
+
+
+def _patch(integration: Integration) -> None:
+    try:
+        hook = importlib.import_module(integration.hook)
+        hook.patch()
+        _patched[integration.name] = integration.hook
+    except Exception as exc:
+        _diag.internal_error(f"contrib.{integration.name}.patch", exc)
+
+
+def instrument(config: Config, names: Optional[list[str]] = None) -> list[str]:
+    """Register the enabled integrations (all, or ``names``); returns their names."""
+    chosen = []
+    for integration in (*INTEGRATIONS, *_third_party()):
+        if names is not None and integration.name not in names:
+            continue
+        if not config.integration_enabled(integration.name):
+            continue
+        chosen.append(integration.name)
+        if integration.name in _registered:
+            continue
+        _registered.add(integration.name)
+        if integration.module in sys.modules:
+            _patch(integration)
+        else:
+            wrapt.register_post_import_hook(
+                lambda _module, i=integration: _patch(i) if i.name in _registered else None,
+                integration.module,
+            )
+    return chosen
+
+
+def uninstrument(names: Optional[list[str]] = None) -> None:
+    """Remove the patches (all, or ``names``); pending lazy hooks are disarmed."""
+    for name in list(_registered):
+        if names is not None and name not in names:
+            continue
+        _registered.discard(name)
+        hook = _patched.pop(name, None)
+        if hook is not None:
+            try:
+                importlib.import_module(hook).unpatch()
+            except Exception as exc:
+                _diag.internal_error(f"contrib.{name}.unpatch", exc)
+
+
+def instrumented() -> list[str]:
+    """Names of the integrations patched so far."""
+    return sorted(_patched)

@@ -1,0 +1,74 @@
+"""Flask: every request a SERVER span named after its route.
+
+Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
+``PULSETRACE_FLASK_ENABLED=false``). The span is named ``GET /users/<int:id>``
+from the matched URL rule (never the raw path); a request that matches no
+rule is named after its method alone. Errors are recorded as Flask handles
+them: a 500 from an error handler or an unhandled exception is an error, a
+4xx is not. The application object is not referenced by pulsetrace, so it is
+freed when the application drops it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import wrapt
+
+from pulsetrace import _diag, _runtime
+from pulsetrace.contrib import _http, wsgi
+
+SUPPORTED = ">=2.2"
+
+_MARK = "__pulsetrace_patched__"
+
+
+def _name_from_rule(span: Any) -> None:
+    import flask
+
+    if not flask.has_request_context():
+        return
+    rule = flask.request.url_rule
+    if rule is not None:
+        span.update_name(_http.span_name(_http.method_of(flask.request.method), rule.rule))
+        span.set_attribute("http.route", rule.rule)
+
+
+def _wsgi_app(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if len(args) != 2 or kwargs:
+        return wrapped(*args, **kwargs)
+    environ, start_response = args
+    return wsgi.traced_call(wrapped, environ, start_response, _name_from_rule)
+
+
+def _record_exception(sender: Any, exception: BaseException, **_: Any) -> None:
+    """Flask turned an exception into a 500: keep it on the request span."""
+    try:
+        span = _runtime.CURRENT.get()
+        if span is not None and span.kind == "server":
+            span.record_exception(exception, escaped=False)
+            span.set_status("error", f"{type(exception).__qualname__}: {exception}")
+    except Exception as exc:
+        _diag.internal_error("flask.exception", exc)
+
+
+def patch() -> None:
+    """Instrument every Flask app (idempotent)."""
+    import flask
+
+    if getattr(flask.Flask, _MARK, False):
+        return
+    wrapt.wrap_function_wrapper(flask.Flask, "wsgi_app", _wsgi_app)
+    flask.got_request_exception.connect(_record_exception, weak=False)
+    setattr(flask.Flask, _MARK, True)
+
+
+def unpatch() -> None:
+    import flask
+
+    if not getattr(flask.Flask, _MARK, False):
+        return
+    wrapper = flask.Flask.__dict__["wsgi_app"]
+    flask.Flask.wsgi_app = wrapper.__wrapped__
+    flask.got_request_exception.disconnect(_record_exception)
+    delattr(flask.Flask, _MARK)

@@ -14,6 +14,7 @@ pulsetrace is counted and the request runs untouched.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
 
@@ -171,10 +172,9 @@ def traced_call(
 
 
 def _reset(token: Any) -> None:
-    try:
+    # A token made in another context cannot be reset here; nothing to undo.
+    with contextlib.suppress(ValueError):
         _runtime.CURRENT.reset(token)
-    except ValueError:
-        pass
 
 
 class PulsetraceMiddleware:

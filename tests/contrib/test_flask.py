@@ -1,0 +1,126 @@
+"""Flask: route-named SERVER spans, errors, streaming, propagation, safety."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+from conftest import finished, fresh
+
+import pulsetrace
+from pulsetrace.contrib import flask as flask_hook
+
+flask = pytest.importorskip("flask")
+
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def app(exporter):
+    flask_hook.patch()
+    from contrib.flask_app import app
+
+    yield app
+    flask_hook.unpatch()
+
+
+def get(app, path, **kw):
+    with app.test_client() as c:
+        r = c.get(path, **kw)
+        body = r.get_data()
+        r.close()
+        return r.status_code, body
+
+
+def server_spans(exporter):
+    return [s for s in finished(exporter) if s.kind == "server"]
+
+
+def test_spans_are_named_after_the_route_template(app, exporter):
+    assert get(app, "/users/42?token=s3cret&page=2", headers={"User-Agent": "t/1"})[0] == 200
+    (s,) = server_spans(exporter)
+    assert s.name == "GET /users/<int:user_id>"
+    a = s.attributes
+    assert a["http.route"] == "/users/<int:user_id>"
+    assert a["http.request.method"] == "GET"
+    assert a["http.response.status_code"] == 200
+    assert a["url.path"] == "/users/42"
+    assert a["url.query"] == "token=REDACTED&page=2"
+    assert a["url.scheme"] == "http"
+    assert a["server.address"] == "localhost"
+    assert a["user_agent.original"] == "t/1"
+    assert s.status == "unset"
+    (child,) = [x for x in finished(exporter) if x.name == "load user"]
+    assert child.parent_span_id == s.span_id
+
+
+def test_errors_and_client_errors(app, exporter):
+    assert get(app, "/boom")[0] == 500
+    assert get(app, "/missing")[0] == 404
+    assert get(app, "/no/such/route")[0] == 404
+    spans = {s.name: s for s in server_spans(exporter)}
+    boom = spans["GET /boom"]
+    assert boom.status == "error"
+    assert boom.events[0]["attributes"]["exception.type"] == "RuntimeError"
+    assert boom.events[0]["attributes"]["exception.message"] == "view failed"
+    assert spans["GET /missing"].status == "unset"
+    # An unmatched path is named after the method alone (bounded cardinality).
+    assert spans["GET"].attributes["http.response.status_code"] == 404
+
+
+def test_incoming_traceparent_is_continued(app, exporter):
+    get(app, "/users/1", headers={"traceparent": TP, "tracestate": "k=v"})
+    (s,) = server_spans(exporter)
+    assert f"{s.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert s.parent_span_id == 0x00F067AA0BA902B7
+    assert s.remote_parent and s.trace_state == "k=v"
+
+
+def test_streaming_responses_end_when_the_body_is_sent(app, exporter):
+    status, body = get(app, "/stream")
+    assert status == 200 and body.count(b"chunk") == 3
+    (s,) = server_spans(exporter)
+    assert s.duration_ns >= 140_000_000
+
+
+def test_patching_twice_is_harmless_and_unpatch_removes_it(app, exporter):
+    flask_hook.patch()
+    get(app, "/users/1")
+    assert len(server_spans(exporter)) == 1
+    flask_hook.unpatch()
+    exporter.clear()
+    get(app, "/users/1")
+    assert server_spans(exporter) == []
+    flask_hook.patch()
+
+
+def test_pulsetrace_failures_never_change_the_response(app, exporter, monkeypatch):
+    baseline = [get(app, p) for p in ("/users/7", "/boom", "/stream")]
+
+    def broken(*a, **k):
+        raise RuntimeError("pulsetrace bug")
+
+    monkeypatch.setattr(pulsetrace.contrib._http, "server_attributes", broken)
+    assert [get(app, p) for p in ("/users/7", "/boom", "/stream")] == baseline
+    assert pulsetrace._diag.internal_errors()["wsgi.start"] == 3
+
+
+def test_tracing_off_means_no_spans(app, exporter):
+    fresh(enabled=False)
+    get(app, "/users/1")
+    assert server_spans(exporter) == []
+
+
+def test_the_app_is_freed_when_dropped(exporter):
+    flask_hook.patch()
+    try:
+        app = flask.Flask("temporary")
+        app.route("/")(lambda: "ok")
+        get(app, "/")
+        ref = weakref.ref(app)
+        del app
+        gc.collect()
+        assert ref() is None
+    finally:
+        flask_hook.unpatch()

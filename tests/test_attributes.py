@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pulsetrace
+
 from conftest import finished
 
 

@@ -8,6 +8,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 import pulsetrace
+
 from conftest import fresh
 
 T0 = 1_800_000_000_000_000_000

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import pulsetrace
+
 from conftest import finished
 
 

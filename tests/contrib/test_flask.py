@@ -6,10 +6,11 @@ import gc
 import weakref
 
 import pytest
-from conftest import finished, fresh
 
 import pulsetrace
 from pulsetrace.contrib import flask as flask_hook
+
+from conftest import finished, fresh
 
 flask = pytest.importorskip("flask")
 

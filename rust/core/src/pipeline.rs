@@ -102,8 +102,70 @@ pub struct KeptTrace {
     pub spans: Vec<SpanRecord>,
 }
 
+/// Hashes a trace id by folding its halves: ids are random (W3C), so this
+/// is as good as SipHash here at a fraction of the cost on the request path.
+#[derive(Default, Clone, Copy)]
+struct TraceIdHasher(u64);
+
+impl std::hash::Hasher for TraceIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u128 keys; FNV-1a keeps it correct anyway.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, id: u128) {
+        self.0 = ((id as u64) ^ ((id >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type TraceMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<TraceIdHasher>>;
+
 struct OpenTrace {
     spans: Vec<SpanRecord>,
+}
+
+/// Recent decisions, for late spans: a small direct-mapped table (a newer
+/// decision overwrites an older one in the same slot), so remembering costs
+/// one cache line on the request path instead of a hash-map insert and
+/// eviction. A late span whose decision was overwritten is buffered as a
+/// new trace and decided after the decision wait.
+struct Decisions {
+    slots: Box<[(u128, bool)]>,
+}
+
+const DECISION_SLOTS: usize = 64;
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Decisions {
+            slots: vec![(0, false); DECISION_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl Decisions {
+    /// Trace ids are never 0, so 0 marks an empty slot.
+    fn slot(id: u128) -> usize {
+        let folded = (id as u64) ^ ((id >> 64) as u64);
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % DECISION_SLOTS
+    }
+
+    #[inline]
+    fn get(&self, id: u128) -> Option<bool> {
+        let (k, kept) = self.slots[Decisions::slot(id)];
+        (k == id).then_some(kept)
+    }
+
+    #[inline]
+    fn set(&mut self, id: u128, kept: bool) {
+        self.slots[Decisions::slot(id)] = (id, kept);
+    }
 }
 
 /// One shard of the trace buffer: the open traces whose id hashes here, the
@@ -111,10 +173,9 @@ struct OpenTrace {
 /// recent decisions (for late spans).
 #[derive(Default)]
 struct Shard {
-    open: HashMap<u128, OpenTrace>,
+    open: TraceMap<OpenTrace>,
     arrival: VecDeque<(u128, u64)>,
-    decided: HashMap<u128, bool>,
-    decided_order: VecDeque<u128>,
+    decided: Decisions,
 }
 
 const SHARDS: usize = 64;
@@ -215,7 +276,7 @@ impl Core {
 
     fn accept(&self, shard: &mut Shard, rec: SpanRecord, now_ns: u64) -> Outcome {
         let id = rec.trace_id;
-        if let Some(&kept) = shard.decided.get(&id) {
+        if let Some(kept) = shard.decided.get(id) {
             if kept {
                 self.counters
                     .spans_late_kept
@@ -293,14 +354,7 @@ impl Core {
             Decision::Drop(DropReason::RateLimited) => &c.traces_dropped_rate_limited,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        shard.decided.insert(id, decision.is_keep());
-        shard.decided_order.push_back(id);
-        let remember = self.per_shard_open * 2;
-        while shard.decided_order.len() > remember {
-            if let Some(old) = shard.decided_order.pop_front() {
-                shard.decided.remove(&old);
-            }
-        }
+        shard.decided.set(id, decision.is_keep());
         match decision {
             Decision::Keep(reason) => Outcome::Export(KeptTrace {
                 trace_id: id,

@@ -57,7 +57,30 @@ pub struct Entry {
     pub histogram: Arc<Histogram>,
 }
 
-type NameMap = HashMap<Box<str>, Arc<Operation>>;
+/// FNV-1a: operation names are short and come from the application's own
+/// routes and code, so a fast non-keyed hash is the right trade here.
+#[derive(Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type NameMap = HashMap<Box<str>, Arc<Operation>, std::hash::BuildHasherDefault<NameHasher>>;
 
 /// The histogram registry. `Send + Sync`; share it in an `Arc`.
 pub struct Registry {
@@ -75,7 +98,7 @@ impl Registry {
         Registry {
             cfg,
             max_keys,
-            names: ArcSwap::from_pointee(HashMap::new()),
+            names: ArcSwap::from_pointee(NameMap::default()),
             grow: Mutex::new(()),
             keys: AtomicUsize::new(0),
             overflow: Arc::new(Operation::new(OVERFLOW_NAME)),

@@ -11,6 +11,8 @@ use crate::span::{SpanKind, SpanRecord};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An attribute rule: keep a trace when one of its spans has `key` (and, if
@@ -141,15 +143,21 @@ impl RateLimiter {
 pub struct TailSampler {
     cfg: SamplerConfig,
     limiter: Mutex<RateLimiter>,
-    thresholds: ArcSwap<HashMap<Arc<str>, [u64; SpanKind::ALL.len()]>>,
+    thresholds: ArcSwap<Thresholds>,
+    /// Whether any threshold is known (skips the lookup until then).
+    has_thresholds: AtomicBool,
 }
+
+type Thresholds =
+    HashMap<Arc<str>, [u64; SpanKind::ALL.len()], BuildHasherDefault<crate::registry::NameHasher>>;
 
 impl TailSampler {
     pub fn new(cfg: SamplerConfig) -> Self {
         TailSampler {
             limiter: Mutex::new(RateLimiter::new(cfg.rate_limit)),
             cfg,
-            thresholds: ArcSwap::from_pointee(HashMap::new()),
+            thresholds: ArcSwap::from_pointee(Thresholds::default()),
+            has_thresholds: AtomicBool::new(false),
         }
     }
 
@@ -163,7 +171,7 @@ impl TailSampler {
         if self.cfg.adaptive_quantile <= 0.0 {
             return;
         }
-        let mut next: HashMap<Arc<str>, [u64; SpanKind::ALL.len()]> = HashMap::new();
+        let mut next = Thresholds::default();
         for (kind, name) in registry.operations() {
             if let Some((snap, _)) = registry.merged(kind, &name) {
                 if snap.count() >= self.cfg.adaptive_min_count {
@@ -172,11 +180,16 @@ impl TailSampler {
                 }
             }
         }
+        self.has_thresholds
+            .store(!next.is_empty(), Ordering::Relaxed);
         self.thresholds.store(Arc::new(next));
     }
 
     /// The adaptive threshold of an operation, if known.
     pub fn adaptive_threshold(&self, kind: SpanKind, name: &str) -> Option<u64> {
+        if !self.has_thresholds.load(Ordering::Relaxed) {
+            return None;
+        }
         let t = self
             .thresholds
             .load()
@@ -228,7 +241,7 @@ impl TailSampler {
             && spans.iter().any(|s| {
                 self.cfg.attribute_rules.iter().any(|rule| {
                     s.attributes.iter().any(|(k, v)| {
-                        k == &rule.key
+                        **k == *rule.key
                             && rule.value.as_deref().is_none_or(|want| v.matches_str(want))
                     })
                 })

@@ -2,6 +2,7 @@
 //! the small enums it is made of. Plain owned data: no Python, no locks.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// OpenTelemetry span kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,7 +150,9 @@ impl StatusClass {
 /// An attribute value as OpenTelemetry defines them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    /// Shared text: a value repeated across spans (a route, a method) can be
+    /// one allocation.
+    Str(Arc<str>),
     Bool(bool),
     Int(i64),
     Float(f64),
@@ -163,7 +166,7 @@ impl AttrValue {
     /// Approximate heap bytes held, for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            AttrValue::Str(s) => s.capacity(),
+            AttrValue::Str(s) => s.len(),
             AttrValue::StrArray(v) => {
                 v.capacity() * std::mem::size_of::<String>()
                     + v.iter().map(String::capacity).sum::<usize>()
@@ -178,7 +181,7 @@ impl AttrValue {
     /// The value rendered as a string (for matching rules).
     pub fn matches_str(&self, expected: &str) -> bool {
         match self {
-            AttrValue::Str(s) => s == expected,
+            AttrValue::Str(s) => &**s == expected,
             AttrValue::Bool(b) => (if *b { "true" } else { "false" }) == expected,
             AttrValue::Int(i) => expected.parse::<i64>().ok() == Some(*i),
             AttrValue::Float(f) => expected.parse::<f64>().ok() == Some(*f),
@@ -188,7 +191,8 @@ impl AttrValue {
     }
 }
 
-pub type Attributes = Vec<(String, AttrValue)>;
+/// Attribute keys are shared text too (keys repeat on every span).
+pub type Attributes = Vec<(Arc<str>, AttrValue)>;
 
 /// A timestamped event on a span (exceptions are events named `exception`).
 #[derive(Clone, Debug, PartialEq)]
@@ -214,7 +218,7 @@ pub struct SpanRecord {
     pub span_id: u64,
     /// 0 when the span has no parent.
     pub parent_span_id: u64,
-    pub name: String,
+    pub name: Arc<str>,
     pub kind: SpanKind,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
@@ -242,7 +246,7 @@ impl SpanRecord {
             trace_id,
             span_id,
             parent_span_id,
-            name: name.to_owned(),
+            name: Arc::from(name),
             kind: SpanKind::Internal,
             start_unix_ns: 0,
             duration_ns: 0,
@@ -276,13 +280,13 @@ impl SpanRecord {
     /// Approximate bytes this record holds (struct plus heap), for the memory bound.
     pub fn approx_bytes(&self) -> usize {
         let attrs = |a: &Attributes| -> usize {
-            a.capacity() * std::mem::size_of::<(String, AttrValue)>()
+            a.capacity() * std::mem::size_of::<(Arc<str>, AttrValue)>()
                 + a.iter()
-                    .map(|(k, v)| k.capacity() + v.heap_bytes())
+                    .map(|(k, v)| k.len() + v.heap_bytes())
                     .sum::<usize>()
         };
         std::mem::size_of::<Self>()
-            + self.name.capacity()
+            + self.name.len()
             + self.status_message.capacity()
             + self.trace_state.capacity()
             + attrs(&self.attributes)

@@ -6,8 +6,11 @@
 
 use pulsetrace_core::span::AttrValue;
 use pyo3::prelude::*;
+use pyo3::sync::GILProtected;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Attribute limits, fixed when the tracer is built.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +94,59 @@ pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
     }
 }
 
+/// Interned text: attribute keys, span names and many values are the same
+/// Python `str` objects on every span (literals in the application's code).
+/// A small direct-mapped per-thread cache maps such an object to the text
+/// converted once. It holds a strong reference to each cached `str`, so a
+/// cached address can never be reused by another object: pointer equality
+/// means the same (immutable) text. Only short strings are cached.
+/// (After a fork the child inherits the cache with the objects it refers
+/// to, so it stays valid.)
+struct Interned {
+    ptr: usize,
+    max: usize,
+    _obj: Py<PyString>,
+    text: Arc<str>,
+}
+
+const INTERN_SLOTS: usize = 512;
+const INTERN_MAX_LEN: isize = 96;
+
+/// Guarded by the GIL (every caller holds it): no thread-local lookup.
+static INTERNED: GILProtected<RefCell<Vec<Option<Interned>>>> =
+    GILProtected::new(RefCell::new(Vec::new()));
+
+/// A Python `str` as shared text, truncated to `limits.max_value_len`.
+pub fn shared(s: &Bound<'_, PyString>, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
+    let ptr = s.as_ptr() as usize;
+    let slot = (ptr >> 4) % INTERN_SLOTS;
+    let max = limits.max_value_len;
+    let cache = INTERNED.get(s.py());
+    if let Ok(v) = cache.try_borrow() {
+        if let Some(Some(e)) = v.get(slot) {
+            if e.ptr == ptr && e.max == max {
+                return e.text.clone();
+            }
+        }
+    }
+    let text: Arc<str> = Arc::from(truncate(text(s, counters), max, counters));
+    if s.len().is_ok_and(|n| n as isize <= INTERN_MAX_LEN) {
+        let entry = Interned {
+            ptr,
+            max,
+            _obj: s.clone().unbind(),
+            text: text.clone(),
+        };
+        if let Ok(mut v) = cache.try_borrow_mut() {
+            if v.is_empty() {
+                v.resize_with(INTERN_SLOTS, || None);
+            }
+            v[slot] = Some(entry);
+        }
+    }
+    text
+}
+
 /// One U+FFFD per lone surrogate (UTF-16 round trip), as a reader expects.
 fn lossy(s: &Bound<'_, PyString>) -> String {
     let units = s
@@ -112,11 +168,7 @@ fn lossy(s: &Bound<'_, PyString>) -> String {
 
 fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
     if let Ok(s) = v.downcast::<PyString>() {
-        return Some(AttrValue::Str(truncate(
-            text(s, counters),
-            limits.max_value_len,
-            counters,
-        )));
+        return Some(AttrValue::Str(shared(s, limits, counters)));
     }
     if v.is_instance_of::<PyBool>() {
         return Some(AttrValue::Bool(v.is_truthy().unwrap_or(false)));
@@ -128,7 +180,9 @@ fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Opt
                 // Outside i64: keep the digits as a string.
                 AttrCounters::bump(&counters.converted);
                 v.str().ok().map(|s| {
-                    AttrValue::Str(truncate(text(&s, counters), limits.max_value_len, counters))
+                    AttrValue::Str(
+                        truncate(text(&s, counters), limits.max_value_len, counters).into(),
+                    )
                 })
             }
         };
@@ -146,7 +200,9 @@ fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Opt
             }
         };
         AttrCounters::bump(&counters.converted);
-        return Some(AttrValue::Str(truncate(s, limits.max_value_len, counters)));
+        return Some(AttrValue::Str(
+            truncate(s, limits.max_value_len, counters).into(),
+        ));
     }
     None
 }
@@ -200,7 +256,7 @@ fn sequence(
         values
             .into_iter()
             .map(|v| match v {
-                AttrValue::Str(s) => s,
+                AttrValue::Str(s) => s.to_string(),
                 AttrValue::Bool(b) => b.to_string(),
                 AttrValue::Int(i) => i.to_string(),
                 AttrValue::Float(f) => f.to_string(),
@@ -214,11 +270,9 @@ fn stringify(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> 
     match v.str() {
         Ok(s) => {
             AttrCounters::bump(&counters.converted);
-            Some(AttrValue::Str(truncate(
-                text(&s, counters),
-                limits.max_value_len,
-                counters,
-            )))
+            Some(AttrValue::Str(
+                truncate(text(&s, counters), limits.max_value_len, counters).into(),
+            ))
         }
         Err(_) => None,
     }
@@ -248,20 +302,20 @@ pub fn convert(
 }
 
 /// An attribute key: a `str` (any other key is converted with `str()`).
-pub fn key(k: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<String> {
+pub fn key(k: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<Arc<str>> {
     if let Ok(s) = k.downcast::<PyString>() {
-        return Some(truncate(text(s, counters), limits.max_value_len, counters));
+        return Some(shared(s, limits, counters));
     }
     AttrCounters::bump(&counters.converted);
     k.str()
         .ok()
-        .map(|s| truncate(text(&s, counters), limits.max_value_len, counters))
+        .map(|s| truncate(text(&s, counters), limits.max_value_len, counters).into())
 }
 
 /// Attribute value → Python object (for exported span data).
 pub fn to_py(py: Python<'_>, v: &AttrValue) -> PyResult<PyObject> {
     Ok(match v {
-        AttrValue::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        AttrValue::Str(s) => (&**s).into_pyobject(py)?.into_any().unbind(),
         AttrValue::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
         AttrValue::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
         AttrValue::Float(f) => f.into_pyobject(py)?.into_any().unbind(),

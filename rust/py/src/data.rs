@@ -103,7 +103,7 @@ impl SpanData {
             remote_parent: s.remote_parent,
             trace_flags: s.trace_flags,
             keep_reason: reason(keep),
-            name: s.name,
+            name: s.name.to_string(),
             status_message: s.status_message,
             trace_state: s.trace_state,
         })

@@ -1,15 +1,22 @@
-//! Trace and span ids: a per-thread splitmix64 generator seeded from the OS,
-//! reseeded in a child process after `fork` (the fork generation is bumped by
-//! the at-fork hook), so parent and child never produce the same ids.
+//! Trace and span ids: a splitmix64 generator seeded from the OS, reseeded
+//! in a child process after `fork` (the fork generation is bumped by the
+//! at-fork hook), so parent and child never produce the same ids.
+//!
+//! The state is protected by the GIL (every caller holds it), which costs
+//! nothing, where a thread-local in a shared library costs a
+//! `__tls_get_addr` call per id.
 
+use pyo3::sync::GILProtected;
+use pyo3::Python;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    static STATE: Cell<(u64, u64)> = const { Cell::new((0, u64::MAX)) };
-}
+/// (state, fork generation it was seeded in); generation u64::MAX = unseeded.
+type State = Cell<(u64, u64)>;
+
+static STATE: GILProtected<State> = GILProtected::new(Cell::new((0, u64::MAX)));
 
 /// Called in the child after a fork.
 pub fn bump_fork_generation() {
@@ -28,42 +35,48 @@ fn seed() -> u64 {
 }
 
 #[inline]
-fn next_u64() -> u64 {
-    STATE.with(|s| {
-        let (mut x, generation) = s.get();
-        let current = FORK_GENERATION.load(Ordering::Relaxed);
-        if generation != current {
-            x = seed();
+fn next_u64(s: &State) -> u64 {
+    let (mut x, generation) = s.get();
+    let current = FORK_GENERATION.load(Ordering::Relaxed);
+    if generation != current {
+        x = seed();
+    }
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    s.set((x, current));
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn span_id_from(s: &State) -> u64 {
+    loop {
+        let v = next_u64(s);
+        if v != 0 {
+            return v;
         }
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set((x, current));
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
+    }
+}
+
+fn trace_id_from(s: &State) -> u128 {
+    loop {
+        let v = (u128::from(next_u64(s)) << 64) | u128::from(next_u64(s));
+        if v != 0 {
+            return v;
+        }
+    }
 }
 
 /// A non-zero 64-bit span id.
 #[inline]
-pub fn span_id() -> u64 {
-    loop {
-        let v = next_u64();
-        if v != 0 {
-            return v;
-        }
-    }
+pub fn span_id(py: Python<'_>) -> u64 {
+    span_id_from(STATE.get(py))
 }
 
 /// A non-zero 128-bit trace id whose lower 56 bits are random (W3C level 2).
 #[inline]
-pub fn trace_id() -> u128 {
-    loop {
-        let v = (u128::from(next_u64()) << 64) | u128::from(next_u64());
-        if v != 0 {
-            return v;
-        }
-    }
+pub fn trace_id(py: Python<'_>) -> u128 {
+    trace_id_from(STATE.get(py))
 }
 
 #[cfg(test)]
@@ -72,18 +85,22 @@ mod tests {
 
     #[test]
     fn ids_are_nonzero_and_distinct() {
+        let s = Cell::new((0, u64::MAX));
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            assert!(seen.insert(span_id()));
-            assert_ne!(trace_id(), 0);
+            assert!(seen.insert(span_id_from(&s)));
+            assert_ne!(trace_id_from(&s), 0);
         }
     }
 
     #[test]
     fn a_fork_generation_change_reseeds() {
-        let a = span_id();
+        let s = Cell::new((0, u64::MAX));
+        let a = span_id_from(&s);
+        let before = s.get();
         bump_fork_generation();
-        let b = span_id();
+        let b = span_id_from(&s);
         assert_ne!(a, b);
+        assert_ne!(s.get().1, before.1, "reseeded in the new generation");
     }
 }

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyString, PyType};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// An immutable span context: what a child or another process needs.
 #[pyclass(frozen, module = "pulsetrace._native", name = "SpanContext")]
@@ -93,7 +94,7 @@ impl SpanContext {
 }
 
 pub(crate) struct Inner {
-    pub name: String,
+    pub name: Arc<str>,
     pub kind: SpanKind,
     pub attributes: Attributes,
     pub events: Vec<Event>,
@@ -141,7 +142,7 @@ impl Span {
             start_mono: 0,
             recording: false,
             inner: Mutex::new(Inner {
-                name: String::new(),
+                name: Arc::from(""),
                 kind: SpanKind::Internal,
                 attributes: Vec::new(),
                 events: Vec::new(),
@@ -163,12 +164,12 @@ impl Span {
 
     pub(crate) fn set_one(
         inner: &mut Inner,
-        key: String,
+        key: Arc<str>,
         value: AttrValue,
         limits: &Limits,
         counters: &AttrCounters,
     ) {
-        if key == HTTP_STATUS_KEY {
+        if &*key == HTTP_STATUS_KEY {
             if let AttrValue::Int(code) = value {
                 inner.http_status = u16::try_from(code).unwrap_or(0);
             }
@@ -194,6 +195,7 @@ impl Span {
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
         if let Ok(d) = attributes.downcast::<PyDict>() {
+            inner.attributes.reserve(d.len());
             for (k, v) in d.iter() {
                 if let (Some(k), Some(v)) = (
                     attrs::key(&k, limits, counters),
@@ -303,12 +305,12 @@ impl Span {
             .map(|s| attrs::truncate(s, limits.max_value_len.saturating_mul(8), counters))
             .unwrap_or_default();
         let mut event_attrs: Attributes = vec![
-            ("exception.type".into(), AttrValue::Str(type_name)),
+            ("exception.type".into(), AttrValue::Str(type_name.into())),
             (
                 "exception.message".into(),
-                AttrValue::Str(attrs::truncate(message, limits.max_value_len, counters)),
+                AttrValue::Str(attrs::truncate(message, limits.max_value_len, counters).into()),
             ),
-            ("exception.stacktrace".into(), AttrValue::Str(stack)),
+            ("exception.stacktrace".into(), AttrValue::Str(stack.into())),
             ("exception.escaped".into(), AttrValue::Bool(escaped)),
         ];
         if let Some(extra) = attributes {
@@ -405,7 +407,7 @@ impl Span {
 
     #[getter]
     fn name(&self) -> String {
-        self.inner.lock().name.clone()
+        self.inner.lock().name.to_string()
     }
 
     #[getter]
@@ -444,7 +446,7 @@ impl Span {
     fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in &self.inner.lock().attributes {
-            d.set_item(k, attrs::to_py(py, v)?)?;
+            d.set_item(&**k, attrs::to_py(py, v)?)?;
         }
         Ok(d)
     }
@@ -519,7 +521,7 @@ impl Span {
         let mut inner = self.inner.lock();
         if !inner.ended {
             inner.name =
-                attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
+                attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters).into();
         }
     }
 
@@ -702,7 +704,7 @@ pub(crate) fn attributes_dict<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (k, v) in a {
-        d.set_item(k, attrs::to_py(py, v)?)?;
+        d.set_item(&**k, attrs::to_py(py, v)?)?;
     }
     Ok(d)
 }

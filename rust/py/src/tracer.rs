@@ -46,15 +46,22 @@ impl HeadSampler {
             "parentbased_always_off" => (true, 0.0),
             "parentbased_traceidratio" => (true, ratio),
             other => {
-                return Err(PyValueError::new_err(format!("config head_sampler: unknown sampler {other:?}")))
+                return Err(PyValueError::new_err(format!(
+                    "config head_sampler: unknown sampler {other:?}"
+                )))
             }
         };
-        Ok(HeadSampler { parent_based, ratio })
+        Ok(HeadSampler {
+            parent_based,
+            ratio,
+        })
     }
 
     #[inline]
     fn root_flags(&self, trace_id: u128) -> u8 {
-        u8::from(pulsetrace_core::sampler::probabilistic_keep(trace_id, self.ratio))
+        u8::from(pulsetrace_core::sampler::probabilistic_keep(
+            trace_id, self.ratio,
+        ))
     }
 }
 
@@ -168,7 +175,9 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
     let head_name: String = get(d, "head_sampler", "parentbased_always_on".to_owned())?;
     let head_ratio: f64 = get(d, "head_sampler_ratio", 1.0)?;
     if !(0.0..=1.0).contains(&head_ratio) {
-        return Err(PyValueError::new_err("config head_sampler_ratio: must be within [0, 1]"));
+        return Err(PyValueError::new_err(
+            "config head_sampler_ratio: must be within [0, 1]",
+        ));
     }
     let head = HeadSampler::parse(&head_name, head_ratio)?;
     let enabled: bool = get(d, "enabled", true)?;
@@ -306,20 +315,16 @@ impl Tracer {
                     }
                 }
                 None => {
-                    let id = ids::trace_id();
+                    let id = ids::trace_id(py);
                     let head = *tracer.head.lock();
                     (id, 0, head.root_flags(id), String::new(), true, false)
                 }
             };
-        let name = crate::attrs::truncate(
-            crate::attrs::text(name, &tracer.attr_counters),
-            tracer.limits.get().max_value_len,
-            &tracer.attr_counters,
-        );
+        let name = crate::attrs::shared(name, &tracer.limits.get(), &tracer.attr_counters);
         let span = Span {
             tracer: slf.clone().unbind(),
             trace_id,
-            span_id: ids::span_id(),
+            span_id: ids::span_id(py),
             parent_span_id,
             trace_flags,
             trace_state,

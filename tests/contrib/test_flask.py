@@ -125,3 +125,16 @@ def test_the_app_is_freed_when_dropped(exporter):
         assert ref() is None
     finally:
         flask_hook.unpatch()
+
+
+def test_a_generic_middleware_around_flask_gives_one_span(app, exporter):
+    from pulsetrace.contrib.wsgi import PulsetraceMiddleware
+
+    wrapped = PulsetraceMiddleware(app.wsgi_app)
+    app.wsgi_app = wrapped
+    try:
+        assert get(app, "/users/5")[0] == 200
+    finally:
+        app.wsgi_app = wrapped.app
+    (s,) = server_spans(exporter)
+    assert s.name == "GET /users/<int:user_id>"

@@ -137,6 +137,11 @@ def traced_call(
     tracer = _runtime.tracer()
     if not tracer.enabled:
         return app(environ, start_response)
+    outer = _runtime.CURRENT.get()
+    if getattr(outer, "kind", None) == "server" and outer.is_recording():
+        # Already inside this request's SERVER span (a generic middleware
+        # around a framework hook): name that span, do not nest a second one.
+        return app(environ, _naming(outer, start_response, name_span))
     try:
         span = start_server_span(environ, tracer)
         token = _runtime.CURRENT.set(span)
@@ -169,6 +174,20 @@ def traced_call(
         _diag.internal_error("wsgi.body", exc)
         _end(span)
         return result
+
+
+def _naming(span: Any, start_response: StartResponse, name_span: Any) -> StartResponse:
+    if name_span is None:
+        return start_response
+
+    def naming_start_response(*args: Any) -> Any:
+        try:
+            name_span(span)
+        except Exception as exc:  # noqa: BLE001
+            _diag.internal_error("wsgi.name", exc)
+        return start_response(*args)
+
+    return naming_start_response
 
 
 def _reset(token: Any) -> None:

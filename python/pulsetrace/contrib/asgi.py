@@ -1,0 +1,227 @@
+"""ASGI: a middleware that makes every HTTP request a SERVER span.
+
+    from pulsetrace.contrib.asgi import PulsetraceASGIMiddleware
+    app = PulsetraceASGIMiddleware(app)
+
+It continues an incoming ``traceparent``, records the response status (5xx
+and unhandled exceptions are errors, 4xx are not), and ends the span when
+the last chunk of the response body has been sent, so streaming responses
+are timed whole. A request the client abandons (the application returns
+without finishing the response, or is cancelled) is ended all the same, not
+marked as an error. ``lifespan`` and ``websocket`` connections pass through
+untouched.
+
+The span is named after the route template (``GET /users/{id}``) when the
+framework records one: ``route_of(scope)`` reads ``scope["route"]``, and a
+framework integration passes its own (Starlette and FastAPI are instrumented
+by ``pulsetrace.contrib.starlette``). A bare ASGI app gets the method alone
+(bounded cardinality). Nothing here can break the application: a failure
+inside pulsetrace is counted and the request runs untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, MutableMapping
+from typing import Any, Callable, Optional
+
+from pulsetrace import _diag, _runtime
+from pulsetrace.contrib import _http
+
+SUPPORTED = "ASGI 3"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RouteOf = Callable[[Scope], Optional[str]]
+
+#: Set in the scope of a traced request, so that a nested instrumented app
+#: (a mounted sub-application) does not start a second SERVER span.
+SCOPE_KEY = "pulsetrace.span"
+
+_WANTED = (b"host", b"user-agent", b"traceparent", b"tracestate")
+
+
+def route_of(scope: Scope) -> Optional[str]:
+    """The route template the framework recorded in the scope, if any:
+    ``scope["route"]`` as a string or as an object with a string ``path``."""
+    route = scope.get("route")
+    if isinstance(route, str):
+        return route
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+_scope_route = route_of
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    found: dict[bytes, str] = {}
+    for name, value in scope.get("headers") or ():
+        key = bytes(name).lower()
+        if key in _WANTED:
+            text = bytes(value).decode("latin-1")
+            if key == b"tracestate" and key in found:
+                found[key] = f"{found[key]},{text}"
+            else:
+                found.setdefault(key, text)
+    return found
+
+
+def start_server_span(scope: Scope, tracer: Any) -> Any:
+    """The SERVER span of an ASGI ``http`` request (not yet current)."""
+    raw_method = scope.get("method") or "GET"
+    method = _http.method_of(raw_method)
+    headers = _headers(scope)
+    server = scope.get("server") or (None, None)
+    host, port = _http.split_host(headers.get(b"host") or server[0], server[1])
+    client = scope.get("client")
+    query = scope.get("query_string") or b""
+    attrs = _http.server_attributes(
+        method,
+        raw_method,
+        scope.get("path") or "/",
+        bytes(query).decode("utf-8", "replace"),
+        scope.get("scheme") or "http",
+        host,
+        port,
+        client[0] if client else None,
+        headers.get(b"user-agent"),
+        scope.get("http_version"),
+    )
+    parent = tracer.extract(headers.get(b"traceparent"), headers.get(b"tracestate"))
+    return tracer.start_span(
+        _http.span_name(method, None), kind="server", attributes=attrs, parent=parent
+    )
+
+
+class _Request:
+    """One traced request: watches what the application sends, names the
+    span at response start, ends it when the response is complete."""
+
+    __slots__ = ("_send", "ended", "named", "route_of", "scope", "span", "status", "trailers")
+
+    def __init__(self, span: Any, scope: Scope, send: Send, route_of: RouteOf) -> None:
+        self.span = span
+        self.scope = scope
+        self._send = send
+        self.route_of = route_of
+        self.status = 0
+        self.trailers = False
+        self.named = False
+        self.ended = False
+
+    async def send(self, message: Message) -> None:
+        last = False
+        try:
+            last = self._observe(message)
+        except Exception as exc:
+            _diag.internal_error("asgi.send", exc)
+        if not last:
+            await self._send(message)
+            return
+        try:
+            await self._send(message)
+        finally:
+            # A 5xx stays open until the application returns: Starlette's
+            # ServerErrorMiddleware sends its 500 and then re-raises the
+            # exception, which belongs on this span.
+            if self.status < 500:
+                self.end()
+
+    def _observe(self, message: Message) -> bool:
+        """Record what ``message`` says; True if it completes the response."""
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self.status = int(message.get("status") or 0)
+            self.trailers = bool(message.get("trailers", False))
+            _http.set_status(self.span, self.status)
+            self.name()
+            return False
+        if kind == "http.response.body":
+            return not message.get("more_body", False) and not self.trailers
+        if kind == "http.response.trailers":
+            return not message.get("more_trailers", False)
+        return kind == "http.response.pathsend"
+
+    def name(self) -> None:
+        if self.named:
+            return
+        self.named = True
+        try:
+            route = self.route_of(self.scope)
+            if route:
+                method = _http.method_of(self.scope.get("method") or "GET")
+                self.span.update_name(_http.span_name(method, route))
+                self.span.set_attribute("http.route", route)
+        except Exception as exc:
+            _diag.internal_error("asgi.route", exc)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.ended:
+            return
+        try:
+            self.span.record_exception(exc, escaped=True)
+            self.span.set_status("error", f"{type(exc).__qualname__}: {exc}")
+        except Exception as inner:
+            _diag.internal_error("asgi.exception", inner)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.name()
+        try:
+            self.span.end()
+        except Exception as exc:
+            _diag.internal_error("asgi.end", exc)
+
+
+async def traced_call(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, route_of: RouteOf = route_of
+) -> None:
+    """Run ``app`` for one ASGI connection, inside a SERVER span if it is an
+    HTTP request not already traced further out."""
+    if scope.get("type") != "http" or SCOPE_KEY in scope:
+        await app(scope, receive, send)
+        return
+    tracer = _runtime.tracer()
+    if not tracer.enabled:
+        await app(scope, receive, send)
+        return
+    try:
+        scope[SCOPE_KEY] = None  # a nested app does not try again, even if this fails
+        span = start_server_span(scope, tracer)
+        request = _Request(span, scope, send, route_of)
+        scope[SCOPE_KEY] = span
+        token = _runtime.CURRENT.set(span)
+    except Exception as exc:
+        _diag.internal_error("asgi.start", exc)
+        await app(scope, receive, send)
+        return
+    try:
+        await app(scope, receive, request.send)
+    except Exception as exc:
+        request.fail(exc)
+        raise
+    finally:
+        # Also reached when the application returns without completing the
+        # response (the client went away) or is cancelled: end it anyway.
+        with contextlib.suppress(ValueError):
+            _runtime.CURRENT.reset(token)
+        request.end()
+
+
+class PulsetraceASGIMiddleware:
+    """ASGI 3 middleware: every HTTP request a SERVER span. ``route_of(scope)``
+    returns the route template once the framework has routed the request
+    (``None``: unmatched, the span is named after the method alone)."""
+
+    def __init__(self, app: ASGIApp, route_of: Optional[RouteOf] = None) -> None:
+        self.app = app
+        self.route_of: RouteOf = route_of or _scope_route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await traced_call(self.app, scope, receive, send, self.route_of)

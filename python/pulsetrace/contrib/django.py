@@ -1,0 +1,231 @@
+"""Django: every request a SERVER span named after its route.
+
+Django 4.2 and later. Switched on by ``import pulsetrace.auto`` or
+``pulsetrace-run`` (toggle: ``PULSETRACE_DJANGO_ENABLED=false``); nothing to
+add to ``MIDDLEWARE``.
+pulsetrace wraps each handler's middleware chain from the outside, under
+WSGI and ASGI alike, so the span times every middleware, sees the responses
+of middleware that answer early and the 500s Django makes of exceptions.
+
+The span is named ``GET /users/<int:pk>/`` from the matched URL pattern
+(never the raw path); a request that matches none (a 404, a redirect from
+``APPEND_SLASH``, a rejected host) is named after its method alone. A 5xx or
+an unhandled exception is an error (the exception is kept on the span), a
+4xx is not. A streaming response (``StreamingHttpResponse``,
+``FileResponse``) is timed until its body is finished, when the server
+closes it. An incoming ``traceparent`` is continued. A failure inside
+pulsetrace is counted and the request runs untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import weakref
+from typing import Any, Callable, Optional
+
+import wrapt
+
+from pulsetrace import _diag, _runtime
+from pulsetrace.contrib import _http, wsgi
+
+SUPPORTED = ">=4.2"
+
+_MARK = "__pulsetrace_patched__"
+_TRACED = "__pulsetrace_chain__"
+_SPAN = "_pulsetrace_span"
+_RECORDED = "_pulsetrace_exception"
+_DISPATCH_UID = "pulsetrace.contrib.django"
+
+#: Chains wrapped while patched stay wrapped; after ``unpatch()`` they pass through.
+_active = False
+
+
+def _start(request: Any, tracer: Any) -> Any:
+    meta = request.META
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and "wsgi.url_scheme" not in meta:
+        # An ASGI request: META has the headers and addresses, not these two.
+        meta = {
+            **meta,
+            "wsgi.url_scheme": scope.get("scheme") or "http",
+            "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version') or '1.1'}",
+        }
+    return wsgi.start_server_span(meta, tracer)
+
+
+def _route(request: Any) -> Optional[str]:
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    if not route or not isinstance(route, str):
+        return None
+    # ``re_path`` patterns: drop the anchors, keep the template readable.
+    route = route.removeprefix("^")
+    if route.endswith("$") and not route.endswith("\\$"):
+        route = route[:-1]
+    return route if route.startswith("/") else "/" + route
+
+
+def _end(span: Any) -> None:
+    try:
+        span.end()
+    except Exception as exc:
+        _diag.internal_error("django.end", exc)
+
+
+def _name(span: Any, request: Any) -> None:
+    route = _route(request)
+    if route is not None:
+        span.update_name(_http.span_name(_http.method_of(request.method), route))
+        span.set_attribute("http.route", route)
+
+
+def _finish(span: Any, request: Any, response: Any) -> None:
+    """Name, status, and the end: now, or when a streaming body is closed."""
+    try:
+        _name(span, request)
+        _http.set_status(span, int(response.status_code))
+        if getattr(response, "streaming", False):
+            # Run by ``response.close()``; or, if the server drops the
+            # response without closing it, when it is collected.
+            response._resource_closers.append(weakref.finalize(response, _end, span))
+            return
+    except Exception as exc:
+        _diag.internal_error("django.finish", exc)
+    _end(span)
+
+
+def _escaped(span: Any, request: Any, exc: BaseException) -> None:
+    """An exception left the middleware chain: keep it on the span."""
+    try:
+        _name(span, request)
+        if getattr(request, _RECORDED, None) is not exc:
+            span.record_exception(exc, escaped=True)
+        if isinstance(exc, asyncio.CancelledError):
+            return  # the client went away: not a server error
+        span.set_status("error", f"{type(exc).__qualname__}: {exc}")
+    except Exception as inner:
+        _diag.internal_error("django.exception", inner)
+
+
+def _reset(token: Any) -> None:
+    try:
+        _runtime.CURRENT.reset(token)
+    except Exception as exc:
+        _diag.internal_error("django.reset", exc)
+
+
+def _begin(request: Any) -> Optional[tuple[Any, Any]]:
+    """The request's span, made current; None when not tracing."""
+    if not _active:
+        return None
+    try:
+        tracer = _runtime.tracer()
+        if not tracer.enabled:
+            return None
+        span = _start(request, tracer)
+    except Exception as exc:
+        _diag.internal_error("django.start", exc)
+        return None
+    try:
+        setattr(request, _SPAN, span)
+        return span, _runtime.CURRENT.set(span)
+    except Exception as exc:
+        _diag.internal_error("django.start", exc)
+        _end(span)
+        return None
+
+
+def _sync_chain(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def traced_chain(request: Any) -> Any:
+        started = _begin(request)
+        if started is None:
+            return chain(request)
+        span, token = started
+        try:
+            response = chain(request)
+        except BaseException as exc:
+            _reset(token)
+            _escaped(span, request, exc)
+            _end(span)
+            raise
+        _reset(token)
+        _finish(span, request, response)
+        return response
+
+    return traced_chain
+
+
+def _async_chain(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    async def traced_chain(request: Any) -> Any:
+        started = _begin(request)
+        if started is None:
+            return await chain(request)
+        span, token = started
+        try:
+            response = await chain(request)
+        except BaseException as exc:
+            _reset(token)
+            _escaped(span, request, exc)
+            _end(span)
+            raise
+        _reset(token)
+        _finish(span, request, response)
+        return response
+
+    return traced_chain
+
+
+def _load_middleware(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    try:
+        chain = instance._middleware_chain
+        if chain is not None and not getattr(chain, _TRACED, False):
+            is_async = bool(kwargs.get("is_async", args[0] if args else False))
+            traced = _async_chain(chain) if is_async else _sync_chain(chain)
+            setattr(traced, _TRACED, True)
+            instance._middleware_chain = traced
+    except Exception as exc:
+        _diag.internal_error("django.load_middleware", exc)
+    return result
+
+
+def _record_exception(sender: Any, request: Any = None, **_: Any) -> None:
+    """Django turned an exception into a 500: keep it on the request span."""
+    try:
+        span = getattr(request, _SPAN, None)
+        exc = sys.exc_info()[1]
+        if span is None or span.ended or exc is None or getattr(request, _RECORDED, None) is exc:
+            return  # each middleware layer re-sends the signal for the same exception
+        span.record_exception(exc, escaped=False)
+        span.set_status("error", f"{type(exc).__qualname__}: {exc}")
+        setattr(request, _RECORDED, exc)
+    except Exception as inner:
+        _diag.internal_error("django.exception", inner)
+
+
+def patch() -> None:
+    """Instrument every Django handler built from now on (idempotent)."""
+    global _active
+    from django.core.handlers.base import BaseHandler
+    from django.core.signals import got_request_exception
+
+    if getattr(BaseHandler, _MARK, False):
+        return
+    wrapt.wrap_function_wrapper(BaseHandler, "load_middleware", _load_middleware)
+    got_request_exception.connect(_record_exception, weak=False, dispatch_uid=_DISPATCH_UID)
+    setattr(BaseHandler, _MARK, True)
+    _active = True
+
+
+def unpatch() -> None:
+    global _active
+    from django.core.handlers.base import BaseHandler
+    from django.core.signals import got_request_exception
+
+    if not getattr(BaseHandler, _MARK, False):
+        return
+    _active = False
+    BaseHandler.load_middleware = BaseHandler.__dict__["load_middleware"].__wrapped__
+    got_request_exception.disconnect(dispatch_uid=_DISPATCH_UID)
+    delattr(BaseHandler, _MARK)

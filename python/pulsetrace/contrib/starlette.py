@@ -1,0 +1,174 @@
+"""Starlette and FastAPI: every HTTP request a SERVER span named after its route.
+
+Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
+``PULSETRACE_STARLETTE_ENABLED=false``; it covers FastAPI, which is built on
+Starlette). The span is named ``GET /users/{user_id}`` from the matched route
+template (never the raw path), mount prefixes included
+(``/api/{version}/items/{item_id}``; a mounted app without routes of its own,
+such as ``StaticFiles``, gives ``/static/{path:path}``); a request that
+matches no route is named after its method alone. The span is the outermost layer of the application, so it
+also sees the 500 that Starlette sends for an unhandled exception, and the
+exception itself (recorded on the span); a 4xx is not an error. Streaming
+responses are timed until their last chunk has been sent.
+
+The application object is not referenced by pulsetrace, so it is freed when
+the application drops it. An application whose middleware stack was built
+before ``patch()`` (one that has already served a request) is not traced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import wrapt
+
+from pulsetrace import _diag
+from pulsetrace.contrib import asgi
+
+SUPPORTED = ">=0.37"
+
+_MARK = "__pulsetrace_patched__"
+_METHOD = "build_middleware_stack"
+_active = False
+
+
+class _Middleware(asgi.PulsetraceASGIMiddleware):
+    """The middleware added to every application's stack; it steps aside
+    once ``unpatch()`` has run, for applications built before that."""
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if _active:
+            await asgi.traced_call(self.app, scope, receive, send, self.route_of)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _path(route: Any) -> Optional[str]:
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def _find(routes: Any, scope: dict[str, Any]) -> Optional[str]:
+    """The template of the route ``scope`` matches, the way Starlette's router
+    picks it (the first full match, else the first partial one)."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:
+            continue
+        if match is Match.FULL:
+            return _template(route, scope, child)
+        if match is Match.PARTIAL and partial is None:
+            partial = (route, child)
+    return _template(partial[0], scope, partial[1]) if partial else None
+
+
+def _template(route: Any, scope: dict[str, Any], child: Any) -> Optional[str]:
+    from starlette.routing import Host, Mount
+
+    if isinstance(route, (Mount, Host)):
+        routes = route.routes
+        prefix = route.path if isinstance(route, Mount) else ""
+        if not routes:  # an opaque ASGI app owns everything below the mount
+            return f"{prefix}/{{path:path}}" if prefix else None
+        inner = _find(routes, {**scope, **child})
+        return prefix + inner if inner else None
+    return _path(route)
+
+
+def route_of(scope: asgi.Scope) -> Optional[str]:
+    """The route template of a routed request, mount prefixes included."""
+    route = scope.get("route")
+    if route is not None and "app_root_path" not in scope:
+        # No Mount on the way (a Mount records the application's root path):
+        # the route the router put in the scope has the whole template.
+        return _path(route)
+    if route is None and "endpoint" not in scope:
+        return None  # nothing matched (an older router that matched sets only "endpoint")
+    # Route again from the top, as the request entered: the scope now holds
+    # the innermost route, relative to its mount.
+    routes = getattr(scope.get("router"), "routes", None)
+    if not routes:
+        return None
+    probe = dict(scope)
+    probe["root_path"] = scope.get("app_root_path", scope.get("root_path", ""))
+    probe["path_params"] = {}
+    return _find(routes, probe)
+
+
+def _build(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    stack = wrapped(*args, **kwargs)
+    if isinstance(stack, asgi.PulsetraceASGIMiddleware):
+        return stack
+    try:
+        return _Middleware(stack, route_of)
+    except Exception as exc:
+        _diag.internal_error("starlette.build", exc)
+        return stack
+
+
+def _ours(cls: type) -> bool:
+    attr = cls.__dict__.get(_METHOD)
+    return isinstance(attr, wrapt.FunctionWrapper) and attr._self_wrapper is _build
+
+
+def _wrap(cls: type) -> None:
+    """Wrap ``cls.build_middleware_stack`` if ``cls`` defines its own (FastAPI
+    does, without calling Starlette's)."""
+    if _METHOD in cls.__dict__ and not _ours(cls):
+        wrapt.wrap_function_wrapper(cls, _METHOD, _build)
+
+
+def _family(cls: type) -> list[type]:
+    out, todo = [], [cls]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
+
+
+def _on_subclass(cls: type, **kwargs: Any) -> None:
+    from starlette.applications import Starlette
+
+    super(Starlette, cls).__init_subclass__(**kwargs)
+    try:
+        _wrap(cls)
+    except Exception as exc:
+        _diag.internal_error("starlette.subclass", exc)
+
+
+def patch() -> None:
+    """Instrument every Starlette (and FastAPI) app (idempotent)."""
+    global _active
+    from starlette.applications import Starlette
+
+    if getattr(Starlette, _MARK, False):
+        return
+    for cls in _family(Starlette):
+        _wrap(cls)
+    if "__init_subclass__" not in Starlette.__dict__:
+        # Subclasses defined later: FastAPI's module imports Starlette's, which
+        # triggers this patch, before it defines FastAPI.
+        Starlette.__init_subclass__ = classmethod(_on_subclass)  # type: ignore[assignment]
+    setattr(Starlette, _MARK, True)
+    _active = True
+
+
+def unpatch() -> None:
+    global _active
+    from starlette.applications import Starlette
+
+    if not getattr(Starlette, _MARK, False):
+        return
+    _active = False
+    hook = Starlette.__dict__.get("__init_subclass__")
+    if getattr(hook, "__func__", None) is _on_subclass:
+        delattr(Starlette, "__init_subclass__")
+    for cls in _family(Starlette):
+        if _ours(cls):
+            setattr(cls, _METHOD, cls.__dict__[_METHOD].__wrapped__)
+    delattr(Starlette, _MARK)

@@ -183,7 +183,7 @@ def _naming(span: Any, start_response: StartResponse, name_span: Any) -> StartRe
     def naming_start_response(*args: Any) -> Any:
         try:
             name_span(span)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _diag.internal_error("wsgi.name", exc)
         return start_response(*args)
 

@@ -15,8 +15,10 @@ The span is named after the route template (``GET /users/{id}``) when the
 framework records one: ``route_of(scope)`` reads ``scope["route"]``, and a
 framework integration passes its own (Starlette and FastAPI are instrumented
 by ``pulsetrace.contrib.starlette``). A bare ASGI app gets the method alone
-(bounded cardinality). Nothing here can break the application: a failure
-inside pulsetrace is counted and the request runs untouched.
+(bounded cardinality). Wrapping an app that is already instrumented adds no
+second span: the framework's naming is used for the outer one. Nothing here
+can break the application: a failure inside pulsetrace is counted and the
+request runs untouched.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ RouteOf = Callable[[Scope], Optional[str]]
 #: Set in the scope of a traced request, so that a nested instrumented app
 #: (a mounted sub-application) does not start a second SERVER span.
 SCOPE_KEY = "pulsetrace.span"
+#: A framework's ``route_of``, left in the scope by its (nested) middleware
+#: for the outer one that owns the span: a framework knows its routes best.
+ROUTE_OF_KEY = "pulsetrace.route_of"
 
 _WANTED = (b"host", b"user-agent", b"traceparent", b"tracestate")
 
@@ -151,7 +156,7 @@ class _Request:
             return
         self.named = True
         try:
-            route = self.route_of(self.scope)
+            route = (self.scope.get(ROUTE_OF_KEY) or self.route_of)(self.scope)
             if route:
                 method = _http.method_of(self.scope.get("method") or "GET")
                 self.span.update_name(_http.span_name(method, route))
@@ -184,7 +189,13 @@ async def traced_call(
 ) -> None:
     """Run ``app`` for one ASGI connection, inside a SERVER span if it is an
     HTTP request not already traced further out."""
-    if scope.get("type") != "http" or SCOPE_KEY in scope:
+    if scope.get("type") != "http":
+        await app(scope, receive, send)
+        return
+    if SCOPE_KEY in scope:  # traced further out
+        if route_of is not _scope_route:
+            with contextlib.suppress(Exception):
+                scope[ROUTE_OF_KEY] = route_of
         await app(scope, receive, send)
         return
     tracer = _runtime.tracer()

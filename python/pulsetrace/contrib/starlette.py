@@ -6,10 +6,11 @@ Starlette). The span is named ``GET /users/{user_id}`` from the matched route
 template (never the raw path), mount prefixes included
 (``/api/{version}/items/{item_id}``; a mounted app without routes of its own,
 such as ``StaticFiles``, gives ``/static/{path:path}``); a request that
-matches no route is named after its method alone. The span is the outermost layer of the application, so it
-also sees the 500 that Starlette sends for an unhandled exception, and the
-exception itself (recorded on the span); a 4xx is not an error. Streaming
-responses are timed until their last chunk has been sent.
+matches no route is named after its method alone. The span is the outermost
+layer of the application, so it also sees the 500 that Starlette sends for an
+unhandled exception, and the exception itself (recorded on the span); a 4xx
+is not an error. Streaming responses are timed until their last chunk has
+been sent.
 
 The application object is not referenced by pulsetrace, so it is freed when
 the application drops it. An application whose middleware stack was built

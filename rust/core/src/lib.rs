@@ -7,6 +7,7 @@
 //!   decision → export queue, and the worker thread that runs it.
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
+//! - [`sql`]: SQL obfuscation (literals out, structure kept).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
 #![forbid(unsafe_code)]
 
@@ -17,4 +18,5 @@ pub mod propagation;
 pub mod registry;
 pub mod sampler;
 pub mod span;
+pub mod sql;
 mod sync;

@@ -39,6 +39,31 @@ fn format_traceparent_header(trace_id: u128, span_id: u64, flags: u8) -> String 
     format_traceparent(trace_id, span_id, flags)
 }
 
+/// Obfuscate a SQL statement: `(text, operation, collection)`, literals
+/// replaced by `?`, comments removed, lists collapsed (see `pulsetrace-core`'s
+/// `sql` module). Releases the GIL for long statements.
+#[pyfunction]
+#[pyo3(signature = (statement, max_len=4096))]
+fn obfuscate_sql(
+    py: Python<'_>,
+    statement: &str,
+    max_len: usize,
+) -> (String, Option<String>, Option<String>) {
+    let run = || {
+        let r = pulsetrace_core::sql::obfuscate(statement, max_len);
+        (r.text, r.operation, r.collection)
+    };
+    if statement.len() > 2048 {
+        let owned = statement.to_owned();
+        py.allow_threads(move || {
+            let r = pulsetrace_core::sql::obfuscate(&owned, max_len);
+            (r.text, r.operation, r.collection)
+        })
+    } else {
+        run()
+    }
+}
+
 /// Called in a child process after `fork` (new id streams).
 #[pyfunction]
 fn after_fork_in_child() {
@@ -55,6 +80,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(obfuscate_sql, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -41,9 +41,11 @@ class _ExportThread(threading.Thread):
         self.stopping = False
 
     def run(self) -> None:
-        while not self.stopping:
+        while True:
             self.wake.wait(self.interval_s)
             self.wake.clear()
+            if self.stopping:
+                return
             export_pending()
 
 
@@ -92,6 +94,9 @@ def configure(cfg: Config) -> None:
 def add_exporter(exporter: SpanExporter) -> None:
     with _lock:
         tracer()
+        # The running export thread finishes its batch first, so traces
+        # drained before this call never reach the new exporter.
+        _stop_worker()
         if exporter not in _exporters:
             _exporters.append(exporter)
         _restart_worker()
@@ -107,12 +112,20 @@ def exporters() -> Sequence[SpanExporter]:
     return tuple(_exporters)
 
 
+def _stop_worker(timeout: float = 5.0) -> None:
+    global _worker
+    w = _worker
+    _worker = None
+    if w is not None:
+        w.stopping = True
+        w.wake.set()
+        if w is not threading.current_thread():
+            w.join(timeout)
+
+
 def _restart_worker() -> None:
     global _worker
-    if _worker is not None:
-        _worker.stopping = True
-        _worker.wake.set()
-        _worker = None
+    _stop_worker()
     if _exporters and _config is not None:
         _worker = _ExportThread(_config.export_interval_ms / 1000.0)
         _worker.start()
@@ -181,10 +194,7 @@ def shutdown(timeout: float = 5.0) -> bool:
     if t is None:
         return True
     try:
-        if _worker is not None:
-            _worker.stopping = True
-            _worker.wake.set()
-            _worker = None
+        _stop_worker(timeout=max(deadline - time.monotonic(), 0.0))
         t.shutdown()
         export_pending()
         for exporter in tuple(_exporters):

@@ -12,7 +12,19 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: all demo test build lint rust-test loom py-test bench bench-full clean
+.PHONY: all demo test build lint rust-test loom py-test bench bench-full clean system-deps
+
+# Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
+# integrations), wrk (the overhead benchmark). Installed once, when missing.
+DEB_PACKAGES := redis-server postgresql mariadb-server wrk
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v mariadbd >/dev/null \
+	    || ! command -v wrk >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  echo "installing $(DEB_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+	fi
 
 all: test
 
@@ -47,10 +59,10 @@ rust-test:
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom $(CARGO) test --locked --release -p pulsetrace-core --test loom_histogram
 
-py-test: build
+py-test: build system-deps
 	$(PY) -m pytest -q
 
-bench: build
+bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick
 
 bench-full: build

@@ -8,6 +8,9 @@ import pytest
 import pulsetrace
 from pulsetrace import _diag, _runtime
 
+# Real servers (Redis, PostgreSQL, MariaDB) as session fixtures.
+pytest_plugins = ["servers"]
+
 
 def fresh(**overrides: object) -> None:
     """Reconfigure (defaults, every trace kept) and discard what earlier

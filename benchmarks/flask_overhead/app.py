@@ -1,0 +1,122 @@
+"""The application under test: a small Flask app served by gunicorn.
+
+    gunicorn -w 1 -b 127.0.0.1:8000 --chdir benchmarks/flask_overhead app:app
+
+Routes (what ``run.py`` drives):
+
+- ``/json``: a small JSON dict, Flask alone.
+- ``/sqlite``: one ``SELECT`` of a few rows through ``sqlite3`` (an in-memory
+  database created when the app is imported, i.e. in the worker).
+- ``/outbound``: one ``requests.get`` to ``BENCH_OUTBOUND_URL`` (a tiny local
+  server that ``run.py`` starts; a new connection per call, as a bare
+  ``requests.get`` does).
+- ``/_bench/info``: not measured; tells ``run.py`` which agent instrumented this
+  process (and pulsetrace's counters), so a configuration that silently ran
+  uninstrumented is caught.
+
+The app knows nothing of any agent: it is instrumented from outside
+(``pulsetrace-run`` or ``opentelemetry-instrument``), like a real deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from typing import Any
+
+from flask import Flask, jsonify
+
+try:
+    import requests
+except ImportError:  # run.py skips /outbound then
+    requests = None  # type: ignore[assignment]
+
+OUTBOUND_URL = os.environ.get("BENCH_OUTBOUND_URL", "http://127.0.0.1:1/")
+
+app = Flask(__name__)
+
+_db = sqlite3.connect(":memory:", check_same_thread=False)
+_db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)")
+_db.executemany(
+    "INSERT INTO items (id, name, price) VALUES (?, ?, ?)",
+    [(i, f"item-{i}", i * 1.25) for i in range(1, 21)],
+)
+_db.commit()
+
+
+@app.get("/json")
+def json_route() -> Any:
+    return jsonify(status="ok", service="flask-overhead", items=[1, 2, 3], version=1)
+
+
+@app.get("/sqlite")
+def sqlite_route() -> Any:
+    cur = _db.cursor()
+    try:
+        cur.execute("SELECT id, name, price FROM items WHERE id <= ? ORDER BY id", (5,))
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return jsonify(rows=[{"id": r[0], "name": r[1], "price": r[2]} for r in rows])
+
+
+@app.get("/outbound")
+def outbound_route() -> Any:
+    if requests is None:
+        return jsonify(error="requests is not installed"), 500
+    resp = requests.get(OUTBOUND_URL, timeout=5)
+    return jsonify(upstream_status=resp.status_code, upstream_bytes=len(resp.content))
+
+
+def _describe(obj: Any) -> str:
+    """Where a (possibly wrapped) callable or class comes from."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+@app.get("/_bench/info")
+def info_route() -> Any:
+    import flask
+
+    out: dict[str, Any] = {
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "app_class": f"{type(app).__module__}.{type(app).__qualname__}",
+        "wrappers": {
+            "flask.Flask.wsgi_app": _describe(flask.Flask.__dict__.get("wsgi_app")),
+            "sqlite3.connect": _describe(sqlite3.connect),
+            "sqlite3.connection": _describe(_db),
+            "requests.Session.send": _describe(getattr(getattr(requests, "Session", None), "send", None)),
+        },
+        "pulsetrace": None,
+        "opentelemetry": None,
+    }
+    if "pulsetrace.auto" in sys.modules:
+        import pulsetrace
+        from pulsetrace import contrib
+
+        cfg = pulsetrace.get_config()
+        out["pulsetrace"] = {
+            "enabled": cfg.enabled,
+            "sample_rate": cfg.sample_rate,
+            "export_queue_size": cfg.export_queue_size,
+            "integrations": contrib.instrumented(),
+            "exporters": [type(e).__name__ for e in pulsetrace._runtime.exporters()],
+            "counters": pulsetrace.counters(),
+            "operations": {op["name"]: op["count"] for op in pulsetrace.latency()},
+        }
+    if "opentelemetry.instrumentation.auto_instrumentation" in sys.modules or any(
+        m.startswith("opentelemetry.instrumentation.") for m in sys.modules
+    ):
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        out["opentelemetry"] = {
+            "provider": _describe(provider),
+            "instrumentations": sorted(
+                m.split(".")[2]
+                for m in sys.modules
+                if m.startswith("opentelemetry.instrumentation.") and m.count(".") == 2
+            ),
+        }
+    return jsonify(out)

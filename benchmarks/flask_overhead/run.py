@@ -1,0 +1,900 @@
+#!/usr/bin/env python3
+"""End-to-end overhead of pulsetrace on a Flask app under gunicorn, vs no agent
+and vs OpenTelemetry's own auto-instrumentation exporting to a real receiver.
+
+    python benchmarks/flask_overhead/run.py [--quick|--full] [--json PATH] [--png PATH]
+
+For every round and every configuration (interleaved, round-robin, the starting
+configuration rotating from round to round), a fresh gunicorn (1 sync worker,
+127.0.0.1) serves ``app.py``; each route is warmed up, then driven with wrk
+(``-t2 -c4 --latency``, or the Python load generator when wrk is missing) for D
+seconds. The report gives, per route, the medians over the rounds of req/s, p50
+and p99 latency, the throughput loss vs no agent and the added µs per request,
+and checks the targets. Figures, not tests: exits 0 whatever they are (non-zero
+only when the harness itself fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results"
+DEFAULT_JSON = RESULTS / "flask_overhead.json"
+DEFAULT_PNG = RESULTS / "flask_overhead.png"
+LUA = HERE / "latency.lua"
+HOST = "127.0.0.1"
+
+sys.path.insert(0, str(HERE))
+import loadgen  # noqa: E402
+
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "rounds": 2,
+        "duration": 3,
+        "warmup": 1,
+        "configs": ["none", "pulsetrace", "otel"],
+    },
+    "full": {
+        "rounds": 5,
+        "duration": 10,
+        "warmup": 2,
+        "configs": ["none", "pulsetrace", "pulsetrace_keep_all", "otel"],
+    },
+}
+ROUTES = ["/json", "/sqlite", "/outbound"]
+THREADS = 2
+CONNECTIONS = 4
+#: Targets, on the medians: pulsetrace's loss on /json, and its loss as a share
+#: of OpenTelemetry's on every route.
+TARGET_JSON_LOSS_PCT = 5.0
+TARGET_LOSS_RATIO = 0.25
+
+NOTE_EXPORT = (
+    "pulsetrace has no network exporter yet: its kept traces stay in a bounded in-process "
+    "queue (dropped and counted once full), so its figures cover the request path only; "
+    "OpenTelemetry exports over OTLP/gRPC to a local receiver that discards, so its "
+    "figures include batching and encoding in the worker."
+)
+
+
+@dataclass
+class Config:
+    name: str
+    description: str
+    agent: str  # "none" | "pulsetrace" | "pulsetrace_off" | "otel": what /_bench/info must show
+    launcher: list[str] = field(default_factory=list)  # executables put before gunicorn
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def venv_bin(name: str) -> Optional[str]:
+    """An executable of this interpreter's environment, else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    return shutil.which(name)
+
+
+def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
+    otel_env = {
+        "OTEL_SERVICE_NAME": "flask-overhead",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{receiver_port or 0}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    return {
+        "none": Config("none", "plain gunicorn, no agent", "none"),
+        "pulsetrace": Config(
+            "pulsetrace",
+            "pulsetrace-run gunicorn, default settings (PULSETRACE_SAMPLE_RATE unset: 0.1)",
+            "pulsetrace",
+            [str(venv_bin("pulsetrace-run"))],
+        ),
+        "pulsetrace_keep_all": Config(
+            "pulsetrace_keep_all",
+            "pulsetrace-run gunicorn, PULSETRACE_SAMPLE_RATE=1 (every trace kept and queued)",
+            "pulsetrace",
+            [str(venv_bin("pulsetrace-run"))],
+            {"PULSETRACE_SAMPLE_RATE": "1"},
+        ),
+        "pulsetrace_disabled": Config(
+            "pulsetrace_disabled",
+            "pulsetrace-run gunicorn, APM_ENABLED=false (kill switch; optional, not in a mode)",
+            "pulsetrace_off",
+            [str(venv_bin("pulsetrace-run"))],
+            {"APM_ENABLED": "false"},
+        ),
+        "otel": Config(
+            "otel",
+            "opentelemetry-instrument gunicorn, SDK + OTLP/gRPC exporter to a local receiver",
+            "otel",
+            [str(venv_bin("opentelemetry-instrument"))],
+            otel_env,
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+class Processes:
+    """Every process the harness starts, each in its own process group, so that
+    stopping one stops its children (gunicorn's worker) too."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by the child's exit
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=str(HERE),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.running[proc.pid] = (name, proc)
+        return proc
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        text = path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> Optional[int]:
+        self.running.pop(proc.pid, None)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group may outlive its leader (a worker still exiting): make sure.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.wait(5)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for _name, proc in list(self.running.values()):
+            self.stop(proc, timeout=5.0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http(procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
+    """Poll /_bench/info until it answers 200; returns its JSON."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(
+                f"{name} exited with {proc.returncode} before serving:\n{procs.log_tail(name)}"
+            )
+        try:
+            status, body = http_get(port, "/_bench/info", timeout=2.0)
+            if status == 200:
+                return dict(json.loads(body))
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        time.sleep(0.05)
+    raise HarnessError(f"{name} did not serve within 60 s:\n{procs.log_tail(name)}")
+
+
+def base_env() -> dict[str, str]:
+    """This environment without any agent setting or auto-instrumentation hook,
+    with this interpreter's environment first on PATH."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PULSETRACE_", "APM_"))
+    }
+    parts = [
+        p
+        for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        if p and not p.rstrip("/").endswith(("_bootstrap", "auto_instrumentation"))
+    ]
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    else:
+        env.pop("PYTHONPATH", None)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def gunicorn_cmd(port: int, app: str) -> list[str]:
+    return [
+        str(venv_bin("gunicorn")),
+        "--workers",
+        "1",
+        "--worker-class",
+        "sync",
+        "--bind",
+        f"{HOST}:{port}",
+        "--chdir",
+        str(HERE),
+        "--no-control-socket",
+        "--worker-tmp-dir",
+        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning",
+        app,
+    ]
+
+
+def start_gunicorn(
+    procs: Processes, name: str, prefix: list[str], app: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int, dict[str, Any], float]:
+    """Start gunicorn on a free port (retrying if another process took it)."""
+    last: Optional[Exception] = None
+    for _attempt in range(3):
+        port = free_port()
+        t0 = time.monotonic()
+        proc = procs.start(name, [*prefix, *gunicorn_cmd(port, app)], env)
+        try:
+            info = wait_http(procs, name, proc, port)
+            return proc, port, info, time.monotonic() - t0
+        except HarnessError as exc:
+            procs.stop(proc)
+            last = exc
+            if "in use" not in str(exc):
+                break
+    raise HarnessError(str(last))
+
+
+def start_receiver(procs: Processes, env: dict[str, str], stats: Path) -> tuple[Any, int]:
+    proc = procs.start(
+        "receiver", [sys.executable, str(HERE / "receiver.py"), "--stats", str(stats)], env
+    )
+    deadline = time.monotonic() + 30
+    log = procs.log_dir / "receiver.log"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(f"receiver exited with {proc.returncode}:\n{procs.log_tail('receiver')}")
+        m = re.search(r"READY (\d+)", log.read_text(errors="replace")) if log.exists() else None
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    raise HarnessError(f"receiver did not start:\n{procs.log_tail('receiver')}")
+
+
+def read_stats(path: Path) -> dict[str, int]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {"requests": 0, "spans": 0}
+
+
+# --------------------------------------------------------------------------- load
+
+
+def wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (out.stdout + out.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0] if first else "wrk"
+
+
+def drive(loadgen_name: str, port: int, route: str, seconds: int) -> dict[str, Any]:
+    """One load run; returns the fields latency.lua prints (+ rps)."""
+    if loadgen_name == "wrk":
+        cmd = [
+            str(shutil.which("wrk")),
+            f"-t{THREADS}",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(LUA),
+            f"http://{HOST}:{port}{route}",
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        m = re.search(r"^PTBENCH (\{.*\})$", out.stdout, re.MULTILINE)
+        if out.returncode != 0 or m is None:
+            raise HarnessError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        result = dict(json.loads(m.group(1)))
+    else:
+        result = loadgen.run_load(HOST, port, route, CONNECTIONS, float(seconds))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6) if result["requests"] else 0.0
+    result["error_count"] = sum(result["errors"].values())
+    return result
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_instrumented(cfg: Config, info: dict[str, Any]) -> None:
+    """Fail when a server does not run with the agent its configuration names."""
+    pt, ot = info.get("pulsetrace"), info.get("opentelemetry")
+    problems = []
+    if cfg.agent == "none" and (pt or ot):
+        problems.append("an agent is loaded")
+    if cfg.agent == "pulsetrace":
+        if not pt or not pt.get("enabled") or "flask" not in pt.get("integrations", []):
+            problems.append("pulsetrace is not active with its flask integration")
+        if ot:
+            problems.append("OpenTelemetry instrumentation is loaded too")
+        want = float(cfg.env.get("PULSETRACE_SAMPLE_RATE", "0.1"))
+        if pt and abs(float(pt.get("sample_rate", -1)) - want) > 1e-9:
+            problems.append(f"sample_rate is {pt.get('sample_rate')}, expected {want}")
+    if cfg.agent == "pulsetrace_off" and (not pt or pt.get("enabled") or ot):
+        problems.append("pulsetrace is not loaded, or not switched off")
+    if cfg.agent == "otel":
+        if not ot or "TracerProvider" not in str(ot.get("provider")):
+            problems.append("no OpenTelemetry SDK TracerProvider")
+        if "Instrumented" not in str(info.get("app_class")):
+            problems.append("Flask is not instrumented by OpenTelemetry")
+        if pt:
+            problems.append("pulsetrace is loaded too")
+    if problems:
+        raise HarnessError(f"{cfg.name}: {'; '.join(problems)}; /_bench/info: {json.dumps(info)}")
+
+
+def pulsetrace_spans(info: dict[str, Any]) -> int:
+    pt = info.get("pulsetrace") or {}
+    return int(sum((pt.get("operations") or {}).values()))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def fmt(x: Optional[float], spec: str, width: int) -> str:
+    if x is None or x != x:
+        return f"{'—':>{width}}"
+    return f"{x:{spec}}".rjust(width)
+
+
+def summarize(
+    samples: list[dict[str, Any]], configs: list[str], routes: list[str]
+) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        per: dict[str, Any] = {}
+        by_round: dict[str, dict[int, float]] = {}
+        for c in configs:
+            ss = [s for s in samples if s["config"] == c and s["route"] == route]
+            by_round[c] = {s["round"]: s["rps"] for s in ss}
+            per[c] = {
+                "rounds": len(ss),
+                "rps": median([s["rps"] for s in ss]),
+                "p50_ms": median([s["named"]["50"] / 1000 for s in ss]),
+                "p99_ms": median([s["named"]["99"] / 1000 for s in ss]),
+                "p999_ms": median([s["named"]["99.9"] / 1000 for s in ss]),
+                "errors": sum(s["error_count"] for s in ss),
+                "requests": sum(s["requests"] for s in ss),
+            }
+        base = per.get("none", {}).get("rps", float("nan"))
+        for c in configs:
+            rps = per[c]["rps"]
+            per[c]["loss_pct"] = (1 - rps / base) * 100 if c != "none" and base > 0 else None
+            per[c]["added_us"] = 1e6 / rps - 1e6 / base if c != "none" and base > 0 and rps > 0 else None
+            # The same figure round by round (each config against the `none` run of its
+            # own round): its spread shows how much the machine's noise moved it.
+            paired = [
+                (1 - r / by_round["none"][k]) * 100
+                for k, r in by_round[c].items()
+                if c != "none" and by_round.get("none", {}).get(k)
+            ]
+            per[c]["loss_pct_per_round"] = paired
+        summary[route] = per
+    return summary
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    if "/json" in summary and "pulsetrace" in summary["/json"]:
+        loss = summary["/json"]["pulsetrace"]["loss_pct"]
+        out.append(
+            {
+                "name": "pulsetrace throughput loss on /json",
+                "value": loss,
+                "limit": TARGET_JSON_LOSS_PCT,
+                "unit": "%",
+                "met": None if loss is None else loss <= TARGET_JSON_LOSS_PCT,
+            }
+        )
+    for route, per in summary.items():
+        if "pulsetrace" not in per or "otel" not in per:
+            continue
+        pt, ot = per["pulsetrace"]["loss_pct"], per["otel"]["loss_pct"]
+        r = ratio(pt, ot)
+        met: Optional[bool]
+        if pt is not None and pt <= 0:
+            met, r = True, r if r is not None else 0.0  # no measurable loss at all
+        elif r is None:
+            met = None  # OpenTelemetry showed no loss: the ratio is undefined
+        else:
+            met = r <= TARGET_LOSS_RATIO
+        out.append(
+            {
+                "name": f"pulsetrace loss / OpenTelemetry loss on {route}",
+                "value": r,
+                "limit": TARGET_LOSS_RATIO,
+                "unit": "",
+                "met": met,
+            }
+        )
+    return out
+
+
+def print_report(
+    summary: dict[str, dict[str, Any]],
+    configs: list[str],
+    rounds: int,
+    duration: int,
+    load_desc: str,
+    tgts: list[dict[str, Any]],
+) -> None:
+    for route, per in summary.items():
+        print(f"\n{route}  (medians of {rounds} rounds x {duration} s, {load_desc})")
+        print(
+            f"  {'config':<21}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+            f"{'loss %':>9}  {'loss/round %':<16}{'+µs/req':>9}{'errors':>8}"
+        )
+        for c in configs:
+            s = per[c]
+            pr = s["loss_pct_per_round"]
+            spread = f"{min(pr):.1f} .. {max(pr):.1f}" if pr else "—"
+            print(
+                f"  {c:<21}{fmt(s['rps'], '.0f', 9)}{fmt(s['p50_ms'], '.2f', 9)}"
+                f"{fmt(s['p99_ms'], '.2f', 9)}{fmt(s['p999_ms'], '.2f', 10)}"
+                f"{fmt(s['loss_pct'], '.1f', 9)}  {spread:<16}{fmt(s['added_us'], '.0f', 9)}"
+                f"{s['errors']:>8}"
+            )
+        for c in configs:
+            if c.startswith("pulsetrace") and "otel" in per:
+                r = ratio(per[c]["loss_pct"], per["otel"]["loss_pct"])
+                print(
+                    f"  {c} loss / otel loss: {fmt(r, '.3f', 0).strip()}"
+                    f"  (target <= {TARGET_LOSS_RATIO:g} for pulsetrace)"
+                )
+    print("\ntargets (on the medians):")
+    for t in tgts:
+        verdict = {True: "met", False: "NOT MET", None: "undetermined"}[t["met"]]
+        value = fmt(t["value"], ".3f" if not t["unit"] else ".1f", 0).strip()
+        print(f"  {t['name']}: {value}{t['unit']} (target <= {t['limit']:g}{t['unit']}): {verdict}")
+
+
+def plot(
+    path: Path,
+    samples: list[dict[str, Any]],
+    summary: dict[str, dict[str, Any]],
+    configs: list[str],
+    routes: list[str],
+    title: str,
+) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+    except ImportError as exc:
+        return f"no PNG: matplotlib is not installed ({exc})"
+    colors = {
+        "none": "#444444",
+        "pulsetrace": "#1f77b4",
+        "pulsetrace_keep_all": "#17becf",
+        "otel": "#ff7f0e",
+    }
+    styles = {"pulsetrace_keep_all": "--"}
+    fig, axes = plt.subplots(1, len(routes), figsize=(5.2 * len(routes), 4.6), squeeze=False)
+    ticks = [(50, "50%"), (90, "90%"), (99, "99%"), (99.9, "99.9%"), (99.99, "99.99%")]
+    for ax, route in zip(axes[0], routes):
+        ymin, ymax = float("inf"), 0.0
+        for c in configs:
+            ss = [s for s in samples if s["config"] == c and s["route"] == route]
+            if not ss:
+                continue
+            # Median curve over the rounds, point by point; each round faintly.
+            ps = [p for p, _ in ss[0]["percentiles"]]
+            xs = [1 / (1 - p / 100) for p in ps]
+            for s in ss:
+                ys = [v / 1000 for _, v in s["percentiles"]]
+                ax.plot(xs, ys, color=colors.get(c), alpha=0.18, linewidth=0.8, ls=styles.get(c, "-"))
+            med = [median([s["percentiles"][i][1] / 1000 for s in ss]) for i in range(len(ps))]
+            per = summary[route][c]
+            loss = "" if per["loss_pct"] is None else f", {-per['loss_pct']:+.1f}%"
+            ax.plot(
+                xs,
+                med,
+                color=colors.get(c),
+                linewidth=2,
+                ls=styles.get(c, "-"),
+                label=f"{c}: {per['rps']:.0f} req/s{loss}",
+            )
+            ymax = max(ymax, *med)
+            ymin = min(ymin, *med)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([1 / (1 - p / 100) for p, _ in ticks]))
+        ax.set_xticklabels([label for _, label in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(2, 1e4)
+        # Log latency: the body (where a small per-request cost shows) and the tail
+        # (where the export work of a batching agent shows) are both readable.
+        ax.set_yscale("log")
+        yticks = [0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+        ax.yaxis.set_major_locator(FixedLocator(yticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(ymin / 1.3, ymax * 1.6)
+        ax.set_title(f"GET {route}")
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", title="median; throughput vs none", title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def plot_title(load_desc: str, settings: dict[str, Any], vers: dict[str, str]) -> str:
+    return (
+        f"Flask under gunicorn (1 sync worker), {load_desc}, median of {settings['rounds']} "
+        f"rounds x {settings['duration_s']} s; pulsetrace {vers['pulsetrace']}, "
+        f"OpenTelemetry SDK {vers['opentelemetry-sdk']} + OTLP/gRPC"
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def versions(wrk: Optional[str]) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in (
+        "pulsetrace",
+        "flask",
+        "werkzeug",
+        "gunicorn",
+        "requests",
+        "opentelemetry-api",
+        "opentelemetry-sdk",
+        "opentelemetry-distro",
+        "opentelemetry-instrumentation",
+        "opentelemetry-instrumentation-flask",
+        "opentelemetry-instrumentation-requests",
+        "opentelemetry-instrumentation-sqlite3",
+        "opentelemetry-exporter-otlp-proto-grpc",
+        "grpcio",
+        "protobuf",
+        "matplotlib",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    if wrk:
+        out["wrk"] = wrk_version(wrk)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
+    ap.add_argument("--png", type=Path, default=DEFAULT_PNG, help=f"default {DEFAULT_PNG}")
+    ap.add_argument("--rounds", type=int, help="override the mode's rounds")
+    ap.add_argument("--duration", type=int, help="seconds of load per route (override)")
+    ap.add_argument("--warmup", type=int, help="seconds of warm-up per route (override)")
+    ap.add_argument("--configs", help="comma-separated subset, e.g. none,pulsetrace")
+    ap.add_argument("--routes", help="comma-separated subset, e.g. /json,/sqlite")
+    ap.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument(
+        "--replot", type=Path, metavar="JSON", help="only redraw --png from a saved JSON report"
+    )
+    args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        st = saved["settings"]
+        note = plot(
+            args.png,
+            saved["samples"],
+            saved["summary"],
+            list(st["configs"]),
+            st["routes"],
+            plot_title(saved["load_generator"]["description"], st, saved["versions"]),
+        )
+        print(note or f"PNG: {args.png}")
+        return 0
+    mode_name = args.mode or "quick"
+    m = MODES[mode_name]
+    rounds = args.rounds or m["rounds"]
+    duration = args.duration or m["duration"]
+    warmup = args.warmup if args.warmup is not None else m["warmup"]
+    config_names: list[str] = args.configs.split(",") if args.configs else list(m["configs"])
+    routes: list[str] = args.routes.split(",") if args.routes else list(ROUTES)
+    t_start = time.monotonic()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_start = os.getloadavg()
+
+    notes: list[str] = [NOTE_EXPORT]
+    skipped: dict[str, str] = {}
+    wrk = shutil.which("wrk")
+    if args.loadgen == "wrk" and not wrk:
+        raise HarnessError("--loadgen wrk: wrk is not installed (apt-get install wrk)")
+    load_name = "wrk" if wrk and args.loadgen != "python" else "python"
+    if load_name == "python":
+        why = "forced by --loadgen python" if args.loadgen == "python" else "wrk not found"
+        notes.append(f"load generator: the Python fallback (loadgen.py), {why}")
+        load_desc = f"python loadgen, {CONNECTIONS} connections"
+    else:
+        load_desc = f"wrk -t{THREADS} -c{CONNECTIONS}"
+    vers = versions(wrk if load_name == "wrk" else None)
+
+    # Missing optional pieces: skip what needs them, say so.
+    if vers["requests"] == "not installed" and "/outbound" in routes:
+        routes.remove("/outbound")
+        skipped["/outbound"] = "requests is not installed"
+    needs_otel = "otel" in config_names
+    if needs_otel:
+        missing = [
+            d
+            for d in (
+                "opentelemetry-distro",
+                "opentelemetry-instrumentation-flask",
+                "opentelemetry-exporter-otlp-proto-grpc",
+            )
+            if vers[d] == "not installed"
+        ]
+        if missing or not venv_bin("opentelemetry-instrument"):
+            config_names.remove("otel")
+            skipped["otel"] = f"not installed: {', '.join(missing) or 'opentelemetry-instrument'}"
+            needs_otel = False
+    for what, why in skipped.items():
+        notes.append(f"SKIPPED {what}: {why} (pip install -r {HERE.name}/requirements.txt)")
+
+    print(f"flask_overhead ({mode_name}): configs {', '.join(config_names)}; routes {', '.join(routes)}")
+    print(
+        f"  {rounds} rounds, interleaved; per server: {warmup} s warm-up + {duration} s load per "
+        f"route; {load_desc}"
+        + (f" ({vers['wrk']})" if load_name == "wrk" else "")
+        + "; gunicorn 1 sync worker"
+    )
+    for n in notes:
+        print(f"  note: {n}")
+    print(f"  load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="pt-flask-overhead-"))
+    procs = Processes(log_dir)
+    samples: list[dict[str, Any]] = []
+    servers: list[dict[str, Any]] = []
+    receiver_info: dict[str, Any] = {}
+    ok = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        env0 = base_env()
+        outbound_proc, outbound_port, _, _ = start_gunicorn(
+            procs, "outbound", [], "outbound_server:app", env0
+        )
+        del outbound_proc  # stopped with the rest
+        env0["BENCH_OUTBOUND_URL"] = f"http://{HOST}:{outbound_port}/"
+        receiver_port: Optional[int] = None
+        stats_path = log_dir / "receiver-stats.json"
+        if needs_otel:
+            _, receiver_port = start_receiver(procs, base_env(), stats_path)
+            receiver_info["port"] = receiver_port
+        all_configs = make_configs(receiver_port)
+        configs = [all_configs[c] for c in config_names]
+
+        for rnd in range(rounds):
+            order = configs[rnd % len(configs) :] + configs[: rnd % len(configs)]
+            route_order = routes[rnd % len(routes) :] + routes[: rnd % len(routes)]
+            print(f"\nround {rnd + 1}/{rounds}: " + " -> ".join(c.name for c in order), flush=True)
+            for cfg in order:
+                env = {**env0, **cfg.env}
+                rcv_before = read_stats(stats_path) if cfg.agent == "otel" else {}
+                proc, port, info, startup = start_gunicorn(
+                    procs, f"app-{cfg.name}", cfg.launcher, "app:app", env
+                )
+                server: dict[str, Any] = {
+                    "round": rnd,
+                    "config": cfg.name,
+                    "startup_s": startup,
+                    "info_start": info,
+                    "requests_sent": 0,
+                }
+                try:
+                    check_instrumented(cfg, info)
+                    line = []
+                    for route in route_order:
+                        if warmup > 0:
+                            w = drive(load_name, port, route, warmup)
+                            server["requests_sent"] += w["requests"]
+                        s = drive(load_name, port, route, duration)
+                        server["requests_sent"] += s["requests"]
+                        s.update({"round": rnd, "config": cfg.name, "route": route})
+                        samples.append(s)
+                        line.append(
+                            f"{route} {s['rps']:.0f}/s"
+                            + (f" ({s['error_count']} errors)" if s["error_count"] else "")
+                        )
+                    status, body = http_get(port, "/_bench/info", timeout=5.0)
+                    server["info_end"] = json.loads(body) if status == 200 else None
+                finally:
+                    server["exit_code"] = procs.stop(proc)
+                agent_spans: Optional[int] = None
+                if cfg.agent == "otel":
+                    after = read_stats(stats_path)
+                    server["receiver_export_requests"] = after["requests"] - rcv_before["requests"]
+                    agent_spans = after["spans"] - rcv_before["spans"]
+                    server["receiver_spans"] = agent_spans
+                elif cfg.agent == "pulsetrace" and server.get("info_end"):
+                    agent_spans = pulsetrace_spans(server["info_end"])
+                    server["pulsetrace_spans_recorded"] = agent_spans
+                    server["pulsetrace_counters"] = server["info_end"]["pulsetrace"]["counters"]
+                if agent_spans is not None and server["requests_sent"]:
+                    server["spans_per_request"] = agent_spans / server["requests_sent"]
+                servers.append(server)
+                extra = (
+                    f"; {server['spans_per_request']:.2f} spans/request "
+                    + ("received by the OTLP receiver" if cfg.agent == "otel" else "recorded")
+                    if "spans_per_request" in server
+                    else ""
+                )
+                print(f"  {cfg.name:<21} up in {startup:.1f} s; " + ", ".join(line) + extra, flush=True)
+        if needs_otel:
+            receiver_info.update(read_stats(stats_path))
+        ok = True
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+        if ok:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            print(f"\nharness failed; process logs kept in {log_dir}", file=sys.stderr)
+
+    summary = summarize(samples, config_names, routes)
+    tgts = targets(summary)
+    print_report(summary, config_names, rounds, duration, load_desc, tgts)
+
+    print("\ninstrumentation check (all rounds):")
+    for c in config_names:
+        ss = [s for s in servers if s["config"] == c]
+        sent = sum(s["requests_sent"] for s in ss)
+        if c == "none":
+            print(f"  {c:<21} no agent loaded (checked in every server)")
+            continue
+        if c == "otel":
+            print(
+                f"  {c:<21} OTLP receiver got {sum(s['receiver_export_requests'] for s in ss)} export "
+                f"requests, {sum(s['receiver_spans'] for s in ss)} spans for {sent} requests sent"
+            )
+            continue
+        spans = sum(s.get("pulsetrace_spans_recorded", 0) for s in ss)
+        counters: dict[str, int] = {}
+        for s in ss:
+            for k, v in (s.get("pulsetrace_counters") or {}).items():
+                counters[k] = counters.get(k, 0) + int(v)
+        kept = sum(v for k, v in counters.items() if k.startswith("traces_kept_"))
+        print(
+            f"  {c:<21} {spans} spans recorded for {sent} requests sent; traces kept {kept}, "
+            f"sampled out {counters.get('traces_dropped_sampled_out', 0)}, dropped on a full export "
+            f"queue {counters.get('traces_dropped_export_full', 0)}"
+        )
+    elapsed = time.monotonic() - t_start
+    load_end = os.getloadavg()
+    print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    print(f"elapsed: {elapsed:.1f} s")
+
+    settings = {
+        "rounds": rounds,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "routes": routes,
+        "configs": {c: vars(all_configs[c]) for c in config_names},
+        "threads": THREADS,
+        "connections": CONNECTIONS,
+        "server": "gunicorn, 1 sync worker, fresh per configuration per round",
+    }
+    png_note = plot(
+        args.png, samples, summary, config_names, routes, plot_title(load_desc, settings, vers)
+    )
+    if png_note:
+        notes.append(png_note)
+        print(png_note)
+    else:
+        print(f"PNG: {args.png}")
+
+    report = {
+        "benchmark": "flask_overhead",
+        "mode": mode_name,
+        "started": started,
+        "elapsed_s": elapsed,
+        "settings": settings,
+        "load_generator": {"name": load_name, "description": load_desc},
+        "versions": vers,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+        },
+        "notes": notes,
+        "skipped": skipped,
+        "receiver": receiver_info,
+        "summary": summary,
+        "targets": tgts,
+        "servers": servers,
+        "samples": samples,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ import atexit
 import contextvars
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -71,11 +72,32 @@ def _apply_log_level(cfg: Config) -> None:
     logging.getLogger("pulsetrace").setLevel(cfg.log_level.upper())
 
 
+def resource(cfg: Config) -> dict[str, Any]:
+    """The resource of this process: the configured attributes, then what
+    pulsetrace knows (SDK, host, pid)."""
+    import socket
+
+    from pulsetrace._native import __version__
+
+    out: dict[str, Any] = {
+        "telemetry.sdk.name": "pulsetrace",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": __version__,
+        "host.name": socket.gethostname(),
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
+    }
+    out.update(cfg.resource_attributes)
+    return out
+
+
 def _start(cfg: Config) -> None:
     global _tracer, _config
     _config = cfg
     _apply_log_level(cfg)
     _tracer = Tracer(cfg.to_native(), CURRENT)
+    _tracer.set_resource(resource(cfg))
 
 
 def configure(cfg: Config) -> None:
@@ -86,6 +108,7 @@ def configure(cfg: Config) -> None:
             _start(cfg)
         else:
             _tracer.configure(cfg.to_native())
+            _tracer.set_resource(resource(cfg))
             _config = cfg
             _apply_log_level(cfg)
         _restart_worker()
@@ -144,16 +167,23 @@ def export_pending(max_spans: int = 4096) -> int:
     with _export_lock:
         while True:
             try:
-                batch = t.drain(max_spans)
+                batch = t.drain_batch(max_spans)
             except Exception as exc:
                 _diag.internal_error("export.drain", exc)
                 return total
-            if not batch:
+            if batch is None:
                 return total
-            total += sum(len(tr) for tr in batch)
+            total += len(batch)
             for exporter in tuple(_exporters):
                 try:
-                    if exporter.export(batch) is not ExportResult.SUCCESS:
+                    # An OTLP exporter takes the natively encoded request;
+                    # the others get SpanData objects (built once per batch).
+                    export_otlp = getattr(exporter, "export_otlp", None)
+                    if export_otlp is not None:
+                        result = export_otlp(batch.otlp(), len(batch))
+                    else:
+                        result = exporter.export(batch.traces())
+                    if result is not ExportResult.SUCCESS:
                         _export_failures += 1
                 except Exception as exc:
                     _export_failures += 1
@@ -216,6 +246,8 @@ def _after_fork_in_child() -> None:
     if t is not None:
         try:
             t.reset_after_fork()
+            if _config is not None:
+                t.set_resource(resource(_config))  # the child's own pid
         except Exception as exc:
             _diag.internal_error("fork", exc)
     if _exporters and _config is not None:

@@ -3,8 +3,9 @@
 //! - [`histogram`]: a lock-free HDR latency histogram (record is O(1), atomics only).
 //! - [`registry`]: histograms keyed by (kind, operation, status class), bounded.
 //! - [`sampler`]: the tail sampler's policies and rate limit.
-//! - [`pipeline`]: span end → histograms + ingest queue → trace buffer →
-//!   decision → export queue, and the worker thread that runs it.
+//! - [`pipeline`]: span end → histograms → trace buffer (sharded) →
+//!   decision → export queue, and the worker thread for timeouts.
+//! - [`otlp`]: OTLP protobuf encoding of kept traces (ExportTraceServiceRequest).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
@@ -13,6 +14,7 @@
 
 pub mod clock;
 pub mod histogram;
+pub mod otlp;
 pub mod pipeline;
 pub mod propagation;
 pub mod registry;

@@ -13,6 +13,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod attrs;
+mod batch;
 mod ctxvar;
 mod data;
 mod ids;
@@ -76,6 +77,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<span::Span>()?;
     m.add_class::<span::SpanContext>()?;
     m.add_class::<data::SpanData>()?;
+    m.add_class::<batch::Batch>()?;
     m.add_class::<data::Histogram>()?;
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;

@@ -6,14 +6,15 @@
 //! thread run without it.
 
 use crate::attrs::{AtomicLimits, AttrCounters, Limits};
+use crate::batch::Batch;
 use crate::ctxvar::ContextVar;
-use crate::data::SpanData;
 use crate::ids;
 use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
 use pulsetrace_core::histogram::HistogramConfig;
+use pulsetrace_core::otlp::Encoder;
 use pulsetrace_core::pipeline::{BufferConfig, Core, CoreConfig};
 use pulsetrace_core::propagation::{normalize_tracestate, parse_traceparent};
 use pulsetrace_core::sampler::{AttributeRule, SamplerConfig};
@@ -83,6 +84,7 @@ pub struct Tracer {
     pub(crate) attr_counters: AttrCounters,
     pub(crate) counters: TracerCounters,
     pub(crate) current: ContextVar,
+    encoder: ArcSwap<Encoder>,
     head: Mutex<HeadSampler>,
     enabled: AtomicBool,
     noop: OnceLock<Py<Span>>,
@@ -249,6 +251,11 @@ impl Tracer {
             attr_counters: AttrCounters::default(),
             counters: TracerCounters::default(),
             current: ContextVar::new(context_var)?,
+            encoder: ArcSwap::from_pointee(Encoder::new(
+                &[],
+                "pulsetrace",
+                env!("CARGO_PKG_VERSION"),
+            )),
             head: Mutex::new(head),
             enabled: AtomicBool::new(enabled),
             noop: OnceLock::new(),
@@ -522,15 +529,39 @@ impl Tracer {
     fn drain<'py>(&self, py: Python<'py>, max_spans: usize) -> PyResult<Bound<'py, PyList>> {
         let core = self.core.load_full();
         let traces = py.allow_threads(move || core.drain_export(max_spans));
-        let out = PyList::empty(py);
-        for t in traces {
-            let spans = PyList::empty(py);
-            for s in t.spans {
-                spans.append(Bound::new(py, SpanData::new(py, s, t.reason)?)?)?;
-            }
-            out.append(spans)?;
+        crate::batch::traces_to_py(py, traces)
+    }
+
+    /// Take kept traces for export as one `Batch` (None when nothing is
+    /// waiting): exporters read it as SpanData (`traces()`) or as an OTLP
+    /// request (`otlp()`, encoded natively without the GIL).
+    #[pyo3(signature = (max_spans=4096))]
+    fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> Option<Batch> {
+        let core = self.core.load_full();
+        let traces = py.allow_threads(move || core.drain_export(max_spans));
+        if traces.is_empty() {
+            return None;
         }
-        Ok(out)
+        Some(Batch::new(traces, self.encoder.load_full()))
+    }
+
+    /// Set the resource every OTLP request carries (service.name, host.name,
+    /// process.pid, ...): a dict of str to str/int/float/bool.
+    fn set_resource(&self, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+        let limits = self.limits.get();
+        let mut attrs = Vec::new();
+        for (k, v) in attributes.iter() {
+            let key: String = k.extract()?;
+            if let Some(v) = crate::attrs::convert(&v, &limits, &self.attr_counters) {
+                attrs.push((key, v));
+            }
+        }
+        self.encoder.store(Arc::new(Encoder::new(
+            &attrs,
+            "pulsetrace",
+            env!("CARGO_PKG_VERSION"),
+        )));
+        Ok(())
     }
 
     /// Stop the worker thread and decide every open trace.

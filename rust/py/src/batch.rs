@@ -1,0 +1,87 @@
+//! A drained batch of kept traces, readable two ways: as `SpanData` objects
+//! (Python exporters, tests) or as an OTLP `ExportTraceServiceRequest`
+//! (encoded by the core with the GIL released).
+
+use crate::data::SpanData;
+use parking_lot::Mutex;
+use pulsetrace_core::otlp::Encoder;
+use pulsetrace_core::pipeline::KeptTrace;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use std::sync::Arc;
+
+pub fn traces_to_py<'py>(py: Python<'py>, traces: Vec<KeptTrace>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for t in traces {
+        let spans = PyList::empty(py);
+        for s in t.spans {
+            spans.append(Bound::new(py, SpanData::new(py, s, t.reason)?)?)?;
+        }
+        out.append(spans)?;
+    }
+    Ok(out)
+}
+
+#[pyclass(frozen, module = "pulsetrace._native", name = "Batch")]
+pub struct Batch {
+    traces: Mutex<Vec<KeptTrace>>,
+    spans: usize,
+    encoder: Arc<Encoder>,
+    as_py: Mutex<Option<Py<PyList>>>,
+}
+
+impl Batch {
+    pub fn new(traces: Vec<KeptTrace>, encoder: Arc<Encoder>) -> Self {
+        Batch {
+            spans: traces.iter().map(|t| t.spans.len()).sum(),
+            traces: Mutex::new(traces),
+            encoder,
+            as_py: Mutex::new(None),
+        }
+    }
+}
+
+#[pymethods]
+impl Batch {
+    /// Number of spans.
+    fn __len__(&self) -> usize {
+        self.spans
+    }
+
+    /// Number of traces (late spans of a kept trace count as their own).
+    #[getter]
+    fn trace_count(&self) -> usize {
+        self.traces.lock().len()
+    }
+
+    /// The traces as lists of SpanData (built once, on first call).
+    fn traces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        if let Some(l) = self.as_py.lock().as_ref() {
+            return Ok(l.bind(py).clone());
+        }
+        let copy: Vec<KeptTrace> = self
+            .traces
+            .lock()
+            .iter()
+            .map(|t| KeptTrace {
+                trace_id: t.trace_id,
+                reason: t.reason,
+                spans: t.spans.clone(),
+            })
+            .collect();
+        let list = traces_to_py(py, copy)?;
+        *self.as_py.lock() = Some(list.clone().unbind());
+        Ok(list)
+    }
+
+    /// The OTLP `ExportTraceServiceRequest` bytes of the batch.
+    fn otlp<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let out = py.allow_threads(|| {
+            let traces = self.traces.lock();
+            let mut out = Vec::new();
+            self.encoder.encode(&traces, &mut out);
+            out
+        });
+        PyBytes::new(py, &out)
+    }
+}

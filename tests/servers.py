@@ -79,8 +79,19 @@ def redis_server() -> Iterator[Server]:
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", d, "--save", "",
-             "--appendonly", "no"],
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                d,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -107,15 +118,37 @@ def postgres_server() -> Iterator[Server]:
             os.chown(p, pw.pw_uid, pw.pw_gid)
     prefix = _as_postgres() if pw is not None else []
     subprocess.run(
-        [*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-         "--locale=C.UTF-8"],
+        [
+            *prefix,
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     proc = subprocess.Popen(
-        [*prefix, postgres, "-D", str(data), "-c", "listen_addresses=127.0.0.1", "-p", str(port),
-         "-k", str(sock), "-c", "fsync=off"],
+        [
+            *prefix,
+            postgres,
+            "-D",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(sock),
+            "-c",
+            "fsync=off",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -131,8 +164,10 @@ def postgres_server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[Server]:
     mariadbd = require("mariadbd") if shutil.which("mariadbd") else require("mysqld")
-    install = require("mariadb-install-db") if shutil.which("mariadb-install-db") else require(
-        "mysql_install_db"
+    install = (
+        require("mariadb-install-db")
+        if shutil.which("mariadb-install-db")
+        else require("mysql_install_db")
     )
     port = free_port()
     root = tempfile.mkdtemp(prefix="pulsetrace-my-")
@@ -140,16 +175,30 @@ def mysql_server() -> Iterator[Server]:
     data = Path(root, "data")
     user = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run(
-        [install, f"--datadir={data}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", *user],
+        [
+            install,
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *user,
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     proc = subprocess.Popen(
-        [mariadbd, "--no-defaults", f"--datadir={data}", "--bind-address=127.0.0.1",
-         f"--port={port}", f"--socket={root}/my.sock", f"--pid-file={root}/my.pid",
-         "--skip-grant-tables", "--skip-log-bin", *user],
+        [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--bind-address=127.0.0.1",
+            f"--port={port}",
+            f"--socket={root}/my.sock",
+            f"--pid-file={root}/my.pid",
+            "--skip-grant-tables",
+            "--skip-log-bin",
+            *user,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -13,7 +13,7 @@
 
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
-use crate::registry::Registry;
+use crate::registry::{ExemplarSample, Registry};
 use crate::sampler::{Decision, DropReason, KeepReason, SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
 use parking_lot::{Condvar, Mutex};
@@ -355,6 +355,21 @@ impl Core {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         shard.decided.set(id, decision.is_keep());
+        if decision.is_keep() {
+            for s in &spans {
+                self.registry.record_exemplar(
+                    s.kind,
+                    &s.name,
+                    s.status_class(),
+                    ExemplarSample {
+                        value_ns: s.duration_ns,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        timestamp_unix_ns: s.end_unix_ns(),
+                    },
+                );
+            }
+        }
         match decision {
             Decision::Keep(reason) => Outcome::Export(KeptTrace {
                 trace_id: id,

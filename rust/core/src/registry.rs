@@ -12,7 +12,7 @@ use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::span::{SpanKind, StatusClass};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -25,10 +25,24 @@ fn slot_index(kind: SpanKind, class: StatusClass) -> usize {
     kind as usize * StatusClass::COUNT + class as usize
 }
 
+/// A recorded duration of a kept trace: links a histogram bucket to a trace
+/// (OpenMetrics exemplars), so a slow bucket in a dashboard opens its trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExemplarSample {
+    pub value_ns: u64,
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub timestamp_unix_ns: u64,
+}
+
+/// Exemplars kept per key: the most recent ones (a ring).
+const EXEMPLARS_PER_KEY: usize = 32;
+
 /// All histograms of one operation name.
 pub struct Operation {
     name: Arc<str>,
     slots: [OnceLock<Arc<Histogram>>; SLOTS],
+    exemplars: [Mutex<VecDeque<ExemplarSample>>; SLOTS],
 }
 
 impl Operation {
@@ -36,6 +50,7 @@ impl Operation {
         Operation {
             name: Arc::from(name),
             slots: std::array::from_fn(|_| OnceLock::new()),
+            exemplars: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
         }
     }
 
@@ -249,6 +264,53 @@ impl Registry {
         out
     }
 
+    /// Remember a duration of a kept trace as an exemplar of its key (only
+    /// for keys that exist; kept traces are rare, the lock is uncontended).
+    pub fn record_exemplar(
+        &self,
+        kind: SpanKind,
+        name: &str,
+        class: StatusClass,
+        sample: ExemplarSample,
+    ) {
+        let idx = slot_index(kind, class);
+        let names = self.names.load();
+        let op = match names.get(name) {
+            Some(op) if op.slots[idx].get().is_some() => op,
+            _ => return,
+        };
+        let mut ring = op.exemplars[idx].lock();
+        if ring.len() >= EXEMPLARS_PER_KEY {
+            ring.pop_front();
+        }
+        ring.push_back(sample);
+    }
+
+    /// For each upper bound (ascending, nanoseconds), the most recent
+    /// exemplar whose value falls in that bucket (above the previous bound).
+    pub fn exemplars(
+        &self,
+        kind: SpanKind,
+        name: &str,
+        class: StatusClass,
+        bounds_ns: &[u64],
+    ) -> Vec<Option<ExemplarSample>> {
+        let mut out = vec![None; bounds_ns.len()];
+        let idx = slot_index(kind, class);
+        let names = self.names.load();
+        let Some(op) = names.get(name) else {
+            return out;
+        };
+        let ring = op.exemplars[idx].lock();
+        for e in ring.iter() {
+            let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
+            if b < out.len() {
+                out[b] = Some(*e);
+            }
+        }
+        out
+    }
+
     /// Approximate memory held by the histograms.
     pub fn memory_bytes(&self) -> usize {
         self.entries()
@@ -291,6 +353,60 @@ mod tests {
         assert!(r.merged(SpanKind::Internal, "GET /a").is_none());
         assert_eq!(r.operations().len(), 2);
         assert_eq!(r.entries().len(), 3);
+    }
+
+    #[test]
+    fn exemplars_land_in_their_bucket_latest_first() {
+        let r = Registry::new(small(), 100);
+        r.record(SpanKind::Server, "GET /", StatusClass::Http2xx, 1_000);
+        let ex = |v: u64, t: u128| ExemplarSample {
+            value_ns: v,
+            trace_id: t,
+            span_id: 1,
+            timestamp_unix_ns: 5,
+        };
+        r.record_exemplar(
+            SpanKind::Server,
+            "GET /",
+            StatusClass::Http2xx,
+            ex(1_500, 1),
+        );
+        r.record_exemplar(
+            SpanKind::Server,
+            "GET /",
+            StatusClass::Http2xx,
+            ex(1_800, 2),
+        );
+        r.record_exemplar(
+            SpanKind::Server,
+            "GET /",
+            StatusClass::Http2xx,
+            ex(9_000, 3),
+        );
+        r.record_exemplar(
+            SpanKind::Server,
+            "GET /",
+            StatusClass::Http2xx,
+            ex(90_000, 4),
+        );
+        // Unknown keys are ignored.
+        r.record_exemplar(SpanKind::Client, "GET /", StatusClass::Ok, ex(1, 9));
+        let got = r.exemplars(
+            SpanKind::Server,
+            "GET /",
+            StatusClass::Http2xx,
+            &[1_000, 2_000, 10_000],
+        );
+        assert_eq!(
+            got.iter()
+                .map(|e| e.map(|e| e.trace_id))
+                .collect::<Vec<_>>(),
+            [None, Some(2), Some(3)]
+        );
+        assert!(r
+            .exemplars(SpanKind::Client, "GET /", StatusClass::Ok, &[10])
+            .iter()
+            .all(Option::is_none));
     }
 
     #[test]

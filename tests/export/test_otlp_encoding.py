@@ -4,10 +4,11 @@ protobuf classes) to what was recorded."""
 from __future__ import annotations
 
 import pytest
-from conftest import fresh
 
 import pulsetrace
 from pulsetrace import _runtime
+
+from conftest import fresh
 
 trace_pb2 = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
@@ -28,12 +29,23 @@ def kv(attrs):
 def test_every_field_round_trips_through_the_reference_decoder():
     fresh()
     t = _runtime.tracer()
-    t.set_resource({"service.name": "api", "process.pid": 42, "deployment.environment.name": "test"})
+    t.set_resource(
+        {"service.name": "api", "process.pid": 42, "deployment.environment.name": "test"}
+    )
     remote = pulsetrace.SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, 1, "k=v")
     root = pulsetrace.start_span("GET /users/{id}", kind="server", parent=remote, start_time=T0)
     root.set_attributes(
-        {"s": "x" * 300, "i": -7, "f": 1.5, "b": True, "sa": ["a", "b"], "ia": [1, 2],
-         "fa": [0.5], "ba": [True, False], "http.response.status_code": 503}
+        {
+            "s": "x" * 300,
+            "i": -7,
+            "f": 1.5,
+            "b": True,
+            "sa": ["a", "b"],
+            "ia": [1, 2],
+            "fa": [0.5],
+            "ba": [True, False],
+            "http.response.status_code": 503,
+        }
     )
     root.add_event("cache miss", {"key": "u:1"}, timestamp=T0 + 5)
     root.add_link(pulsetrace.SpanContext(0x1234, 0x5678, is_remote=False), {"why": "batch"})
@@ -62,8 +74,15 @@ def test_every_field_round_trips_through_the_reference_decoder():
     assert s.kind == 2  # SERVER
     assert (s.start_time_unix_nano, s.end_time_unix_nano) == (T0, T0 + 1_000)
     assert kv(s.attributes) == {
-        "s": "x" * 300, "i": -7, "f": 1.5, "b": True, "sa": ("a", "b"), "ia": (1, 2),
-        "fa": (0.5,), "ba": (True, False), "http.response.status_code": 503,
+        "s": "x" * 300,
+        "i": -7,
+        "f": 1.5,
+        "b": True,
+        "sa": ("a", "b"),
+        "ia": (1, 2),
+        "fa": (0.5,),
+        "ba": (True, False),
+        "http.response.status_code": 503,
     }
     (ev,) = s.events
     assert (ev.name, ev.time_unix_nano, kv(ev.attributes)) == ("cache miss", T0 + 5, {"key": "u:1"})

@@ -16,10 +16,12 @@ RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml C
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
 # integrations), wrk (the overhead benchmark). Installed once, when missing.
-DEB_PACKAGES := redis-server postgresql mariadb-server wrk
+DEB_PACKAGES := redis-server postgresql mariadb-server wrk prometheus prometheus-alertmanager
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v mariadbd >/dev/null \
-	    || ! command -v wrk >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	    || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v prometheus-alertmanager >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing $(DEB_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
@@ -36,7 +38,7 @@ $(VENV)/.installed: requirements-dev.txt
 
 # The extension, built in release mode into the virtual environment.
 $(VENV)/.built: $(VENV)/.installed $(RUST_SOURCES)
-	$(VENV)/bin/maturin develop --release --quiet
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
 	touch $@
 
 build: $(VENV)/.built
@@ -50,7 +52,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
-rust-test:
+rust-test: system-deps
 	$(CARGO) test --locked -p pulsetrace-core
 	$(CARGO) test --locked -p pulsetrace-py --no-default-features --lib
 

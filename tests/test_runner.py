@@ -22,6 +22,8 @@ TESTS = Path(__file__).parent
 
 def env(**extra: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
+    # No OTLP receiver in these tests: export to the in-process exporters only.
+    e["OTEL_TRACES_EXPORTER"] = "none"
     e.update(extra)
     return e
 

@@ -94,6 +94,13 @@ def counters() -> dict[str, int]:
     internal errors), by name."""
     out = dict(_runtime.tracer().counters())
     out["export_failures"] = _runtime.export_failures()
+    for exporter in _runtime.exporters():
+        more = getattr(exporter, "counters", None)
+        if more is not None:
+            try:
+                out.update(more())
+            except Exception as exc:
+                _diag.internal_error("counters", exc)
     out["internal_errors"] = sum(_diag.internal_errors().values())
     return out
 

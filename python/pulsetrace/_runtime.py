@@ -157,37 +157,47 @@ def _restart_worker() -> None:
 _export_lock = threading.Lock()
 
 
-def export_pending(max_spans: int = 4096) -> int:
-    """Drain kept traces into every exporter; returns spans handed over."""
-    global _export_failures
+def export_pending(max_spans: int = 4096, timeout: Optional[float] = None) -> int:
+    """Drain kept traces into every exporter; returns spans handed over.
+    With ``timeout``, gives up (returns 0) if another export (a slow
+    receiver) holds the export lock longer than that."""
     t = _tracer
     if t is None or not _exporters:
         return 0
+    if not _export_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+        return 0
+    try:
+        return _export_locked(t, max_spans)
+    finally:
+        _export_lock.release()
+
+
+def _export_locked(t: Tracer, max_spans: int) -> int:
+    global _export_failures
     total = 0
-    with _export_lock:
-        while True:
+    while True:
+        try:
+            batch = t.drain_batch(max_spans)
+        except Exception as exc:
+            _diag.internal_error("export.drain", exc)
+            return total
+        if batch is None:
+            return total
+        total += len(batch)
+        for exporter in tuple(_exporters):
             try:
-                batch = t.drain_batch(max_spans)
-            except Exception as exc:
-                _diag.internal_error("export.drain", exc)
-                return total
-            if batch is None:
-                return total
-            total += len(batch)
-            for exporter in tuple(_exporters):
-                try:
-                    # An OTLP exporter takes the natively encoded request;
-                    # the others get SpanData objects (built once per batch).
-                    export_otlp = getattr(exporter, "export_otlp", None)
-                    if export_otlp is not None:
-                        result = export_otlp(batch.otlp(), len(batch))
-                    else:
-                        result = exporter.export(batch.traces())
-                    if result is not ExportResult.SUCCESS:
-                        _export_failures += 1
-                except Exception as exc:
+                # An OTLP exporter takes the natively encoded request;
+                # the others get SpanData objects (built once per batch).
+                export_otlp = getattr(exporter, "export_otlp", None)
+                if export_otlp is not None:
+                    result = export_otlp(batch.otlp(), len(batch))
+                else:
+                    result = exporter.export(batch.traces())
+                if result is not ExportResult.SUCCESS:
                     _export_failures += 1
-                    _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+            except Exception as exc:
+                _export_failures += 1
+                _diag.internal_error(f"export.{type(exporter).__name__}", exc)
 
 
 def export_failures() -> int:
@@ -203,7 +213,7 @@ def flush(timeout: float = 5.0) -> bool:
         return True
     try:
         t.process(False)
-        export_pending()
+        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
         ok = True
         for exporter in tuple(_exporters):
             remaining = deadline - time.monotonic()

@@ -38,6 +38,32 @@ def _install_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def _start_exporters() -> None:
+    """The exporters the environment asks for (``OTEL_TRACES_EXPORTER``,
+    default ``otlp``), and the metrics server (``PROMETHEUS_ENABLED``)."""
+    from pulsetrace.export import ConsoleSpanExporter
+    from pulsetrace.export._otlp_config import config_from_env
+
+    try:
+        otlp = config_from_env()
+        if otlp.enabled:
+            from pulsetrace.export.otlp_exporter import OtlpSpanExporter
+
+            _runtime.add_exporter(OtlpSpanExporter(otlp))
+        if otlp.console:
+            _runtime.add_exporter(ConsoleSpanExporter())
+    except Exception as exc:
+        _diag.internal_error("auto.exporters", exc)
+    cfg = _runtime.config()
+    if cfg.prometheus_enabled:
+        try:
+            from pulsetrace import prometheus
+
+            prometheus.start_server(cfg.metrics_addr)
+        except Exception as exc:
+            _diag.internal_error("auto.prometheus", exc)
+
+
 def start() -> list[str]:
     """Configure from the environment and instrument (idempotent); returns
     the integrations switched on."""
@@ -49,6 +75,7 @@ def start() -> list[str]:
     names = contrib.instrument(cfg)
     if not _started:
         _started = True
+        _start_exporters()
         try:
             _install_sigterm()
         except Exception as exc:

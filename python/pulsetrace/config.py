@@ -57,6 +57,8 @@ class Config:
     max_events: int = 128
     # Export
     export_interval_ms: float = 1_000.0
+    prometheus_enabled: bool = False
+    metrics_addr: str = "127.0.0.1:9464"
 
     def __post_init__(self) -> None:
         # The resource always names the service the way service_name does.
@@ -128,6 +130,17 @@ def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
         return False
     _warn(var, raw, "not a boolean (true/false)", default)
     return default
+
+
+def _addr(env: Mapping[str, str], var: str, default: str) -> str:
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        _warn(var, raw, "not host:port", default)
+        return default
+    return raw.strip()
 
 
 def _rules(env: Mapping[str, str], var: str) -> list[tuple[str, Optional[str]]]:
@@ -259,4 +272,6 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         export_interval_ms=_number(
             e, "PULSETRACE_EXPORT_INTERVAL_MS", d.export_interval_ms, low=10.0
         ),
+        prometheus_enabled=_bool(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
+        metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
     )

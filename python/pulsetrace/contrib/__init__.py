@@ -43,6 +43,17 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("flask", "flask", "pulsetrace.contrib.flask"),
     Integration("django", "django.core.handlers.base", "pulsetrace.contrib.django"),
     Integration("starlette", "starlette.applications", "pulsetrace.contrib.starlette"),
+    Integration("redis", "redis", "pulsetrace.contrib.redis"),
+    Integration("requests", "requests.sessions", "pulsetrace.contrib.requests"),
+    Integration("urllib3", "urllib3.poolmanager", "pulsetrace.contrib.urllib3"),
+    Integration("httpx", "httpx", "pulsetrace.contrib.httpx"),
+    Integration("urllib", "urllib.request", "pulsetrace.contrib.urllib"),
+    Integration("aiohttp", "aiohttp.client", "pulsetrace.contrib.aiohttp"),
+    Integration("sqlite3", "sqlite3", "pulsetrace.contrib.sqlite3"),
+    Integration("psycopg", "psycopg", "pulsetrace.contrib.psycopg"),
+    Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
+    Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
+    Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
 )
 
 _registered: set[str] = set()

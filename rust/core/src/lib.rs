@@ -5,6 +5,7 @@
 //! - [`sampler`]: the tail sampler's policies and rate limit.
 //! - [`pipeline`]: span end → histograms → trace buffer (sharded) →
 //!   decision → export queue, and the worker thread for timeouts.
+//! - [`exposition`]: Prometheus 0.0.4 / OpenMetrics text of the histograms (and extra families).
 //! - [`otlp`]: OTLP protobuf encoding of kept traces (ExportTraceServiceRequest).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod exposition;
 pub mod histogram;
 pub mod otlp;
 pub mod pipeline;

@@ -66,6 +66,14 @@ impl HeadSampler {
     }
 }
 
+/// An extra metric family from Python: (name, help, kind, [(labels, value)]).
+type PyFamily = (
+    String,
+    String,
+    String,
+    Vec<(std::collections::HashMap<String, String>, f64)>,
+);
+
 /// Counters the binding keeps (the core keeps its own).
 #[derive(Default, Debug)]
 pub struct TracerCounters {
@@ -482,6 +490,136 @@ impl Tracer {
                 .merged(kind, &name)
                 .map(|(s, _)| s.to_v2_base64())
         }))
+    }
+
+    /// The Prometheus exposition of the histograms, pulsetrace's health and
+    /// the caller's `extra` families (`(name, help, "counter"|"gauge",
+    /// [(labels dict, value)])`), negotiated from an `Accept` header:
+    /// `(body, content_type)`. Rendered without the GIL.
+    #[pyo3(signature = (accept="", extra=None, const_labels=None))]
+    fn render_metrics<'py>(
+        &self,
+        py: Python<'py>,
+        accept: &str,
+        extra: Option<Vec<PyFamily>>,
+        const_labels: Option<std::collections::BTreeMap<String, String>>,
+    ) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, &'static str)> {
+        use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
+        let mut families = Vec::new();
+        for (name, help, kind, samples) in extra.unwrap_or_default() {
+            let kind = match kind.as_str() {
+                "counter" => ExtraKind::Counter,
+                "gauge" => ExtraKind::Gauge,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "metric kind must be counter or gauge, not {other:?}"
+                    )))
+                }
+            };
+            let samples = samples
+                .into_iter()
+                .map(|(labels, v)| {
+                    let mut l: Vec<(String, String)> = labels.into_iter().collect();
+                    l.sort();
+                    (l, v)
+                })
+                .collect();
+            families.push(ExtraFamily {
+                name,
+                help,
+                kind,
+                samples,
+            });
+        }
+        let core = self.core.load_full();
+        let format = exposition::negotiate(accept);
+        let cfg = ExpositionConfig {
+            const_labels: const_labels.unwrap_or_default().into_iter().collect(),
+            ..ExpositionConfig::default()
+        };
+        let mut counters = core.counters.snapshot();
+        let a = &self.attr_counters;
+        let c = &self.counters;
+        for (name, doc, v) in [
+            (
+                "attributes_converted",
+                "attribute values converted to a supported type",
+                &a.converted,
+            ),
+            (
+                "attributes_dropped",
+                "attribute values dropped (None, unconvertible, over the count limit)",
+                &a.dropped,
+            ),
+            (
+                "attributes_truncated",
+                "attribute values truncated to the length limit",
+                &a.truncated,
+            ),
+            (
+                "attributes_invalid_utf8",
+                "text that was not valid UTF-8 (replaced with U+FFFD)",
+                &a.invalid_utf8,
+            ),
+            (
+                "spans_ended_twice",
+                "spans ended more than once (the later calls are ignored)",
+                &c.double_end,
+            ),
+            (
+                "traceparent_malformed",
+                "incoming traceparent headers that were malformed (a new trace was started)",
+                &c.traceparent_malformed,
+            ),
+            (
+                "tracestate_malformed",
+                "incoming tracestate headers that were malformed (dropped)",
+                &c.tracestate_malformed,
+            ),
+        ] {
+            counters.push((name, doc, v.load(Ordering::Relaxed)));
+        }
+        let body = py.allow_threads(move || {
+            let stats = core.stats();
+            families.extend(exposition::health_families(&cfg, &core.registry, &counters));
+            let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
+                name: format!("pulsetrace_{name}"),
+                help: help.to_owned(),
+                kind: ExtraKind::Gauge,
+                samples: vec![(Vec::new(), v as f64)],
+            };
+            families.push(gauge(
+                "open_traces",
+                "traces waiting for their tail-sampling decision",
+                stats.open_traces,
+            ));
+            families.push(gauge(
+                "export_queue_spans",
+                "spans of kept traces waiting for an exporter",
+                stats.export_spans,
+            ));
+            families.push(gauge(
+                "export_queue_max_spans",
+                "bound of the export queue, in spans",
+                core.config().buffer.export_queue_spans,
+            ));
+            let bounds = cfg.bucket_bounds_ns();
+            let exemplars = |k, n: &str, cl| core.registry.exemplars(k, n, cl, &bounds);
+            let mut out = String::with_capacity(64 * 1024);
+            exposition::render(
+                &core.registry,
+                &exemplars,
+                &families,
+                &cfg,
+                format,
+                &mut out,
+            );
+            out
+        });
+        Ok((
+            pyo3::types::PyBytes::new(py, body.as_bytes()),
+            exposition::content_type(format),
+        ))
     }
 
     /// Every counter of the agent, by name.

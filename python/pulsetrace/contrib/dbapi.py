@@ -1,0 +1,273 @@
+"""DB-API 2.0 (PEP 249): the connection and cursor proxies the SQL hooks share.
+
+A hook wraps the driver's ``connect``: each connection is a ``wrapt.ObjectProxy``
+(attributes, ``isinstance``, equality as for the real object) whose cursors are
+proxies too. ``execute``, ``executemany``, ``callproc`` and the connection-level
+helpers are CLIENT spans (children of the current span) named ``SELECT users``:
+``db.system.name``, ``db.query.text`` (obfuscated natively: literals become
+``?``; parameters are never read), ``db.operation.name``, ``db.collection.name``,
+``db.namespace``, ``server.address``, ``server.port``, and
+``db.response.rows_affected`` (pulsetrace's name; no stable convention exists):
+``rowcount`` when >= 0 (DML: rows changed; SELECT: what the driver reports).
+A failure adds the exception, an error status, ``error.type`` (the driver's
+exception class) and ``db.response.status_code`` (SQLSTATE, MySQL error number,
+``sqlite_errorcode``); it is re-raised unchanged. While a span is open here or
+in the SQLAlchemy hook, ``ACTIVE`` is set and nested DB-API calls pass through:
+one span per statement.
+
+Limits: a ``connect`` imported by name before patching is the original; C code
+checking the exact type rejects a proxy (pass ``conn.__wrapped__``; psycopg2
+gets real subclasses instead); fetching is not timed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any, Callable, NamedTuple, Optional
+
+import wrapt
+
+from pulsetrace import _diag, _runtime
+from pulsetrace.contrib import _sql
+
+#: True while a SQL span is open in this context: nested DB-API calls pass through.
+ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pulsetrace_sql_active", default=False
+)
+_KEYWORDS = ("query", "sql", "operation", "statement", "procname")
+
+
+class Switch:
+    """On while an integration is patched: its proxies go quiet after ``unpatch()``."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = False
+
+
+class Database(NamedTuple):
+    """What a connection's spans share, read once at connect time."""
+
+    system: str
+    switch: Switch
+    namespace: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+
+
+def error_code(exc: BaseException, system: str) -> Optional[str]:
+    """The MySQL error number, else the SQLSTATE, else ``sqlite_errorcode``."""
+    args = getattr(exc, "args", ())
+    if system in ("mysql", "mariadb") and args and isinstance(args[0], int):
+        return str(args[0])
+    for attr in ("sqlstate", "pgcode", "sqlite_errorcode"):
+        code = getattr(exc, attr, None)
+        if code is not None:
+            return str(code)
+    return None
+
+
+def text_of(statement: Any, context: Any) -> Any:
+    """The SQL of a statement; psycopg ``sql.Composed`` is rendered (then obfuscated)."""
+    if isinstance(statement, (str, bytes)):
+        return statement
+    as_string = getattr(statement, "as_string", None)
+    if as_string is not None:
+        return as_string(context)
+    strings = getattr(statement, "strings", None)  # a t-string Template (psycopg 3.3)
+    return "?".join(strings) if isinstance(strings, tuple) else str(statement)
+
+
+Started = tuple[Any, Any, str]
+
+
+def start(db: Database, statement: Any, context: Any) -> Optional[Started]:
+    """Open the span of one statement (``context``: the real cursor or
+    connection); ``None`` when it is not traced."""
+    if not db.switch.on or ACTIVE.get():
+        return None
+    try:
+        tracer = _runtime.tracer()
+        if not tracer.enabled:
+            return None
+        text = text_of(statement, context)
+        name, attrs = _sql.attributes(text, db.system, db.namespace, db.host, db.port)
+        span = tracer.start_span(name, kind="client", attributes=attrs)
+    except Exception as exc:
+        _diag.internal_error("dbapi.start", exc)
+        return None
+    return span, ACTIVE.set(True), db.system
+
+
+def end(started: Started, rows: Any = None, error: Any = None) -> None:
+    """End a statement's span: ``rows`` has the ``rowcount``; ``error`` is the
+    exception, or the description of an outcome never reported."""
+    span, token, system = started
+    try:
+        ACTIVE.reset(token)
+    except Exception:  # another context: the flag must not stay set
+        ACTIVE.set(False)
+    try:
+        if isinstance(error, BaseException):
+            kind = type(error).__qualname__
+            span.record_exception(error, escaped=True)
+            span.set_attribute("error.type", kind)
+            code = error_code(error, system)
+            if code is not None:
+                span.set_attribute("db.response.status_code", code)
+            span.set_status("error", f"{kind}: {error}")
+        elif error is not None:
+            span.set_status("error", str(error))
+        else:
+            rowcount = getattr(rows, "rowcount", -1)
+            if type(rowcount) is int and rowcount >= 0:
+                span.set_attribute("db.response.rows_affected", rowcount)
+    except Exception as exc:
+        _diag.internal_error("dbapi.end", exc)
+    try:
+        span.end()
+    except Exception as exc:
+        _diag.internal_error("dbapi.end", exc)
+
+
+def statement_of(args: Any, kwargs: Any) -> Any:
+    """The statement of ``execute(...)`` arguments, positional or named."""
+    return args[0] if args else next((kwargs[k] for k in _KEYWORDS if k in kwargs), "")
+
+
+def run(
+    db: Database, method: Any, args: Any, kwargs: Any, context: Any, rows: Any, sql: Any = None
+) -> Any:
+    """``method(*args, **kwargs)`` in a span. ``rows`` has the rowcount (``None``:
+    the result has it); ``sql`` replaces the statement found in the arguments."""
+    if sql is None:
+        sql = args[0] if args else statement_of(args, kwargs)
+    started = start(db, sql, context)
+    if started is None:
+        return method(*args, **kwargs)
+    try:
+        result = method(*args, **kwargs)
+    except BaseException as exc:
+        end(started, error=exc)
+        raise
+    end(started, result if rows is None else rows)
+    return result
+
+
+class _Proxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def _self_same(self, result: Any) -> Any:
+        """The proxy instead of the wrapped object (``with``, chained calls)."""
+        return self if result is self.__wrapped__ else result
+
+    def __enter__(self) -> Any:
+        return self._self_same(self.__wrapped__.__enter__())
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.__wrapped__.__exit__(*exc_info)
+
+    async def __aenter__(self) -> Any:
+        return self._self_same(await self.__wrapped__.__aenter__())
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self.__wrapped__.__aexit__(*exc_info)
+
+
+class TracedCursor(_Proxy):
+    """A cursor whose statements are spans; everything else is the driver's."""
+
+    def __init__(self, cursor: Any, db: Database, connection: Any = None) -> None:
+        super().__init__(cursor)
+        self._self_db = db
+        self._self_connection = connection
+
+    @property
+    def connection(self) -> Any:
+        """The (proxied) connection that made this cursor."""
+        c = self._self_connection
+        return self.__wrapped__.connection if c is None else c
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        w = self.__wrapped__
+        r = run(self._self_db, w.execute, args, kwargs, w, w)
+        return self if r is w else r
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        w = self.__wrapped__
+        r = run(self._self_db, w.executemany, args, kwargs, w, w)
+        return self if r is w else r
+
+    def __iter__(self) -> Any:
+        return iter(self.__wrapped__)
+
+    def __next__(self) -> Any:
+        return next(self.__wrapped__)
+
+
+class CallprocCursor(TracedCursor):
+    """A cursor of a driver with ``callproc`` (psycopg2, PyMySQL)."""
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        w, name = self.__wrapped__, args[0] if args else kwargs.get("procname", "")
+        return run(self._self_db, w.callproc, args, kwargs, w, w, f"CALL {name}")
+
+
+class TracedConnection(_Proxy):
+    """A connection whose cursors (and connection-level helpers) are traced."""
+
+    _self_cursor_class: type[TracedCursor] = TracedCursor
+
+    def __init__(self, connection: Any, db: Database) -> None:
+        super().__init__(connection)
+        self._self_db = db
+
+    def _self_cursor(self, cursor: Any) -> Any:
+        return cursor if cursor is None else self._self_cursor_class(cursor, self._self_db, self)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_cursor(self.__wrapped__.cursor(*args, **kwargs))
+
+    def _self_run(self, name: str, args: Any, kwargs: Any) -> Any:
+        """A connection-level helper that returns a cursor (sqlite3, psycopg)."""
+        w = self.__wrapped__
+        return self._self_cursor(run(self._self_db, getattr(w, name), args, kwargs, w, None))
+
+
+def connect_wrapper(switch: Switch, proxy: Callable[[Any, Any, Any], Any], where: str) -> Any:
+    """A wrapt wrapper of ``connect``: its connection goes through :func:`proxied`."""
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return proxied(switch, wrapped(*args, **kwargs), proxy, args, kwargs, where)
+
+    wrapper.__pulsetrace__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def proxied(switch: Switch, conn: Any, proxy: Any, args: Any, kwargs: Any, where: str) -> Any:
+    """``proxy(conn, args, kwargs)``, or ``conn`` when off, proxied or failing."""
+    if not switch.on or isinstance(conn, TracedConnection):
+        return conn
+    try:
+        return proxy(conn, args, kwargs)
+    except Exception as exc:
+        _diag.internal_error(where, exc)
+        return conn
+
+
+def _ours(owner: Any, name: str) -> Any:
+    current = vars(owner).get(name)
+    return current if hasattr(getattr(current, "_self_wrapper", None), "__pulsetrace__") else None
+
+
+def wrap(owner: Any, name: str, wrapper: Any) -> None:
+    """Wrap ``owner.name`` (module or class attribute) unless pulsetrace already has."""
+    if _ours(owner, name) is None:
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
+
+
+def unwrap(owner: Any, name: str) -> None:
+    """Restore ``owner.name`` if pulsetrace's wrapper is outermost (a buried one
+    passes through: its switch is off)."""
+    current = _ours(owner, name)
+    if current is not None:
+        setattr(owner, name, current.__wrapped__)

@@ -1,0 +1,268 @@
+"""Redis (redis-py): every command a CLIENT span, every pipeline one span.
+
+Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
+``PULSETRACE_REDIS_ENABLED=false``). Supported: redis-py 5.0 and later, sync
+``redis.Redis`` and asyncio ``redis.asyncio.Redis``; importing ``redis`` patches
+both (``patch()`` imports ``redis.asyncio``, part of the same package).
+
+A command span is named after the command (``GET``, ``CLIENT SETNAME``), never
+a key. ``db.query.text`` keeps the command and its key and replaces every other
+argument by ``?`` (``SET user:1 ?``, ``HSET h ? ?``); a command without a key
+(``PING``, ``AUTH``, ``CONFIG SET``, ``EVAL``) keeps its name alone; at most
+1000 characters. Also ``db.system.name=redis``, ``db.operation.name``,
+``db.namespace`` (the database index, ``"0"``), ``server.address`` and
+``server.port`` (or the Unix socket path).
+
+A pipeline is one span when executed, ``PIPELINE`` or, for a transaction,
+``MULTI``, with ``db.operation.batch.size`` (its command count),
+``db.redis.commands`` (the first 128 command names) and the commands' query
+texts joined by ``; ``; queued commands get no span of their own, commands a
+pipeline sends at once (``WATCH``, reads before ``MULTI``) do. ``publish`` is
+a command; subscribing and listening are not traced. Errors (server error,
+lost connection, timeout, ``WatchError``; a failed command in a pipeline run
+with ``raise_on_error=False``) set ``error.type``; exceptions are re-raised
+unchanged, their messages kept as redis-py writes them. Redis Cluster clients
+are not traced.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import wrapt
+
+from pulsetrace import _diag, _runtime
+
+SUPPORTED = ">=5.0"
+
+_MARK = "__pulsetrace_patched__"
+MAX_QUERY_LENGTH = 1000
+_MAX_KEY_LENGTH = 256
+_MAX_BATCH_NAMES = 128
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z_.|-]{0,39}\Z")
+_SUBCOMMAND = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}\Z")
+#: Commands whose second word names the operation (``CLIENT SETNAME``).
+_CONTAINERS = frozenset(
+    "ACL CLIENT CLUSTER COMMAND CONFIG DEBUG FUNCTION LATENCY MEMORY MODULE OBJECT "
+    "PUBSUB SCRIPT SLOWLOG XGROUP XINFO".split()
+)
+#: Operations whose first argument is a key, although their first word is a container.
+_KEYED = frozenset({"MEMORY USAGE", "OBJECT", "XGROUP", "XINFO"})
+#: Commands whose first argument is not a key (a password, a script, a cursor...).
+_KEYLESS = frozenset(
+    "AUTH BGREWRITEAOF BGSAVE DBSIZE DISCARD ECHO EVAL EVALSHA EVALSHA_RO EVAL_RO EXEC "
+    "FAILOVER FCALL FCALL_RO FLUSHALL FLUSHDB HELLO INFO LASTSAVE LOLWUT MIGRATE MONITOR "
+    "MULTI PING PSYNC QUIT RANDOMKEY READONLY READWRITE REPLICAOF RESET ROLE SAVE SCAN "
+    "SELECT SHUTDOWN SLAVEOF SWAPDB SYNC TIME UNWATCH WAIT WAITAOF XREAD XREADGROUP".split()
+)
+
+
+def _text(value: Any, limit: int = _MAX_KEY_LENGTH) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value[:limit]).decode("utf-8", "replace")[:limit]
+    return (value if isinstance(value, str) else str(value))[:limit]
+
+
+def _split(args: tuple[Any, ...]) -> tuple[Optional[str], Any, int]:
+    """The operation name, its first argument (or None) and the count of its
+    arguments, as redis-py sends them: the first element may hold several
+    words (``"CLIENT SETNAME"``); the arguments are not copied."""
+    words = _text(args[0], MAX_QUERY_LENGTH).split() if args else []
+    total = len(words) + max(len(args) - 1, 0)
+
+    def at(i: int) -> Any:
+        return words[i] if i < len(words) else args[i - len(words) + 1]
+
+    first = _text(at(0), 41) if total else ""
+    if not _NAME.match(first):
+        return None, None, total
+    op, used = first.upper(), 1
+    if op in _CONTAINERS and total > 1:
+        sub = _text(at(1), 33)
+        if _SUBCOMMAND.match(sub):
+            op, used = f"{op} {sub.upper()}", 2
+    return op, at(used) if total > used else None, total - used
+
+
+def _has_key(op: str) -> bool:
+    first = op.split(" ", 1)[0]
+    if first in _CONTAINERS:
+        return first in _KEYED or op in _KEYED
+    return first not in _KEYLESS
+
+
+def _query(op: str, first: Any, n: int) -> str:
+    """``SET user:1 ?``: the command, its key if it has one, a ``?`` for every other argument."""
+    text = op
+    if n and _has_key(op):
+        text, n = f"{op} {_text(first)}", n - 1
+    return (text + " ?" * min(n, MAX_QUERY_LENGTH // 2))[:MAX_QUERY_LENGTH]
+
+
+def _base(instance: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"db.system.name": "redis"}
+    pool = getattr(instance, "connection_pool", None)
+    kw = getattr(pool, "connection_kwargs", None) or {}
+    attrs["db.namespace"] = str(kw.get("db", 0))
+    if kw.get("path"):
+        attrs["server.address"] = str(kw["path"])
+    elif kw.get("host"):
+        attrs["server.address"] = str(kw["host"])
+        attrs["server.port"] = int(kw.get("port", 6379))
+    return attrs
+
+
+def _command(instance: Any, args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    op, first, n = _split(args)
+    attrs = _base(instance)
+    if op is not None:
+        attrs["db.operation.name"] = op
+        attrs["db.query.text"] = _query(op, first, n)
+    return op or "redis", attrs
+
+
+def _pipeline(instance: Any, _args: Any) -> Optional[tuple[str, dict[str, Any]]]:
+    stack = instance.command_stack
+    if not stack and not instance.watching:
+        return None  # redis-py sends nothing
+    tx = getattr(instance, "is_transaction", None)  # asyncio; sync: ``transaction``
+    tx = instance.transaction if tx is None else tx
+    op = "MULTI" if tx is True or instance.explicit_transaction else "PIPELINE"
+    names: list[str] = []
+    texts: list[str] = []
+    length = 0
+    for args, _options in stack:
+        if len(names) >= _MAX_BATCH_NAMES and length >= MAX_QUERY_LENGTH:
+            break
+        name, first, n = _split(args)
+        if len(names) < _MAX_BATCH_NAMES:
+            names.append(name or "?")
+        if length < MAX_QUERY_LENGTH:
+            texts.append(_query(name, first, n) if name else "?")
+            length += len(texts[-1]) + 2
+    attrs = _base(instance)
+    attrs["db.operation.name"] = op
+    attrs["db.operation.batch.size"] = len(stack)
+    attrs["db.redis.commands"] = tuple(names)
+    if texts:
+        attrs["db.query.text"] = "; ".join(texts)[:MAX_QUERY_LENGTH]
+    return op, attrs
+
+
+def _start(describe: Any, instance: Any, args: Any) -> Any:
+    """A CLIENT span named and described by ``describe``, or None (tracing off,
+    nothing sent, or a pulsetrace failure: the call then runs untraced)."""
+    try:
+        tracer = _runtime.tracer()
+        if not tracer.enabled:
+            return None
+        described = describe(instance, args)
+        if described is None:
+            return None
+        return tracer.start_span(described[0], kind="client", attributes=described[1])
+    except Exception as exc:
+        _diag.internal_error("redis.start", exc)
+        return None
+
+
+def _error_type(exc: BaseException) -> str:
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _finish(span: Any, exc: Optional[BaseException] = None, result: Any = None) -> None:
+    """End the span; an exception raised, or the first error among a
+    pipeline's replies, makes it an error."""
+    try:
+        escaped = exc is not None
+        if exc is None and isinstance(result, list):
+            exc = next((r for r in result if isinstance(r, Exception)), None)
+        if exc is not None:
+            span.record_exception(exc, escaped=escaped)
+            span.set_status("error", f"{type(exc).__qualname__}: {exc}")
+            span.set_attribute("error.type", _error_type(exc))
+    except Exception as err:
+        _diag.internal_error("redis.end", err)
+    try:
+        span.end()
+    except Exception as err:
+        _diag.internal_error("redis.end", err)
+
+
+def _traced(describe: Any, is_pipeline: bool) -> tuple[Any, Any]:
+    """The sync and async wrappers of a command (or pipeline) method."""
+
+    def sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = _start(describe, instance, args)
+        if span is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _finish(span, exc)
+            raise
+        _finish(span, None, result if is_pipeline else None)
+        return result
+
+    async def asynchronous(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = _start(describe, instance, args)
+        if span is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _finish(span, exc)
+            raise
+        _finish(span, None, result if is_pipeline else None)
+        return result
+
+    return sync, asynchronous
+
+
+_sync_command, _async_command = _traced(_command, False)
+_sync_execute, _async_execute = _traced(_pipeline, True)
+
+
+#: (class, method, which wrapper of a module's pair), in redis.client and redis.asyncio.client.
+_METHODS = (
+    ("Redis", "execute_command", 0),
+    ("Pipeline", "immediate_execute_command", 0),
+    ("Pipeline", "execute", 1),
+)
+
+
+def _modules() -> list[tuple[Any, tuple[Any, Any]]]:
+    """Each module (which also carries the marker) with its (command, pipeline) wrappers."""
+    import redis.client
+
+    found = [(redis.client, (_sync_command, _sync_execute))]
+    try:
+        import redis.asyncio.client as aio
+
+        found.append((aio, (_async_command, _async_execute)))
+    except ImportError:  # a redis-py without asyncio support: sync only
+        pass
+    return found
+
+
+def patch() -> None:
+    """Instrument sync and asyncio redis-py clients (idempotent)."""
+    for module, wrappers in _modules():
+        if getattr(module, _MARK, False):
+            continue
+        for cls, name, which in _METHODS:
+            wrapt.wrap_function_wrapper(getattr(module, cls), name, wrappers[which])
+        setattr(module, _MARK, True)
+
+
+def unpatch() -> None:
+    for module, wrappers in _modules():
+        if not getattr(module, _MARK, False):
+            continue
+        for cls, name, which in _METHODS:
+            current = getattr(module, cls).__dict__.get(name)
+            if getattr(current, "_self_wrapper", None) is wrappers[which]:
+                setattr(getattr(module, cls), name, current.__wrapped__)
+        delattr(module, _MARK)

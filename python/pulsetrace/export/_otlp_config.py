@@ -1,0 +1,347 @@
+"""The OTLP exporter's settings, read from the ``OTEL_EXPORTER_OTLP_*``
+variables (see :mod:`pulsetrace.export.otlp` for the list).
+
+A value that cannot be used never raises: it produces one warning on the
+``pulsetrace`` logger naming the variable, the bad value and what is used
+instead. A per-signal ``OTEL_EXPORTER_OTLP_TRACES_*`` variable wins over the
+generic one; when it is malformed, the generic one (or the default) is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger("pulsetrace")
+
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_TIMEOUT_MS = 10_000.0
+_EXPORTERS = ("otlp", "console", "none")
+# Header names: lowercase, as gRPC metadata keys must be (HTTP does not care).
+_HEADER_NAME = re.compile(r"^[0-9a-z_.-]+$")
+# Header values: printable ASCII (and tab), so no header can be injected.
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+_HOST_PORT = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+
+
+@dataclass
+class OtlpConfig:
+    """Where and how the OTLP exporter sends traces.
+
+    ``endpoint`` is the URL requests go to: for ``http/protobuf`` the full
+    URL of the traces path (``.../v1/traces``), for ``grpc`` the collector's
+    address (a path is ignored). ``insecure`` means plaintext (no TLS).
+    ``certificate`` is a CA file (PEM) trusted for TLS instead of the
+    system's roots.
+    """
+
+    exporters: tuple[str, ...] = ("otlp",)
+    protocol: str = GRPC
+    endpoint: str = DEFAULT_GRPC_ENDPOINT
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_ms: float = DEFAULT_TIMEOUT_MS
+    compression: str = "none"
+    insecure: bool = True
+    certificate: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether traces are to be exported over OTLP at all."""
+        return "otlp" in self.exporters
+
+    @property
+    def console(self) -> bool:
+        """Whether ``OTEL_TRACES_EXPORTER`` asks for the console exporter."""
+        return "console" in self.exporters
+
+
+def _warn(var: str, raw: str, why: str, instead: str, *, secret: bool = False) -> None:
+    if secret:
+        log.warning(
+            "pulsetrace: %s (value not shown: it may hold credentials) is %s; %s instead",
+            var,
+            why,
+            instead,
+        )
+    else:
+        log.warning("pulsetrace: %s=%r is %s; %s instead", var, raw, why, instead)
+
+
+def _raw(env: Mapping[str, str], var: str) -> Optional[str]:
+    """The variable's value; an empty value is the same as an unset one."""
+    v = env.get(var)
+    if v is None or v.strip() == "":
+        return None
+    return v
+
+
+def _resolve(
+    env: Mapping[str, str],
+    name: str,
+    parse: Any,
+    default: Any,
+    describe: Any,
+    *,
+    secret: bool = False,
+) -> Any:
+    """``OTEL_EXPORTER_OTLP_TRACES_<name>``, else ``OTEL_EXPORTER_OTLP_<name>``,
+    else ``default``.
+
+    ``parse(raw, is_traces)`` returns ``(value, None)`` for a good value,
+    ``(None, why)`` for an unusable one (the next source is used) and
+    ``(substitute, why)`` for one that is used in a corrected form. Each
+    malformed variable gives one warning saying what is used instead.
+    """
+    parsed = []
+    for var, is_traces in (
+        (f"OTEL_EXPORTER_OTLP_TRACES_{name}", True),
+        (f"OTEL_EXPORTER_OTLP_{name}", False),
+    ):
+        raw = _raw(env, var)
+        if raw is not None:
+            try:
+                value, why = parse(raw, is_traces)
+            except Exception as exc:  # a parser's oversight must not stop the agent
+                value, why = None, f"unusable ({exc})"
+            parsed.append((var, raw, value, why))
+    chosen = next(((var, value) for var, _, value, _ in parsed if value is not None), None)
+    effective = default if chosen is None else chosen[1]
+    for var, raw, _, why in parsed:
+        if why is None:
+            continue
+        instead = describe(effective)
+        if chosen is not None and chosen[0] != var:
+            instead += f" (from {chosen[0]})"
+        _warn(var, raw, why, instead, secret=secret)
+    return effective
+
+
+def _using(value: Any) -> str:
+    return f"using {value!r}"
+
+
+# -- single values ------------------------------------------------------------
+
+
+def _parse_protocol(raw: str, _traces: bool) -> tuple[Optional[str], Optional[str]]:
+    v = raw.strip().lower()
+    if v in (GRPC, HTTP_PROTOBUF):
+        return v, None
+    if v == "http/json":
+        return HTTP_PROTOBUF, "not supported (pulsetrace sends protobuf)"
+    return None, "not one of grpc, http/protobuf, http/json"
+
+
+def _parse_timeout(raw: str, _traces: bool) -> tuple[Optional[float], Optional[str]]:
+    try:
+        ms = float(raw.strip())
+    except ValueError:
+        return None, "not a number of milliseconds"
+    if not 0 < ms < float("inf"):
+        return None, "not a positive, finite number of milliseconds"
+    return ms, None
+
+
+def _describe_timeout(ms: float) -> str:
+    return f"using {ms:g} ms"
+
+
+def _parse_compression(raw: str, _traces: bool) -> tuple[Optional[str], Optional[str]]:
+    v = raw.strip().lower()
+    if v in ("gzip", "none"):
+        return v, None
+    return None, "not one of gzip, none"
+
+
+def _parse_insecure(raw: str, _traces: bool) -> tuple[Optional[bool], Optional[str]]:
+    v = raw.strip().lower()
+    if v in ("true", "false"):
+        return v == "true", None
+    return None, "not true or false"
+
+
+def _parse_certificate(raw: str, _traces: bool) -> tuple[Optional[str], Optional[str]]:
+    path = raw.strip()
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except (OSError, ValueError) as exc:
+        return None, f"not a readable file ({getattr(exc, 'strerror', None) or exc})"
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        return None, "a file with no PEM certificate in it"
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return None, f"a file whose certificates cannot be loaded ({exc})"
+    return path, None
+
+
+def _describe_certificate(path: Optional[str]) -> str:
+    if path is None:
+        return "using the system's trusted CA certificates"
+    return f"using the CA file {path!r}"
+
+
+# -- headers ------------------------------------------------------------------
+
+
+def _parse_headers(raw: str, _traces: bool) -> tuple[Optional[dict[str, str]], Optional[str]]:
+    """W3C-baggage-like ``k=v,k2=v2``, percent-decoded; names lowercased.
+    Bad entries are skipped (the others are used); if none is good, the
+    variable is not used. The ``why`` never quotes a value: values are often
+    credentials."""
+    headers: dict[str, str] = {}
+    bad: list[str] = []
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        if not sep:
+            shown = entry.strip()
+            shown = shown if len(shown) <= 4 else f"{shown[:3]}… ({len(shown)} characters)"
+            bad.append(f"entry {shown!r} has no '='")
+            continue
+        name = unquote(key.strip()).lower()
+        if not _HEADER_NAME.match(name):
+            bad.append(f"header name {key.strip()!r} is not letters, digits, '-', '_', '.'")
+            continue
+        decoded = unquote(value.strip())
+        if not _HEADER_VALUE.match(decoded):
+            bad.append(f"the value of {name!r} has a control or non-ASCII character")
+            continue
+        headers[name] = decoded
+    if not bad:
+        return headers, None
+    why = "malformed: " + "; ".join(bad)
+    return (headers or None), why
+
+
+def _describe_headers(headers: dict[str, str]) -> str:
+    if not headers:
+        return "using no headers"
+    return "using the headers " + ", ".join(headers)
+
+
+# -- endpoint -----------------------------------------------------------------
+
+
+def _check_url(s: str) -> Optional[str]:
+    """Why ``s`` is not an http(s) URL with a host, or None."""
+    if any(c.isspace() for c in s):
+        return "not a URL (it has white space)"
+    try:
+        u = urlsplit(s)
+        u.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if u.scheme.lower() not in ("http", "https"):
+        return "not a URL with the scheme http:// or https://"
+    if not u.hostname:
+        return "not a URL with a host"
+    return None
+
+
+def _append_traces_path(url: str) -> str:
+    u = urlsplit(url)
+    path = u.path if u.path.endswith("/") else u.path + "/"
+    return u._replace(path=path + "v1/traces").geturl()
+
+
+def _endpoint(env: Mapping[str, str], protocol: str) -> str:
+    """For http/protobuf the generic endpoint gets ``/v1/traces`` appended
+    and the traces one is used as it is (the spec). For grpc a ``host:port``
+    without a scheme is allowed (the spec: OTEL_EXPORTER_OTLP_INSECURE then
+    decides on TLS); for http/protobuf it is taken as ``http://host:port``."""
+    grpc = protocol == GRPC
+
+    def parse(raw: str, traces: bool) -> tuple[Optional[str], Optional[str]]:
+        s = raw.strip()
+        if _HOST_PORT.match(s):
+            if grpc:
+                return s, None
+            url = "http://" + s
+            return (url if traces else _append_traces_path(url)), "not a URL (no http://)"
+        why = _check_url(s)
+        if why is not None:
+            return None, why
+        return (s if traces or grpc else _append_traces_path(s)), None
+
+    default = DEFAULT_GRPC_ENDPOINT if grpc else DEFAULT_HTTP_ENDPOINT
+    endpoint: str = _resolve(env, "ENDPOINT", parse, default, _using)
+    return endpoint
+
+
+def _insecure(env: Mapping[str, str], protocol: str, endpoint: str) -> bool:
+    """Plaintext (True) or TLS. https:// is always TLS and http/protobuf
+    follows the scheme; for grpc otherwise OTEL_EXPORTER_OTLP_INSECURE
+    decides, and when it is not set the scheme does (http:// plaintext, no
+    scheme: TLS)."""
+    scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else ""
+
+    def describe(value: Optional[bool]) -> str:
+        if value is None:
+            return "using the endpoint's scheme (" + ("plaintext)" if scheme == "http" else "TLS)")
+        return _using(value)
+
+    explicit: Optional[bool] = _resolve(env, "INSECURE", _parse_insecure, None, describe)
+    if scheme == "https":
+        return False
+    if protocol != GRPC:
+        return scheme == "http"
+    if explicit is not None:
+        return explicit
+    return scheme == "http"
+
+
+def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    var = "OTEL_TRACES_EXPORTER"
+    raw = _raw(env, var)
+    if raw is None:
+        return ("otlp",)
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    known = tuple(dict.fromkeys(n for n in names if n in _EXPORTERS))
+    unknown = [n for n in names if n not in _EXPORTERS]
+    if not known:
+        _warn(var, raw, "not one of otlp, console, none", _using("otlp"))
+        return ("otlp",)
+    chosen = known
+    why = []
+    if unknown:
+        why.append(f"naming exporters pulsetrace does not have ({', '.join(unknown)})")
+    if "none" in chosen and len(chosen) > 1:
+        chosen = tuple(n for n in chosen if n != "none")
+        why.append("'none' together with other exporters")
+    if why:
+        instead = "exporting off" if chosen == ("none",) else _using(",".join(chosen))
+        _warn(var, raw, " and ".join(why), instead)
+    return chosen
+
+
+def config_from_env(env: Optional[Mapping[str, str]] = None) -> OtlpConfig:
+    """Read the OTLP exporter's settings from ``env`` (default ``os.environ``).
+
+    Never raises: every unusable value is one warning on the ``pulsetrace``
+    logger and a documented fallback.
+    """
+    e = os.environ if env is None else env
+    protocol: str = _resolve(e, "PROTOCOL", _parse_protocol, GRPC, _using)
+    endpoint = _endpoint(e, protocol)
+    return OtlpConfig(
+        exporters=_exporters(e),
+        protocol=protocol,
+        endpoint=endpoint,
+        headers=_resolve(e, "HEADERS", _parse_headers, {}, _describe_headers, secret=True),
+        timeout_ms=_resolve(e, "TIMEOUT", _parse_timeout, DEFAULT_TIMEOUT_MS, _describe_timeout),
+        compression=_resolve(e, "COMPRESSION", _parse_compression, "none", _using),
+        insecure=_insecure(e, protocol, endpoint),
+        certificate=_resolve(e, "CERTIFICATE", _parse_certificate, None, _describe_certificate),
+    )

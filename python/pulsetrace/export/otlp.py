@@ -1,0 +1,600 @@
+"""OTLP trace transport: delivers already-encoded ``ExportTraceServiceRequest``
+bytes to an OpenTelemetry collector over gRPC or HTTP/protobuf.
+
+pulsetrace's native core encodes the spans; this module only moves the
+bytes (with retries, compression, headers and TLS) and reads the answer.
+
+Environment variables (the OpenTelemetry names; every ``OTEL_EXPORTER_OTLP_X``
+also has a per-signal form ``OTEL_EXPORTER_OTLP_TRACES_X`` that wins over it;
+an empty value is the same as an unset one):
+
+``OTEL_TRACES_EXPORTER``
+    ``otlp`` (default), ``console`` (reported in :attr:`OtlpConfig.exporters`,
+    handled by ConsoleSpanExporter), ``none`` (exporting off). A list such as
+    ``otlp,console`` is allowed.
+``OTEL_EXPORTER_OTLP_PROTOCOL``
+    ``grpc`` (default) or ``http/protobuf``. ``http/json`` is not supported:
+    a warning, and ``http/protobuf`` is used.
+``OTEL_EXPORTER_OTLP_ENDPOINT``
+    Default ``http://localhost:4317`` (grpc) or ``http://localhost:4318``
+    (http/protobuf). For http/protobuf ``/v1/traces`` is appended to it;
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as it is. For grpc a
+    ``host:port`` without a scheme is accepted (TLS unless insecure).
+``OTEL_EXPORTER_OTLP_HEADERS``
+    ``name=value,name2=value2`` (percent-decoded; names are lowercased). The
+    per-signal form replaces the generic list, it is not merged with it.
+``OTEL_EXPORTER_OTLP_TIMEOUT``
+    Milliseconds per request attempt (default 10000).
+``OTEL_EXPORTER_OTLP_COMPRESSION``
+    ``gzip`` or ``none`` (default).
+``OTEL_EXPORTER_OTLP_INSECURE``
+    gRPC only: ``true`` for plaintext, ``false`` for TLS. Unset: plaintext
+    for ``http://`` endpoints, TLS otherwise. ``https://`` is always TLS;
+    http/protobuf follows the scheme.
+``OTEL_EXPORTER_OTLP_CERTIFICATE``
+    A PEM file of CA certificates trusted for TLS (default: the system's).
+
+A value that cannot be used never raises: it gives one warning on the
+``pulsetrace`` logger naming the variable, the bad value (header values are
+never shown) and what is used instead.
+
+Usage (on pulsetrace's export thread, never on a request thread)::
+
+    transport = OtlpTransport(config_from_env())
+    result = transport.send(request_bytes, deadline=time.monotonic() + 10)
+    transport.counters()  # requests_sent, requests_failed, retries, ...
+    transport.shutdown()
+
+``send`` never raises: every failure is a :class:`SendResult` with ``ok``
+False. Retryable failures (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
+OUT_OF_RANGE, DATA_LOSS, CANCELLED, RESOURCE_EXHAUSTED when the server sent
+RetryInfo; HTTP 429, 502, 503, 504 and connection errors) are retried with
+exponential backoff and full jitter (0.5 s doubling up to 5 s), or after the
+delay the server asked for, never past the deadline.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import http.client
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from pulsetrace import _diag
+from pulsetrace.export._otlp_config import GRPC, OtlpConfig, config_from_env
+
+__all__ = ["OtlpConfig", "OtlpTransport", "SendResult", "config_from_env"]
+
+log = logging.getLogger("pulsetrace")
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 5.0
+_LOG_INTERVAL_S = 60.0
+_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_RETRYABLE_GRPC = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "DATA_LOSS", "CANCELLED"}
+)
+_RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+# Headers the transport sets itself; configured ones of these names are ignored.
+_HTTP_OWN_HEADERS = frozenset(
+    "content-type content-encoding content-length transfer-encoding connection host".split()
+)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What became of one :meth:`OtlpTransport.send`.
+
+    ``retryable`` is True when the last failure was of a kind worth trying
+    again later (the deadline or a shutdown ended the retries).
+    """
+
+    ok: bool
+    retries: int = 0
+    rejected_spans: int = 0
+    error: Optional[str] = None
+    retryable: bool = False
+
+
+@dataclass
+class _Attempt:
+    ok: bool
+    error: Optional[str] = None
+    kind: str = ""
+    retryable: bool = False
+    retry_after: Optional[float] = None
+    rejected_spans: int = 0
+    partial_error: str = ""
+
+
+# -- protobuf wire format (just what the answers need) -------------------------
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(buf: bytes) -> list[tuple[int, Any]]:
+    """(field number, value) pairs of a message: ints for varints, bytes for
+    the rest. Raises ValueError on malformed input."""
+    out: list[tuple[int, Any]] = []
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i : i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            value, i = buf[i : i + n], i + n
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(buf):
+            raise ValueError("truncated field")
+        out.append((number, value))
+    return out
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _partial_success(response: bytes) -> tuple[int, str]:
+    """``(rejected_spans, error_message)`` of an ExportTraceServiceResponse."""
+    rejected, message = 0, ""
+    try:
+        for number, value in _fields(response):
+            if number == 1 and isinstance(value, bytes):
+                for n, v in _fields(value):
+                    if n == 1 and isinstance(v, int):
+                        rejected = max(_int64(v), 0)
+                    elif n == 2 and isinstance(v, bytes):
+                        message = v.decode("utf-8", "replace")
+    except ValueError:
+        return 0, ""
+    return rejected, message
+
+
+def _duration(buf: bytes) -> float:
+    seconds = nanos = 0
+    for n, v in _fields(buf):
+        if n == 1 and isinstance(v, int):
+            seconds = _int64(v)
+        elif n == 2 and isinstance(v, int):
+            nanos = _int64(v)
+    return max(seconds + nanos / 1e9, 0.0)
+
+
+def _retry_info_delay(retry_info: bytes) -> Optional[float]:
+    for n, v in _fields(retry_info):
+        if n == 1 and isinstance(v, bytes):
+            return _duration(v)
+    return None
+
+
+def _status(buf: bytes) -> tuple[str, Optional[float]]:
+    """``(message, RetryInfo delay or None)`` of a google.rpc.Status."""
+    message, delay = "", None
+    try:
+        for n, v in _fields(buf):
+            if n == 2 and isinstance(v, bytes):
+                message = v.decode("utf-8", "replace")
+            elif n == 3 and isinstance(v, bytes):
+                any_fields = dict(_fields(v))
+                if any_fields.get(1) == _RETRY_INFO_TYPE.encode():
+                    delay = _retry_info_delay(any_fields.get(2, b""))
+    except ValueError:
+        return "", None
+    return message, delay
+
+
+def _retry_after(header: Optional[str]) -> Optional[float]:
+    """HTTP ``Retry-After``: seconds or an HTTP date."""
+    if not header:
+        return None
+    header = header.strip()
+    try:
+        return max(float(header), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _user_agent() -> str:
+    try:
+        import pulsetrace
+
+        return f"pulsetrace/{pulsetrace.__version__}"
+    except Exception:
+        return "pulsetrace"
+
+
+class OtlpTransport:
+    """Sends encoded ``ExportTraceServiceRequest`` bytes over gRPC or
+    HTTP/protobuf, as ``config`` says. Thread-safe; ``send`` blocks (run it
+    on an export thread). Nothing here raises into the caller."""
+
+    def __init__(self, config: OtlpConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._counters = dict.fromkeys(
+            ("requests_sent", "requests_failed", "retries", "bytes_sent", "rejected_spans"), 0
+        )
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._setup_error: Optional[str] = None
+        self._grpc: Any = None
+        self._channel: Any = None
+        self._export: Any = None
+        self._http_idle: list[http.client.HTTPConnection] = []
+        self._timeout_s = max(config.timeout_ms, 1.0) / 1000.0
+        self._user_agent = _user_agent()
+        try:
+            if config.protocol == GRPC:
+                self._setup_grpc()
+            else:
+                self._setup_http()
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.filename:
+                why = f"{exc.strerror or exc}: {exc.filename!r}"
+            elif isinstance(exc, RuntimeError):
+                why = str(exc)
+            else:
+                why = repr(exc)
+            self._setup_error = f"cannot set up the OTLP {config.protocol} transport ({why})"
+            log.warning("pulsetrace: %s; traces will not be exported", self._setup_error)
+
+    # -- public -------------------------------------------------------------
+
+    def send(self, payload: bytes, deadline: float) -> SendResult:
+        """Deliver ``payload`` (a serialized ExportTraceServiceRequest) and
+        wait for the answer, retrying retryable failures until ``deadline``
+        (a :func:`time.monotonic` value). Never raises."""
+        try:
+            result = self._send(payload, deadline)
+        except Exception as exc:
+            _diag.internal_error("export.otlp.send", exc)
+            result = SendResult(ok=False, error=f"internal error: {exc!r}")
+        with self._lock:
+            c = self._counters
+            c["retries"] += result.retries
+            c["rejected_spans"] += result.rejected_spans
+            if result.ok:
+                c["requests_sent"] += 1
+                c["bytes_sent"] += len(payload)
+            else:
+                c["requests_failed"] += 1
+        return result
+
+    def counters(self) -> dict[str, int]:
+        """requests_sent, requests_failed, retries, bytes_sent (request bytes
+        delivered, before compression) and rejected_spans (partial success)."""
+        with self._lock:
+            return dict(self._counters)
+
+    def shutdown(self) -> None:
+        """Stop: a retry wait in progress ends, later sends fail. Idempotent."""
+        self._closed.set()
+        try:
+            with self._lock:
+                idle, self._http_idle = self._http_idle, []
+                channel, self._channel = self._channel, None
+            for conn in idle:
+                conn.close()
+            if channel is not None:
+                channel.close()
+        except Exception as exc:
+            _diag.internal_error("export.otlp.shutdown", exc)
+
+    # -- the retry loop -----------------------------------------------------
+
+    def _send(self, payload: bytes, deadline: float) -> SendResult:
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            return self._fail(0, "payload is not bytes", "bad payload", False)
+        if self._setup_error is not None:
+            return self._fail(0, self._setup_error, "setup", False)
+        payload = bytes(payload)
+        retries = 0
+        error = ""
+        while True:
+            if self._closed.is_set():
+                return self._fail(retries, "the transport is shut down", "shutdown", False)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                why = f"{error} (deadline passed)" if error else "deadline passed before sending"
+                return self._fail(retries, why, "deadline", True)
+            timeout = min(self._timeout_s, remaining)
+            if self.config.protocol == GRPC:
+                attempt = self._grpc_attempt(payload, timeout)
+            else:
+                attempt = self._http_attempt(payload, timeout)
+            if attempt.ok:
+                if attempt.rejected_spans or attempt.partial_error:
+                    self._log_rate_limited(
+                        "partial success",
+                        "pulsetrace: the OTLP receiver rejected %d spans: %s",
+                        attempt.rejected_spans,
+                        attempt.partial_error or "(no message)",
+                    )
+                return SendResult(ok=True, retries=retries, rejected_spans=attempt.rejected_spans)
+            error = attempt.error or "failed"
+            if not attempt.retryable:
+                return self._fail(retries, error, attempt.kind, False)
+            if attempt.retry_after is not None:
+                delay = attempt.retry_after
+            else:
+                cap = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**retries)
+                delay = random.uniform(0.0, cap)
+            if time.monotonic() + delay >= deadline:
+                why = f"{error} (a retry in {delay:.2f} s would pass the deadline)"
+                return self._fail(retries, why, attempt.kind, True)
+            log.debug("pulsetrace: OTLP export failed (%s); retrying in %.2f s", error, delay)
+            if self._closed.wait(delay):
+                return self._fail(retries, f"{error} (shut down while waiting to retry)", "", True)
+            retries += 1
+
+    def _fail(self, retries: int, error: str, kind: str, retryable: bool) -> SendResult:
+        self._log_rate_limited(
+            kind or "failure",
+            "pulsetrace: OTLP export to %s failed after %d retries: %s",
+            self.config.endpoint,
+            retries,
+            error,
+        )
+        return SendResult(ok=False, retries=retries, error=error, retryable=retryable)
+
+    def _log_rate_limited(self, kind: str, msg: str, *args: Any) -> None:
+        """At most one warning a minute per kind of failure."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_logged.get(kind)
+            if last is not None and now - last < _LOG_INTERVAL_S:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last_logged[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            msg += " (and %d more like this in the last minute)"
+            args = (*args, suppressed)
+        log.warning(msg, *args)
+
+    # -- gRPC ---------------------------------------------------------------
+
+    def _setup_grpc(self) -> None:
+        try:
+            import grpc
+        except ImportError as exc:
+            raise RuntimeError(
+                "grpcio is not installed: pip install grpcio, "
+                "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+            ) from exc
+
+        self._grpc = grpc
+        endpoint = self.config.endpoint
+        if "://" in endpoint:
+            u = urlsplit(endpoint)
+            port = u.port or (443 if u.scheme.lower() == "https" else 80)
+            host = u.hostname or "localhost"
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            target = endpoint
+        options = [
+            ("grpc.primary_user_agent", self._user_agent),
+            # Reconnect soon after a collector comes back (default: up to 2 min).
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
+            ("grpc.max_send_message_length", -1),
+        ]
+        if self.config.insecure:
+            channel = grpc.insecure_channel(target, options=options)
+        else:
+            roots = None
+            if self.config.certificate:
+                with open(self.config.certificate, "rb") as f:
+                    roots = f.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        # Bytes in, bytes out: the request is already encoded, the answer is
+        # read with the few lines of wire-format parsing above.
+        self._export = channel.unary_unary(
+            EXPORT_METHOD, request_serializer=None, response_deserializer=None
+        )
+        self._metadata = tuple(
+            (k, v.encode() if k.endswith("-bin") else v) for k, v in self.config.headers.items()
+        )
+        self._compression = (
+            grpc.Compression.Gzip
+            if self.config.compression == "gzip"
+            else grpc.Compression.NoCompression
+        )
+
+    def _grpc_attempt(self, payload: bytes, timeout: float) -> _Attempt:
+        grpc = self._grpc
+        export = self._export
+        if export is None or self._channel is None:
+            return _Attempt(ok=False, error="the transport is shut down", kind="shutdown")
+        try:
+            response, _call = export.with_call(
+                payload,
+                timeout=timeout,
+                metadata=self._metadata or None,
+                compression=self._compression,
+            )
+        except grpc.RpcError as exc:
+            return self._grpc_error(exc)
+        except ValueError as exc:  # a closed channel
+            return _Attempt(ok=False, error=f"gRPC: {exc}", kind="grpc error")
+        rejected, message = _partial_success(response or b"")
+        return _Attempt(ok=True, rejected_spans=rejected, partial_error=message)
+
+    def _grpc_error(self, exc: Any) -> _Attempt:
+        try:
+            code = exc.code()
+            details = exc.details() or ""
+            trailing = exc.trailing_metadata() or ()
+        except Exception:
+            return _Attempt(ok=False, error=f"gRPC error: {exc!r}", kind="grpc error")
+        name = getattr(code, "name", str(code))
+        delay: Optional[float] = None
+        for key, value in trailing:
+            if not isinstance(value, bytes):
+                continue
+            try:
+                if key == "grpc-status-details-bin":
+                    message, found = _status(value)
+                    details = details or message
+                elif key == "google.rpc.retryinfo-bin":
+                    found = _retry_info_delay(value)
+                else:
+                    continue
+            except ValueError:
+                continue
+            if found is not None:
+                delay = found
+        retryable = name in _RETRYABLE_GRPC or (name == "RESOURCE_EXHAUSTED" and delay is not None)
+        kind = f"grpc {name}"
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            # A certificate that does not verify will not verify on a retry.
+            retryable, kind = False, "tls"
+        if self._closed.is_set():
+            retryable = False
+        return _Attempt(
+            ok=False,
+            error=f"gRPC {name}: {details}" if details else f"gRPC {name}",
+            kind=kind,
+            retryable=retryable,
+            retry_after=delay,
+        )
+
+    # -- HTTP/protobuf ------------------------------------------------------
+
+    def _setup_http(self) -> None:
+        u = urlsplit(self.config.endpoint)
+        self._https = u.scheme.lower() == "https"
+        self._host = u.hostname or "localhost"
+        self._port = u.port or (443 if self._https else 80)
+        self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self._ssl: Optional[ssl.SSLContext] = None
+        if self._https:
+            self._ssl = ssl.create_default_context(cafile=self.config.certificate or None)
+        headers = {"user-agent": self._user_agent}
+        headers.update((k, v) for k, v in self.config.headers.items() if k not in _HTTP_OWN_HEADERS)
+        headers["content-type"] = "application/x-protobuf"
+        if self.config.compression == "gzip":
+            headers["content-encoding"] = "gzip"
+        self._http_headers = headers
+
+    def _connection(self, timeout: float, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            if self._http_idle and not fresh:
+                conn = self._http_idle.pop()
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+                return conn, True
+        if self._https:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=self._ssl
+            ), False
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+
+    def _http_attempt(self, payload: bytes, timeout: float, fresh: bool = False) -> _Attempt:
+        body = payload
+        if self.config.compression == "gzip":
+            body = gzip.compress(payload, compresslevel=6, mtime=0)
+        started = time.monotonic()
+        conn, reused = self._connection(timeout, fresh)
+
+        def within_timeout() -> None:
+            # Socket timeouts are per operation: shrink them as time passes,
+            # so that the attempt as a whole keeps to ``timeout``.
+            left = timeout - (time.monotonic() - started)
+            if conn.sock is not None:
+                conn.sock.settimeout(max(left, 0.001))
+
+        try:
+            conn.request("POST", self._path, body=body, headers=self._http_headers)
+            within_timeout()
+            response = conn.getresponse()
+            within_timeout()
+            data = response.read()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            return _Attempt(ok=False, error=f"TLS: {exc.verify_message or exc}", kind="tls")
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            left = timeout - (time.monotonic() - started)
+            timed_out = isinstance(exc, (socket.timeout, TimeoutError))
+            if reused and left > 0 and not timed_out and not self._closed.is_set():
+                # A kept-alive connection the server had closed: once more on
+                # a new one, at once (not counted as a retry).
+                return self._http_attempt(payload, left, fresh=True)
+            return self._connection_error(exc)
+        with self._lock:
+            keep = not response.will_close and not self._closed.is_set()
+            if keep:
+                self._http_idle.append(conn)
+        if not keep:
+            conn.close()
+        return self._http_answer(response, data)
+
+    def _connection_error(self, exc: BaseException) -> _Attempt:
+        kind = type(exc).__name__
+        text = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or kind
+        return _Attempt(
+            ok=False,
+            error=f"HTTP connection to {self._host}:{self._port} failed: {text}",
+            kind=f"connection {kind}",
+            retryable=not self._closed.is_set(),
+        )
+
+    def _http_answer(self, response: http.client.HTTPResponse, data: bytes) -> _Attempt:
+        status = response.status
+        if 200 <= status < 300:
+            rejected, message = _partial_success(data)
+            return _Attempt(ok=True, rejected_spans=rejected, partial_error=message)
+        message = ""
+        ctype = (response.getheader("content-type") or "").lower()
+        if "protobuf" in ctype:
+            message, _ = _status(data)
+        elif data:
+            message = data[:200].decode("utf-8", "replace").strip()
+        error = f"HTTP {status} {response.reason}" + (f": {message}" if message else "")
+        retryable = status in _RETRYABLE_HTTP
+        return _Attempt(
+            ok=False,
+            error=error,
+            kind=f"http {status}",
+            retryable=retryable,
+            retry_after=_retry_after(response.getheader("retry-after")) if retryable else None,
+        )

@@ -1,0 +1,128 @@
+"""The OTLP span exporter: kept traces to Jaeger or any OpenTelemetry
+Collector, as natively encoded ``ExportTraceServiceRequest`` bytes.
+
+The network I/O runs on the exporter's own sender thread, behind a small
+bounded queue of encoded requests: a dead, slow or failing receiver delays
+that thread only, never a request and never the other exporters. A request
+that does not fit the queue, or cannot be delivered within the timeout
+(retries included), is lost and counted (``otlp_spans_lost``). After a
+fork, the child starts its own sender thread on first use.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from pulsetrace import _diag
+from pulsetrace.export import ExportResult
+from pulsetrace.export._otlp_config import OtlpConfig, config_from_env
+from pulsetrace.export.otlp import OtlpTransport
+
+__all__ = ["OtlpSpanExporter"]
+
+
+class OtlpSpanExporter:
+    """Sends kept traces over OTLP (gRPC or HTTP/protobuf) with retries."""
+
+    def __init__(self, config: Optional[OtlpConfig] = None, max_queued: int = 8) -> None:
+        self.config = config if config is not None else config_from_env()
+        self.transport = OtlpTransport(self.config)
+        self.max_queued = max_queued
+        self._cv = threading.Condition()
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._busy = False
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self.spans_sent = 0
+        self.spans_lost = 0
+        self.batches_lost = 0
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's thread is not here
+            self._pid = os.getpid()
+            self._cv = threading.Condition()
+            self._queue.clear()
+            self._busy = False
+            self._thread = None
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="pulsetrace-otlp", daemon=True)
+            self._thread.start()
+
+    def export_otlp(self, payload: bytes, spans: int) -> ExportResult:
+        """Queue one encoded request of ``spans`` spans for sending."""
+        with self._cv:
+            if self._stopping:
+                return ExportResult.FAILURE
+            self._ensure_thread()
+            if len(self._queue) >= self.max_queued:
+                self.spans_lost += spans
+                self.batches_lost += 1
+                return ExportResult.FAILURE
+            self._queue.append((payload, spans))
+            self._cv.notify_all()
+        return ExportResult.SUCCESS
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                payload, spans = self._queue.popleft()
+                self._busy = True
+            try:
+                deadline = time.monotonic() + self.config.timeout_ms / 1000.0
+                result = self.transport.send(payload, deadline)
+                with self._cv:
+                    if result.ok:
+                        self.spans_sent += spans - result.rejected_spans
+                    else:
+                        self.spans_lost += spans
+                        self.batches_lost += 1
+            except Exception as exc:
+                _diag.internal_error("otlp.send", exc)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def export(self, traces: Sequence[Any]) -> ExportResult:
+        """Not used: pulsetrace hands this exporter encoded requests
+        (``export_otlp``). Kept for the exporter protocol."""
+        return ExportResult.FAILURE
+
+    def counters(self) -> dict[str, int]:
+        with self._cv:
+            out = {
+                "otlp_spans_sent": self.spans_sent,
+                "otlp_spans_lost": self.spans_lost,
+                "otlp_batches_lost": self.batches_lost,
+                "otlp_queued_batches": len(self._queue),
+            }
+        out.update({f"otlp_{k}": v for k, v in self.transport.counters().items()})
+        return out
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued request was sent (or failed)."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cv:
+            while self._queue or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self.force_flush(timeout)
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self.transport.shutdown()

@@ -1,0 +1,198 @@
+"""Prometheus metrics of the agent, rendered by the native core.
+
+``exposition(accept)`` returns ``(body, content_type)``: the latency
+histograms of every inbound request, outbound call, SQL statement and Redis
+command (request and error counters, duration histograms in seconds,
+quantile gauges read exactly from the HDR histograms; OpenMetrics exemplars
+link slow buckets to kept traces when the scraper asks for OpenMetrics),
+process metrics and pulsetrace's own health. The monitoring endpoints serve
+it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
+``http://PULSETRACE_METRICS_ADDR/metrics`` (default ``127.0.0.1:9464``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import resource as _resource
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from pulsetrace import _diag, _runtime
+
+log = logging.getLogger("pulsetrace")
+
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+
+_START_TIME = time.time()
+
+
+def _proc_status(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_families() -> list[Family]:
+    """The standard process metrics (CPU, memory, file descriptors,
+    threads) and Python's garbage collector."""
+    t = os.times()
+    out: list[Family] = [
+        (
+            "process_cpu_seconds_total",
+            "user and system CPU time spent",
+            "counter",
+            [({}, t.user + t.system)],
+        ),
+        (
+            "process_start_time_seconds",
+            "start time of the process since the Unix epoch",
+            "gauge",
+            [({}, _START_TIME)],
+        ),
+        (
+            "process_threads",
+            "threads of the process",
+            "gauge",
+            [({}, float(_proc_status("Threads") or threading.active_count()))],
+        ),
+    ]
+    try:
+        with open("/proc/self/statm") as f:
+            rss_pages = int(f.read().split()[1])
+        out.append(
+            (
+                "process_resident_memory_bytes",
+                "resident memory size",
+                "gauge",
+                [({}, float(rss_pages * os.sysconf("SC_PAGE_SIZE")))],
+            )
+        )
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        out.append(
+            (
+                "process_open_fds",
+                "open file descriptors",
+                "gauge",
+                [({}, float(len(os.listdir("/proc/self/fd"))))],
+            )
+        )
+        out.append(
+            (
+                "process_max_fds",
+                "maximum open file descriptors",
+                "gauge",
+                [({}, float(_resource.getrlimit(_resource.RLIMIT_NOFILE)[0]))],
+            )
+        )
+    except OSError:
+        pass
+    stats = gc.get_stats()
+    out.append(
+        (
+            "python_gc_collections_total",
+            "garbage collections, by generation",
+            "counter",
+            [({"generation": str(i)}, float(s["collections"])) for i, s in enumerate(stats)],
+        )
+    )
+    out.append(
+        (
+            "python_gc_objects_collected_total",
+            "objects collected, by generation",
+            "counter",
+            [({"generation": str(i)}, float(s["collected"])) for i, s in enumerate(stats)],
+        )
+    )
+    return out
+
+
+def exposition(accept: str = "") -> tuple[bytes, str]:
+    """``(body, content_type)``: OpenMetrics when ``accept`` asks for it,
+    the Prometheus 0.0.4 text format otherwise."""
+    cfg = _runtime.config()
+    labels = {"service_name": cfg.service_name}
+    extra = process_families()
+    extra.append(
+        (
+            "pulsetrace_export_failures_total",
+            "exporter calls that failed",
+            "counter",
+            [({}, float(_runtime.export_failures()))],
+        )
+    )
+    extra.append(
+        (
+            "pulsetrace_internal_errors_total",
+            "exceptions pulsetrace caught in its own code (never the application's)",
+            "counter",
+            [({}, float(sum(_diag.internal_errors().values())))],
+        )
+    )
+    body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
+    return body, content_type
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        try:
+            body, content_type = exposition(self.headers.get("Accept", ""))
+        except Exception as exc:
+            _diag.internal_error("prometheus.render", exc)
+            self.send_error(500)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+_server: Optional[ThreadingHTTPServer] = None
+
+
+def parse_addr(raw: str) -> tuple[str, int]:
+    host, _, port = raw.rpartition(":")
+    return (host or "127.0.0.1").strip("[]"), int(port)
+
+
+def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
+    """Serve ``/metrics`` on ``addr`` in a daemon thread (idempotent).
+    Returns the bound address, or None (with one warning) if it cannot bind."""
+    global _server
+    if _server is not None:
+        return _server.server_address[:2]
+    try:
+        host, port = parse_addr(addr)
+        server = ThreadingHTTPServer((host, port), _Handler)
+    except (OSError, ValueError) as exc:
+        log.warning("pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc)
+        return None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="pulsetrace-metrics", daemon=True).start()
+    _server = server
+    return server.server_address[:2]
+
+
+def stop_server() -> None:
+    global _server
+    if _server is not None:
+        _server.shutdown()
+        _server.server_close()
+        _server = None

@@ -64,6 +64,23 @@ def _start_exporters() -> None:
             _diag.internal_error("auto.prometheus", exc)
 
 
+def _install_otel() -> None:
+    """Make pulsetrace the OpenTelemetry API's tracer provider when the
+    application has opentelemetry-api (spans made with
+    ``opentelemetry.trace.get_tracer`` then share pulsetrace's pipeline).
+    An SDK provider the application set itself is kept."""
+    import importlib.util
+
+    if importlib.util.find_spec("opentelemetry.trace") is None:
+        return
+    try:
+        from pulsetrace import otel
+
+        otel.install()
+    except Exception as exc:
+        _diag.internal_error("auto.otel", exc)
+
+
 def start() -> list[str]:
     """Configure from the environment and instrument (idempotent); returns
     the integrations switched on."""
@@ -76,6 +93,7 @@ def start() -> list[str]:
     if not _started:
         _started = True
         _start_exporters()
+        _install_otel()
         try:
             _install_sigterm()
         except Exception as exc:

@@ -49,8 +49,8 @@ demo: build
 lint: $(VENV)/.installed
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks examples
-	$(VENV)/bin/ruff format --check python tests benchmarks examples
+	$(VENV)/bin/ruff check python tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check python tests benchmarks examples scripts
 
 rust-test: system-deps
 	$(CARGO) test --locked -p pulsetrace-core

@@ -50,7 +50,7 @@ class Config:
     worker_interval_ms: float = 200.0
     # Histograms
     histogram_sigfig: int = 2
-    max_metric_keys: int = 2_000
+    max_metric_keys: int = 1_000
     # Attribute limits
     max_attribute_length: int = 4_096
     max_attributes: int = 128

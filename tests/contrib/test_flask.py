@@ -102,9 +102,20 @@ def test_pulsetrace_failures_never_change_the_response(app, exporter, monkeypatc
     def broken(*a, **k):
         raise RuntimeError("pulsetrace bug")
 
-    monkeypatch.setattr(pulsetrace.contrib._http, "server_attributes", broken)
+    monkeypatch.setattr(flask_hook, "_route", broken)
     assert [get(app, p) for p in ("/users/7", "/boom", "/stream")] == baseline
-    assert pulsetrace._diag.internal_errors()["wsgi.start"] == 3
+    assert pulsetrace._diag.internal_errors()["wsgi.name"] == 3
+    # The spans still end, with their status.
+    assert len(server_spans(exporter)) == 6
+
+
+def test_a_strange_environ_never_breaks_the_request(app, exporter):
+    with app.test_client() as c:
+        r = c.get("/users/3", environ_overrides={"SERVER_PORT": "not-a-port", "HTTP_HOST": "[::1"})
+        assert r.status_code == 200
+        r.close()
+    (s,) = server_spans(exporter)
+    assert s.name == "GET /users/<int:user_id>"
 
 
 def test_tracing_off_means_no_spans(app, exporter):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from typing import Any, Optional
-from urllib.parse import parse_qsl, quote
+
+from pulsetrace._native import redact_query as _redact_query
+from pulsetrace._native import set_redacted_params
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
@@ -39,6 +41,7 @@ def _sensitive_words() -> tuple[str, ...]:
 
 
 SENSITIVE = _sensitive_words()
+set_redacted_params(list(SENSITIVE))
 
 
 def method_of(raw: Any) -> str:
@@ -56,19 +59,11 @@ def span_name(method: str, route: Optional[str]) -> str:
 
 
 def redact_query(query: str) -> str:
-    """The query string with the values of sensitive parameters replaced."""
+    """The query string with the values of sensitive parameters replaced by
+    ``REDACTED`` (native; other parameters are kept byte for byte)."""
     if not query:
         return query
-    lowered = query.lower()
-    if not any(w in lowered for w in SENSITIVE):
-        return query
-    parts = []
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        k = key.lower()
-        if any(w in k for w in SENSITIVE):
-            value = REDACTED
-        parts.append(f"{quote(key, safe='')}={quote(value, safe='')}")
-    return "&".join(parts)
+    return _redact_query(query)
 
 
 def set_status(span: Any, code: int) -> None:

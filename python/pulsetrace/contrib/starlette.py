@@ -142,6 +142,26 @@ def _on_subclass(cls: type, **kwargs: Any) -> None:
         _diag.internal_error("starlette.subclass", exc)
 
 
+def _legacy_otel(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """FastAPI skips its own OpenTelemetry middleware when it finds
+    OpenTelemetry's ASGI middleware in the stack; it must do so for
+    pulsetrace's too, or (with pulsetrace as the OpenTelemetry provider)
+    every request would get two SERVER spans."""
+    stack = args[0] if args else kwargs.get("stack")
+    if _active and isinstance(stack, asgi.PulsetraceASGIMiddleware):
+        return True
+    return wrapped(*args, **kwargs)
+
+
+def _patch_fastapi(module: Any) -> None:
+    try:
+        fn = getattr(module, "_legacy_otel", None)
+        if fn is not None and not isinstance(fn, wrapt.FunctionWrapper):
+            wrapt.wrap_function_wrapper(module, "_legacy_otel", _legacy_otel)
+    except Exception as exc:
+        _diag.internal_error("starlette.fastapi", exc)
+
+
 def patch() -> None:
     """Instrument every Starlette (and FastAPI) app (idempotent)."""
     global _active
@@ -157,6 +177,8 @@ def patch() -> None:
         Starlette.__init_subclass__ = classmethod(_on_subclass)  # type: ignore[assignment]
     setattr(Starlette, _MARK, True)
     _active = True
+    # FastAPI's own telemetry (recent versions) must defer to pulsetrace's span.
+    wrapt.register_post_import_hook(_patch_fastapi, "fastapi.applications")
 
 
 def unpatch() -> None:

@@ -19,6 +19,7 @@ mod data;
 mod ids;
 mod span;
 mod tracer;
+mod wsgi;
 
 use pulsetrace_core::propagation::{format_traceparent, parse_traceparent};
 use pyo3::exceptions::PyValueError;
@@ -83,6 +84,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(obfuscate_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
+    m.add_function(wrap_pyfunction!(wsgi::redact_query, m)?)?;
+    m.add_function(wrap_pyfunction!(wsgi::set_redacted_params, m)?)?;
+    m.add_class::<wsgi::TracedStartResponse>()?;
+    m.add_class::<wsgi::TracedBody>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -232,7 +232,7 @@ impl Span {
         }
     }
 
-    fn end_at(&self, py: Python<'_>, end_mono: u64) {
+    pub(crate) fn end_at(&self, py: Python<'_>, end_mono: u64) {
         if !self.recording {
             return;
         }
@@ -275,7 +275,7 @@ impl Span {
         }
     }
 
-    fn exception_event(
+    pub(crate) fn exception_event(
         &self,
         py: Python<'_>,
         exc: &Bound<'_, PyAny>,
@@ -332,7 +332,7 @@ impl Span {
         })
     }
 
-    fn push_event(&self, inner: &mut Inner, event: Event) {
+    pub(crate) fn push_event(&self, inner: &mut Inner, event: Event) {
         let tracer = self.tracer.get();
         if inner.events.len() >= tracer.limits.get().max_events {
             inner.dropped_events += 1;

@@ -178,7 +178,7 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
     };
     let cfg = CoreConfig {
         histogram,
-        max_metric_keys: positive("max_metric_keys", get(d, "max_metric_keys", 2_000)?)?,
+        max_metric_keys: positive("max_metric_keys", get(d, "max_metric_keys", 1_000)?)?,
         sampler,
         buffer,
     };
@@ -225,6 +225,139 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
 }
 
 impl Tracer {
+    pub(crate) fn limits(&self) -> (Limits, &AttrCounters) {
+        (self.limits.get(), &self.attr_counters)
+    }
+
+    pub(crate) fn extract_context(
+        &self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Option<SpanContext> {
+        let parsed = match parse_traceparent(traceparent?) {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters
+                    .traceparent_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let state = match tracestate {
+            None => String::new(),
+            Some(ts) => normalize_tracestate(ts).unwrap_or_else(|| {
+                self.counters
+                    .tracestate_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                String::new()
+            }),
+        };
+        Some(SpanContext {
+            trace_id: parsed.trace_id,
+            span_id: parsed.span_id,
+            trace_flags: parsed.flags,
+            trace_state: state,
+            is_remote: true,
+        })
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A new recording span (not yet current): its parent is `parent` (a
+    /// Span or SpanContext) if given, else the current span, else none.
+    pub(crate) fn new_span(
+        &self,
+        slf: &Bound<'_, Self>,
+        name: Arc<str>,
+        kind: SpanKind,
+        parent: Option<&Bound<'_, PyAny>>,
+        start_mono: u64,
+    ) -> PyResult<Span> {
+        let py = slf.py();
+        let current;
+        let parent = match parent {
+            Some(p) => Some(p),
+            None => {
+                current = self.current.get(py)?;
+                Some(&current)
+            }
+        };
+        let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
+            match parent.filter(|p| !p.is_none()) {
+                Some(p) => {
+                    let head = *self.head.lock();
+                    if let Ok(s) = p.downcast::<Span>() {
+                        let s = s.get();
+                        let flags = if head.parent_based {
+                            s.trace_flags
+                        } else {
+                            head.root_flags(s.trace_id)
+                        };
+                        (
+                            s.trace_id,
+                            s.span_id,
+                            flags,
+                            s.trace_state.clone(),
+                            false,
+                            false,
+                        )
+                    } else if let Ok(c) = p.downcast::<SpanContext>() {
+                        let c = c.get();
+                        let flags = if head.parent_based {
+                            c.trace_flags
+                        } else {
+                            head.root_flags(c.trace_id)
+                        };
+                        (
+                            c.trace_id,
+                            c.span_id,
+                            flags,
+                            c.trace_state.clone(),
+                            c.is_remote,
+                            c.is_remote,
+                        )
+                    } else {
+                        return Err(PyTypeError::new_err(
+                            "parent must be a Span or a SpanContext",
+                        ));
+                    }
+                }
+                None => {
+                    let id = ids::trace_id(py);
+                    let head = *self.head.lock();
+                    (id, 0, head.root_flags(id), String::new(), true, false)
+                }
+            };
+        Ok(Span {
+            tracer: slf.clone().unbind(),
+            trace_id,
+            span_id: ids::span_id(py),
+            parent_span_id,
+            trace_flags,
+            trace_state,
+            local_root,
+            remote_parent,
+            start_mono,
+            recording: true,
+            inner: Mutex::new(Inner {
+                name,
+                kind,
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                status: Default::default(),
+                status_message: String::new(),
+                http_status: 0,
+                dropped_attributes: 0,
+                dropped_events: 0,
+                ended: false,
+                token: None,
+            }),
+        })
+    }
+
     /// The shared span handed out while tracing is off: every method is a
     /// no-op, entering it changes no context.
     fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
@@ -292,76 +425,8 @@ impl Tracer {
             None => clock::now_mono_ns(),
         };
         let kind = parse_kind(kind)?;
-        let current;
-        let parent = match parent {
-            Some(p) => Some(p),
-            None => {
-                current = tracer.current.get(py)?;
-                Some(&current)
-            }
-        };
-        let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
-            match parent.filter(|p| !p.is_none()) {
-                Some(p) => {
-                    if let Ok(s) = p.downcast::<Span>() {
-                        let s = s.get();
-                        (
-                            s.trace_id,
-                            s.span_id,
-                            s.trace_flags,
-                            s.trace_state.clone(),
-                            false,
-                            false,
-                        )
-                    } else if let Ok(c) = p.downcast::<SpanContext>() {
-                        let c = c.get();
-                        (
-                            c.trace_id,
-                            c.span_id,
-                            c.trace_flags,
-                            c.trace_state.clone(),
-                            c.is_remote,
-                            c.is_remote,
-                        )
-                    } else {
-                        return Err(PyTypeError::new_err(
-                            "parent must be a Span or a SpanContext",
-                        ));
-                    }
-                }
-                None => {
-                    let id = ids::trace_id(py);
-                    let head = *tracer.head.lock();
-                    (id, 0, head.root_flags(id), String::new(), true, false)
-                }
-            };
         let name = crate::attrs::shared(name, &tracer.limits.get(), &tracer.attr_counters);
-        let span = Span {
-            tracer: slf.clone().unbind(),
-            trace_id,
-            span_id: ids::span_id(py),
-            parent_span_id,
-            trace_flags,
-            trace_state,
-            local_root,
-            remote_parent,
-            start_mono,
-            recording: true,
-            inner: Mutex::new(Inner {
-                name,
-                kind,
-                attributes: Vec::new(),
-                events: Vec::new(),
-                links: Vec::new(),
-                status: Default::default(),
-                status_message: String::new(),
-                http_status: 0,
-                dropped_attributes: 0,
-                dropped_events: 0,
-                ended: false,
-                token: None,
-            }),
-        };
+        let span = tracer.new_span(slf, name, kind, parent, start_mono)?;
         if let Some(a) = attributes.filter(|a| !a.is_none()) {
             let mut inner = span.inner.lock();
             span.set_many(&mut inner, a, tracer);

@@ -236,7 +236,9 @@ def shutdown(timeout: float = 5.0) -> bool:
     try:
         _stop_worker(timeout=max(deadline - time.monotonic(), 0.0))
         t.shutdown()
-        export_pending()
+        # With a deadline: a SIGTERM can arrive while this very thread holds
+        # the export lock (inside flush), and the lock is not reentrant.
+        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
         for exporter in tuple(_exporters):
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)

@@ -6,15 +6,18 @@ bounded queue of encoded requests: a dead, slow or failing receiver delays
 that thread only, never a request and never the other exporters. A request
 that does not fit the queue, or cannot be delivered within the timeout
 (retries included), is lost and counted (``otlp_spans_lost``). After a
-fork, the child starts its own sender thread on first use.
+fork, the child has its own lock, queue and counters, and starts its own
+sender thread and connections (never the parent's) on first use.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -42,14 +45,27 @@ class OtlpSpanExporter:
         self.spans_sent = 0
         self.spans_lost = 0
         self.batches_lost = 0
+        if hasattr(os, "register_at_fork"):
+            reset = functools.partial(_reset_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=reset)
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child before any other thread exists there. The
+        parent's lock may have been held at the fork (by its sender thread),
+        its queued requests are the parent's to send, its thread is not here."""
+        self._cv = threading.Condition()
+        self._queue = collections.deque()
+        self._busy = False
+        self._thread = None
+        self.spans_sent = self.spans_lost = self.batches_lost = 0
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's thread is not here
+        """Called with ``self._cv`` held."""
+        if self._pid != os.getpid():
+            # Forked: the parent's gRPC channel or kept-alive HTTP connections
+            # must not be shared; the child opens its own.
             self._pid = os.getpid()
-            self._cv = threading.Condition()
-            self._queue.clear()
-            self._busy = False
-            self._thread = None
+            self.transport = OtlpTransport(self.config)
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="pulsetrace-otlp", daemon=True)
             self._thread.start()
@@ -58,6 +74,8 @@ class OtlpSpanExporter:
         """Queue one encoded request of ``spans`` spans for sending."""
         with self._cv:
             if self._stopping:
+                self.spans_lost += spans
+                self.batches_lost += 1
                 return ExportResult.FAILURE
             self._ensure_thread()
             if len(self._queue) >= self.max_queued:
@@ -126,3 +144,9 @@ class OtlpSpanExporter:
             self._stopping = True
             self._cv.notify_all()
         self.transport.shutdown()
+
+
+def _reset_in_child(ref: weakref.ref[OtlpSpanExporter]) -> None:
+    exporter = ref()
+    if exporter is not None:
+        exporter._after_fork_in_child()

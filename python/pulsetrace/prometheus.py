@@ -12,6 +12,7 @@ it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -131,9 +132,13 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(_runtime.export_failures()))],
         )
     )
+    # Not ``pulsetrace_internal_errors_total``: that is the error counter of
+    # INTERNAL spans, which the renderer lists first (an extra family with a
+    # taken name is skipped), so this counter would vanish once the
+    # application records an internal span.
     extra.append(
         (
-            "pulsetrace_internal_errors_total",
+            "pulsetrace_agent_errors_total",
             "exceptions pulsetrace caught in its own code (never the application's)",
             "counter",
             [({}, float(sum(_diag.internal_errors().values())))],
@@ -196,3 +201,20 @@ def stop_server() -> None:
         _server.shutdown()
         _server.server_close()
         _server = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker does not serve its parent's metrics server (that
+    server's thread is not in the child, and it shows the parent's
+    histograms): close the inherited socket so ``start_server`` can be
+    called again in the worker (e.g. from gunicorn's ``post_fork`` hook
+    with a port of its own)."""
+    global _server
+    if _server is not None:
+        with contextlib.suppress(OSError):
+            _server.socket.close()
+        _server = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

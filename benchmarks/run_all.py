@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
-SUITES = [("micro", HERE / "micro" / "run.py"), ("memory", HERE / "memory" / "run.py")]
+SUITES = [
+    ("micro", HERE / "micro" / "run.py"),
+    ("memory", HERE / "memory" / "run.py"),
+    ("flask_overhead", HERE / "flask_overhead" / "run.py"),  # gunicorn + wrk, end to end
+    ("export", HERE / "export" / "run.py"),  # OTLP encoding, CPU per exported span, exposition
+]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

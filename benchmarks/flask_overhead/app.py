@@ -83,10 +83,12 @@ def info_route() -> Any:
         "python": sys.version.split()[0],
         "app_class": f"{type(app).__module__}.{type(app).__qualname__}",
         "wrappers": {
-            "flask.Flask.wsgi_app": _describe(flask.Flask.__dict__.get("wsgi_app")),
+            "flask.Flask.wsgi_app": _describe(getattr(flask.Flask, "wsgi_app", None)),
             "sqlite3.connect": _describe(sqlite3.connect),
             "sqlite3.connection": _describe(_db),
-            "requests.Session.send": _describe(getattr(getattr(requests, "Session", None), "send", None)),
+            "requests.Session.send": _describe(
+                getattr(getattr(requests, "Session", None), "send", None)
+            ),
         },
         "pulsetrace": None,
         "opentelemetry": None,

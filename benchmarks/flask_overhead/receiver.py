@@ -31,7 +31,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.requests = 0
         self.spans = 0
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+    def Export(self, request: Any, context: Any) -> Any:  # the gRPC method name
         n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         with self.lock:
             self.requests += 1

@@ -17,7 +17,9 @@ only when the harness itself fails).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -69,10 +71,14 @@ TARGET_JSON_LOSS_PCT = 5.0
 TARGET_LOSS_RATIO = 0.25
 
 NOTE_EXPORT = (
-    "pulsetrace has no network exporter yet: its kept traces stay in a bounded in-process "
-    "queue (dropped and counted once full), so its figures cover the request path only; "
-    "OpenTelemetry exports over OTLP/gRPC to a local receiver that discards, so its "
-    "figures include batching and encoding in the worker."
+    "every agent gets the same exporter settings, OTLP/gRPC to a local receiver that "
+    "discards (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER=otlp): figures include "
+    "batching and encoding in the worker; spans received are counted per server"
+)
+NOTE_NO_EXPORT = (
+    "pulsetrace sent nothing to the receiver: this build has no network exporter, so its "
+    "kept traces stayed in a bounded in-process queue (dropped and counted once full) and "
+    "its figures cover the request path only, while OpenTelemetry's include its export"
 )
 
 
@@ -94,7 +100,11 @@ def venv_bin(name: str) -> Optional[str]:
 
 
 def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
-    otel_env = {
+    """The configurations; without a receiver (``None``) exporters are off."""
+    # The same exporter settings for every agent (the OpenTelemetry variables, which
+    # pulsetrace reads too): an agent that exports pays for it in the worker, as in
+    # production, and the receiver shows what each one sent.
+    export_env = {
         "OTEL_SERVICE_NAME": "flask-overhead",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "none",
@@ -103,6 +113,8 @@ def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{receiver_port or 0}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
     }
+    if receiver_port is None:
+        export_env["OTEL_TRACES_EXPORTER"] = "none"
     return {
         "none": Config("none", "plain gunicorn, no agent", "none"),
         "pulsetrace": Config(
@@ -110,27 +122,28 @@ def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
             "pulsetrace-run gunicorn, default settings (PULSETRACE_SAMPLE_RATE unset: 0.1)",
             "pulsetrace",
             [str(venv_bin("pulsetrace-run"))],
+            export_env,
         ),
         "pulsetrace_keep_all": Config(
             "pulsetrace_keep_all",
-            "pulsetrace-run gunicorn, PULSETRACE_SAMPLE_RATE=1 (every trace kept and queued)",
+            "pulsetrace-run gunicorn, PULSETRACE_SAMPLE_RATE=1 (every trace kept)",
             "pulsetrace",
             [str(venv_bin("pulsetrace-run"))],
-            {"PULSETRACE_SAMPLE_RATE": "1"},
+            {**export_env, "PULSETRACE_SAMPLE_RATE": "1"},
         ),
         "pulsetrace_disabled": Config(
             "pulsetrace_disabled",
             "pulsetrace-run gunicorn, APM_ENABLED=false (kill switch; optional, not in a mode)",
             "pulsetrace_off",
             [str(venv_bin("pulsetrace-run"))],
-            {"APM_ENABLED": "false"},
+            {**export_env, "APM_ENABLED": "false"},
         ),
         "otel": Config(
             "otel",
-            "opentelemetry-instrument gunicorn, SDK + OTLP/gRPC exporter to a local receiver",
+            "opentelemetry-instrument gunicorn (distro: SDK, BatchSpanProcessor, OTLP/gRPC)",
             "otel",
             [str(venv_bin("opentelemetry-instrument"))],
-            otel_env,
+            export_env,
         ),
     }
 
@@ -177,19 +190,13 @@ class Processes:
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> Optional[int]:
         self.running.pop(proc.pid, None)
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # The group may outlive its leader (a worker still exiting): make sure.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if proc.poll() is None:
             proc.wait(5)
         return proc.returncode
@@ -215,7 +222,9 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def wait_http(procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
+def wait_http(
+    procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int
+) -> dict[str, Any]:
     """Poll /_bench/info until it answers 200; returns its JSON."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -303,12 +312,28 @@ def start_receiver(procs: Processes, env: dict[str, str], stats: Path) -> tuple[
     log = procs.log_dir / "receiver.log"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise HarnessError(f"receiver exited with {proc.returncode}:\n{procs.log_tail('receiver')}")
+            raise HarnessError(
+                f"receiver exited with {proc.returncode}:\n{procs.log_tail('receiver')}"
+            )
         m = re.search(r"READY (\d+)", log.read_text(errors="replace")) if log.exists() else None
         if m:
             return proc, int(m.group(1))
         time.sleep(0.05)
     raise HarnessError(f"receiver did not start:\n{procs.log_tail('receiver')}")
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> Optional[float]:
+    """User + system CPU seconds of a process, all its threads, ended ones
+    included (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def read_stats(path: Path) -> dict[str, int]:
@@ -349,7 +374,9 @@ def drive(loadgen_name: str, port: int, route: str, seconds: int) -> dict[str, A
         result = dict(json.loads(m.group(1)))
     else:
         result = loadgen.run_load(HOST, port, route, CONNECTIONS, float(seconds))
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6) if result["requests"] else 0.0
+    result["rps"] = (
+        result["requests"] / (result["duration_us"] / 1e6) if result["requests"] else 0.0
+    )
     result["error_count"] = sum(result["errors"].values())
     return result
 
@@ -420,12 +447,24 @@ def summarize(
                 "p999_ms": median([s["named"]["99.9"] / 1000 for s in ss]),
                 "errors": sum(s["error_count"] for s in ss),
                 "requests": sum(s["requests"] for s in ss),
+                "cpu_us": median(
+                    [s["cpu_us_per_request"] for s in ss if s.get("cpu_us_per_request") is not None]
+                ),
             }
         base = per.get("none", {}).get("rps", float("nan"))
         for c in configs:
             rps = per[c]["rps"]
             per[c]["loss_pct"] = (1 - rps / base) * 100 if c != "none" and base > 0 else None
-            per[c]["added_us"] = 1e6 / rps - 1e6 / base if c != "none" and base > 0 and rps > 0 else None
+            per[c]["added_us"] = (
+                1e6 / rps - 1e6 / base if c != "none" and base > 0 and rps > 0 else None
+            )
+            # The worker's own CPU time per request: far less moved by other processes
+            # competing for the cores than throughput is.
+            base_cpu = per.get("none", {}).get("cpu_us", float("nan"))
+            cpu = per[c]["cpu_us"]
+            per[c]["added_cpu_us"] = (
+                cpu - base_cpu if c != "none" and cpu == cpu and base_cpu == base_cpu else None
+            )
             # The same figure round by round (each config against the `none` run of its
             # own round): its spread shows how much the machine's noise moved it.
             paired = [
@@ -444,6 +483,16 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b
 
 
+def ratio_text(pt: Optional[float], ot: Optional[float]) -> str:
+    """pulsetrace's loss over OpenTelemetry's, said plainly when undefined."""
+    if pt is not None and pt <= 0:
+        return f"<= 0 (no loss measured for pulsetrace: {pt:+.1f} %)"
+    r = ratio(pt, ot)
+    if r is None:
+        return "undefined (no loss measured for OpenTelemetry)"
+    return f"{r:.3f}"
+
+
 def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     if "/json" in summary and "pulsetrace" in summary["/json"]:
@@ -458,13 +507,25 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     for route, per in summary.items():
-        if "pulsetrace" not in per or "otel" not in per:
+        if "pulsetrace" not in per:
+            continue
+        if "otel" not in per:
+            out.append(
+                {
+                    "name": f"pulsetrace loss / OpenTelemetry loss on {route}",
+                    "value": None,
+                    "text": "not measured (no otel run)",
+                    "limit": TARGET_LOSS_RATIO,
+                    "unit": "",
+                    "met": None,
+                }
+            )
             continue
         pt, ot = per["pulsetrace"]["loss_pct"], per["otel"]["loss_pct"]
         r = ratio(pt, ot)
         met: Optional[bool]
         if pt is not None and pt <= 0:
-            met, r = True, r if r is not None else 0.0  # no measurable loss at all
+            met = True  # no loss measured at all
         elif r is None:
             met = None  # OpenTelemetry showed no loss: the ratio is undefined
         else:
@@ -473,6 +534,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "name": f"pulsetrace loss / OpenTelemetry loss on {route}",
                 "value": r,
+                "text": ratio_text(pt, ot),
                 "limit": TARGET_LOSS_RATIO,
                 "unit": "",
                 "met": met,
@@ -493,7 +555,8 @@ def print_report(
         print(f"\n{route}  (medians of {rounds} rounds x {duration} s, {load_desc})")
         print(
             f"  {'config':<21}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-            f"{'loss %':>9}  {'loss/round %':<16}{'+µs/req':>9}{'errors':>8}"
+            f"{'loss %':>8}  {'loss/round %':<15}{'+µs/req':>8}{'cpu µs':>8}{'+cpu µs':>8}"
+            f"{'errors':>7}"
         )
         for c in configs:
             s = per[c]
@@ -502,20 +565,21 @@ def print_report(
             print(
                 f"  {c:<21}{fmt(s['rps'], '.0f', 9)}{fmt(s['p50_ms'], '.2f', 9)}"
                 f"{fmt(s['p99_ms'], '.2f', 9)}{fmt(s['p999_ms'], '.2f', 10)}"
-                f"{fmt(s['loss_pct'], '.1f', 9)}  {spread:<16}{fmt(s['added_us'], '.0f', 9)}"
-                f"{s['errors']:>8}"
+                f"{fmt(s['loss_pct'], '.1f', 8)}  {spread:<15}{fmt(s['added_us'], '.0f', 8)}"
+                f"{fmt(s['cpu_us'], '.0f', 8)}{fmt(s['added_cpu_us'], '.0f', 8)}{s['errors']:>7}"
             )
         for c in configs:
-            if c.startswith("pulsetrace") and "otel" in per:
-                r = ratio(per[c]["loss_pct"], per["otel"]["loss_pct"])
-                print(
-                    f"  {c} loss / otel loss: {fmt(r, '.3f', 0).strip()}"
-                    f"  (target <= {TARGET_LOSS_RATIO:g} for pulsetrace)"
-                )
+            if c.startswith("pulsetrace") and c != "pulsetrace_disabled" and "otel" in per:
+                text = ratio_text(per[c]["loss_pct"], per["otel"]["loss_pct"])
+                target = f"  (target <= {TARGET_LOSS_RATIO:g})" if c == "pulsetrace" else ""
+                print(f"  {c} loss / otel loss: {text}{target}")
+                cpu_r = ratio(per[c]["added_cpu_us"], per["otel"]["added_cpu_us"])
+                if cpu_r is not None:
+                    print(f"    same on the worker's CPU time (+cpu µs / +cpu µs): {cpu_r:.3f}")
     print("\ntargets (on the medians):")
     for t in tgts:
         verdict = {True: "met", False: "NOT MET", None: "undetermined"}[t["met"]]
-        value = fmt(t["value"], ".3f" if not t["unit"] else ".1f", 0).strip()
+        value = t.get("text") or fmt(t["value"], ".1f", 0).strip()
         print(f"  {t['name']}: {value}{t['unit']} (target <= {t['limit']:g}{t['unit']}): {verdict}")
 
 
@@ -555,7 +619,9 @@ def plot(
             xs = [1 / (1 - p / 100) for p in ps]
             for s in ss:
                 ys = [v / 1000 for _, v in s["percentiles"]]
-                ax.plot(xs, ys, color=colors.get(c), alpha=0.18, linewidth=0.8, ls=styles.get(c, "-"))
+                ax.plot(
+                    xs, ys, color=colors.get(c), alpha=0.18, linewidth=0.8, ls=styles.get(c, "-")
+                )
             med = [median([s["percentiles"][i][1] / 1000 for s in ss]) for i in range(len(ps))]
             per = summary[route][c]
             loss = "" if per["loss_pct"] is None else f", {-per['loss_pct']:+.1f}%"
@@ -586,7 +652,9 @@ def plot(
         ax.set_xlabel("percentile")
         ax.set_ylabel("latency (ms, log scale)")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", title="median; throughput vs none", title_fontsize=7)
+        ax.legend(
+            fontsize=8, loc="upper left", title="median; throughput vs none", title_fontsize=7
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -601,6 +669,78 @@ def plot_title(load_desc: str, settings: dict[str, Any], vers: dict[str, str]) -
         f"rounds x {settings['duration_s']} s; pulsetrace {vers['pulsetrace']}, "
         f"OpenTelemetry SDK {vers['opentelemetry-sdk']} + OTLP/gRPC"
     )
+
+
+def print_instrumentation(servers: list[dict[str, Any]], configs: list[Config]) -> None:
+    """What each agent recorded or exported, against the requests sent."""
+    print("\ninstrumentation check (summed over the rounds; requests include warm-ups):")
+    for cfg in configs:
+        ss = [s for s in servers if s["config"] == cfg.name]
+        sent = sum(s["requests_sent"] for s in ss)
+        head = f"  {cfg.name:<21}"
+        last = ss[-1]["info_start"] if ss else {}
+        if cfg.agent == "none":
+            print(f"{head}no agent loaded (checked in every server)")
+        elif cfg.agent == "pulsetrace_off":
+            print(f"{head}pulsetrace loaded and switched off (checked in every server)")
+        if cfg.agent in ("none", "pulsetrace_off"):
+            continue
+        reqs = sum(s.get("receiver_export_requests", 0) for s in ss)
+        exported = sum(s.get("receiver_spans", 0) for s in ss)
+        received = (
+            f"the OTLP receiver got {exported} spans in {reqs} export requests "
+            f"({exported / max(sent, 1):.2f} per request)"
+        )
+        if cfg.agent == "otel":
+            print(
+                f"{head}{sent} HTTP requests sent; {received}; instrumentations loaded: "
+                + ", ".join((last.get("opentelemetry") or {}).get("instrumentations", []))
+            )
+        else:
+            spans = sum(s.get("pulsetrace_spans_recorded", 0) for s in ss)
+            counters: dict[str, int] = {}
+            for s in ss:
+                for k, v in (s.get("pulsetrace_counters") or {}).items():
+                    counters[k] = counters.get(k, 0) + int(v)
+            kept = sum(v for k, v in counters.items() if k.startswith("traces_kept_"))
+            pt = last.get("pulsetrace") or {}
+            print(
+                f"{head}{sent} HTTP requests sent; {spans} spans recorded "
+                f"({spans / max(sent, 1):.2f} per request); traces kept {kept}, sampled out "
+                f"{counters.get('traces_dropped_sampled_out', 0)}, dropped on a full export "
+                f"queue {counters.get('traces_dropped_export_full', 0)}; {received}; "
+                f"integrations: {', '.join(pt.get('integrations', []))}; "
+                f"exporters: {', '.join(pt.get('exporters', [])) or 'none'}"
+            )
+
+
+def report_from_json(path: Path, png: Path) -> int:
+    """Print the report of a saved run and redraw its PNG."""
+    saved = json.loads(path.read_text())
+    st = saved["settings"]
+    configs = [Config(**c) for c in st["configs"].values()]
+    names = [c.name for c in configs]
+    load_desc = saved["load_generator"]["description"]
+    print(f"flask_overhead ({saved['mode']}) from {path}, run {saved['started']}")
+    for n in saved.get("notes", []):
+        print(f"  note: {n}")
+    la0, la1 = saved["machine"]["loadavg_start"], saved["machine"]["loadavg_end"]
+    print(f"  load average at start {la0[0]:.2f}, at end {la1[0]:.2f}")
+    print_report(
+        saved["summary"], names, st["rounds"], st["duration_s"], load_desc, saved["targets"]
+    )
+    print_instrumentation(saved["servers"], configs)
+    print(f"elapsed: {saved['elapsed_s']:.1f} s")
+    note = plot(
+        png,
+        saved["samples"],
+        saved["summary"],
+        names,
+        st["routes"],
+        plot_title(load_desc, st, saved["versions"]),
+    )
+    print(note or f"PNG: {png}")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
@@ -635,6 +775,35 @@ def versions(wrk: Optional[str]) -> dict[str, str]:
     return out
 
 
+def provenance() -> dict[str, Any]:
+    """Which pulsetrace is measured: where it is imported from (the venv's editable
+    install may point at another checkout) and this checkout's commit."""
+    repo = HERE.parent.parent
+    spec = importlib.util.find_spec("pulsetrace")
+    origin = str(Path(spec.origin).resolve().parent) if spec and spec.origin else None
+    native = importlib.util.find_spec("pulsetrace._native") if origin else None
+    git = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {
+        "pulsetrace_imported_from": origin,
+        "pulsetrace_native": native.origin if native else None,
+        "from_this_checkout": bool(origin) and Path(str(origin)).is_relative_to(repo.resolve()),
+        "checkout": str(repo),
+        "commit": git.stdout.strip() or None,
+        "uncommitted_changes": bool(dirty.stdout.strip()) if git.returncode == 0 else None,
+    }
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
@@ -649,22 +818,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--routes", help="comma-separated subset, e.g. /json,/sqlite")
     ap.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument(
-        "--replot", type=Path, metavar="JSON", help="only redraw --png from a saved JSON report"
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lower the niceness of the harness and every process it starts by N (needs "
+        "root): on a shared machine, less of the other processes' noise. Default 0",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: print the report of a saved JSON and redraw --png from it",
     )
     args = ap.parse_args(argv)
-    if args.replot:
-        saved = json.loads(args.replot.read_text())
-        st = saved["settings"]
-        note = plot(
-            args.png,
-            saved["samples"],
-            saved["summary"],
-            list(st["configs"]),
-            st["routes"],
-            plot_title(saved["load_generator"]["description"], st, saved["versions"]),
-        )
-        print(note or f"PNG: {args.png}")
-        return 0
+    if args.from_json:
+        return report_from_json(args.from_json, args.png)
     mode_name = args.mode or "quick"
     m = MODES[mode_name]
     rounds = args.rounds or m["rounds"]
@@ -677,6 +846,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     load_start = os.getloadavg()
 
     notes: list[str] = [NOTE_EXPORT]
+    if args.nice:
+        # Inherited by every child: servers, receiver, load generator, alike for all configs.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) - args.nice)
+            notes.append(f"niceness lowered by {args.nice} for the harness and its processes")
+        except OSError as exc:
+            notes.append(f"--nice {args.nice} not applied ({exc.strerror})")
     skipped: dict[str, str] = {}
     wrk = shutil.which("wrk")
     if args.loadgen == "wrk" and not wrk:
@@ -689,13 +865,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         load_desc = f"wrk -t{THREADS} -c{CONNECTIONS}"
     vers = versions(wrk if load_name == "wrk" else None)
+    prov = provenance()
+    if not prov["from_this_checkout"]:
+        notes.append(
+            f"pulsetrace is imported from {prov['pulsetrace_imported_from']}, not from this "
+            f"checkout ({prov['checkout']}): the venv's install points elsewhere"
+        )
 
     # Missing optional pieces: skip what needs them, say so.
     if vers["requests"] == "not installed" and "/outbound" in routes:
         routes.remove("/outbound")
         skipped["/outbound"] = "requests is not installed"
-    needs_otel = "otel" in config_names
-    if needs_otel:
+    if "otel" in config_names:
         missing = [
             d
             for d in (
@@ -708,11 +889,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         if missing or not venv_bin("opentelemetry-instrument"):
             config_names.remove("otel")
             skipped["otel"] = f"not installed: {', '.join(missing) or 'opentelemetry-instrument'}"
-            needs_otel = False
+    # The receiver needs grpcio and opentelemetry-proto; without them no agent exports.
+    have_receiver = all(
+        importlib.util.find_spec(m) is not None for m in ("grpc", "opentelemetry.proto")
+    )
+    if not have_receiver:
+        skipped["receiver"] = (
+            "grpcio or opentelemetry-proto is not installed: no OTLP receiver, every agent's "
+            "exporter is off (OTEL_TRACES_EXPORTER=none)"
+        )
     for what, why in skipped.items():
         notes.append(f"SKIPPED {what}: {why} (pip install -r {HERE.name}/requirements.txt)")
 
-    print(f"flask_overhead ({mode_name}): configs {', '.join(config_names)}; routes {', '.join(routes)}")
+    print(f"flask_overhead ({mode_name}): configs {', '.join(config_names)}", end="")
+    print(f"; routes {', '.join(routes)}")
     print(
         f"  {rounds} rounds, interleaved; per server: {warmup} s warm-up + {duration} s load per "
         f"route; {load_desc}"
@@ -721,7 +911,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     for n in notes:
         print(f"  note: {n}")
-    print(f"  load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+    print(
+        f"  pulsetrace imported from {prov['pulsetrace_imported_from']}; this checkout at "
+        f"{prov['commit']}" + (" + uncommitted changes" if prov["uncommitted_changes"] else "")
+    )
+    print(
+        f"  load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}",
+        flush=True,
+    )
 
     log_dir = Path(tempfile.mkdtemp(prefix="pt-flask-overhead-"))
     procs = Processes(log_dir)
@@ -736,14 +933,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
         env0 = base_env()
-        outbound_proc, outbound_port, _, _ = start_gunicorn(
-            procs, "outbound", [], "outbound_server:app", env0
-        )
-        del outbound_proc  # stopped with the rest
+        # The upstream of /outbound, shared by every configuration, stopped with the rest.
+        _, outbound_port, _, _ = start_gunicorn(procs, "outbound", [], "outbound_server:app", env0)
         env0["BENCH_OUTBOUND_URL"] = f"http://{HOST}:{outbound_port}/"
         receiver_port: Optional[int] = None
         stats_path = log_dir / "receiver-stats.json"
-        if needs_otel:
+        if have_receiver and any(c != "none" for c in config_names):
             _, receiver_port = start_receiver(procs, base_env(), stats_path)
             receiver_info["port"] = receiver_port
         all_configs = make_configs(receiver_port)
@@ -755,7 +950,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"\nround {rnd + 1}/{rounds}: " + " -> ".join(c.name for c in order), flush=True)
             for cfg in order:
                 env = {**env0, **cfg.env}
-                rcv_before = read_stats(stats_path) if cfg.agent == "otel" else {}
+                rcv_before = read_stats(stats_path)
                 proc, port, info, startup = start_gunicorn(
                     procs, f"app-{cfg.name}", cfg.launcher, "app:app", env
                 )
@@ -766,6 +961,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "info_start": info,
                     "requests_sent": 0,
                 }
+                worker_pid = int(info["pid"])
                 try:
                     check_instrumented(cfg, info)
                     line = []
@@ -773,8 +969,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                         if warmup > 0:
                             w = drive(load_name, port, route, warmup)
                             server["requests_sent"] += w["requests"]
+                        cpu0 = process_cpu_s(worker_pid)
                         s = drive(load_name, port, route, duration)
+                        cpu1 = process_cpu_s(worker_pid)
                         server["requests_sent"] += s["requests"]
+                        s["worker_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                        s["cpu_us_per_request"] = (
+                            s["worker_cpu_s"] * 1e6 / s["requests"]
+                            if s["worker_cpu_s"] is not None and s["requests"]
+                            else None
+                        )
                         s.update({"round": rnd, "config": cfg.name, "route": route})
                         samples.append(s)
                         line.append(
@@ -783,30 +987,37 @@ def main(argv: Optional[list[str]] = None) -> int:
                         )
                     status, body = http_get(port, "/_bench/info", timeout=5.0)
                     server["info_end"] = json.loads(body) if status == 200 else None
+                    if (server["info_end"] or {}).get("pid") != worker_pid:
+                        # gunicorn replaced a dead worker: its figures mix two processes.
+                        server["worker_restarted"] = True
+                        line.append("WORKER RESTARTED (crash?): see the errors column")
                 finally:
+                    t_stop = time.monotonic()
                     server["exit_code"] = procs.stop(proc)
-                agent_spans: Optional[int] = None
-                if cfg.agent == "otel":
-                    after = read_stats(stats_path)
-                    server["receiver_export_requests"] = after["requests"] - rcv_before["requests"]
-                    agent_spans = after["spans"] - rcv_before["spans"]
-                    server["receiver_spans"] = agent_spans
-                elif cfg.agent == "pulsetrace" and server.get("info_end"):
-                    agent_spans = pulsetrace_spans(server["info_end"])
-                    server["pulsetrace_spans_recorded"] = agent_spans
+                    server["stop_s"] = time.monotonic() - t_stop
+                # The server has stopped (an agent flushes at SIGTERM): what it exported.
+                after = read_stats(stats_path)
+                server["receiver_export_requests"] = after["requests"] - rcv_before["requests"]
+                server["receiver_spans"] = after["spans"] - rcv_before["spans"]
+                if cfg.agent == "pulsetrace" and server.get("info_end"):
+                    server["pulsetrace_spans_recorded"] = pulsetrace_spans(server["info_end"])
                     server["pulsetrace_counters"] = server["info_end"]["pulsetrace"]["counters"]
-                if agent_spans is not None and server["requests_sent"]:
-                    server["spans_per_request"] = agent_spans / server["requests_sent"]
                 servers.append(server)
-                extra = (
-                    f"; {server['spans_per_request']:.2f} spans/request "
-                    + ("received by the OTLP receiver" if cfg.agent == "otel" else "recorded")
-                    if "spans_per_request" in server
-                    else ""
+                sent = max(server["requests_sent"], 1)
+                extra = ""
+                if "pulsetrace_spans_recorded" in server:
+                    extra += (
+                        f"; {server['pulsetrace_spans_recorded'] / sent:.2f} spans/req recorded"
+                    )
+                if cfg.agent != "none":
+                    extra += f"; {server['receiver_spans'] / sent:.2f} spans/req exported"
+                print(
+                    f"  {cfg.name:<21} up in {startup:.1f} s, down in {server['stop_s']:.1f} s; "
+                    + ", ".join(line)
+                    + extra,
+                    flush=True,
                 )
-                print(f"  {cfg.name:<21} up in {startup:.1f} s; " + ", ".join(line) + extra, flush=True)
-        if needs_otel:
-            receiver_info.update(read_stats(stats_path))
+        receiver_info.update(read_stats(stats_path))
         ok = True
     finally:
         procs.stop_all()
@@ -819,31 +1030,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = summarize(samples, config_names, routes)
     tgts = targets(summary)
     print_report(summary, config_names, rounds, duration, load_desc, tgts)
+    for what, why in skipped.items():
+        print(f"  SKIPPED {what}: {why}")
 
-    print("\ninstrumentation check (all rounds):")
-    for c in config_names:
-        ss = [s for s in servers if s["config"] == c]
-        sent = sum(s["requests_sent"] for s in ss)
-        if c == "none":
-            print(f"  {c:<21} no agent loaded (checked in every server)")
-            continue
-        if c == "otel":
-            print(
-                f"  {c:<21} OTLP receiver got {sum(s['receiver_export_requests'] for s in ss)} export "
-                f"requests, {sum(s['receiver_spans'] for s in ss)} spans for {sent} requests sent"
-            )
-            continue
-        spans = sum(s.get("pulsetrace_spans_recorded", 0) for s in ss)
-        counters: dict[str, int] = {}
-        for s in ss:
-            for k, v in (s.get("pulsetrace_counters") or {}).items():
-                counters[k] = counters.get(k, 0) + int(v)
-        kept = sum(v for k, v in counters.items() if k.startswith("traces_kept_"))
-        print(
-            f"  {c:<21} {spans} spans recorded for {sent} requests sent; traces kept {kept}, "
-            f"sampled out {counters.get('traces_dropped_sampled_out', 0)}, dropped on a full export "
-            f"queue {counters.get('traces_dropped_export_full', 0)}"
-        )
+    print_instrumentation(servers, [all_configs[c] for c in config_names])
+    pt_servers = [s for s in servers if all_configs[s["config"]].agent == "pulsetrace"]
+    if pt_servers and not any(s.get("receiver_spans") for s in pt_servers):
+        notes.append(NOTE_NO_EXPORT)
+        print(f"  note: {NOTE_NO_EXPORT}")
     elapsed = time.monotonic() - t_start
     load_end = os.getloadavg()
     print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
@@ -876,6 +1070,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "settings": settings,
         "load_generator": {"name": load_name, "description": load_desc},
         "versions": vers,
+        "provenance": prov,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

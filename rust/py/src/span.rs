@@ -12,7 +12,7 @@ use pulsetrace_core::span::{AttrValue, Attributes, Event, Link, SpanKind, SpanRe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -625,19 +625,16 @@ impl Span {
         Ok(slf.clone())
     }
 
-    #[pyo3(signature = (exc_type=None, exc_value=None, traceback=None))]
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        exc_type: Option<&Bound<'_, PyType>>,
-        exc_value: Option<&Bound<'_, PyAny>>,
-        traceback: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
+    /// `(exc_type, exc_value, traceback)`, taken as one tuple: parsing three
+    /// optional parameters costs more than the rest of the call.
+    #[pyo3(signature = (*args))]
+    fn __exit__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> bool {
         if !self.recording {
             return false;
         }
         let end_mono = clock::now_mono_ns();
-        let _ = (exc_type, traceback);
+        let exc_value = args.get_item(1).ok();
+        let exc_value = exc_value.as_ref();
         let tracer = self.tracer.get();
         if let Some(exc) = exc_value.filter(|e| !e.is_none()) {
             if let Ok(event) = self.exception_event(py, exc, None, None, true) {

@@ -42,6 +42,7 @@ class OtlpSpanExporter:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
+        self._last_ok = True
         self.spans_sent = 0
         self.spans_lost = 0
         self.batches_lost = 0
@@ -99,6 +100,7 @@ class OtlpSpanExporter:
                 deadline = time.monotonic() + self.config.timeout_ms / 1000.0
                 result = self.transport.send(payload, deadline)
                 with self._cv:
+                    self._last_ok = result.ok
                     if result.ok:
                         self.spans_sent += spans - result.rejected_spans
                     else:
@@ -139,7 +141,10 @@ class OtlpSpanExporter:
         return True
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        self.force_flush(timeout)
+        # A receiver that failed the last request (down, refusing) gets one
+        # more second, not the whole deadline: a process exits promptly
+        # when no collector is there.
+        self.force_flush(timeout if self._last_ok else min(timeout, 1.0))
         with self._cv:
             self._stopping = True
             self._cv.notify_all()

@@ -331,9 +331,18 @@ fn summary(text: &str) -> (Option<String>, Option<String>) {
             }
             if after.iter().any(|k| w.eq_ignore_ascii_case(k)) {
                 found = words.next().map(unquote);
-                // CREATE TABLE IF NOT EXISTS t
-                if found.is_some_and(|f| f.eq_ignore_ascii_case("IF")) {
-                    found = words.nth(2).map(unquote);
+                // CREATE TABLE IF NOT EXISTS t, DROP TABLE IF EXISTS t
+                let ddl = matches!(op.as_str(), "CREATE" | "DROP" | "ALTER");
+                if ddl && found.is_some_and(|f| f.eq_ignore_ascii_case("IF")) {
+                    let mut next = words.next();
+                    if next.is_some_and(|w| w.eq_ignore_ascii_case("NOT")) {
+                        next = words.next();
+                    }
+                    found = if next.is_some_and(|w| w.eq_ignore_ascii_case("EXISTS")) {
+                        words.next().map(unquote)
+                    } else {
+                        None
+                    };
                 }
                 break;
             }

@@ -16,6 +16,7 @@ Exits 0 whatever the figures: these are measurements, not tests.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import gc
 import json
 import os
@@ -55,6 +56,11 @@ CASES: dict[str, tuple[str, str]] = {
     "pulsetrace_span_set_attribute": (
         "start_span = pulsetrace.start_span",
         f"with start_span('op') as span:\n{SET3}",
+    ),
+    # The kill switch (APM_ENABLED=false): the same call on a tracer that is off.
+    "pulsetrace_span_disabled": (
+        "start_span = disabled_start_span",
+        f"with start_span('op', attributes={ATTRS}):\n    pass",
     ),
     "otel_sdk_span": (
         "start = otel_tracer.start_as_current_span",
@@ -145,6 +151,9 @@ def build_env() -> tuple[dict[str, Any], dict[str, Callable[[], object]], dict[s
         ),
         "otel_tracer": provider.get_tracer("pulsetrace-bench"),
         "histogram": pulsetrace.Histogram(significant_digits=2),
+        "disabled_start_span": pulsetrace._native.Tracer(
+            cfg.replace(enabled=False).to_native(), contextvars.ContextVar("off", default=None)
+        ).start_span,
     }
     # Run after a case's batch, untimed: background work it queued (OTel's export
     # thread wants the GIL; pulsetrace's buffered spans) is not billed to the next case.

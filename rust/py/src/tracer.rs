@@ -479,31 +479,7 @@ impl Tracer {
             None
         };
         let tp = text(traceparent)?;
-        let parsed = match parse_traceparent(&tp) {
-            Ok(p) => p,
-            Err(_) => {
-                self.counters
-                    .traceparent_malformed
-                    .fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        let state = match text(tracestate) {
-            None => String::new(),
-            Some(ts) => normalize_tracestate(&ts).unwrap_or_else(|| {
-                self.counters
-                    .tracestate_malformed
-                    .fetch_add(1, Ordering::Relaxed);
-                String::new()
-            }),
-        };
-        Some(SpanContext {
-            trace_id: parsed.trace_id,
-            span_id: parsed.span_id,
-            trace_flags: parsed.flags,
-            trace_state: state,
-            is_remote: true,
-        })
+        self.extract_context(Some(&tp), text(tracestate).as_deref())
     }
 
     /// Live per-operation statistics from the histograms: a list of dicts

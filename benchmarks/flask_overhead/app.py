@@ -10,6 +10,10 @@ Routes (what ``run.py`` drives):
 - ``/outbound``: one ``requests.get`` to ``BENCH_OUTBOUND_URL`` (a tiny local
   server that ``run.py`` starts; a new connection per call, as a bare
   ``requests.get`` does).
+- ``/redis``: one ``GET`` of the key ``bench:key`` with redis-py, against the
+  ``redis-server`` that ``run.py`` starts (``BENCH_REDIS_HOST``,
+  ``BENCH_REDIS_PORT``) and in which it sets that key; one client per worker, so
+  its connection is reused from request to request.
 - ``/_bench/info``: not measured; tells ``run.py`` which agent instrumented this
   process (and pulsetrace's counters), so a configuration that silently ran
   uninstrumented is caught.
@@ -32,7 +36,13 @@ try:
 except ImportError:  # run.py skips /outbound then
     requests = None  # type: ignore[assignment]
 
+try:
+    import redis
+except ImportError:  # run.py skips /redis then
+    redis = None  # type: ignore[assignment]
+
 OUTBOUND_URL = os.environ.get("BENCH_OUTBOUND_URL", "http://127.0.0.1:1/")
+REDIS_KEY = "bench:key"
 
 app = Flask(__name__)
 
@@ -43,6 +53,18 @@ _db.executemany(
     [(i, f"item-{i}", i * 1.25) for i in range(1, 21)],
 )
 _db.commit()
+
+# Made in the worker (the app is imported there); connects at the first command.
+_redis = (
+    redis.Redis(
+        host=os.environ.get("BENCH_REDIS_HOST", "127.0.0.1"),
+        port=int(os.environ["BENCH_REDIS_PORT"]),
+        socket_timeout=5,
+        socket_connect_timeout=5,
+    )
+    if redis is not None and os.environ.get("BENCH_REDIS_PORT")
+    else None
+)
 
 
 @app.get("/json")
@@ -69,6 +91,14 @@ def outbound_route() -> Any:
     return jsonify(upstream_status=resp.status_code, upstream_bytes=len(resp.content))
 
 
+@app.get("/redis")
+def redis_route() -> Any:
+    if _redis is None:
+        return jsonify(error="redis is not installed, or BENCH_REDIS_PORT is not set"), 500
+    value = _redis.get(REDIS_KEY)
+    return jsonify(key=REDIS_KEY, found=value is not None, value_bytes=len(value or b""))
+
+
 def _describe(obj: Any) -> str:
     """Where a (possibly wrapped) callable or class comes from."""
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
@@ -88,6 +118,9 @@ def info_route() -> Any:
             "sqlite3.connection": _describe(_db),
             "requests.Session.send": _describe(
                 getattr(getattr(requests, "Session", None), "send", None)
+            ),
+            "redis.Redis.execute_command": _describe(
+                getattr(getattr(redis, "Redis", None), "execute_command", None)
             ),
         },
         "pulsetrace": None,

@@ -5,8 +5,16 @@
 
 Binds 127.0.0.1 only, prints ``READY <port>`` once it serves, and counts what
 it received: after every Export it rewrites ``PATH`` (atomically) with
-``{"requests": N, "spans": M}`` so ``run.py`` can check that OpenTelemetry's
-spans actually left the application. Stops on SIGTERM/SIGINT.
+``{"requests": N, "spans": M, "by_root": {...}, "unattributed": K}`` so
+``run.py`` can check that the spans actually left the application.
+
+``by_root`` maps the name of a trace's root span (``GET /redis``: the server
+span of a request) to ``{"traces": T, "spans": S}``, every span of the trace
+counted under it, so ``S / T`` is the spans per request of that route. A span
+whose root has not arrived (yet) is held by its trace id and counted once the
+root comes, in whichever export; ``unattributed`` is how many are still held
+(bounded: the oldest are given up, and stay counted there). At most
+``MAX_ROOTS`` root names, the rest under ``(other)``. Stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -17,11 +25,17 @@ import os
 import signal
 import sys
 import threading
+from collections import OrderedDict
 from concurrent import futures
 from typing import Any, Optional
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+MAX_ROOTS = 64
+#: Trace ids kept: children waiting for their root, roots that may still get children.
+MAX_PENDING = 200_000
+MAX_RECENT_ROOTS = 20_000
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -30,21 +44,63 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.lock = threading.Lock()
         self.requests = 0
         self.spans = 0
+        self.by_root: dict[str, list[int]] = {}  # root name -> [traces, spans]
+        self.pending: OrderedDict[bytes, int] = OrderedDict()  # trace id -> spans held
+        self.recent: OrderedDict[bytes, str] = OrderedDict()  # trace id -> its root's key
+        self.held = 0  # spans in pending, and given up
 
     def Export(self, request: Any, context: Any) -> Any:  # the gRPC method name
-        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        roots: dict[bytes, str] = {}
+        children: dict[bytes, int] = {}
+        n = 0
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    n += 1
+                    if span.parent_span_id:
+                        children[span.trace_id] = children.get(span.trace_id, 0) + 1
+                    else:
+                        roots[span.trace_id] = span.name
         with self.lock:
             self.requests += 1
             self.spans += n
+            self._attribute(roots, children)
             self._write()
         return trace_service_pb2.ExportTraceServiceResponse()
+
+    def _attribute(self, roots: dict[bytes, str], children: dict[bytes, int]) -> None:
+        for tid, name in roots.items():
+            key = name if name in self.by_root or len(self.by_root) < MAX_ROOTS else "(other)"
+            entry = self.by_root.setdefault(key, [0, 0])
+            entry[0] += 1
+            held = self.pending.pop(tid, 0)
+            self.held -= held
+            entry[1] += 1 + children.pop(tid, 0) + held
+            self.recent[tid] = key
+            if len(self.recent) > MAX_RECENT_ROOTS:
+                self.recent.popitem(last=False)
+        for tid, count in children.items():
+            key = self.recent.get(tid)
+            if key is not None:
+                self.by_root[key][1] += count
+                continue
+            self.pending[tid] = self.pending.get(tid, 0) + count
+            self.held += count
+            if len(self.pending) > MAX_PENDING:
+                self.pending.popitem(last=False)  # given up: stays in `held`
 
     def _write(self) -> None:
         if not self.stats_path:
             return
+        stats = {
+            "requests": self.requests,
+            "spans": self.spans,
+            "by_root": {k: {"traces": v[0], "spans": v[1]} for k, v in self.by_root.items()},
+            "unattributed": self.held,
+        }
         tmp = f"{self.stats_path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"requests": self.requests, "spans": self.spans}, f)
+            json.dump(stats, f)
         os.replace(tmp, self.stats_path)
 
 

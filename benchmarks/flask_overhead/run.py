@@ -8,10 +8,12 @@ For every round and every configuration (interleaved, round-robin, the starting
 configuration rotating from round to round), a fresh gunicorn (1 sync worker,
 127.0.0.1) serves ``app.py``; each route is warmed up, then driven with wrk
 (``-t2 -c4 --latency``, or the Python load generator when wrk is missing) for D
-seconds. The report gives, per route, the medians over the rounds of req/s, p50
-and p99 latency, the throughput loss vs no agent and the added µs per request,
-and checks the targets. Figures, not tests: exits 0 whatever they are (non-zero
-only when the harness itself fails).
+seconds. The upstream of ``/outbound``, the ``redis-server`` of ``/redis`` and
+the OTLP receiver are started once, shared, and stopped at the end (by their
+process ids, also when the harness fails). The report gives, per route, the
+medians over the rounds of req/s, p50 and p99 latency, the throughput loss vs no
+agent and the added µs per request, and checks the targets. Figures, not tests:
+exits 0 whatever they are (non-zero only when the harness itself fails).
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ MODES: dict[str, dict[str, Any]] = {
         "configs": ["none", "pulsetrace", "pulsetrace_keep_all", "otel"],
     },
 }
-ROUTES = ["/json", "/sqlite", "/outbound"]
+ROUTES = ["/json", "/sqlite", "/outbound", "/redis"]
+#: What /redis reads (app.py's REDIS_KEY), set by the harness once redis-server is up.
+REDIS_KEY = "bench:key"
+REDIS_VALUE = '{"id": 42, "name": "bench", "tags": ["a", "b", "c"]}'
 THREADS = 2
 CONNECTIONS = 4
 #: Targets, on the medians: pulsetrace's loss on /json, and its loss as a share
@@ -336,11 +341,98 @@ def process_cpu_s(pid: int) -> Optional[float]:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def read_stats(path: Path) -> dict[str, int]:
+def read_stats(path: Path) -> dict[str, Any]:
+    """The receiver's counts (receiver.py): export requests, spans, and spans by
+    the root span of their trace."""
     try:
-        return dict(json.loads(path.read_text()))
+        stats = dict(json.loads(path.read_text()))
     except (OSError, ValueError):
-        return {"requests": 0, "spans": 0}
+        stats = {}
+    stats.setdefault("requests", 0)
+    stats.setdefault("spans", 0)
+    stats.setdefault("by_root", {})
+    stats.setdefault("unattributed", 0)
+    return stats
+
+
+def by_root_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """What the receiver attributed to each root span name between two reads."""
+    out = {}
+    for name, now in after["by_root"].items():
+        was = before["by_root"].get(name, {"traces": 0, "spans": 0})
+        d = {k: int(now[k]) - int(was[k]) for k in ("traces", "spans")}
+        if d["traces"] or d["spans"]:
+            out[name] = d
+    return out
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """One command in RESP on a fresh connection; returns the reply's first line
+    (``+PONG``, ``+OK``). The harness needs no Redis client of its own."""
+    payload = f"*{len(args)}\r\n".encode()
+    for a in args:
+        raw = a.encode()
+        payload += f"${len(raw)}\r\n".encode() + raw + b"\r\n"
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.split(b"\r\n", 1)[0]
+
+
+def redis_server_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    m = re.search(r"v=(\S+)", out.stdout)
+    return m.group(1) if m else (out.stdout.strip() or "unknown")
+
+
+def start_redis(
+    procs: Processes, binary: str, data_dir: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """redis-server on 127.0.0.1 and a free port, no persistence, its files (none
+    expected) in ``data_dir``; ``REDIS_KEY`` set once it answers PING."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    last = ""
+    for _attempt in range(3):
+        port = free_port()
+        cmd = [
+            binary,
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ]
+        proc = procs.start("redis", cmd, base_env())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if redis_command(port, "PING") == b"+PONG":
+                    reply = redis_command(port, "SET", REDIS_KEY, REDIS_VALUE)
+                    if reply != b"+OK":
+                        procs.stop(proc)
+                        raise HarnessError(f"redis-server: SET {REDIS_KEY} replied {reply!r}")
+                    return proc, port
+            except OSError:
+                pass
+            time.sleep(0.05)
+        last = procs.log_tail("redis")
+        procs.stop(proc)
+        if "in use" not in last:
+            break
+    raise HarnessError(f"redis-server did not start:\n{last}")
 
 
 # --------------------------------------------------------------------------- load
@@ -384,10 +476,17 @@ def drive(loadgen_name: str, port: int, route: str, seconds: int) -> dict[str, A
 # --------------------------------------------------------------------------- checks
 
 
-def check_instrumented(cfg: Config, info: dict[str, Any]) -> None:
-    """Fail when a server does not run with the agent its configuration names."""
+def _wrapped(info: dict[str, Any], name: str) -> bool:
+    """Whether /_bench/info shows ``name`` replaced by a wrapper (wrapt's)."""
+    return "builtins." not in str((info.get("wrappers") or {}).get(name, "builtins."))
+
+
+def check_instrumented(cfg: Config, info: dict[str, Any], routes: list[str]) -> None:
+    """Fail when a server does not run with the agent its configuration names
+    (and, with /redis measured, when that agent has not wrapped redis-py)."""
     pt, ot = info.get("pulsetrace"), info.get("opentelemetry")
     problems = []
+    redis_wrapped = _wrapped(info, "redis.Redis.execute_command")
     if cfg.agent == "none" and (pt or ot):
         problems.append("an agent is loaded")
     if cfg.agent == "pulsetrace":
@@ -398,6 +497,10 @@ def check_instrumented(cfg: Config, info: dict[str, Any]) -> None:
         want = float(cfg.env.get("PULSETRACE_SAMPLE_RATE", "0.1"))
         if pt and abs(float(pt.get("sample_rate", -1)) - want) > 1e-9:
             problems.append(f"sample_rate is {pt.get('sample_rate')}, expected {want}")
+        if "/redis" in routes and (
+            not pt or "redis" not in pt.get("integrations", []) or not redis_wrapped
+        ):
+            problems.append("pulsetrace's redis integration has not patched redis-py")
     if cfg.agent == "pulsetrace_off" and (not pt or pt.get("enabled") or ot):
         problems.append("pulsetrace is not loaded, or not switched off")
     if cfg.agent == "otel":
@@ -405,15 +508,22 @@ def check_instrumented(cfg: Config, info: dict[str, Any]) -> None:
             problems.append("no OpenTelemetry SDK TracerProvider")
         if "Instrumented" not in str(info.get("app_class")):
             problems.append("Flask is not instrumented by OpenTelemetry")
+        if "/redis" in routes and (
+            not ot or "redis" not in ot.get("instrumentations", []) or not redis_wrapped
+        ):
+            problems.append("redis-py is not instrumented by OpenTelemetry")
         if pt:
             problems.append("pulsetrace is loaded too")
     if problems:
         raise HarnessError(f"{cfg.name}: {'; '.join(problems)}; /_bench/info: {json.dumps(info)}")
 
 
-def pulsetrace_spans(info: dict[str, Any]) -> int:
+def pulsetrace_spans(info: dict[str, Any], app_only: bool = False) -> int:
+    """Spans pulsetrace's histograms recorded so far (``app_only``: not counting
+    the harness's own /_bench/info requests)."""
     pt = info.get("pulsetrace") or {}
-    return int(sum((pt.get("operations") or {}).values()))
+    ops = pt.get("operations") or {}
+    return int(sum(v for k, v in ops.items() if not (app_only and "/_bench/" in k)))
 
 
 # --------------------------------------------------------------------------- report
@@ -606,9 +716,15 @@ def plot(
         "otel": "#ff7f0e",
     }
     styles = {"pulsetrace_keep_all": "--"}
-    fig, axes = plt.subplots(1, len(routes), figsize=(5.2 * len(routes), 4.6), squeeze=False)
+    # One panel per route: a row up to three, then two per row (four routes: 2 x 2).
+    ncols = len(routes) if len(routes) <= 3 else 2
+    nrows = -(-len(routes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.6 * nrows + 0.3), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(routes) :]:
+        ax.set_visible(False)
     ticks = [(50, "50%"), (90, "90%"), (99, "99%"), (99.9, "99.9%"), (99.99, "99.99%")]
-    for ax, route in zip(axes[0], routes):
+    for ax, route in zip(flat, routes):
         ymin, ymax = float("inf"), 0.0
         for c in configs:
             ss = [s for s in samples if s["config"] == c and s["route"] == route]
@@ -671,9 +787,60 @@ def plot_title(load_desc: str, settings: dict[str, Any], vers: dict[str, str]) -
     )
 
 
-def print_instrumentation(servers: list[dict[str, Any]], configs: list[Config]) -> None:
-    """What each agent recorded or exported, against the requests sent."""
+def tracing_by_route(servers: list[dict[str, Any]], cfg: Config) -> dict[str, dict[str, Any]]:
+    """Per route, summed over ``cfg``'s servers: the requests sent; the spans
+    pulsetrace's histograms recorded during them (``recorded``, with the requests
+    of the servers that reported it); the traces whose root span is the route's
+    server span (``GET <route>``) and their spans, at the receiver."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in servers:
+        if s["config"] != cfg.name:
+            continue
+        for route, n in (s.get("requests_by_route") or {}).items():
+            r = out.setdefault(
+                route,
+                {"requests": 0, "recorded": None, "recorded_requests": 0, "traces": 0, "spans": 0},
+            )
+            r["requests"] += n
+            rec = (s.get("pulsetrace_spans_by_route") or {}).get(route)
+            if rec is not None:
+                r["recorded"] = (r["recorded"] or 0) + rec
+                r["recorded_requests"] += n
+            got = (s.get("receiver_by_root") or {}).get(f"GET {route}") or {}
+            r["traces"] += got.get("traces", 0)
+            r["spans"] += got.get("spans", 0)
+    for r in out.values():
+        r["recorded_per_request"] = (
+            r["recorded"] / r["recorded_requests"] if r["recorded_requests"] else None
+        )
+        r["exported_per_trace"] = r["spans"] / r["traces"] if r["traces"] else None
+        r["traces_per_request"] = r["traces"] / r["requests"] if r["requests"] else None
+    return out
+
+
+def redis_traced(by_route: dict[str, dict[str, Any]], key: str) -> Optional[dict[str, Any]]:
+    """Spans per request on /redis minus on /json (or minus the server span alone
+    without /json): one Redis command per request, so 1 when the agent traced it."""
+    if "/redis" not in by_route or by_route["/redis"].get(key) is None:
+        return None
+    base = by_route.get("/json", {}).get(key)
+    extra = by_route["/redis"][key] - (1.0 if base is None else base)
+    verdict = "traced" if abs(extra - 1) <= 0.1 else "NOT traced" if extra < 0.5 else "unclear"
+    return {
+        "extra_spans_per_request": extra,
+        "vs": "/json" if base is not None else "the server span alone",
+        "measured": key,
+        "verdict": verdict,
+    }
+
+
+def print_instrumentation(
+    servers: list[dict[str, Any]], configs: list[Config]
+) -> dict[str, dict[str, Any]]:
+    """What each agent recorded or exported, against the requests sent, also per
+    route; returns the per-route figures and the Redis verdict of every agent."""
     print("\ninstrumentation check (summed over the rounds; requests include warm-ups):")
+    found: dict[str, dict[str, Any]] = {}
     for cfg in configs:
         ss = [s for s in servers if s["config"] == cfg.name]
         sent = sum(s["requests_sent"] for s in ss)
@@ -696,6 +863,20 @@ def print_instrumentation(servers: list[dict[str, Any]], configs: list[Config]) 
                 f"{head}{sent} HTTP requests sent; {received}; instrumentations loaded: "
                 + ", ".join((last.get("opentelemetry") or {}).get("instrumentations", []))
             )
+            by_route = tracing_by_route(servers, cfg)
+            if by_route:
+                print(
+                    f"{'':<23}per route at the receiver, spans per trace (traces per request): "
+                    + ", ".join(
+                        f"{route} {fmt(r['exported_per_trace'], '.2f', 0)} "
+                        f"({fmt(r['traces_per_request'], '.2f', 0)})"
+                        for route, r in by_route.items()
+                    )
+                )
+            found[cfg.name] = {
+                "routes": by_route,
+                "redis": redis_traced(by_route, "exported_per_trace"),
+            }
         else:
             spans = sum(s.get("pulsetrace_spans_recorded", 0) for s in ss)
             counters: dict[str, int] = {}
@@ -712,6 +893,40 @@ def print_instrumentation(servers: list[dict[str, Any]], configs: list[Config]) 
                 f"integrations: {', '.join(pt.get('integrations', []))}; "
                 f"exporters: {', '.join(pt.get('exporters', [])) or 'none'}"
             )
+            by_route = tracing_by_route(servers, cfg)
+            if by_route:
+                print(
+                    f"{'':<23}per route, spans recorded per request: "
+                    + ", ".join(
+                        f"{route} {fmt(r['recorded_per_request'], '.2f', 0)}"
+                        for route, r in by_route.items()
+                    )
+                )
+                if any(r["traces"] for r in by_route.values()):
+                    print(
+                        f"{'':<23}per route at the receiver, spans per trace (traces per "
+                        "request): "
+                        + ", ".join(
+                            f"{route} {fmt(r['exported_per_trace'], '.2f', 0)} "
+                            f"({fmt(r['traces_per_request'], '.3f', 0)})"
+                            for route, r in by_route.items()
+                        )
+                    )
+            found[cfg.name] = {
+                "routes": by_route,
+                "redis": redis_traced(by_route, "recorded_per_request"),
+            }
+        red = found[cfg.name]["redis"]
+        if red is not None:
+            where = {
+                "recorded_per_request": "recorded",
+                "exported_per_trace": "at the receiver",
+            }[red["measured"]]
+            print(
+                f"{'':<23}Redis: {red['extra_spans_per_request']:+.2f} span per request on "
+                f"/redis vs {red['vs']} ({where}): {red['verdict']}"
+            )
+    return found
 
 
 def report_from_json(path: Path, png: Path) -> int:
@@ -761,6 +976,8 @@ def versions(wrk: Optional[str]) -> dict[str, str]:
         "opentelemetry-instrumentation-flask",
         "opentelemetry-instrumentation-requests",
         "opentelemetry-instrumentation-sqlite3",
+        "opentelemetry-instrumentation-redis",
+        "redis",
         "opentelemetry-exporter-otlp-proto-grpc",
         "grpcio",
         "protobuf",
@@ -889,6 +1106,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         if missing or not venv_bin("opentelemetry-instrument"):
             config_names.remove("otel")
             skipped["otel"] = f"not installed: {', '.join(missing) or 'opentelemetry-instrument'}"
+    redis_server = shutil.which("redis-server")
+    if "/redis" in routes:
+        why_not = None
+        if vers["redis"] == "not installed":
+            why_not = "redis (redis-py) is not installed"
+        elif not redis_server:
+            why_not = "redis-server is not installed (apt-get install -y redis-server)"
+        elif "otel" in config_names and vers["opentelemetry-instrumentation-redis"] == (
+            "not installed"
+        ):
+            why_not = (
+                "opentelemetry-instrumentation-redis is not installed: otel would not trace it"
+            )
+        if why_not:
+            routes.remove("/redis")
+            skipped["/redis"] = why_not
+    if redis_server:
+        vers["redis-server"] = redis_server_version(redis_server)
     # The receiver needs grpcio and opentelemetry-proto; without them no agent exports.
     have_receiver = all(
         importlib.util.find_spec(m) is not None for m in ("grpc", "opentelemetry.proto")
@@ -899,7 +1134,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "exporter is off (OTEL_TRACES_EXPORTER=none)"
         )
     for what, why in skipped.items():
-        notes.append(f"SKIPPED {what}: {why} (pip install -r {HERE.name}/requirements.txt)")
+        fix = "" if "apt-get" in why else f" (pip install -r {HERE.name}/requirements.txt)"
+        notes.append(f"SKIPPED {what}: {why}{fix}")
 
     print(f"flask_overhead ({mode_name}): configs {', '.join(config_names)}", end="")
     print(f"; routes {', '.join(routes)}")
@@ -925,6 +1161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     samples: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
     receiver_info: dict[str, Any] = {}
+    redis_info: dict[str, Any] = {}
+    redis_proc: Optional[subprocess.Popen[bytes]] = None
     ok = False
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -936,6 +1174,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         # The upstream of /outbound, shared by every configuration, stopped with the rest.
         _, outbound_port, _, _ = start_gunicorn(procs, "outbound", [], "outbound_server:app", env0)
         env0["BENCH_OUTBOUND_URL"] = f"http://{HOST}:{outbound_port}/"
+        if "/redis" in routes and redis_server:
+            # The server of /redis, shared by every configuration, uninstrumented.
+            redis_proc, redis_port = start_redis(procs, redis_server, log_dir / "redis-data")
+            redis_info.update({"pid": redis_proc.pid, "port": redis_port})
+            env0["BENCH_REDIS_HOST"] = HOST
+            env0["BENCH_REDIS_PORT"] = str(redis_port)
         receiver_port: Optional[int] = None
         stats_path = log_dir / "receiver-stats.json"
         if have_receiver and any(c != "none" for c in config_names):
@@ -960,19 +1204,40 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "startup_s": startup,
                     "info_start": info,
                     "requests_sent": 0,
+                    "requests_by_route": {},
                 }
                 worker_pid = int(info["pid"])
+                tracks_spans = cfg.agent == "pulsetrace"
+                if tracks_spans:
+                    server["pulsetrace_spans_by_route"] = {}
+                    spans_before = pulsetrace_spans(info, app_only=True)
                 try:
-                    check_instrumented(cfg, info)
+                    check_instrumented(cfg, info, routes)
                     line = []
                     for route in route_order:
+                        sent_route = 0
+                        if route == "/redis":
+                            # The key is there and the app reaches the server.
+                            status, body = http_get(port, route, timeout=5.0)
+                            sent_route += 1
+                            if status != 200 or not json.loads(body).get("found"):
+                                raise HarnessError(f"{cfg.name}: GET /redis: {status} {body!r}")
                         if warmup > 0:
                             w = drive(load_name, port, route, warmup)
-                            server["requests_sent"] += w["requests"]
+                            sent_route += w["requests"]
                         cpu0 = process_cpu_s(worker_pid)
                         s = drive(load_name, port, route, duration)
                         cpu1 = process_cpu_s(worker_pid)
-                        server["requests_sent"] += s["requests"]
+                        sent_route += s["requests"]
+                        server["requests_sent"] += sent_route
+                        server["requests_by_route"][route] = sent_route
+                        if tracks_spans:
+                            # What the histograms recorded during this route's requests.
+                            status, body = http_get(port, "/_bench/info", timeout=5.0)
+                            if status == 200:
+                                now = pulsetrace_spans(json.loads(body), app_only=True)
+                                server["pulsetrace_spans_by_route"][route] = now - spans_before
+                                spans_before = now
                         s["worker_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
                         s["cpu_us_per_request"] = (
                             s["worker_cpu_s"] * 1e6 / s["requests"]
@@ -999,6 +1264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 after = read_stats(stats_path)
                 server["receiver_export_requests"] = after["requests"] - rcv_before["requests"]
                 server["receiver_spans"] = after["spans"] - rcv_before["spans"]
+                server["receiver_by_root"] = by_root_delta(rcv_before, after)
                 if cfg.agent == "pulsetrace" and server.get("info_end"):
                     server["pulsetrace_spans_recorded"] = pulsetrace_spans(server["info_end"])
                     server["pulsetrace_counters"] = server["info_end"]["pulsetrace"]["counters"]
@@ -1020,6 +1286,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         receiver_info.update(read_stats(stats_path))
         ok = True
     finally:
+        if redis_proc is not None:
+            redis_info["exit_code"] = procs.stop(redis_proc)
         procs.stop_all()
         signal.signal(signal.SIGTERM, old_term)
         if ok:
@@ -1033,7 +1301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for what, why in skipped.items():
         print(f"  SKIPPED {what}: {why}")
 
-    print_instrumentation(servers, [all_configs[c] for c in config_names])
+    tracing = print_instrumentation(servers, [all_configs[c] for c in config_names])
     pt_servers = [s for s in servers if all_configs[s["config"]].agent == "pulsetrace"]
     if pt_servers and not any(s.get("receiver_spans") for s in pt_servers):
         notes.append(NOTE_NO_EXPORT)
@@ -1080,8 +1348,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         "notes": notes,
         "skipped": skipped,
         "receiver": receiver_info,
+        "redis_server": redis_info,
         "summary": summary,
         "targets": tgts,
+        "tracing": tracing,
         "servers": servers,
         "samples": samples,
     }

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -61,8 +62,17 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             proc.wait(timeout=5)
 
 
+SBIN = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+
+
+def which(binary: str) -> Optional[str]:
+    """A binary on PATH or in the sbin folders (server daemons live there,
+    and a non-login PATH may not have them)."""
+    return shutil.which(binary) or shutil.which(binary, path=SBIN)
+
+
 def require(binary: str) -> str:
-    path = shutil.which(binary) or (str(PGBIN / binary) if (PGBIN / binary).exists() else None)
+    path = which(binary) or (str(PGBIN / binary) if (PGBIN / binary).exists() else None)
     if path is None:
         pytest.fail(f"{binary} is not installed (make test installs it with apt-get)")
     return path
@@ -163,10 +173,10 @@ def postgres_server() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[Server]:
-    mariadbd = require("mariadbd") if shutil.which("mariadbd") else require("mysqld")
+    mariadbd = require("mariadbd") if which("mariadbd") else require("mysqld")
     install = (
         require("mariadb-install-db")
-        if shutil.which("mariadb-install-db")
+        if which("mariadb-install-db")
         else require("mysql_install_db")
     )
     port = free_port()

@@ -57,7 +57,6 @@ def test_suite_passes_with_pulsetrace(framework: str, tmp_path: Path) -> None:
     # pulsetrace ran inside the pulsetrace run's test process, and only there.
     agent = traced["probe"]
     assert agent["auto_loaded"], output
-    assert agent["sitecustomize"].endswith("pulsetrace/_bootstrap/sitecustomize.py"), output
     assert agent["framework_patched"], output
     assert framework in agent["instrumented"], output
     assert agent["server_spans"] > 100, output

@@ -51,8 +51,26 @@ def url_parts(url: Any) -> tuple[str, Optional[str], Optional[int]]:
     return full, parts.hostname, port
 
 
+_cache: dict[tuple[Any, str], dict[str, Any]] = {}
+_MAX_CACHED = 1024
+
+
 def attributes(raw_method: Any, url: Any) -> dict[str, Any]:
-    """The attributes a CLIENT span starts with."""
+    """The attributes a CLIENT span starts with. Cached per (method, URL):
+    calls to the same endpoint parse and redact its URL once. The dict
+    returned is shared; callers must not change it."""
+    key = (raw_method, url if isinstance(url, str) else str(url))
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    attrs = _attributes(raw_method, key[1])
+    if len(_cache) >= _MAX_CACHED:
+        _cache.clear()
+    _cache[key] = attrs
+    return attrs
+
+
+def _attributes(raw_method: Any, url: str) -> dict[str, Any]:
     method = _http.method_of(raw_method)
     full, host, port = url_parts(url)
     attrs: dict[str, Any] = {"http.request.method": method, "url.full": full}

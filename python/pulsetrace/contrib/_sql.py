@@ -9,6 +9,7 @@ from typing import Any, Optional
 from pulsetrace._native import obfuscate_sql
 
 _cache: dict[str, tuple[str, Optional[str], Optional[str]]] = {}
+_attr_cache: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 _lock = threading.Lock()
 _MAX_CACHED = 4096
 MAX_QUERY_LENGTH = 4096
@@ -50,7 +51,30 @@ def attributes(
     host: Optional[str] = None,
     port: Optional[int] = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The span name and attributes of one statement."""
+    """The span name and attributes of one statement. Cached per (statement,
+    database): a repeated statement costs one dict lookup. The attributes
+    dict returned is shared; callers must not change it."""
+    key = (statement, system, namespace, host, port) if isinstance(statement, str) else None
+    if key is not None:
+        hit = _attr_cache.get(key)
+        if hit is not None:
+            return hit
+    result = _attributes(statement, system, namespace, host, port)
+    if key is not None:
+        with _lock:
+            if len(_attr_cache) >= _MAX_CACHED:
+                _attr_cache.clear()
+            _attr_cache[key] = result
+    return result
+
+
+def _attributes(
+    statement: Any,
+    system: str,
+    namespace: Optional[str],
+    host: Optional[str],
+    port: Optional[int],
+) -> tuple[str, dict[str, Any]]:
     text, operation, collection = summarize(statement)
     attrs: dict[str, Any] = {"db.system.name": system, "db.query.text": text}
     if operation:

@@ -24,7 +24,10 @@ from pulsetrace.tracing import current_span, traced
 
 __version__ = "0.1.0"
 
-#: Start a span (see :func:`pulsetrace.tracing.start_span`). The process's
+#: Start a span: ``start_span(name, *, kind="internal", attributes=None,
+#: parent=None, links=None, start_time=None)``; use it as a context manager
+#: or call ``end()``. Its parent is ``parent`` (a Span or SpanContext), else
+#: the current span, else it starts a new trace. The process's
 #: tracer is created here, from the environment, and lives as long as the
 #: process (``configure`` and ``fork`` renew its state in place), so this is
 #: its native method itself: no Python frame on the hot path.

@@ -1,5 +1,6 @@
 """The span API on top of the native tracer: the decorator form and the
-helpers that read the current context."""
+helpers that read the current context. ``start_span`` itself is the native
+tracer's method (see ``pulsetrace.start_span``)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,11 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from pulsetrace import _runtime
-from pulsetrace._native import Span, SpanContext
+from pulsetrace._native import Span
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["current_span", "start_span", "traced"]
-
-
-def start_span(
-    name: str,
-    *,
-    kind: str = "internal",
-    attributes: Optional[Mapping[str, Any]] = None,
-    parent: Optional[Union[Span, SpanContext]] = None,
-    links: Optional[list[Union[Span, SpanContext]]] = None,
-    start_time: Optional[int] = None,
-) -> Span:
-    """Start a span; use it as a context manager or call ``end()``.
-
-    Its parent is ``parent`` if given, else the current span (or remote
-    context), else it starts a new trace. ``kind`` is one of ``internal``,
-    ``server``, ``client``, ``producer``, ``consumer``. ``start_time`` is in
-    Unix nanoseconds.
-    """
-    return _runtime.tracer().start_span(
-        name, kind=kind, attributes=attributes, parent=parent, links=links, start_time=start_time
-    )
+__all__ = ["current_span", "traced"]
 
 
 def current_span() -> Optional[Span]:

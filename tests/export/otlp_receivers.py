@@ -6,6 +6,7 @@ rotel collector binary that the ``rotel`` wheel ships.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import ipaddress
@@ -16,7 +17,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -440,6 +441,43 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> N
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
+@contextlib.contextmanager
+def run_rotel(forward_to: str, folder: Path) -> Iterator[tuple[int, int]]:
+    """The real ``rotel-agent`` collector receiving OTLP on 127.0.0.1
+    (gRPC port, HTTP port) and forwarding to ``forward_to``; stopped after."""
+    grpc_port, http_port = free_port(), free_port()
+    with open(folder / "rotel.out", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(rotel_binary()),
+                "start",
+                "--otlp-grpc-endpoint",
+                f"127.0.0.1:{grpc_port}",
+                "--otlp-http-endpoint",
+                f"127.0.0.1:{http_port}",
+                "--exporter",
+                "otlp",
+                "--otlp-exporter-endpoint",
+                forward_to,
+                "--batch-timeout",
+                "100ms",
+                "--pid-file",
+                str(folder / "rotel.pid"),
+                "--log-file",
+                str(folder / "rotel.log"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for_port(grpc_port, proc)
+        wait_for_port(http_port, proc)
+        yield grpc_port, http_port
+    finally:
+        stop_process(proc)
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -462,6 +500,7 @@ __all__ = [
     "make_certs",
     "make_request",
     "rotel_binary",
+    "run_rotel",
     "server_tls_context",
     "spans_of",
     "start_grpc_receiver",

@@ -36,11 +36,9 @@ from otlp_receivers import (
     GrpcReceiver,
     HttpReceiver,
     free_port,
-    rotel_binary,
+    run_rotel,
     start_grpc_receiver,
     start_http_receiver,
-    stop_process,
-    wait_for_port,
 )
 
 import pulsetrace
@@ -531,37 +529,8 @@ def test_slow_receiver_costs_spans_not_application_time(grpc_receiver, otlp):
 def rotel(grpc_receiver: GrpcReceiver, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """rotel-agent receiving OTLP on (grpc port, http port) and forwarding
     to the gRPC receiver fixture."""
-    grpc_port, http_port = free_port(), free_port()
-    with open(tmp_path / "rotel.out", "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(rotel_binary()),
-                "start",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http_port}",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                grpc_receiver.endpoint,
-                "--batch-timeout",
-                "100ms",
-                "--pid-file",
-                str(tmp_path / "rotel.pid"),
-                "--log-file",
-                str(tmp_path / "rotel.log"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_for_port(grpc_port, proc)
-        wait_for_port(http_port, proc)
-        yield grpc_port, http_port
-    finally:
-        stop_process(proc)
+    with run_rotel(grpc_receiver.endpoint, tmp_path) as ports:
+        yield ports
 
 
 def test_spans_reach_the_receiver_through_rotel(rotel, grpc_receiver, otlp):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,17 +25,14 @@ from otlp_receivers import (
     HttpReceiver,
     closed_port,
     code_pb2,
-    free_port,
     make_certs,
     make_request,
-    rotel_binary,
+    run_rotel,
     server_tls_context,
     spans_of,
     start_grpc_receiver,
     start_http_receiver,
     status_details,
-    stop_process,
-    wait_for_port,
 )
 
 from pulsetrace.export.otlp import OtlpConfig, OtlpTransport, SendResult, config_from_env
@@ -1001,38 +997,8 @@ def test_failures_are_logged_at_most_once_a_minute_per_kind(grpc_receiver, trans
 def rotel(grpc_receiver: GrpcReceiver, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """rotel-agent receiving OTLP on (grpc port, http port) and forwarding
     to the gRPC receiver fixture."""
-    grpc_port, http_port = free_port(), free_port()
-    log_path = tmp_path / "rotel.out"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(rotel_binary()),
-                "start",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http_port}",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                grpc_receiver.endpoint,
-                "--batch-timeout",
-                "100ms",
-                "--pid-file",
-                str(tmp_path / "rotel.pid"),
-                "--log-file",
-                str(tmp_path / "rotel.log"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        wait_for_port(grpc_port, proc)
-        wait_for_port(http_port, proc)
-        yield grpc_port, http_port
-    finally:
-        stop_process(proc)
+    with run_rotel(grpc_receiver.endpoint, tmp_path) as ports:
+        yield ports
 
 
 def test_spans_reach_the_receiver_through_rotel(rotel, grpc_receiver, transport):

@@ -64,7 +64,7 @@ pub struct AttrCounters {
 }
 
 impl AttrCounters {
-    fn bump(c: &AtomicU64) {
+    pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -85,12 +85,34 @@ pub fn truncate(mut s: String, max: usize, counters: &AttrCounters) -> String {
 /// A Python `str` as Rust text: exact when valid, with U+FFFD for lone
 /// surrogates otherwise.
 pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
-    match s.to_cow() {
-        Ok(t) => t.into_owned(),
-        Err(_) => {
+    match crate::pystr::utf8(s) {
+        Some(t) => t.to_owned(),
+        None => {
             AttrCounters::bump(&counters.invalid_utf8);
             lossy(s)
         }
+    }
+}
+
+/// `t` as shared text truncated to `max` bytes (on a character boundary),
+/// built in one allocation.
+pub fn arc_str(t: &str, max: usize, counters: &AttrCounters) -> Arc<str> {
+    if t.len() <= max {
+        return Arc::from(t);
+    }
+    let mut cut = max;
+    while !t.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    AttrCounters::bump(&counters.truncated);
+    Arc::from(&t[..cut])
+}
+
+/// A Python `str` as shared text truncated to `max` bytes.
+pub fn arc_text(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> Arc<str> {
+    match crate::pystr::utf8(s) {
+        Some(t) => arc_str(t, max, counters),
+        None => Arc::from(truncate(text(s, counters), max, counters)),
     }
 }
 
@@ -129,7 +151,7 @@ pub fn shared(s: &Bound<'_, PyString>, limits: &Limits, counters: &AttrCounters)
             }
         }
     }
-    let text: Arc<str> = Arc::from(truncate(text(s, counters), max, counters));
+    let text = arc_text(s, max, counters);
     if s.len().is_ok_and(|n| n as isize <= INTERN_MAX_LEN) {
         let entry = Interned {
             ptr,

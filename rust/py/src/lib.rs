@@ -16,7 +16,9 @@ mod attrs;
 mod batch;
 mod ctxvar;
 mod data;
+mod fastcall;
 mod ids;
+mod pystr;
 mod span;
 mod tracer;
 mod wsgi;
@@ -89,6 +91,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wsgi::set_redacted_params, m)?)?;
     m.add_class::<wsgi::TracedStartResponse>()?;
     m.add_class::<wsgi::TracedBody>()?;
+    fastcall::install(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -462,7 +462,7 @@ impl Span {
         self.trace_flags & 1 == 1
     }
 
-    fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
+    pub(crate) fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
         let tracer = self.tracer.get();
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
@@ -606,7 +606,7 @@ impl Span {
     /// End the span (at `end_time`, Unix nanoseconds, if given). Ending twice
     /// is harmless and counted.
     #[pyo3(signature = (end_time=None))]
-    fn end(&self, py: Python<'_>, end_time: Option<u64>) {
+    pub(crate) fn end(&self, py: Python<'_>, end_time: Option<u64>) {
         let end_mono = match end_time {
             Some(t) => clock::unix_to_mono_ns(t),
             None => clock::now_mono_ns(),
@@ -629,12 +629,29 @@ impl Span {
     /// optional parameters costs more than the rest of the call.
     #[pyo3(signature = (*args))]
     fn __exit__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> bool {
+        self.exit_with(py, args.get_item(1).ok().as_ref())
+    }
+
+    fn __repr__(&self) -> String {
+        let inner = self.inner.lock();
+        format!(
+            "<Span {:?} kind={} trace_id={:032x} span_id={:016x}{}>",
+            inner.name,
+            inner.kind,
+            self.trace_id,
+            self.span_id,
+            if inner.ended { " ended" } else { "" }
+        )
+    }
+}
+
+impl Span {
+    /// The with-statement's exit: record `exc_value` (if any) and end.
+    pub(crate) fn exit_with(&self, py: Python<'_>, exc_value: Option<&Bound<'_, PyAny>>) -> bool {
         if !self.recording {
             return false;
         }
         let end_mono = clock::now_mono_ns();
-        let exc_value = args.get_item(1).ok();
-        let exc_value = exc_value.as_ref();
         let tracer = self.tracer.get();
         if let Some(exc) = exc_value.filter(|e| !e.is_none()) {
             if let Ok(event) = self.exception_event(py, exc, None, None, true) {
@@ -679,18 +696,6 @@ impl Span {
         }
         self.end_at(py, end_mono);
         false
-    }
-
-    fn __repr__(&self) -> String {
-        let inner = self.inner.lock();
-        format!(
-            "<Span {:?} kind={} trace_id={:032x} span_id={:016x}{}>",
-            inner.name,
-            inner.kind,
-            self.trace_id,
-            self.span_id,
-            if inner.ended { " ended" } else { "" }
-        )
     }
 }
 

@@ -199,8 +199,8 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
         return Ok(SpanKind::Internal);
     };
     if let Ok(s) = kind.downcast::<PyString>() {
-        let s = s.to_cow()?;
-        return SpanKind::parse(&s)
+        let s = crate::pystr::utf8(s).unwrap_or("");
+        return SpanKind::parse(s)
             .or_else(|| SpanKind::parse(&s.to_ascii_lowercase()))
             .ok_or_else(|| {
                 PyValueError::new_err(format!(
@@ -406,7 +406,7 @@ impl Tracer {
     /// Start a span. Its parent is `parent` (a Span or SpanContext) if given,
     /// else the current span, else none (a new trace).
     #[pyo3(signature = (name, *, kind=None, attributes=None, parent=None, links=None, start_time=None))]
-    fn start_span<'py>(
+    pub(crate) fn start_span<'py>(
         slf: &Bound<'py, Self>,
         name: &Bound<'py, PyString>,
         kind: Option<&Bound<'py, PyAny>>,

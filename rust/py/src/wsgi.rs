@@ -15,11 +15,11 @@ use crate::tracer::Tracer;
 use parking_lot::{Mutex, RwLock};
 use pulsetrace_core::clock;
 use pulsetrace_core::span::{AttrValue, SpanKind, StatusCode};
-use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyIterator, PyList, PyString, PyTuple};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 const KNOWN_METHODS: [&str; 10] = [
@@ -110,6 +110,14 @@ struct Keys {
     user_agent: Arc<str>,
     protocol: Arc<str>,
     status: Arc<str>,
+    /// Values that repeat on every request, shared.
+    methods: Vec<Arc<str>>,
+    other: Arc<str>,
+    http_name: Arc<str>,
+    root: Arc<str>,
+    http: Arc<str>,
+    https: Arc<str>,
+    v11: Arc<str>,
 }
 
 fn keys() -> &'static Keys {
@@ -126,6 +134,13 @@ fn keys() -> &'static Keys {
         user_agent: "user_agent.original".into(),
         protocol: "network.protocol.version".into(),
         status: "http.response.status_code".into(),
+        methods: KNOWN_METHODS.iter().map(|m| Arc::from(*m)).collect(),
+        other: "_OTHER".into(),
+        http_name: "HTTP".into(),
+        root: "/".into(),
+        http: "http".into(),
+        https: "https".into(),
+        v11: "1.1".into(),
     })
 }
 
@@ -156,8 +171,20 @@ fn text_item<'py>(
         .and_then(|v| v.downcast_into::<PyString>().ok())
 }
 
-fn owned(s: &Bound<'_, PyString>, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
-    attrs::truncate(attrs::text(s, counters), limits.max_value_len, counters).into()
+/// The UTF-8 text of an environ value (None if absent, not a str, or not
+/// encodable: counted as invalid UTF-8).
+fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Option<&'a str> {
+    let s = v.as_ref()?;
+    let t = crate::pystr::utf8(s);
+    if t.is_none() {
+        AttrCounters::bump(&counters.invalid_utf8);
+    }
+    t
+}
+
+/// `t` as shared text, truncated to the value limit (one allocation).
+fn arc(t: &str, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
+    attrs::arc_str(t, limits.max_value_len, counters)
 }
 
 fn start(
@@ -169,79 +196,69 @@ fn start(
     let start_mono = clock::now_mono_ns();
     let (limits, counters) = t.limits();
     let k = keys();
-    let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(10);
+    let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(11);
     let raw_method = text_item(environ, pyo3::intern!(py, "REQUEST_METHOD"));
-    let method_text = raw_method
-        .as_ref()
-        .map(|m| attrs::shared(m, &limits, counters));
-    let method: Arc<str> = match &method_text {
-        Some(m) if KNOWN_METHODS.contains(&&**m) => m.clone(),
-        Some(m) if KNOWN_METHODS.iter().any(|k| k.eq_ignore_ascii_case(m)) => {
-            m.to_ascii_uppercase().into()
-        }
-        Some(_) => "_OTHER".into(),
-        None => "GET".into(),
+    let raw_method_text = view(&raw_method, counters);
+    // Known methods map to shared constants: no allocation per request.
+    let known = raw_method_text.and_then(|m| {
+        k.methods
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(m))
+            .cloned()
+    });
+    let method: Arc<str> = match (known, raw_method_text) {
+        (Some(m), _) => m,
+        (None, Some(_)) => k.other.clone(),
+        (None, None) => k.methods[0].clone(),
     };
     a.push((k.method.clone(), AttrValue::Str(method.clone())));
-    if &*method == "_OTHER" {
-        if let Some(m) = method_text {
-            a.push((k.method_original.clone(), AttrValue::Str(m)));
-        }
-    }
-    let script = text_item(environ, pyo3::intern!(py, "SCRIPT_NAME"))
-        .map(|s| attrs::text(&s, counters))
-        .unwrap_or_default();
-    let path = text_item(environ, pyo3::intern!(py, "PATH_INFO"))
-        .map(|s| attrs::text(&s, counters))
-        .unwrap_or_default();
-    let full = if script.is_empty() {
-        path
-    } else {
-        script + &path
-    };
-    let full = if full.is_empty() {
-        "/".to_owned()
-    } else {
-        full
-    };
-    a.push((
-        k.path.clone(),
-        AttrValue::Str(attrs::truncate(full, limits.max_value_len, counters).into()),
-    ));
-    if let Some(q) = text_item(environ, pyo3::intern!(py, "QUERY_STRING")) {
-        let q = attrs::text(&q, counters);
-        if !q.is_empty() {
-            let red = redact_query(&q).into_owned();
+    if Arc::ptr_eq(&method, &k.other) {
+        if let Some(m) = raw_method_text {
             a.push((
-                k.query.clone(),
-                AttrValue::Str(attrs::truncate(red, limits.max_value_len, counters).into()),
+                k.method_original.clone(),
+                AttrValue::Str(arc(m, &limits, counters)),
             ));
         }
     }
-    let scheme = text_item(environ, pyo3::intern!(py, "wsgi.url_scheme"))
-        .map(|s| attrs::shared(&s, &limits, counters))
-        .unwrap_or_else(|| "http".into());
+    let script = text_item(environ, pyo3::intern!(py, "SCRIPT_NAME"));
+    let path = text_item(environ, pyo3::intern!(py, "PATH_INFO"));
+    let path_value = match (
+        view(&script, counters).unwrap_or(""),
+        view(&path, counters).unwrap_or(""),
+    ) {
+        ("", "") => k.root.clone(),
+        ("", p) => arc(p, &limits, counters),
+        (s, p) => arc(&format!("{s}{p}"), &limits, counters),
+    };
+    a.push((k.path.clone(), AttrValue::Str(path_value)));
+    let query = text_item(environ, pyo3::intern!(py, "QUERY_STRING"));
+    if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
+        a.push((
+            k.query.clone(),
+            AttrValue::Str(arc(&redact_query(q), &limits, counters)),
+        ));
+    }
+    let scheme = text_item(environ, pyo3::intern!(py, "wsgi.url_scheme"));
+    let scheme = match view(&scheme, counters) {
+        None | Some("http") => k.http.clone(),
+        Some("https") => k.https.clone(),
+        Some(other) => arc(other, &limits, counters),
+    };
     a.push((k.scheme.clone(), AttrValue::Str(scheme)));
-    let host = text_item(environ, pyo3::intern!(py, "HTTP_HOST"))
-        .or_else(|| text_item(environ, pyo3::intern!(py, "SERVER_NAME")));
-    let default_port: Option<i64> = text_item(environ, pyo3::intern!(py, "SERVER_PORT"))
-        .and_then(|p| attrs::text(&p, counters).parse().ok());
-    let mut port = default_port;
-    if let Some(h) = host {
-        let h = attrs::text(&h, counters);
-        let (name, p) = if let Some(rest) = h.strip_prefix('[') {
-            match rest.split_once(']') {
-                Some((inside, after)) => (
-                    format!("[{inside}]"),
-                    after.strip_prefix(':').map(str::to_owned),
-                ),
-                None => (h.clone(), None),
-            }
-        } else {
-            match h.split_once(':') {
-                Some((n, p)) => (n.to_owned(), Some(p.to_owned())),
-                None => (h.clone(), None),
-            }
+    let mut host = text_item(environ, pyo3::intern!(py, "HTTP_HOST"));
+    if host.is_none() {
+        host = text_item(environ, pyo3::intern!(py, "SERVER_NAME"));
+    }
+    let server_port = text_item(environ, pyo3::intern!(py, "SERVER_PORT"));
+    let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
+    if let Some(h) = view(&host, counters) {
+        let (name, p) = match h.strip_prefix('[').map(|rest| rest.split_once(']')) {
+            Some(Some((inside, after))) => (&h[..inside.len() + 2], after.strip_prefix(':')),
+            Some(None) => (h, None),
+            None => match h.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (h, None),
+            },
         };
         if let Some(p) = p.and_then(|p| p.parse().ok()) {
             port = Some(p);
@@ -249,38 +266,42 @@ fn start(
         if !name.is_empty() {
             a.push((
                 k.address.clone(),
-                AttrValue::Str(attrs::truncate(name, limits.max_value_len, counters).into()),
+                AttrValue::Str(arc(name, &limits, counters)),
             ));
         }
     }
     if let Some(p) = port.filter(|&p| p > 0) {
         a.push((k.port.clone(), AttrValue::Int(p)));
     }
-    if let Some(c) = text_item(environ, pyo3::intern!(py, "REMOTE_ADDR")) {
-        a.push((
-            k.client.clone(),
-            AttrValue::Str(owned(&c, &limits, counters)),
-        ));
+    let client = text_item(environ, pyo3::intern!(py, "REMOTE_ADDR"));
+    if let Some(c) = view(&client, counters) {
+        a.push((k.client.clone(), AttrValue::Str(arc(c, &limits, counters))));
     }
-    if let Some(ua) = text_item(environ, pyo3::intern!(py, "HTTP_USER_AGENT")) {
+    let ua = text_item(environ, pyo3::intern!(py, "HTTP_USER_AGENT"));
+    if let Some(ua) = view(&ua, counters) {
         a.push((
             k.user_agent.clone(),
-            AttrValue::Str(attrs::shared(&ua, &limits, counters)),
+            AttrValue::Str(arc(ua, &limits, counters)),
         ));
     }
-    if let Some(p) = text_item(environ, pyo3::intern!(py, "SERVER_PROTOCOL")) {
-        let p = attrs::text(&p, counters);
-        if let Some((_, v)) = p.split_once('/') {
-            a.push((k.protocol.clone(), AttrValue::Str(v.into())));
-        }
+    let protocol = text_item(environ, pyo3::intern!(py, "SERVER_PROTOCOL"));
+    if let Some((_, v)) = view(&protocol, counters).and_then(|p| p.split_once('/')) {
+        let v = match v {
+            "1.1" => k.v11.clone(),
+            other => arc(other, &limits, counters),
+        };
+        a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
-    let tp = text_item(environ, pyo3::intern!(py, "HTTP_TRACEPARENT"))
-        .map(|s| attrs::text(&s, counters));
-    let ts =
-        text_item(environ, pyo3::intern!(py, "HTTP_TRACESTATE")).map(|s| attrs::text(&s, counters));
-    let remote = t.extract_context(tp.as_deref(), ts.as_deref());
-    let name: Arc<str> = if &*method == "_OTHER" {
-        "HTTP".into()
+    let tp = text_item(environ, pyo3::intern!(py, "HTTP_TRACEPARENT"));
+    let remote = match view(&tp, counters) {
+        Some(tp) => {
+            let ts = text_item(environ, pyo3::intern!(py, "HTTP_TRACESTATE"));
+            t.extract_context(Some(tp), view(&ts, counters))
+        }
+        None => None,
+    };
+    let name: Arc<str> = if Arc::ptr_eq(&method, &k.other) {
+        k.http_name.clone()
     } else {
         method
     };
@@ -305,8 +326,23 @@ fn start(
     };
     {
         let mut inner = span.inner.lock();
-        for (key, v) in a {
-            Span::set_one(&mut inner, key, v, &limits, counters);
+        if inner.attributes.is_empty() {
+            // A new span and distinct keys: no duplicate to look for.
+            inner.attributes.reserve(a.len());
+            for (key, v) in a {
+                if inner.attributes.len() < limits.max_attributes {
+                    inner.attributes.push((key, v));
+                } else {
+                    inner.dropped_attributes += 1;
+                    counters
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        } else {
+            for (key, v) in a {
+                Span::set_one(&mut inner, key, v, &limits, counters);
+            }
         }
     }
     Py::new(py, span)
@@ -391,9 +427,7 @@ impl TracedStartResponse {
         let span = self.span.get();
         if let Ok(status) = args.get_item(0) {
             let code = status.downcast::<PyString>().ok().and_then(|s| {
-                s.to_cow()
-                    .ok()
-                    .and_then(|t| t.get(..3).and_then(|c| c.parse::<u16>().ok()))
+                crate::pystr::utf8(s).and_then(|t| t.get(..3).and_then(|c| c.parse::<u16>().ok()))
             });
             if let Some(code) = code {
                 let (limits, counters) = span.tracer.get().limits();
@@ -435,13 +469,26 @@ impl TracedStartResponse {
 #[pyclass(module = "pulsetrace._native", name = "TracedBody")]
 pub struct TracedBody {
     body: PyObject,
-    iter: Mutex<Option<PyObject>>,
+    iter: Mutex<Option<Py<PyIterator>>>,
     span: Py<Span>,
+    /// The span has been ended (exhausted, closed or failed).
+    finished: AtomicBool,
 }
 
 impl TracedBody {
+    fn new(body: PyObject, span: Py<Span>) -> Self {
+        TracedBody {
+            body,
+            iter: Mutex::new(None),
+            span,
+            finished: AtomicBool::new(false),
+        }
+    }
+
     fn finish(&self, py: Python<'_>) {
-        self.span.get().end_at(py, clock::now_mono_ns());
+        if !self.finished.swap(true, Ordering::Relaxed) {
+            self.span.get().end_at(py, clock::now_mono_ns());
+        }
     }
 }
 
@@ -451,13 +498,15 @@ impl TracedBody {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<PyObject> {
+    /// The next chunk, or None at the end (the iterator protocol's
+    /// exhaustion without a StopIteration object: PyIter_Next's way).
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
         let it = {
             let mut guard = self.iter.lock();
             match guard.as_ref() {
                 Some(it) => it.clone_ref(py),
                 None => {
-                    let it = self.body.bind(py).try_iter()?.into_any().unbind();
+                    let it = self.body.bind(py).try_iter()?.unbind();
                     *guard = Some(it.clone_ref(py));
                     it
                 }
@@ -465,17 +514,17 @@ impl TracedBody {
         };
         let tracer = self.span.get().tracer.get();
         let token = tracer.current.set(self.span.bind(py).as_any()).ok();
-        let next = it.bind(py).call_method0(pyo3::intern!(py, "__next__"));
+        let next = it.bind(py).clone().next();
         if let Some(t) = token {
             let _ = tracer.current.reset(&t);
         }
         match next {
-            Ok(chunk) => Ok(chunk.unbind()),
-            Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+            Some(Ok(chunk)) => Ok(Some(chunk.unbind())),
+            None => {
                 self.finish(py);
-                Err(e)
+                Ok(None)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 fail(py, self.span.get(), &e);
                 self.finish(py);
                 Err(e)
@@ -484,10 +533,18 @@ impl TracedBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let closed = match self.body.bind(py).getattr(pyo3::intern!(py, "close")) {
-            Ok(close) => close.call0().map(|_| ()),
-            Err(_) => Ok(()),
-        };
+        let body = self.body.bind(py);
+        // A list or tuple (what most WSGI apps return) has no close(): not
+        // looking it up saves raising and clearing an AttributeError.
+        let closed =
+            if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
+                Ok(())
+            } else {
+                match body.getattr(pyo3::intern!(py, "close")) {
+                    Ok(close) => close.call0().map(|_| ()),
+                    Err(_) => Ok(()),
+                }
+            };
         self.finish(py);
         closed
     }
@@ -495,7 +552,9 @@ impl TracedBody {
 
 impl Drop for TracedBody {
     fn drop(&mut self) {
-        Python::with_gil(|py| self.finish(py));
+        if !self.finished.load(Ordering::Relaxed) {
+            Python::with_gil(|py| self.finish(py));
+        }
     }
 }
 
@@ -566,15 +625,7 @@ pub fn wsgi_call(
     let result = app.call1((environ, wrapped));
     let _ = t.current.reset(&token);
     match result {
-        Ok(body) => Ok(Py::new(
-            py,
-            TracedBody {
-                body: body.unbind(),
-                iter: Mutex::new(None),
-                span,
-            },
-        )?
-        .into_any()),
+        Ok(body) => Ok(Py::new(py, TracedBody::new(body.unbind(), span))?.into_any()),
         Err(e) => {
             fail(py, span.get(), &e);
             span.get().end_at(py, clock::now_mono_ns());

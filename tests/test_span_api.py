@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -199,6 +200,33 @@ def test_kinds_are_validated():
     with pytest.raises(ValueError, match="span kind"):
         pulsetrace.start_span("x", kind="sideways")
     assert pulsetrace.start_span("x", kind="SERVER").kind == "server"
+
+
+def test_arguments_by_position_or_keyword_and_bad_arguments_named(exporter):
+    # The span methods take the interpreter's argument vector directly
+    # (vectorcall): keyword forms work and bad calls raise TypeError naming
+    # the argument, like any Python function.
+    span = pulsetrace.start_span(name="kw", attributes={"a": 1}, kind="client")
+    span.set_attribute(key="k", value="v")
+    span.set_attribute("p", 2)
+    span.end(end_time=None)
+    (s,) = finished(exporter)
+    assert (s.name, s.kind, s.attributes) == ("kw", "client", {"a": 1, "k": "v", "p": 2})
+    bad = [
+        (lambda: pulsetrace.start_span(), "missing 1 required positional argument: 'name'"),
+        (lambda: pulsetrace.start_span(7), "argument 'name'"),
+        (lambda: pulsetrace.start_span("a", "b"), "at most 1 positional"),
+        (lambda: pulsetrace.start_span("a", sideways=1), "unexpected keyword argument 'sideways'"),
+        (lambda: pulsetrace.start_span("a", name="b"), "multiple values for argument 'name'"),
+        (lambda: pulsetrace.start_span("a", start_time="x"), "argument 'start_time'"),
+        (lambda: span.set_attribute("k"), "missing required argument: 'value'"),
+        (lambda: span.end("soon"), "argument 'end_time'"),
+        (lambda: type(span).end(object()), "doesn't apply to a 'object' object"),
+    ]
+    for call, message in bad:
+        with pytest.raises(TypeError, match=message):
+            call()
+    assert str(inspect.signature(pulsetrace.start_span)).startswith("(name, *, kind=None")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")

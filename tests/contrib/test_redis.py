@@ -410,6 +410,34 @@ def test_database_index_is_the_namespace(hooked, redis_server):
     }
 
 
+def test_clients_of_two_databases_interleaved_keep_their_own_attributes(hooked, r, redis_server):
+    # The attributes a client's commands share are read once per connection
+    # pool, and a command name is parsed once: neither may leak between
+    # clients or commands.
+    other = redis.Redis(host=redis_server.host, port=redis_server.port, db=5)
+    try:
+        for i in range(3):
+            r.set(f"k:{i}", SECRET)
+            other.execute_command("get", f"o:{i}")
+            r.execute_command("GET", f"k:{i}")
+            other.execute_command("GET")  # a server error, raised unchanged below
+    except redis.ResponseError:
+        pass
+    finally:
+        other.close()
+    got = [
+        (s.attributes["db.namespace"], s.attributes.get("db.query.text"))
+        for s in client_spans(hooked)
+    ]
+    assert got == [
+        ("0", "SET k:0 ?"),
+        ("5", "GET o:0"),
+        ("0", "GET k:0"),
+        ("5", "GET"),
+    ]
+    assert_no_secret(client_spans(hooked))
+
+
 def test_spans_are_children_of_the_current_span(hooked, r, redis_server):
     with pulsetrace.start_span("request"):
         r.get("user:1")

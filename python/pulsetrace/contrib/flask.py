@@ -16,7 +16,8 @@ from typing import Any, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
-from pulsetrace.contrib import wsgi
+from pulsetrace._native import wsgi_call
+from pulsetrace.contrib import _http  # noqa: F401  (sets the redacted query parameters)
 
 SUPPORTED = ">=2.2"
 
@@ -38,8 +39,8 @@ def _route() -> Optional[str]:
 def _wsgi_app(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if len(args) != 2 or kwargs:
         return wrapped(*args, **kwargs)
-    environ, start_response = args
-    return wsgi.traced_call(wrapped, environ, start_response, _route)
+    # wsgi.traced_call's body, inlined: this runs on every request.
+    return wsgi_call(_runtime.tracer(), wrapped, args[0], args[1], _route)
 
 
 def _record_exception(sender: Any, exception: BaseException, **_: Any) -> None:

@@ -27,6 +27,7 @@ are not traced.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Optional
 
@@ -93,17 +94,25 @@ def _has_key(op: str) -> bool:
     return first not in _KEYLESS
 
 
-def _query(op: str, first: Any, n: int) -> str:
+def _query(op: str, first: Any, n: int, keyed: Optional[bool] = None) -> str:
     """``SET user:1 ?``: the command, its key if it has one, a ``?`` for every other argument."""
     text = op
-    if n and _has_key(op):
+    if n and (_has_key(op) if keyed is None else keyed):
         text, n = f"{op} {_text(first)}", n - 1
     return (text + " ?" * min(n, MAX_QUERY_LENGTH // 2))[:MAX_QUERY_LENGTH]
 
 
+_BASE_ATTR = "_pulsetrace_base_attributes"
+
+
 def _base(instance: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"db.system.name": "redis"}
+    """The attributes every command of a client shares, read from its
+    connection pool once and kept on the pool (shared: callers copy)."""
     pool = getattr(instance, "connection_pool", None)
+    cached = getattr(pool, _BASE_ATTR, None)
+    if cached is not None:
+        return cached
+    attrs: dict[str, Any] = {"db.system.name": "redis"}
     kw = getattr(pool, "connection_kwargs", None) or {}
     attrs["db.namespace"] = str(kw.get("db", 0))
     if kw.get("path"):
@@ -111,15 +120,41 @@ def _base(instance: Any) -> dict[str, Any]:
     elif kw.get("host"):
         attrs["server.address"] = str(kw["host"])
         attrs["server.port"] = int(kw.get("port", 6379))
+    if pool is not None:
+        with contextlib.suppress(AttributeError, TypeError):  # no __dict__: no cache
+            setattr(pool, _BASE_ATTR, attrs)
     return attrs
 
 
+#: One-word command names as redis-py sends them (``"GET"``) -> (operation,
+#: whether its first argument is a key): a repeated command is not parsed again.
+_SIMPLE: dict[str, tuple[str, bool]] = {}
+_MAX_SIMPLE = 512
+
+
 def _command(instance: Any, args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
-    op, first, n = _split(args)
-    attrs = _base(instance)
+    attrs = dict(_base(instance))
+    head = args[0] if args else None
+    hit = _SIMPLE.get(head) if type(head) is str else None
+    if hit is not None:
+        op: Optional[str] = hit[0]
+        keyed = hit[1]
+        n = len(args) - 1
+        first = args[1] if n else None
+    else:
+        op, first, n = _split(args)
+        keyed = op is not None and _has_key(op)
+        if (
+            op is not None
+            and type(head) is str
+            and op == head.upper()
+            and op not in _CONTAINERS
+            and len(_SIMPLE) < _MAX_SIMPLE
+        ):
+            _SIMPLE[head] = (op, keyed)
     if op is not None:
         attrs["db.operation.name"] = op
-        attrs["db.query.text"] = _query(op, first, n)
+        attrs["db.query.text"] = _query(op, first, n, keyed)
     return op or "redis", attrs
 
 
@@ -142,7 +177,7 @@ def _pipeline(instance: Any, _args: Any) -> Optional[tuple[str, dict[str, Any]]]
         if length < MAX_QUERY_LENGTH:
             texts.append(_query(name, first, n) if name else "?")
             length += len(texts[-1]) + 2
-    attrs = _base(instance)
+    attrs = dict(_base(instance))
     attrs["db.operation.name"] = op
     attrs["db.operation.batch.size"] = len(stack)
     attrs["db.redis.commands"] = tuple(names)

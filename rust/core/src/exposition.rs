@@ -620,11 +620,12 @@ struct PreparedExtra<'a> {
     /// `None`: the name stands in.
     help: Option<&'a str>,
     kind: ExtraKind,
-    /// Sorted by labels; labels sorted by name, const labels not yet added.
+    /// Sorted by labels; a sample's own labels sorted by name, then the
+    /// constant labels it does not set.
     samples: Vec<(Vec<(String, &'a str)>, f64)>,
 }
 
-fn prepare_extra(f: &ExtraFamily) -> PreparedExtra<'_> {
+fn prepare_extra<'a>(f: &'a ExtraFamily, consts: &[(String, &'a str)]) -> PreparedExtra<'a> {
     let mut name = sanitize_metric_name(&f.name);
     if f.kind == ExtraKind::Counter {
         if let Some(base) = name.strip_suffix("_total") {
@@ -647,15 +648,28 @@ fn prepare_extra(f: &ExtraFamily) -> PreparedExtra<'_> {
                 }
             }
             l.sort();
+            // The constant labels a sample does not set itself come after its
+            // own: two samples that differ only by a label the constants
+            // supply are one series, merged below.
+            for (k, v) in consts {
+                if !l.iter().any(|(seen, _)| seen == k) {
+                    l.push((k.clone(), v));
+                }
+            }
             (l, *v)
         })
         .collect();
     // Stable: among equal label sets the given order is kept (a gauge keeps the last).
-    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    fn key<'b>(l: &[(String, &'b str)]) -> Vec<(String, &'b str)> {
+        let mut k = l.to_vec();
+        k.sort();
+        k
+    }
+    samples.sort_by_cached_key(|s| key(&s.0));
     let mut merged: Vec<(Vec<(String, &str)>, f64)> = Vec::with_capacity(samples.len());
     for (labels, v) in samples {
         match merged.last_mut() {
-            Some((l, acc)) if *l == labels => {
+            Some((l, acc)) if key(l) == key(&labels) => {
                 *acc = match f.kind {
                     ExtraKind::Counter => *acc + v,
                     ExtraKind::Gauge => v,
@@ -783,7 +797,7 @@ pub fn render(
         }
     }
     for f in extra {
-        let p = prepare_extra(f);
+        let p = prepare_extra(f, &consts);
         let kind = match p.kind {
             ExtraKind::Counter => "counter",
             ExtraKind::Gauge => "gauge",
@@ -814,7 +828,7 @@ pub fn render(
                 &le,
                 &q_text,
             ),
-            Item::Extra(p) => r.extra_family(p, &consts),
+            Item::Extra(p) => r.extra_family(p),
         }
     }
     if om {
@@ -966,7 +980,7 @@ impl Renderer<'_> {
         }
     }
 
-    fn extra_family(&mut self, f: &PreparedExtra<'_>, consts: &[(String, &str)]) {
+    fn extra_family(&mut self, f: &PreparedExtra<'_>) {
         let (kind, suffix) = match f.kind {
             ExtraKind::Counter => ("counter", "_total"),
             ExtraKind::Gauge => ("gauge", ""),
@@ -976,11 +990,6 @@ impl Renderer<'_> {
             self.line.clear();
             for (k, v) in labels {
                 push_label(&mut self.line, k, v);
-            }
-            for (k, v) in consts {
-                if !labels.iter().any(|(l, _)| l == k) {
-                    push_label(&mut self.line, k, v);
-                }
             }
             self.sample_start(&f.name, suffix, None);
             write_f64(self.out, *v);
@@ -1766,6 +1775,29 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
         };
         let out = text(&r, &no_exemplars, &[], &none, Format::Prometheus004);
         assert!(!out.contains("quantile"));
+    }
+
+    #[test]
+    fn a_constant_label_a_sample_also_sets_makes_one_series() {
+        // Found by the property test: `{}` and `{env="p"}` are the same series
+        // once the constant label env="p" is added to the first.
+        let r = Registry::new(HistogramConfig::default(), 10);
+        let cfg = ExpositionConfig {
+            const_labels: vec![("env".into(), "p".into())],
+            ..ExpositionConfig::default()
+        };
+        let extra = vec![ExtraFamily {
+            name: "g".into(),
+            help: "h".into(),
+            kind: ExtraKind::Gauge,
+            samples: vec![
+                (vec![], 1.0),
+                (vec![("env".into(), "p".into())], 2.0),
+                (vec![("env".into(), "q".into())], 3.0),
+            ],
+        }];
+        let out = text(&r, &no_exemplars, &extra, &cfg, Format::Prometheus004);
+        assert_eq!(lines(&out, "g"), ["g{env=\"p\"} 2", "g{env=\"q\"} 3"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 # pulsetrace task runner: the README and CI call these targets, nothing else.
 #   make demo   build and run the demo (an instrumented program that prints what it recorded)
-#   make test   build, lint, Rust tests (with loom), Python tests, quick benchmarks
+#   make test   build, lint, Rust tests (with loom), Python tests, the abi3 wheel on
+#               CPython 3.9 and 3.13, quick benchmarks
 #   make bench-full   the full benchmark suite (a few minutes)
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH):/usr/sbin:/sbin
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: all demo test build lint rust-test loom py-test bench bench-full clean system-deps
+.PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-full clean system-deps
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
 # integrations), wrk (the overhead benchmark). Installed once, when missing.
@@ -64,6 +65,23 @@ loom:
 py-test: build system-deps
 	$(PY) -m pytest -q
 
+# The abi3 wheel (the extension declares some CPython functions and calling
+# conventions itself) installed and exercised on the oldest and newest CPython
+# it claims, when this machine has them (pyenv's or on PATH); each one missing
+# is reported, not counted as passed.
+ABI3_PYTHONS := 3.9 3.13
+abi3-check: $(VENV)/.installed
+	rm -rf target/abi3-wheel && $(VENV)/bin/maturin build --release --quiet -o target/abi3-wheel
+	@for v in $(ABI3_PYTHONS); do \
+	  py=$$(ls -d $(HOME)/.pyenv/versions/$$v.*/bin/python$$v 2>/dev/null | tail -1); \
+	  [ -n "$$py" ] || py=$$(command -v python$$v); \
+	  if [ -z "$$py" ] || ! $$py -c pass 2>/dev/null; then \
+	    echo "abi3-check: NOT RUN on CPython $$v (not installed here)"; continue; fi; \
+	  rm -rf target/abi3-$$v && $$py -m venv target/abi3-$$v && \
+	  target/abi3-$$v/bin/pip install -q --disable-pip-version-check target/abi3-wheel/*.whl && \
+	  (cd target && abi3-$$v/bin/python ../scripts/abi3_smoke.py) || exit 1; \
+	done
+
 bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick
 
@@ -71,7 +89,7 @@ bench-full: build
 	$(PY) benchmarks/run_all.py --full
 	$(CARGO) bench -p pulsetrace-core
 
-test: build lint rust-test loom py-test bench
+test: build lint rust-test loom py-test abi3-check bench
 
 clean:
 	rm -rf $(VENV) target

@@ -94,6 +94,10 @@ def resource(cfg: Config) -> dict[str, Any]:
 
 def _start(cfg: Config) -> None:
     global _tracer, _config
+    # Every request path takes its tracer from here: the native query
+    # redaction list is set (from PULSETRACE_REDACT_QUERY_PARAMS) first.
+    from pulsetrace.contrib import _http  # noqa: F401
+
     _config = cfg
     _apply_log_level(cfg)
     _tracer = Tracer(cfg.to_native(), CURRENT)

@@ -17,7 +17,6 @@ import wrapt
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import wsgi_call
-from pulsetrace.contrib import _http  # noqa: F401  (sets the redacted query parameters)
 
 SUPPORTED = ">=2.2"
 

@@ -77,6 +77,32 @@ def test_lone_surrogates_are_replaced_not_raised(exporter):
     assert pulsetrace.counters()["attributes_invalid_utf8"] == 2
 
 
+def test_a_wsgi_environ_with_lone_surrogates_is_replaced_not_raised(exporter):
+    # WSGI servers decode the request line as latin-1, but an application or
+    # middleware may put anything in the environ: the request still runs.
+    from pulsetrace.contrib.wsgi import PulsetraceMiddleware
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/a\udcffb",
+        "QUERY_STRING": "q=\ud800&token=x",
+        "HTTP_USER_AGENT": "ua \udcff",
+        "wsgi.url_scheme": "http",
+    }
+    body = PulsetraceMiddleware(app)(environ, lambda *a: None)
+    assert list(body) == [b"ok"]
+    body.close()
+    (s,) = finished(exporter)
+    assert s.attributes["url.path"] == "/a\ufffdb"
+    assert s.attributes["url.query"] == "q=\ufffd&token=REDACTED"
+    assert s.attributes["user_agent.original"] == "ua \ufffd"
+    assert pulsetrace.counters()["attributes_invalid_utf8"] == 3
+
+
 def test_oversized_values_are_truncated_on_a_character_boundary(exporter):
     pulsetrace.configure(pulsetrace.get_config(), max_attribute_length=16)
     pulsetrace.add_exporter(exporter)

@@ -171,15 +171,15 @@ fn text_item<'py>(
         .and_then(|v| v.downcast_into::<PyString>().ok())
 }
 
-/// The UTF-8 text of an environ value (None if absent, not a str, or not
-/// encodable: counted as invalid UTF-8).
-fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Option<&'a str> {
+/// The text of an environ value (None if absent or not a str): borrowed from
+/// the str object, or, for a str that is not valid UTF-8 (lone surrogates), a
+/// copy with U+FFFD (counted).
+fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Option<Cow<'a, str>> {
     let s = v.as_ref()?;
-    let t = crate::pystr::utf8(s);
-    if t.is_none() {
-        AttrCounters::bump(&counters.invalid_utf8);
-    }
-    t
+    Some(match crate::pystr::utf8(s) {
+        Some(t) => Cow::Borrowed(t),
+        None => Cow::Owned(attrs::text(s, counters)),
+    })
 }
 
 /// `t` as shared text, truncated to the value limit (one allocation).
@@ -198,7 +198,8 @@ fn start(
     let k = keys();
     let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(11);
     let raw_method = text_item(environ, pyo3::intern!(py, "REQUEST_METHOD"));
-    let raw_method_text = view(&raw_method, counters);
+    let raw_method_view = view(&raw_method, counters);
+    let raw_method_text = raw_method_view.as_deref();
     // Known methods map to shared constants: no allocation per request.
     let known = raw_method_text.and_then(|m| {
         k.methods
@@ -222,10 +223,8 @@ fn start(
     }
     let script = text_item(environ, pyo3::intern!(py, "SCRIPT_NAME"));
     let path = text_item(environ, pyo3::intern!(py, "PATH_INFO"));
-    let path_value = match (
-        view(&script, counters).unwrap_or(""),
-        view(&path, counters).unwrap_or(""),
-    ) {
+    let (script, path) = (view(&script, counters), view(&path, counters));
+    let path_value = match (script.as_deref().unwrap_or(""), path.as_deref().unwrap_or("")) {
         ("", "") => k.root.clone(),
         ("", p) => arc(p, &limits, counters),
         (s, p) => arc(&format!("{s}{p}"), &limits, counters),
@@ -235,11 +234,11 @@ fn start(
     if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
         a.push((
             k.query.clone(),
-            AttrValue::Str(arc(&redact_query(q), &limits, counters)),
+            AttrValue::Str(arc(&redact_query(&q), &limits, counters)),
         ));
     }
     let scheme = text_item(environ, pyo3::intern!(py, "wsgi.url_scheme"));
-    let scheme = match view(&scheme, counters) {
+    let scheme = match view(&scheme, counters).as_deref() {
         None | Some("http") => k.http.clone(),
         Some("https") => k.https.clone(),
         Some(other) => arc(other, &limits, counters),
@@ -252,6 +251,7 @@ fn start(
     let server_port = text_item(environ, pyo3::intern!(py, "SERVER_PORT"));
     let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
     if let Some(h) = view(&host, counters) {
+        let h: &str = &h;
         let (name, p) = match h.strip_prefix('[').map(|rest| rest.split_once(']')) {
             Some(Some((inside, after))) => (&h[..inside.len() + 2], after.strip_prefix(':')),
             Some(None) => (h, None),
@@ -275,17 +275,18 @@ fn start(
     }
     let client = text_item(environ, pyo3::intern!(py, "REMOTE_ADDR"));
     if let Some(c) = view(&client, counters) {
-        a.push((k.client.clone(), AttrValue::Str(arc(c, &limits, counters))));
+        a.push((k.client.clone(), AttrValue::Str(arc(&c, &limits, counters))));
     }
     let ua = text_item(environ, pyo3::intern!(py, "HTTP_USER_AGENT"));
     if let Some(ua) = view(&ua, counters) {
         a.push((
             k.user_agent.clone(),
-            AttrValue::Str(arc(ua, &limits, counters)),
+            AttrValue::Str(arc(&ua, &limits, counters)),
         ));
     }
     let protocol = text_item(environ, pyo3::intern!(py, "SERVER_PROTOCOL"));
-    if let Some((_, v)) = view(&protocol, counters).and_then(|p| p.split_once('/')) {
+    let protocol = view(&protocol, counters);
+    if let Some((_, v)) = protocol.as_deref().and_then(|p| p.split_once('/')) {
         let v = match v {
             "1.1" => k.v11.clone(),
             other => arc(other, &limits, counters),
@@ -296,7 +297,7 @@ fn start(
     let remote = match view(&tp, counters) {
         Some(tp) => {
             let ts = text_item(environ, pyo3::intern!(py, "HTTP_TRACESTATE"));
-            t.extract_context(Some(tp), view(&ts, counters))
+            t.extract_context(Some(&tp), view(&ts, counters).as_deref())
         }
         None => None,
     };

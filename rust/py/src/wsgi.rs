@@ -224,7 +224,10 @@ fn start(
     let script = text_item(environ, pyo3::intern!(py, "SCRIPT_NAME"));
     let path = text_item(environ, pyo3::intern!(py, "PATH_INFO"));
     let (script, path) = (view(&script, counters), view(&path, counters));
-    let path_value = match (script.as_deref().unwrap_or(""), path.as_deref().unwrap_or("")) {
+    let path_value = match (
+        script.as_deref().unwrap_or(""),
+        path.as_deref().unwrap_or(""),
+    ) {
         ("", "") => k.root.clone(),
         ("", p) => arc(p, &limits, counters),
         (s, p) => arc(&format!("{s}{p}"), &limits, counters),

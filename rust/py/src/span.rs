@@ -646,6 +646,42 @@ impl Span {
 }
 
 impl Span {
+    /// An exception escaped the span's code: record it as an event and make
+    /// the span an error (`Type: message`) unless its status is final.
+    pub(crate) fn fail_with(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
+        let Ok(event) = self.exception_event(py, exc, None, None, true) else {
+            return;
+        };
+        let tracer = self.tracer.get();
+        let mut inner = self.inner.lock();
+        if inner.ended {
+            return;
+        }
+        self.push_event(&mut inner, event);
+        if inner.status != StatusCode::Ok {
+            inner.status = StatusCode::Error;
+            let ty = exc
+                .get_type()
+                .qualname()
+                .map(|q| q.to_string())
+                .unwrap_or_default();
+            let msg = exc
+                .str()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = if msg.is_empty() {
+                ty
+            } else {
+                format!("{ty}: {msg}")
+            };
+            inner.status_message = attrs::truncate(
+                text,
+                tracer.limits.get().max_value_len,
+                &tracer.attr_counters,
+            );
+        }
+    }
+
     /// The with-statement's exit: record `exc_value` (if any) and end.
     pub(crate) fn exit_with(&self, py: Python<'_>, exc_value: Option<&Bound<'_, PyAny>>) -> bool {
         if !self.recording {
@@ -654,34 +690,7 @@ impl Span {
         let end_mono = clock::now_mono_ns();
         let tracer = self.tracer.get();
         if let Some(exc) = exc_value.filter(|e| !e.is_none()) {
-            if let Ok(event) = self.exception_event(py, exc, None, None, true) {
-                let mut inner = self.inner.lock();
-                if !inner.ended {
-                    self.push_event(&mut inner, event);
-                    if inner.status != StatusCode::Ok {
-                        inner.status = StatusCode::Error;
-                        let ty = exc
-                            .get_type()
-                            .qualname()
-                            .map(|q| q.to_string())
-                            .unwrap_or_default();
-                        let msg = exc
-                            .str()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        let text = if msg.is_empty() {
-                            ty
-                        } else {
-                            format!("{ty}: {msg}")
-                        };
-                        inner.status_message = attrs::truncate(
-                            text,
-                            tracer.limits.get().max_value_len,
-                            &tracer.attr_counters,
-                        );
-                    }
-                }
-            }
+            self.fail_with(py, exc);
         }
         let token = self.inner.lock().token.take();
         if let Some(token) = token {

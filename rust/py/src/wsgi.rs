@@ -353,31 +353,7 @@ fn start(
 }
 
 fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
-    let exc = err.value(py);
-    if let Ok(event) = span.exception_event(py, exc.as_any(), None, None, true) {
-        let tracer = span.tracer.get();
-        let mut inner = span.inner.lock();
-        if !inner.ended {
-            span.push_event(&mut inner, event);
-            if inner.status != StatusCode::Ok {
-                inner.status = StatusCode::Error;
-                let ty = exc
-                    .get_type()
-                    .qualname()
-                    .map(|q| q.to_string())
-                    .unwrap_or_default();
-                let msg = exc
-                    .str()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                inner.status_message = attrs::truncate(
-                    format!("{ty}: {msg}"),
-                    tracer.limits.get().max_value_len,
-                    &tracer.attr_counters,
-                );
-            }
-        }
-    }
+    span.fail_with(py, err.value(py).as_any());
 }
 
 /// Name a SERVER span after its route template: `GET /users/<int:id>`.

@@ -48,6 +48,8 @@ class Config:
     max_spans_per_trace: int = 1_000
     export_queue_size: int = 20_000
     worker_interval_ms: float = 200.0
+    intake_queue_size: int = 4_096
+    intake_interval_ms: float = 5.0
     # Histograms
     histogram_sigfig: int = 2
     max_metric_keys: int = 1_000
@@ -257,6 +259,12 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         ),
         worker_interval_ms=_number(
             e, "PULSETRACE_WORKER_INTERVAL_MS", d.worker_interval_ms, low=1.0
+        ),
+        intake_queue_size=_number(
+            e, "PULSETRACE_INTAKE_QUEUE_SIZE", d.intake_queue_size, kind=int, low=16
+        ),
+        intake_interval_ms=_number(
+            e, "PULSETRACE_INTAKE_INTERVAL_MS", d.intake_interval_ms, low=0.1
         ),
         histogram_sigfig=_number(
             e, "PULSETRACE_HISTOGRAM_DIGITS", d.histogram_sigfig, kind=int, low=1, high=5

@@ -267,12 +267,9 @@ impl Span {
         let token = inner.token.take();
         drop(inner);
         drop(token.map(|t| t.into_bound(py)));
-        if self.trace_flags & 1 == 1 {
-            tracer.core.load().end_span(rec, end_mono);
-        } else {
-            // Head-sampled out: latency still counts, the trace is not kept.
-            tracer.core.load().record_metrics(&rec);
-        }
+        // The worker records its latency and, if it is sampled (head-sampled
+        // out spans only count in the histograms), groups it into its trace.
+        tracer.core.load().submit_span(rec);
     }
 
     pub(crate) fn exception_event(

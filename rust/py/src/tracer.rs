@@ -167,6 +167,8 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
         decision_wait_ns: ms("decision_wait_ms", 10_000.0)?,
         export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
         worker_interval_ns: ms("worker_interval_ms", 200.0)?.max(1_000_000),
+        intake_spans: positive("intake_queue_size", get(d, "intake_queue_size", 4_096)?)?,
+        intake_interval_ns: ms("intake_interval_ms", 5.0)?.max(100_000),
     };
     let limits = Limits {
         max_value_len: positive(
@@ -488,6 +490,7 @@ impl Tracer {
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let core = self.core.load_full();
         let rows = py.allow_threads(|| {
+            core.sync();
             core.registry
                 .operations()
                 .into_iter()
@@ -527,6 +530,7 @@ impl Tracer {
         let core = self.core.load_full();
         let name = name.to_owned();
         Ok(py.allow_threads(move || {
+            core.sync();
             core.registry
                 .merged(kind, &name)
                 .map(|(s, _)| s.to_v2_base64())
@@ -578,6 +582,7 @@ impl Tracer {
             const_labels: const_labels.unwrap_or_default().into_iter().collect(),
             ..ExpositionConfig::default()
         };
+        py.allow_threads(|| core.sync());
         let mut counters = core.counters.snapshot();
         let a = &self.attr_counters;
         let c = &self.counters;
@@ -666,6 +671,7 @@ impl Tracer {
     /// Every counter of the agent, by name.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let core = self.core.load_full();
+        py.allow_threads(|| core.sync());
         let d = PyDict::new(py);
         for (name, _, v) in core.counters.snapshot() {
             d.set_item(name, v)?;

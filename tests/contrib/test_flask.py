@@ -103,6 +103,10 @@ def test_pulsetrace_failures_never_change_the_response(app, exporter, monkeypatc
         raise RuntimeError("pulsetrace bug")
 
     monkeypatch.setattr(flask_hook, "_route", broken)
+    # The app's installed fast path holds the namer it was made with: the
+    # next request goes through the class hook again and installs one with
+    # the broken namer (so both paths run it).
+    vars(app).pop("wsgi_app", None)
     assert [get(app, p) for p in ("/users/7", "/boom", "/stream")] == baseline
     assert pulsetrace._diag.internal_errors()["wsgi.name"] == 3
     # The spans still end, with their status.
@@ -149,3 +153,90 @@ def test_a_generic_middleware_around_flask_gives_one_span(app, exporter):
         app.wsgi_app = wrapped.app
     (s,) = server_spans(exporter)
     assert s.name == "GET /users/<int:user_id>"
+
+
+def _one_span_per_request(exporter, n):
+    spans = server_spans(exporter)
+    assert len(spans) == n
+    assert all(s.name == "GET /users/<int:user_id>" for s in spans)
+
+
+def test_the_first_request_installs_a_native_bound_wsgi_app(app, exporter):
+    from pulsetrace._native import TracedWsgiApp
+
+    vars(app).pop("wsgi_app", None)
+    assert not isinstance(app.wsgi_app, TracedWsgiApp)
+    for _ in range(3):
+        assert get(app, "/users/1")[0] == 200
+    fast = app.wsgi_app
+    assert isinstance(fast, TracedWsgiApp)
+    _one_span_per_request(exporter, 3)
+    # It reads as the bound method it stands for.
+    assert fast.__self__ is app
+    assert fast.__func__ is flask.Flask.wsgi_app.__wrapped__
+    assert fast.__name__ == "wsgi_app"
+    assert fast.__wrapped__.__self__ is app
+    assert "wsgi_app" in repr(fast)
+    # A call that is not a WSGI call reaches the method untouched.
+    with pytest.raises(TypeError):
+        fast({"REQUEST_METHOD": "GET"})
+    # unpatch() takes it away with the class hook.
+    flask_hook.unpatch()
+    assert "wsgi_app" not in vars(app)
+    flask_hook.patch()
+
+
+def test_a_subclass_wsgi_app_and_user_middleware_are_left_in_place(exporter):
+    from pulsetrace._native import TracedWsgiApp
+
+    flask_hook.patch()
+    try:
+        calls = []
+
+        class App(flask.Flask):
+            def wsgi_app(self, environ, start_response):
+                calls.append(environ["PATH_INFO"])
+                return super().wsgi_app(environ, start_response)
+
+        sub = App("sub")
+        sub.route("/users/<int:user_id>")(lambda user_id: "ok")
+        for _ in range(2):
+            assert get(sub, "/users/2")[0] == 200
+        assert calls == ["/users/2", "/users/2"], "the subclass's own wsgi_app still runs"
+        assert "wsgi_app" not in vars(sub)
+
+        plain = flask.Flask("plain")
+        plain.route("/users/<int:user_id>")(lambda user_id: "ok")
+        seen = []
+        inner = plain.wsgi_app
+
+        def middleware(environ, start_response):
+            seen.append(1)
+            return inner(environ, start_response)
+
+        plain.wsgi_app = middleware
+        for _ in range(2):
+            assert get(plain, "/users/3")[0] == 200
+        assert plain.wsgi_app is middleware and seen == [1, 1]
+        assert not isinstance(plain.wsgi_app, TracedWsgiApp)
+        _one_span_per_request(exporter, 4)
+    finally:
+        flask_hook.unpatch()
+
+
+def test_an_app_with_the_fast_path_is_freed_when_dropped(exporter):
+    from pulsetrace._native import TracedWsgiApp
+
+    flask_hook.patch()
+    try:
+        app = flask.Flask("temporary2")
+        app.route("/")(lambda: "ok")
+        get(app, "/")
+        get(app, "/")
+        assert isinstance(vars(app)["wsgi_app"], TracedWsgiApp)
+        ref = weakref.ref(app)
+        del app
+        gc.collect()
+        assert ref() is None
+    finally:
+        flask_hook.unpatch()

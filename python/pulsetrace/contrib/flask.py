@@ -5,40 +5,63 @@ Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
 from the matched URL rule (never the raw path); a request that matches no
 rule is named after its method alone. Errors are recorded as Flask handles
 them: a 500 from an error handler or an unhandled exception is an error, a
-4xx is not. The application object is not referenced by pulsetrace, so it is
-freed when the application drops it.
+4xx is not. pulsetrace keeps no reference to the application, so it is freed
+when the application drops it.
+
+The hook is a ``wrapt`` wrapper of ``Flask.wsgi_app``. A class-level wrapper
+is bound anew on every request, which costs more than the span itself, so
+the first request an application serves through it installs a native bound
+method (``pulsetrace._native.TracedWsgiApp``) as ``app.wsgi_app``, where Flask
+documents WSGI middleware goes: later requests run Flask's ``wsgi_app``
+inside the span with no Python frame of pulsetrace's in between. It is not
+installed when the application (or a subclass's own ``wsgi_app``) already
+put something there; ``unpatch()`` removes it.
 """
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Any, Optional
 
 import wrapt
 
 from pulsetrace import _diag, _runtime
-from pulsetrace._native import wsgi_call
+from pulsetrace._native import RouteNamer, TracedWsgiApp, wsgi_call
 
 SUPPORTED = ">=2.2"
 
 _MARK = "__pulsetrace_patched__"
-_cv_request: Any = None
+#: The matched URL rule of the current request, read natively from Flask's
+#: context variable (``_cv_request.get().request.url_rule.rule``; the
+#: ``flask.request`` proxy costs several times more), or None.
+_route: Any = None
+#: Applications given a TracedWsgiApp (weakly: they stay collectable).
+_fast: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _route() -> Optional[str]:
-    """The matched URL rule of the current request (read straight from
-    Flask's context variable: the ``flask.request`` proxy costs several
-    times more), or None."""
-    ctx = _cv_request.get(None)
-    if ctx is None:
-        return None
-    rule = ctx.request.url_rule
-    return None if rule is None else rule.rule
+def _install_fast_path(app: Any) -> None:
+    """Make ``app.wsgi_app`` a native traced bound method, if the class's
+    ``wsgi_app`` is this hook's wrapper and nothing else is there yet."""
+    try:
+        attrs = getattr(app, "__dict__", None)
+        if attrs is None or "wsgi_app" in attrs:
+            return
+        wrapper = inspect.getattr_static(type(app), "wsgi_app", None)
+        if not isinstance(wrapper, wrapt.FunctionWrapper) or wrapper._self_wrapper is not _wsgi_app:
+            return  # a subclass defines its own wsgi_app: keep the class path
+        attrs["wsgi_app"] = TracedWsgiApp(_runtime.tracer(), wrapper.__wrapped__, app, _route)
+        _fast.add(app)
+    except Exception as exc:
+        _diag.internal_error("flask.fast_path", exc)
 
 
 def _wsgi_app(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if len(args) != 2 or kwargs:
         return wrapped(*args, **kwargs)
-    # wsgi.traced_call's body, inlined: this runs on every request.
+    if instance is not None and not isinstance(instance, type):
+        _install_fast_path(instance)
+    # wsgi.traced_call's body, inlined.
     return wsgi_call(_runtime.tracer(), wrapped, args[0], args[1], _route)
 
 
@@ -55,12 +78,13 @@ def _record_exception(sender: Any, exception: BaseException, **_: Any) -> None:
 
 def patch() -> None:
     """Instrument every Flask app (idempotent)."""
-    global _cv_request
+    global _route
     import flask
     from flask.globals import _cv_request
 
     if getattr(flask.Flask, _MARK, False):
         return
+    _route = RouteNamer(_cv_request, ["request", "url_rule", "rule"])
     wrapt.wrap_function_wrapper(flask.Flask, "wsgi_app", _wsgi_app)
     flask.got_request_exception.connect(_record_exception, weak=False)
     setattr(flask.Flask, _MARK, True)
@@ -71,6 +95,10 @@ def unpatch() -> None:
 
     if not getattr(flask.Flask, _MARK, False):
         return
+    for app in list(_fast):
+        if isinstance(vars(app).get("wsgi_app"), TracedWsgiApp):
+            del vars(app)["wsgi_app"]
+    _fast.clear()
     wrapper = flask.Flask.__dict__["wsgi_app"]
     flask.Flask.wsgi_app = wrapper.__wrapped__
     flask.got_request_exception.disconnect(_record_exception)

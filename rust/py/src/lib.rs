@@ -22,6 +22,7 @@ mod pystr;
 mod span;
 mod tracer;
 mod wsgi;
+mod wsgi_app;
 
 use pulsetrace_core::propagation::{format_traceparent, parse_traceparent};
 use pyo3::exceptions::PyValueError;
@@ -91,6 +92,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wsgi::set_redacted_params, m)?)?;
     m.add_class::<wsgi::TracedStartResponse>()?;
     m.add_class::<wsgi::TracedBody>()?;
+    m.add_class::<wsgi_app::TracedWsgiApp>()?;
+    m.add_class::<wsgi_app::RouteNamer>()?;
     fastcall::install(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -12,6 +12,7 @@
 use crate::attrs::{self, AttrCounters, Limits};
 use crate::span::Span;
 use crate::tracer::Tracer;
+use crate::wsgi_app::RouteNamer;
 use parking_lot::{Mutex, RwLock};
 use pulsetrace_core::clock;
 use pulsetrace_core::span::{AttrValue, SpanKind, StatusCode};
@@ -110,6 +111,7 @@ struct Keys {
     user_agent: Arc<str>,
     protocol: Arc<str>,
     status: Arc<str>,
+    route: Arc<str>,
     /// Values that repeat on every request, shared.
     methods: Vec<Arc<str>>,
     other: Arc<str>,
@@ -124,6 +126,7 @@ fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| Keys {
         method: "http.request.method".into(),
+        route: "http.route".into(),
         method_original: "http.request.method_original".into(),
         path: "url.path".into(),
         query: "url.query".into(),
@@ -332,7 +335,8 @@ fn start(
         let mut inner = span.inner.lock();
         if inner.attributes.is_empty() {
             // A new span and distinct keys: no duplicate to look for.
-            inner.attributes.reserve(a.len());
+            // Room for what the response adds (status code, route).
+            inner.attributes.reserve(a.len() + 2);
             for (key, v) in a {
                 if inner.attributes.len() < limits.max_attributes {
                     inner.attributes.push((key, v));
@@ -356,8 +360,54 @@ fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
     span.fail_with(py, err.value(py).as_any());
 }
 
+/// `METHOD route` names, made once per (method, route) pair: a route
+/// template is interned text (`attrs::shared`), so the pair of shared texts
+/// is the key (compared by pointer; the entry holds both, so a pointer is
+/// never reused while its entry lives). Direct-mapped; a collision only
+/// formats the name again.
+type RouteNameEntry = (Arc<str>, Arc<str>, usize, Arc<str>);
+
+const ROUTE_NAME_SLOTS: usize = 256;
+
+static ROUTE_NAMES: pyo3::sync::GILProtected<std::cell::RefCell<Vec<Option<RouteNameEntry>>>> =
+    pyo3::sync::GILProtected::new(std::cell::RefCell::new(Vec::new()));
+
+fn route_name(
+    py: Python<'_>,
+    method: &Arc<str>,
+    route: &Arc<str>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Arc<str> {
+    let m = Arc::as_ptr(method) as *const u8 as usize;
+    let r = Arc::as_ptr(route) as *const u8 as usize;
+    let slot = ((m >> 4) ^ (r >> 4).wrapping_mul(31)) % ROUTE_NAME_SLOTS;
+    let max = limits.max_value_len;
+    let cache = ROUTE_NAMES.get(py);
+    if let Ok(c) = cache.try_borrow() {
+        if let Some(Some((cm, cr, cmax, name))) = c.get(slot) {
+            if Arc::ptr_eq(cm, method) && Arc::ptr_eq(cr, route) && *cmax == max {
+                return name.clone();
+            }
+        }
+    }
+    let method_text = match &**method {
+        "_OTHER" => "HTTP",
+        other => other,
+    };
+    let name: Arc<str> = attrs::truncate(format!("{method_text} {route}"), max, counters).into();
+    if let Ok(mut c) = cache.try_borrow_mut() {
+        if c.is_empty() {
+            c.resize(ROUTE_NAME_SLOTS, None);
+        }
+        c[slot] = Some((method.clone(), route.clone(), max, name.clone()));
+    }
+    name
+}
+
 /// Name a SERVER span after its route template: `GET /users/<int:id>`.
 fn name_after_route(span: &Span, route: &Bound<'_, PyString>) {
+    let py = route.py();
     let tracer = span.tracer.get();
     let (limits, counters) = tracer.limits();
     let route = attrs::shared(route, &limits, counters);
@@ -365,26 +415,23 @@ fn name_after_route(span: &Span, route: &Bound<'_, PyString>) {
     if inner.ended {
         return;
     }
+    let k = keys();
     let method = inner
         .attributes
         .iter()
-        .find(|(k, _)| **k == *keys().method)
+        .find(|(key, _)| Arc::ptr_eq(key, &k.method) || **key == *k.method)
         .and_then(|(_, v)| {
             if let AttrValue::Str(m) = v {
                 Some(m.clone())
             } else {
                 None
             }
-        });
-    let method = match method.as_deref() {
-        Some("_OTHER") | None => "HTTP",
-        Some(m) => m,
-    };
-    inner.name =
-        attrs::truncate(format!("{method} {route}"), limits.max_value_len, counters).into();
+        })
+        .unwrap_or_else(|| k.http_name.clone());
+    inner.name = route_name(py, &method, &route, &limits, counters);
     Span::set_one(
         &mut inner,
-        "http.route".into(),
+        k.route.clone(),
         AttrValue::Str(route),
         &limits,
         counters,
@@ -430,9 +477,13 @@ impl TracedStartResponse {
         if let Some(namer) = &self.namer {
             // The framework's route template (or None): the span becomes
             // `METHOD route` with `http.route`.
-            match namer.call0(py) {
+            let route = match namer.downcast_bound::<RouteNamer>(py) {
+                Ok(native) => native.get().route(py),
+                Err(_) => namer.bind(py).call0(),
+            };
+            match route {
                 Ok(route) => {
-                    if let Ok(route) = route.downcast_bound::<PyString>(py) {
+                    if let Ok(route) = route.downcast::<PyString>() {
                         name_after_route(span, route);
                     }
                 }
@@ -551,12 +602,27 @@ pub fn wsgi_call(
     start_response: &Bound<'_, PyAny>,
     namer: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyObject> {
+    traced_request(py, tracer, environ, start_response, namer, &|sr| {
+        app.call1((environ, sr))
+    })
+}
+
+/// The request path of every WSGI hook: `call(start_response)` runs the
+/// application with the `start_response` it must see.
+pub(crate) fn traced_request<'py>(
+    py: Python<'py>,
+    tracer: &Bound<'py, Tracer>,
+    environ: &Bound<'py, PyAny>,
+    start_response: &Bound<'py, PyAny>,
+    namer: Option<&Bound<'py, PyAny>>,
+    call: &dyn Fn(&Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<PyObject> {
     let t = tracer.get();
     let Ok(env) = environ.downcast::<PyDict>() else {
-        return Ok(app.call1((environ, start_response))?.unbind());
+        return Ok(call(start_response)?.unbind());
     };
     if !t.is_enabled() {
-        return Ok(app.call1((environ, start_response))?.unbind());
+        return Ok(call(start_response)?.unbind());
     }
     let namer = namer.filter(|n| !n.is_none());
     // Already inside this request's SERVER span (a generic middleware around
@@ -566,9 +632,9 @@ pub fn wsgi_call(
             let s = s.get();
             if s.recording && s.inner.lock().kind == SpanKind::Server && !s.inner.lock().ended {
                 let Some(namer) = namer else {
-                    return Ok(app.call1((environ, start_response))?.unbind());
+                    return Ok(call(start_response)?.unbind());
                 };
-                let wrapped = Py::new(
+                let wrapped = Bound::new(
                     py,
                     TracedStartResponse {
                         span: outer.downcast::<Span>()?.clone().unbind(),
@@ -576,7 +642,7 @@ pub fn wsgi_call(
                         namer: Some(namer.clone().unbind()),
                     },
                 )?;
-                return Ok(app.call1((environ, wrapped))?.unbind());
+                return Ok(call(wrapped.as_any())?.unbind());
             }
         }
     }
@@ -584,17 +650,17 @@ pub fn wsgi_call(
         Ok(s) => s,
         Err(e) => {
             report(py, "wsgi.start", e);
-            return Ok(app.call1((environ, start_response))?.unbind());
+            return Ok(call(start_response)?.unbind());
         }
     };
     let token = match t.current.set(span.bind(py).as_any()) {
         Ok(tok) => tok,
         Err(e) => {
             report(py, "wsgi.start", e);
-            return Ok(app.call1((environ, start_response))?.unbind());
+            return Ok(call(start_response)?.unbind());
         }
     };
-    let wrapped = Py::new(
+    let wrapped = Bound::new(
         py,
         TracedStartResponse {
             span: span.clone_ref(py),
@@ -602,7 +668,7 @@ pub fn wsgi_call(
             namer: namer.map(|n| n.clone().unbind()),
         },
     )?;
-    let result = app.call1((environ, wrapped));
+    let result = call(wrapped.as_any());
     let _ = t.current.reset(&token);
     match result {
         Ok(body) => Ok(Py::new(py, TracedBody::new(body.unbind(), span))?.into_any()),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 import wrapt
 

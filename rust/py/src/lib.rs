@@ -18,6 +18,7 @@ mod ctxvar;
 mod data;
 mod fastcall;
 mod ids;
+mod newobj;
 mod pystr;
 mod span;
 mod tracer;

@@ -452,7 +452,7 @@ impl Tracer {
                 });
             }
         }
-        Bound::new(py, span)
+        crate::newobj::new_bound(py, span)
     }
 
     /// The current span, or None.

@@ -314,7 +314,7 @@ fn start(
     };
     let span = match remote {
         Some(ctx) => {
-            let ctx = Bound::new(py, ctx)?;
+            let ctx = crate::newobj::new_bound(py, ctx)?;
             t.new_span(
                 tracer,
                 name,
@@ -353,7 +353,7 @@ fn start(
             }
         }
     }
-    Py::new(py, span)
+    Ok(crate::newobj::new_bound(py, span)?.unbind())
 }
 
 fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
@@ -634,7 +634,7 @@ pub(crate) fn traced_request<'py>(
                 let Some(namer) = namer else {
                     return Ok(call(start_response)?.unbind());
                 };
-                let wrapped = Bound::new(
+                let wrapped = crate::newobj::new_bound(
                     py,
                     TracedStartResponse {
                         span: outer.downcast::<Span>()?.clone().unbind(),
@@ -660,7 +660,7 @@ pub(crate) fn traced_request<'py>(
             return Ok(call(start_response)?.unbind());
         }
     };
-    let wrapped = Bound::new(
+    let wrapped = crate::newobj::new_bound(
         py,
         TracedStartResponse {
             span: span.clone_ref(py),
@@ -671,7 +671,11 @@ pub(crate) fn traced_request<'py>(
     let result = call(wrapped.as_any());
     let _ = t.current.reset(&token);
     match result {
-        Ok(body) => Ok(Py::new(py, TracedBody::new(body.unbind(), span))?.into_any()),
+        Ok(body) => Ok(
+            crate::newobj::new_bound(py, TracedBody::new(body.unbind(), span))?
+                .into_any()
+                .unbind(),
+        ),
         Err(e) => {
             fail(py, span.get(), &e);
             span.get().end_at(py, clock::now_mono_ns());

@@ -143,6 +143,14 @@ def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
             [str(venv_bin("pulsetrace-run"))],
             {**export_env, "APM_ENABLED": "false"},
         ),
+        "pulsetrace_no_export": Config(
+            "pulsetrace_no_export",
+            "pulsetrace-run gunicorn, OTEL_TRACES_EXPORTER=none (tracing without an exporter; "
+            "optional, not in a mode: splits the export's share out)",
+            "pulsetrace",
+            [str(venv_bin("pulsetrace-run"))],
+            {**export_env, "OTEL_TRACES_EXPORTER": "none"},
+        ),
         "otel": Config(
             "otel",
             "opentelemetry-instrument gunicorn (distro: SDK, BatchSpanProcessor, OTLP/gRPC)",
@@ -160,6 +168,36 @@ class HarnessError(RuntimeError):
     pass
 
 
+#: CPU pinning (``--pin``): the server under test on its own CPU(s), the load
+#: generator and the helpers (receiver, outbound server, Redis) on the others,
+#: so they do not take turns on one core with the worker. Empty: not pinned.
+PIN: dict[str, str] = {}
+HELPERS = ("outbound", "receiver", "redis", "wrk")
+
+
+def pinned(name: str, cmd: list[str]) -> list[str]:
+    """``cmd`` under ``taskset`` for the CPUs of its role, when pinning."""
+    if not PIN:
+        return cmd
+    return ["taskset", "-c", PIN["load" if name in HELPERS else "server"], *cmd]
+
+
+def choose_pin(spec: str) -> dict[str, str]:
+    """``auto``: the last CPU for the server, the rest for the load (needs 2
+    CPUs and taskset); ``off``; or ``SERVER/LOAD`` CPU lists, e.g. ``1/0``."""
+    if spec == "off":
+        return {}
+    if spec == "auto":
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            return {}
+        return {"server": str(cpus[-1]), "load": ",".join(map(str, cpus[:-1]))}
+    server, _, load = spec.partition("/")
+    if not server or not load:
+        raise HarnessError(f"--pin {spec!r}: expected auto, off or SERVER/LOAD, e.g. 1/0")
+    return {"server": server, "load": load}
+
+
 class Processes:
     """Every process the harness starts, each in its own process group, so that
     stopping one stops its children (gunicorn's worker) too."""
@@ -169,6 +207,7 @@ class Processes:
         self.running: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        cmd = pinned(name, cmd)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed by the child's exit
         try:
             proc = subprocess.Popen(
@@ -459,6 +498,7 @@ def drive(loadgen_name: str, port: int, route: str, seconds: int) -> dict[str, A
             str(LUA),
             f"http://{HOST}:{port}{route}",
         ]
+        cmd = pinned("wrk", cmd)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
         m = re.search(r"^PTBENCH (\{.*\})$", out.stdout, re.MULTILINE)
         if out.returncode != 0 or m is None:
@@ -1043,6 +1083,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         "root): on a shared machine, less of the other processes' noise. Default 0",
     )
     ap.add_argument(
+        "--pin",
+        default="auto",
+        metavar="SPEC",
+        help="CPU pinning: auto (default: the server alone on the last CPU, the load "
+        "generator and helpers on the others), off, or SERVER/LOAD lists such as 1/0",
+    )
+    ap.add_argument(
         "--from-json",
         type=Path,
         metavar="JSON",
@@ -1070,6 +1117,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             notes.append(f"niceness lowered by {args.nice} for the harness and its processes")
         except OSError as exc:
             notes.append(f"--nice {args.nice} not applied ({exc.strerror})")
+    PIN.clear()
+    PIN.update(choose_pin(args.pin))
+    if PIN:
+        # The harness itself (and the Python load generator, which runs in it)
+        # belongs with the load.
+        os.sched_setaffinity(0, {int(c) for c in PIN["load"].split(",")})
+        notes.append(
+            f"pinned: the server under test on CPU {PIN['server']}, the load generator and "
+            f"helpers on CPU {PIN['load']} (--pin off to share every CPU)"
+        )
+    else:
+        notes.append("not pinned: servers and load generator share every CPU")
     skipped: dict[str, str] = {}
     wrk = shutil.which("wrk")
     if args.loadgen == "wrk" and not wrk:

@@ -209,6 +209,7 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
         timed(fn, sizes[name], pool)
         settle.get(name, lambda: None)()
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     attempted = 0
     drops: dict[str, int] = {}  # spans_dropped_* counters, deltas over the timed batches
@@ -217,8 +218,13 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
         gc.collect()
         for name in names[r % len(names) :] + names[: r % len(names)]:
             before = pulsetrace.counters() if name.startswith("pulsetrace") else None
+            cpu0 = time.process_time_ns()
             elapsed = timed(fns[name], sizes[name], pool)
             settle.get(name, lambda: None)()
+            # CPU of every thread of the process, the batch's background work
+            # (pulsetrace's core worker, OTel's export thread) and the settle
+            # that finishes it included.
+            cpu_samples[name].append((time.process_time_ns() - cpu0) / sizes[name])
             samples[name].append(elapsed / sizes[name])
             if before is not None:
                 after = pulsetrace.counters()
@@ -229,7 +235,10 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
     return {
         "versions": versions,
         "pulsetrace_config": {k: getattr(cfg, k) for k in CONFIG_SHOWN if hasattr(cfg, k)},
-        "cases": {name: {"n": sizes[name], "samples": samples[name]} for name in names},
+        "cases": {
+            name: {"n": sizes[name], "samples": samples[name], "cpu_samples": cpu_samples[name]}
+            for name in names
+        },
         "counters": pulsetrace.counters(),
         "env_scrubbed": scrubbed,
         "spans_timed": attempted,

@@ -25,6 +25,8 @@ def test_values_are_read():
             "PULSETRACE_MAX_OPEN_TRACES": "500",
             "PULSETRACE_MAX_SPANS_PER_TRACE": "50",
             "PULSETRACE_EXPORT_QUEUE_SIZE": "1000",
+            "PULSETRACE_INTAKE_QUEUE_SIZE": "256",
+            "PULSETRACE_INTAKE_INTERVAL_MS": "20",
             "PULSETRACE_KEEP_ERRORS": "false",
             "PULSETRACE_KEEP_ATTRIBUTES": "tenant=vip, debug",
         }
@@ -33,6 +35,7 @@ def test_values_are_read():
     assert cfg.adaptive_percentile == 95 and cfg.rate_limit == 100
     assert cfg.decision_wait_ms == 3000 and cfg.max_open_traces == 500
     assert cfg.max_spans_per_trace == 50 and cfg.export_queue_size == 1000
+    assert cfg.intake_queue_size == 256 and cfg.intake_interval_ms == 20
     assert cfg.keep_errors is False
     assert cfg.keep_attributes == [("tenant", "vip"), ("debug", None)]
 
@@ -47,6 +50,8 @@ def test_values_are_read():
         ("PULSETRACE_MAX_OPEN_TRACES", "1e3", "not an integer", "max_open_traces", 10_000),
         ("PULSETRACE_EXPORT_QUEUE_SIZE", "0", "below the minimum", "export_queue_size", 20_000),
         ("PULSETRACE_DECISION_WAIT_MS", "0", "below the minimum", "decision_wait_ms", 10_000),
+        ("PULSETRACE_INTAKE_QUEUE_SIZE", "8", "below the minimum", "intake_queue_size", 4_096),
+        ("PULSETRACE_INTAKE_INTERVAL_MS", "x", "not a number", "intake_interval_ms", 5.0),
         ("PULSETRACE_KEEP_ERRORS", "maybe", "not a boolean", "keep_errors", True),
     ],
 )

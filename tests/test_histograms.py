@@ -79,3 +79,33 @@ def test_metric_keys_are_bounded():
 def test_histogram_rejects_bad_settings_clearly():
     with pytest.raises(ValueError, match="sigfig"):
         pulsetrace.Histogram(significant_digits=9)
+
+
+def test_every_span_counts_even_when_the_intake_overflows():
+    """Ended spans wait in a small intake for the core's worker; when it is
+    full the ending thread does the work itself. Nothing is lost, every
+    trace stays whole, and readers see every span ended before them."""
+    import threading
+
+    fresh(intake_queue_size=16)
+    per_thread = 3_000
+
+    def work():
+        for _ in range(per_thread):
+            with pulsetrace.start_span("parent", kind="server"):
+                with pulsetrace.start_span("child"):
+                    pass
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = {r["name"]: r["count"] for r in pulsetrace.latency()}
+    assert rows == {"parent": 4 * per_thread, "child": 4 * per_thread}
+    counters = pulsetrace.counters()
+    assert counters["spans_processed_inline"] > 0
+    assert counters["spans_late_kept"] == 0, "no child reached its trace after the root"
+    traces = pulsetrace._runtime.tracer().drain(10**9)
+    assert counters["traces_kept_probabilistic"] == 4 * per_thread
+    assert all(len(t) == 2 for t in traces)

@@ -163,6 +163,64 @@ pub(crate) fn report(py: Python<'_>, place: &str, err: PyErr) {
 
 /// `environ[key]` if it is a str. Keys are interned Python strings (their
 /// hash is cached), so a lookup allocates nothing.
+/// The environ keys a request span reads, in [`Env`] order.
+const ENV_KEYS: [&str; 13] = [
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "HTTP_USER_AGENT",
+    "SERVER_PROTOCOL",
+    "HTTP_TRACEPARENT",
+    "HTTP_TRACESTATE",
+];
+
+#[derive(Clone, Copy)]
+enum Env {
+    Method,
+    Script,
+    Path,
+    Query,
+    Scheme,
+    Host,
+    ServerName,
+    ServerPort,
+    RemoteAddr,
+    UserAgent,
+    Protocol,
+    Traceparent,
+    Tracestate,
+}
+
+static ENV_KEY_OBJECTS: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+
+/// Every environ value a request span reads (str values only), in one loop:
+/// one small piece of code instead of one inlined lookup per key, which
+/// matters when the request path runs with cold caches (every request on a
+/// busy server).
+#[inline(never)]
+fn environ_values<'py>(
+    environ: &Bound<'py, PyDict>,
+) -> [Option<Bound<'py, PyString>>; ENV_KEYS.len()] {
+    let py = environ.py();
+    let keys = ENV_KEY_OBJECTS.get_or_init(py, || {
+        ENV_KEYS
+            .iter()
+            .map(|k| PyString::intern(py, k).unbind())
+            .collect()
+    });
+    let mut out: [Option<Bound<'py, PyString>>; ENV_KEYS.len()] = Default::default();
+    for (slot, key) in out.iter_mut().zip(keys) {
+        *slot = text_item(environ, key.bind(py));
+    }
+    out
+}
+
 fn text_item<'py>(
     environ: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
@@ -200,7 +258,8 @@ fn start(
     let (limits, counters) = t.limits();
     let k = keys();
     let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(11);
-    let raw_method = text_item(environ, pyo3::intern!(py, "REQUEST_METHOD"));
+    let mut env = environ_values(environ);
+    let raw_method = env[Env::Method as usize].take();
     let raw_method_view = view(&raw_method, counters);
     let raw_method_text = raw_method_view.as_deref();
     // Known methods map to shared constants: no allocation per request.
@@ -224,8 +283,8 @@ fn start(
             ));
         }
     }
-    let script = text_item(environ, pyo3::intern!(py, "SCRIPT_NAME"));
-    let path = text_item(environ, pyo3::intern!(py, "PATH_INFO"));
+    let script = env[Env::Script as usize].take();
+    let path = env[Env::Path as usize].take();
     let (script, path) = (view(&script, counters), view(&path, counters));
     let path_value = match (
         script.as_deref().unwrap_or(""),
@@ -236,25 +295,25 @@ fn start(
         (s, p) => arc(&format!("{s}{p}"), &limits, counters),
     };
     a.push((k.path.clone(), AttrValue::Str(path_value)));
-    let query = text_item(environ, pyo3::intern!(py, "QUERY_STRING"));
+    let query = env[Env::Query as usize].take();
     if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
         a.push((
             k.query.clone(),
             AttrValue::Str(arc(&redact_query(&q), &limits, counters)),
         ));
     }
-    let scheme = text_item(environ, pyo3::intern!(py, "wsgi.url_scheme"));
+    let scheme = env[Env::Scheme as usize].take();
     let scheme = match view(&scheme, counters).as_deref() {
         None | Some("http") => k.http.clone(),
         Some("https") => k.https.clone(),
         Some(other) => arc(other, &limits, counters),
     };
     a.push((k.scheme.clone(), AttrValue::Str(scheme)));
-    let mut host = text_item(environ, pyo3::intern!(py, "HTTP_HOST"));
+    let mut host = env[Env::Host as usize].take();
     if host.is_none() {
-        host = text_item(environ, pyo3::intern!(py, "SERVER_NAME"));
+        host = env[Env::ServerName as usize].take();
     }
-    let server_port = text_item(environ, pyo3::intern!(py, "SERVER_PORT"));
+    let server_port = env[Env::ServerPort as usize].take();
     let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
     if let Some(h) = view(&host, counters) {
         let h: &str = &h;
@@ -279,18 +338,18 @@ fn start(
     if let Some(p) = port.filter(|&p| p > 0) {
         a.push((k.port.clone(), AttrValue::Int(p)));
     }
-    let client = text_item(environ, pyo3::intern!(py, "REMOTE_ADDR"));
+    let client = env[Env::RemoteAddr as usize].take();
     if let Some(c) = view(&client, counters) {
         a.push((k.client.clone(), AttrValue::Str(arc(&c, &limits, counters))));
     }
-    let ua = text_item(environ, pyo3::intern!(py, "HTTP_USER_AGENT"));
+    let ua = env[Env::UserAgent as usize].take();
     if let Some(ua) = view(&ua, counters) {
         a.push((
             k.user_agent.clone(),
             AttrValue::Str(arc(&ua, &limits, counters)),
         ));
     }
-    let protocol = text_item(environ, pyo3::intern!(py, "SERVER_PROTOCOL"));
+    let protocol = env[Env::Protocol as usize].take();
     let protocol = view(&protocol, counters);
     if let Some((_, v)) = protocol.as_deref().and_then(|p| p.split_once('/')) {
         let v = match v {
@@ -299,10 +358,10 @@ fn start(
         };
         a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
-    let tp = text_item(environ, pyo3::intern!(py, "HTTP_TRACEPARENT"));
+    let tp = env[Env::Traceparent as usize].take();
     let remote = match view(&tp, counters) {
         Some(tp) => {
-            let ts = text_item(environ, pyo3::intern!(py, "HTTP_TRACESTATE"));
+            let ts = env[Env::Tracestate as usize].take();
             t.extract_context(Some(&tp), view(&ts, counters).as_deref())
         }
         None => None,

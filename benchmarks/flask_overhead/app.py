@@ -114,6 +114,7 @@ def info_route() -> Any:
         "app_class": f"{type(app).__module__}.{type(app).__qualname__}",
         "wrappers": {
             "flask.Flask.wsgi_app": _describe(getattr(flask.Flask, "wsgi_app", None)),
+            "app.wsgi_app (instance)": _describe(vars(app).get("wsgi_app")),
             "sqlite3.connect": _describe(sqlite3.connect),
             "sqlite3.connection": _describe(_db),
             "requests.Session.send": _describe(

@@ -1084,10 +1084,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     ap.add_argument(
         "--pin",
-        default="auto",
+        default="off",
         metavar="SPEC",
-        help="CPU pinning: auto (default: the server alone on the last CPU, the load "
-        "generator and helpers on the others), off, or SERVER/LOAD lists such as 1/0",
+        help="CPU pinning: off (default: servers and load generator share every CPU), "
+        "auto (the server alone on the last CPU, the load generator and helpers on the "
+        "others), or SERVER/LOAD lists such as 1/0",
     )
     ap.add_argument(
         "--from-json",
@@ -1125,7 +1126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.sched_setaffinity(0, {int(c) for c in PIN["load"].split(",")})
         notes.append(
             f"pinned: the server under test on CPU {PIN['server']}, the load generator and "
-            f"helpers on CPU {PIN['load']} (--pin off to share every CPU)"
+            f"helpers on CPU {PIN['load']}"
         )
     else:
         notes.append("not pinned: servers and load generator share every CPU")

@@ -41,24 +41,23 @@ BYTES_PER_SPAN = 2048
 #: name -> Config overrides (on top of the documented defaults, sample_rate=1.0).
 CONFIGS: dict[str, dict[str, int]] = {
     "default": {},
-    "small": {"ingest_queue_size": 4096, "export_queue_size": 4096},
-    "small_x10": {"ingest_queue_size": 40960, "export_queue_size": 40960},
+    "small": {"intake_queue_size": 4096, "export_queue_size": 4096},
+    "small_x10": {"intake_queue_size": 40960, "export_queue_size": 40960},
 }
 CALIBRATION = ("small", "small_x10")  # same but the queues: their slope is bytes/span
 CONFIG_SHOWN = (  # the buffer settings reported (those this build has)
     "sample_rate",
-    "ingest_queue_size",
+    "intake_queue_size",
     "export_queue_size",
     "max_open_traces",
     "max_spans_per_trace",
     "worker_interval_ms",
 )
 COUNTERS_SHOWN = [
-    "spans_dropped_ingest_full",
+    "spans_processed_inline",
     "spans_dropped_export_full",
     "spans_dropped_trace_limit",
     "export_queue_spans",
-    "ingest_queue_len",
     "open_traces",
     "traces_evicted",
     "internal_errors",
@@ -75,11 +74,11 @@ def peak_rss_bytes() -> int:
 
 
 def capacity_spans(cfg: dict[str, Any]) -> int:
-    """Spans the buffers can hold: ingest + export + open traces (a build without an
-    ingest queue counts 0 for it)."""
+    """Spans the buffers can hold: intake + export + open traces."""
     per_trace = min(cfg["max_spans_per_trace"], SPANS_PER_TRACE)
-    ingest = cfg.get("ingest_queue_size", 0)
-    return int(ingest + cfg["export_queue_size"] + cfg["max_open_traces"] * per_trace)
+    return int(
+        cfg["intake_queue_size"] + cfg["export_queue_size"] + cfg["max_open_traces"] * per_trace
+    )
 
 
 def child(name: str, spans: int) -> dict[str, Any]:
@@ -186,7 +185,7 @@ def print_report(results: dict[str, dict[str, Any]], cal: dict[str, Any]) -> Non
     for name, r in results.items():
         c = r["config"]
         print(
-            f"\n[{name}] ingest={c.get('ingest_queue_size', 'none')} "
+            f"\n[{name}] intake={c.get('intake_queue_size', 'none')} "
             f"export={c['export_queue_size']} "
             f"max_open_traces={c['max_open_traces']} max_spans_per_trace="
             f"{c['max_spans_per_trace']}; {r['spans']:,} spans in {r['seconds']:.2f} s, "

@@ -17,10 +17,9 @@ HISTOGRAM_NOTE = (
     "`cargo bench -p pulsetrace-core --bench histogram`"
 )
 COUNTERS_SHOWN = [
-    "spans_dropped_ingest_full",
+    "spans_processed_inline",
     "spans_dropped_export_full",
     "export_queue_spans",
-    "ingest_queue_len",
     "open_traces",
     "traces_evicted",
     "spans_exported",

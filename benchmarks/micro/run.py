@@ -70,7 +70,7 @@ CASES: dict[str, tuple[str, str]] = {
 }
 CONFIG_SHOWN = (  # the buffer settings reported (those this build has)
     "sample_rate",
-    "ingest_queue_size",
+    "intake_queue_size",
     "max_open_traces",
     "max_spans_per_trace",
     "export_queue_size",

@@ -805,6 +805,27 @@ mod tests {
         h.join().unwrap();
     }
 
+    /// 8 threads each end 10,000 traces of three spans (two children, then
+    /// the local root) through `end`.
+    fn eight_threads_of_traces(c: &Arc<Core>, end: fn(&Core, SpanRecord)) {
+        let threads: Vec<_> = (0..8u128)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u128 {
+                        let trace = (t << 64) | (i + 1);
+                        end(&c, rec(trace, 2, 1));
+                        end(&c, rec(trace, 3, 1));
+                        end(&c, rec(trace, 1, 0));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     fn intake_core(intake_spans: usize) -> Arc<Core> {
         Arc::new(core_with(
             1.0,
@@ -897,22 +918,7 @@ mod tests {
                 taken
             })
         };
-        let threads: Vec<_> = (0..8u128)
-            .map(|t| {
-                let c = c.clone();
-                std::thread::spawn(move || {
-                    for i in 0..10_000u128 {
-                        let trace = (t << 64) | (i + 1);
-                        c.submit_span(rec(trace, 2, 1));
-                        c.submit_span(rec(trace, 3, 1));
-                        c.submit_span(rec(trace, 1, 0));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        eight_threads_of_traces(&c, |c, r| c.submit_span(r));
         stop.store(true, Ordering::Release);
         let mut out = reader.join().unwrap();
         out.extend(c.drain_export(usize::MAX));
@@ -940,22 +946,7 @@ mod tests {
                 ..BufferConfig::default()
             },
         ));
-        let threads: Vec<_> = (0..8u128)
-            .map(|t| {
-                let c = c.clone();
-                std::thread::spawn(move || {
-                    for i in 0..10_000u128 {
-                        let trace = (t << 64) | (i + 1);
-                        c.end_span(rec(trace, 2, 1), 1);
-                        c.end_span(rec(trace, 3, 1), 1);
-                        c.end_span(rec(trace, 1, 0), 1);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        eight_threads_of_traces(&c, |c, r| c.end_span(r, 1));
         let out = c.drain_export(usize::MAX);
         assert_eq!(out.len(), 80_000);
         assert!(out.iter().all(|t| t.spans.len() == 3));

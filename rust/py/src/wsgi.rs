@@ -478,7 +478,7 @@ fn name_after_route(span: &Span, route: &Bound<'_, PyString>) {
     let method = inner
         .attributes
         .iter()
-        .find(|(key, _)| Arc::ptr_eq(key, &k.method) || **key == *k.method)
+        .find(|(key, _)| *key == k.method)
         .and_then(|(_, v)| {
             if let AttrValue::Str(m) = v {
                 Some(m.clone())

@@ -227,4 +227,3 @@ def test_a_subclass_wsgi_app_and_user_middleware_are_left_in_place(exporter):
         _one_span_per_request(exporter, 4)
     finally:
         flask_hook.unpatch()
-

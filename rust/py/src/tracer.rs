@@ -343,6 +343,7 @@ impl Tracer {
             remote_parent,
             start_mono,
             recording: true,
+            serving: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 name,
                 kind,
@@ -356,6 +357,7 @@ impl Tracer {
                 dropped_events: 0,
                 ended: false,
                 token: None,
+                request_token: None,
             }),
         })
     }

@@ -415,6 +415,20 @@ fn start(
     Ok(crate::newobj::new_bound(py, span)?.unbind())
 }
 
+/// Undo the context switch of a request span's application call (its
+/// token, if still held): in the context it was made in, the value before
+/// the request comes back; in another, the token is kept for that context.
+fn restore_request_context(span: &Bound<'_, Span>) {
+    let s = span.get();
+    let Some(token) = s.inner.lock().request_token.take() else {
+        return;
+    };
+    let py = span.py();
+    if s.tracer.get().current.reset(token.bind(py)).is_err() {
+        s.inner.lock().request_token = Some(token);
+    }
+}
+
 fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
     span.fail_with(py, err.value(py).as_any());
 }
@@ -553,30 +567,92 @@ impl TracedStartResponse {
     }
 }
 
-/// The response body, passed through: the span is current while the
-/// application produces each chunk, and ends when the body is exhausted or
-/// closed (or, as a last resort, when it is garbage-collected).
+/// The response body, passed through. The span ends when the body is
+/// exhausted or closed (or, as a last resort, when it is garbage-collected).
+///
+/// The span stays current from the application call to the body's end, so
+/// that the application's code producing chunks (a streaming generator, a
+/// `close()` callback) runs inside it, with one context switch per request
+/// rather than one per chunk. When the server iterates in another context
+/// than the one the application ran in (where the span is not current),
+/// each chunk is produced with the span made current for that call alone.
 #[pyclass(module = "pulsetrace._native", name = "TracedBody")]
 pub struct TracedBody {
     body: PyObject,
-    iter: Mutex<Option<Py<PyIterator>>>,
+    state: Mutex<BodyState>,
     span: Py<Span>,
     /// The span has been ended (exhausted, closed or failed).
     finished: AtomicBool,
+}
+
+struct BodyState {
+    iter: Option<Py<PyIterator>>,
+    /// The application call made the span current in its context, and
+    /// that has not been undone yet.
+    live: bool,
 }
 
 impl TracedBody {
     fn new(body: PyObject, span: Py<Span>) -> Self {
         TracedBody {
             body,
-            iter: Mutex::new(None),
+            state: Mutex::new(BodyState {
+                iter: None,
+                live: true,
+            }),
             span,
             finished: AtomicBool::new(false),
         }
     }
 
+    /// The span is the current one in the running context.
+    fn is_current(&self, py: Python<'_>) -> bool {
+        let tracer = self.span.get().tracer.get();
+        matches!(tracer.current.get(py), Ok(c) if c.is(self.span.bind(py)))
+    }
+
+    /// Give the context the value it had before the application call, if
+    /// this runs in that context and the span is still current there (a
+    /// reset would otherwise undo what was set after it). Otherwise the
+    /// token stays with the span, for the next request in that context to
+    /// restore ([`restore_request_context`]).
+    fn restore(&self, py: Python<'_>) {
+        self.state.lock().live = false;
+        if self.is_current(py) {
+            restore_request_context(self.span.bind(py));
+        }
+    }
+
+    /// Run `f` (the application's code) with the span current: as it is,
+    /// if the application call's switch is still in place here (`live` and
+    /// the span current), else with the span made current for this call.
+    fn in_span<R>(&self, py: Python<'_>, live: bool, f: impl FnOnce() -> R) -> R {
+        if live && self.is_current(py) {
+            return f();
+        }
+        let current = &self.span.get().tracer.get().current;
+        let token = current.set(self.span.bind(py).as_any()).ok();
+        let out = f();
+        if let Some(t) = token {
+            let _ = current.reset(&t);
+        }
+        out
+    }
+
+    /// The application body's close(), if it has one. A list or tuple (what
+    /// most WSGI apps return) has none: not looking it up saves raising and
+    /// clearing an AttributeError.
+    fn inner_close<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let body = self.body.bind(py);
+        if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
+            return None;
+        }
+        body.getattr(pyo3::intern!(py, "close")).ok()
+    }
+
     fn finish(&self, py: Python<'_>) {
         if !self.finished.swap(true, Ordering::Relaxed) {
+            self.restore(py);
             self.span.get().end_at(py, clock::now_mono_ns());
         }
     }
@@ -591,27 +667,28 @@ impl TracedBody {
     /// The next chunk, or None at the end (the iterator protocol's
     /// exhaustion without a StopIteration object: PyIter_Next's way).
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
-        let it = {
-            let mut guard = self.iter.lock();
-            match guard.as_ref() {
+        let (it, live) = {
+            let mut state = self.state.lock();
+            let it = match state.iter.as_ref() {
                 Some(it) => it.clone_ref(py),
                 None => {
                     let it = self.body.bind(py).try_iter()?.unbind();
-                    *guard = Some(it.clone_ref(py));
+                    state.iter = Some(it.clone_ref(py));
                     it
                 }
-            }
+            };
+            (it, state.live)
         };
-        let tracer = self.span.get().tracer.get();
-        let token = tracer.current.set(self.span.bind(py).as_any()).ok();
-        let next = it.bind(py).clone().next();
-        if let Some(t) = token {
-            let _ = tracer.current.reset(&t);
-        }
+        let next = self.in_span(py, live, || it.bind(py).clone().next());
         match next {
             Some(Ok(chunk)) => Ok(Some(chunk.unbind())),
             None => {
-                self.finish(py);
+                // A body with a close() of its own ends with it (the server
+                // calls ours), so that the work close() does is part of the
+                // request; any other ends now.
+                if self.inner_close(py).is_none() {
+                    self.finish(py);
+                }
                 Ok(None)
             }
             Some(Err(e)) => {
@@ -623,18 +700,13 @@ impl TracedBody {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let body = self.body.bind(py);
-        // A list or tuple (what most WSGI apps return) has no close(): not
-        // looking it up saves raising and clearing an AttributeError.
-        let closed =
-            if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
-                Ok(())
-            } else {
-                match body.getattr(pyo3::intern!(py, "close")) {
-                    Ok(close) => close.call0().map(|_| ()),
-                    Err(_) => Ok(()),
-                }
-            };
+        let closed = match self.inner_close(py) {
+            Some(close) => {
+                let live = self.state.lock().live;
+                self.in_span(py, live, || close.call0().map(|_| ()))
+            }
+            None => Ok(()),
+        };
         self.finish(py);
         closed
     }
@@ -684,12 +756,13 @@ pub(crate) fn traced_request<'py>(
         return Ok(call(start_response)?.unbind());
     }
     let namer = namer.filter(|n| !n.is_none());
-    // Already inside this request's SERVER span (a generic middleware around
-    // a framework hook): name that span, do not nest a second one.
+    // Inside the application call of this request's SERVER span (a generic
+    // middleware around a framework hook): name that span, do not nest a
+    // second one. (A span whose body is still being sent is not serving: a
+    // request that starts meanwhile in the same context gets its own span.)
     if let Ok(outer) = t.current.get(py) {
-        if let Ok(s) = outer.downcast::<Span>() {
-            let s = s.get();
-            if s.recording && s.inner.lock().kind == SpanKind::Server && !s.inner.lock().ended {
+        if let Ok(outer_span) = outer.downcast::<Span>() {
+            if outer_span.get().serving.load(Ordering::Relaxed) {
                 let Some(namer) = namer else {
                     return Ok(call(start_response)?.unbind());
                 };
@@ -702,6 +775,10 @@ pub(crate) fn traced_request<'py>(
                     },
                 )?;
                 return Ok(call(wrapped.as_any())?.unbind());
+            } else {
+                // A request span left current by a body that ended in another
+                // context (or not yet): this context gets its value back.
+                restore_request_context(outer_span);
             }
         }
     }
@@ -712,13 +789,13 @@ pub(crate) fn traced_request<'py>(
             return Ok(call(start_response)?.unbind());
         }
     };
-    let token = match t.current.set(span.bind(py).as_any()) {
-        Ok(tok) => tok,
+    match t.current.set(span.bind(py).as_any()) {
+        Ok(token) => span.get().inner.lock().request_token = Some(token.unbind()),
         Err(e) => {
             report(py, "wsgi.start", e);
             return Ok(call(start_response)?.unbind());
         }
-    };
+    }
     let wrapped = crate::newobj::new_bound(
         py,
         TracedStartResponse {
@@ -727,15 +804,17 @@ pub(crate) fn traced_request<'py>(
             namer: namer.map(|n| n.clone().unbind()),
         },
     )?;
+    span.get().serving.store(true, Ordering::Relaxed);
     let result = call(wrapped.as_any());
-    let _ = t.current.reset(&token);
+    span.get().serving.store(false, Ordering::Relaxed);
     match result {
-        Ok(body) => Ok(
-            crate::newobj::new_bound(py, TracedBody::new(body.unbind(), span))?
-                .into_any()
-                .unbind(),
-        ),
+        // The span stays current until the body ends (TracedBody::restore).
+        Ok(body) => {
+            let traced = TracedBody::new(body.unbind(), span);
+            Ok(crate::newobj::new_bound(py, traced)?.into_any().unbind())
+        }
         Err(e) => {
+            restore_request_context(span.bind(py));
             fail(py, span.get(), &e);
             span.get().end_at(py, clock::now_mono_ns());
             Err(e)

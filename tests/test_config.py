@@ -51,7 +51,7 @@ def test_values_are_read():
         ("PULSETRACE_EXPORT_QUEUE_SIZE", "0", "below the minimum", "export_queue_size", 20_000),
         ("PULSETRACE_DECISION_WAIT_MS", "0", "below the minimum", "decision_wait_ms", 10_000),
         ("PULSETRACE_INTAKE_QUEUE_SIZE", "8", "below the minimum", "intake_queue_size", 4_096),
-        ("PULSETRACE_INTAKE_INTERVAL_MS", "x", "not a number", "intake_interval_ms", 5.0),
+        ("PULSETRACE_INTAKE_INTERVAL_MS", "x", "not a number", "intake_interval_ms", 50.0),
         ("PULSETRACE_KEEP_ERRORS", "maybe", "not a boolean", "keep_errors", True),
     ],
 )

@@ -49,7 +49,7 @@ class Config:
     export_queue_size: int = 20_000
     worker_interval_ms: float = 200.0
     intake_queue_size: int = 4_096
-    intake_interval_ms: float = 5.0
+    intake_interval_ms: float = 50.0
     # Histograms
     histogram_sigfig: int = 2
     max_metric_keys: int = 1_000

@@ -60,7 +60,7 @@ impl Default for BufferConfig {
             export_queue_spans: 20_000,
             worker_interval_ns: 200_000_000,
             intake_spans: 4_096,
-            intake_interval_ns: 5_000_000,
+            intake_interval_ns: 50_000_000,
         }
     }
 }

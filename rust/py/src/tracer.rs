@@ -168,7 +168,7 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
         export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
         worker_interval_ns: ms("worker_interval_ms", 200.0)?.max(1_000_000),
         intake_spans: positive("intake_queue_size", get(d, "intake_queue_size", 4_096)?)?,
-        intake_interval_ns: ms("intake_interval_ms", 5.0)?.max(100_000),
+        intake_interval_ns: ms("intake_interval_ms", 50.0)?.max(100_000),
     };
     let limits = Limits {
         max_value_len: positive(

@@ -108,6 +108,57 @@ pub fn arc_str(t: &str, max: usize, counters: &AttrCounters) -> Arc<str> {
     Arc::from(&t[..cut])
 }
 
+/// Recurring text (a request's path, host, client address or user agent:
+/// the same few values on most requests) shared instead of copied: a small
+/// direct-mapped cache by content, guarded by the GIL. A hit costs a hash
+/// and a comparison instead of an allocation on the request path and a free
+/// on the core's worker thread; a miss allocates, as `arc_str` does. Only
+/// short texts within the value limit are cached.
+const RECURRING_SLOTS: usize = 256;
+const RECURRING_MAX_LEN: usize = 64;
+
+static RECURRING: GILProtected<RefCell<Vec<Option<Arc<str>>>>> =
+    GILProtected::new(RefCell::new(Vec::new()));
+
+/// A cheap hash of a short text: its length and its first and last eight
+/// bytes (texts alike there share a slot; the full comparison tells them
+/// apart, and the later one replaces the earlier).
+fn text_hash(b: &[u8]) -> u64 {
+    let word = |s: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..s.len()].copy_from_slice(s);
+        u64::from_le_bytes(w)
+    };
+    let n = b.len();
+    let (head, tail) = (word(&b[..n.min(8)]), word(&b[n.saturating_sub(8)..]));
+    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
+        .wrapping_mul(0xff51_afd7_ed55_8ccd)
+        >> 32
+}
+
+/// `t` as shared text truncated to `max` bytes, from the recurring-text
+/// cache when it is there (see [`RECURRING`]).
+pub fn recurring(py: Python<'_>, t: &str, max: usize, counters: &AttrCounters) -> Arc<str> {
+    if t.len() > RECURRING_MAX_LEN || t.len() > max {
+        return arc_str(t, max, counters);
+    }
+    let slot = (text_hash(t.as_bytes()) % RECURRING_SLOTS as u64) as usize;
+    let Ok(mut cache) = RECURRING.get(py).try_borrow_mut() else {
+        return Arc::from(t);
+    };
+    if cache.is_empty() {
+        cache.resize(RECURRING_SLOTS, None);
+    }
+    if let Some(hit) = &cache[slot] {
+        if **hit == *t {
+            return hit.clone();
+        }
+    }
+    let text: Arc<str> = Arc::from(t);
+    cache[slot] = Some(text.clone());
+    text
+}
+
 /// A Python `str` as shared text truncated to `max` bytes.
 pub fn arc_text(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> Arc<str> {
     match crate::pystr::utf8(s) {

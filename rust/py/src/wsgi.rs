@@ -171,14 +171,18 @@ const ENV_KEYS: [&str; 13] = [
     "QUERY_STRING",
     "wsgi.url_scheme",
     "HTTP_HOST",
-    "SERVER_NAME",
     "SERVER_PORT",
     "REMOTE_ADDR",
     "HTTP_USER_AGENT",
     "SERVER_PROTOCOL",
     "HTTP_TRACEPARENT",
+    // Read only when needed (no Host header; a traceparent).
+    "SERVER_NAME",
     "HTTP_TRACESTATE",
 ];
+
+/// How many of [`ENV_KEYS`] every request reads.
+const ENV_ALWAYS: usize = 11;
 
 #[derive(Clone, Copy)]
 enum Env {
@@ -188,12 +192,12 @@ enum Env {
     Query,
     Scheme,
     Host,
-    ServerName,
     ServerPort,
     RemoteAddr,
     UserAgent,
     Protocol,
     Traceparent,
+    ServerName,
     Tracestate,
 }
 
@@ -207,18 +211,26 @@ static ENV_KEY_OBJECTS: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
 fn environ_values<'py>(
     environ: &Bound<'py, PyDict>,
 ) -> [Option<Bound<'py, PyString>>; ENV_KEYS.len()] {
-    let py = environ.py();
-    let keys = ENV_KEY_OBJECTS.get_or_init(py, || {
+    let mut out: [Option<Bound<'py, PyString>>; ENV_KEYS.len()] = Default::default();
+    for (slot, key) in out.iter_mut().zip(env_keys(environ.py())).take(ENV_ALWAYS) {
+        *slot = text_item(environ, key.bind(environ.py()));
+    }
+    out
+}
+
+fn env_keys(py: Python<'_>) -> &Vec<Py<PyString>> {
+    ENV_KEY_OBJECTS.get_or_init(py, || {
         ENV_KEYS
             .iter()
             .map(|k| PyString::intern(py, k).unbind())
             .collect()
-    });
-    let mut out: [Option<Bound<'py, PyString>>; ENV_KEYS.len()] = Default::default();
-    for (slot, key) in out.iter_mut().zip(keys) {
-        *slot = text_item(environ, key.bind(py));
-    }
-    out
+    })
+}
+
+/// One of the environ values read only when needed.
+fn env_value<'py>(environ: &Bound<'py, PyDict>, which: Env) -> Option<Bound<'py, PyString>> {
+    let key = env_keys(environ.py())[which as usize].bind(environ.py());
+    text_item(environ, key)
 }
 
 fn text_item<'py>(
@@ -243,9 +255,18 @@ fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Opti
     })
 }
 
-/// `t` as shared text, truncated to the value limit (one allocation).
-fn arc(t: &str, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
-    attrs::arc_str(t, limits.max_value_len, counters)
+/// `t` as shared text, truncated to the value limit: the same text as an
+/// earlier request's (the usual case) without a copy.
+fn arc(py: Python<'_>, t: &str, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
+    attrs::recurring(py, t, limits.max_value_len, counters)
+}
+
+/// `s` split at the first `b` (an ASCII byte): `str::split_once` without
+/// its general searcher, for the short texts of a request.
+fn split_at_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|c| c == b)?;
+    // An ASCII byte is a character boundary on both sides.
+    Some((&s[..i], &s[i + 1..]))
 }
 
 fn start(
@@ -257,7 +278,9 @@ fn start(
     let start_mono = clock::now_mono_ns();
     let (limits, counters) = t.limits();
     let k = keys();
-    let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(11);
+    // Room for every attribute of a request span, those the response adds
+    // (status code, route) included: the vector becomes the span's own.
+    let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(14);
     let mut env = environ_values(environ);
     let raw_method = env[Env::Method as usize].take();
     let raw_method_view = view(&raw_method, counters);
@@ -279,7 +302,7 @@ fn start(
         if let Some(m) = raw_method_text {
             a.push((
                 k.method_original.clone(),
-                AttrValue::Str(arc(m, &limits, counters)),
+                AttrValue::Str(arc(py, m, &limits, counters)),
             ));
         }
     }
@@ -291,36 +314,36 @@ fn start(
         path.as_deref().unwrap_or(""),
     ) {
         ("", "") => k.root.clone(),
-        ("", p) => arc(p, &limits, counters),
-        (s, p) => arc(&format!("{s}{p}"), &limits, counters),
+        ("", p) => arc(py, p, &limits, counters),
+        (s, p) => arc(py, &format!("{s}{p}"), &limits, counters),
     };
     a.push((k.path.clone(), AttrValue::Str(path_value)));
     let query = env[Env::Query as usize].take();
     if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
         a.push((
             k.query.clone(),
-            AttrValue::Str(arc(&redact_query(&q), &limits, counters)),
+            AttrValue::Str(arc(py, &redact_query(&q), &limits, counters)),
         ));
     }
     let scheme = env[Env::Scheme as usize].take();
     let scheme = match view(&scheme, counters).as_deref() {
         None | Some("http") => k.http.clone(),
         Some("https") => k.https.clone(),
-        Some(other) => arc(other, &limits, counters),
+        Some(other) => arc(py, other, &limits, counters),
     };
     a.push((k.scheme.clone(), AttrValue::Str(scheme)));
     let mut host = env[Env::Host as usize].take();
     if host.is_none() {
-        host = env[Env::ServerName as usize].take();
+        host = env_value(environ, Env::ServerName);
     }
     let server_port = env[Env::ServerPort as usize].take();
     let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
     if let Some(h) = view(&host, counters) {
         let h: &str = &h;
-        let (name, p) = match h.strip_prefix('[').map(|rest| rest.split_once(']')) {
+        let (name, p) = match h.strip_prefix('[').map(|rest| split_at_byte(rest, b']')) {
             Some(Some((inside, after))) => (&h[..inside.len() + 2], after.strip_prefix(':')),
             Some(None) => (h, None),
-            None => match h.split_once(':') {
+            None => match split_at_byte(h, b':') {
                 Some((n, p)) => (n, Some(p)),
                 None => (h, None),
             },
@@ -331,7 +354,7 @@ fn start(
         if !name.is_empty() {
             a.push((
                 k.address.clone(),
-                AttrValue::Str(arc(name, &limits, counters)),
+                AttrValue::Str(arc(py, name, &limits, counters)),
             ));
         }
     }
@@ -340,28 +363,31 @@ fn start(
     }
     let client = env[Env::RemoteAddr as usize].take();
     if let Some(c) = view(&client, counters) {
-        a.push((k.client.clone(), AttrValue::Str(arc(&c, &limits, counters))));
+        a.push((
+            k.client.clone(),
+            AttrValue::Str(arc(py, &c, &limits, counters)),
+        ));
     }
     let ua = env[Env::UserAgent as usize].take();
     if let Some(ua) = view(&ua, counters) {
         a.push((
             k.user_agent.clone(),
-            AttrValue::Str(arc(&ua, &limits, counters)),
+            AttrValue::Str(arc(py, &ua, &limits, counters)),
         ));
     }
     let protocol = env[Env::Protocol as usize].take();
     let protocol = view(&protocol, counters);
-    if let Some((_, v)) = protocol.as_deref().and_then(|p| p.split_once('/')) {
+    if let Some((_, v)) = protocol.as_deref().and_then(|p| split_at_byte(p, b'/')) {
         let v = match v {
             "1.1" => k.v11.clone(),
-            other => arc(other, &limits, counters),
+            other => arc(py, other, &limits, counters),
         };
         a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
     let tp = env[Env::Traceparent as usize].take();
     let remote = match view(&tp, counters) {
         Some(tp) => {
-            let ts = env[Env::Tracestate as usize].take();
+            let ts = env_value(environ, Env::Tracestate);
             t.extract_context(Some(&tp), view(&ts, counters).as_deref())
         }
         None => None,
@@ -392,10 +418,10 @@ fn start(
     };
     {
         let mut inner = span.inner.lock();
-        if inner.attributes.is_empty() {
+        if inner.attributes.is_empty() && a.len() <= limits.max_attributes {
             // A new span and distinct keys: no duplicate to look for.
-            // Room for what the response adds (status code, route).
-            inner.attributes.reserve(a.len() + 2);
+            inner.attributes = a;
+        } else if inner.attributes.is_empty() {
             for (key, v) in a {
                 if inner.attributes.len() < limits.max_attributes {
                     inner.attributes.push((key, v));

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pulsetrace
@@ -218,3 +219,43 @@ def test_many_threads_each_serving_requests(exporter):
     assert len(servers) == 400
     for s in servers:
         assert all(children_of(spans, s, s.attributes["url.path"]).values())
+
+
+class Sentinel:
+    """Something the application's body holds, to see it freed."""
+
+
+def lazy_app(environ, start_response):
+    """A generator application: it starts the response on the first chunk,
+    so its body holds start_response (a reference cycle through the
+    response pulsetrace returns)."""
+    held = Sentinel()
+    lazy_app.last = weakref.ref(held)
+
+    def body():
+        assert held is not None
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        yield b"made"
+
+    return body()
+
+
+def test_a_body_that_starts_the_response_lazily(exporter):
+    app = PulsetraceMiddleware(lazy_app)
+    body = app(environ("/lazy"), lambda *a: None)
+    assert list(body) == [b"made"]
+    body.close()
+    (s,) = finished(exporter)
+    assert s.attributes["http.response.status_code"] == 201
+
+
+def test_a_dropped_body_holding_start_response_is_collected_and_ends(exporter):
+    app = PulsetraceMiddleware(lazy_app)
+    body = app(environ("/cycle"), lambda *a: None)
+    held = lazy_app.last
+    del body
+    gc.collect()
+    assert held() is None, "the application's body was not freed"
+    assert pulsetrace.current_span() is None
+    (s,) = finished(exporter)
+    assert s.attributes["url.path"] == "/cycle"

@@ -91,8 +91,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::redact_query, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::set_redacted_params, m)?)?;
-    m.add_class::<wsgi::TracedStartResponse>()?;
-    m.add_class::<wsgi::TracedBody>()?;
+    m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;
     fastcall::install(m)?;

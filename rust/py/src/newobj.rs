@@ -28,8 +28,7 @@ macro_rules! cached_type {
 cached_type!(
     crate::span::Span,
     crate::span::SpanContext,
-    crate::wsgi::TracedStartResponse,
-    crate::wsgi::TracedBody,
+    crate::wsgi::TracedResponse,
 );
 
 /// `Bound::new(py, value)`, with the type object looked up once per class.

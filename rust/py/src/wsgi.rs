@@ -19,6 +19,7 @@ use pulsetrace_core::span::{AttrValue, SpanKind, StatusCode};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyIterator, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -537,97 +538,57 @@ fn name_after_route(span: &Span, route: &Bound<'_, PyString>) {
     );
 }
 
-/// `start_response` as the application sees it: records the status (5xx is
-/// an error), lets the framework name the span, then calls the server's.
-#[pyclass(module = "pulsetrace._native", name = "TracedStartResponse")]
-pub struct TracedStartResponse {
-    span: Py<Span>,
-    start_response: PyObject,
-    namer: Option<PyObject>,
-}
-
-#[pymethods]
-impl TracedStartResponse {
-    #[pyo3(signature = (*args))]
-    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyObject> {
-        let span = self.span.get();
-        if let Ok(status) = args.get_item(0) {
-            let code = status.downcast::<PyString>().ok().and_then(|s| {
-                crate::pystr::utf8(s).and_then(|t| t.get(..3).and_then(|c| c.parse::<u16>().ok()))
-            });
-            if let Some(code) = code {
-                let (limits, counters) = span.tracer.get().limits();
-                let mut inner = span.inner.lock();
-                if !inner.ended {
-                    Span::set_one(
-                        &mut inner,
-                        keys().status.clone(),
-                        AttrValue::Int(i64::from(code)),
-                        &limits,
-                        counters,
-                    );
-                    if code >= 500 && inner.status != StatusCode::Ok {
-                        inner.status = StatusCode::Error;
-                        inner.status_message = format!("HTTP {code}");
-                    }
-                }
-            }
-        }
-        if let Some(namer) = &self.namer {
-            // The framework's route template (or None): the span becomes
-            // `METHOD route` with `http.route`.
-            let route = match namer.downcast_bound::<RouteNamer>(py) {
-                Ok(native) => native.get().route(py),
-                Err(_) => namer.bind(py).call0(),
-            };
-            match route {
-                Ok(route) => {
-                    if let Ok(route) = route.downcast::<PyString>() {
-                        name_after_route(span, route);
-                    }
-                }
-                Err(e) => report(py, "wsgi.name", e),
-            }
-        }
-        self.start_response.call1(py, args)
-    }
-}
-
-/// The response body, passed through. The span ends when the body is
-/// exhausted or closed (or, as a last resort, when it is garbage-collected).
+/// One request's response, as the application and the server see it.
+///
+/// Called, it is the `start_response` the application gets: it records the
+/// status (5xx is an error), lets the framework name the span, then calls
+/// the server's. Iterated and closed, it is the body the server gets back:
+/// the span ends when the body is exhausted (if the application's has no
+/// `close()`) or closed, or, as a last resort, when it is garbage-collected.
+/// One object per request instead of two. An application may keep its
+/// `start_response` inside its body (a generator that starts the response
+/// lazily), which makes a reference cycle: the object takes part in GC.
 ///
 /// The span stays current from the application call to the body's end, so
 /// that the application's code producing chunks (a streaming generator, a
 /// `close()` callback) runs inside it, with one context switch per request
 /// rather than one per chunk. When the server iterates in another context
 /// than the one the application ran in (where the span is not current),
-/// each chunk is produced with the span made current for that call alone.
-#[pyclass(module = "pulsetrace._native", name = "TracedBody")]
-pub struct TracedBody {
-    body: PyObject,
-    state: Mutex<BodyState>,
+/// each call into the application's body makes the span current for its
+/// own duration.
+#[pyclass(frozen, module = "pulsetrace._native", name = "TracedResponse")]
+pub struct TracedResponse {
     span: Py<Span>,
-    /// The span has been ended (exhausted, closed or failed).
+    namer: Option<PyObject>,
+    state: Mutex<ResponseState>,
+    /// The span has been ended (exhausted, closed or failed), or is not
+    /// this object's to end (it only names an enclosing request's span).
     finished: AtomicBool,
 }
 
-struct BodyState {
+struct ResponseState {
+    /// The server's `start_response`.
+    start_response: Option<PyObject>,
+    /// The application's body, once it has returned it.
+    body: Option<PyObject>,
     iter: Option<Py<PyIterator>>,
     /// The application call made the span current in its context, and
     /// that has not been undone yet.
     live: bool,
 }
 
-impl TracedBody {
-    fn new(body: PyObject, span: Py<Span>) -> Self {
-        TracedBody {
-            body,
-            state: Mutex::new(BodyState {
-                iter: None,
-                live: true,
-            }),
+impl TracedResponse {
+    fn new(span: Py<Span>, start_response: PyObject, namer: Option<PyObject>, owned: bool) -> Self {
+        TracedResponse {
             span,
-            finished: AtomicBool::new(false),
+            namer,
+            state: Mutex::new(ResponseState {
+                start_response: Some(start_response),
+                body: None,
+                iter: None,
+                live: owned,
+            }),
+            finished: AtomicBool::new(!owned),
         }
     }
 
@@ -635,18 +596,6 @@ impl TracedBody {
     fn is_current(&self, py: Python<'_>) -> bool {
         let tracer = self.span.get().tracer.get();
         matches!(tracer.current.get(py), Ok(c) if c.is(self.span.bind(py)))
-    }
-
-    /// Give the context the value it had before the application call, if
-    /// this runs in that context and the span is still current there (a
-    /// reset would otherwise undo what was set after it). Otherwise the
-    /// token stays with the span, for the next request in that context to
-    /// restore ([`restore_request_context`]).
-    fn restore(&self, py: Python<'_>) {
-        self.state.lock().live = false;
-        if self.is_current(py) {
-            restore_request_context(self.span.bind(py));
-        }
     }
 
     /// Run `f` (the application's code) with the span current: as it is,
@@ -665,11 +614,29 @@ impl TracedBody {
         out
     }
 
+    /// Give the context the value it had before the application call, if
+    /// this runs in that context and the span is still current there (a
+    /// reset would otherwise undo what was set after it). Otherwise the
+    /// token stays with the span, for the next request in that context to
+    /// restore ([`restore_request_context`]).
+    fn restore(&self, py: Python<'_>) {
+        self.state.lock().live = false;
+        if self.is_current(py) {
+            restore_request_context(self.span.bind(py));
+        }
+    }
+
     /// The application body's close(), if it has one. A list or tuple (what
     /// most WSGI apps return) has none: not looking it up saves raising and
     /// clearing an AttributeError.
     fn inner_close<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let body = self.body.bind(py);
+        let body = self
+            .state
+            .lock()
+            .body
+            .as_ref()?
+            .clone_ref(py)
+            .into_bound(py);
         if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
             return None;
         }
@@ -682,10 +649,73 @@ impl TracedBody {
             self.span.get().end_at(py, clock::now_mono_ns());
         }
     }
+
+    /// The status line's code: recorded, and a 5xx makes the span an error.
+    fn record_status(&self, status: &Bound<'_, PyAny>) {
+        let span = self.span.get();
+        let code = status.downcast::<PyString>().ok().and_then(|s| {
+            crate::pystr::utf8(s).and_then(|t| t.get(..3).and_then(|c| c.parse::<u16>().ok()))
+        });
+        let Some(code) = code else {
+            return;
+        };
+        let (limits, counters) = span.tracer.get().limits();
+        let mut inner = span.inner.lock();
+        if !inner.ended {
+            Span::set_one(
+                &mut inner,
+                keys().status.clone(),
+                AttrValue::Int(i64::from(code)),
+                &limits,
+                counters,
+            );
+            if code >= 500 && inner.status != StatusCode::Ok {
+                inner.status = StatusCode::Error;
+                inner.status_message = format!("HTTP {code}");
+            }
+        }
+    }
 }
 
 #[pymethods]
-impl TracedBody {
+impl TracedResponse {
+    /// `start_response(status, headers, exc_info=None)`, as the application
+    /// calls it.
+    #[pyo3(signature = (*args))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyObject> {
+        if let Ok(status) = args.get_item(0) {
+            self.record_status(&status);
+        }
+        if let Some(namer) = &self.namer {
+            // The framework's route template (or None): the span becomes
+            // `METHOD route` with `http.route`.
+            let route = match namer.downcast_bound::<RouteNamer>(py) {
+                Ok(native) => native.get().route(py),
+                Err(_) => namer.bind(py).call0(),
+            };
+            match route {
+                Ok(route) => {
+                    if let Ok(route) = route.downcast::<PyString>() {
+                        name_after_route(self.span.get(), route);
+                    }
+                }
+                Err(e) => report(py, "wsgi.name", e),
+            }
+        }
+        let start_response = self
+            .state
+            .lock()
+            .start_response
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        match start_response {
+            Some(sr) => sr.call1(py, args),
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "start_response called after the response was released",
+            )),
+        }
+    }
+
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
@@ -693,17 +723,25 @@ impl TracedBody {
     /// The next chunk, or None at the end (the iterator protocol's
     /// exhaustion without a StopIteration object: PyIter_Next's way).
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
-        let (it, live) = {
-            let mut state = self.state.lock();
-            let it = match state.iter.as_ref() {
-                Some(it) => it.clone_ref(py),
-                None => {
-                    let it = self.body.bind(py).try_iter()?.unbind();
-                    state.iter = Some(it.clone_ref(py));
-                    it
-                }
-            };
-            (it, state.live)
+        let (it, body, live) = {
+            let state = self.state.lock();
+            (
+                state.iter.as_ref().map(|i| i.clone_ref(py)),
+                state.body.as_ref().map(|b| b.clone_ref(py)),
+                state.live,
+            )
+        };
+        let it = match (it, body) {
+            (Some(it), _) => it,
+            (None, Some(body)) => {
+                // The body's own __iter__ is the application's code too.
+                let it = self
+                    .in_span(py, live, || body.bind(py).try_iter())?
+                    .unbind();
+                self.state.lock().iter = Some(it.clone_ref(py));
+                it
+            }
+            (None, None) => return Ok(None),
         };
         let next = self.in_span(py, live, || it.bind(py).clone().next());
         match next {
@@ -736,9 +774,39 @@ impl TracedBody {
         self.finish(py);
         closed
     }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(n) = &self.namer {
+            visit.call(n)?;
+        }
+        // Held only briefly and never across Python code; if it is held
+        // now, these references are simply not reported this time (the
+        // collector then keeps the object: safe).
+        if let Some(state) = self.state.try_lock() {
+            for r in [&state.start_response, &state.body].into_iter().flatten() {
+                visit.call(r)?;
+            }
+            if let Some(it) = &state.iter {
+                visit.call(it)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let (sr, body, it) = {
+            let mut state = self.state.lock();
+            (
+                state.start_response.take(),
+                state.body.take(),
+                state.iter.take(),
+            )
+        };
+        drop((sr, body, it));
+    }
 }
 
-impl Drop for TracedBody {
+impl Drop for TracedResponse {
     fn drop(&mut self) {
         if !self.finished.load(Ordering::Relaxed) {
             Python::with_gil(|py| self.finish(py));
@@ -792,14 +860,13 @@ pub(crate) fn traced_request<'py>(
                 let Some(namer) = namer else {
                     return Ok(call(start_response)?.unbind());
                 };
-                let wrapped = crate::newobj::new_bound(
-                    py,
-                    TracedStartResponse {
-                        span: outer.downcast::<Span>()?.clone().unbind(),
-                        start_response: start_response.clone().unbind(),
-                        namer: Some(namer.clone().unbind()),
-                    },
-                )?;
+                let naming = TracedResponse::new(
+                    outer_span.clone().unbind(),
+                    start_response.clone().unbind(),
+                    Some(namer.clone().unbind()),
+                    false,
+                );
+                let wrapped = crate::newobj::new_bound(py, naming)?;
                 return Ok(call(wrapped.as_any())?.unbind());
             } else {
                 // A request span left current by a body that ended in another
@@ -822,24 +889,38 @@ pub(crate) fn traced_request<'py>(
             return Ok(call(start_response)?.unbind());
         }
     }
-    let wrapped = crate::newobj::new_bound(
-        py,
-        TracedStartResponse {
-            span: span.clone_ref(py),
-            start_response: start_response.clone().unbind(),
-            namer: namer.map(|n| n.clone().unbind()),
-        },
-    )?;
+    let response = TracedResponse::new(
+        span.clone_ref(py),
+        start_response.clone().unbind(),
+        namer.map(|n| n.clone().unbind()),
+        true,
+    );
+    let response = match crate::newobj::new_bound(py, response) {
+        Ok(r) => r,
+        Err(e) => {
+            restore_request_context(span.bind(py));
+            span.get().end_at(py, clock::now_mono_ns());
+            report(py, "wsgi.start", e);
+            return Ok(call(start_response)?.unbind());
+        }
+    };
     span.get().serving.store(true, Ordering::Relaxed);
-    let result = call(wrapped.as_any());
+    let result = call(response.as_any());
     span.get().serving.store(false, Ordering::Relaxed);
     match result {
-        // The span stays current until the body ends (TracedBody::restore).
+        // The span stays current until the body ends (TracedResponse::restore).
+        Ok(body) if !body.is(&response) => {
+            response.get().state.lock().body = Some(body.unbind());
+            Ok(response.into_any().unbind())
+        }
+        // The application returned its start_response as its body: passed
+        // through, and the span ends now.
         Ok(body) => {
-            let traced = TracedBody::new(body.unbind(), span);
-            Ok(crate::newobj::new_bound(py, traced)?.into_any().unbind())
+            response.get().finish(py);
+            Ok(body.unbind())
         }
         Err(e) => {
+            response.get().finished.store(true, Ordering::Relaxed);
             restore_request_context(span.bind(py));
             fail(py, span.get(), &e);
             span.get().end_at(py, clock::now_mono_ns());

@@ -252,8 +252,51 @@ fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Opti
     let s = v.as_ref()?;
     Some(match crate::pystr::utf8(s) {
         Some(t) => Cow::Borrowed(t),
-        None => Cow::Owned(attrs::text(s, counters)),
+        None => Cow::Owned(lossy_text(s, counters)),
     })
+}
+
+/// A str that is not valid UTF-8 (lone surrogates): rare, kept out of the
+/// request path's code.
+#[cold]
+#[inline(never)]
+fn lossy_text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
+    attrs::text(s, counters)
+}
+
+/// `SCRIPT_NAME` and `PATH_INFO` joined (an application mounted under a
+/// prefix: rare).
+#[cold]
+#[inline(never)]
+fn joined_path(script: &str, path: &str) -> String {
+    format!("{script}{path}")
+}
+
+/// The incoming trace context of a request that has a traceparent.
+#[inline(never)]
+fn remote_context(
+    t: &Tracer,
+    environ: &Bound<'_, PyDict>,
+    traceparent: &str,
+    counters: &AttrCounters,
+) -> Option<crate::span::SpanContext> {
+    let ts = env_value(environ, Env::Tracestate);
+    t.extract_context(Some(traceparent), view(&ts, counters).as_deref())
+}
+
+/// The attributes of a span that already has some (or more than the
+/// limit): each set as `set_attribute` would. Rare, kept out of line.
+#[cold]
+#[inline(never)]
+fn add_attributes_slow(
+    inner: &mut crate::span::Inner,
+    a: Vec<(Arc<str>, AttrValue)>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) {
+    for (key, v) in a {
+        Span::set_one(inner, key, v, limits, counters);
+    }
 }
 
 /// `t` as shared text, truncated to the value limit: the same text as an
@@ -316,7 +359,7 @@ fn start(
     ) {
         ("", "") => k.root.clone(),
         ("", p) => arc(py, p, &limits, counters),
-        (s, p) => arc(py, &format!("{s}{p}"), &limits, counters),
+        (s, p) => arc(py, &joined_path(s, p), &limits, counters),
     };
     a.push((k.path.clone(), AttrValue::Str(path_value)));
     let query = env[Env::Query as usize].take();
@@ -386,13 +429,7 @@ fn start(
         a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
     let tp = env[Env::Traceparent as usize].take();
-    let remote = match view(&tp, counters) {
-        Some(tp) => {
-            let ts = env_value(environ, Env::Tracestate);
-            t.extract_context(Some(&tp), view(&ts, counters).as_deref())
-        }
-        None => None,
-    };
+    let remote = view(&tp, counters).and_then(|tp| remote_context(t, environ, &tp, counters));
     let name: Arc<str> = if Arc::ptr_eq(&method, &k.other) {
         k.http_name.clone()
     } else {
@@ -422,21 +459,8 @@ fn start(
         if inner.attributes.is_empty() && a.len() <= limits.max_attributes {
             // A new span and distinct keys: no duplicate to look for.
             inner.attributes = a;
-        } else if inner.attributes.is_empty() {
-            for (key, v) in a {
-                if inner.attributes.len() < limits.max_attributes {
-                    inner.attributes.push((key, v));
-                } else {
-                    inner.dropped_attributes += 1;
-                    counters
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
         } else {
-            for (key, v) in a {
-                Span::set_one(&mut inner, key, v, &limits, counters);
-            }
+            add_attributes_slow(&mut inner, a, &limits, counters);
         }
     }
     Ok(crate::newobj::new_bound(py, span)?.unbind())

@@ -69,8 +69,9 @@ def traced_call(
     (or None): the span is then named ``METHOD route``, with ``http.route``.
 
     The request path is native (``pulsetrace._native.wsgi_call``): the span
-    is built from the environ, current while the application runs, and ends
-    when the body is exhausted or closed."""
+    is built from the environ and is the current span from the application
+    call until the body ends: when it is closed (or exhausted, if the
+    application's body has no ``close()``)."""
     return wsgi_call(_runtime.tracer(), app, environ, start_response, route)
 
 

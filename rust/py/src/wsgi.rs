@@ -596,6 +596,8 @@ struct ResponseState {
     /// The application's body, once it has returned it.
     body: Option<PyObject>,
     iter: Option<Py<PyIterator>>,
+    /// The body's close() (None: it has none), once looked up.
+    close: Option<Option<PyObject>>,
     /// The application call made the span current in its context, and
     /// that has not been undone yet.
     live: bool,
@@ -610,6 +612,7 @@ impl TracedResponse {
                 start_response: Some(start_response),
                 body: None,
                 iter: None,
+                close: None,
                 live: owned,
             }),
             finished: AtomicBool::new(!owned),
@@ -650,21 +653,25 @@ impl TracedResponse {
         }
     }
 
-    /// The application body's close(), if it has one. A list or tuple (what
-    /// most WSGI apps return) has none: not looking it up saves raising and
-    /// clearing an AttributeError.
+    /// The application body's close(), if it has one (looked up once). A
+    /// list or tuple (what most WSGI apps return) has none: not looking it
+    /// up saves raising and clearing an AttributeError.
     fn inner_close<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let body = self
-            .state
-            .lock()
-            .body
-            .as_ref()?
-            .clone_ref(py)
-            .into_bound(py);
-        if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
-            return None;
-        }
-        body.getattr(pyo3::intern!(py, "close")).ok()
+        let body = {
+            let state = self.state.lock();
+            if let Some(close) = &state.close {
+                return close.as_ref().map(|c| c.bind(py).clone());
+            }
+            state.body.as_ref()?.bind(py).clone()
+        };
+        let close =
+            if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
+                None
+            } else {
+                body.getattr(pyo3::intern!(py, "close")).ok()
+            };
+        self.state.lock().close = Some(close.as_ref().map(|c| c.clone().unbind()));
+        close
     }
 
     fn finish(&self, py: Python<'_>) {
@@ -731,9 +738,9 @@ impl TracedResponse {
             .lock()
             .start_response
             .as_ref()
-            .map(|s| s.clone_ref(py));
+            .map(|s| s.bind(py).clone());
         match start_response {
-            Some(sr) => sr.call1(py, args),
+            Some(sr) => Ok(sr.call1(args)?.unbind()),
             None => Err(pyo3::exceptions::PyRuntimeError::new_err(
                 "start_response called after the response was released",
             )),
@@ -750,24 +757,22 @@ impl TracedResponse {
         let (it, body, live) = {
             let state = self.state.lock();
             (
-                state.iter.as_ref().map(|i| i.clone_ref(py)),
-                state.body.as_ref().map(|b| b.clone_ref(py)),
+                state.iter.as_ref().map(|i| i.bind(py).clone()),
+                state.body.as_ref().map(|b| b.bind(py).clone()),
                 state.live,
             )
         };
-        let it = match (it, body) {
+        let mut it = match (it, body) {
             (Some(it), _) => it,
             (None, Some(body)) => {
                 // The body's own __iter__ is the application's code too.
-                let it = self
-                    .in_span(py, live, || body.bind(py).try_iter())?
-                    .unbind();
-                self.state.lock().iter = Some(it.clone_ref(py));
+                let it = self.in_span(py, live, || body.try_iter())?;
+                self.state.lock().iter = Some(it.clone().unbind());
                 it
             }
             (None, None) => return Ok(None),
         };
-        let next = self.in_span(py, live, || it.bind(py).clone().next());
+        let next = self.in_span(py, live, || it.next());
         match next {
             Some(Ok(chunk)) => Ok(Some(chunk.unbind())),
             None => {
@@ -807,7 +812,11 @@ impl TracedResponse {
         // now, these references are simply not reported this time (the
         // collector then keeps the object: safe).
         if let Some(state) = self.state.try_lock() {
-            for r in [&state.start_response, &state.body].into_iter().flatten() {
+            let close = state.close.as_ref().and_then(|c| c.as_ref());
+            for r in [state.start_response.as_ref(), state.body.as_ref(), close]
+                .into_iter()
+                .flatten()
+            {
                 visit.call(r)?;
             }
             if let Some(it) = &state.iter {
@@ -827,6 +836,8 @@ impl TracedResponse {
             )
         };
         drop((sr, body, it));
+        let close = self.state.lock().close.take();
+        drop(close);
     }
 }
 

@@ -162,8 +162,6 @@ pub(crate) fn report(py: Python<'_>, place: &str, err: PyErr) {
     }
 }
 
-/// `environ[key]` if it is a str. Keys are interned Python strings (their
-/// hash is cached), so a lookup allocates nothing.
 /// The environ keys a request span reads, in [`Env`] order.
 const ENV_KEYS: [&str; 13] = [
     "REQUEST_METHOD",
@@ -204,16 +202,14 @@ enum Env {
 
 static ENV_KEY_OBJECTS: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
 
-/// Every environ value a request span reads (str values only), in one loop:
+/// The environ values every request span reads (str values only), in one loop:
 /// one small piece of code instead of one inlined lookup per key, which
 /// matters when the request path runs with cold caches (every request on a
 /// busy server).
 #[inline(never)]
-fn environ_values<'py>(
-    environ: &Bound<'py, PyDict>,
-) -> [Option<Bound<'py, PyString>>; ENV_KEYS.len()] {
-    let mut out: [Option<Bound<'py, PyString>>; ENV_KEYS.len()] = Default::default();
-    for (slot, key) in out.iter_mut().zip(env_keys(environ.py())).take(ENV_ALWAYS) {
+fn environ_values<'py>(environ: &Bound<'py, PyDict>) -> [Option<Bound<'py, PyString>>; ENV_ALWAYS] {
+    let mut out: [Option<Bound<'py, PyString>>; ENV_ALWAYS] = Default::default();
+    for (slot, key) in out.iter_mut().zip(env_keys(environ.py())) {
         *slot = text_item(environ, key.bind(environ.py()));
     }
     out
@@ -234,6 +230,8 @@ fn env_value<'py>(environ: &Bound<'py, PyDict>, which: Env) -> Option<Bound<'py,
     text_item(environ, key)
 }
 
+/// `environ[key]` if it is a str. Keys are interned Python strings (their
+/// hash is cached), so a lookup allocates nothing.
 fn text_item<'py>(
     environ: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
@@ -827,17 +825,18 @@ impl TracedResponse {
     }
 
     fn __clear__(&self) {
-        let (sr, body, it) = {
+        // Taken under the lock, released after it: releasing may run Python
+        // code (a finaliser) that touches this object again.
+        let taken = {
             let mut state = self.state.lock();
             (
                 state.start_response.take(),
                 state.body.take(),
                 state.iter.take(),
+                state.close.take(),
             )
         };
-        drop((sr, body, it));
-        let close = self.state.lock().close.take();
-        drop(close);
+        drop(taken);
     }
 }
 

@@ -50,7 +50,7 @@ def idle_loop(traces: int) -> None:
 
 def pulsetrace_side(endpoint: str, capacity: int) -> dict[str, Any]:
     import pulsetrace
-    from pulsetrace.export._otlp_config import config_from_env
+    from pulsetrace.export.otlp import config_from_env
     from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
     # Documented defaults (not the environment), every trace kept, the export

@@ -151,9 +151,7 @@ def build_env() -> tuple[dict[str, Any], dict[str, Callable[[], object]], dict[s
         ),
         "otel_tracer": provider.get_tracer("pulsetrace-bench"),
         "histogram": pulsetrace.Histogram(significant_digits=2),
-        "disabled_start_span": pulsetrace._native.Tracer(
-            cfg.replace(enabled=False).to_native(), contextvars.ContextVar("off", default=None)
-        ).start_span,
+        "disabled_start_span": disabled_tracer(cfg).start_span,
     }
     # Run after a case's batch, untimed: background work it queued (OTel's export
     # thread wants the GIL; pulsetrace's buffered spans) is not billed to the next case.
@@ -172,6 +170,15 @@ def build_env() -> tuple[dict[str, Any], dict[str, Callable[[], object]], dict[s
     }
     env["_config"] = cfg
     return env, settle, versions
+
+
+def disabled_tracer(cfg: Any) -> Any:
+    """A second tracer, switched off (APM_ENABLED=false)."""
+    import pulsetrace
+
+    t = pulsetrace._native.Tracer(contextvars.ContextVar("off", default=None))
+    t.configure(cfg.replace(enabled=False))
+    return t
 
 
 def timed(fn: Batch, n: int, pool: list[int]) -> int:

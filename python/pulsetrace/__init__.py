@@ -4,6 +4,11 @@ Spans go to lock-free latency histograms (live percentiles per operation)
 and to a tail sampler that keeps whole traces: errors, slow ones, a
 consistent baseline. Configuration comes from the environment (see the
 README); :func:`configure` overrides it in code.
+
+Importing pulsetrace starts nothing and reads nothing: the agent reads its
+configuration and starts its threads on first use (the first span,
+``latency()``, ``configure()``, ``add_exporter()``, or ``import
+pulsetrace.auto``).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ __version__ = "0.1.0"
 #: Start a span: ``start_span(name, *, kind="internal", attributes=None,
 #: parent=None, links=None, start_time=None)``; use it as a context manager
 #: or call ``end()``. Its parent is ``parent`` (a Span or SpanContext), else
-#: the current span, else it starts a new trace. The process's
-#: tracer is created here, from the environment, and lives as long as the
-#: process (``configure`` and ``fork`` renew its state in place), so this is
-#: its native method itself: no Python frame on the hot path.
-start_span = _runtime.tracer().start_span
+#: the current span, else it starts a new trace. The process's tracer
+#: exists from import on and lives as long as the process (``configure`` and
+#: ``fork`` renew its state in place), so this is its native method itself:
+#: no Python frame on the hot path. Its first call configures the agent from
+#: the environment and starts its threads.
+start_span = _runtime.TRACER.start_span
 
 __all__ = [
     "Config",
@@ -61,12 +67,14 @@ __all__ = [
 
 
 def configure(config: Optional[Config] = None, **overrides: Any) -> Config:
-    """Reconfigure the agent: ``config`` (default: read from the environment
-    again) with ``overrides`` applied, e.g. ``configure(sample_rate=1.0)``.
-    Histograms and buffers start afresh. Returns the configuration in use."""
-    from pulsetrace.config import from_env
+    """Reconfigure the agent: ``config`` (default: the environment's, read
+    once per process) with ``overrides`` applied, e.g.
+    ``configure(sample_rate=1.0)``. A bad override raises ValueError naming
+    the setting (unknown names: TypeError). Histograms and buffers start
+    afresh. Returns the configuration in use."""
+    from pulsetrace.config import environment
 
-    cfg = (config or from_env()).replace(**overrides)
+    cfg = (config or environment()).replace(**overrides)
     _runtime.configure(cfg)
     return cfg
 

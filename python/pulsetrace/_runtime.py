@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from pulsetrace import _diag
 from pulsetrace._native import Tracer
-from pulsetrace.config import Config, from_env
+from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanExporter
 
 #: The current span (a Span) or remote parent (a SpanContext) of a context.
@@ -24,12 +24,40 @@ CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar(
 )
 
 _lock = threading.RLock()
-_tracer: Optional[Tracer] = None
 _config: Optional[Config] = None
+#: The tracer once it is configured (None before): hooks test this first.
+_tracer: Optional[Tracer] = None
+_starting = False
 _exporters: list[SpanExporter] = []
 _export_failures = 0
 _worker: Optional[_ExportThread] = None
 _pid = os.getpid()
+
+
+def _first_use() -> None:
+    """Configure the process's tracer from the environment (read once), the
+    first time anything uses it; the native tracer calls this from its first
+    ``start_span``. Never raises: an unusable environment already gave its
+    warnings and was replaced by defaults; if even that fails, the defaults."""
+    global _starting
+    with _lock:
+        if _tracer is not None or _starting:
+            return  # configured, or a log handler re-entered while configuring
+        _starting = True
+        try:
+            try:
+                cfg = environment()
+            except Exception as exc:
+                _diag.internal_error("config", exc)
+                cfg = Config()
+            _apply(cfg)
+        finally:
+            _starting = False
+
+
+#: The process's tracer: it exists from import on, unconfigured and without
+#: threads; it configures itself (``_first_use``) when it is first used.
+TRACER = Tracer(CURRENT, _first_use)
 
 
 class _ExportThread(threading.Thread):
@@ -51,21 +79,16 @@ class _ExportThread(threading.Thread):
 
 
 def tracer() -> Tracer:
-    """The process's tracer, created from the environment on first use."""
-    t = _tracer
-    if t is not None:
-        return t
-    with _lock:
-        if _tracer is None:
-            _start(from_env())
-        assert _tracer is not None
-        return _tracer
+    """The process's tracer, configured from the environment on first use."""
+    if _tracer is None:
+        _first_use()
+    return TRACER
 
 
 def config() -> Config:
+    """The configuration in use (the environment's, on first use)."""
     tracer()
-    assert _config is not None
-    return _config
+    return _config if _config is not None else Config()
 
 
 def _apply_log_level(cfg: Config) -> None:
@@ -92,30 +115,22 @@ def resource(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _start(cfg: Config) -> None:
+def _apply(cfg: Config) -> None:
+    """With ``_lock`` held: hand ``cfg`` to the native tracer (a new core,
+    its worker thread started) and restart the export thread."""
     global _tracer, _config
-    # Every request path takes its tracer from here: the native query
-    # redaction list is set (from PULSETRACE_REDACT_QUERY_PARAMS) first.
-    from pulsetrace.contrib import _http  # noqa: F401
-
-    _config = cfg
     _apply_log_level(cfg)
-    _tracer = Tracer(cfg.to_native(), CURRENT)
-    _tracer.set_resource(resource(cfg))
+    TRACER.configure(cfg)
+    TRACER.set_resource(resource(cfg))
+    _config = cfg
+    _tracer = TRACER
+    _restart_worker()
 
 
 def configure(cfg: Config) -> None:
     """Apply a new configuration (fresh histograms and buffers)."""
-    global _config
     with _lock:
-        if _tracer is None:
-            _start(cfg)
-        else:
-            _tracer.configure(cfg.to_native())
-            _tracer.set_resource(resource(cfg))
-            _config = cfg
-            _apply_log_level(cfg)
-        _restart_worker()
+        _apply(cfg)
 
 
 def add_exporter(exporter: SpanExporter) -> None:

@@ -42,10 +42,10 @@ def _start_exporters() -> None:
     """The exporters the environment asks for (``OTEL_TRACES_EXPORTER``,
     default ``otlp``), and the metrics server (``PROMETHEUS_ENABLED``)."""
     from pulsetrace.export import ConsoleSpanExporter
-    from pulsetrace.export._otlp_config import config_from_env
 
+    cfg = _runtime.config()
     try:
-        otlp = config_from_env()
+        otlp = cfg.otlp
         if otlp.enabled:
             from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
@@ -54,7 +54,6 @@ def _start_exporters() -> None:
             _runtime.add_exporter(ConsoleSpanExporter())
     except Exception as exc:
         _diag.internal_error("auto.exporters", exc)
-    cfg = _runtime.config()
     if cfg.prometheus_enabled:
         try:
             from pulsetrace import prometheus

@@ -1,167 +1,44 @@
-"""pulsetrace's configuration, read from the environment.
+"""pulsetrace's configuration: one frozen object.
 
-Every variable is documented in the README's configuration table. A value
-that cannot be used never raises: it produces one warning on the
-``pulsetrace`` logger naming the variable, the bad value and the value used
-instead.
+Every setting is a field of :class:`Config` (the OTLP exporter's are the
+fields of :class:`OtlpConfig`, its ``otlp`` field). A field declares, in one
+place, its default, the environment variable it is read from and, for a
+number, its documented range; the README's configuration table states the
+same (a test compares them).
+
+Where the rules live, and why here: the environment is read by Python
+(:mod:`pulsetrace._env`, the one module that reads it, once per process),
+and this is where a value is judged: from the environment an unusable value
+is replaced with one warning (clamped into its range, or the default), in
+code (``Config(...)``, ``pulsetrace.configure(**overrides)``) it raises a
+``ValueError`` naming the field. The native core receives a ``Config`` and
+has no defaults or ranges of its own: it checks only what its own types need
+to be sound (a capacity of at least one, a probability within [0, 1]), and a
+value outside them is a bug in its caller, reported as an error naming the
+field.
+
+Memory: the ranges bound what the settings can make pulsetrace hold. The
+intake queue, the only buffer allocated in full when the agent starts, has at
+most 65536 slots (about 16 MB); the open traces, the export queue and the
+histograms grow only as spans arrive, up to their settings.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
+import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field, fields
+from dataclasses import replace as _replace
+from types import MappingProxyType
+from typing import Any, NamedTuple, Optional
 
-log = logging.getLogger("pulsetrace")
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-@dataclass
-class Config:
-    """Agent settings. Field defaults are the documented defaults."""
-
-    # Switches and identity
-    enabled: bool = True
-    service_name: str = "unknown_service"
-    resource_attributes: dict[str, str] = field(default_factory=dict)
-    disabled_integrations: frozenset[str] = frozenset()
-    log_level: str = "warning"
-    # Head sampling (OpenTelemetry), before the tail sampler
-    head_sampler: str = "parentbased_always_on"
-    head_sampler_ratio: float = 1.0
-    # Tail sampling
-    sample_rate: float = 0.1
-    keep_errors: bool = True
-    slow_threshold_ms: float = 0.0
-    adaptive_percentile: float = 99.0
-    adaptive_min_count: int = 100
-    keep_attributes: list[tuple[str, Optional[str]]] = field(default_factory=list)
-    rate_limit: float = 0.0
-    decision_wait_ms: float = 10_000.0
-    # Buffers
-    max_open_traces: int = 10_000
-    max_spans_per_trace: int = 1_000
-    export_queue_size: int = 20_000
-    worker_interval_ms: float = 200.0
-    intake_queue_size: int = 4_096
-    intake_interval_ms: float = 50.0
-    # Histograms
-    histogram_sigfig: int = 2
-    max_metric_keys: int = 1_000
-    # Attribute limits
-    max_attribute_length: int = 4_096
-    max_attributes: int = 128
-    max_events: int = 128
-    # Export
-    export_interval_ms: float = 1_000.0
-    prometheus_enabled: bool = False
-    metrics_addr: str = "127.0.0.1:9464"
-
-    def __post_init__(self) -> None:
-        # The resource always names the service the way service_name does.
-        self.resource_attributes = {**self.resource_attributes, "service.name": self.service_name}
-
-    def to_native(self) -> dict[str, Any]:
-        """The dict the native ``Tracer`` is built from."""
-        d = asdict(self)
-        d["disabled_integrations"] = sorted(self.disabled_integrations)
-        return d
-
-    def integration_enabled(self, name: str) -> bool:
-        """Whether the integration ``name`` may be switched on."""
-        return self.enabled and name not in self.disabled_integrations
-
-    def replace(self, **overrides: Any) -> Config:
-        """A copy with some fields replaced; unknown names raise TypeError."""
-        names = {f.name for f in fields(self)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise TypeError(f"unknown pulsetrace settings: {', '.join(sorted(unknown))}")
-        data = asdict(self)
-        data.update(overrides)
-        return Config(**data)
-
-
-def _warn(var: str, raw: str, why: str, used: Any) -> None:
-    log.warning("pulsetrace: %s=%r is %s; using %r instead", var, raw, why, used)
-
-
-def _number(
-    env: Mapping[str, str],
-    var: str,
-    default: float,
-    *,
-    kind: Callable[[str], Any] = float,
-    low: Optional[float] = None,
-    high: Optional[float] = None,
-    low_open: bool = False,
-) -> Any:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        _warn(var, raw, "not a number" if kind is float else "not an integer", default)
-        return default
-    if isinstance(value, float) and not math.isfinite(value):
-        _warn(var, raw, "not a finite number", default)
-        return default
-    if low is not None and (value < low or (low_open and value == low)):
-        _warn(var, raw, f"below the minimum ({'>' if low_open else '>='} {low:g})", default)
-        return default
-    if high is not None and value > high:
-        _warn(var, raw, f"above the maximum ({high:g})", default)
-        return default
-    return value
-
-
-def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    v = raw.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    _warn(var, raw, "not a boolean (true/false)", default)
-    return default
-
-
-def _addr(env: Mapping[str, str], var: str, default: str) -> str:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    host, sep, port = raw.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        _warn(var, raw, "not host:port", default)
-        return default
-    return raw.strip()
-
-
-def _rules(env: Mapping[str, str], var: str) -> list[tuple[str, Optional[str]]]:
-    raw = env.get(var, "")
-    rules: list[tuple[str, Optional[str]]] = []
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not key:
-            _warn(var, raw, f"malformed (rule {part!r} has no attribute name)", "the rule skipped")
-            continue
-        rules.append((key, value.strip() if sep else None))
-    return rules
-
-
-_HEAD_SAMPLERS = (
+HEAD_SAMPLERS = (
     "always_on",
     "always_off",
     "traceidratio",
@@ -169,117 +46,329 @@ _HEAD_SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EXPORTERS = ("otlp", "console", "none")
+PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+COMPRESSIONS = ("gzip", "none")
+
+#: The query parameters redacted by default (a parameter is sensitive when
+#: its lower-cased name contains one of these words).
+DEFAULT_REDACT_QUERY_PARAMS = (
+    "token",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "signature",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+    "code",
+)
 
 
-def _choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(var)
-    if raw is None or raw.strip() == "":
-        return default
-    v = raw.strip().lower()
-    if v == "warn":
-        v = "warning"
-    if v not in choices:
-        _warn(var, raw, f"not one of {', '.join(choices)}", default)
-        return default
-    return v
+class Setting(NamedTuple):
+    """What a field declares: the variables it is read from and, for a
+    number, its documented range (inclusive)."""
+
+    env: tuple[str, ...]
+    low: Optional[float] = None
+    high: Optional[float] = None
 
 
-def _resource(env: Mapping[str, str]) -> dict[str, str]:
-    from urllib.parse import unquote
-
-    raw = env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    out: dict[str, str] = {}
-    for part in raw.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            _warn("OTEL_RESOURCE_ATTRIBUTES", raw, f"malformed at {part!r}", "that entry skipped")
-            continue
-        out[unquote(key.strip())] = unquote(value.strip())
-    return out
+def _declare(
+    *env: str, low: Optional[float] = None, high: Optional[float] = None
+) -> dict[str, Setting]:
+    """A field's metadata: the variables it is read from, its range."""
+    return {"setting": Setting(env, low, high)}
 
 
-def _disabled(env: Mapping[str, str]) -> frozenset[str]:
-    names = {
-        n.strip().lower()
-        for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
-        if n.strip()
-    }
-    for var in env:
-        if var.startswith("PULSETRACE_") and var.endswith("_ENABLED"):
-            name = var[len("PULSETRACE_") : -len("_ENABLED")].lower()
-            if name and not _bool(env, var, True):
-                names.add(name)
-    return frozenset(names)
+def setting(cls: type, name: str) -> Setting:
+    """The :class:`Setting` of field ``name`` of ``cls``."""
+    return _FIELDS[cls][name].metadata["setting"]
+
+
+def number_repr(v: float) -> str:
+    """A number as the README and the warnings write it (``3600000``, ``0.1``)."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
+        return str(int(v))
+    return repr(v)
+
+
+def range_problem(value: float, s: Setting) -> Optional[str]:
+    """Why ``value`` is outside the range of ``s``, or None."""
+    if s.low is not None and value < s.low:
+        return f"below the minimum ({number_repr(s.low)})"
+    if s.high is not None and value > s.high:
+        return f"above the maximum ({number_repr(s.high)})"
+    return None
+
+
+def addr_problem(addr: str) -> Optional[str]:
+    """Why ``addr`` is not a ``host:port`` to listen on, or None."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        return "not host:port"
+    if not 0 < int(port) < 65536:
+        return f"out of range: the port {port} is not within 1 to 65535"
+    return None
+
+
+def is_text(s: str) -> bool:
+    """Whether ``s`` can be encoded as UTF-8 (``os.environ`` keeps the bytes of
+    a value that is not valid UTF-8 as lone surrogates, which cannot)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check(obj: Any) -> None:
+    """Validate every declared field of ``obj`` (a Config or OtlpConfig) and
+    normalize containers to immutable ones; raise ValueError naming a field."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        s: Optional[Setting] = f.metadata.get("setting")
+        if s is not None and s.high is not None:
+            integer = isinstance(f.default, int)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                kind = "an integer" if integer else "a number"
+                raise ValueError(f"pulsetrace setting {f.name}={value!r} is not {kind}")
+            if integer and not isinstance(value, int):
+                raise ValueError(f"pulsetrace setting {f.name}={value!r} is not an integer")
+            if math.isnan(value):
+                raise ValueError(f"pulsetrace setting {f.name} is not a number (NaN)")
+            why = range_problem(value, s)
+            if why is not None:
+                raise ValueError(f"pulsetrace setting {f.name}={value!r} is {why}")
+            if not integer:
+                object.__setattr__(obj, f.name, float(value))
+        _check_text(f.name, value)
+
+
+def _check_text(name: str, value: Any) -> None:
+    if isinstance(value, str):
+        if not is_text(value):
+            raise ValueError(f"pulsetrace setting {name} is not valid UTF-8 text")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_text(name, k)
+            _check_text(name, v)
+    elif isinstance(value, (tuple, list, frozenset, set)):
+        for v in value:
+            _check_text(name, v)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"pulsetrace setting {name}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """Where and how the OTLP exporter sends traces.
+
+    ``endpoint`` is the URL requests go to: for ``http/protobuf`` the full
+    URL of the traces path (``.../v1/traces``), for ``grpc`` the collector's
+    address (a path is ignored). ``insecure`` means plaintext (no TLS).
+    ``certificate`` is a CA file (PEM) trusted for TLS instead of the
+    system's roots. Each field also reads the ``OTEL_EXPORTER_OTLP_TRACES_``
+    form of its variable, which wins.
+    """
+
+    exporters: tuple[str, ...] = field(default=("otlp",), metadata=_declare("OTEL_TRACES_EXPORTER"))
+    protocol: str = field(default=GRPC, metadata=_declare("OTEL_EXPORTER_OTLP_PROTOCOL"))
+    endpoint: str = field(
+        default=DEFAULT_GRPC_ENDPOINT, metadata=_declare("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    headers: Mapping[str, str] = field(
+        default_factory=dict, metadata=_declare("OTEL_EXPORTER_OTLP_HEADERS")
+    )
+    timeout_ms: float = field(
+        default=10_000.0, metadata=_declare("OTEL_EXPORTER_OTLP_TIMEOUT", low=1, high=600_000)
+    )
+    compression: str = field(default="none", metadata=_declare("OTEL_EXPORTER_OTLP_COMPRESSION"))
+    insecure: bool = field(default=True, metadata=_declare("OTEL_EXPORTER_OTLP_INSECURE"))
+    certificate: Optional[str] = field(
+        default=None, metadata=_declare("OTEL_EXPORTER_OTLP_CERTIFICATE")
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exporters", tuple(self.exporters))
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        for name in self.exporters:
+            _choice("exporters", name, EXPORTERS)
+        _choice("protocol", self.protocol, PROTOCOLS)
+        _choice("compression", self.compression, COMPRESSIONS)
+        _check(self)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether traces are to be exported over OTLP at all."""
+        return "otlp" in self.exporters
+
+    @property
+    def console(self) -> bool:
+        """Whether ``OTEL_TRACES_EXPORTER`` asks for the console exporter."""
+        return "console" in self.exporters
+
+
+@dataclass(frozen=True)
+class Config:
+    """Agent settings. Field defaults are the documented defaults; numbers
+    outside their documented range raise ValueError (in code) or are clamped
+    with a warning (from the environment)."""
+
+    # Switches and identity
+    enabled: bool = field(default=True, metadata=_declare("APM_ENABLED", "OTEL_SDK_DISABLED"))
+    service_name: str = field(default="unknown_service", metadata=_declare("OTEL_SERVICE_NAME"))
+    resource_attributes: Mapping[str, str] = field(
+        default_factory=dict, metadata=_declare("OTEL_RESOURCE_ATTRIBUTES")
+    )
+    disabled_integrations: frozenset[str] = field(
+        default=frozenset(),
+        metadata=_declare("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "PULSETRACE_<NAME>_ENABLED"),
+    )
+    log_level: str = field(default="warning", metadata=_declare("LOG_LEVEL"))
+    # Head sampling (OpenTelemetry), before the tail sampler
+    head_sampler: str = field(
+        default="parentbased_always_on", metadata=_declare("OTEL_TRACES_SAMPLER")
+    )
+    head_sampler_ratio: float = field(
+        default=1.0, metadata=_declare("OTEL_TRACES_SAMPLER_ARG", low=0, high=1)
+    )
+    # Tail sampling
+    sample_rate: float = field(
+        default=0.1, metadata=_declare("PULSETRACE_SAMPLE_RATE", low=0, high=1)
+    )
+    keep_errors: bool = field(default=True, metadata=_declare("PULSETRACE_KEEP_ERRORS"))
+    slow_threshold_ms: float = field(
+        default=0.0, metadata=_declare("PULSETRACE_SLOW_THRESHOLD_MS", low=0, high=86_400_000)
+    )
+    adaptive_percentile: float = field(
+        default=99.0, metadata=_declare("PULSETRACE_ADAPTIVE_PERCENTILE", low=0, high=99.999)
+    )
+    adaptive_min_count: int = field(
+        default=100, metadata=_declare("PULSETRACE_ADAPTIVE_MIN_COUNT", low=1, high=1_000_000_000)
+    )
+    keep_attributes: tuple[tuple[str, Optional[str]], ...] = field(
+        default=(), metadata=_declare("PULSETRACE_KEEP_ATTRIBUTES")
+    )
+    rate_limit: float = field(
+        default=0.0, metadata=_declare("PULSETRACE_RATE_LIMIT", low=0, high=1_000_000)
+    )
+    decision_wait_ms: float = field(
+        default=10_000.0, metadata=_declare("PULSETRACE_DECISION_WAIT_MS", low=1, high=3_600_000)
+    )
+    # Buffers
+    max_open_traces: int = field(
+        default=10_000, metadata=_declare("PULSETRACE_MAX_OPEN_TRACES", low=1, high=1_000_000)
+    )
+    max_spans_per_trace: int = field(
+        default=1_000, metadata=_declare("PULSETRACE_MAX_SPANS_PER_TRACE", low=1, high=100_000)
+    )
+    export_queue_size: int = field(
+        default=20_000, metadata=_declare("PULSETRACE_EXPORT_QUEUE_SIZE", low=1, high=1_000_000)
+    )
+    worker_interval_ms: float = field(
+        default=200.0, metadata=_declare("PULSETRACE_WORKER_INTERVAL_MS", low=1, high=60_000)
+    )
+    intake_queue_size: int = field(
+        default=4_096, metadata=_declare("PULSETRACE_INTAKE_QUEUE_SIZE", low=16, high=65_536)
+    )
+    intake_interval_ms: float = field(
+        default=50.0, metadata=_declare("PULSETRACE_INTAKE_INTERVAL_MS", low=0.1, high=60_000)
+    )
+    # Histograms
+    histogram_sigfig: int = field(
+        default=2, metadata=_declare("PULSETRACE_HISTOGRAM_DIGITS", low=1, high=5)
+    )
+    max_metric_keys: int = field(
+        default=1_000, metadata=_declare("PULSETRACE_MAX_METRIC_KEYS", low=1, high=100_000)
+    )
+    # Attribute limits
+    max_attribute_length: int = field(
+        default=4_096, metadata=_declare("PULSETRACE_MAX_ATTRIBUTE_LENGTH", low=16, high=1_048_576)
+    )
+    max_attributes: int = field(
+        default=128, metadata=_declare("PULSETRACE_MAX_ATTRIBUTES", low=0, high=10_000)
+    )
+    max_events: int = field(
+        default=128, metadata=_declare("PULSETRACE_MAX_EVENTS", low=0, high=10_000)
+    )
+    redact_query_params: tuple[str, ...] = field(
+        default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
+    )
+    # Export
+    export_interval_ms: float = field(
+        default=1_000.0, metadata=_declare("PULSETRACE_EXPORT_INTERVAL_MS", low=10, high=3_600_000)
+    )
+    prometheus_enabled: bool = field(default=False, metadata=_declare("PROMETHEUS_ENABLED"))
+    metrics_addr: str = field(
+        default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")
+    )
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
+
+    def __post_init__(self) -> None:
+        # The resource always names the service the way service_name does.
+        resource = {**self.resource_attributes, "service.name": self.service_name}
+        object.__setattr__(self, "resource_attributes", MappingProxyType(resource))
+        object.__setattr__(self, "disabled_integrations", frozenset(self.disabled_integrations))
+        rules = tuple((k, v) for k, v in self.keep_attributes)
+        object.__setattr__(self, "keep_attributes", rules)
+        object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
+        _choice("log_level", self.log_level, LOG_LEVELS)
+        _choice("head_sampler", self.head_sampler, HEAD_SAMPLERS)
+        why = addr_problem(self.metrics_addr)
+        if why is not None:
+            raise ValueError(f"pulsetrace setting metrics_addr={self.metrics_addr!r} is {why}")
+        if not isinstance(self.otlp, OtlpConfig):
+            raise ValueError("pulsetrace setting otlp is not an OtlpConfig")
+        _check(self)
+
+    def integration_enabled(self, name: str) -> bool:
+        """Whether the integration ``name`` may be switched on."""
+        return self.enabled and name not in self.disabled_integrations
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with some fields replaced, validated like a new Config
+        (a bad value raises ValueError naming the field); unknown names
+        raise TypeError."""
+        unknown = set(overrides) - set(_FIELDS[Config])
+        if unknown:
+            raise TypeError(f"unknown pulsetrace settings: {', '.join(sorted(unknown))}")
+        return _replace(self, **overrides)
+
+
+_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Config, OtlpConfig)}
 
 
 def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
-    """Read the configuration from ``env`` (default: ``os.environ``)."""
-    e = os.environ if env is None else env
-    d = Config()
-    resource = _resource(e)
-    service = (e.get("OTEL_SERVICE_NAME") or "").strip() or resource.get(
-        "service.name", d.service_name
-    )
-    resource["service.name"] = service
-    return Config(
-        enabled=_bool(e, "APM_ENABLED", True) and not _bool(e, "OTEL_SDK_DISABLED", False),
-        service_name=service,
-        resource_attributes=resource,
-        disabled_integrations=_disabled(e),
-        log_level=_choice(e, "LOG_LEVEL", d.log_level, _LOG_LEVELS),
-        head_sampler=_choice(e, "OTEL_TRACES_SAMPLER", d.head_sampler, _HEAD_SAMPLERS),
-        head_sampler_ratio=_number(
-            e, "OTEL_TRACES_SAMPLER_ARG", d.head_sampler_ratio, low=0.0, high=1.0
-        ),
-        sample_rate=_number(e, "PULSETRACE_SAMPLE_RATE", d.sample_rate, low=0.0, high=1.0),
-        keep_errors=_bool(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
-        slow_threshold_ms=_number(e, "PULSETRACE_SLOW_THRESHOLD_MS", d.slow_threshold_ms, low=0.0),
-        adaptive_percentile=_number(
-            e, "PULSETRACE_ADAPTIVE_PERCENTILE", d.adaptive_percentile, low=0.0, high=99.999
-        ),
-        adaptive_min_count=_number(
-            e, "PULSETRACE_ADAPTIVE_MIN_COUNT", d.adaptive_min_count, kind=int, low=1
-        ),
-        keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
-        rate_limit=_number(e, "PULSETRACE_RATE_LIMIT", d.rate_limit, low=0.0),
-        decision_wait_ms=_number(
-            e, "PULSETRACE_DECISION_WAIT_MS", d.decision_wait_ms, low=0.0, low_open=True
-        ),
-        max_open_traces=_number(
-            e, "PULSETRACE_MAX_OPEN_TRACES", d.max_open_traces, kind=int, low=1
-        ),
-        max_spans_per_trace=_number(
-            e, "PULSETRACE_MAX_SPANS_PER_TRACE", d.max_spans_per_trace, kind=int, low=1
-        ),
-        export_queue_size=_number(
-            e, "PULSETRACE_EXPORT_QUEUE_SIZE", d.export_queue_size, kind=int, low=1
-        ),
-        worker_interval_ms=_number(
-            e, "PULSETRACE_WORKER_INTERVAL_MS", d.worker_interval_ms, low=1.0
-        ),
-        intake_queue_size=_number(
-            e, "PULSETRACE_INTAKE_QUEUE_SIZE", d.intake_queue_size, kind=int, low=16
-        ),
-        intake_interval_ms=_number(
-            e, "PULSETRACE_INTAKE_INTERVAL_MS", d.intake_interval_ms, low=0.1
-        ),
-        histogram_sigfig=_number(
-            e, "PULSETRACE_HISTOGRAM_DIGITS", d.histogram_sigfig, kind=int, low=1, high=5
-        ),
-        max_metric_keys=_number(
-            e, "PULSETRACE_MAX_METRIC_KEYS", d.max_metric_keys, kind=int, low=1
-        ),
-        max_attribute_length=_number(
-            e, "PULSETRACE_MAX_ATTRIBUTE_LENGTH", d.max_attribute_length, kind=int, low=16
-        ),
-        max_attributes=_number(e, "PULSETRACE_MAX_ATTRIBUTES", d.max_attributes, kind=int, low=0),
-        max_events=_number(e, "PULSETRACE_MAX_EVENTS", d.max_events, kind=int, low=0),
-        export_interval_ms=_number(
-            e, "PULSETRACE_EXPORT_INTERVAL_MS", d.export_interval_ms, low=10.0
-        ),
-        prometheus_enabled=_bool(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
-        metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
-    )
+    """Read the configuration from ``env`` (default: ``os.environ``). Never
+    raises: each unusable value gives one warning on the ``pulsetrace``
+    logger naming the variable, the value and the value used instead."""
+    from pulsetrace import _env
+
+    return _env.read(env)
+
+
+_environment: Optional[Config] = None
+_environment_lock = threading.Lock()
+
+
+def environment() -> Config:
+    """The configuration of this process's environment, read (and warned
+    about) once, the first time it is asked for."""
+    global _environment
+    cfg = _environment
+    if cfg is None:
+        with _environment_lock:
+            if _environment is None:
+                _environment = from_env()
+            cfg = _environment
+    return cfg

@@ -42,7 +42,7 @@ from otlp_receivers import (
 )
 
 import pulsetrace
-from pulsetrace.export._otlp_config import config_from_env
+from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
 from conftest import fresh
@@ -640,7 +640,7 @@ FORK_SCRIPT = """
 import json, os, sys
 import pulsetrace
 from pulsetrace import _diag
-from pulsetrace.export._otlp_config import config_from_env
+from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
 pulsetrace.configure(sample_rate=1.0, adaptive_percentile=0.0, export_interval_ms=60_000)

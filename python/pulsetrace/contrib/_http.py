@@ -3,45 +3,16 @@ attributes, query redaction, and status handling."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
+from pulsetrace import _runtime
 from pulsetrace._native import redact_query as _redact_query
-from pulsetrace._native import set_redacted_params
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
 
-#: Query parameters whose values are replaced: a parameter is sensitive when
-#: its lower-cased name contains one of these. ``PULSETRACE_REDACT_QUERY_PARAMS``
-#: (comma-separated) replaces the list.
-DEFAULT_SENSITIVE = (
-    "token",
-    "key",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "signature",
-    "sig",
-    "auth",
-    "credential",
-    "session",
-    "code",
-)
 REDACTED = "REDACTED"
-
-
-def _sensitive_words() -> tuple[str, ...]:
-    raw = os.environ.get("PULSETRACE_REDACT_QUERY_PARAMS")
-    if raw is None:
-        return DEFAULT_SENSITIVE
-    return tuple(w.strip().lower() for w in raw.split(",") if w.strip())
-
-
-SENSITIVE = _sensitive_words()
-set_redacted_params(list(SENSITIVE))
 
 
 def method_of(raw: Any) -> str:
@@ -60,9 +31,14 @@ def span_name(method: str, route: Optional[str]) -> str:
 
 def redact_query(query: str) -> str:
     """The query string with the values of sensitive parameters replaced by
-    ``REDACTED`` (native; other parameters are kept byte for byte)."""
+    ``REDACTED`` (native; other parameters are kept byte for byte). The
+    sensitive words are the configuration's ``redact_query_params``
+    (``PULSETRACE_REDACT_QUERY_PARAMS``), handed to the native side with
+    the rest of the configuration."""
     if not query:
         return query
+    if _runtime._tracer is None:
+        _runtime.tracer()  # the agent starts on first use: the words come with it
     return _redact_query(query)
 
 

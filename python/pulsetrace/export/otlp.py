@@ -64,16 +64,27 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from pulsetrace import _diag
-from pulsetrace.export._otlp_config import GRPC, OtlpConfig, config_from_env
+from pulsetrace.config import GRPC, OtlpConfig
 
 __all__ = ["OtlpConfig", "OtlpTransport", "SendResult", "config_from_env"]
 
 log = logging.getLogger("pulsetrace")
+
+
+def config_from_env(env: Optional[Mapping[str, str]] = None) -> OtlpConfig:
+    """The OTLP settings in ``env`` (default ``os.environ``), read by
+    pulsetrace's one environment reader. The agent itself uses the
+    ``otlp`` field of its configuration, read once per process."""
+    from pulsetrace import _env
+
+    return _env.otlp(env)
+
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 INITIAL_BACKOFF_S = 0.5

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from pulsetrace import _diag
+from pulsetrace.config import OtlpConfig, environment
 from pulsetrace.export import ExportResult
-from pulsetrace.export._otlp_config import OtlpConfig, config_from_env
 from pulsetrace.export.otlp import OtlpTransport
 
 __all__ = ["OtlpSpanExporter"]
@@ -33,7 +33,7 @@ class OtlpSpanExporter:
     """Sends kept traces over OTLP (gRPC or HTTP/protobuf) with retries."""
 
     def __init__(self, config: Optional[OtlpConfig] = None, max_queued: int = 8) -> None:
-        self.config = config if config is not None else config_from_env()
+        self.config = config if config is not None else environment().otlp
         self.transport = OtlpTransport(self.config)
         self.max_queued = max_queued
         self._cv = threading.Condition()

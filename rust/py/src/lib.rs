@@ -14,6 +14,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod attrs;
 mod batch;
+mod config;
 mod ctxvar;
 mod data;
 mod fastcall;
@@ -90,7 +91,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(obfuscate_sql, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::redact_query, m)?)?;
-    m.add_function(wrap_pyfunction!(wsgi::set_redacted_params, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

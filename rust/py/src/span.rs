@@ -278,7 +278,10 @@ impl Span {
         drop(token.map(|t| t.into_bound(py)));
         // The worker records its latency and, if it is sampled (head-sampled
         // out spans only count in the histograms), groups it into its trace.
-        tracer.core.load().submit_span(rec);
+        // A span exists only once its tracer is configured: there is a core.
+        if let Some(core) = &*tracer.core.load() {
+            core.submit_span(rec);
+        }
     }
 
     pub(crate) fn exception_event(

@@ -1,5 +1,11 @@
-//! The `Tracer`: builds the core from one configuration dict, starts spans,
-//! and exposes the core's state (latency, counters, kept traces).
+//! The `Tracer`: builds the core from one configuration (a
+//! `pulsetrace.Config`, read by [`crate::config`]), starts spans, and exposes
+//! the core's state (latency, counters, kept traces).
+//!
+//! Lazy start: a tracer is created unconfigured, with no core and no thread
+//! (importing pulsetrace creates one). Its first use (a `start_span`, a
+//! reader) calls the `on_first_use` callable it was given, which configures
+//! it from the environment; until then nothing is read or started.
 //!
 //! GIL contract: `start_span` and span methods run with the GIL (they touch
 //! Python objects) and do O(1) work; `process`, `shutdown` and the worker
@@ -9,20 +15,20 @@ use crate::attrs::{AtomicLimits, AttrCounters, Limits};
 use crate::batch::Batch;
 use crate::ctxvar::ContextVar;
 use crate::ids;
+use crate::config::NativeConfig;
 use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use arc_swap::ArcSwapOption;
 use pulsetrace_core::clock;
-use pulsetrace_core::histogram::HistogramConfig;
 use pulsetrace_core::otlp::Encoder;
-use pulsetrace_core::pipeline::{BufferConfig, Core, CoreConfig};
+use pulsetrace_core::pipeline::{Core, CoreConfig};
 use pulsetrace_core::propagation::{normalize_tracestate, parse_traceparent};
-use pulsetrace_core::sampler::{AttributeRule, SamplerConfig};
 use pulsetrace_core::span::SpanKind;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -38,7 +44,7 @@ pub struct HeadSampler {
 }
 
 impl HeadSampler {
-    fn parse(name: &str, ratio: f64) -> PyResult<Self> {
+    pub(crate) fn parse(name: &str, ratio: f64) -> PyResult<Self> {
         let (parent_based, ratio) = match name {
             "always_on" => (false, 1.0),
             "always_off" => (false, 0.0),
@@ -83,10 +89,16 @@ pub struct TracerCounters {
     pub tracestate_malformed: AtomicU64,
 }
 
+/// `Tracer::state`: not configured yet, tracing on, tracing off.
+const UNCONFIGURED: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
 #[pyclass(frozen, module = "pulsetrace._native", name = "Tracer")]
 pub struct Tracer {
-    pub(crate) core: ArcSwap<Core>,
-    config: Mutex<CoreConfig>,
+    /// None until the first `configure`.
+    pub(crate) core: ArcSwapOption<Core>,
+    config: Mutex<Option<CoreConfig>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     pub(crate) limits: AtomicLimits,
     pub(crate) attr_counters: AttrCounters,
@@ -94,106 +106,11 @@ pub struct Tracer {
     pub(crate) current: ContextVar,
     encoder: ArcSwap<Encoder>,
     head: Mutex<HeadSampler>,
-    enabled: AtomicBool,
+    /// UNCONFIGURED, ON or OFF (`APM_ENABLED`), read on every span start.
+    state: AtomicU8,
+    /// Called (with no arguments) on first use; it configures this tracer.
+    on_first_use: Option<Py<PyAny>>,
     noop: OnceLock<Py<Span>>,
-}
-
-fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
-    match d.get_item(key)? {
-        None => Ok(default),
-        Some(v) if v.is_none() => Ok(default),
-        Some(v) => v
-            .extract::<T>()
-            .map_err(|e| PyValueError::new_err(format!("config {key}: {e}"))),
-    }
-}
-
-fn positive(key: &str, v: usize) -> PyResult<usize> {
-    if v == 0 {
-        return Err(PyValueError::new_err(format!(
-            "config {key}: must be at least 1"
-        )));
-    }
-    Ok(v)
-}
-
-/// Build the core configuration from the dict `pulsetrace.config` produces.
-fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSampler, bool)> {
-    let sigfig: u8 = get(d, "histogram_sigfig", 2)?;
-    let histogram = HistogramConfig {
-        sigfig,
-        ..HistogramConfig::default()
-    }
-    .validated()
-    .map_err(|e| PyValueError::new_err(format!("config histogram: {e}")))?;
-    let probability: f64 = get(d, "sample_rate", 1.0)?;
-    if !(0.0..=1.0).contains(&probability) {
-        return Err(PyValueError::new_err(
-            "config sample_rate: must be within [0, 1]",
-        ));
-    }
-    let percentile: f64 = get(d, "adaptive_percentile", 99.0)?;
-    if !(0.0..100.0).contains(&percentile) {
-        return Err(PyValueError::new_err(
-            "config adaptive_percentile: must be within [0, 100)",
-        ));
-    }
-    let rules: Vec<(String, Option<String>)> = get(d, "keep_attributes", Vec::new())?;
-    let ms = |key: &str, default: f64| -> PyResult<u64> {
-        let v: f64 = get(d, key, default)?;
-        if v.is_nan() || v < 0.0 {
-            return Err(PyValueError::new_err(format!("config {key}: must be >= 0")));
-        }
-        Ok((v * 1e6) as u64)
-    };
-    let sampler = SamplerConfig {
-        keep_errors: get(d, "keep_errors", true)?,
-        slow_threshold_ns: ms("slow_threshold_ms", 0.0)?,
-        adaptive_quantile: percentile / 100.0,
-        adaptive_min_count: get(d, "adaptive_min_count", 100)?,
-        attribute_rules: rules
-            .into_iter()
-            .map(|(key, value)| AttributeRule { key, value })
-            .collect(),
-        probability,
-        rate_limit: get(d, "rate_limit", 0.0)?,
-    };
-    let buffer = BufferConfig {
-        max_open_traces: positive("max_open_traces", get(d, "max_open_traces", 10_000)?)?,
-        max_spans_per_trace: positive(
-            "max_spans_per_trace",
-            get(d, "max_spans_per_trace", 1_000)?,
-        )?,
-        decision_wait_ns: ms("decision_wait_ms", 10_000.0)?,
-        export_queue_spans: positive("export_queue_size", get(d, "export_queue_size", 20_000)?)?,
-        worker_interval_ns: ms("worker_interval_ms", 200.0)?.max(1_000_000),
-        intake_spans: positive("intake_queue_size", get(d, "intake_queue_size", 4_096)?)?,
-        intake_interval_ns: ms("intake_interval_ms", 50.0)?.max(100_000),
-    };
-    let limits = Limits {
-        max_value_len: positive(
-            "max_attribute_length",
-            get(d, "max_attribute_length", 4096)?,
-        )?,
-        max_attributes: get(d, "max_attributes", 128)?,
-        max_events: get(d, "max_events", 128)?,
-    };
-    let cfg = CoreConfig {
-        histogram,
-        max_metric_keys: positive("max_metric_keys", get(d, "max_metric_keys", 1_000)?)?,
-        sampler,
-        buffer,
-    };
-    let head_name: String = get(d, "head_sampler", "parentbased_always_on".to_owned())?;
-    let head_ratio: f64 = get(d, "head_sampler_ratio", 1.0)?;
-    if !(0.0..=1.0).contains(&head_ratio) {
-        return Err(PyValueError::new_err(
-            "config head_sampler_ratio: must be within [0, 1]",
-        ));
-    }
-    let head = HeadSampler::parse(&head_name, head_ratio)?;
-    let enabled: bool = get(d, "enabled", true)?;
-    Ok((cfg, limits, head, enabled))
 }
 
 fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
@@ -264,7 +181,33 @@ impl Tracer {
     }
 
     pub(crate) fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) == ON
+    }
+
+    /// Configure this tracer if it is not yet (its first use): calls
+    /// `on_first_use`. Returns whether it is configured now (False while a
+    /// first use is already under way on this thread, e.g. from a log
+    /// handler the configuration's warnings reach).
+    pub(crate) fn ready(&self, py: Python<'_>) -> PyResult<bool> {
+        if self.state.load(Ordering::Acquire) != UNCONFIGURED {
+            return Ok(true);
+        }
+        if let Some(init) = &self.on_first_use {
+            init.call0(py)?;
+        }
+        Ok(self.state.load(Ordering::Acquire) != UNCONFIGURED)
+    }
+
+    /// The core, configuring this tracer first if needed.
+    fn core(&self, py: Python<'_>) -> PyResult<Arc<Core>> {
+        if !self.ready(py)? {
+            return Err(PyRuntimeError::new_err(
+                "pulsetrace: the tracer is not configured yet",
+            ));
+        }
+        self.core
+            .load_full()
+            .ok_or_else(|| PyRuntimeError::new_err("pulsetrace: the tracer has no core"))
     }
 
     /// A new recording span (not yet current): its parent is `parent` (a
@@ -380,19 +323,23 @@ impl Tracer {
 
 #[pymethods]
 impl Tracer {
-    /// `Tracer(config, context_var)`: `config` is the dict built by
-    /// `pulsetrace.config`, `context_var` the ContextVar that holds the
-    /// current span.
+    /// `Tracer(context_var, on_first_use=None)`: an unconfigured tracer (no
+    /// core, no thread). `context_var` is the ContextVar that holds the
+    /// current span; `on_first_use()` is called when the tracer is first
+    /// used before `configure` was called, and is expected to call it.
     #[new]
-    fn new(config: &Bound<'_, PyDict>, context_var: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let (cfg, limits, head, enabled) = build_config(config)?;
-        let core = Arc::new(Core::new(cfg.clone()));
-        let worker = Tracer::spawn(&core);
+    #[pyo3(signature = (context_var, on_first_use=None))]
+    fn new(context_var: &Bound<'_, PyAny>, on_first_use: Option<Py<PyAny>>) -> PyResult<Self> {
         Ok(Tracer {
-            core: ArcSwap::new(core),
-            config: Mutex::new(cfg),
-            worker: Mutex::new(worker),
-            limits: AtomicLimits::new(limits),
+            core: ArcSwapOption::empty(),
+            config: Mutex::new(None),
+            worker: Mutex::new(None),
+            // Replaced by `configure` before any span exists.
+            limits: AtomicLimits::new(Limits {
+                max_value_len: 0,
+                max_attributes: 0,
+                max_events: 0,
+            }),
             attr_counters: AttrCounters::default(),
             counters: TracerCounters::default(),
             current: ContextVar::new(context_var)?,
@@ -401,8 +348,12 @@ impl Tracer {
                 "pulsetrace",
                 env!("CARGO_PKG_VERSION"),
             )),
-            head: Mutex::new(head),
-            enabled: AtomicBool::new(enabled),
+            head: Mutex::new(HeadSampler {
+                parent_based: true,
+                ratio: 0.0,
+            }),
+            state: AtomicU8::new(UNCONFIGURED),
+            on_first_use,
             noop: OnceLock::new(),
         })
     }
@@ -421,7 +372,9 @@ impl Tracer {
     ) -> PyResult<Bound<'py, Span>> {
         let py = slf.py();
         let tracer = slf.get();
-        if !tracer.enabled.load(Ordering::Relaxed) {
+        if tracer.state.load(Ordering::Relaxed) != ON
+            && !(tracer.ready(py)? && tracer.is_enabled())
+        {
             return Ok(tracer.noop_span(slf)?.into_bound(py));
         }
         let start_mono = match start_time {
@@ -490,7 +443,7 @@ impl Tracer {
     /// (`name`, `kind`, `count`, `errors`, `min`, `mean`, `p50`, `p90`,
     /// `p99`, `p999`, `max`; durations in seconds).
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core.load_full();
+        let core = self.core(py)?;
         let rows = py.allow_threads(|| {
             core.sync();
             core.registry
@@ -529,7 +482,7 @@ impl Tracer {
     fn histogram_v2(&self, py: Python<'_>, name: &str, kind: &str) -> PyResult<Option<String>> {
         let kind = SpanKind::parse(kind)
             .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
-        let core = self.core.load_full();
+        let core = self.core(py)?;
         let name = name.to_owned();
         Ok(py.allow_threads(move || {
             core.sync();
@@ -578,7 +531,7 @@ impl Tracer {
                 samples,
             });
         }
-        let core = self.core.load_full();
+        let core = self.core(py)?;
         let format = exposition::negotiate(accept);
         let cfg = ExpositionConfig {
             const_labels: const_labels.unwrap_or_default().into_iter().collect(),
@@ -672,7 +625,7 @@ impl Tracer {
 
     /// Every counter of the agent, by name.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core.load_full();
+        let core = self.core(py)?;
         py.allow_threads(|| core.sync());
         let d = PyDict::new(py);
         for (name, _, v) in core.counters.snapshot() {
@@ -706,15 +659,16 @@ impl Tracer {
     /// their traces and complete traces are decided. `force` decides every
     /// open trace (at shutdown).
     #[pyo3(signature = (force=false))]
-    fn process(&self, py: Python<'_>, force: bool) {
-        let core = self.core.load_full();
+    fn process(&self, py: Python<'_>, force: bool) -> PyResult<()> {
+        let core = self.core(py)?;
         py.allow_threads(move || core.process(clock::now_mono_ns(), force));
+        Ok(())
     }
 
     /// Take kept traces for export: a list of traces, each a list of SpanData.
     #[pyo3(signature = (max_spans=4096))]
     fn drain<'py>(&self, py: Python<'py>, max_spans: usize) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core.load_full();
+        let core = self.core(py)?;
         let traces = py.allow_threads(move || core.drain_export(max_spans));
         crate::batch::traces_to_py(py, traces)
     }
@@ -723,13 +677,13 @@ impl Tracer {
     /// waiting): exporters read it as SpanData (`traces()`) or as an OTLP
     /// request (`otlp()`, encoded natively without the GIL).
     #[pyo3(signature = (max_spans=4096))]
-    fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> Option<Batch> {
-        let core = self.core.load_full();
+    fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> PyResult<Option<Batch>> {
+        let core = self.core(py)?;
         let traces = py.allow_threads(move || core.drain_export(max_spans));
         if traces.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(Batch::new(traces, self.encoder.load_full()))
+        Ok(Some(Batch::new(traces, self.encoder.load_full())))
     }
 
     /// Set the resource every OTLP request carries (service.name, host.name,
@@ -751,9 +705,12 @@ impl Tracer {
         Ok(())
     }
 
-    /// Stop the worker thread and decide every open trace.
+    /// Stop the worker thread and decide every open trace (nothing to do
+    /// when the tracer was never configured).
     fn shutdown(&self, py: Python<'_>) {
-        let core = self.core.load_full();
+        let Some(core) = self.core.load_full() else {
+            return;
+        };
         core.stop_worker();
         let handle = self.worker.lock().take();
         py.allow_threads(move || {
@@ -771,24 +728,37 @@ impl Tracer {
         // The old core may hold locks taken by threads that no longer exist:
         // it is never touched again, and deliberately leaked.
         std::mem::forget(self.worker.lock().take());
-        let core = Arc::new(Core::new(self.config.lock().clone()));
+        let Some(cfg) = self.config.lock().clone() else {
+            return; // never configured: nothing to renew
+        };
+        let core = Arc::new(Core::new(cfg));
         *self.worker.lock() = Tracer::spawn(&core);
-        std::mem::forget(self.core.swap(core));
+        std::mem::forget(self.core.swap(Some(core)));
     }
 
-    /// Replace the configuration: a new core (fresh histograms and buffers)
-    /// takes over; the traces the old one already kept move to the new
-    /// export queue. Meant for start-up and tests, not for every request.
-    fn configure(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<()> {
-        let (cfg, limits, head, enabled) = build_config(config)?;
+    /// Apply a configuration (a `pulsetrace.Config`; every field the native
+    /// side uses is required): a new core (fresh histograms and buffers) and
+    /// its worker thread take over; the traces the old one already kept move
+    /// to the new export queue. Meant for start-up and tests, not for every
+    /// request.
+    fn configure(&self, py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<()> {
+        let NativeConfig {
+            core: cfg,
+            limits,
+            head,
+            enabled,
+            redact,
+        } = crate::config::extract(config)?;
         let new = Arc::new(Core::new(cfg.clone()));
         *self.head.lock() = head;
-        self.enabled.store(enabled, Ordering::Relaxed);
-        let worker = Tracer::spawn(&new);
-        let old = self.core.swap(new.clone());
-        let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
-        *self.config.lock() = cfg;
+        crate::wsgi::set_redacted_params(redact);
         self.limits.set(limits);
+        let worker = Tracer::spawn(&new);
+        let old = self.core.swap(Some(new.clone()));
+        let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
+        *self.config.lock() = Some(cfg);
+        self.state
+            .store(if enabled { ON } else { OFF }, Ordering::Release);
         // A new configuration starts its counters afresh, like its core.
         for c in [
             &self.attr_counters.converted,
@@ -802,6 +772,9 @@ impl Tracer {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        let Some(old) = old else {
+            return Ok(());
+        };
         py.allow_threads(move || {
             old.stop_worker();
             if let Some(h) = old_worker {
@@ -816,13 +789,26 @@ impl Tracer {
     /// Whether tracing is on (`APM_ENABLED` / `OTEL_SDK_DISABLED`). Off, every
     /// `start_span` returns one shared no-op span.
     #[getter]
-    fn get_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+    fn get_enabled(&self, py: Python<'_>) -> PyResult<bool> {
+        self.ready(py)?;
+        Ok(self.is_enabled())
     }
 
     #[setter]
-    fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
+    fn set_enabled(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        if !self.ready(py)? {
+            return Err(PyRuntimeError::new_err(
+                "pulsetrace: the tracer is not configured yet",
+            ));
+        }
+        self.state.store(if on { ON } else { OFF }, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the tracer has been configured (it is on first use).
+    #[getter]
+    fn configured(&self) -> bool {
+        self.state.load(Ordering::Acquire) != UNCONFIGURED
     }
 
     /// Whether the background worker is running.

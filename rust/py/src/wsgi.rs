@@ -32,8 +32,8 @@ const KNOWN_METHODS: [&str; 10] = [
 /// lower-cased, decoded name contains one of these).
 static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
-/// Replace the words of sensitive query parameters (lower-cased).
-#[pyfunction]
+/// Replace the words of sensitive query parameters (lower-cased): the
+/// configuration's `redact_query_params`, set by `Tracer.configure`.
 pub fn set_redacted_params(words: Vec<String>) {
     *REDACT.write() = words
         .into_iter()

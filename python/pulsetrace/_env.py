@@ -43,8 +43,9 @@ log = logging.getLogger("pulsetrace")
 #: Longer values are not used (a setting is never this long; a runaway
 #: value must not be copied around or logged).
 MAX_VALUE_LENGTH = 65_536
-#: How much of a bad value a warning shows.
+#: How much of a bad value a warning shows (of a file's path: more).
 SHOWN = 64
+PATH_SHOWN = 200
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -52,21 +53,28 @@ _DEFAULT = Config()
 _OTLP_DEFAULT = OtlpConfig()
 
 
-def shown(raw: str) -> str:
-    """``raw`` as a warning quotes it: ASCII, at most SHOWN characters."""
-    if len(raw) <= SHOWN:
-        return ascii(raw)
-    return f"{raw[:SHOWN]!a}... ({len(raw)} characters)"
+def shown(raw: str, limit: int = SHOWN) -> str:
+    """``raw`` as a warning quotes it: ASCII, at most ``limit`` characters
+    (a value that is not UTF-8 as the bytes it holds)."""
+    value: object = raw[:limit]
+    if not is_text(raw):
+        value = raw[:limit].encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return ascii(value)
+    return f"{value!a}... ({len(raw)} characters)"
 
 
 def _used(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if not isinstance(value, (int, float)):
         return ascii(value)
     return number_repr(value)
 
 
 def warn(var: str, raw: str, why: str, instead: str) -> None:
-    log.warning("pulsetrace: %s=%s is %s; %s instead", var, shown(raw), why, instead)
+    limit = PATH_SHOWN if var.endswith("_CERTIFICATE") else SHOWN
+    log.warning("pulsetrace: %s=%s is %s; %s instead", var, shown(raw, limit), why, instead)
 
 
 def _warn(var: str, raw: str, why: str, used: Any) -> None:
@@ -406,7 +414,7 @@ def _parse_certificate(raw: str, _traces: bool) -> tuple[Optional[str], Optional
 def _describe_certificate(path: Optional[str]) -> str:
     if path is None:
         return "using the system's trusted CA certificates"
-    return f"using the CA file {shown(path)}"
+    return f"using the CA file {shown(path, PATH_SHOWN)}"
 
 
 def _parse_headers(raw: str, _traces: bool) -> tuple[Optional[dict[str, str]], Optional[str]]:
@@ -422,8 +430,8 @@ def _parse_headers(raw: str, _traces: bool) -> tuple[Optional[dict[str, str]], O
         key, sep, value = entry.partition("=")
         if not sep:
             s = entry.strip()
-            s = s if len(s) <= 4 else f"{s[:3]}... ({len(s)} characters)"
-            bad.append(f"entry {s!a} has no '='")
+            s = s if len(s) <= 4 else f"{s[:3]}… ({len(s)} characters)"
+            bad.append(f"entry {s!r} has no '='")
             continue
         name = unquote(key.strip()).lower()
         if not _HEADER_NAME.match(name):

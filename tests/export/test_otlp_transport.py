@@ -374,9 +374,16 @@ MALFORMED: list[tuple[dict[str, Any], str, str, str, Any]] = [
     (
         {"OTEL_EXPORTER_OTLP_TIMEOUT": "-5"},
         "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "using 10000 ms instead",
+        "is below the minimum (1); using 1 ms instead",
         "timeout_ms",
-        10_000.0,
+        1.0,
+    ),
+    (
+        {"OTEL_EXPORTER_OTLP_TIMEOUT": "1e30"},
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "is above the maximum (600000); using 600000 ms instead",
+        "timeout_ms",
+        600_000.0,
     ),
     (
         {"OTEL_EXPORTER_OTLP_TIMEOUT": "500", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "10s"},

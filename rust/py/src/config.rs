@@ -103,17 +103,19 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
             format!("{percentile} is not within [0, 100)"),
         ));
     }
-    let rules_obj = cfg
-        .getattr("keep_attributes")
-        .map_err(|_| invalid("keep_attributes", "missing (the native side has no defaults)"))?;
+    let rules_obj = cfg.getattr("keep_attributes").map_err(|_| {
+        invalid(
+            "keep_attributes",
+            "missing (the native side has no defaults)",
+        )
+    })?;
     let mut attribute_rules = Vec::new();
     for rule in rules_obj
         .try_iter()
         .map_err(|e| invalid("keep_attributes", e))?
     {
-        let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = rule?
-            .extract()
-            .map_err(|e| invalid("keep_attributes", e))?;
+        let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            rule?.extract().map_err(|e| invalid("keep_attributes", e))?;
         attribute_rules.push(AttributeRule {
             key: text(&key, "keep_attributes")?,
             value: if value.is_none() {

@@ -13,13 +13,13 @@
 
 use crate::attrs::{AtomicLimits, AttrCounters, Limits};
 use crate::batch::Batch;
+use crate::config::NativeConfig;
 use crate::ctxvar::ContextVar;
 use crate::ids;
-use crate::config::NativeConfig;
 use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 use pulsetrace_core::clock;
 use pulsetrace_core::otlp::Encoder;
 use pulsetrace_core::pipeline::{Core, CoreConfig};
@@ -372,8 +372,7 @@ impl Tracer {
     ) -> PyResult<Bound<'py, Span>> {
         let py = slf.py();
         let tracer = slf.get();
-        if tracer.state.load(Ordering::Relaxed) != ON
-            && !(tracer.ready(py)? && tracer.is_enabled())
+        if tracer.state.load(Ordering::Relaxed) != ON && !(tracer.ready(py)? && tracer.is_enabled())
         {
             return Ok(tracer.noop_span(slf)?.into_bound(py));
         }
@@ -801,7 +800,8 @@ impl Tracer {
                 "pulsetrace: the tracer is not configured yet",
             ));
         }
-        self.state.store(if on { ON } else { OFF }, Ordering::Release);
+        self.state
+            .store(if on { ON } else { OFF }, Ordering::Release);
         Ok(())
     }
 

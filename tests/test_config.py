@@ -168,7 +168,9 @@ def test_the_port_out_of_range_is_not_called_malformed(caplog):
 
 def test_a_warning_shows_at_most_64_characters_of_the_value(caplog):
     with caplog.at_level(logging.WARNING, logger="pulsetrace"):
-        cfg = from_env({"PULSETRACE_MAX_EVENTS": "x" * 1_000_000, "OTEL_SERVICE_NAME": "s" * 70_000})
+        cfg = from_env(
+            {"PULSETRACE_MAX_EVENTS": "x" * 1_000_000, "OTEL_SERVICE_NAME": "s" * 70_000}
+        )
     assert cfg.max_events == 128 and cfg.service_name == "unknown_service"
     assert len(caplog.records) == 2
     for record in caplog.records:

@@ -62,7 +62,9 @@ def readme_variables() -> list[str]:
 
 
 def _field(var: str) -> Optional[dataclasses.Field]:
-    generic = var.replace("_OTLP_TRACES_", "_OTLP_").replace("PULSETRACE_FLASK_", "PULSETRACE_<NAME>_")
+    generic = var.replace("_OTLP_TRACES_", "_OTLP_").replace(
+        "PULSETRACE_FLASK_", "PULSETRACE_<NAME>_"
+    )
     for cls in (Config, OtlpConfig):
         for f in dataclasses.fields(cls):
             s = f.metadata.get("setting")

@@ -81,9 +81,9 @@ def config_from_env(env: Optional[Mapping[str, str]] = None) -> OtlpConfig:
     """The OTLP settings in ``env`` (default ``os.environ``), read by
     pulsetrace's one environment reader. The agent itself uses the
     ``otlp`` field of its configuration, read once per process."""
-    from pulsetrace import _env
+    from pulsetrace._env import otlp as _otlp_env
 
-    return _env.otlp(env)
+    return _otlp_env.otlp(env)
 
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

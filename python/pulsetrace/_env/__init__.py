@@ -1,0 +1,254 @@
+"""Reading the environment: the one place pulsetrace parses its variables.
+
+:func:`read` turns a mapping (``os.environ`` by default) into a
+:class:`~pulsetrace.config.Config`. It never raises: a value that cannot be
+used gives one warning on the ``pulsetrace`` logger naming the variable, the
+value (at most 64 characters of it) and the value used instead. A number
+outside its documented range is clamped to it; anything else unusable (not
+a number, not one of the choices, longer than 65536 characters, not valid
+UTF-8) is replaced by the default. An empty value is the same as an unset
+one. The ranges and defaults are the fields' own (:mod:`pulsetrace.config`).
+The OTLP exporter's variables are read by :mod:`pulsetrace._env.otlp`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, Optional
+from urllib.parse import unquote
+
+from pulsetrace.config import (
+    HEAD_SAMPLERS,
+    LOG_LEVELS,
+    Config,
+    addr_problem,
+    is_text,
+    number_repr,
+    range_problem,
+    setting,
+)
+
+log = logging.getLogger("pulsetrace")
+
+#: Longer values are not used (a setting is never this long; a runaway
+#: value must not be copied around or logged).
+MAX_VALUE_LENGTH = 65_536
+#: How much of a bad value a warning shows (of a file's path: more).
+SHOWN = 64
+PATH_SHOWN = 200
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_DEFAULT = Config()
+
+
+def shown(raw: str, limit: int = SHOWN) -> str:
+    """``raw`` as a warning quotes it: ASCII, at most ``limit`` characters
+    (a value that is not UTF-8 as the bytes it holds)."""
+    value: object = raw[:limit]
+    if not is_text(raw):
+        value = raw[:limit].encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return ascii(value)
+    return f"{value!a}... ({len(raw)} characters)"
+
+
+def _used(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if not isinstance(value, (int, float)):
+        return ascii(value)
+    return number_repr(value)
+
+
+def warn(var: str, raw: str, why: str, instead: str) -> None:
+    limit = PATH_SHOWN if var.endswith("_CERTIFICATE") else SHOWN
+    log.warning("pulsetrace: %s=%s is %s; %s instead", var, shown(raw, limit), why, instead)
+
+
+def _warn(var: str, raw: str, why: str, used: Any) -> None:
+    warn(var, raw, why, _using(used))
+
+
+def _using(value: Any) -> str:
+    return f"using {_used(value)}"
+
+
+def raw_value(env: Mapping[str, str], var: str, instead: str) -> Optional[str]:
+    """The variable's usable text, or None when it is unset, empty, too long
+    or not valid UTF-8 (the last two with a warning ending in ``instead``,
+    e.g. ``using 10``)."""
+    raw = env.get(var)
+    if raw is None or raw == "" or raw.isspace():
+        return None
+    if len(raw) > MAX_VALUE_LENGTH:
+        warn(var, raw, f"longer than {MAX_VALUE_LENGTH} characters", instead)
+        return None
+    if not is_text(raw):
+        warn(var, raw, "not valid UTF-8", instead)
+        return None
+    return raw
+
+
+# -- values of Config fields ---------------------------------------------------
+
+
+def number(env: Mapping[str, str], name: str) -> Any:
+    """Config field ``name``'s number from its variable: clamped into the
+    field's range, or the default when it is not a number."""
+    s = setting(Config, name)
+    var = s.env[0]
+    default = getattr(_DEFAULT, name)
+    integer = isinstance(default, int)
+    raw = raw_value(env, var, _using(default))
+    if raw is None:
+        return default
+    text = raw.strip()
+    value: float
+    if len(text) > 64 and text.lstrip("+-").isdigit():
+        value = -math.inf if text.startswith("-") else math.inf  # beyond int()'s digit limit
+    else:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            _warn(var, raw, "not an integer" if integer else "not a number", default)
+            return default
+    if value != value:
+        _warn(var, raw, "not a number", default)
+        return default
+    why = range_problem(value, s)
+    if why is not None:
+        used = s.low if value < s.low else s.high
+        used = int(used) if integer else float(used)
+        _warn(var, raw, why, used)
+        return used
+    return value
+
+
+def boolean(env: Mapping[str, str], var: str, default: bool) -> bool:
+    raw = raw_value(env, var, _using(default))
+    if raw is None:
+        return default
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    _warn(var, raw, "not a boolean (true/false)", default)
+    return default
+
+
+def choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = raw_value(env, var, _using(default))
+    if raw is None:
+        return default
+    v = raw.strip().lower()
+    if v == "warn":
+        v = "warning"
+    if v not in choices:
+        _warn(var, raw, f"not one of {', '.join(choices)}", default)
+        return default
+    return v
+
+
+def _addr(env: Mapping[str, str], var: str, default: str) -> str:
+    raw = raw_value(env, var, _using(default))
+    if raw is None:
+        return default
+    why = addr_problem(raw.strip())
+    if why is not None:
+        _warn(var, raw, why, default)
+        return default
+    return raw.strip()
+
+
+def _rules(env: Mapping[str, str], var: str) -> tuple[tuple[str, Optional[str]], ...]:
+    raw = raw_value(env, var, "using no rules")
+    rules: list[tuple[str, Optional[str]]] = []
+    bad: list[str] = []
+    for part in (raw or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not key.strip():
+            bad.append(shown(part))
+            continue
+        rules.append((key.strip(), value.strip() if sep else None))
+    if bad and raw is not None:
+        why = f"malformed (rules with no attribute name: {', '.join(bad[:3])})"
+        warn(var, raw, why, "those rules skipped")
+    return tuple(rules)
+
+
+def _words(env: Mapping[str, str], var: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = raw_value(env, var, "using the default list")
+    if raw is None:
+        return default
+    return tuple(w.strip().lower() for w in raw.split(",") if w.strip())
+
+
+def _resource(env: Mapping[str, str]) -> dict[str, str]:
+    var = "OTEL_RESOURCE_ATTRIBUTES"
+    raw = raw_value(env, var, "using no resource attributes")
+    out: dict[str, str] = {}
+    bad: list[str] = []
+    for part in (raw or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            bad.append(shown(part))
+            continue
+        out[unquote(key.strip())] = unquote(value.strip())
+    if bad and raw is not None:
+        warn(var, raw, f"malformed at {', '.join(bad[:3])}", "those entries skipped")
+    return out
+
+
+def _disabled(env: Mapping[str, str]) -> frozenset[str]:
+    var = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+    raw = raw_value(env, var, "disabling none")
+    names = {n.strip().lower() for n in (raw or "").split(",") if n.strip()}
+    for var in env:
+        if var.startswith("PULSETRACE_") and var.endswith("_ENABLED") and is_text(var):
+            name = var[len("PULSETRACE_") : -len("_ENABLED")].lower()
+            if name and not boolean(env, var, True):
+                names.add(name)
+    return frozenset(names)
+
+
+def read(env: Optional[Mapping[str, str]] = None) -> Config:
+    """The configuration in ``env`` (default: ``os.environ``)."""
+    from pulsetrace._env import otlp as _otlp
+
+    e = os.environ if env is None else env
+    d = _DEFAULT
+    resource = _resource(e)
+    service = (raw_value(e, "OTEL_SERVICE_NAME", _using(d.service_name)) or "").strip()
+    service = service or resource.get("service.name", d.service_name)
+    # Every number is read the same way, from its field's declaration.
+    numbers = {
+        f.name: number(e, f.name)
+        for f in fields(Config)
+        if "setting" in f.metadata and f.metadata["setting"].high is not None
+    }
+    return Config(
+        enabled=boolean(e, "APM_ENABLED", True) and not boolean(e, "OTEL_SDK_DISABLED", False),
+        service_name=service,
+        resource_attributes=resource,
+        disabled_integrations=_disabled(e),
+        log_level=choice(e, "LOG_LEVEL", d.log_level, LOG_LEVELS),
+        head_sampler=choice(e, "OTEL_TRACES_SAMPLER", d.head_sampler, HEAD_SAMPLERS),
+        keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
+        keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
+        redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
+        prometheus_enabled=boolean(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
+        metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
+        otlp=_otlp.otlp(e),
+        **numbers,
+    )

@@ -28,6 +28,7 @@ _config: Optional[Config] = None
 #: The tracer once it is configured (None before): hooks test this first.
 _tracer: Optional[Tracer] = None
 _starting = False
+_start_failed = False
 _exporters: list[SpanExporter] = []
 _export_failures = 0
 _worker: Optional[_ExportThread] = None
@@ -37,20 +38,19 @@ _pid = os.getpid()
 def _first_use() -> None:
     """Configure the process's tracer from the environment (read once), the
     first time anything uses it; the native tracer calls this from its first
-    ``start_span``. Never raises: an unusable environment already gave its
-    warnings and was replaced by defaults; if even that fails, the defaults."""
-    global _starting
+    ``start_span``. Never raises: an unusable value already gave its warning
+    and was replaced; should the agent still fail to start, that is logged
+    once and tracing stays off (spans are no-ops)."""
+    global _starting, _start_failed
     with _lock:
-        if _tracer is not None or _starting:
-            return  # configured, or a log handler re-entered while configuring
+        if _tracer is not None or _starting or _start_failed:
+            return  # configured, failed, or re-entered (a log handler) while configuring
         _starting = True
         try:
-            try:
-                cfg = environment()
-            except Exception as exc:
-                _diag.internal_error("config", exc)
-                cfg = Config()
-            _apply(cfg)
+            _apply(environment())
+        except Exception as exc:
+            _start_failed = True
+            _diag.internal_error("start", exc)
         finally:
             _starting = False
 

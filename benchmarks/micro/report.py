@@ -22,7 +22,7 @@ COUNTERS_SHOWN = [
     "export_queue_spans",
     "open_traces",
     "traces_evicted",
-    "spans_exported",
+    "spans_handed_to_exporters",
     "internal_errors",
 ]
 

@@ -140,6 +140,9 @@ def build_env() -> tuple[dict[str, Any], dict[str, Callable[[], object]], dict[s
 
     # Documented defaults (not the environment), traces kept: realistic buffers.
     cfg = pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+    # Kept traces go to the export queue as with an exporter set (nothing
+    # drains it: full, it drops and counts, as with a stuck exporter).
+    pulsetrace._runtime.tracer().exporting = True
     processor = BatchSpanProcessor(DropExporter())
     provider = TracerProvider()  # never made the global provider
     provider.add_span_processor(processor)

@@ -772,6 +772,7 @@ impl Tracer {
         // it is never touched again, and deliberately leaked.
         std::mem::forget(self.worker.lock().take());
         let core = Arc::new(Core::new(self.config.lock().clone()));
+        core.set_exporting(self.core.load().exporting());
         *self.worker.lock() = Tracer::spawn(&core);
         std::mem::forget(self.core.swap(core));
     }
@@ -782,6 +783,7 @@ impl Tracer {
     fn configure(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<()> {
         let (cfg, limits, head, enabled) = build_config(config)?;
         let new = Arc::new(Core::new(cfg.clone()));
+        new.set_exporting(self.core.load().exporting());
         *self.head.lock() = head;
         self.enabled.store(enabled, Ordering::Relaxed);
         let worker = Tracer::spawn(&new);
@@ -823,6 +825,21 @@ impl Tracer {
     #[setter]
     fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether kept traces are queued for export (`drain`, `drain_batch`);
+    /// off, a kept trace is discarded and counted
+    /// (`traces_discarded_no_exporter`), and switching off discards what is
+    /// queued. pulsetrace keeps it on exactly while an exporter is set.
+    #[getter]
+    fn get_exporting(&self) -> bool {
+        self.core.load().exporting()
+    }
+
+    #[setter]
+    fn set_exporting(&self, py: Python<'_>, on: bool) {
+        let core = self.core.load_full();
+        py.allow_threads(move || core.set_exporting(on));
     }
 
     /// Whether the background worker is running.

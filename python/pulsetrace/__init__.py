@@ -8,7 +8,7 @@ README); :func:`configure` overrides it in code.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import Histogram, Span, SpanContext, SpanData
@@ -27,11 +27,13 @@ __version__ = "0.1.0"
 #: Start a span: ``start_span(name, *, kind="internal", attributes=None,
 #: parent=None, links=None, start_time=None)``; use it as a context manager
 #: or call ``end()``. Its parent is ``parent`` (a Span or SpanContext), else
-#: the current span, else it starts a new trace. The process's
-#: tracer is created here, from the environment, and lives as long as the
-#: process (``configure`` and ``fork`` renew its state in place), so this is
-#: its native method itself: no Python frame on the hot path.
-start_span = _runtime.tracer().start_span
+#: the current span, else it starts a new trace. The process's tracer lives
+#: as long as the process (``configure`` and ``fork`` renew its state in
+#: place), so this is its native method itself: no Python frame on the hot
+#: path. It is looked up on first use (``__getattr__`` below), not at import:
+#: importing pulsetrace alone (``pulsetrace-run``'s own process) neither
+#: reads the environment nor starts the agent.
+start_span: Callable[..., Span]
 
 __all__ = [
     "Config",
@@ -58,6 +60,14 @@ __all__ = [
     "traced",
     "use_context",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "start_span":
+        method = _runtime.tracer().start_span
+        globals()["start_span"] = method  # later lookups find it directly
+        return method
+    raise AttributeError(f"module 'pulsetrace' has no attribute {name!r}")
 
 
 def configure(config: Optional[Config] = None, **overrides: Any) -> Config:

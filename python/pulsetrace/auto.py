@@ -64,14 +64,25 @@ def _start_exporters() -> None:
             _diag.internal_error("auto.prometheus", exc)
 
 
+def _otel_api_present() -> bool:
+    """Whether opentelemetry-api can be imported. It is optional
+    (``pip install pulsetrace[otel]``): its absence is not an error."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        # No ``opentelemetry`` package at all: find_spec imports the parent
+        # package first, and that raises ModuleNotFoundError.
+        return False
+
+
 def _install_otel() -> None:
     """Make pulsetrace the OpenTelemetry API's tracer provider when the
     application has opentelemetry-api (spans made with
     ``opentelemetry.trace.get_tracer`` then share pulsetrace's pipeline).
     An SDK provider the application set itself is kept."""
-    import importlib.util
-
-    if importlib.util.find_spec("opentelemetry.trace") is None:
+    if not _otel_api_present():
         return
     try:
         from pulsetrace import otel

@@ -25,7 +25,7 @@ _started = False
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     try:
-        _runtime.shutdown(timeout=5.0)
+        _runtime.shutdown()  # within PULSETRACE_SHUTDOWN_TIMEOUT_MS
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -50,8 +50,14 @@ def _start_exporters() -> None:
             from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
             _runtime.add_exporter(OtlpSpanExporter(otlp))
+            log.info(
+                "pulsetrace: kept traces go to %s (OTLP over %s)", otlp.endpoint, otlp.protocol
+            )
         if otlp.console:
             _runtime.add_exporter(ConsoleSpanExporter())
+            log.info("pulsetrace: kept traces are written to stdout (OTEL_TRACES_EXPORTER)")
+        if not otlp.enabled and not otlp.console:
+            log.info("pulsetrace: kept traces are not exported (OTEL_TRACES_EXPORTER=none)")
     except Exception as exc:
         _diag.internal_error("auto.exporters", exc)
     cfg = _runtime.config()

@@ -59,6 +59,7 @@ class Config:
     max_events: int = 128
     # Export
     export_interval_ms: float = 1_000.0
+    shutdown_timeout_ms: float = 5_000.0
     prometheus_enabled: bool = False
     metrics_addr: str = "127.0.0.1:9464"
 
@@ -279,6 +280,9 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         max_events=_number(e, "PULSETRACE_MAX_EVENTS", d.max_events, kind=int, low=0),
         export_interval_ms=_number(
             e, "PULSETRACE_EXPORT_INTERVAL_MS", d.export_interval_ms, low=10.0
+        ),
+        shutdown_timeout_ms=_number(
+            e, "PULSETRACE_SHUTDOWN_TIMEOUT_MS", d.shutdown_timeout_ms, low=0.0
         ),
         prometheus_enabled=_bool(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
         metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),

@@ -19,6 +19,7 @@ import argparse
 import contextvars
 import gc
 import json
+import logging
 import os
 import platform
 import random
@@ -97,6 +98,20 @@ SCRUBBED_ENV = (
 def scrub_env() -> list[str]:
     """Remove SCRUBBED_ENV from this process's environment; returns those that were set."""
     return [name for name in SCRUBBED_ENV if os.environ.pop(name, None) is not None]
+
+
+class Collected(logging.Handler):
+    """Keeps the log records of a third-party library (the OpenTelemetry SDK)
+    for the report, instead of letting them through to stderr in the middle
+    of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name}: {record.getMessage()}"
+        self.messages[text] = self.messages.get(text, 0) + 1
 
 
 def empty() -> None:
@@ -199,6 +214,10 @@ def calibrate(fn: Batch, pool: list[int], target_ns: float) -> int:
 def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
     """Run every case ``rounds`` times, interleaved, in this process."""
     scrubbed = scrub_env()
+    third_party = Collected()
+    otel_logger = logging.getLogger("opentelemetry")
+    otel_logger.addHandler(third_party)
+    otel_logger.propagate = False
     import pulsetrace
 
     env, settle, versions = build_env()
@@ -247,6 +266,7 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
         "spans_timed": attempted,
         "span_drops_timed": drops,
         "loadavg": [load_start, os.getloadavg()],
+        "third_party_log": third_party.messages,
     }
 
 

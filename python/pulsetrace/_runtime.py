@@ -73,21 +73,20 @@ def config() -> Config:
     return _config
 
 
-class _StderrUnlessConfigured(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrUnlessConfigured(logging.Handler):
     """pulsetrace's records on stderr while the application has not
     configured logging (no handler on the root logger). Python's own last
     resort does the same but only from WARNING up, so ``LOG_LEVEL=info``
     would show nothing; once the application has a handler, it gets the
     records instead (no line twice)."""
 
-    def __init__(self) -> None:
-        super().__init__()  # the stream is sys.stderr at emit time
-        self.setFormatter(logging.Formatter("%(message)s"))
-
     def emit(self, record: logging.LogRecord) -> None:
         if logging.getLogger().handlers:
             return
-        super().emit(record)
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 def _apply_log_level(cfg: Config) -> None:

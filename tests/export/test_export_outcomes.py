@@ -122,6 +122,21 @@ def test_a_dead_collector_is_said_at_once_and_shutdown_does_not_wait_for_it(tmp_
     assert took < 1.5, took
 
 
+def test_start_up_says_where_traces_go_at_info():
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    said = "pulsetrace: kept traces go to " + endpoint + " (OTLP over grpc)"
+    for level, shown in (("info", True), ("", False)):
+        r = subprocess.run(
+            [RUN, sys.executable, "-c", "pass"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, LOG_LEVEL=level),
+        )
+        # No logging configured by the application: LOG_LEVEL=info still shows.
+        assert (said in r.stderr.splitlines()) is shown, r.stderr
+
+
 class Silent:
     """A TCP port that accepts connections and never answers."""
 

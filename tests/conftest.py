@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Iterator
 
@@ -22,6 +23,26 @@ def fresh(**overrides: object) -> None:
     pulsetrace.configure(pulsetrace.Config(), **settings)
     _runtime.tracer().drain(10**9)
     _diag.reset()
+
+
+@contextlib.contextmanager
+def queued_without_exporter() -> Iterator[None]:
+    """Kept traces are queued although no exporter is set (normally they
+    are discarded then), for a test that takes them itself
+    (``_runtime.tracer().drain``) or fills the export queue."""
+    t = _runtime.tracer()
+    t.exporting = True
+    try:
+        yield
+    finally:
+        t.exporting = bool(_runtime.exporters())
+
+
+@pytest.fixture
+def queued() -> Iterator[None]:
+    """See :func:`queued_without_exporter`."""
+    with queued_without_exporter():
+        yield
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ def readme_variables() -> list[str]:
         if "`_TRACES_` form too" in first:
             found += [n.replace("_OTLP_", "_OTLP_TRACES_") for n in found]
         names += [n.replace("<NAME>", "FLASK") for n in found]
-    return names
+    # The OpenTelemetry API's own variable (the bridge only sets it when the
+    # application has not): nothing of pulsetrace's reads or warns about it.
+    return [n for n in names if n != "OTEL_PYTHON_TRACER_PROVIDER"]
 
 
 def _field(var: str) -> Optional[dataclasses.Field]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -438,3 +441,21 @@ def test_tracer_without_install_still_sets_pulsetraces_context(exporter):
     spans = by_name(finished(exporter))
     assert spans["pt-child"].parent_span_id == spans["direct-otel"].span_id
     assert _runtime.CURRENT.get() is None
+
+
+def test_without_opentelemetry_the_bridge_is_skipped_silently():
+    # A None in sys.modules makes ``import opentelemetry`` fail with
+    # ModuleNotFoundError, as in an environment without the package (a plain
+    # install: tests/export/test_plain_install.py checks that one for real).
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "import pulsetrace.auto\n"
+        "from pulsetrace import _diag\n"
+        "print(_diag.internal_errors(), 'pulsetrace.otel' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
+    env["OTEL_TRACES_EXPORTER"] = "none"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "{} False\n"
+    assert r.stderr == ""

@@ -33,7 +33,7 @@ import pytest
 import pulsetrace
 from pulsetrace import _diag, _runtime, prometheus
 
-from conftest import fresh
+from conftest import fresh, queued_without_exporter
 
 T0 = 1_800_000_000_000_000_000
 TESTS = Path(__file__).parent
@@ -255,33 +255,34 @@ def varied_registry() -> tuple[dict[int, Any], set[int]]:
     more keys than the registry's bound (some fold into ``(overflow)``).
     Keeps only error traces; returns the kept spans by span id and the
     trace ids of the dropped traces."""
-    fresh(sample_rate=0.0, max_metric_keys=150)
-    rng = random.Random(7)
-    dropped: set[int] = set()
-    n = 0
-    for name in NAMES:
-        for kind in KINDS:
-            for _ in range(3):
-                code, error = STATUSES[n % len(STATUSES)]
-                n += 1
-                for _ in range(4):
-                    d = rng.choice([rng.randrange(1, 15 * 10**9), rng.randrange(1, 10**8)])
-                    span = pulsetrace.start_span(name, kind=kind, start_time=T0)
-                    if code is not None:
-                        span.set_attribute("http.response.status_code", code)
-                    if error:
-                        span.set_status("error")
-                    span.end(end_time=T0 + d)
-                    if not error and (code is None or code < 500):
-                        dropped.add(span.trace_id)
-    for i in range(60):
-        span = pulsetrace.start_span(f"GET /items/{i}", kind="server", start_time=T0)
-        span.set_attribute("http.response.status_code", 200 if i % 5 else 500)
-        span.end(end_time=T0 + (i + 1) * 7_654_321)
-        if i % 5:
-            dropped.add(span.trace_id)
-    _runtime.tracer().process(force=True)
-    kept = {s.span_id: s for trace in _runtime.tracer().drain(10**9) for s in trace}
+    with queued_without_exporter():  # the kept traces are taken here
+        fresh(sample_rate=0.0, max_metric_keys=150)
+        rng = random.Random(7)
+        dropped: set[int] = set()
+        n = 0
+        for name in NAMES:
+            for kind in KINDS:
+                for _ in range(3):
+                    code, error = STATUSES[n % len(STATUSES)]
+                    n += 1
+                    for _ in range(4):
+                        d = rng.choice([rng.randrange(1, 15 * 10**9), rng.randrange(1, 10**8)])
+                        span = pulsetrace.start_span(name, kind=kind, start_time=T0)
+                        if code is not None:
+                            span.set_attribute("http.response.status_code", code)
+                        if error:
+                            span.set_status("error")
+                        span.end(end_time=T0 + d)
+                        if not error and (code is None or code < 500):
+                            dropped.add(span.trace_id)
+        for i in range(60):
+            span = pulsetrace.start_span(f"GET /items/{i}", kind="server", start_time=T0)
+            span.set_attribute("http.response.status_code", 200 if i % 5 else 500)
+            span.end(end_time=T0 + (i + 1) * 7_654_321)
+            if i % 5:
+                dropped.add(span.trace_id)
+        _runtime.tracer().process(force=True)
+        kept = {s.span_id: s for trace in _runtime.tracer().drain(10**9) for s in trace}
     assert kept and dropped and not {s.trace_id for s in kept.values()} & dropped
     return kept, dropped
 

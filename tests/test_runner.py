@@ -52,6 +52,22 @@ def test_runner_instruments_python_and_chains_the_users_sitecustomize(tmp_path):
     assert r.stdout.split() == ["1", "True", "['flask']"]
 
 
+def test_a_bad_setting_is_one_warning_and_help_none():
+    # The runner's own process neither reads the settings nor starts the
+    # agent: only the application's process does, once.
+    bad = env(PULSETRACE_SAMPLE_RATE="lots")
+    r = subprocess.run(
+        [RUN, sys.executable, "-c", "print('ran')"], capture_output=True, text=True, env=bad
+    )
+    assert r.returncode == 0 and r.stdout == "ran\n"
+    assert r.stderr.count("PULSETRACE_SAMPLE_RATE='lots'") == 1, r.stderr
+    assert r.stderr.count("pulsetrace") == 1, r.stderr
+    r = subprocess.run([RUN, "--help"], capture_output=True, text=True, env=bad)
+    assert r.returncode == 0 and r.stdout == ""
+    assert r.stderr.startswith("usage: pulsetrace-run")
+    assert "lots" not in r.stderr and "not a number" not in r.stderr, r.stderr
+
+
 def test_runner_passes_the_exit_status_through():
     r = subprocess.run([RUN, sys.executable, "-c", "raise SystemExit(3)"], env=env())
     assert r.returncode == 3

@@ -100,7 +100,7 @@ def test_late_spans_follow_their_trace(exporter):
     assert pulsetrace.counters()["spans_late_kept"] == 1
 
 
-def test_the_export_queue_is_bounded_and_drops_are_counted():
+def test_the_export_queue_is_bounded_and_drops_are_counted(queued):
     fresh(export_queue_size=50)
     for _ in range(100):
         pulsetrace.start_span("x").end()
@@ -109,7 +109,7 @@ def test_the_export_queue_is_bounded_and_drops_are_counted():
     assert c["spans_dropped_export_full"] == 50 and c["traces_dropped_export_full"] == 50
 
 
-def test_open_traces_and_spans_per_trace_are_bounded():
+def test_open_traces_and_spans_per_trace_are_bounded(queued):
     fresh(max_open_traces=64, max_spans_per_trace=5, export_queue_size=10**6)
     with pulsetrace.start_span("root") as root:
         for _ in range(10):

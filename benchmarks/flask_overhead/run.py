@@ -700,6 +700,7 @@ def print_report(
     duration: int,
     load_desc: str,
     tgts: list[dict[str, Any]],
+    quick: bool = False,
 ) -> None:
     for route, per in summary.items():
         print(f"\n{route}  (medians of {rounds} rounds x {duration} s, {load_desc})")
@@ -727,8 +728,20 @@ def print_report(
                 if cpu_r is not None:
                     print(f"    same on the worker's CPU time (+cpu µs / +cpu µs): {cpu_r:.3f}")
     print("\ntargets (on the medians):")
+    if quick:
+        print(
+            f"  (quick mode: {rounds} rounds of {duration} s, on a machine other work may "
+            "share: figures and verdicts are indicative only; --full gives figures to judge)"
+        )
     for t in tgts:
-        verdict = {True: "met", False: "NOT MET", None: "undetermined"}[t["met"]]
+        if quick:
+            verdict = {
+                True: "met (quick run)",
+                False: "not met in this quick run (noisy)",
+                None: "undetermined",
+            }[t["met"]]
+        else:
+            verdict = {True: "met", False: "NOT MET", None: "undetermined"}[t["met"]]
         value = t.get("text") or fmt(t["value"], ".1f", 0).strip()
         print(f"  {t['name']}: {value}{t['unit']} (target <= {t['limit']:g}{t['unit']}): {verdict}")
 
@@ -1357,7 +1370,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     summary = summarize(samples, config_names, routes)
     tgts = targets(summary)
-    print_report(summary, config_names, rounds, duration, load_desc, tgts)
+    print_report(
+        summary, config_names, rounds, duration, load_desc, tgts, quick=mode_name == "quick"
+    )
     for what, why in skipped.items():
         print(f"  SKIPPED {what}: {why}")
 

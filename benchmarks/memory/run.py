@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Memory bound of pulsetrace's buffers with nothing draining them.
 
-Each configuration runs in a fresh interpreter: configure (sample_rate=1.0, no
-exporter, so the export queue is never drained), warm up with 10k spans,
-read RSS, push N spans of one span per trace (3 attributes each), read RSS
-again. The buffers are bounded, so RSS growth must stay under the bound
-estimated from the configuration: the spans the buffers can hold
+Each configuration runs in a fresh interpreter: configure (sample_rate=1.0, kept
+traces queued but no exporter taking them, so the export queue is never
+drained), warm up with 10k spans, read RSS, push N spans of one span per trace
+(3 attributes each), read RSS again. The buffers are bounded, so RSS growth
+must stay under the bound estimated from the configuration: the spans the buffers can hold
 (``capacity_spans``) times ``BYTES_PER_SPAN``.
 
     python benchmarks/memory/run.py [--quick|--full] [--json PATH]
@@ -95,6 +95,9 @@ def child(name: str, spans: int) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(pulsetrace.Config)}
     overrides = {k: v for k, v in CONFIGS[name].items() if k in known}
     cfg = pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0, **overrides)
+    # Kept traces are queued as while an exporter is set, but nothing takes
+    # them (with no exporter at all they would not be queued).
+    pulsetrace._runtime.tracer().exporting = True
     start_span = pulsetrace.start_span
 
     def push(n: int) -> None:

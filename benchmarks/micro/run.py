@@ -19,6 +19,7 @@ import argparse
 import contextvars
 import gc
 import json
+import logging
 import os
 import platform
 import random
@@ -99,6 +100,20 @@ def scrub_env() -> list[str]:
     return [name for name in SCRUBBED_ENV if os.environ.pop(name, None) is not None]
 
 
+class Collected(logging.Handler):
+    """Keeps the log records of a third-party library (the OpenTelemetry SDK)
+    for the report, instead of letting them through to stderr in the middle
+    of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name}: {record.getMessage()}"
+        self.messages[text] = self.messages.get(text, 0) + 1
+
+
 def empty() -> None:
     pass
 
@@ -140,6 +155,9 @@ def build_env() -> tuple[dict[str, Any], dict[str, Callable[[], object]], dict[s
 
     # Documented defaults (not the environment), traces kept: realistic buffers.
     cfg = pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+    # Kept traces go to the export queue as with an exporter set (nothing
+    # drains it: full, it drops and counts, as with a stuck exporter).
+    pulsetrace._runtime.tracer().exporting = True
     processor = BatchSpanProcessor(DropExporter())
     provider = TracerProvider()  # never made the global provider
     provider.add_span_processor(processor)
@@ -203,6 +221,10 @@ def calibrate(fn: Batch, pool: list[int], target_ns: float) -> int:
 def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
     """Run every case ``rounds`` times, interleaved, in this process."""
     scrubbed = scrub_env()
+    third_party = Collected()
+    otel_logger = logging.getLogger("opentelemetry")
+    otel_logger.addHandler(third_party)
+    otel_logger.propagate = False
     import pulsetrace
 
     env, settle, versions = build_env()
@@ -251,6 +273,7 @@ def measure(rounds: int, batch_ms: float) -> dict[str, Any]:
         "spans_timed": attempted,
         "span_drops_timed": drops,
         "loadavg": [load_start, os.getloadavg()],
+        "third_party_log": third_party.messages,
     }
 
 

@@ -105,6 +105,7 @@ def counters() -> dict[str, int]:
     internal errors), by name."""
     out = dict(_runtime.tracer().counters())
     out["export_failures"] = _runtime.export_failures()
+    out.update(_runtime.deliveries())
     for exporter in _runtime.exporters():
         more = getattr(exporter, "counters", None)
         if more is not None:
@@ -121,6 +122,8 @@ def flush(timeout: float = 5.0) -> bool:
     return _runtime.flush(timeout)
 
 
-def shutdown(timeout: float = 5.0) -> bool:
-    """Decide every open trace, export, stop exporters (also run at exit)."""
+def shutdown(timeout: Optional[float] = None) -> bool:
+    """Decide every open trace, export, stop exporters (also run at exit and
+    on SIGTERM). Waits at most ``timeout`` seconds, by default
+    ``PULSETRACE_SHUTDOWN_TIMEOUT_MS``; returns False if that was not enough."""
     return _runtime.shutdown(timeout)

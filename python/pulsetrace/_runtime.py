@@ -31,6 +31,11 @@ _starting = False
 _start_failed = False
 _exporters: list[SpanExporter] = []
 _export_failures = 0
+#: Spans exporters reported delivered / not delivered (a span sent to two
+#: exporters counts twice). Synchronous exporters report through their
+#: ``export`` result; the OTLP exporter reports when its sender thread knows.
+_delivery = {"spans_delivered": 0, "spans_delivery_failed": 0}
+_delivery_lock = threading.Lock()
 _worker: Optional[_ExportThread] = None
 _pid = os.getpid()
 
@@ -91,8 +96,27 @@ def config() -> Config:
     return _config if _config is not None else Config()
 
 
+class _StderrUnlessConfigured(logging.Handler):
+    """pulsetrace's records on stderr while the application has not
+    configured logging (no handler on the root logger). Python's own last
+    resort does the same but only from WARNING up, so ``LOG_LEVEL=info``
+    would show nothing; once the application has a handler, it gets the
+    records instead (no line twice)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def _apply_log_level(cfg: Config) -> None:
-    logging.getLogger("pulsetrace").setLevel(cfg.log_level.upper())
+    logger = logging.getLogger("pulsetrace")
+    logger.setLevel(cfg.log_level.upper())
+    if not any(isinstance(h, _StderrUnlessConfigured) for h in logger.handlers):
+        logger.addHandler(_StderrUnlessConfigured())
 
 
 def resource(cfg: Config) -> dict[str, Any]:
@@ -120,11 +144,22 @@ def _apply(cfg: Config) -> None:
     its worker thread started) and restart the export thread."""
     global _tracer, _config
     _apply_log_level(cfg)
+    first = _tracer is None
     TRACER.configure(cfg)
     TRACER.set_resource(resource(cfg))
     _config = cfg
     _tracer = TRACER
+    if first:
+        # A reconfigured core keeps the previous one's export switch.
+        _sync_exporting()
     _restart_worker()
+
+
+def _sync_exporting() -> None:
+    """Kept traces are queued for export only while an exporter is set:
+    with none, nothing would ever take them from the queue."""
+    if _tracer is not None:
+        _tracer.exporting = bool(_exporters)
 
 
 def configure(cfg: Config) -> None:
@@ -141,6 +176,7 @@ def add_exporter(exporter: SpanExporter) -> None:
         _stop_worker()
         if exporter not in _exporters:
             _exporters.append(exporter)
+        _sync_exporting()
         _restart_worker()
 
 
@@ -148,6 +184,7 @@ def remove_exporter(exporter: SpanExporter) -> None:
     with _lock:
         if exporter in _exporters:
             _exporters.remove(exporter)
+        _sync_exporting()
 
 
 def exporters() -> Sequence[SpanExporter]:
@@ -202,25 +239,46 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
             return total
         if batch is None:
             return total
-        total += len(batch)
+        spans = len(batch)
+        total += spans
         for exporter in tuple(_exporters):
+            export_otlp = None
             try:
-                # An OTLP exporter takes the natively encoded request;
-                # the others get SpanData objects (built once per batch).
+                # An OTLP exporter takes the natively encoded request (and
+                # reports its delivery itself, from its sender thread); the
+                # others get SpanData objects (built once per batch).
                 export_otlp = getattr(exporter, "export_otlp", None)
                 if export_otlp is not None:
-                    result = export_otlp(batch.otlp(), len(batch))
+                    result = export_otlp(batch.otlp(), spans)
                 else:
                     result = exporter.export(batch.traces())
+                    ok = result is ExportResult.SUCCESS
+                    record_delivery(spans if ok else 0, 0 if ok else spans)
                 if result is not ExportResult.SUCCESS:
                     _export_failures += 1
             except Exception as exc:
                 _export_failures += 1
+                if export_otlp is None:
+                    record_delivery(0, spans)
                 _diag.internal_error(f"export.{type(exporter).__name__}", exc)
 
 
 def export_failures() -> int:
     return _export_failures
+
+
+def record_delivery(delivered: int, failed: int) -> None:
+    """An exporter's outcome: ``delivered`` spans reached their destination,
+    ``failed`` did not (refused, lost, timed out)."""
+    with _delivery_lock:
+        _delivery["spans_delivered"] += delivered
+        _delivery["spans_delivery_failed"] += failed
+
+
+def deliveries() -> dict[str, int]:
+    """``spans_delivered`` and ``spans_delivery_failed`` so far."""
+    with _delivery_lock:
+        return dict(_delivery)
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -245,13 +303,23 @@ def flush(timeout: float = 5.0) -> bool:
         return False
 
 
-def shutdown(timeout: float = 5.0) -> bool:
-    """Decide every open trace, export it, stop the exporters. Idempotent."""
+def shutdown_timeout() -> float:
+    """Seconds :func:`shutdown` waits at most by default (at exit, on
+    SIGTERM): ``PULSETRACE_SHUTDOWN_TIMEOUT_MS``."""
+    cfg = _config
+    return (cfg.shutdown_timeout_ms if cfg is not None else Config.shutdown_timeout_ms) / 1000.0
+
+
+def shutdown(timeout: Optional[float] = None) -> bool:
+    """Decide every open trace, export it, stop the exporters, within
+    ``timeout`` seconds (default :func:`shutdown_timeout`). Idempotent."""
     global _worker
-    deadline = time.monotonic() + max(timeout, 0.0)
     t = _tracer
     if t is None:
         return True
+    if timeout is None:
+        timeout = shutdown_timeout()
+    deadline = time.monotonic() + max(timeout, 0.0)
     try:
         _stop_worker(timeout=max(deadline - time.monotonic(), 0.0))
         t.shutdown()
@@ -268,10 +336,12 @@ def shutdown(timeout: float = 5.0) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _worker, _export_lock, _lock, _pid
+    global _worker, _export_lock, _lock, _pid, _delivery_lock
     _pid = os.getpid()
     _lock = threading.RLock()
     _export_lock = threading.Lock()
+    _delivery_lock = threading.Lock()
+    _delivery.update(dict.fromkeys(_delivery, 0))  # the child's own, as the core's
     _worker = None
     t = _tracer
     if t is not None:
@@ -287,7 +357,7 @@ def _after_fork_in_child() -> None:
 
 def _at_exit() -> None:
     if os.getpid() == _pid:
-        shutdown(timeout=5.0)
+        shutdown()
 
 
 if hasattr(os, "register_at_fork"):

@@ -25,7 +25,7 @@ _started = False
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     try:
-        _runtime.shutdown(timeout=5.0)
+        _runtime.shutdown()  # within PULSETRACE_SHUTDOWN_TIMEOUT_MS
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -50,8 +50,14 @@ def _start_exporters() -> None:
             from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
             _runtime.add_exporter(OtlpSpanExporter(otlp))
+            log.info(
+                "pulsetrace: kept traces go to %s (OTLP over %s)", otlp.endpoint, otlp.protocol
+            )
         if otlp.console:
             _runtime.add_exporter(ConsoleSpanExporter())
+            log.info("pulsetrace: kept traces are written to stdout (OTEL_TRACES_EXPORTER)")
+        if not otlp.enabled and not otlp.console:
+            log.info("pulsetrace: kept traces are not exported (OTEL_TRACES_EXPORTER=none)")
     except Exception as exc:
         _diag.internal_error("auto.exporters", exc)
     if cfg.prometheus_enabled:
@@ -63,14 +69,25 @@ def _start_exporters() -> None:
             _diag.internal_error("auto.prometheus", exc)
 
 
+def _otel_api_present() -> bool:
+    """Whether opentelemetry-api can be imported. It is optional
+    (``pip install pulsetrace[otel]``): its absence is not an error."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        # No ``opentelemetry`` package at all: find_spec imports the parent
+        # package first, and that raises ModuleNotFoundError.
+        return False
+
+
 def _install_otel() -> None:
     """Make pulsetrace the OpenTelemetry API's tracer provider when the
     application has opentelemetry-api (spans made with
     ``opentelemetry.trace.get_tracer`` then share pulsetrace's pipeline).
     An SDK provider the application set itself is kept."""
-    import importlib.util
-
-    if importlib.util.find_spec("opentelemetry.trace") is None:
+    if not _otel_api_present():
         return
     try:
         from pulsetrace import otel

@@ -308,6 +308,9 @@ class Config:
     export_interval_ms: float = field(
         default=1_000.0, metadata=_declare("PULSETRACE_EXPORT_INTERVAL_MS", low=10, high=3_600_000)
     )
+    shutdown_timeout_ms: float = field(
+        default=5_000.0, metadata=_declare("PULSETRACE_SHUTDOWN_TIMEOUT_MS", low=0, high=600_000)
+    )
     prometheus_enabled: bool = field(default=False, metadata=_declare("PROMETHEUS_ENABLED"))
     metrics_addr: str = field(
         default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")

@@ -132,6 +132,23 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(_runtime.export_failures()))],
         )
     )
+    delivery = _runtime.deliveries()
+    extra.append(
+        (
+            "pulsetrace_spans_delivered_total",
+            "spans an exporter delivered (for OTLP: the receiver accepted them)",
+            "counter",
+            [({}, float(delivery["spans_delivered"]))],
+        )
+    )
+    extra.append(
+        (
+            "pulsetrace_spans_delivery_failed_total",
+            "spans an exporter could not deliver (refused, lost, timed out)",
+            "counter",
+            [({}, float(delivery["spans_delivery_failed"]))],
+        )
+    )
     # Not ``pulsetrace_internal_errors_total``: that is the error counter of
     # INTERNAL spans, which the renderer lists first (an extra family with a
     # taken name is skipped), so this counter would vanish once the

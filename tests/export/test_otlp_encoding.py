@@ -11,6 +11,8 @@ from pulsetrace import _runtime
 from conftest import fresh
 
 trace_pb2 = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+# Each test takes the kept traces from the export queue itself.
+pytestmark = pytest.mark.usefixtures("queued")
 
 T0 = 1_800_000_000_000_000_000
 

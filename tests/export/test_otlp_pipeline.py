@@ -460,7 +460,7 @@ def test_receiver_errors_are_counted_and_the_export_queue_stays_bounded(code, gr
     c = pulsetrace.counters()
     print(f"\n{code.name}: peak export queue {peak_queue} spans, peak {peak_batches} requests")
     assert peak_queue <= queue_size and peak_batches <= 8
-    handed = c["spans_exported"] - before["spans_exported"]
+    handed = c["spans_handed_to_exporters"] - before["spans_handed_to_exporters"]
     dropped = c["spans_dropped_export_full"] - before["spans_dropped_export_full"]
     assert dropped > 0 and handed > 0
     assert handed + dropped == produced  # every span accounted for
@@ -514,7 +514,9 @@ def test_slow_receiver_costs_spans_not_application_time(grpc_receiver, otlp):
     assert wait_until(lambda: pulsetrace.counters()["otlp_spans_sent"], timeout=3)
     # Every span handed to the exporter ends up sent or lost, never stuck.
     pulsetrace.flush(0.2)
-    handed = pulsetrace.counters()["spans_exported"] - before["spans_exported"]
+    handed = (
+        pulsetrace.counters()["spans_handed_to_exporters"] - before["spans_handed_to_exporters"]
+    )
     assert handed == 2 * len(took.spans)  # nothing dropped before the exporter
     pulsetrace.remove_exporter(exp)
     exp.shutdown(1)

@@ -43,6 +43,7 @@ Usage (on pulsetrace's export thread, never on a request thread)::
     transport = OtlpTransport(config_from_env())
     result = transport.send(request_bytes, deadline=time.monotonic() + 10)
     transport.counters()  # requests_sent, requests_failed, retries, ...
+    transport.stop_retrying()  # at shutdown: one attempt per send from now on
     transport.shutdown()
 
 ``send`` never raises: every failure is a :class:`SendResult` with ``ok``
@@ -51,6 +52,11 @@ OUT_OF_RANGE, DATA_LOSS, CANCELLED, RESOURCE_EXHAUSTED when the server sent
 RetryInfo; HTTP 429, 502, 503, 504 and connection errors) are retried with
 exponential backoff and full jitter (0.5 s doubling up to 5 s), or after the
 delay the server asked for, never past the deadline.
+
+The first failed attempt of a send is one warning on the ``pulsetrace``
+logger naming the endpoint and the error (a refused or unanswered connection
+says the collector cannot be reached), at most once a minute per kind of
+failure; the send's final outcome is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -257,6 +263,9 @@ class OtlpTransport:
         self.config = config
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._no_retry = threading.Event()
+        # Set by shutdown() and stop_retrying(): ends a retry wait at once.
+        self._wake = threading.Event()
         self._counters = dict.fromkeys(
             ("requests_sent", "requests_failed", "retries", "bytes_sent", "rejected_spans"), 0
         )
@@ -312,9 +321,17 @@ class OtlpTransport:
         with self._lock:
             return dict(self._counters)
 
+    def stop_retrying(self) -> None:
+        """From now on each send makes one attempt (a retry wait in progress
+        ends with one more attempt at once): at shutdown, a collector that is
+        down costs one quick failed attempt per send, not its whole deadline."""
+        self._no_retry.set()
+        self._wake.set()
+
     def shutdown(self) -> None:
         """Stop: a retry wait in progress ends, later sends fail. Idempotent."""
         self._closed.set()
+        self._wake.set()
         try:
             with self._lock:
                 idle, self._http_idle = self._http_idle, []
@@ -356,10 +373,15 @@ class OtlpTransport:
                         attempt.rejected_spans,
                         attempt.partial_error or "(no message)",
                     )
+                if retries:
+                    log.debug("pulsetrace: OTLP export delivered after %d retries", retries)
                 return SendResult(ok=True, retries=retries, rejected_spans=attempt.rejected_spans)
             error = attempt.error or "failed"
-            if not attempt.retryable:
-                return self._fail(retries, error, attempt.kind, False)
+            will_retry = attempt.retryable and not self._no_retry.is_set()
+            if retries == 0:
+                self._first_failure(attempt, error, will_retry)
+            if not will_retry:
+                return self._fail(retries, error, attempt.kind, attempt.retryable, said=True)
             if attempt.retry_after is not None:
                 delay = attempt.retry_after
             else:
@@ -367,20 +389,56 @@ class OtlpTransport:
                 delay = random.uniform(0.0, cap)
             if time.monotonic() + delay >= deadline:
                 why = f"{error} (a retry in {delay:.2f} s would pass the deadline)"
-                return self._fail(retries, why, attempt.kind, True)
+                return self._fail(retries, why, attempt.kind, True, said=True)
             log.debug("pulsetrace: OTLP export failed (%s); retrying in %.2f s", error, delay)
-            if self._closed.wait(delay):
-                return self._fail(retries, f"{error} (shut down while waiting to retry)", "", True)
+            if self._wake.wait(delay) and self._closed.is_set():
+                why = f"{error} (shut down while waiting to retry)"
+                return self._fail(retries, why, "", True, said=True)
+            # The wait ran out, or stop_retrying() ended it: one more attempt now.
             retries += 1
 
-    def _fail(self, retries: int, error: str, kind: str, retryable: bool) -> SendResult:
-        self._log_rate_limited(
-            kind or "failure",
-            "pulsetrace: OTLP export to %s failed after %d retries: %s",
-            self.config.endpoint,
-            retries,
-            error,
+    def _first_failure(self, attempt: _Attempt, error: str, will_retry: bool) -> None:
+        """Say at once that a send failed (rate limited per kind of failure),
+        not only when its retries are over."""
+        unreachable = attempt.kind in ("grpc UNAVAILABLE", "grpc DEADLINE_EXCEEDED") or (
+            attempt.kind.startswith("connection ")
         )
+        what = "cannot reach the OTLP collector at" if unreachable else "OTLP export failed at"
+        then = (
+            f"retrying for up to {self._timeout_s:g} s (OTEL_EXPORTER_OTLP_TIMEOUT), "
+            "then its spans are dropped"
+            if will_retry
+            else "its spans are dropped"
+        )
+        self._log_rate_limited(
+            attempt.kind or "failure",
+            "pulsetrace: %s %s: %s; %s",
+            what,
+            self.config.endpoint,
+            error,
+            then,
+        )
+
+    def _fail(
+        self, retries: int, error: str, kind: str, retryable: bool, *, said: bool = False
+    ) -> SendResult:
+        """A send that failed. ``said``: its first failed attempt was already
+        reported (then the outcome is logged at DEBUG only)."""
+        if said:
+            log.debug(
+                "pulsetrace: OTLP export to %s failed after %d retries: %s",
+                self.config.endpoint,
+                retries,
+                error,
+            )
+        else:
+            self._log_rate_limited(
+                kind or "failure",
+                "pulsetrace: OTLP export to %s failed after %d retries: %s",
+                self.config.endpoint,
+                retries,
+                error,
+            )
         return SendResult(ok=False, retries=retries, error=error, retryable=retryable)
 
     def _log_rate_limited(self, kind: str, msg: str, *args: Any) -> None:

@@ -5,7 +5,10 @@ The network I/O runs on the exporter's own sender thread, behind a small
 bounded queue of encoded requests: a dead, slow or failing receiver delays
 that thread only, never a request and never the other exporters. A request
 that does not fit the queue, or cannot be delivered within the timeout
-(retries included), is lost and counted (``otlp_spans_lost``). After a
+(retries included), is lost and counted (``otlp_spans_lost``); what was
+delivered and what was not is also reported to pulsetrace's
+``spans_delivered`` / ``spans_delivery_failed`` counters. At shutdown each
+queued request gets one attempt, no retries, within the shutdown's bound. After a
 fork, the child has its own lock, queue and counters, and starts its own
 sender thread and connections (never the parent's) on first use.
 """
@@ -21,7 +24,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from pulsetrace import _diag
+from pulsetrace import _diag, _runtime
 from pulsetrace.config import OtlpConfig, environment
 from pulsetrace.export import ExportResult
 from pulsetrace.export.otlp import OtlpTransport
@@ -42,7 +45,8 @@ class OtlpSpanExporter:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
-        self._last_ok = True
+        # Set by shutdown(): no send goes on past it.
+        self._final_deadline: Optional[float] = None
         self.spans_sent = 0
         self.spans_lost = 0
         self.batches_lost = 0
@@ -58,6 +62,7 @@ class OtlpSpanExporter:
         self._queue = collections.deque()
         self._busy = False
         self._thread = None
+        self._final_deadline = None
         self.spans_sent = self.spans_lost = self.batches_lost = 0
 
     def _ensure_thread(self) -> None:
@@ -74,17 +79,17 @@ class OtlpSpanExporter:
     def export_otlp(self, payload: bytes, spans: int) -> ExportResult:
         """Queue one encoded request of ``spans`` spans for sending."""
         with self._cv:
-            if self._stopping:
+            queued = not self._stopping and len(self._queue) < self.max_queued
+            if queued:
+                self._ensure_thread()
+                self._queue.append((payload, spans))
+                self._cv.notify_all()
+            else:
                 self.spans_lost += spans
                 self.batches_lost += 1
-                return ExportResult.FAILURE
-            self._ensure_thread()
-            if len(self._queue) >= self.max_queued:
-                self.spans_lost += spans
-                self.batches_lost += 1
-                return ExportResult.FAILURE
-            self._queue.append((payload, spans))
-            self._cv.notify_all()
+        if not queued:
+            _runtime.record_delivery(0, spans)
+            return ExportResult.FAILURE
         return ExportResult.SUCCESS
 
     def _run(self) -> None:
@@ -96,19 +101,25 @@ class OtlpSpanExporter:
                     return
                 payload, spans = self._queue.popleft()
                 self._busy = True
+                final = self._final_deadline
+            delivered = 0
             try:
                 deadline = time.monotonic() + self.config.timeout_ms / 1000.0
+                if final is not None:
+                    deadline = min(deadline, final)
                 result = self.transport.send(payload, deadline)
+                if result.ok:
+                    delivered = spans - result.rejected_spans
                 with self._cv:
-                    self._last_ok = result.ok
                     if result.ok:
-                        self.spans_sent += spans - result.rejected_spans
+                        self.spans_sent += delivered
                     else:
                         self.spans_lost += spans
                         self.batches_lost += 1
             except Exception as exc:
                 _diag.internal_error("otlp.send", exc)
             finally:
+                _runtime.record_delivery(delivered, spans - delivered)
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
@@ -141,10 +152,15 @@ class OtlpSpanExporter:
         return True
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        # A receiver that failed the last request (down, refusing) gets one
-        # more second, not the whole deadline: a process exits promptly
-        # when no collector is there.
-        self.force_flush(timeout if self._last_ok else min(timeout, 1.0))
+        """Send what is queued within ``timeout`` seconds, then stop. Each
+        request gets one attempt, no retries: a collector that is down or
+        refusing costs one quick failed attempt per request, so a process
+        exits promptly when none is there."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cv:
+            self._final_deadline = deadline
+        self.transport.stop_retrying()
+        self.force_flush(max(deadline - time.monotonic(), 0.0))
         with self._cv:
             self._stopping = True
             self._cv.notify_all()

@@ -104,8 +104,9 @@ counters! {
     traces_evicted: "traces decided early because the buffer had the maximum number of open traces",
     traces_dropped_export_full: "kept traces dropped because the export queue was full",
     spans_dropped_export_full: "spans of kept traces dropped because the export queue was full",
-    traces_exported: "kept traces handed to an exporter",
-    spans_exported: "spans handed to an exporter",
+    traces_discarded_no_exporter: "kept traces discarded because no exporter was set",
+    traces_handed_to_exporters: "kept traces taken from the export queue for the exporters (delivered or not)",
+    spans_handed_to_exporters: "spans taken from the export queue for the exporters (delivered or not)",
     spans_processed_inline: "spans the request thread processed itself because the intake queue was full",
 }
 
@@ -224,6 +225,10 @@ pub struct Core {
     per_shard_open: usize,
     export: Mutex<ExportQueue>,
     pub counters: Counters,
+    /// Whether kept traces are queued for export: only while something
+    /// drains the queue (an exporter is set). Written and read under the
+    /// `export` lock, so no trace is queued after it was switched off.
+    exporting: AtomicBool,
     /// Ended spans not yet processed (see the module docs).
     intake: ArrayQueue<SpanRecord>,
     /// Held by whoever drains the intake, so spans are processed in the
@@ -259,6 +264,7 @@ impl Core {
                 spans: 0,
             }),
             counters: Counters::default(),
+            exporting: AtomicBool::new(true),
             intake: ArrayQueue::new(cfg.buffer.intake_spans.max(1)),
             intake_drain: Mutex::new(()),
             intake_wake_sent: AtomicBool::new(false),
@@ -513,9 +519,38 @@ impl Core {
         }
     }
 
+    /// Queue kept traces for export (`true`, the default) or not: with no
+    /// exporter nothing would ever drain the queue, so a kept trace is
+    /// discarded and counted (`traces_discarded_no_exporter`), and
+    /// switching off discards what is queued.
+    pub fn set_exporting(&self, on: bool) {
+        let mut q = self.export.lock();
+        self.exporting.store(on, Ordering::Relaxed);
+        if on {
+            return;
+        }
+        let discarded = std::mem::take(&mut q.traces);
+        q.spans = 0;
+        drop(q);
+        self.counters
+            .traces_discarded_no_exporter
+            .fetch_add(discarded.len() as u64, Ordering::Relaxed);
+    }
+
+    pub fn exporting(&self) -> bool {
+        self.exporting.load(Ordering::Relaxed)
+    }
+
     fn enqueue(&self, trace: KeptTrace) {
         let n = trace.spans.len();
         let mut q = self.export.lock();
+        if !self.exporting.load(Ordering::Relaxed) {
+            drop(q);
+            self.counters
+                .traces_discarded_no_exporter
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if q.spans + n > self.cfg.buffer.export_queue_spans {
             drop(q);
             self.counters
@@ -550,10 +585,10 @@ impl Core {
         }
         drop(q);
         self.counters
-            .traces_exported
+            .traces_handed_to_exporters
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         self.counters
-            .spans_exported
+            .spans_handed_to_exporters
             .fetch_add(taken as u64, Ordering::Relaxed);
         out
     }
@@ -756,7 +791,32 @@ mod tests {
         let drained = c.drain_export(3);
         assert_eq!(drained.iter().map(|t| t.spans.len()).sum::<usize>(), 3);
         assert_eq!(c.stats().export_spans, 7);
-        assert_eq!(count(&c.counters.spans_exported), 3);
+        assert_eq!(count(&c.counters.spans_handed_to_exporters), 3);
+        assert_eq!(
+            count(&c.counters.traces_handed_to_exporters),
+            drained.len() as u64
+        );
+    }
+
+    #[test]
+    fn with_no_exporter_nothing_is_queued() {
+        let c = core(1.0);
+        c.end_span(rec(1, 1, 0), 1);
+        assert_eq!(c.stats().export_traces, 1);
+        // Switching off discards what is queued, then every kept trace.
+        c.set_exporting(false);
+        assert_eq!(c.stats().export_traces, 0);
+        c.end_span(rec(2, 1, 0), 2);
+        c.end_span(rec(3, 2, 1), 3);
+        c.end_span(rec(3, 1, 0), 4);
+        assert_eq!(c.stats(), BufferStats::default());
+        assert!(c.drain_export(100).is_empty());
+        assert_eq!(count(&c.counters.traces_kept_probabilistic), 3);
+        assert_eq!(count(&c.counters.traces_discarded_no_exporter), 3);
+        assert_eq!(count(&c.counters.traces_handed_to_exporters), 0);
+        c.set_exporting(true);
+        c.end_span(rec(4, 1, 0), 5);
+        assert_eq!(c.drain_export(100).len(), 1);
     }
 
     #[test]

@@ -731,6 +731,9 @@ impl Tracer {
             return; // never configured: nothing to renew
         };
         let core = Arc::new(Core::new(cfg));
+        if let Some(old) = self.core.load().as_ref() {
+            core.set_exporting(old.exporting());
+        }
         *self.worker.lock() = Tracer::spawn(&core);
         std::mem::forget(self.core.swap(Some(core)));
     }
@@ -749,6 +752,9 @@ impl Tracer {
             redact,
         } = crate::config::extract(config)?;
         let new = Arc::new(Core::new(cfg.clone()));
+        if let Some(old) = self.core.load().as_ref() {
+            new.set_exporting(old.exporting());
+        }
         *self.head.lock() = head;
         crate::wsgi::set_redacted_params(redact);
         self.limits.set(limits);
@@ -809,6 +815,22 @@ impl Tracer {
     #[getter]
     fn configured(&self) -> bool {
         self.state.load(Ordering::Acquire) != UNCONFIGURED
+    }
+
+    /// Whether kept traces are queued for export (`drain`, `drain_batch`);
+    /// off, a kept trace is discarded and counted
+    /// (`traces_discarded_no_exporter`), and switching off discards what is
+    /// queued. pulsetrace keeps it on exactly while an exporter is set.
+    #[getter]
+    fn get_exporting(&self) -> bool {
+        self.core.load().as_ref().is_some_and(|c| c.exporting())
+    }
+
+    #[setter]
+    fn set_exporting(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        let core = self.core(py)?;
+        py.allow_threads(move || core.set_exporting(on));
+        Ok(())
     }
 
     /// Whether the background worker is running.

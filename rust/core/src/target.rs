@@ -137,23 +137,25 @@ impl<'a> TargetRef<'a> {
     }
 
     /// The rule (see the module docs): one pass over the attributes.
+    #[inline]
     pub fn of(kind: SpanKind, attributes: &'a Attributes) -> TargetRef<'a> {
         if matches!(kind, SpanKind::Server | SpanKind::Internal) {
             return TargetRef::NONE;
         }
-        let mut found: [Option<&'a str>; ATTRIBUTES.len()] = [None; ATTRIBUTES.len()];
+        TargetRef::scan(kind, attributes)
+    }
+
+    fn scan(kind: SpanKind, attributes: &'a Attributes) -> TargetRef<'a> {
+        // "" is absent (empty values do not count).
+        let mut found: [&'a str; ATTRIBUTES.len()] = [""; ATTRIBUTES.len()];
         for (key, value) in attributes {
-            let AttrValue::Str(text) = value else {
-                continue;
-            };
-            if text.is_empty() {
-                continue;
-            }
-            if let Some(i) = ATTRIBUTES.iter().position(|(a, _)| *a == &**key) {
-                found[i] = Some(bounded(text));
+            if let Some(i) = index_of(key) {
+                if let AttrValue::Str(text) = value {
+                    found[i] = text;
+                }
             }
         }
-        let has = |system: System| found[system.rows().start].is_some();
+        let has = |system: System| !found[system.rows().start].is_empty();
         let client = kind == SpanKind::Client;
         let system = if client && has(System::Db) {
             System::Db
@@ -166,9 +168,9 @@ impl<'a> TargetRef<'a> {
         };
         let mut values = [None; MAX_VALUES];
         for (slot, v) in values.iter_mut().zip(&found[system.rows()]) {
-            *slot = *v;
+            *slot = (!v.is_empty()).then(|| bounded(v));
         }
-        // Already normalised: non-empty, bounded, only the system's own.
+        // Normalised: non-empty, bounded, only the system's own.
         TargetRef { system, values }
     }
 
@@ -220,19 +222,44 @@ impl Target {
         }
     }
 
+    #[inline]
     pub fn matches(&self, other: &TargetRef<'_>) -> bool {
+        // A target without a system has no values (both are normalised).
         self.system == other.system
-            && self
-                .values
-                .iter()
-                .zip(other.values)
-                .all(|(a, b)| a.as_deref() == b)
+            && (self.system == System::None
+                || self
+                    .values
+                    .iter()
+                    .zip(other.values)
+                    .all(|(a, b)| a.as_deref() == b))
     }
 
     /// Whether it has no values (no target, or a system's overflow key).
     pub fn is_empty(&self) -> bool {
         self.values.iter().all(Option::is_none)
     }
+}
+
+/// Bit `n` set: some row of the attribute table is `n` bytes long.
+const LENGTHS: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < ATTRIBUTES.len() {
+        assert!(ATTRIBUTES[i].0.len() < 64);
+        mask |= 1 << ATTRIBUTES[i].0.len();
+        i += 1;
+    }
+    mask
+};
+
+/// The row of `key` in the attribute table; most keys are rejected by their
+/// length alone.
+#[inline]
+fn index_of(key: &str) -> Option<usize> {
+    if key.len() >= 64 || LENGTHS & (1 << key.len()) == 0 {
+        return None;
+    }
+    ATTRIBUTES.iter().position(|(a, _)| *a == key)
 }
 
 /// `text` cut to at most [`MAX_VALUE_BYTES`] on a character boundary.
@@ -384,6 +411,22 @@ mod tests {
         assert!(Target::overflow(System::Db).is_empty());
         assert!(!Target::overflow(System::Db).matches(&TargetRef::NONE));
         assert!(!owned.is_empty());
+    }
+
+    #[test]
+    fn every_row_is_found_and_nothing_else() {
+        for (i, (a, _)) in ATTRIBUTES.iter().enumerate() {
+            assert_eq!(index_of(a), Some(i));
+        }
+        for other in [
+            "",
+            "db.system.nam3",
+            "server.port",
+            "db.system",
+            &"x".repeat(100),
+        ] {
+            assert_eq!(index_of(other), None, "{other}");
+        }
     }
 
     #[test]

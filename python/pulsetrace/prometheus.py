@@ -10,8 +10,9 @@ series of the system they reach, named as OpenTelemetry names them
 (``http_client_request_duration_seconds``,
 ``db_client_operation_duration_seconds``, ...; the README's "Metrics: from
 span to series" has the mapping, the core's ``target`` module the rule).
-The monitoring endpoints serve it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
-``http://PULSETRACE_METRICS_ADDR/metrics`` (default ``127.0.0.1:9464``).
+The monitoring endpoints serve it; with ``PROMETHEUS_ENABLED=true`` a small
+server also serves it at ``http://PULSETRACE_METRICS_ADDR/metrics`` (default
+``127.0.0.1:9464``).
 """
 
 from __future__ import annotations

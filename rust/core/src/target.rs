@@ -1,8 +1,9 @@
 //! What a span talks to: the part of a latency histogram's key beyond
 //! (span kind, operation name, status class).
 //!
-//! One rule, read from the span's attributes on the core's worker thread
-//! (never on the request thread), by [`TargetRef::of`]:
+//! One rule, read from the span's attributes by [`TargetRef::of`] where the
+//! span is processed: on the core's worker thread (on the request thread only
+//! when the intake is full and it processes its span itself):
 //!
 //! | span kind          | attribute that decides | [`System`]    | key values (attributes, in order)                                   |
 //! |--------------------|------------------------|---------------|----------------------------------------------------------------------|

@@ -8,6 +8,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 import pulsetrace
+import three_systems
+from servers import free_port
 
 from conftest import fresh
 
@@ -109,3 +111,61 @@ def test_every_span_counts_even_when_the_intake_overflows(queued):
     traces = pulsetrace._runtime.tracer().drain(10**9)
     assert counters["traces_kept_probabilistic"] == 4 * per_thread
     assert traces and all(len(t) == 2 for t in traces)
+
+
+# ---------------------------------------------------------------------------
+# Keys by system: one span name, one row per system it talks to.
+# ---------------------------------------------------------------------------
+
+STATS = {"count", "errors", "min", "mean", "p50", "p90", "p99", "p999", "max"}
+
+
+def keys(rows: list[dict]) -> list[tuple[dict, int, int]]:
+    """(key fields, count, errors) of each row, sorted."""
+    out = [({k: v for k, v in r.items() if k not in STATS}, r["count"], r["errors"]) for r in rows]
+    return by_fields(out)
+
+
+def by_fields(rows: list[tuple[dict, int, int]]) -> list[tuple[dict, int, int]]:
+    return sorted(rows, key=lambda r: sorted(r[0].items()))
+
+
+def test_latency_has_a_row_per_system_for_one_name(redis_server):
+    fresh()
+    three_systems.calls_named_get(redis_server, http=5, redis_gets=3, sql=2)
+    rows = [r for r in pulsetrace.latency() if r["name"] == "GET"]
+    client = {"name": "GET", "kind": "client"}
+    assert keys(rows) == by_fields(
+        [
+            ({**client, "http.request.method": "GET", "server.address": "127.0.0.1"}, 5, 0),
+            ({**client, "db.system.name": "redis", "db.operation.name": "GET"}, 3, 0),
+            ({**client, "db.system.name": "sqlite", "db.operation.name": "GET"}, 2, 2),
+        ]
+    )
+
+
+def test_system_keys_stay_bounded_and_the_overflow_is_counted(redis_server):
+    fresh(max_metric_keys=3)
+    three_systems.calls_named_get(redis_server, http=5, redis_gets=3, sql=2)
+    # 20 more HTTP servers (refused connections, each its server.address):
+    # beyond the bound, they fold into the overflow key and are counted.
+    three_systems.refused_gets(free_port(), hosts=20)
+    rows = pulsetrace.latency()
+    assert len(rows) == 4
+    assert keys([r for r in rows if r["name"] == "(overflow)"]) == [
+        ({"name": "(overflow)", "kind": "client"}, 20, 20)
+    ]
+    assert sum(r["count"] for r in rows) == 30, "every span still counted"
+    c = pulsetrace.counters()
+    assert c["metric_keys"] == 3 and c["metric_keys_overflowed"] == 20
+
+
+def test_a_long_server_address_is_cut_to_a_bounded_key():
+    fresh()
+    host = "a" * 300 + ".example.com"
+    for _ in range(2):
+        attributes = {"http.request.method": "GET", "server.address": host}
+        pulsetrace.start_span("GET", kind="client", attributes=attributes).end()
+    (row,) = [r for r in pulsetrace.latency() if r["name"] == "GET"]
+    assert row["server.address"] == "a" * 128
+    assert row["count"] == 2

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import pytest
 
 import pulsetrace
+import three_systems
 from pulsetrace import _diag, _runtime, prometheus
 
 from conftest import fresh, queued_without_exporter
@@ -506,6 +507,148 @@ def test_histogram_values_match_the_recorded_durations():
     assert exp.value("http_server_errors_total", operation="GET /spread") == 0
     p99 = exp.value(QUANTILES, operation="GET /exact", q="0.99")
     assert p99 == pytest.approx(0.990, rel=0.01)
+
+
+# ---------------------------------------------------------------------------
+# 2b. Client spans by the system they talk to, named as OpenTelemetry does.
+# ---------------------------------------------------------------------------
+
+HTTP_CLIENT = "http_client_request_duration_seconds"
+DB_CLIENT = "db_client_operation_duration_seconds"
+
+
+def by_items(dicts: Any) -> list[dict[str, str]]:
+    return sorted(dicts, key=lambda d: sorted(d.items()))
+
+
+def labels_of(series: dict) -> list[dict[str, str]]:
+    return by_items(dict(key) for key in series)
+
+
+def lint(body: bytes) -> None:
+    r = promtool("check", "metrics", stdin=body)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), r
+
+
+def test_one_name_three_systems_three_series_with_their_own_counts(redis_server):
+    fresh()
+    three_systems.calls_named_get(redis_server, http=5, redis_gets=3, sql=2)
+    body = prometheus.exposition()[0]
+    exp = parse(body.decode(), om=False)
+    svc = {"service_name": "unknown_service"}
+    http = histograms(exp, HTTP_CLIENT)
+    assert labels_of(http) == [
+        {
+            "operation": "GET",
+            "http_request_method": "GET",
+            "server_address": "127.0.0.1",
+            "http_response_status_code": "2xx",
+            "status_class": "2xx",
+            **svc,
+        }
+    ]
+    assert [h["count"] for h in http.values()] == [5]
+    db = histograms(exp, DB_CLIENT)
+    redis_key = {"operation": "GET", "db_system_name": "redis", "db_operation_name": "GET"}
+    sqlite_key = {"operation": "GET", "db_system_name": "sqlite", "db_operation_name": "GET"}
+    assert labels_of(db) == by_items(
+        [
+            {**redis_key, "status_class": "ok", **svc},
+            {**sqlite_key, "status_class": "error", **svc},
+        ]
+    )
+    assert sorted(h["count"] for h in db.values()) == [2, 3]
+    assert exp.value("http_client_requests_total", operation="GET") == 5
+    assert exp.value("http_client_errors_total", operation="GET") == 0
+    assert exp.value("db_client_operations_total", **redis_key) == 3
+    assert exp.value("db_client_operations_total", **sqlite_key) == 2
+    assert exp.value("db_client_errors_total", **sqlite_key) == 2
+    assert len(exp.find("db_client_operation_duration_quantile_seconds", **redis_key)) == 4
+    # Nothing of them left in the catch-all CLIENT family.
+    assert not [s for s in exp.samples if s.name.startswith("pulsetrace_client_")]
+    for family in (HTTP_CLIENT, DB_CLIENT):
+        assert exp.types[family] == "histogram"
+        assert exp.helps[family]
+    lint(body)
+    om = parse(prometheus.exposition("application/openmetrics-text")[0].decode(), om=True)
+    assert om.units[HTTP_CLIENT] == om.units[DB_CLIENT] == "seconds"
+    assert om.value("db_client_operations_total", **sqlite_key) == 2
+
+
+def test_messaging_spans_get_the_messaging_families():
+    fresh()
+    queue = {"messaging.system": "rabbitmq", "messaging.destination.name": "orders"}
+    for kind, op, n in [("producer", "publish", 4), ("consumer", "process", 3)]:
+        attributes = {**queue, "messaging.operation.name": op}
+        for _ in range(n):
+            pulsetrace.start_span(f"{op} orders", kind=kind, attributes=attributes).end()
+    pulsetrace.start_span("emit", kind="producer").end()  # no messaging.system
+    body = prometheus.exposition()[0]
+    exp = parse(body.decode(), om=False)
+    labels = {"messaging_system": "rabbitmq", "messaging_destination_name": "orders"}
+    sent = exp.find(
+        "messaging_client_operation_duration_seconds_count",
+        operation="publish orders",
+        messaging_operation_name="publish",
+        **labels,
+    )
+    assert [s.value for s in sent] == [4]
+    processed = exp.find(
+        "messaging_process_duration_seconds_count",
+        operation="process orders",
+        messaging_operation_name="process",
+        **labels,
+    )
+    assert [s.value for s in processed] == [3]
+    assert exp.value("messaging_process_operations_total", operation="process orders") == 3
+    other = exp.find("pulsetrace_messaging_operation_duration_seconds_count")
+    assert [(s.labels["operation"], s.labels["kind"], s.value) for s in other] == [
+        ("emit", "producer", 1)
+    ]
+    lint(body)
+
+
+def test_system_overflow_stays_in_its_family_bounded_and_counted(redis_server):
+    fresh(max_metric_keys=3)
+    three_systems.calls_named_get(redis_server, http=5, redis_gets=3, sql=2)
+    three_systems.refused_gets(free_port(), hosts=20)
+    body = prometheus.exposition()[0]
+    exp = parse(body.decode(), om=False)
+    http = histograms(exp, HTTP_CLIENT)
+    overflow = {"operation": "(overflow)", "status_class": "error"}
+    assert labels_of(http) == by_items(
+        [
+            {**overflow, "service_name": "unknown_service"},
+            {
+                "operation": "GET",
+                "http_request_method": "GET",
+                "server_address": "127.0.0.1",
+                "http_response_status_code": "2xx",
+                "status_class": "2xx",
+                "service_name": "unknown_service",
+            },
+        ]
+    )
+    assert exp.value(HTTP_CLIENT + "_count", **overflow) == 20
+    assert exp.value("http_client_errors_total", operation="(overflow)") == 20
+    addresses = {s.labels.get("server_address") for s in exp.samples} - {None}
+    assert addresses == {"127.0.0.1"}, "the refused hosts have no series of their own"
+    assert exp.value("pulsetrace_registry_keys") == 3
+    assert exp.value("pulsetrace_registry_overflowed_total") == 20
+    lint(body)
+
+
+def test_a_long_server_address_is_a_bounded_label():
+    fresh()
+    host = "é" * 200 + ".example.com"
+    attributes = {"http.request.method": "GET", "server.address": host}
+    pulsetrace.start_span("GET", kind="client", attributes=attributes).end()
+    body = prometheus.exposition()[0]
+    exp = parse(body.decode(), om=False)
+    (sample,) = exp.find("http_client_requests_total")
+    # 128 bytes at most, cut on a character boundary.
+    assert sample.labels["server_address"] == "é" * 64
+    lint(body)
 
 
 # ---------------------------------------------------------------------------

@@ -5,9 +5,14 @@ histograms of every inbound request, outbound call, SQL statement and Redis
 command (request and error counters, duration histograms in seconds,
 quantile gauges read exactly from the HDR histograms; OpenMetrics exemplars
 link slow buckets to kept traces when the scraper asks for OpenMetrics),
-process metrics and pulsetrace's own health. The monitoring endpoints serve
-it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
-``http://PULSETRACE_METRICS_ADDR/metrics`` (default ``127.0.0.1:9464``).
+process metrics and pulsetrace's own health. Calls out of the process are
+series of the system they reach, named as OpenTelemetry names them
+(``http_client_request_duration_seconds``,
+``db_client_operation_duration_seconds``, ...; the README's "Metrics: from
+span to series" has the mapping, the core's ``target`` module the rule).
+The monitoring endpoints serve it; with ``PROMETHEUS_ENABLED=true`` a small
+server also serves it at ``http://PULSETRACE_METRICS_ADDR/metrics`` (default
+``127.0.0.1:9464``).
 """
 
 from __future__ import annotations

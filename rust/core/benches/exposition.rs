@@ -6,8 +6,9 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pulsetrace_core::exposition::{render, ExpositionConfig, Format};
 use pulsetrace_core::histogram::HistogramConfig;
-use pulsetrace_core::registry::{ExemplarSample, Registry};
+use pulsetrace_core::registry::{Entry, ExemplarSample, Registry};
 use pulsetrace_core::span::{SpanKind, StatusClass};
+use pulsetrace_core::target::TargetRef;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ fn registry(series: usize) -> Registry {
             r.record_exemplar(
                 kind,
                 &name,
+                TargetRef::NONE,
                 class,
                 ExemplarSample {
                     value_ns,
@@ -69,8 +71,7 @@ fn exposition(c: &mut Criterion) {
     let bounds = cfg.bucket_bounds_ns();
     for series in [1_000usize, 10_000] {
         let r = registry(series);
-        let exemplars =
-            |k: SpanKind, op: &str, class: StatusClass| r.exemplars(k, op, class, &bounds);
+        let exemplars = |e: &Entry| r.exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds);
         let mut group = c.benchmark_group(format!("render/{series}_series"));
         group.throughput(Throughput::Elements(series as u64));
         for (label, format) in [

@@ -4,22 +4,30 @@
 //!
 //! # Families
 //!
-//! Registry entries are grouped by span kind. Names follow the
-//! OpenTelemetry semantic conventions translated to Prometheus (base unit
-//! seconds) where a convention exists, and `<namespace>_…` otherwise
-//! (`ns_` below is [`ExpositionConfig::namespace`] plus `_`, nothing when it
-//! is empty):
+//! Registry entries are grouped by span kind and target (what the span
+//! talks to, [`crate::target`]). Names follow the OpenTelemetry semantic
+//! conventions translated to Prometheus (base unit seconds) where a
+//! convention exists, and `<namespace>_…` otherwise (`ns_` below is
+//! [`ExpositionConfig::namespace`] plus `_`, nothing when it is empty):
 //!
-//! | spans            | histogram (`<base>_seconds`)                  | counters                                             |
-//! |------------------|-----------------------------------------------|------------------------------------------------------|
-//! | SERVER           | `http_server_request_duration_seconds`        | `http_server_requests_total`, `http_server_errors_total` |
-//! | CLIENT           | `ns_client_operation_duration_seconds`        | `ns_client_operations_total`, `ns_client_errors_total` |
-//! | INTERNAL         | `ns_internal_operation_duration_seconds`      | `ns_internal_operations_total`, `ns_internal_errors_total` |
-//! | PRODUCER/CONSUMER| `ns_messaging_operation_duration_seconds`     | `ns_messaging_operations_total`, `ns_messaging_errors_total` |
+//! | spans                              | histogram (`<base>_seconds`)                  | counters                                             | target labels |
+//! |------------------------------------|-----------------------------------------------|------------------------------------------------------|---------------|
+//! | SERVER                             | `http_server_request_duration_seconds`        | `http_server_requests_total`, `http_server_errors_total` | - |
+//! | CLIENT, HTTP                       | `http_client_request_duration_seconds`        | `http_client_requests_total`, `http_client_errors_total` | `http_request_method`, `server_address` |
+//! | CLIENT, database                   | `db_client_operation_duration_seconds`        | `db_client_operations_total`, `db_client_errors_total` | `db_system_name`, `db_operation_name`, `db_collection_name` |
+//! | PRODUCER (or CLIENT), messaging    | `messaging_client_operation_duration_seconds` | `messaging_client_operations_total`, `messaging_client_errors_total` | `messaging_system`, `messaging_operation_name`, `messaging_destination_name` |
+//! | CONSUMER, messaging                | `messaging_process_duration_seconds`          | `messaging_process_operations_total`, `messaging_process_errors_total` | as above |
+//! | other CLIENT                       | `ns_client_operation_duration_seconds`        | `ns_client_operations_total`, `ns_client_errors_total` | - |
+//! | INTERNAL                           | `ns_internal_operation_duration_seconds`      | `ns_internal_operations_total`, `ns_internal_errors_total` | - |
+//! | other PRODUCER/CONSUMER            | `ns_messaging_operation_duration_seconds`     | `ns_messaging_operations_total`, `ns_messaging_errors_total` | - |
 //!
 //! - Histogram series are labelled `operation` (the span name, e.g.
-//!   `GET /users/{id}`), `kind` (`producer`/`consumer`, messaging only),
-//!   `status_class` (`2xx`…, `ok`, `error`), then the constant labels.
+//!   `GET /users/{id}`), `kind` (`producer`/`consumer`, the last row only),
+//!   the target labels (those the span had), `http_response_status_code`
+//!   (HTTP client only: the status class, `2xx`…, so that `=~"5.."` filters
+//!   work; absent without a response), `status_class` (`2xx`…, `ok`,
+//!   `error`), then the constant labels. A system's `(overflow)` key (see
+//!   [`crate::registry`]) stays in its family, without target labels.
 //!   Buckets are cumulative [`Snapshot::count_le`] counts of each configured
 //!   bound (so at HDR slot granularity: a value within the bound's slot,
 //!   under 1% above the bound with 2 significant digits, counts in it), and
@@ -34,8 +42,8 @@
 //!   (promtool rejects it on a gauge). An operation with no recorded value
 //!   has `NaN` quantiles, as a summary would.
 //! - Two registry keys whose labels come out identical (a real operation
-//!   named `(overflow)` and the registry's overflow key) are merged into one
-//!   series.
+//!   named `(overflow)` and the registry's overflow key; keys with a target
+//!   in a family that shows none) are merged into one series.
 //!
 //! # Output
 //!
@@ -50,8 +58,9 @@
 //! lock) and writes straight into the caller's `String`.
 
 use crate::histogram::Snapshot;
-use crate::registry::{Entry, Registry};
+use crate::registry::Registry;
 use crate::span::{SpanKind, StatusClass};
+use crate::target::{System, Target};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -61,9 +70,12 @@ use std::sync::Arc;
 /// [`Registry::exemplars`] can feed [`render`] directly.
 pub type Exemplar = crate::registry::ExemplarSample;
 
-/// The exemplars of one registry key: `(kind, operation, class)` → one slot
-/// per bucket bound (see [`render`]).
-pub type ExemplarFn<'a> = dyn Fn(SpanKind, &str, StatusClass) -> Vec<Option<Exemplar>> + 'a;
+/// A registry key, as [`ExemplarFn`] receives it.
+pub use crate::registry::Entry;
+
+/// The exemplars of one registry key → one slot per bucket bound (see
+/// [`render`]).
+pub type ExemplarFn<'a> = dyn Fn(&Entry) -> Vec<Option<Exemplar>> + 'a;
 
 /// OpenTelemetry's default explicit bucket bounds for HTTP durations, in seconds.
 pub const DEFAULT_BUCKETS_S: [f64; 14] = [
@@ -89,7 +101,8 @@ pub struct ExpositionConfig {
     pub namespace: String,
     /// Labels added to every series (names sanitised; a name that repeats
     /// an earlier one or one of the registry families' own labels
-    /// `operation`, `kind`, `status_class`, `le`, `q` is dropped there).
+    /// `operation`, `kind`, `status_class`, `le`, `q`, the target labels and
+    /// `http_response_status_code` is dropped there).
     pub const_labels: Vec<(String, String)>,
 }
 
@@ -239,7 +252,7 @@ pub fn health_families(
         .collect();
     out.push(family(
         format!("{p}registry_keys"),
-        "latency histograms (operation, kind, status class keys) in the registry",
+        "latency histograms (kind, operation, target, status class keys) in the registry",
         ExtraKind::Gauge,
         registry.key_count() as f64,
     ));
@@ -285,25 +298,51 @@ fn sanitize(name: &str, colon: bool) -> String {
     out
 }
 
-/// Registry families (by span kind).
+/// Registry families (by span kind and target system).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Fam {
     Server,
     Client,
     Internal,
     Messaging,
+    HttpClient,
+    DbClient,
+    MessagingClient,
+    MessagingProcess,
 }
 
 impl Fam {
-    const ALL: [Fam; 4] = [Fam::Server, Fam::Client, Fam::Internal, Fam::Messaging];
+    const COUNT: usize = 8;
+    const ALL: [Fam; Fam::COUNT] = [
+        Fam::Server,
+        Fam::Client,
+        Fam::Internal,
+        Fam::Messaging,
+        Fam::HttpClient,
+        Fam::DbClient,
+        Fam::MessagingClient,
+        Fam::MessagingProcess,
+    ];
 
-    fn of(kind: SpanKind) -> Fam {
-        match kind {
-            SpanKind::Server => Fam::Server,
-            SpanKind::Client => Fam::Client,
-            SpanKind::Internal => Fam::Internal,
-            SpanKind::Producer | SpanKind::Consumer => Fam::Messaging,
+    fn of(kind: SpanKind, system: System) -> Fam {
+        match (kind, system) {
+            (SpanKind::Server, _) => Fam::Server,
+            (SpanKind::Internal, _) => Fam::Internal,
+            (SpanKind::Client, System::Http) => Fam::HttpClient,
+            (SpanKind::Client, System::Db) => Fam::DbClient,
+            (SpanKind::Consumer, System::Messaging) => Fam::MessagingProcess,
+            (SpanKind::Client | SpanKind::Producer, System::Messaging) => Fam::MessagingClient,
+            (SpanKind::Client, _) => Fam::Client,
+            (SpanKind::Producer | SpanKind::Consumer, _) => Fam::Messaging,
         }
+    }
+
+    /// Whether its series carry the target's labels.
+    fn has_target(self) -> bool {
+        matches!(
+            self,
+            Fam::HttpClient | Fam::DbClient | Fam::MessagingClient | Fam::MessagingProcess
+        )
     }
 
     /// (histogram base without `_seconds`, counter of all, counter of
@@ -314,6 +353,30 @@ impl Fam {
                 "http_server_request_duration",
                 "http_server_requests",
                 "http_server_errors",
+                false,
+            ),
+            Fam::HttpClient => (
+                "http_client_request_duration",
+                "http_client_requests",
+                "http_client_errors",
+                false,
+            ),
+            Fam::DbClient => (
+                "db_client_operation_duration",
+                "db_client_operations",
+                "db_client_errors",
+                false,
+            ),
+            Fam::MessagingClient => (
+                "messaging_client_operation_duration",
+                "messaging_client_operations",
+                "messaging_client_errors",
+                false,
+            ),
+            Fam::MessagingProcess => (
+                "messaging_process_duration",
+                "messaging_process_operations",
+                "messaging_process_errors",
                 false,
             ),
             Fam::Client => (
@@ -345,10 +408,30 @@ impl Fam {
                 "HTTP server requests (SERVER spans) by operation.",
                 "HTTP server requests that ended in an error class (5xx or error status) by operation.",
             ),
+            Fam::HttpClient => (
+                "Duration of outgoing HTTP requests (CLIENT spans with http.request.method) by operation, method, server address and status class.",
+                "Outgoing HTTP requests by operation, method and server address.",
+                "Outgoing HTTP requests that ended in an error class (5xx or error status) by operation, method and server address.",
+            ),
+            Fam::DbClient => (
+                "Duration of database operations (CLIENT spans with db.system.name) by operation, database system, operation name, collection and status class.",
+                "Database operations by operation, database system, operation name and collection.",
+                "Database operations that ended in an error by operation, database system, operation name and collection.",
+            ),
+            Fam::MessagingClient => (
+                "Duration of messaging operations a client initiates (PRODUCER or CLIENT spans with messaging.system) by operation, messaging system, operation name, destination and status class.",
+                "Messaging operations a client initiates by operation, messaging system, operation name and destination.",
+                "Messaging operations a client initiates that ended in an error by operation, messaging system, operation name and destination.",
+            ),
+            Fam::MessagingProcess => (
+                "Duration of message processing (CONSUMER spans with messaging.system) by operation, messaging system, operation name, destination and status class.",
+                "Message processing operations by operation, messaging system, operation name and destination.",
+                "Message processing operations that ended in an error by operation, messaging system, operation name and destination.",
+            ),
             Fam::Client => (
-                "Duration of outgoing operations (CLIENT spans: HTTP, SQL, Redis, ...) by operation and status class.",
-                "Outgoing operations (CLIENT spans) by operation.",
-                "Outgoing operations (CLIENT spans) that ended in an error class (5xx or error status) by operation.",
+                "Duration of other outgoing operations (CLIENT spans without HTTP, database or messaging attributes) by operation and status class.",
+                "Other outgoing operations (CLIENT spans) by operation.",
+                "Other outgoing operations (CLIENT spans) that ended in an error class (5xx or error status) by operation.",
             ),
             Fam::Internal => (
                 "Duration of internal operations (INTERNAL spans) by operation and status class.",
@@ -356,9 +439,9 @@ impl Fam {
                 "Internal operations (INTERNAL spans) that ended in an error by operation.",
             ),
             Fam::Messaging => (
-                "Duration of messaging operations (PRODUCER and CONSUMER spans) by operation, kind and status class.",
-                "Messaging operations (PRODUCER and CONSUMER spans) by operation and kind.",
-                "Messaging operations (PRODUCER and CONSUMER spans) that ended in an error by operation and kind.",
+                "Duration of messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation, kind and status class.",
+                "Messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation and kind.",
+                "Messaging operations (PRODUCER and CONSUMER spans without messaging.system) that ended in an error by operation and kind.",
             ),
         }
     }
@@ -387,7 +470,7 @@ impl FamNames {
 
 /// One histogram series (one label set) of a group.
 struct HSeries {
-    class: &'static str,
+    class: StatusClass,
     count: u64,
     sum_ns: u128,
     /// Start of its `bounds.len()` cumulative counts in `Collected::buckets`.
@@ -396,11 +479,13 @@ struct HSeries {
     exemplars: std::ops::Range<usize>,
 }
 
-/// One operation (and kind, for messaging) of a family: its series, the
-/// counters and the quantiles over all its status classes.
+/// One operation (and kind, for messaging; and target) of a family: its
+/// series, the counters and the quantiles over all its status classes.
 struct Group {
     op: Arc<str>,
     kind: Option<&'static str>,
+    /// The target whose labels the series carry (no values: none).
+    target: Target,
     series: std::ops::Range<usize>,
     count: u64,
     errors: u64,
@@ -410,7 +495,7 @@ struct Group {
 
 #[derive(Default)]
 struct Collected {
-    groups: [Vec<Group>; 4],
+    groups: [Vec<Group>; Fam::COUNT],
     series: Vec<HSeries>,
     buckets: Vec<u64>,
     quantiles: Vec<Option<u64>>,
@@ -524,20 +609,27 @@ fn collect(
     quantiles: &[f64],
 ) -> Collected {
     let entries = registry.entries();
-    // (family, operation, kind label) → its keys. Keys of one label set are
-    // merged below, so a group is the unit that holds snapshots at once.
-    let mut groups: BTreeMap<(Fam, &str, Option<&'static str>), Vec<&Entry>> = BTreeMap::new();
+    // (family, operation, kind label, target shown) → its keys. Keys of one
+    // label set are merged below, so a group is the unit that holds
+    // snapshots at once.
+    let none = Target::default();
+    type GroupKey<'e> = (Fam, &'e str, Option<&'static str>, &'e Target);
+    let mut groups: BTreeMap<GroupKey<'_>, Vec<&Entry>> = BTreeMap::new();
     for e in &entries {
-        let fam = Fam::of(e.kind);
+        let fam = Fam::of(e.kind, e.target.system());
         let kind = (fam == Fam::Messaging).then(|| e.kind.as_str());
-        groups.entry((fam, &e.name, kind)).or_default().push(e);
+        let target = if fam.has_target() { &e.target } else { &none };
+        groups
+            .entry((fam, &e.name, kind, target))
+            .or_default()
+            .push(e);
     }
 
     let mut c = Collected::default();
     let mut best: Vec<Option<Exemplar>> = Vec::new();
     let mut slots: Vec<Slot> = Vec::new();
     let mut dists: Vec<Dist> = Vec::new();
-    for ((fam, _, kind), mut keys) in groups {
+    for ((fam, _, kind, target), mut keys) in groups {
         keys.sort_by_key(|e| e.class.as_str());
         let series_start = c.series.len();
         slots.clear();
@@ -562,7 +654,7 @@ fn collect(
                 best.clear();
                 best.resize(bounds_ns.len() + 1, None);
                 for key in &keys[i..j] {
-                    for e in f(key.kind, &key.name, key.class).into_iter().flatten() {
+                    for e in f(key).into_iter().flatten() {
                         let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
                         let slot = &mut best[b];
                         if slot.is_none_or(|old| old.timestamp_unix_ns <= e.timestamp_unix_ns) {
@@ -588,7 +680,7 @@ fn collect(
                 errors = errors.saturating_add(d.count);
             }
             c.series.push(HSeries {
-                class: class.as_str(),
+                class,
                 count: d.count,
                 sum_ns: d.sum_ns,
                 buckets,
@@ -604,6 +696,7 @@ fn collect(
         c.groups[fam as usize].push(Group {
             op: keys[0].name.clone(),
             kind,
+            target: target.clone(),
             series: series_start..c.series.len(),
             count,
             errors,
@@ -728,13 +821,28 @@ enum Item<'a> {
     Extra(PreparedExtra<'a>),
 }
 
-/// Registry labels that constant labels may not reuse.
-const RESERVED_LABELS: [&str; 6] = ["operation", "kind", "status_class", "le", "q", "quantile"];
+/// Registry labels that constant labels may not reuse (the target labels too).
+const RESERVED_LABELS: [&str; 7] = [
+    "operation",
+    "kind",
+    "status_class",
+    "le",
+    "q",
+    "quantile",
+    HTTP_STATUS_LABEL,
+];
+
+/// The HTTP client families' label for the status class.
+const HTTP_STATUS_LABEL: &str = "http_response_status_code";
+
+fn reserved(label: &str) -> bool {
+    RESERVED_LABELS.contains(&label) || crate::target::label_names().any(|l| l == label)
+}
 
 /// Renders the registry's families and `extra` in `format`, appended to `out`.
 ///
-/// `exemplars(kind, operation, class)` returns the exemplars of one registry
-/// key, one slot per bucket bound of [`ExpositionConfig::bucket_bounds_ns`]
+/// `exemplars(entry)` returns the exemplars of one registry key, one slot
+/// per bucket bound of [`ExpositionConfig::bucket_bounds_ns`]
 /// (plus optionally one for `+Inf`); it may be empty. Each exemplar is
 /// placed in the bucket its value falls in (the latest per bucket wins), and
 /// only in OpenMetrics.
@@ -765,7 +873,7 @@ pub fn render(
     }
     let mut registry_consts = String::new();
     for (k, v) in &consts {
-        if !RESERVED_LABELS.contains(&k.as_str()) {
+        if !reserved(k) {
             push_label(&mut registry_consts, k, v);
         }
     }
@@ -890,14 +998,21 @@ impl Renderer<'_> {
         out.push(' ');
     }
 
-    /// The labels of a registry series into `self.line`.
-    fn series_labels(&mut self, group: &Group, class: Option<&str>, consts: &str) {
+    /// The labels of a registry series into `self.line`; `class` for a
+    /// histogram series (with `http_status` when the family shows it).
+    fn series_labels(&mut self, group: &Group, class: Option<(&str, bool)>, consts: &str) {
         self.line.clear();
         push_label(&mut self.line, "operation", &group.op);
         if let Some(kind) = group.kind {
             push_label(&mut self.line, "kind", kind);
         }
-        if let Some(class) = class {
+        for (_, label, value) in group.target.view().labels() {
+            push_label(&mut self.line, label, value);
+        }
+        if let Some((class, http_status)) = class {
+            if http_status {
+                push_label(&mut self.line, HTTP_STATUS_LABEL, class);
+            }
             push_label(&mut self.line, "status_class", class);
         }
         if !consts.is_empty() {
@@ -930,7 +1045,10 @@ impl Renderer<'_> {
                 self.header(name, h_help, "histogram", Some("seconds"));
                 for g in groups {
                     for s in &c.series[g.series.clone()] {
-                        self.series_labels(g, Some(s.class), consts);
+                        // The HTTP client's status code label: its class, when it had a response.
+                        let http_status = fam == Fam::HttpClient
+                            && !matches!(s.class, StatusClass::Ok | StatusClass::Error);
+                        self.series_labels(g, Some((s.class.as_str(), http_status)), consts);
                         let counts = &c.buckets[s.buckets..s.buckets + le.len() - 1];
                         let mut ex = c.exemplars[s.exemplars.clone()].iter().peekable();
                         for (b, le) in le.iter().enumerate() {
@@ -1086,11 +1204,20 @@ fn write_exemplar(out: &mut String, e: &Exemplar) {
 mod tests {
     use super::*;
     use crate::histogram::HistogramConfig;
+    use crate::span::{AttrValue, Attributes};
+    use crate::target::TargetRef;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (Arc::from(*k), AttrValue::Str(Arc::from(*v))))
+            .collect()
+    }
 
     const TRACE: u128 = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c;
     const SPAN: u64 = 0xb7ad_6b71_6920_3331;
 
-    fn no_exemplars(_: SpanKind, _: &str, _: StatusClass) -> Vec<Option<Exemplar>> {
+    fn no_exemplars(_: &Entry) -> Vec<Option<Exemplar>> {
         Vec::new()
     }
 
@@ -1141,6 +1268,43 @@ mod tests {
             StatusClass::Error,
             250_000,
         );
+        // One name, two systems (HTTP and Redis): two families. A queue's
+        // producer and consumer.
+        let http = attrs(&[
+            ("http.request.method", "GET"),
+            ("server.address", "api.example.com"),
+        ]);
+        let redis = attrs(&[("db.system.name", "redis"), ("db.operation.name", "GET")]);
+        let queue = |op| {
+            attrs(&[
+                ("messaging.system", "kafka"),
+                ("messaging.operation.name", op),
+                ("messaging.destination.name", "orders"),
+            ])
+        };
+        let (send, process) = (queue("send"), queue("process"));
+        let client = SpanKind::Client;
+        for (kind, name, attrs, class, ns) in [
+            (client, "GET", &http, StatusClass::Http2xx, 5_000_000),
+            (client, "GET", &http, StatusClass::Error, 400_000_000),
+            (client, "GET", &redis, StatusClass::Ok, 200_000),
+            (
+                SpanKind::Producer,
+                "send orders",
+                &send,
+                StatusClass::Ok,
+                300_000,
+            ),
+            (
+                SpanKind::Consumer,
+                "process orders",
+                &process,
+                StatusClass::Ok,
+                7_000_000,
+            ),
+        ] {
+            r.record_target(kind, name, TargetRef::of(kind, attrs), class, ns);
+        }
         let cfg = ExpositionConfig {
             buckets_s: vec![0.1, 0.01],
             quantiles: vec![0.5],
@@ -1156,16 +1320,56 @@ mod tests {
         (r, cfg, extra)
     }
 
-    fn golden_exemplars(k: SpanKind, op: &str, c: StatusClass) -> Vec<Option<Exemplar>> {
-        match (k, op, c) {
-            (SpanKind::Server, "GET /users/{id}", StatusClass::Http2xx) => {
+    fn golden_exemplars(e: &Entry) -> Vec<Option<Exemplar>> {
+        match (e.kind, &*e.name, e.target.system(), e.class) {
+            (SpanKind::Server, "GET /users/{id}", _, StatusClass::Http2xx) => {
                 vec![None, Some(ex(40_000_000, 1_700_000_000_123_000_000))]
+            }
+            (SpanKind::Client, "GET", System::Http, StatusClass::Http2xx) => {
+                vec![Some(ex(5_000_000, 1_700_000_000_456_000_000))]
             }
             _ => Vec::new(),
         }
     }
 
-    const GOLDEN_004: &str = r#"# HELP http_server_errors_total HTTP server requests that ended in an error class (5xx or error status) by operation.
+    const GOLDEN_004: &str = r#"# HELP db_client_errors_total Database operations that ended in an error by operation, database system, operation name and collection.
+# TYPE db_client_errors_total counter
+db_client_errors_total{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api"} 0
+# HELP db_client_operation_duration_quantile_seconds Quantiles (label q) of db_client_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE db_client_operation_duration_quantile_seconds gauge
+db_client_operation_duration_quantile_seconds{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api",q="0.5"} 0.0002
+# HELP db_client_operation_duration_seconds Duration of database operations (CLIENT spans with db.system.name) by operation, database system, operation name, collection and status class.
+# TYPE db_client_operation_duration_seconds histogram
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="0.01"} 1
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="0.1"} 1
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="+Inf"} 1
+db_client_operation_duration_seconds_sum{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api"} 0.0002
+db_client_operation_duration_seconds_count{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api"} 1
+# HELP db_client_operations_total Database operations by operation, database system, operation name and collection.
+# TYPE db_client_operations_total counter
+db_client_operations_total{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api"} 1
+# HELP http_client_errors_total Outgoing HTTP requests that ended in an error class (5xx or error status) by operation, method and server address.
+# TYPE http_client_errors_total counter
+http_client_errors_total{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api"} 1
+# HELP http_client_request_duration_quantile_seconds Quantiles (label q) of http_client_request_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE http_client_request_duration_quantile_seconds gauge
+http_client_request_duration_quantile_seconds{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api",q="0.5"} 0.005013503
+# HELP http_client_request_duration_seconds Duration of outgoing HTTP requests (CLIENT spans with http.request.method) by operation, method, server address and status class.
+# TYPE http_client_request_duration_seconds histogram
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="0.01"} 1
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="0.1"} 1
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="+Inf"} 1
+http_client_request_duration_seconds_sum{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api"} 0.005
+http_client_request_duration_seconds_count{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api"} 1
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="0.01"} 0
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="0.1"} 0
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="+Inf"} 1
+http_client_request_duration_seconds_sum{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api"} 0.4
+http_client_request_duration_seconds_count{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api"} 1
+# HELP http_client_requests_total Outgoing HTTP requests by operation, method and server address.
+# TYPE http_client_requests_total counter
+http_client_requests_total{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api"} 2
+# HELP http_server_errors_total HTTP server requests that ended in an error class (5xx or error status) by operation.
 # TYPE http_server_errors_total counter
 http_server_errors_total{operation="GET /users/{id}",service_name="api"} 1
 # HELP http_server_request_duration_quantile_seconds Quantiles (label q) of http_server_request_duration_seconds per operation over all status classes, exact from the HDR histogram.
@@ -1186,28 +1390,101 @@ http_server_request_duration_seconds_count{operation="GET /users/{id}",status_cl
 # HELP http_server_requests_total HTTP server requests (SERVER spans) by operation.
 # TYPE http_server_requests_total counter
 http_server_requests_total{operation="GET /users/{id}",service_name="api"} 3
+# HELP messaging_client_errors_total Messaging operations a client initiates that ended in an error by operation, messaging system, operation name and destination.
+# TYPE messaging_client_errors_total counter
+messaging_client_errors_total{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api"} 0
+# HELP messaging_client_operation_duration_quantile_seconds Quantiles (label q) of messaging_client_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE messaging_client_operation_duration_quantile_seconds gauge
+messaging_client_operation_duration_quantile_seconds{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api",q="0.5"} 0.0003
+# HELP messaging_client_operation_duration_seconds Duration of messaging operations a client initiates (PRODUCER or CLIENT spans with messaging.system) by operation, messaging system, operation name, destination and status class.
+# TYPE messaging_client_operation_duration_seconds histogram
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.01"} 1
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.1"} 1
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="+Inf"} 1
+messaging_client_operation_duration_seconds_sum{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api"} 0.0003
+messaging_client_operation_duration_seconds_count{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api"} 1
+# HELP messaging_client_operations_total Messaging operations a client initiates by operation, messaging system, operation name and destination.
+# TYPE messaging_client_operations_total counter
+messaging_client_operations_total{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api"} 1
+# HELP messaging_process_duration_quantile_seconds Quantiles (label q) of messaging_process_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE messaging_process_duration_quantile_seconds gauge
+messaging_process_duration_quantile_seconds{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api",q="0.5"} 0.007
+# HELP messaging_process_duration_seconds Duration of message processing (CONSUMER spans with messaging.system) by operation, messaging system, operation name, destination and status class.
+# TYPE messaging_process_duration_seconds histogram
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.01"} 1
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.1"} 1
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="+Inf"} 1
+messaging_process_duration_seconds_sum{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api"} 0.007
+messaging_process_duration_seconds_count{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api"} 1
+# HELP messaging_process_errors_total Message processing operations that ended in an error by operation, messaging system, operation name and destination.
+# TYPE messaging_process_errors_total counter
+messaging_process_errors_total{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api"} 0
+# HELP messaging_process_operations_total Message processing operations by operation, messaging system, operation name and destination.
+# TYPE messaging_process_operations_total counter
+messaging_process_operations_total{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api"} 1
 # HELP process_open_fds Open "file" descriptors.
 # TYPE process_open_fds gauge
 process_open_fds{service_name="api"} 12
-# HELP pt_messaging_errors_total Messaging operations (PRODUCER and CONSUMER spans) that ended in an error by operation and kind.
+# HELP pt_messaging_errors_total Messaging operations (PRODUCER and CONSUMER spans without messaging.system) that ended in an error by operation and kind.
 # TYPE pt_messaging_errors_total counter
 pt_messaging_errors_total{operation="orders process",kind="consumer",service_name="api"} 1
 # HELP pt_messaging_operation_duration_quantile_seconds Quantiles (label q) of pt_messaging_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
 # TYPE pt_messaging_operation_duration_quantile_seconds gauge
 pt_messaging_operation_duration_quantile_seconds{operation="orders process",kind="consumer",service_name="api",q="0.5"} 0.00025
-# HELP pt_messaging_operation_duration_seconds Duration of messaging operations (PRODUCER and CONSUMER spans) by operation, kind and status class.
+# HELP pt_messaging_operation_duration_seconds Duration of messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation, kind and status class.
 # TYPE pt_messaging_operation_duration_seconds histogram
 pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="consumer",status_class="error",service_name="api",le="0.01"} 1
 pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="consumer",status_class="error",service_name="api",le="0.1"} 1
 pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="consumer",status_class="error",service_name="api",le="+Inf"} 1
 pt_messaging_operation_duration_seconds_sum{operation="orders process",kind="consumer",status_class="error",service_name="api"} 0.00025
 pt_messaging_operation_duration_seconds_count{operation="orders process",kind="consumer",status_class="error",service_name="api"} 1
-# HELP pt_messaging_operations_total Messaging operations (PRODUCER and CONSUMER spans) by operation and kind.
+# HELP pt_messaging_operations_total Messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation and kind.
 # TYPE pt_messaging_operations_total counter
 pt_messaging_operations_total{operation="orders process",kind="consumer",service_name="api"} 1
 "#;
 
-    const GOLDEN_OPENMETRICS: &str = r#"# HELP http_server_errors HTTP server requests that ended in an error class (5xx or error status) by operation.
+    const GOLDEN_OPENMETRICS: &str = r#"# HELP db_client_errors Database operations that ended in an error by operation, database system, operation name and collection.
+# TYPE db_client_errors counter
+db_client_errors_total{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api"} 0
+# HELP db_client_operation_duration_quantile_seconds Quantiles (label q) of db_client_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE db_client_operation_duration_quantile_seconds gauge
+# UNIT db_client_operation_duration_quantile_seconds seconds
+db_client_operation_duration_quantile_seconds{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api",q="0.5"} 0.0002
+# HELP db_client_operation_duration_seconds Duration of database operations (CLIENT spans with db.system.name) by operation, database system, operation name, collection and status class.
+# TYPE db_client_operation_duration_seconds histogram
+# UNIT db_client_operation_duration_seconds seconds
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="0.01"} 1
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="0.1"} 1
+db_client_operation_duration_seconds_bucket{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api",le="+Inf"} 1
+db_client_operation_duration_seconds_sum{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api"} 0.0002
+db_client_operation_duration_seconds_count{operation="GET",db_system_name="redis",db_operation_name="GET",status_class="ok",service_name="api"} 1
+# HELP db_client_operations Database operations by operation, database system, operation name and collection.
+# TYPE db_client_operations counter
+db_client_operations_total{operation="GET",db_system_name="redis",db_operation_name="GET",service_name="api"} 1
+# HELP http_client_errors Outgoing HTTP requests that ended in an error class (5xx or error status) by operation, method and server address.
+# TYPE http_client_errors counter
+http_client_errors_total{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api"} 1
+# HELP http_client_request_duration_quantile_seconds Quantiles (label q) of http_client_request_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE http_client_request_duration_quantile_seconds gauge
+# UNIT http_client_request_duration_quantile_seconds seconds
+http_client_request_duration_quantile_seconds{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api",q="0.5"} 0.005013503
+# HELP http_client_request_duration_seconds Duration of outgoing HTTP requests (CLIENT spans with http.request.method) by operation, method, server address and status class.
+# TYPE http_client_request_duration_seconds histogram
+# UNIT http_client_request_duration_seconds seconds
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="0.01"} 1 # {trace_id="0af7651916cd43dd8448eb211c80319c",span_id="b7ad6b7169203331"} 0.005 1700000000.456
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="0.1"} 1
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api",le="+Inf"} 1
+http_client_request_duration_seconds_sum{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api"} 0.005
+http_client_request_duration_seconds_count{operation="GET",http_request_method="GET",server_address="api.example.com",http_response_status_code="2xx",status_class="2xx",service_name="api"} 1
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="0.01"} 0
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="0.1"} 0
+http_client_request_duration_seconds_bucket{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api",le="+Inf"} 1
+http_client_request_duration_seconds_sum{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api"} 0.4
+http_client_request_duration_seconds_count{operation="GET",http_request_method="GET",server_address="api.example.com",status_class="error",service_name="api"} 1
+# HELP http_client_requests Outgoing HTTP requests by operation, method and server address.
+# TYPE http_client_requests counter
+http_client_requests_total{operation="GET",http_request_method="GET",server_address="api.example.com",service_name="api"} 2
+# HELP http_server_errors HTTP server requests that ended in an error class (5xx or error status) by operation.
 # TYPE http_server_errors counter
 http_server_errors_total{operation="GET /users/{id}",service_name="api"} 1
 # HELP http_server_request_duration_quantile_seconds Quantiles (label q) of http_server_request_duration_seconds per operation over all status classes, exact from the HDR histogram.
@@ -1230,17 +1507,53 @@ http_server_request_duration_seconds_count{operation="GET /users/{id}",status_cl
 # HELP http_server_requests HTTP server requests (SERVER spans) by operation.
 # TYPE http_server_requests counter
 http_server_requests_total{operation="GET /users/{id}",service_name="api"} 3
+# HELP messaging_client_errors Messaging operations a client initiates that ended in an error by operation, messaging system, operation name and destination.
+# TYPE messaging_client_errors counter
+messaging_client_errors_total{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api"} 0
+# HELP messaging_client_operation_duration_quantile_seconds Quantiles (label q) of messaging_client_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE messaging_client_operation_duration_quantile_seconds gauge
+# UNIT messaging_client_operation_duration_quantile_seconds seconds
+messaging_client_operation_duration_quantile_seconds{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api",q="0.5"} 0.0003
+# HELP messaging_client_operation_duration_seconds Duration of messaging operations a client initiates (PRODUCER or CLIENT spans with messaging.system) by operation, messaging system, operation name, destination and status class.
+# TYPE messaging_client_operation_duration_seconds histogram
+# UNIT messaging_client_operation_duration_seconds seconds
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.01"} 1
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.1"} 1
+messaging_client_operation_duration_seconds_bucket{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api",le="+Inf"} 1
+messaging_client_operation_duration_seconds_sum{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api"} 0.0003
+messaging_client_operation_duration_seconds_count{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",status_class="ok",service_name="api"} 1
+# HELP messaging_client_operations Messaging operations a client initiates by operation, messaging system, operation name and destination.
+# TYPE messaging_client_operations counter
+messaging_client_operations_total{operation="send orders",messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="orders",service_name="api"} 1
+# HELP messaging_process_duration_quantile_seconds Quantiles (label q) of messaging_process_duration_seconds per operation over all status classes, exact from the HDR histogram.
+# TYPE messaging_process_duration_quantile_seconds gauge
+# UNIT messaging_process_duration_quantile_seconds seconds
+messaging_process_duration_quantile_seconds{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api",q="0.5"} 0.007
+# HELP messaging_process_duration_seconds Duration of message processing (CONSUMER spans with messaging.system) by operation, messaging system, operation name, destination and status class.
+# TYPE messaging_process_duration_seconds histogram
+# UNIT messaging_process_duration_seconds seconds
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.01"} 1
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="0.1"} 1
+messaging_process_duration_seconds_bucket{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api",le="+Inf"} 1
+messaging_process_duration_seconds_sum{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api"} 0.007
+messaging_process_duration_seconds_count{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",status_class="ok",service_name="api"} 1
+# HELP messaging_process_errors Message processing operations that ended in an error by operation, messaging system, operation name and destination.
+# TYPE messaging_process_errors counter
+messaging_process_errors_total{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api"} 0
+# HELP messaging_process_operations Message processing operations by operation, messaging system, operation name and destination.
+# TYPE messaging_process_operations counter
+messaging_process_operations_total{operation="process orders",messaging_system="kafka",messaging_operation_name="process",messaging_destination_name="orders",service_name="api"} 1
 # HELP process_open_fds Open \"file\" descriptors.
 # TYPE process_open_fds gauge
 process_open_fds{service_name="api"} 12
-# HELP pt_messaging_errors Messaging operations (PRODUCER and CONSUMER spans) that ended in an error by operation and kind.
+# HELP pt_messaging_errors Messaging operations (PRODUCER and CONSUMER spans without messaging.system) that ended in an error by operation and kind.
 # TYPE pt_messaging_errors counter
 pt_messaging_errors_total{operation="orders process",kind="consumer",service_name="api"} 1
 # HELP pt_messaging_operation_duration_quantile_seconds Quantiles (label q) of pt_messaging_operation_duration_seconds per operation over all status classes, exact from the HDR histogram.
 # TYPE pt_messaging_operation_duration_quantile_seconds gauge
 # UNIT pt_messaging_operation_duration_quantile_seconds seconds
 pt_messaging_operation_duration_quantile_seconds{operation="orders process",kind="consumer",service_name="api",q="0.5"} 0.00025
-# HELP pt_messaging_operation_duration_seconds Duration of messaging operations (PRODUCER and CONSUMER spans) by operation, kind and status class.
+# HELP pt_messaging_operation_duration_seconds Duration of messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation, kind and status class.
 # TYPE pt_messaging_operation_duration_seconds histogram
 # UNIT pt_messaging_operation_duration_seconds seconds
 pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="consumer",status_class="error",service_name="api",le="0.01"} 1
@@ -1248,7 +1561,7 @@ pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="
 pt_messaging_operation_duration_seconds_bucket{operation="orders process",kind="consumer",status_class="error",service_name="api",le="+Inf"} 1
 pt_messaging_operation_duration_seconds_sum{operation="orders process",kind="consumer",status_class="error",service_name="api"} 0.00025
 pt_messaging_operation_duration_seconds_count{operation="orders process",kind="consumer",status_class="error",service_name="api"} 1
-# HELP pt_messaging_operations Messaging operations (PRODUCER and CONSUMER spans) by operation and kind.
+# HELP pt_messaging_operations Messaging operations (PRODUCER and CONSUMER spans without messaging.system) by operation and kind.
 # TYPE pt_messaging_operations counter
 pt_messaging_operations_total{operation="orders process",kind="consumer",service_name="api"} 1
 # EOF
@@ -1469,7 +1782,7 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
             ..ExpositionConfig::default()
         };
         let calls = std::cell::Cell::new(0);
-        let exemplars = |_: SpanKind, _: &str, _: StatusClass| {
+        let exemplars = |_: &Entry| {
             calls.set(calls.get() + 1);
             vec![
                 // Misplaced (0.06 s belongs to le=0.1): moved there.
@@ -1523,7 +1836,7 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
         r.record(SpanKind::Client, "GET", StatusClass::Ok, 500_000_000);
         let om = text(
             &r,
-            &|_, _, _| vec![Some(ex(1_000, 1))],
+            &|_: &Entry| vec![Some(ex(1_000, 1))],
             &[],
             &cfg,
             Format::OpenMetrics100,
@@ -1711,6 +2024,9 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
     fn const_labels_never_shadow_registry_labels() {
         let r = Registry::new(HistogramConfig::default(), 10);
         r.record(SpanKind::Server, "GET /", StatusClass::Http2xx, 1_000);
+        let http = attrs(&[("http.request.method", "GET"), ("server.address", "h")]);
+        let target = TargetRef::of(SpanKind::Client, &http);
+        r.record_target(SpanKind::Client, "GET", target, StatusClass::Http2xx, 1_000);
         let cfg = ExpositionConfig {
             const_labels: vec![
                 ("operation".into(), "x".into()),
@@ -1718,6 +2034,8 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
                 ("q".into(), "x".into()),
                 ("region".into(), "eu".into()),
                 ("region".into(), "us".into()),
+                ("server.address".into(), "x".into()),
+                ("http_response_status_code".into(), "x".into()),
             ],
             ..ExpositionConfig::default()
         };
@@ -1732,10 +2050,102 @@ pt_messaging_operations_total{operation="orders process",kind="consumer",service
             out.contains("http_server_requests_total{operation=\"GET /\",region=\"eu\"} 1\n"),
             "{out}"
         );
+        assert!(
+            out.contains("http_client_request_duration_seconds_count{operation=\"GET\",http_request_method=\"GET\",server_address=\"h\",http_response_status_code=\"2xx\",status_class=\"2xx\",region=\"eu\"} 1\n"),
+            "{out}"
+        );
         // Extra families keep the constant labels the registry drops.
         assert!(
-            out.contains("up{region=\"local\",operation=\"x\",le=\"x\",q=\"x\"} 1\n"),
+            out.contains("up{region=\"local\",operation=\"x\",le=\"x\",q=\"x\",server_address=\"x\",http_response_status_code=\"x\"} 1\n"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn a_systems_overflow_stays_in_its_family_and_is_counted() {
+        let r = Registry::new(HistogramConfig::default(), 2);
+        let c = SpanKind::Client;
+        for i in 0..5u64 {
+            let host = format!("h{i}");
+            let a = attrs(&[("http.request.method", "GET"), ("server.address", &host)]);
+            for _ in 0..=i {
+                r.record_target(c, "GET", TargetRef::of(c, &a), StatusClass::Http2xx, 1_000);
+            }
+        }
+        let sql = attrs(&[
+            ("db.system.name", "sqlite"),
+            ("db.operation.name", "SELECT"),
+        ]);
+        r.record_target(c, "SELECT", TargetRef::of(c, &sql), StatusClass::Ok, 1_000);
+        let extra = health_families(&ExpositionConfig::default(), &r, &[]);
+        for f in [Format::Prometheus004, Format::OpenMetrics100] {
+            let out = text(&r, &no_exemplars, &extra, &ExpositionConfig::default(), f);
+            assert_eq!(
+                lines(&out, "http_client_request_duration_seconds_count"),
+                [
+                    "http_client_request_duration_seconds_count{operation=\"(overflow)\",http_response_status_code=\"2xx\",status_class=\"2xx\"} 12",
+                    "http_client_request_duration_seconds_count{operation=\"GET\",http_request_method=\"GET\",server_address=\"h0\",http_response_status_code=\"2xx\",status_class=\"2xx\"} 1",
+                    "http_client_request_duration_seconds_count{operation=\"GET\",http_request_method=\"GET\",server_address=\"h1\",http_response_status_code=\"2xx\",status_class=\"2xx\"} 2",
+                ]
+            );
+            assert_eq!(
+                lines(&out, "db_client_operation_duration_seconds_count"),
+                ["db_client_operation_duration_seconds_count{operation=\"(overflow)\",status_class=\"ok\"} 1"]
+            );
+            assert_eq!(
+                lines(&out, "pulsetrace_registry_overflowed_total"),
+                ["pulsetrace_registry_overflowed_total 13"]
+            );
+            assert_eq!(
+                lines(&out, "pulsetrace_registry_keys"),
+                ["pulsetrace_registry_keys 2"]
+            );
+        }
+    }
+
+    #[test]
+    fn target_values_are_bounded_label_values() {
+        let r = Registry::new(HistogramConfig::default(), 10);
+        let long = format!("{}.example.com", "a".repeat(1_000));
+        let a = attrs(&[("http.request.method", "GET"), ("server.address", &long)]);
+        let c = SpanKind::Client;
+        r.record_target(c, "GET", TargetRef::of(c, &a), StatusClass::Http2xx, 1_000);
+        let out = text(
+            &r,
+            &no_exemplars,
+            &[],
+            &ExpositionConfig::default(),
+            Format::Prometheus004,
+        );
+        let short = "a".repeat(crate::target::MAX_VALUE_BYTES);
+        assert_eq!(
+            lines(&out, "http_client_requests_total"),
+            [format!("http_client_requests_total{{operation=\"GET\",http_request_method=\"GET\",server_address=\"{short}\"}} 1")]
+        );
+    }
+
+    #[test]
+    fn a_target_in_a_family_without_target_labels_merges_by_label_set() {
+        // Only CLIENT/PRODUCER/CONSUMER spans get a target from TargetRef::of;
+        // a key recorded with one anyway renders without it, merged.
+        let r = Registry::new(HistogramConfig::default(), 10);
+        let a = attrs(&[("db.system.name", "redis")]);
+        let b = attrs(&[("db.system.name", "sqlite")]);
+        for t in [&a, &b] {
+            let target = TargetRef::of(SpanKind::Client, t);
+            r.record_target(SpanKind::Internal, "job", target, StatusClass::Ok, 1_000);
+        }
+        r.record(SpanKind::Internal, "job", StatusClass::Ok, 1_000);
+        let out = text(
+            &r,
+            &no_exemplars,
+            &[],
+            &ExpositionConfig::default(),
+            Format::Prometheus004,
+        );
+        assert_eq!(
+            lines(&out, "pulsetrace_internal_operations_total"),
+            ["pulsetrace_internal_operations_total{operation=\"job\"} 3"]
         );
     }
 

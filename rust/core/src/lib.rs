@@ -1,7 +1,8 @@
 //! pulsetrace core: everything per-span and numeric, with no Python in it.
 //!
 //! - [`histogram`]: a lock-free HDR latency histogram (record is O(1), atomics only).
-//! - [`registry`]: histograms keyed by (kind, operation, status class), bounded.
+//! - [`registry`]: histograms keyed by (kind, operation, target, status class), bounded.
+//! - [`target`]: what a span talks to (database, queue, HTTP server), read from its attributes.
 //! - [`sampler`]: the tail sampler's policies and rate limit.
 //! - [`pipeline`]: span end → histograms → trace buffer (sharded) →
 //!   decision → export queue, and the worker thread for timeouts.
@@ -24,3 +25,4 @@ pub mod sampler;
 pub mod span;
 pub mod sql;
 mod sync;
+pub mod target;

@@ -22,6 +22,7 @@ use crate::histogram::HistogramConfig;
 use crate::registry::{ExemplarSample, Registry};
 use crate::sampler::{Decision, DropReason, KeepReason, SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
+use crate::target::TargetRef;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
@@ -358,8 +359,7 @@ impl Core {
     /// span to its trace, and decide the trace if this is its local root.
     #[inline]
     pub fn end_span(&self, rec: SpanRecord, now_ns: u64) {
-        self.registry
-            .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
+        self.record_metrics(&rec);
         let now = now_ns;
         let outcome = {
             let mut shard = self.shards[shard_of(rec.trace_id)].0.lock();
@@ -370,11 +370,19 @@ impl Core {
         }
     }
 
-    /// A span that is not traced (head-sampled out): only its latency counts.
+    /// Record a span's duration in its histogram, keyed by (kind, name,
+    /// target, status class): the target (what it talks to) is read from its
+    /// attributes here, on the worker. A span that is not traced
+    /// (head-sampled out) only does this.
     #[inline]
     pub fn record_metrics(&self, rec: &SpanRecord) {
-        self.registry
-            .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
+        self.registry.record_target(
+            rec.kind,
+            &rec.name,
+            TargetRef::of(rec.kind, &rec.attributes),
+            rec.status_class(),
+            rec.duration_ns,
+        );
     }
 
     fn accept(&self, shard: &mut Shard, rec: SpanRecord, now_ns: u64) -> Outcome {
@@ -463,6 +471,7 @@ impl Core {
                 self.registry.record_exemplar(
                     s.kind,
                     &s.name,
+                    TargetRef::of(s.kind, &s.attributes),
                     s.status_class(),
                     ExemplarSample {
                         value_ns: s.duration_ns,
@@ -669,7 +678,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{SpanKind, StatusCode};
+    use crate::span::{SpanKind, StatusClass, StatusCode};
 
     fn core_with(probability: f64, buffer: BufferConfig) -> Core {
         Core::new(CoreConfig {
@@ -927,6 +936,59 @@ mod tests {
         assert_eq!(count(&c.counters.traces_kept_probabilistic), 0);
         let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
         assert_eq!(snap.count(), 1);
+    }
+
+    #[test]
+    fn spans_are_keyed_by_what_they_talk_to() {
+        use crate::span::AttrValue;
+        use crate::target::TargetRef;
+        let c = intake_core(64);
+        let client = |trace: u128, attrs: &[(&str, &str)]| {
+            let mut r = rec(trace, 1, 0);
+            r.kind = SpanKind::Client;
+            r.name = "GET".into();
+            r.attributes = attrs
+                .iter()
+                .map(|(k, v)| (Arc::from(*k), AttrValue::Str(Arc::from(*v))))
+                .collect();
+            r
+        };
+        let http = [("http.request.method", "GET"), ("server.address", "h")];
+        let redis = [("db.system.name", "redis"), ("db.operation.name", "GET")];
+        for t in 1..=10u128 {
+            let attrs: &[(&str, &str)] = match t {
+                1..=5 => &http,
+                6..=8 => &redis,
+                _ => &[],
+            };
+            let mut span = client(t, attrs);
+            // Unsampled spans (metrics only) are keyed the same way.
+            span.trace_flags = (t % 2) as u8;
+            c.submit_span(span);
+        }
+        c.sync();
+        let count = |attrs: &[(&str, &str)]| {
+            let a = client(0, attrs).attributes;
+            let target = TargetRef::of(SpanKind::Client, &a);
+            c.registry
+                .get_target(SpanKind::Client, "GET", target, StatusClass::Ok)
+                .map(|h| h.snapshot().count())
+        };
+        assert_eq!(count(&http), Some(5));
+        assert_eq!(count(&redis), Some(3));
+        assert_eq!(count(&[]), Some(2));
+        let (all, _) = c.registry.merged(SpanKind::Client, "GET").unwrap();
+        assert_eq!(all.count(), 10);
+        // A kept trace's exemplar goes to its own key.
+        let a = client(0, &redis).attributes;
+        let ex = c.registry.exemplars(
+            SpanKind::Client,
+            "GET",
+            TargetRef::of(SpanKind::Client, &a),
+            StatusClass::Ok,
+            &[u64::MAX],
+        );
+        assert_eq!(ex[0].map(|e| e.trace_id), Some(7));
     }
 
     #[test]

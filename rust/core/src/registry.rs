@@ -1,15 +1,21 @@
-//! Latency histograms keyed by (span kind, operation name, status class),
-//! with a bound on how many keys exist.
+//! Latency histograms keyed by (span kind, operation name, target, status
+//! class), with a bound on how many keys exist.
 //!
-//! Lookups on the request path are lock-free: the name map is an immutable
-//! `HashMap` behind an `ArcSwap`, replaced (copy on write, under a mutex only
-//! writers of new names take) when a new operation name appears. Each name
-//! holds one lazily created histogram per (kind, status class). Beyond
-//! `max_keys` histograms, a new key folds into the `(overflow)` operation of
-//! the same kind and class, and `overflowed()` counts the records that did.
+//! The target is what the span talks to ([`crate::target`]: a database, a
+//! queue, an HTTP server), so a Redis `GET` and an HTTP `GET` are different
+//! keys. Lookups are lock-free: the name map is an immutable `HashMap`
+//! behind an `ArcSwap`, replaced (copy on write, under a mutex only creators
+//! of keys take) when a new (name, target) appears. A name holds one
+//! [`Operation`] per target it was recorded with (most names have one; they
+//! are told apart by comparing targets, no allocation), and each operation
+//! one lazily created histogram per (kind, status class). Beyond `max_keys`
+//! histograms, a new key folds into the `(overflow)` operation of the same
+//! kind, class and [`System`] (a target without values, so the bound also
+//! bounds the label values), and `overflowed()` counts the records that did.
 
 use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::span::{SpanKind, StatusClass};
+use crate::target::{System, Target, TargetRef};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -38,17 +44,19 @@ pub struct ExemplarSample {
 /// Exemplars kept per key: the most recent ones (a ring).
 const EXEMPLARS_PER_KEY: usize = 32;
 
-/// All histograms of one operation name.
+/// All histograms of one operation name and target.
 pub struct Operation {
     name: Arc<str>,
+    target: Target,
     slots: [OnceLock<Arc<Histogram>>; SLOTS],
     exemplars: [Mutex<VecDeque<ExemplarSample>>; SLOTS],
 }
 
 impl Operation {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, target: Target) -> Self {
         Operation {
             name: Arc::from(name),
+            target,
             slots: std::array::from_fn(|_| OnceLock::new()),
             exemplars: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
         }
@@ -56,6 +64,10 @@ impl Operation {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     pub fn get(&self, kind: SpanKind, class: StatusClass) -> Option<&Arc<Histogram>> {
@@ -68,8 +80,20 @@ impl Operation {
 pub struct Entry {
     pub kind: SpanKind,
     pub name: Arc<str>,
+    pub target: Target,
     pub class: StatusClass,
     pub histogram: Arc<Histogram>,
+}
+
+/// Every status class of one (kind, name, target) merged, as listed by
+/// [`Registry::merged_by_target`].
+pub struct Merged {
+    pub kind: SpanKind,
+    pub name: Arc<str>,
+    pub target: Target,
+    pub snapshot: Snapshot,
+    /// Records of the error classes.
+    pub errors: u64,
 }
 
 /// FNV-1a: operation names are short and come from the application's own
@@ -95,7 +119,42 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
-type NameMap = HashMap<Box<str>, Arc<Operation>, std::hash::BuildHasherDefault<NameHasher>>;
+/// The operations of one name, one per target.
+type Targets = Arc<[Arc<Operation>]>;
+
+type NameMap = HashMap<Box<str>, Targets, std::hash::BuildHasherDefault<NameHasher>>;
+
+fn find<'o>(ops: &'o [Arc<Operation>], target: &TargetRef<'_>) -> Option<&'o Arc<Operation>> {
+    ops.iter().find(|op| op.target.matches(target))
+}
+
+/// Every status class of `kind` in `ops`, merged; with the count of the
+/// error classes.
+fn merge_classes<'o>(
+    ops: impl IntoIterator<Item = &'o Arc<Operation>>,
+    kind: SpanKind,
+) -> Option<(Snapshot, u64)> {
+    let mut out: Option<Snapshot> = None;
+    let mut errors = 0;
+    for op in ops {
+        for class in StatusClass::ALL {
+            if let Some(h) = op.get(kind, class) {
+                let s = h.snapshot();
+                if class.is_error() {
+                    errors += s.count();
+                }
+                match out.as_mut() {
+                    None => out = Some(s),
+                    Some(acc) => {
+                        // Same registry, same config: merge cannot fail.
+                        let _ = acc.merge(&s);
+                    }
+                }
+            }
+        }
+    }
+    out.map(|s| (s, errors))
+}
 
 /// The histogram registry. `Send + Sync`; share it in an `Arc`.
 pub struct Registry {
@@ -104,7 +163,8 @@ pub struct Registry {
     names: ArcSwap<NameMap>,
     grow: Mutex<()>,
     keys: AtomicUsize,
-    overflow: Arc<Operation>,
+    /// One overflow operation per [`System`], indexed by it.
+    overflow: [Arc<Operation>; System::COUNT],
     overflowed: AtomicU64,
 }
 
@@ -116,7 +176,8 @@ impl Registry {
             names: ArcSwap::from_pointee(NameMap::default()),
             grow: Mutex::new(()),
             keys: AtomicUsize::new(0),
-            overflow: Arc::new(Operation::new(OVERFLOW_NAME)),
+            overflow: System::ALL
+                .map(|s| Arc::new(Operation::new(OVERFLOW_NAME, Target::overflow(s)))),
             overflowed: AtomicU64::new(0),
         }
     }
@@ -139,36 +200,63 @@ impl Registry {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Record one duration of a key without a target (SERVER and INTERNAL
+    /// spans).
+    #[inline]
+    pub fn record(&self, kind: SpanKind, name: &str, class: StatusClass, duration_ns: u64) {
+        self.record_target(kind, name, TargetRef::NONE, class, duration_ns);
+    }
+
     /// Record one duration. Lock-free unless this is the first record of a
     /// key (then one short mutex that only creators of keys take).
     #[inline]
-    pub fn record(&self, kind: SpanKind, name: &str, class: StatusClass, duration_ns: u64) {
+    pub fn record_target(
+        &self,
+        kind: SpanKind,
+        name: &str,
+        target: TargetRef<'_>,
+        class: StatusClass,
+        duration_ns: u64,
+    ) {
         let idx = slot_index(kind, class);
         {
             let names = self.names.load();
-            if let Some(h) = names.get(name).and_then(|op| op.slots[idx].get()) {
+            if let Some(h) = names
+                .get(name)
+                .and_then(|ops| find(ops, &target))
+                .and_then(|op| op.slots[idx].get())
+            {
                 h.record(duration_ns);
                 return;
             }
         }
-        self.histogram_for(kind, name, class).record(duration_ns);
+        self.histogram_for(kind, name, target, class)
+            .record(duration_ns);
     }
 
     /// The histogram of a key, created if the bound allows, else the overflow
-    /// histogram of the same kind and class (counted in `overflowed`).
-    pub fn histogram_for(&self, kind: SpanKind, name: &str, class: StatusClass) -> Arc<Histogram> {
+    /// histogram of the same kind, class and system (counted in `overflowed`).
+    pub fn histogram_for(
+        &self,
+        kind: SpanKind,
+        name: &str,
+        target: TargetRef<'_>,
+        class: StatusClass,
+    ) -> Arc<Histogram> {
         let idx = slot_index(kind, class);
         if let Some(h) = self
             .names
             .load()
             .get(name)
+            .and_then(|ops| find(ops, &target))
             .and_then(|op| op.slots[idx].get())
         {
             return h.clone();
         }
         let _g = self.grow.lock();
         let cur = self.names.load_full();
-        if let Some(op) = cur.get(name) {
+        let ops = cur.get(name);
+        if let Some(op) = ops.and_then(|ops| find(ops, &target)) {
             if let Some(h) = op.slots[idx].get() {
                 return h.clone();
             }
@@ -178,61 +266,113 @@ impl Registry {
                     .clone();
             }
         } else if self.reserve_key() {
-            let op = Arc::new(Operation::new(name));
+            let op = Arc::new(Operation::new(name, target.to_owned_target()));
             let h = op.slots[idx]
                 .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
                 .clone();
+            let mut list: Vec<Arc<Operation>> = ops.map(|o| o.to_vec()).unwrap_or_default();
+            list.push(op);
             let mut next: NameMap = (*cur).clone();
-            next.insert(name.into(), op);
+            next.insert(name.into(), list.into());
             self.names.store(Arc::new(next));
             return h;
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        self.overflow.slots[idx]
+        self.overflow[target.system() as usize].slots[idx]
             .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
             .clone()
     }
 
-    /// The existing histogram of a key, if any (no creation, no overflow).
+    /// The existing histogram of a key without a target, if any (no
+    /// creation, no overflow).
     pub fn get(&self, kind: SpanKind, name: &str, class: StatusClass) -> Option<Arc<Histogram>> {
-        let names = self.names.load();
-        let op = if name == OVERFLOW_NAME {
-            Some(&self.overflow)
-        } else {
-            names.get(name)
-        };
-        op.and_then(|op| op.get(kind, class)).cloned()
+        self.get_target(kind, name, TargetRef::NONE, class)
     }
 
-    /// Merged cumulative snapshot of every status class of (kind, name).
+    /// The existing histogram of a key, if any (no creation, no overflow).
+    /// `(overflow)` with a target without values is that system's overflow key.
+    pub fn get_target(
+        &self,
+        kind: SpanKind,
+        name: &str,
+        target: TargetRef<'_>,
+        class: StatusClass,
+    ) -> Option<Arc<Histogram>> {
+        if name == OVERFLOW_NAME && target.is_empty() {
+            return self.overflow[target.system() as usize]
+                .get(kind, class)
+                .cloned();
+        }
+        let names = self.names.load();
+        names
+            .get(name)
+            .and_then(|ops| find(ops, &target))
+            .and_then(|op| op.get(kind, class))
+            .cloned()
+    }
+
+    /// Merged cumulative snapshot of every status class and every target of
+    /// (kind, name), with the count of the error classes. `(overflow)` is
+    /// every system's overflow key.
     pub fn merged(&self, kind: SpanKind, name: &str) -> Option<(Snapshot, u64)> {
-        let mut out: Option<Snapshot> = None;
-        let mut errors = 0;
-        for class in StatusClass::ALL {
-            if let Some(h) = self.get(kind, name, class) {
-                let s = h.snapshot();
-                if class.is_error() {
-                    errors += s.count();
+        if name == OVERFLOW_NAME {
+            return merge_classes(&self.overflow, kind);
+        }
+        let names = self.names.load();
+        merge_classes(names.get(name).map(|ops| &ops[..]).unwrap_or(&[]), kind)
+    }
+
+    /// Every (kind, name, target) with all its status classes merged, sorted
+    /// by (kind, name, target). Keys whose targets have no values are one
+    /// row per (kind, name): nothing would tell them apart (the overflow
+    /// keys of each system).
+    pub fn merged_by_target(&self) -> Vec<Merged> {
+        let names = self.names.load_full();
+        let mut ops: Vec<(&str, Target, &Arc<Operation>)> = names
+            .values()
+            .flat_map(|ops| ops.iter())
+            .chain(&self.overflow)
+            .map(|op| {
+                let target = if op.target.is_empty() {
+                    Target::default()
+                } else {
+                    op.target.clone()
+                };
+                (&*op.name, target, op)
+            })
+            .collect();
+        ops.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut out = Vec::new();
+        for kind in SpanKind::ALL {
+            let mut i = 0;
+            while i < ops.len() {
+                let mut j = i + 1;
+                while j < ops.len() && (ops[j].0, &ops[j].1) == (ops[i].0, &ops[i].1) {
+                    j += 1;
                 }
-                match out.as_mut() {
-                    None => out = Some(s),
-                    Some(acc) => {
-                        // Same registry, same config: merge cannot fail.
-                        let _ = acc.merge(&s);
-                    }
+                if let Some((snapshot, errors)) = merge_classes(ops[i..j].iter().map(|o| o.2), kind)
+                {
+                    out.push(Merged {
+                        kind,
+                        name: ops[i].2.name.clone(),
+                        target: ops[i].1.clone(),
+                        snapshot,
+                        errors,
+                    });
                 }
+                i = j;
             }
         }
-        out.map(|s| (s, errors))
+        out
     }
 
     /// Every key with its histogram, the overflow keys last. Sorted by
-    /// (name, kind, class) so that renderings are stable.
+    /// (name, target, kind, class) so that renderings are stable.
     pub fn entries(&self) -> Vec<Entry> {
         let names = self.names.load_full();
-        let mut ops: Vec<&Arc<Operation>> = names.values().collect();
-        ops.sort_by(|a, b| a.name.cmp(&b.name));
-        ops.push(&self.overflow);
+        let mut ops: Vec<&Arc<Operation>> = names.values().flat_map(|ops| ops.iter()).collect();
+        ops.sort_by(|a, b| (&a.name, &a.target).cmp(&(&b.name, &b.target)));
+        ops.extend(&self.overflow);
         let mut out = Vec::new();
         for op in ops {
             for kind in SpanKind::ALL {
@@ -241,6 +381,7 @@ impl Registry {
                         out.push(Entry {
                             kind,
                             name: op.name.clone(),
+                            target: op.target.clone(),
                             class,
                             histogram: h.clone(),
                         });
@@ -270,12 +411,13 @@ impl Registry {
         &self,
         kind: SpanKind,
         name: &str,
+        target: TargetRef<'_>,
         class: StatusClass,
         sample: ExemplarSample,
     ) {
         let idx = slot_index(kind, class);
         let names = self.names.load();
-        let op = match names.get(name) {
+        let op = match names.get(name).and_then(|ops| find(ops, &target)) {
             Some(op) if op.slots[idx].get().is_some() => op,
             _ => return,
         };
@@ -287,18 +429,20 @@ impl Registry {
     }
 
     /// For each upper bound (ascending, nanoseconds), the most recent
-    /// exemplar whose value falls in that bucket (above the previous bound).
+    /// exemplar of a key whose value falls in that bucket (above the
+    /// previous bound).
     pub fn exemplars(
         &self,
         kind: SpanKind,
         name: &str,
+        target: TargetRef<'_>,
         class: StatusClass,
         bounds_ns: &[u64],
     ) -> Vec<Option<ExemplarSample>> {
         let mut out = vec![None; bounds_ns.len()];
         let idx = slot_index(kind, class);
         let names = self.names.load();
-        let Some(op) = names.get(name) else {
+        let Some(op) = names.get(name).and_then(|ops| find(ops, &target)) else {
             return out;
         };
         let ring = op.exemplars[idx].lock();
@@ -331,6 +475,22 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::{AttrValue, Attributes};
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (Arc::from(*k), AttrValue::Str(Arc::from(*v))))
+            .collect()
+    }
+
+    fn redis() -> Attributes {
+        attrs(&[("db.system.name", "redis"), ("db.operation.name", "GET")])
+    }
+
+    fn http(host: &str) -> Attributes {
+        attrs(&[("http.request.method", "GET"), ("server.address", host)])
+    }
 
     fn small() -> HistogramConfig {
         HistogramConfig {
@@ -365,35 +525,22 @@ mod tests {
             span_id: 1,
             timestamp_unix_ns: 5,
         };
-        r.record_exemplar(
-            SpanKind::Server,
-            "GET /",
-            StatusClass::Http2xx,
-            ex(1_500, 1),
-        );
-        r.record_exemplar(
-            SpanKind::Server,
-            "GET /",
-            StatusClass::Http2xx,
-            ex(1_800, 2),
-        );
-        r.record_exemplar(
-            SpanKind::Server,
-            "GET /",
-            StatusClass::Http2xx,
-            ex(9_000, 3),
-        );
-        r.record_exemplar(
-            SpanKind::Server,
-            "GET /",
-            StatusClass::Http2xx,
-            ex(90_000, 4),
-        );
+        let none = TargetRef::NONE;
+        for (v, t) in [(1_500, 1), (1_800, 2), (9_000, 3), (90_000, 4)] {
+            r.record_exemplar(
+                SpanKind::Server,
+                "GET /",
+                none,
+                StatusClass::Http2xx,
+                ex(v, t),
+            );
+        }
         // Unknown keys are ignored.
-        r.record_exemplar(SpanKind::Client, "GET /", StatusClass::Ok, ex(1, 9));
+        r.record_exemplar(SpanKind::Client, "GET /", none, StatusClass::Ok, ex(1, 9));
         let got = r.exemplars(
             SpanKind::Server,
             "GET /",
+            none,
             StatusClass::Http2xx,
             &[1_000, 2_000, 10_000],
         );
@@ -404,9 +551,19 @@ mod tests {
             [None, Some(2), Some(3)]
         );
         assert!(r
-            .exemplars(SpanKind::Client, "GET /", StatusClass::Ok, &[10])
+            .exemplars(SpanKind::Client, "GET /", none, StatusClass::Ok, &[10])
             .iter()
             .all(Option::is_none));
+
+        // Exemplars belong to their target's key.
+        let attrs = redis();
+        let redis = TargetRef::of(SpanKind::Client, &attrs);
+        r.record_target(SpanKind::Client, "GET", redis, StatusClass::Ok, 1_000);
+        r.record(SpanKind::Client, "GET", StatusClass::Ok, 1_000);
+        r.record_exemplar(SpanKind::Client, "GET", redis, StatusClass::Ok, ex(500, 7));
+        let of = |t| r.exemplars(SpanKind::Client, "GET", t, StatusClass::Ok, &[1_000])[0];
+        assert_eq!(of(redis).map(|e| e.trace_id), Some(7));
+        assert_eq!(of(none), None);
     }
 
     #[test]
@@ -445,6 +602,140 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(r.key_count(), 50);
+        let total: u64 = r
+            .entries()
+            .iter()
+            .map(|e| e.histogram.snapshot().count())
+            .sum();
+        assert_eq!(total, 8 * 20_000);
+        assert_eq!(r.overflowed(), 0);
+    }
+
+    #[test]
+    fn one_name_is_one_key_per_target() {
+        let r = Registry::new(small(), 100);
+        let (redis, a, b) = (redis(), http("a.example"), http("b.example"));
+        let c = SpanKind::Client;
+        for (attrs, n, class) in [
+            (&redis, 3, StatusClass::Ok),
+            (&a, 5, StatusClass::Http2xx),
+            (&b, 2, StatusClass::Http2xx),
+            (&b, 1, StatusClass::Http5xx),
+        ] {
+            for _ in 0..n {
+                r.record_target(c, "GET", TargetRef::of(c, attrs), class, 1_000);
+            }
+        }
+        r.record(SpanKind::Server, "GET", StatusClass::Http2xx, 1_000);
+        assert_eq!(r.key_count(), 5);
+        let count = |attrs: &Attributes, class| {
+            r.get_target(c, "GET", TargetRef::of(c, attrs), class)
+                .map(|h| h.snapshot().count())
+        };
+        assert_eq!(count(&redis, StatusClass::Ok), Some(3));
+        assert_eq!(count(&a, StatusClass::Http2xx), Some(5));
+        assert_eq!(count(&b, StatusClass::Http2xx), Some(2));
+        assert_eq!(count(&a, StatusClass::Http5xx), None);
+        assert!(
+            r.get(c, "GET", StatusClass::Ok).is_none(),
+            "no untargeted key"
+        );
+        // By name (the tail sampler's view): every target merged.
+        let (all, errors) = r.merged(c, "GET").unwrap();
+        assert_eq!((all.count(), errors), (11, 1));
+        assert_eq!(r.operations().len(), 2);
+        // By target (latency rows): one row each, sorted by (kind, name, target).
+        let rows: Vec<(SpanKind, String, u64, u64)> = r
+            .merged_by_target()
+            .iter()
+            .map(|m| {
+                let values: Vec<&str> = m.target.values().iter().flatten().map(|v| &**v).collect();
+                (m.kind, values.join(","), m.snapshot.count(), m.errors)
+            })
+            .collect();
+        let row = |k, v: &str, n, e| (k, v.to_string(), n, e);
+        assert_eq!(
+            rows,
+            [
+                row(SpanKind::Server, "", 1, 0),
+                row(c, "GET,a.example", 5, 0),
+                row(c, "GET,b.example", 3, 1),
+                row(c, "redis,GET", 3, 0),
+            ]
+        );
+        assert_eq!(r.entries().len(), 5);
+    }
+
+    #[test]
+    fn targets_beyond_the_bound_fold_into_their_systems_overflow() {
+        let r = Registry::new(small(), 2);
+        let c = SpanKind::Client;
+        for i in 0..6 {
+            let a = http(&format!("host{i}.example"));
+            r.record_target(c, "GET", TargetRef::of(c, &a), StatusClass::Http2xx, 10);
+        }
+        let sql = attrs(&[("db.system.name", "sqlite")]);
+        r.record_target(c, "SELECT", TargetRef::of(c, &sql), StatusClass::Ok, 10);
+        r.record(c, "plain", StatusClass::Ok, 10);
+        assert_eq!(r.key_count(), 2);
+        assert_eq!(r.overflowed(), 6);
+        let overflow = |system| {
+            r.get_target(
+                c,
+                OVERFLOW_NAME,
+                Target::overflow(system).view(),
+                StatusClass::Http2xx,
+            )
+            .or_else(|| {
+                r.get_target(
+                    c,
+                    OVERFLOW_NAME,
+                    Target::overflow(system).view(),
+                    StatusClass::Ok,
+                )
+            })
+            .map(|h| h.snapshot().count())
+        };
+        assert_eq!(overflow(System::Http), Some(4));
+        assert_eq!(overflow(System::Db), Some(1));
+        assert_eq!(overflow(System::None), Some(1));
+        // Nothing outside the overflow keys grew: their values are not kept.
+        let overflow_entries: Vec<Entry> = r
+            .entries()
+            .into_iter()
+            .filter(|e| &*e.name == OVERFLOW_NAME)
+            .collect();
+        assert_eq!(overflow_entries.len(), 3);
+        assert!(overflow_entries.iter().all(|e| e.target.is_empty()));
+        // The name view and the latency rows merge every system's overflow.
+        assert_eq!(r.merged(c, OVERFLOW_NAME).unwrap().0.count(), 6);
+        let rows = r.merged_by_target();
+        let row = rows.iter().find(|m| &*m.name == OVERFLOW_NAME).unwrap();
+        assert_eq!((row.snapshot.count(), row.target.is_empty()), (6, true));
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn concurrent_first_records_of_targets_create_one_key_each() {
+        let r = Arc::new(Registry::new(small(), 1000));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let hosts: Vec<Attributes> = (0..10).map(|h| http(&format!("h{h}"))).collect();
+                    for i in 0..20_000u64 {
+                        let name = format!("op{}", i % 5);
+                        let target = TargetRef::of(SpanKind::Client, &hosts[(i % 10) as usize]);
+                        r.record_target(SpanKind::Client, &name, target, StatusClass::Ok, i + t);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // i % 5 and i % 10: 10 (name, host) pairs.
+        assert_eq!(r.key_count(), 10);
         let total: u64 = r
             .entries()
             .iter()

@@ -1,6 +1,6 @@
 //! Property tests of the Prometheus / OpenMetrics renderer: random registries
-//! (operation names with any Unicode, quotes, backslashes, newlines; random
-//! durations; overflow) render to text that a strict hand-written parser of
+//! (operation names with any Unicode, quotes, backslashes, newlines; targets
+//! of every system with such values; random durations; overflow) render to text that a strict hand-written parser of
 //! the exposition formats accepts, with consistent histograms. Plus
 //! `promtool_accepts_prometheus_004_and_openmetrics_exposition`, which runs
 //! the real Prometheus tooling on a varied rendering (promtool must be
@@ -11,8 +11,9 @@ use pulsetrace_core::exposition::{
     health_families, render, Exemplar, ExpositionConfig, ExtraFamily, ExtraKind, Format,
 };
 use pulsetrace_core::histogram::HistogramConfig;
-use pulsetrace_core::registry::Registry;
+use pulsetrace_core::registry::{Entry, Registry};
 use pulsetrace_core::span::{SpanKind, StatusClass};
+use pulsetrace_core::target::{System, Target, TargetRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 // ---------------------------------------------------------------------------
@@ -423,29 +424,59 @@ fn histograms(f: &Family) -> Result<BTreeMap<Labels, HistSeries>, String> {
 // Random registries.
 // ---------------------------------------------------------------------------
 
-fn family_of(kind: SpanKind, ns: &str) -> String {
+fn family_of(kind: SpanKind, system: System, ns: &str) -> String {
     let p = if ns.is_empty() {
         String::new()
     } else {
         format!("{ns}_")
     };
-    match kind {
-        SpanKind::Server => "http_server_request_duration_seconds".into(),
-        SpanKind::Client => format!("{p}client_operation_duration_seconds"),
-        SpanKind::Internal => format!("{p}internal_operation_duration_seconds"),
-        SpanKind::Producer | SpanKind::Consumer => {
+    match (kind, system) {
+        (SpanKind::Server, _) => "http_server_request_duration_seconds".into(),
+        (SpanKind::Internal, _) => format!("{p}internal_operation_duration_seconds"),
+        (SpanKind::Client, System::Http) => "http_client_request_duration_seconds".into(),
+        (SpanKind::Client, System::Db) => "db_client_operation_duration_seconds".into(),
+        (SpanKind::Consumer, System::Messaging) => "messaging_process_duration_seconds".into(),
+        (_, System::Messaging) => "messaging_client_operation_duration_seconds".into(),
+        (SpanKind::Client, _) => format!("{p}client_operation_duration_seconds"),
+        (SpanKind::Producer | SpanKind::Consumer, _) => {
             format!("{p}messaging_operation_duration_seconds")
         }
     }
 }
 
-fn series_key(kind: SpanKind, op: &str, class: StatusClass, consts: &Labels) -> Labels {
-    let mut l: Labels = vec![
-        ("operation".into(), op.into()),
-        ("status_class".into(), class.as_str().into()),
-    ];
-    if matches!(kind, SpanKind::Producer | SpanKind::Consumer) {
+/// The labels of a histogram series (`class`) or of its operation's
+/// counters and quantiles (`None`), sorted.
+fn series_key(
+    kind: SpanKind,
+    op: &str,
+    target: &Target,
+    class: Option<StatusClass>,
+    consts: &Labels,
+) -> Labels {
+    let family = family_of(kind, target.system(), "");
+    let mut l: Labels = vec![("operation".into(), op.into())];
+    if let Some(class) = class {
+        l.push(("status_class".into(), class.as_str().into()));
+        let http = !matches!(class, StatusClass::Ok | StatusClass::Error);
+        if http && family == "http_client_request_duration_seconds" {
+            l.push(("http_response_status_code".into(), class.as_str().into()));
+        }
+    }
+    if family == "messaging_operation_duration_seconds" {
         l.push(("kind".into(), kind.as_str().into()));
+    }
+    let shows_target = matches!(
+        (kind, target.system()),
+        (SpanKind::Client, System::Http | System::Db)
+            | (
+                SpanKind::Client | SpanKind::Producer | SpanKind::Consumer,
+                System::Messaging
+            )
+    );
+    if shows_target {
+        for (_, label, value) in target.view().labels() {
+            l.push((label.into(), value.into()));
+        }
     }
     l.extend(consts.iter().cloned());
     l.sort();
@@ -459,8 +490,8 @@ fn expected(r: &Registry, ns: &str, consts: &Labels) -> HashMap<(String, Labels)
     for e in r.entries() {
         let s = e.histogram.snapshot();
         let key = (
-            family_of(e.kind, ns),
-            series_key(e.kind, &e.name, e.class, consts),
+            family_of(e.kind, e.target.system(), ns),
+            series_key(e.kind, &e.name, &e.target, Some(e.class), consts),
         );
         let acc = out.entry(key).or_default();
         acc.0 += s.count();
@@ -477,11 +508,9 @@ fn merged_by_operation(
 ) -> HashMap<(String, Labels), pulsetrace_core::histogram::Snapshot> {
     let mut out: HashMap<(String, Labels), pulsetrace_core::histogram::Snapshot> = HashMap::new();
     for e in r.entries() {
-        let family = family_of(e.kind, ns).replace("_seconds", "_quantile_seconds");
-        let labels: Labels = series_key(e.kind, &e.name, e.class, consts)
-            .into_iter()
-            .filter(|(k, _)| k != "status_class")
-            .collect();
+        let family =
+            family_of(e.kind, e.target.system(), ns).replace("_seconds", "_quantile_seconds");
+        let labels = series_key(e.kind, &e.name, &e.target, None, consts);
         let s = e.histogram.snapshot();
         match out.entry((family, labels)) {
             std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(&s).unwrap(),
@@ -497,8 +526,25 @@ fn merged_by_operation(
 struct Key {
     kind: SpanKind,
     name: String,
+    /// (system, values) of its target.
+    target: (System, [Option<String>; 3]),
     class: StatusClass,
     durations: Vec<u64>,
+}
+
+impl Key {
+    fn target(&self) -> TargetRef<'_> {
+        let (system, values) = &self.target;
+        TargetRef::new(*system, std::array::from_fn(|i| values[i].as_deref()))
+    }
+}
+
+fn target() -> impl Strategy<Value = (System, [Option<String>; 3])> {
+    let value = || prop::option::of(op_name());
+    prop_oneof![
+        Just((System::None, [None, None, None])),
+        (0usize..4, value(), value(), value()).prop_map(|(s, a, b, c)| (System::ALL[s], [a, b, c])),
+    ]
 }
 
 fn op_name() -> impl Strategy<Value = String> {
@@ -525,12 +571,14 @@ fn key() -> impl Strategy<Value = Key> {
     (
         0u8..5,
         op_name(),
+        target(),
         0u8..7,
         prop::collection::vec(duration(), 1..12),
     )
-        .prop_map(|(k, name, c, durations)| Key {
+        .prop_map(|(k, name, target, c, durations)| Key {
             kind: SpanKind::from_u8(k).unwrap(),
             name,
+            target,
             class: StatusClass::from_u8(c).unwrap(),
             durations,
         })
@@ -575,24 +623,31 @@ fn build(keys: &[Key], max_keys: usize) -> Registry {
     let r = Registry::new(HistogramConfig::default(), max_keys);
     for k in keys {
         for &d in &k.durations {
-            r.record(k.kind, &k.name, k.class, d);
+            r.record_target(k.kind, &k.name, k.target(), k.class, d);
         }
     }
     r
 }
 
+type KeyId = (SpanKind, String, Target, StatusClass);
+
 /// Exemplars from what each key recorded, in arbitrary slots.
-fn exemplar_source(keys: &[Key]) -> impl Fn(SpanKind, &str, StatusClass) -> Vec<Option<Exemplar>> {
-    let mut by_key: HashMap<(SpanKind, String, StatusClass), Vec<u64>> = HashMap::new();
+fn exemplar_source(keys: &[Key]) -> impl Fn(&Entry) -> Vec<Option<Exemplar>> {
+    let mut by_key: HashMap<KeyId, Vec<u64>> = HashMap::new();
     for k in keys {
         by_key
-            .entry((k.kind, k.name.clone(), k.class))
+            .entry((
+                k.kind,
+                k.name.clone(),
+                k.target().to_owned_target(),
+                k.class,
+            ))
             .or_default()
             .extend(&k.durations);
     }
-    move |kind, name, class| {
+    move |e: &Entry| {
         by_key
-            .get(&(kind, name.to_string(), class))
+            .get(&(e.kind, e.name.to_string(), e.target.clone(), e.class))
             .map(|ds| {
                 ds.iter()
                     .enumerate()
@@ -632,7 +687,17 @@ fn check_rendering(
             })
             .filter(|(k, _)| seen.insert(k.clone()))
             .filter(|(k, _)| {
-                !["operation", "kind", "status_class", "le", "q", "quantile"].contains(&k.as_str())
+                ![
+                    "operation",
+                    "kind",
+                    "status_class",
+                    "le",
+                    "q",
+                    "quantile",
+                    "http_response_status_code",
+                ]
+                .contains(&k.as_str())
+                    && !pulsetrace_core::target::label_names().any(|l| l == k)
             })
             .collect()
     };
@@ -743,7 +808,7 @@ proptest! {
             r.record(SpanKind::Internal, n, StatusClass::Ok, 1_000);
         }
         let mut out = String::new();
-        render(&r, &|_, _, _| Vec::new(), &[], &ExpositionConfig::default(), Format::OpenMetrics100, &mut out);
+        render(&r, &|_: &Entry| Vec::new(), &[], &ExpositionConfig::default(), Format::OpenMetrics100, &mut out);
         let families = parse(&out, Format::OpenMetrics100).map_err(TestCaseError::fail)?;
         let counter = families
             .iter()
@@ -825,9 +890,18 @@ fn varied() -> (Registry, Vec<Key>, ExpositionConfig, Vec<ExtraFamily>) {
                         x % 15_000_000_000
                     })
                     .collect();
+                // Every system's target on the kinds that show it, some
+                // on kinds that do not.
+                let system = System::ALL[(i + class as usize) % System::COUNT];
+                let values = [
+                    Some(format!("{name} sys")),
+                    (i % 2 == 0).then(|| "op \"x\"\n".to_string()),
+                    Some(name.to_string()),
+                ];
                 keys.push(Key {
                     kind,
                     name: name.to_string(),
+                    target: (system, values),
                     class,
                     durations,
                 });

@@ -438,29 +438,27 @@ impl Tracer {
         self.extract_context(Some(&tp), text(tracestate).as_deref())
     }
 
-    /// Live per-operation statistics from the histograms: a list of dicts
-    /// (`name`, `kind`, `count`, `errors`, `min`, `mean`, `p50`, `p90`,
-    /// `p99`, `p999`, `max`; durations in seconds).
+    /// Live statistics per histogram key (all status classes merged): a
+    /// list of dicts (`name`, `kind`, the attributes of the span's target
+    /// that key it, e.g. `db.system.name` or `server.address`, when it has
+    /// them, then `count`, `errors`, `min`, `mean`, `p50`, `p90`, `p99`,
+    /// `p999`, `max`; durations in seconds).
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let core = self.core(py)?;
         let rows = py.allow_threads(|| {
             core.sync();
-            core.registry
-                .operations()
-                .into_iter()
-                .filter_map(|(kind, name)| {
-                    core.registry
-                        .merged(kind, &name)
-                        .map(|(snap, errors)| (kind, name, snap, errors))
-                })
-                .collect::<Vec<_>>()
+            core.registry.merged_by_target()
         });
         let out = PyList::empty(py);
-        for (kind, name, s, errors) in rows {
+        for row in rows {
+            let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
             let d = PyDict::new(py);
             let secs = |ns: u64| ns as f64 / 1e9;
-            d.set_item("name", &*name)?;
+            d.set_item("name", &*row.name)?;
             d.set_item("kind", kind.as_str())?;
+            for (attribute, _, value) in row.target.view().labels() {
+                d.set_item(attribute, value)?;
+            }
             d.set_item("count", s.count())?;
             d.set_item("errors", errors)?;
             d.set_item("min", secs(s.min()))?;
@@ -604,7 +602,10 @@ impl Tracer {
                 core.config().buffer.export_queue_spans,
             ));
             let bounds = cfg.bucket_bounds_ns();
-            let exemplars = |k, n: &str, cl| core.registry.exemplars(k, n, cl, &bounds);
+            let exemplars = |e: &exposition::Entry| {
+                core.registry
+                    .exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds)
+            };
             let mut out = String::with_capacity(64 * 1024);
             exposition::render(
                 &core.registry,

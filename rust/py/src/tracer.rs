@@ -13,6 +13,7 @@ use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
+use pulsetrace_core::head::{HeadDecision, HeadSampler, Parent};
 use pulsetrace_core::histogram::HistogramConfig;
 use pulsetrace_core::otlp::Encoder;
 use pulsetrace_core::pipeline::{BufferConfig, Core, CoreConfig};
@@ -25,46 +26,6 @@ use pyo3::types::{PyDict, PyInt, PyList, PyString};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-
-/// Head sampling (OpenTelemetry's `OTEL_TRACES_SAMPLER`), applied when a
-/// span starts, before the tail sampler. A span it rejects is not traced
-/// (trace flags 00, propagated downstream) but still feeds the histograms.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HeadSampler {
-    /// Follow a parent's sampled flag when there is a parent.
-    pub parent_based: bool,
-    /// Probability for roots (1: always on, 0: always off).
-    pub ratio: f64,
-}
-
-impl HeadSampler {
-    fn parse(name: &str, ratio: f64) -> PyResult<Self> {
-        let (parent_based, ratio) = match name {
-            "always_on" => (false, 1.0),
-            "always_off" => (false, 0.0),
-            "traceidratio" => (false, ratio),
-            "parentbased_always_on" => (true, 1.0),
-            "parentbased_always_off" => (true, 0.0),
-            "parentbased_traceidratio" => (true, ratio),
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "config head_sampler: unknown sampler {other:?}"
-                )))
-            }
-        };
-        Ok(HeadSampler {
-            parent_based,
-            ratio,
-        })
-    }
-
-    #[inline]
-    fn root_flags(&self, trace_id: u128) -> u8 {
-        u8::from(pulsetrace_core::sampler::probabilistic_keep(
-            trace_id, self.ratio,
-        ))
-    }
-}
 
 /// An extra metric family from Python: (name, help, kind, [(labels, value)]).
 type PyFamily = (
@@ -191,7 +152,8 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
             "config head_sampler_ratio: must be within [0, 1]",
         ));
     }
-    let head = HeadSampler::parse(&head_name, head_ratio)?;
+    let head = HeadSampler::parse(&head_name, head_ratio)
+        .map_err(|e| PyValueError::new_err(format!("config head_sampler: {e}")))?;
     let enabled: bool = get(d, "enabled", true)?;
     Ok((cfg, limits, head, enabled))
 }
@@ -286,37 +248,32 @@ impl Tracer {
                 Some(&current)
             }
         };
-        let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
+        let head = *self.head.lock();
+        let (trace_id, parent_span_id, decision, parent_state, local_root, remote_parent) =
             match parent.filter(|p| !p.is_none()) {
                 Some(p) => {
-                    let head = *self.head.lock();
                     if let Ok(s) = p.downcast::<Span>() {
                         let s = s.get();
-                        let flags = if head.parent_based {
-                            s.trace_flags
-                        } else {
-                            head.root_flags(s.trace_id)
-                        };
-                        (
-                            s.trace_id,
-                            s.span_id,
-                            flags,
-                            s.trace_state.clone(),
-                            false,
-                            false,
-                        )
+                        let d = head.child(Parent {
+                            trace_id: s.trace_id,
+                            flags: s.trace_flags,
+                            trace_state: &s.trace_state,
+                            foreign: false,
+                        });
+                        (s.trace_id, s.span_id, d, Some(&s.trace_state), false, false)
                     } else if let Ok(c) = p.downcast::<SpanContext>() {
                         let c = c.get();
-                        let flags = if head.parent_based {
-                            c.trace_flags
-                        } else {
-                            head.root_flags(c.trace_id)
-                        };
+                        let d = head.child(Parent {
+                            trace_id: c.trace_id,
+                            flags: c.trace_flags,
+                            trace_state: &c.trace_state,
+                            foreign: true,
+                        });
                         (
                             c.trace_id,
                             c.span_id,
-                            flags,
-                            c.trace_state.clone(),
+                            d,
+                            Some(&c.trace_state),
                             c.is_remote,
                             c.is_remote,
                         )
@@ -328,10 +285,26 @@ impl Tracer {
                 }
                 None => {
                     let id = ids::trace_id(py);
-                    let head = *self.head.lock();
-                    (id, 0, head.root_flags(id), String::new(), true, false)
+                    (id, 0, head.root(id), None, true, false)
                 }
             };
+        let HeadDecision {
+            flags: trace_flags,
+            trace_state,
+            randomness_presumed,
+        } = decision;
+        if randomness_presumed {
+            self.core
+                .load()
+                .counters
+                .sampling_randomness_presumed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let trace_state = match (trace_state, parent_state) {
+            (Some(own), _) => own,
+            (None, Some(inherited)) => inherited.clone(),
+            (None, None) => String::new(),
+        };
         Ok(Span {
             tracer: slf.clone().unbind(),
             trace_id,
@@ -823,6 +796,18 @@ impl Tracer {
     #[setter]
     fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Probability sampling decisions made so far on a trace id that was
+    /// not flagged random and had no `ot=rv` (its bits were presumed random).
+    /// One atomic load: the export thread reads it to warn once.
+    #[getter]
+    fn randomness_presumed(&self) -> u64 {
+        self.core
+            .load()
+            .counters
+            .sampling_randomness_presumed
+            .load(Ordering::Relaxed)
     }
 
     /// Whether the background worker is running.

@@ -403,13 +403,15 @@ mod tests {
 
     #[test]
     fn explicit_randomness_decides_instead_of_the_trace_id() {
-        let s = TailSampler::new(cfg(0.5));
-        let mut r = root(0xffffffffffffff);
-        r.trace_state = "vendor=x,ot=rv:12121212121212".into();
+        // p = 0.25: T = 0xc0000000000000.
+        let s = TailSampler::new(cfg(0.25));
+        let mut r = root(0x80000000000000);
         assert!(!s.selects(&r));
-        r.trace_id = 1;
-        r.trace_state = "ot=rv:ababababababab".into();
+        r.trace_state = "vendor=x,ot=rv:e0000000000000".into();
         assert!(s.selects(&r));
+        r.trace_id = 0xffffffffffffff;
+        r.trace_state = "ot=th:c;rv:12121212121212".into();
+        assert!(!s.selects(&r));
     }
 
     #[test]

@@ -182,7 +182,26 @@ fn member_key(member: &str) -> &str {
 /// The value of the member `key` of a `tracestate` (the first one, if a
 /// malformed list repeats it).
 pub fn tracestate_get<'a>(state: &'a str, key: &str) -> Option<&'a str> {
-    members(state).find_map(|m| m.strip_prefix(key)?.strip_prefix('='))
+    // A plain byte scan: this runs for every span started under a remote
+    // parent that sent a tracestate.
+    let (b, k) = (state.as_bytes(), key.as_bytes());
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        let end = b[i..]
+            .iter()
+            .position(|&c| c == b',')
+            .map_or(b.len(), |p| i + p);
+        let member = &b[i..end];
+        if member.len() > k.len() && member.starts_with(k) && member[k.len()] == b'=' {
+            // Both bounds are next to ASCII bytes: char boundaries.
+            return Some(state[i + k.len() + 1..end].trim_end_matches([' ', '\t']));
+        }
+        i = end + 1;
+    }
+    None
 }
 
 /// `state` with `key=value` as its first member and no other `key` member:

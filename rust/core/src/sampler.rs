@@ -189,13 +189,15 @@ impl TailSampler {
     /// probability below 1, a root without the W3C random flag and without
     /// `ot=rv`. The specification then still uses the trace id's bits, and
     /// asks for it to be reported (the pipeline counts it).
+    #[inline]
     pub fn presumes_randomness(&self, spans: &[SpanRecord]) -> bool {
-        let (Some(t), Some(root)) = (self.threshold, local_root(spans)) else {
-            return false;
-        };
-        t != Threshold::ALWAYS
-            && randomness(root.trace_id, root.trace_flags, &root.trace_state).source
-                == Source::TraceIdPresumed
+        match self.threshold {
+            Some(t) if t != Threshold::ALWAYS => local_root(spans).is_some_and(|root| {
+                randomness(root.trace_id, root.trace_flags, &root.trace_state).source
+                    == Source::TraceIdPresumed
+            }),
+            _ => false,
+        }
     }
 
     /// Record in a kept span's tracestate what this stage did, as a
@@ -205,9 +207,15 @@ impl TailSampler {
     /// randomness contradicts is replaced); otherwise any `th` is erased
     /// (the trace was kept by another policy, with no known probability).
     /// At probability 1 nothing changes. Runs off the request path.
+    #[inline]
     pub fn stamp(&self, span: &mut SpanRecord) {
+        if self.threshold != Some(Threshold::ALWAYS) {
+            self.stamp_below_one(span);
+        }
+    }
+
+    fn stamp_below_one(&self, span: &mut SpanRecord) {
         let selected = match self.threshold {
-            Some(Threshold::ALWAYS) => return,
             Some(t) => {
                 let r = randomness(span.trace_id, span.trace_flags, &span.trace_state).value;
                 t.keeps(r).then_some((t, r))

@@ -183,11 +183,13 @@ def test_a_parent_based_child_keeps_its_parents_threshold_unless_contradicted(ex
     fresh(head_sampler="parentbased_traceidratio", head_sampler_ratio=0.25)
     pulsetrace.add_exporter(exporter)
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"
+    consistent = "congo=t61rcWkgMzE,ot=th:8;rv:c0000000000000"
+    contradicted = "congo=t61rcWkgMzE,ot=th:8;rv:10000000000000"
     for incoming, outgoing in (
         # Consistent (R = 0xc0... >= th 8): passed on as it came.
-        ("congo=t61rcWkgMzE,ot=th:8;rv:c0000000000000", "congo=t61rcWkgMzE,ot=th:8;rv:c0000000000000"),
+        (consistent, consistent),
         # Sampled although R < th: the threshold is wrong and is erased.
-        ("congo=t61rcWkgMzE,ot=th:8;rv:10000000000000", "ot=rv:10000000000000,congo=t61rcWkgMzE"),
+        (contradicted, "ot=rv:10000000000000,congo=t61rcWkgMzE"),
     ):
         ctx = pulsetrace.extract({"traceparent": tp, "tracestate": incoming})
         with pulsetrace.use_context(ctx), pulsetrace.start_span("GET /", kind="server"):

@@ -86,7 +86,8 @@ def test_inject_writes_the_current_span_and_respects_caller_headers(exporter):
     assert headers == {}  # no current span: nothing to propagate
     with pulsetrace.start_span("client", kind="client") as span:
         pulsetrace.inject(headers)
-        assert headers["traceparent"] == f"00-{span.trace_id:032x}-{span.span_id:016x}-01"
+        # 03: sampled, and the trace id is random (W3C Trace Context level 2).
+        assert headers["traceparent"] == f"00-{span.trace_id:032x}-{span.span_id:016x}-03"
         mine = {"Traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}
         pulsetrace.inject(mine)
         assert mine == {"Traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}

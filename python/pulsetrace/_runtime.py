@@ -238,6 +238,7 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
             _diag.internal_error("export.drain", exc)
             return total
         if batch is None:
+            _warn_if_randomness_presumed(t)
             return total
         spans = len(batch)
         total += spans
@@ -261,6 +262,24 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
                 if export_otlp is None:
                     record_delivery(0, spans)
                 _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+
+
+_randomness_warned = False
+
+
+def _warn_if_randomness_presumed(t: Tracer) -> None:
+    """Warn once, as OpenTelemetry's probability sampling asks, when a
+    sampling decision used the bits of a trace id not flagged random."""
+    global _randomness_warned
+    if _randomness_warned or not t.randomness_presumed:
+        return
+    _randomness_warned = True
+    _diag.log.warning(
+        "probability sampling decided on trace ids whose traceparent does not set the W3C "
+        "random flag (and no ot=rv in tracestate): their last 56 bits were presumed random. "
+        "Traces started by older tracers may be sampled inconsistently; counted as "
+        "sampling_randomness_presumed"
+    )
 
 
 def export_failures() -> int:

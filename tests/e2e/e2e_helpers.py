@@ -30,6 +30,8 @@ CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
 #: ``Span.flags``: the W3C trace flags, then bit 8 (whether the parent is
 #: remote is known) and bit 9 (it is remote).
 FLAG_SAMPLED = 0x01
+#: W3C level 2: the trace id's last 56 bits are random (set on traces pulsetrace starts).
+FLAG_RANDOM = 0x02
 FLAG_REMOTE_KNOWN = 0x100
 FLAG_REMOTE = 0x200
 

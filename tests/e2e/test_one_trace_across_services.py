@@ -26,6 +26,7 @@ import pytest
 import redis
 from e2e_helpers import (
     CLIENT,
+    FLAG_RANDOM,
     FLAG_REMOTE,
     FLAG_REMOTE_KNOWN,
     FLAG_SAMPLED,
@@ -324,7 +325,9 @@ def check_trace(
     # -- both: flags, trace state, status, resources, no secret ---------------------
     for s in spans:
         remote = (s is a_server and remote_parent is not None) or s is b_server
-        flags = FLAG_SAMPLED | FLAG_REMOTE_KNOWN | (FLAG_REMOTE if remote else 0)
+        # A trace A started itself has a random trace id (and says so).
+        random = FLAG_RANDOM if remote_parent is None else 0
+        flags = FLAG_SAMPLED | random | FLAG_REMOTE_KNOWN | (FLAG_REMOTE if remote else 0)
         assert s.span.flags == flags, (s, hex(s.span.flags))
         assert s.span.trace_state == trace_state, s
         assert s.span.status.code == UNSET, (s, s.span.status)

@@ -4,10 +4,12 @@
 //! - [`registry`]: histograms keyed by (kind, operation, target, status class), bounded.
 //! - [`target`]: what a span talks to (database, queue, HTTP server), read from its attributes.
 //! - [`sampler`]: the tail sampler's policies and rate limit.
+//! - [`head`]: head sampling (`OTEL_TRACES_SAMPLER`) when a span starts.
 //! - [`pipeline`]: span end → histograms → trace buffer (sharded) →
 //!   decision → export queue, and the worker thread for timeouts.
 //! - [`exposition`]: Prometheus 0.0.4 / OpenMetrics text of the histograms (and extra families).
 //! - [`otlp`]: OTLP protobuf encoding of kept traces (ExportTraceServiceRequest).
+//! - [`probability`]: OpenTelemetry consistent probability sampling (`ot=th`, `rv`).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
@@ -16,9 +18,11 @@
 
 pub mod clock;
 pub mod exposition;
+pub mod head;
 pub mod histogram;
 pub mod otlp;
 pub mod pipeline;
+pub mod probability;
 pub mod propagation;
 pub mod registry;
 pub mod sampler;

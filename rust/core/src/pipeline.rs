@@ -109,6 +109,7 @@ counters! {
     traces_handed_to_exporters: "kept traces taken from the export queue for the exporters (delivered or not)",
     spans_handed_to_exporters: "spans taken from the export queue for the exporters (delivered or not)",
     spans_processed_inline: "spans the request thread processed itself because the intake queue was full",
+    sampling_randomness_presumed: "probability sampling decisions made on a trace id not flagged random (W3C random flag unset, no ot=rv): its bits were presumed random",
 }
 
 /// A kept trace (or a late span of one) waiting for export.
@@ -392,6 +393,8 @@ impl Core {
                 self.counters
                     .spans_late_kept
                     .fetch_add(1, Ordering::Relaxed);
+                let mut rec = rec;
+                self.sampler.stamp(&mut rec);
                 return Outcome::Export(KeptTrace {
                     trace_id: id,
                     reason: None,
@@ -455,6 +458,10 @@ impl Core {
     ) -> Outcome {
         let decision = self.sampler.decide(&spans, now_ns);
         let c = &self.counters;
+        if self.sampler.presumes_randomness(&spans) {
+            c.sampling_randomness_presumed
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let counter = match decision {
             Decision::Keep(KeepReason::Error) => &c.traces_kept_error,
             Decision::Keep(KeepReason::Slow) => &c.traces_kept_slow,
@@ -483,11 +490,17 @@ impl Core {
             }
         }
         match decision {
-            Decision::Keep(reason) => Outcome::Export(KeptTrace {
-                trace_id: id,
-                reason: Some(reason),
-                spans,
-            }),
+            Decision::Keep(reason) => {
+                let mut spans = spans;
+                for s in &mut spans {
+                    self.sampler.stamp(s);
+                }
+                Outcome::Export(KeptTrace {
+                    trace_id: id,
+                    reason: Some(reason),
+                    spans,
+                })
+            }
             Decision::Drop(_) => Outcome::None,
         }
     }
@@ -735,6 +748,46 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn exported_spans_carry_the_threshold_of_the_probabilistic_policy() {
+        let c = core(0.5);
+        let flagged = |trace, id, parent| {
+            let mut r = rec(trace, id, parent);
+            r.trace_flags = 0x03;
+            r.trace_state = "vendor=1".into();
+            r
+        };
+        // Selected (R = 0xc0... >= 0x80...): every span, a late one too.
+        let selected = 0xc0000000000000;
+        c.end_span(flagged(selected, 2, 1), 1);
+        c.end_span(flagged(selected, 1, 0), 2);
+        c.end_span(flagged(selected, 3, 1), 3);
+        // Not selected, kept for its error: no threshold.
+        let mut failed = flagged(0x10000000000000, 1, 0);
+        failed.status = StatusCode::Error;
+        c.end_span(failed, 4);
+        let out = c.drain_export(100);
+        let states: Vec<(u128, &str)> = out
+            .iter()
+            .flat_map(|t| t.spans.iter().map(|s| (s.trace_id, s.trace_state.as_str())))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (selected, "ot=th:8,vendor=1"),
+                (selected, "ot=th:8,vendor=1"),
+                (selected, "ot=th:8,vendor=1"),
+                (0x10000000000000, "vendor=1"),
+            ]
+        );
+        assert_eq!(count(&c.counters.sampling_randomness_presumed), 0);
+        // A root without the random flag: decided on its trace id all the
+        // same, and counted.
+        c.end_span(rec(0xf0000000000000, 1, 0), 5);
+        assert_eq!(c.drain_export(100).len(), 1);
+        assert_eq!(count(&c.counters.sampling_randomness_presumed), 1);
     }
 
     #[test]

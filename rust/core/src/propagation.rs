@@ -1,6 +1,8 @@
 //! W3C Trace Context: `traceparent` parsing and formatting, `tracestate`
-//! validation. Input is untrusted: every malformed header is an `Err` with a
-//! reason, never a panic (fuzzed by the proptest in `tests/propagation_props.rs`).
+//! validation, and reading and updating one member of a `tracestate` (the
+//! updated member moves to the front; the list stays within the limits).
+//! Input is untrusted: every malformed header is an `Err` (or `None`) with a
+//! reason, never a panic (fuzzed by the proptests in `tests/sampling_props.rs`).
 
 use std::fmt;
 
@@ -162,6 +164,86 @@ pub fn normalize_tracestate(header: &str) -> Option<String> {
     Some(out)
 }
 
+/// Members whose value is longer than this are the first to go when a
+/// `tracestate` must be shortened (W3C Trace Context, "tracestate limits").
+const TRACESTATE_LONG_MEMBER: usize = 128;
+
+fn members(state: &str) -> impl Iterator<Item = &str> {
+    state
+        .split(',')
+        .map(|m| m.trim_matches(|c| c == ' ' || c == '\t'))
+        .filter(|m| !m.is_empty())
+}
+
+fn member_key(member: &str) -> &str {
+    member.split_once('=').map_or(member, |(k, _)| k)
+}
+
+/// The value of the member `key` of a `tracestate` (the first one, if a
+/// malformed list repeats it).
+pub fn tracestate_get<'a>(state: &'a str, key: &str) -> Option<&'a str> {
+    // A plain byte scan: this runs for every span started under a remote
+    // parent that sent a tracestate.
+    let (b, k) = (state.as_bytes(), key.as_bytes());
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        let end = b[i..]
+            .iter()
+            .position(|&c| c == b',')
+            .map_or(b.len(), |p| i + p);
+        let member = &b[i..end];
+        if member.len() > k.len() && member.starts_with(k) && member[k.len()] == b'=' {
+            // Both bounds are next to ASCII bytes: char boundaries.
+            return Some(state[i + k.len() + 1..end].trim_end_matches([' ', '\t']));
+        }
+        i = end + 1;
+    }
+    None
+}
+
+/// `state` with `key=value` as its first member and no other `key` member:
+/// W3C Trace Context moves an updated member to the front. If that makes the
+/// list exceed 32 members or 512 characters, members are removed from the
+/// right (for the length, those longer than 128 characters first), so the
+/// result is still propagated whole.
+pub fn tracestate_set(state: &str, key: &str, value: &str) -> String {
+    let mut rest: Vec<&str> = members(state).filter(|m| member_key(m) != key).collect();
+    let first = key.len() + 1 + value.len();
+    let len = |rest: &[&str]| first + rest.iter().map(|m| m.len() + 1).sum::<usize>();
+    rest.truncate(TRACESTATE_MAX_MEMBERS - 1);
+    while len(&rest) > TRACESTATE_MAX_LEN && !rest.is_empty() {
+        let long = rest
+            .iter()
+            .rposition(|m| m.len() > TRACESTATE_LONG_MEMBER)
+            .unwrap_or(rest.len() - 1);
+        rest.remove(long);
+    }
+    let mut out = String::with_capacity(len(&rest));
+    out.push_str(key);
+    out.push('=');
+    out.push_str(value);
+    for m in rest {
+        out.push(',');
+        out.push_str(m);
+    }
+    out
+}
+
+/// `state` without its `key` member(s), the others in their order.
+pub fn tracestate_remove(state: &str, key: &str) -> String {
+    let mut out = String::with_capacity(state.len());
+    for m in members(state).filter(|m| member_key(m) != key) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(m);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +327,54 @@ mod tests {
         assert_eq!(normalize_tracestate("k=a,b"), None);
         let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         assert_eq!(normalize_tracestate(&many.join(",")), None);
+    }
+
+    #[test]
+    fn a_member_is_read_updated_and_moved_to_the_front() {
+        let state = "rojo=00f067aa0ba902b7,ot=rv:6e6d1a75832a2f,congo=t61rcWkgMzE";
+        assert_eq!(tracestate_get(state, "ot"), Some("rv:6e6d1a75832a2f"));
+        assert_eq!(tracestate_get(state, "o"), None);
+        assert_eq!(tracestate_get("", "ot"), None);
+        assert_eq!(
+            tracestate_set(state, "ot", "rv:6e6d1a75832a2f;th:8"),
+            "ot=rv:6e6d1a75832a2f;th:8,rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        );
+        assert_eq!(tracestate_set("", "ot", "th:c"), "ot=th:c");
+        assert_eq!(
+            tracestate_remove(state, "ot"),
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        );
+        assert_eq!(tracestate_remove("ot=th:8", "ot"), "");
+    }
+
+    #[test]
+    fn an_update_keeps_the_list_within_the_limits() {
+        // 32 members: the new one goes first and the right-most goes.
+        let full: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        let out = tracestate_set(&full.join(","), "ot", "th:8");
+        let members: Vec<&str> = out.split(',').collect();
+        assert_eq!(members.len(), 32);
+        assert_eq!(members[0], "ot=th:8");
+        assert_eq!(members[31], "k30=v");
+        assert!(normalize_tracestate(&out).is_some());
+        // 512 characters: a member longer than 128 goes before the others.
+        let long = format!("long={}", "x".repeat(200));
+        let short: Vec<String> = (0..20)
+            .map(|i| format!("s{i}={}", "y".repeat(10)))
+            .collect();
+        let state = format!("{},{long},{}", short[..10].join(","), short[10..].join(","));
+        let state = format!("{state},pad={}", "z".repeat(512 - state.len() - 5));
+        assert_eq!(state.len(), 512);
+        assert!(normalize_tracestate(&state).is_some());
+        let out = tracestate_set(&state, "ot", "th:8");
+        assert!(out.len() <= TRACESTATE_MAX_LEN, "{}", out.len());
+        assert!(!out.contains("long="));
+        // Only the long member had to go: the others stay, in their order.
+        let kept: Vec<&str> = out.split(',').skip(1).collect();
+        let mut want: Vec<&str> = short.iter().map(String::as_str).collect();
+        let pad = state.rsplit(',').next().unwrap();
+        want.push(pad);
+        assert_eq!(kept, want);
+        assert!(normalize_tracestate(&out).is_some());
     }
 }

@@ -3,9 +3,20 @@
 //! adaptive quantile, attribute match, consistent probability), then the
 //! global rate limit caps how many kept traces per second leave.
 //!
+//! The probabilistic policy is OpenTelemetry's consistent probability
+//! sampling ([`crate::probability`]): keep when the trace's randomness `R`
+//! is at least the rejection threshold `T` of the configured probability.
+//! As a downstream sampler it records what it did in each kept span's
+//! tracestate ([`TailSampler::stamp`]): `ot=th:<T>` (or the larger threshold
+//! an upstream sampler already applied) on a trace the rule selects, and no
+//! `th` on a trace only another policy kept, whose probability is unknown.
+//! At probability 1 it changes nothing.
+//!
 //! Runs on the thread that ends a trace's local root. The adaptive policy
 //! reads thresholds computed from the live histograms by the worker thread.
 
+use crate::probability::{randomness, threshold_of, with_threshold, without_threshold};
+use crate::probability::{Source, Threshold};
 use crate::registry::Registry;
 use crate::span::{SpanKind, SpanRecord};
 use arc_swap::ArcSwap;
@@ -37,7 +48,8 @@ pub struct SamplerConfig {
     pub adaptive_min_count: u64,
     pub attribute_rules: Vec<AttributeRule>,
     /// Probability of keeping a trace no other policy keeps, decided on the
-    /// trace id so every service decides the same.
+    /// trace's randomness (OpenTelemetry's threshold rule) so every service
+    /// and collector applying the same probability decides the same.
     pub probability: f64,
     /// Kept traces per second (0: no limit).
     pub rate_limit: f64,
@@ -86,21 +98,6 @@ impl Decision {
     }
 }
 
-/// Consistent probabilistic decision on the trace id: the lower 56 bits of a
-/// W3C trace id are random, so comparing them with `probability * 2^56` gives
-/// every service that applies the same probability the same answer.
-pub fn probabilistic_keep(trace_id: u128, probability: f64) -> bool {
-    if probability >= 1.0 {
-        return true;
-    }
-    if probability <= 0.0 || probability.is_nan() {
-        return false;
-    }
-    const RANGE: f64 = (1u64 << 56) as f64;
-    let r = (trace_id as u64) & ((1u64 << 56) - 1);
-    (r as f64) < probability * RANGE
-}
-
 /// Token bucket, refilled by elapsed monotonic time.
 #[derive(Debug)]
 struct RateLimiter {
@@ -146,6 +143,9 @@ pub struct TailSampler {
     thresholds: ArcSwap<Thresholds>,
     /// Whether any threshold is known (skips the lookup until then).
     has_thresholds: AtomicBool,
+    /// The probabilistic policy's rejection threshold (`None`: probability
+    /// 0, the policy keeps nothing).
+    threshold: Option<Threshold>,
 }
 
 type Thresholds =
@@ -155,6 +155,7 @@ impl TailSampler {
     pub fn new(cfg: SamplerConfig) -> Self {
         TailSampler {
             limiter: Mutex::new(RateLimiter::new(cfg.rate_limit)),
+            threshold: Threshold::from_probability(cfg.probability),
             cfg,
             thresholds: ArcSwap::from_pointee(Thresholds::default()),
             has_thresholds: AtomicBool::new(false),
@@ -163,6 +164,78 @@ impl TailSampler {
 
     pub fn config(&self) -> &SamplerConfig {
         &self.cfg
+    }
+
+    /// The probabilistic policy's rejection threshold, `None` at probability 0.
+    pub fn threshold(&self) -> Option<Threshold> {
+        self.threshold
+    }
+
+    /// Whether the probabilistic policy selects the trace of `span`: its
+    /// randomness (`ot=rv`, else the trace id's right-most 56 bits) is at
+    /// least the threshold.
+    #[inline]
+    pub fn selects(&self, span: &SpanRecord) -> bool {
+        match self.threshold {
+            None => false,
+            Some(Threshold::ALWAYS) => true,
+            Some(t) => {
+                t.keeps(randomness(span.trace_id, span.trace_flags, &span.trace_state).value)
+            }
+        }
+    }
+
+    /// Whether deciding on these spans presumes their trace id random: a
+    /// probability below 1, a root without the W3C random flag and without
+    /// `ot=rv`. The specification then still uses the trace id's bits, and
+    /// asks for it to be reported (the pipeline counts it).
+    #[inline]
+    pub fn presumes_randomness(&self, spans: &[SpanRecord]) -> bool {
+        match self.threshold {
+            Some(t) if t != Threshold::ALWAYS => local_root(spans).is_some_and(|root| {
+                randomness(root.trace_id, root.trace_flags, &root.trace_state).source
+                    == Source::TraceIdPresumed
+            }),
+            _ => false,
+        }
+    }
+
+    /// Record in a kept span's tracestate what this stage did, as a
+    /// downstream sampler: if the probabilistic policy selects its trace,
+    /// `ot=th` becomes the larger of the configured threshold and the one
+    /// the span arrived with (a threshold cannot be lowered; one that its
+    /// randomness contradicts is replaced); otherwise any `th` is erased
+    /// (the trace was kept by another policy, with no known probability).
+    /// At probability 1 nothing changes. Runs off the request path.
+    #[inline]
+    pub fn stamp(&self, span: &mut SpanRecord) {
+        if self.threshold != Some(Threshold::ALWAYS) {
+            self.stamp_below_one(span);
+        }
+    }
+
+    fn stamp_below_one(&self, span: &mut SpanRecord) {
+        let selected = match self.threshold {
+            Some(t) => {
+                let r = randomness(span.trace_id, span.trace_flags, &span.trace_state).value;
+                t.keeps(r).then_some((t, r))
+            }
+            None => None,
+        };
+        let Some((t, r)) = selected else {
+            if let Some(erased) = without_threshold(&span.trace_state) {
+                span.trace_state = erased;
+            }
+            return;
+        };
+        let incoming = threshold_of(&span.trace_state);
+        let out = match incoming {
+            Some(upstream) if upstream.keeps(r) => upstream.max(t),
+            _ => t,
+        };
+        if incoming != Some(out) {
+            span.trace_state = with_threshold(&span.trace_state, out);
+        }
     }
 
     /// Recompute every operation's adaptive threshold (its live quantile)
@@ -215,18 +288,10 @@ impl TailSampler {
     }
 
     fn policy(&self, spans: &[SpanRecord]) -> Option<KeepReason> {
-        if spans.is_empty() {
-            return None;
-        }
+        let root = local_root(spans)?;
         if self.cfg.keep_errors && spans.iter().any(SpanRecord::is_error) {
             return Some(KeepReason::Error);
         }
-        let root = spans.iter().find(|s| s.local_root).unwrap_or_else(|| {
-            spans
-                .iter()
-                .max_by_key(|s| s.duration_ns)
-                .unwrap_or(&spans[0])
-        });
         if self.cfg.slow_threshold_ns > 0 && root.duration_ns >= self.cfg.slow_threshold_ns {
             return Some(KeepReason::Slow);
         }
@@ -249,11 +314,20 @@ impl TailSampler {
         {
             return Some(KeepReason::Attribute);
         }
-        if probabilistic_keep(root.trace_id, self.cfg.probability) {
+        if self.selects(root) {
             return Some(KeepReason::Probabilistic);
         }
         None
     }
+}
+
+/// The span the policies judge a trace by: its local root, else (a trace
+/// whose root did not end here) its longest span.
+fn local_root(spans: &[SpanRecord]) -> Option<&SpanRecord> {
+    spans
+        .iter()
+        .find(|s| s.local_root)
+        .or_else(|| spans.iter().max_by_key(|s| s.duration_ns))
 }
 
 #[cfg(test)]
@@ -280,27 +354,125 @@ mod tests {
         }
     }
 
+    /// A root span of trace `id`, W3C random flag set.
+    fn root(id: u128) -> SpanRecord {
+        let mut s = span(id, 1, 0, "GET /", 10);
+        s.trace_flags = 0x03;
+        s
+    }
+
     #[test]
     fn probabilistic_is_consistent_and_converges() {
+        let s = TailSampler::new(cfg(0.25));
         let mut kept = 0;
         let mut x: u128 = 0x9e3779b97f4a7c15f39cc0605cedc834;
         for _ in 0..100_000 {
             x = x
                 .wrapping_mul(0x2545F4914F6CDD1D_u128 | 1)
                 .wrapping_add(0x1234567);
-            let id = x ^ (x >> 61);
-            let a = probabilistic_keep(id, 0.25);
-            assert_eq!(a, probabilistic_keep(id, 0.25));
+            let r = root(x ^ (x >> 61));
+            let a = s.selects(&r);
+            assert_eq!(a, s.selects(&r));
             if a {
                 kept += 1;
             }
         }
         let rate = kept as f64 / 100_000.0;
         assert!((rate - 0.25).abs() < 0.01, "rate {rate}");
-        assert!(probabilistic_keep(1, 1.0));
-        assert!(!probabilistic_keep(u128::MAX, 0.0));
-        // A higher probability keeps everything a lower one keeps.
-        assert!(probabilistic_keep(5, 0.1) <= probabilistic_keep(5, 0.5));
+        assert!(TailSampler::new(cfg(1.0)).selects(&root(1)));
+        assert!(!TailSampler::new(cfg(0.0)).selects(&root(u128::MAX)));
+    }
+
+    #[test]
+    fn the_probabilistic_policy_keeps_randomness_at_or_above_the_threshold() {
+        // p = 0.5: T = 0x80000000000000. Decided on the trace id's right-most
+        // 56 bits, whatever the bits above them.
+        let s = TailSampler::new(cfg(0.5));
+        let keep = |id: u128| s.decide(&[root(id)], 1);
+        assert_eq!(
+            keep(0x4bf92f3577b34da6_0080000000000000),
+            Decision::Keep(KeepReason::Probabilistic)
+        );
+        assert_eq!(
+            keep(0x4bf92f3577b34da6_00ffffffffffffff),
+            Decision::Keep(KeepReason::Probabilistic)
+        );
+        assert_eq!(
+            keep(0x4bf92f3577b34da6_ff7fffffffffffff),
+            Decision::Drop(DropReason::SampledOut)
+        );
+        assert_eq!(keep(1), Decision::Drop(DropReason::SampledOut));
+        // p = 0.25 keeps a subset of what p = 0.5 keeps.
+        let quarter = TailSampler::new(cfg(0.25));
+        assert!(quarter.selects(&root(0xc0000000000000)));
+        assert!(!quarter.selects(&root(0xbfffffffffffff)));
+        assert!(s.selects(&root(0xbfffffffffffff)));
+    }
+
+    #[test]
+    fn explicit_randomness_decides_instead_of_the_trace_id() {
+        // p = 0.25: T = 0xc0000000000000.
+        let s = TailSampler::new(cfg(0.25));
+        let mut r = root(0x80000000000000);
+        assert!(!s.selects(&r));
+        r.trace_state = "vendor=x,ot=rv:e0000000000000".into();
+        assert!(s.selects(&r));
+        r.trace_id = 0xffffffffffffff;
+        r.trace_state = "ot=th:c;rv:12121212121212".into();
+        assert!(!s.selects(&r));
+    }
+
+    #[test]
+    fn a_trace_id_without_the_random_flag_is_presumed_random_and_reported() {
+        let s = TailSampler::new(cfg(0.5));
+        let mut r = root(0xffffffffffffff);
+        assert!(!s.presumes_randomness(std::slice::from_ref(&r)));
+        r.trace_flags = 0x01;
+        // Still decided on the trace id ...
+        assert!(s.selects(&r));
+        // ... and reported.
+        assert!(s.presumes_randomness(std::slice::from_ref(&r)));
+        r.trace_state = "ot=rv:ababababababab".into();
+        assert!(!s.presumes_randomness(std::slice::from_ref(&r)));
+        // Probability 1 presumes nothing.
+        r.trace_state.clear();
+        assert!(!TailSampler::new(cfg(1.0)).presumes_randomness(&[r]));
+    }
+
+    #[test]
+    fn kept_spans_record_the_threshold_the_policy_applied() {
+        let half = TailSampler::new(cfg(0.5));
+        // Selected: ot=th:8 first, the other vendors' entries after it.
+        let mut a = root(0xc0000000000000);
+        a.trace_state = "rojo=00f067aa0ba902b7".into();
+        half.stamp(&mut a);
+        assert_eq!(a.trace_state, "ot=th:8,rojo=00f067aa0ba902b7");
+        // Kept by another policy, not selected: a threshold is erased.
+        let mut b = root(0x10000000000000);
+        b.trace_state = "ot=th:0;rv:10000000000000,k=v".into();
+        half.stamp(&mut b);
+        assert_eq!(b.trace_state, "ot=rv:10000000000000,k=v");
+        // An upstream sampler's larger threshold stays (it cannot be lowered).
+        let mut c = root(0xd0000000000000);
+        c.trace_state = "ot=th:c".into();
+        half.stamp(&mut c);
+        assert_eq!(c.trace_state, "ot=th:c");
+        // A smaller one is raised to ours.
+        c.trace_state = "ot=th:4".into();
+        half.stamp(&mut c);
+        assert_eq!(c.trace_state, "ot=th:8");
+        // One the randomness contradicts (R < th) is replaced.
+        let mut d = root(0x90000000000000);
+        d.trace_state = "ot=th:f".into();
+        half.stamp(&mut d);
+        assert_eq!(d.trace_state, "ot=th:8");
+        // Probability 1 changes nothing; probability 0 claims no threshold.
+        let mut e = root(1);
+        e.trace_state = "ot=th:8,k=v".into();
+        TailSampler::new(cfg(1.0)).stamp(&mut e);
+        assert_eq!(e.trace_state, "ot=th:8,k=v");
+        TailSampler::new(cfg(0.0)).stamp(&mut e);
+        assert_eq!(e.trace_state, "k=v");
     }
 
     #[test]

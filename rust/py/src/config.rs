@@ -16,7 +16,7 @@
 //! fields); takes no lock.
 
 use crate::attrs::Limits;
-use crate::tracer::HeadSampler;
+use pulsetrace_core::head::HeadSampler;
 use pulsetrace_core::histogram::{HistogramConfig, ONE_HOUR_NS};
 use pulsetrace_core::pipeline::{BufferConfig, CoreConfig};
 use pulsetrace_core::sampler::{AttributeRule, SamplerConfig};
@@ -165,7 +165,8 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
         "head_sampler",
     )?;
     let head_ratio = fraction("head_sampler_ratio", field(cfg, "head_sampler_ratio")?)?;
-    let head = HeadSampler::parse(&head_name, head_ratio)?;
+    let head = HeadSampler::parse(&head_name, head_ratio)
+        .map_err(|e| PyValueError::new_err(format!("config head_sampler: {e}")))?;
     Ok(NativeConfig {
         core,
         limits,

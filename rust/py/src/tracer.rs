@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
+use pulsetrace_core::head::{HeadDecision, HeadSampler, Parent};
 use pulsetrace_core::otlp::Encoder;
 use pulsetrace_core::pipeline::{Core, CoreConfig};
 use pulsetrace_core::propagation::{normalize_tracestate, parse_traceparent};
@@ -31,46 +32,6 @@ use pyo3::types::{PyDict, PyInt, PyList, PyString};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-
-/// Head sampling (OpenTelemetry's `OTEL_TRACES_SAMPLER`), applied when a
-/// span starts, before the tail sampler. A span it rejects is not traced
-/// (trace flags 00, propagated downstream) but still feeds the histograms.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HeadSampler {
-    /// Follow a parent's sampled flag when there is a parent.
-    pub parent_based: bool,
-    /// Probability for roots (1: always on, 0: always off).
-    pub ratio: f64,
-}
-
-impl HeadSampler {
-    pub(crate) fn parse(name: &str, ratio: f64) -> PyResult<Self> {
-        let (parent_based, ratio) = match name {
-            "always_on" => (false, 1.0),
-            "always_off" => (false, 0.0),
-            "traceidratio" => (false, ratio),
-            "parentbased_always_on" => (true, 1.0),
-            "parentbased_always_off" => (true, 0.0),
-            "parentbased_traceidratio" => (true, ratio),
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "config head_sampler: unknown sampler {other:?}"
-                )))
-            }
-        };
-        Ok(HeadSampler {
-            parent_based,
-            ratio,
-        })
-    }
-
-    #[inline]
-    fn root_flags(&self, trace_id: u128) -> u8 {
-        u8::from(pulsetrace_core::sampler::probabilistic_keep(
-            trace_id, self.ratio,
-        ))
-    }
-}
 
 /// An extra metric family from Python: (name, help, kind, [(labels, value)]).
 type PyFamily = (
@@ -229,37 +190,32 @@ impl Tracer {
                 Some(&current)
             }
         };
-        let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
+        let head = *self.head.lock();
+        let (trace_id, parent_span_id, decision, parent_state, local_root, remote_parent) =
             match parent.filter(|p| !p.is_none()) {
                 Some(p) => {
-                    let head = *self.head.lock();
                     if let Ok(s) = p.downcast::<Span>() {
                         let s = s.get();
-                        let flags = if head.parent_based {
-                            s.trace_flags
-                        } else {
-                            head.root_flags(s.trace_id)
-                        };
-                        (
-                            s.trace_id,
-                            s.span_id,
-                            flags,
-                            s.trace_state.clone(),
-                            false,
-                            false,
-                        )
+                        let d = head.child(Parent {
+                            trace_id: s.trace_id,
+                            flags: s.trace_flags,
+                            trace_state: &s.trace_state,
+                            foreign: false,
+                        });
+                        (s.trace_id, s.span_id, d, Some(&s.trace_state), false, false)
                     } else if let Ok(c) = p.downcast::<SpanContext>() {
                         let c = c.get();
-                        let flags = if head.parent_based {
-                            c.trace_flags
-                        } else {
-                            head.root_flags(c.trace_id)
-                        };
+                        let d = head.child(Parent {
+                            trace_id: c.trace_id,
+                            flags: c.trace_flags,
+                            trace_state: &c.trace_state,
+                            foreign: true,
+                        });
                         (
                             c.trace_id,
                             c.span_id,
-                            flags,
-                            c.trace_state.clone(),
+                            d,
+                            Some(&c.trace_state),
                             c.is_remote,
                             c.is_remote,
                         )
@@ -271,10 +227,26 @@ impl Tracer {
                 }
                 None => {
                     let id = ids::trace_id(py);
-                    let head = *self.head.lock();
-                    (id, 0, head.root_flags(id), String::new(), true, false)
+                    (id, 0, head.root(id), None, true, false)
                 }
             };
+        let HeadDecision {
+            flags: trace_flags,
+            trace_state,
+            randomness_presumed,
+        } = decision;
+        if randomness_presumed {
+            if let Some(core) = self.core.load().as_ref() {
+                core.counters
+                    .sampling_randomness_presumed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let trace_state = match (trace_state, parent_state) {
+            (Some(own), _) => own,
+            (None, Some(inherited)) => inherited.clone(),
+            (None, None) => String::new(),
+        };
         Ok(Span {
             tracer: slf.clone().unbind(),
             trace_id,
@@ -348,10 +320,11 @@ impl Tracer {
                 "pulsetrace",
                 env!("CARGO_PKG_VERSION"),
             )),
-            head: Mutex::new(HeadSampler {
-                parent_based: true,
-                ratio: 0.0,
-            }),
+            // Replaced by the configured sampler before any span starts.
+            head: Mutex::new(
+                HeadSampler::parse("parentbased_always_off", 0.0)
+                    .expect("a fixed, valid sampler name"),
+            ),
             state: AtomicU8::new(UNCONFIGURED),
             on_first_use,
             noop: OnceLock::new(),
@@ -832,6 +805,18 @@ impl Tracer {
         let core = self.core(py)?;
         py.allow_threads(move || core.set_exporting(on));
         Ok(())
+    }
+
+    /// Probability sampling decisions made so far on a trace id that was
+    /// not flagged random and had no `ot=rv` (its bits were presumed random).
+    /// One atomic load: the export thread reads it to warn once.
+    #[getter]
+    fn randomness_presumed(&self) -> u64 {
+        self.core.load().as_ref().map_or(0, |core| {
+            core.counters
+                .sampling_randomness_presumed
+                .load(Ordering::Relaxed)
+        })
     }
 
     /// Whether the background worker is running.

@@ -57,6 +57,7 @@ class Config:
     max_attribute_length: int = 4_096
     max_attributes: int = 128
     max_events: int = 128
+    max_attribute_list_length: int = 128
     # Export
     export_interval_ms: float = 1_000.0
     prometheus_enabled: bool = False
@@ -277,6 +278,9 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         ),
         max_attributes=_number(e, "PULSETRACE_MAX_ATTRIBUTES", d.max_attributes, kind=int, low=0),
         max_events=_number(e, "PULSETRACE_MAX_EVENTS", d.max_events, kind=int, low=0),
+        max_attribute_list_length=_number(
+            e, "PULSETRACE_MAX_ATTRIBUTE_LIST_LENGTH", d.max_attribute_list_length, kind=int, low=0
+        ),
         export_interval_ms=_number(
             e, "PULSETRACE_EXPORT_INTERVAL_MS", d.export_interval_ms, low=10.0
         ),

@@ -5,9 +5,10 @@
 //! Python objects) and do O(1) work; `process`, `shutdown` and the worker
 //! thread run without it.
 
-use crate::attrs::{AtomicLimits, AttrCounters, Limits};
+use crate::attrs::{self, AtomicLimits, AttrCounters, Limits};
 use crate::batch::Batch;
 use crate::ctxvar::ContextVar;
+use crate::guard::{guard, or_error};
 use crate::ids;
 use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
@@ -177,6 +178,7 @@ fn build_config(d: &Bound<'_, PyDict>) -> PyResult<(CoreConfig, Limits, HeadSamp
         )?,
         max_attributes: get(d, "max_attributes", 128)?,
         max_events: get(d, "max_events", 128)?,
+        max_list_len: get(d, "max_attribute_list_length", 128)?,
     };
     let cfg = CoreConfig {
         histogram,
@@ -224,6 +226,78 @@ fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
     Err(PyTypeError::new_err(
         "span kind must be a str such as 'server'",
     ))
+}
+
+/// The longest header value `extract` reads (a W3C `tracestate` is at most
+/// 512 characters, a `traceparent` 55); a longer one is malformed.
+const MAX_HEADER_LEN: usize = 1024;
+
+/// A header value as text: a str or bytes (None: anything else, ignored as
+/// an absent header), or `Err` if it is longer than [`MAX_HEADER_LEN`]
+/// (malformed; not copied).
+fn header_text(v: &Bound<'_, PyAny>) -> Option<Result<String, ()>> {
+    if let Ok(s) = v.downcast::<PyString>() {
+        if attrs::char_len(s) > MAX_HEADER_LEN {
+            return Some(Err(()));
+        }
+        return Some(Ok(s.to_string_lossy().into_owned()));
+    }
+    let b = v.downcast::<pyo3::types::PyBytes>().ok()?.as_bytes();
+    Some(if b.len() > MAX_HEADER_LEN {
+        Err(())
+    } else {
+        Ok(String::from_utf8_lossy(b).into_owned())
+    })
+}
+
+/// The links `start_span` was given: the contexts of the Spans and
+/// SpanContexts among the first `max_events` items; anything else, and what
+/// an exception in the iteration leaves out, is dropped and counted. Not an
+/// iterable: a TypeError.
+fn links_of(
+    links: &Bound<'_, PyAny>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> PyResult<Vec<pulsetrace_core::span::Link>> {
+    let py = links.py();
+    let iter = match links.try_iter() {
+        Ok(iter) => iter,
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            return Err(PyTypeError::new_err(
+                "links must be an iterable of Span or SpanContext",
+            ))
+        }
+        Err(_) => {
+            AttrCounters::bump(&counters.dropped);
+            return Ok(Vec::new());
+        }
+    };
+    let mut out = Vec::new();
+    for link in iter {
+        if out.len() == limits.max_events {
+            AttrCounters::bump(&counters.dropped);
+            break;
+        }
+        let Ok(link) = link else {
+            AttrCounters::bump(&counters.dropped);
+            break;
+        };
+        let ctx = if let Ok(s) = link.downcast::<Span>() {
+            s.get().span_context()
+        } else if let Ok(c) = link.downcast::<SpanContext>() {
+            c.get().clone()
+        } else {
+            AttrCounters::bump(&counters.dropped);
+            continue;
+        };
+        out.push(pulsetrace_core::span::Link {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            trace_state: ctx.trace_state,
+            attributes: Vec::new(),
+        });
+    }
+    Ok(out)
 }
 
 impl Tracer {
@@ -282,8 +356,11 @@ impl Tracer {
         let parent = match parent {
             Some(p) => Some(p),
             None => {
+                // Anything but a span or a context (what `use_context` may
+                // have been given) is no parent.
                 current = self.current.get(py)?;
-                Some(&current)
+                (current.is_instance_of::<Span>() || current.is_instance_of::<SpanContext>())
+                    .then_some(&current)
             }
         };
         let (trace_id, parent_span_id, trace_flags, trace_state, local_root, remote_parent) =
@@ -355,6 +432,8 @@ impl Tracer {
                 http_status: 0,
                 dropped_attributes: 0,
                 dropped_events: 0,
+                attribute_bytes: 0,
+                event_bytes: 0,
                 ended: false,
                 token: None,
                 request_token: None,
@@ -364,7 +443,7 @@ impl Tracer {
 
     /// The shared span handed out while tracing is off: every method is a
     /// no-op, entering it changes no context.
-    fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
+    pub(crate) fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
         if let Some(s) = self.noop.get() {
             return Ok(s.clone_ref(slf.py()));
         }
@@ -385,25 +464,27 @@ impl Tracer {
     /// current span.
     #[new]
     fn new(config: &Bound<'_, PyDict>, context_var: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let (cfg, limits, head, enabled) = build_config(config)?;
-        let core = Arc::new(Core::new(cfg.clone()));
-        let worker = Tracer::spawn(&core);
-        Ok(Tracer {
-            core: ArcSwap::new(core),
-            config: Mutex::new(cfg),
-            worker: Mutex::new(worker),
-            limits: AtomicLimits::new(limits),
-            attr_counters: AttrCounters::default(),
-            counters: TracerCounters::default(),
-            current: ContextVar::new(context_var)?,
-            encoder: ArcSwap::from_pointee(Encoder::new(
-                &[],
-                "pulsetrace",
-                env!("CARGO_PKG_VERSION"),
-            )),
-            head: Mutex::new(head),
-            enabled: AtomicBool::new(enabled),
-            noop: OnceLock::new(),
+        or_error("tracer.new", || {
+            let (cfg, limits, head, enabled) = build_config(config)?;
+            let core = Arc::new(Core::new(cfg.clone()));
+            let worker = Tracer::spawn(&core);
+            Ok(Tracer {
+                core: ArcSwap::new(core),
+                config: Mutex::new(cfg),
+                worker: Mutex::new(worker),
+                limits: AtomicLimits::new(limits),
+                attr_counters: AttrCounters::default(),
+                counters: TracerCounters::default(),
+                current: ContextVar::new(context_var)?,
+                encoder: ArcSwap::from_pointee(Encoder::new(
+                    &[],
+                    "pulsetrace",
+                    env!("CARGO_PKG_VERSION"),
+                )),
+                head: Mutex::new(head),
+                enabled: AtomicBool::new(enabled),
+                noop: OnceLock::new(),
+            })
         })
     }
 
@@ -424,119 +505,144 @@ impl Tracer {
         if !tracer.enabled.load(Ordering::Relaxed) {
             return Ok(tracer.noop_span(slf)?.into_bound(py));
         }
-        let start_mono = match start_time {
-            Some(t) => clock::unix_to_mono_ns(t),
-            None => clock::now_mono_ns(),
-        };
-        let kind = parse_kind(kind)?;
-        let name = crate::attrs::shared(name, &tracer.limits.get(), &tracer.attr_counters);
-        let span = tracer.new_span(slf, name, kind, parent, start_mono)?;
-        if let Some(a) = attributes.filter(|a| !a.is_none()) {
-            let mut inner = span.inner.lock();
-            span.set_many(&mut inner, a, tracer);
-        }
-        if let Some(links) = links.filter(|l| !l.is_none()) {
-            let mut inner = span.inner.lock();
-            for link in links.try_iter()? {
-                let link = link?;
-                let ctx = if let Ok(s) = link.downcast::<Span>() {
-                    s.get().span_context()
-                } else if let Ok(c) = link.downcast::<SpanContext>() {
-                    c.get().clone()
-                } else {
-                    continue;
+        guard(
+            py,
+            "tracer.start_span",
+            || {
+                let start_mono = match start_time {
+                    Some(t) => clock::unix_to_mono_ns(t),
+                    None => clock::now_mono_ns(),
                 };
-                inner.links.push(pulsetrace_core::span::Link {
-                    trace_id: ctx.trace_id,
-                    span_id: ctx.span_id,
-                    trace_state: ctx.trace_state,
-                    attributes: Vec::new(),
-                });
-            }
-        }
-        crate::newobj::new_bound(py, span)
+                let kind = parse_kind(kind)?;
+                let (limits, counters) = tracer.limits();
+                let name = attrs::shared(name, &limits, counters);
+                // Converted before the span exists: the application's code
+                // that conversion may run cannot reach a half-built span.
+                let attributes = attributes
+                    .filter(|a| !a.is_none())
+                    .map(|a| attrs::collect(a, limits.max_attributes, &limits, counters));
+                let links = match links.filter(|l| !l.is_none()) {
+                    Some(l) => links_of(l, &limits, counters)?,
+                    None => Vec::new(),
+                };
+                let mut span = tracer.new_span(slf, name, kind, parent, start_mono)?;
+                let inner = span.inner.get_mut();
+                if let Some(a) = attributes {
+                    Span::set_collected(inner, a, &limits, counters);
+                }
+                for link in links {
+                    Span::push_link(inner, link, &limits, counters);
+                }
+                crate::newobj::new_bound(py, span)
+            },
+            || Ok(tracer.noop_span(slf)?.into_bound(py)),
+        )
     }
 
     /// The current span, or None.
-    fn current_span<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-        let cur = self.current.get(py)?;
-        Ok(cur.downcast_into::<Span>().ok())
+    fn current_span<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Span>> {
+        guard(
+            py,
+            "tracer.current_span",
+            || {
+                let cur = self.current.get(py).ok()?;
+                cur.downcast_into::<Span>().ok()
+            },
+            || None,
+        )
     }
 
-    /// Parse incoming `traceparent` / `tracestate` values into a remote
-    /// context. A missing header gives None; a malformed one gives None and
-    /// is counted (never raises).
+    /// Parse incoming `traceparent` / `tracestate` values (str or bytes)
+    /// into a remote context. A missing header gives None; a malformed one
+    /// gives None and is counted (never raises).
     #[pyo3(signature = (traceparent, tracestate=None))]
     fn extract(
         &self,
+        py: Python<'_>,
         traceparent: Option<&Bound<'_, PyAny>>,
         tracestate: Option<&Bound<'_, PyAny>>,
     ) -> Option<SpanContext> {
-        let text = |v: Option<&Bound<'_, PyAny>>| -> Option<String> {
-            let v = v?;
-            if let Ok(s) = v.downcast::<PyString>() {
-                return Some(s.to_string_lossy().into_owned());
-            }
-            if let Ok(b) = v.extract::<Vec<u8>>() {
-                return Some(String::from_utf8_lossy(&b).into_owned());
-            }
-            None
-        };
-        let tp = text(traceparent)?;
-        self.extract_context(Some(&tp), text(tracestate).as_deref())
+        guard(
+            py,
+            "tracer.extract",
+            || {
+                let Ok(tp) = header_text(traceparent?)? else {
+                    self.counters
+                        .traceparent_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                };
+                let ts = match tracestate.and_then(header_text) {
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(())) => {
+                        self.counters
+                            .tracestate_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    None => None,
+                };
+                self.extract_context(Some(&tp), ts.as_deref())
+            },
+            || None,
+        )
     }
 
     /// Live per-operation statistics from the histograms: a list of dicts
     /// (`name`, `kind`, `count`, `errors`, `min`, `mean`, `p50`, `p90`,
     /// `p99`, `p999`, `max`; durations in seconds).
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core.load_full();
-        let rows = py.allow_threads(|| {
-            core.sync();
-            core.registry
-                .operations()
-                .into_iter()
-                .filter_map(|(kind, name)| {
-                    core.registry
-                        .merged(kind, &name)
-                        .map(|(snap, errors)| (kind, name, snap, errors))
-                })
-                .collect::<Vec<_>>()
-        });
-        let out = PyList::empty(py);
-        for (kind, name, s, errors) in rows {
-            let d = PyDict::new(py);
-            let secs = |ns: u64| ns as f64 / 1e9;
-            d.set_item("name", &*name)?;
-            d.set_item("kind", kind.as_str())?;
-            d.set_item("count", s.count())?;
-            d.set_item("errors", errors)?;
-            d.set_item("min", secs(s.min()))?;
-            d.set_item("mean", s.mean() / 1e9)?;
-            d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
-            d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
-            d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
-            d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
-            d.set_item("max", secs(s.max()))?;
-            out.append(d)?;
-        }
-        Ok(out)
+        or_error("tracer.latency", || {
+            let core = self.core.load_full();
+            let rows = py.allow_threads(|| {
+                core.sync();
+                core.registry
+                    .operations()
+                    .into_iter()
+                    .filter_map(|(kind, name)| {
+                        core.registry
+                            .merged(kind, &name)
+                            .map(|(snap, errors)| (kind, name, snap, errors))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let out = PyList::empty(py);
+            for (kind, name, s, errors) in rows {
+                let d = PyDict::new(py);
+                let secs = |ns: u64| ns as f64 / 1e9;
+                d.set_item("name", &*name)?;
+                d.set_item("kind", kind.as_str())?;
+                d.set_item("count", s.count())?;
+                d.set_item("errors", errors)?;
+                d.set_item("min", secs(s.min()))?;
+                d.set_item("mean", s.mean() / 1e9)?;
+                d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
+                d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
+                d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
+                d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
+                d.set_item("max", secs(s.max()))?;
+                out.append(d)?;
+            }
+            Ok(out)
+        })
     }
 
     /// The merged histogram of an operation (all status classes) in the
     /// HdrHistogram V2 compressed base64 encoding, or None.
     #[pyo3(signature = (name, kind="internal"))]
     fn histogram_v2(&self, py: Python<'_>, name: &str, kind: &str) -> PyResult<Option<String>> {
-        let kind = SpanKind::parse(kind)
-            .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
-        let core = self.core.load_full();
-        let name = name.to_owned();
-        Ok(py.allow_threads(move || {
-            core.sync();
-            core.registry
-                .merged(kind, &name)
-                .map(|(s, _)| s.to_v2_base64())
-        }))
+        or_error("tracer.histogram_v2", || {
+            let kind = SpanKind::parse(kind)
+                .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
+            let core = self.core.load_full();
+            let name = name.to_owned();
+            Ok(py.allow_threads(move || {
+                core.sync();
+                core.registry
+                    .merged(kind, &name)
+                    .map(|(s, _)| s.to_v2_base64())
+            }))
+        })
     }
 
     /// The Prometheus exposition of the histograms, pulsetrace's health and
@@ -551,44 +657,45 @@ impl Tracer {
         extra: Option<Vec<PyFamily>>,
         const_labels: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, &'static str)> {
-        use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
-        let mut families = Vec::new();
-        for (name, help, kind, samples) in extra.unwrap_or_default() {
-            let kind = match kind.as_str() {
-                "counter" => ExtraKind::Counter,
-                "gauge" => ExtraKind::Gauge,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "metric kind must be counter or gauge, not {other:?}"
-                    )))
-                }
+        or_error("tracer.render_metrics", || {
+            use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
+            let mut families = Vec::new();
+            for (name, help, kind, samples) in extra.unwrap_or_default() {
+                let kind = match kind.as_str() {
+                    "counter" => ExtraKind::Counter,
+                    "gauge" => ExtraKind::Gauge,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "metric kind must be counter or gauge, not {other:?}"
+                        )))
+                    }
+                };
+                let samples = samples
+                    .into_iter()
+                    .map(|(labels, v)| {
+                        let mut l: Vec<(String, String)> = labels.into_iter().collect();
+                        l.sort();
+                        (l, v)
+                    })
+                    .collect();
+                families.push(ExtraFamily {
+                    name,
+                    help,
+                    kind,
+                    samples,
+                });
+            }
+            let core = self.core.load_full();
+            let format = exposition::negotiate(accept);
+            let cfg = ExpositionConfig {
+                const_labels: const_labels.unwrap_or_default().into_iter().collect(),
+                ..ExpositionConfig::default()
             };
-            let samples = samples
-                .into_iter()
-                .map(|(labels, v)| {
-                    let mut l: Vec<(String, String)> = labels.into_iter().collect();
-                    l.sort();
-                    (l, v)
-                })
-                .collect();
-            families.push(ExtraFamily {
-                name,
-                help,
-                kind,
-                samples,
-            });
-        }
-        let core = self.core.load_full();
-        let format = exposition::negotiate(accept);
-        let cfg = ExpositionConfig {
-            const_labels: const_labels.unwrap_or_default().into_iter().collect(),
-            ..ExpositionConfig::default()
-        };
-        py.allow_threads(|| core.sync());
-        let mut counters = core.counters.snapshot();
-        let a = &self.attr_counters;
-        let c = &self.counters;
-        for (name, doc, v) in [
+            py.allow_threads(|| core.sync());
+            let mut counters = core.counters.snapshot();
+            let a = &self.attr_counters;
+            let c = &self.counters;
+            for (name, doc, v) in [
             (
                 "attributes_converted",
                 "attribute values converted to a supported type",
@@ -596,12 +703,12 @@ impl Tracer {
             ),
             (
                 "attributes_dropped",
-                "attribute values dropped (None, unconvertible, over the count limit)",
+                "attribute values, events and links dropped (None, unconvertible, over a count or size limit)",
                 &a.dropped,
             ),
             (
                 "attributes_truncated",
-                "attribute values truncated to the length limit",
+                "attribute values truncated to the length limit (text) or the list length limit (lists)",
                 &a.truncated,
             ),
             (
@@ -627,190 +734,213 @@ impl Tracer {
         ] {
             counters.push((name, doc, v.load(Ordering::Relaxed)));
         }
-        let body = py.allow_threads(move || {
-            let stats = core.stats();
-            families.extend(exposition::health_families(&cfg, &core.registry, &counters));
-            let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
-                name: format!("pulsetrace_{name}"),
-                help: help.to_owned(),
-                kind: ExtraKind::Gauge,
-                samples: vec![(Vec::new(), v as f64)],
-            };
-            families.push(gauge(
-                "open_traces",
-                "traces waiting for their tail-sampling decision",
-                stats.open_traces,
-            ));
-            families.push(gauge(
-                "export_queue_spans",
-                "spans of kept traces waiting for an exporter",
-                stats.export_spans,
-            ));
-            families.push(gauge(
-                "export_queue_max_spans",
-                "bound of the export queue, in spans",
-                core.config().buffer.export_queue_spans,
-            ));
-            let bounds = cfg.bucket_bounds_ns();
-            let exemplars = |k, n: &str, cl| core.registry.exemplars(k, n, cl, &bounds);
-            let mut out = String::with_capacity(64 * 1024);
-            exposition::render(
-                &core.registry,
-                &exemplars,
-                &families,
-                &cfg,
-                format,
-                &mut out,
-            );
-            out
-        });
-        Ok((
-            pyo3::types::PyBytes::new(py, body.as_bytes()),
-            exposition::content_type(format),
-        ))
+            let body = py.allow_threads(move || {
+                let stats = core.stats();
+                families.extend(exposition::health_families(&cfg, &core.registry, &counters));
+                let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
+                    name: format!("pulsetrace_{name}"),
+                    help: help.to_owned(),
+                    kind: ExtraKind::Gauge,
+                    samples: vec![(Vec::new(), v as f64)],
+                };
+                families.push(gauge(
+                    "open_traces",
+                    "traces waiting for their tail-sampling decision",
+                    stats.open_traces,
+                ));
+                families.push(gauge(
+                    "export_queue_spans",
+                    "spans of kept traces waiting for an exporter",
+                    stats.export_spans,
+                ));
+                families.push(gauge(
+                    "export_queue_max_spans",
+                    "bound of the export queue, in spans",
+                    core.config().buffer.export_queue_spans,
+                ));
+                let bounds = cfg.bucket_bounds_ns();
+                let exemplars = |k, n: &str, cl| core.registry.exemplars(k, n, cl, &bounds);
+                let mut out = String::with_capacity(64 * 1024);
+                exposition::render(
+                    &core.registry,
+                    &exemplars,
+                    &families,
+                    &cfg,
+                    format,
+                    &mut out,
+                );
+                out
+            });
+            Ok((
+                pyo3::types::PyBytes::new(py, body.as_bytes()),
+                exposition::content_type(format),
+            ))
+        })
     }
 
     /// Every counter of the agent, by name.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core.load_full();
-        py.allow_threads(|| core.sync());
-        let d = PyDict::new(py);
-        for (name, _, v) in core.counters.snapshot() {
-            d.set_item(name, v)?;
-        }
-        let a = &self.attr_counters;
-        let c = &self.counters;
-        for (name, v) in [
-            ("attributes_converted", &a.converted),
-            ("attributes_dropped", &a.dropped),
-            ("attributes_truncated", &a.truncated),
-            ("attributes_invalid_utf8", &a.invalid_utf8),
-            ("spans_ended_twice", &c.double_end),
-            ("context_reset_failed", &c.context_reset_failed),
-            ("traceparent_malformed", &c.traceparent_malformed),
-            ("tracestate_malformed", &c.tracestate_malformed),
-        ] {
-            d.set_item(name, v.load(Ordering::Relaxed))?;
-        }
-        d.set_item("metric_keys", core.registry.key_count())?;
-        d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
-        let s = core.stats();
-        d.set_item("open_traces", s.open_traces)?;
-        d.set_item("open_spans", s.open_spans)?;
-        d.set_item("export_queue_traces", s.export_traces)?;
-        d.set_item("export_queue_spans", s.export_spans)?;
-        Ok(d)
+        or_error("tracer.counters", || {
+            let core = self.core.load_full();
+            py.allow_threads(|| core.sync());
+            let d = PyDict::new(py);
+            for (name, _, v) in core.counters.snapshot() {
+                d.set_item(name, v)?;
+            }
+            let a = &self.attr_counters;
+            let c = &self.counters;
+            for (name, v) in [
+                ("attributes_converted", &a.converted),
+                ("attributes_dropped", &a.dropped),
+                ("attributes_truncated", &a.truncated),
+                ("attributes_invalid_utf8", &a.invalid_utf8),
+                ("spans_ended_twice", &c.double_end),
+                ("context_reset_failed", &c.context_reset_failed),
+                ("traceparent_malformed", &c.traceparent_malformed),
+                ("tracestate_malformed", &c.tracestate_malformed),
+            ] {
+                d.set_item(name, v.load(Ordering::Relaxed))?;
+            }
+            d.set_item("metric_keys", core.registry.key_count())?;
+            d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
+            let s = core.stats();
+            d.set_item("open_traces", s.open_traces)?;
+            d.set_item("open_spans", s.open_spans)?;
+            d.set_item("export_queue_traces", s.export_traces)?;
+            d.set_item("export_queue_spans", s.export_spans)?;
+            Ok(d)
+        })
     }
 
     /// Run the pipeline now (without the GIL): spans ended so far reach
     /// their traces and complete traces are decided. `force` decides every
     /// open trace (at shutdown).
     #[pyo3(signature = (force=false))]
-    fn process(&self, py: Python<'_>, force: bool) {
-        let core = self.core.load_full();
-        py.allow_threads(move || core.process(clock::now_mono_ns(), force));
+    fn process(&self, py: Python<'_>, force: bool) -> PyResult<()> {
+        or_error("tracer.process", || {
+            let core = self.core.load_full();
+            py.allow_threads(move || core.process(clock::now_mono_ns(), force));
+            Ok(())
+        })
     }
 
     /// Take kept traces for export: a list of traces, each a list of SpanData.
     #[pyo3(signature = (max_spans=4096))]
     fn drain<'py>(&self, py: Python<'py>, max_spans: usize) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core.load_full();
-        let traces = py.allow_threads(move || core.drain_export(max_spans));
-        crate::batch::traces_to_py(py, traces)
+        or_error("tracer.drain", || {
+            let core = self.core.load_full();
+            let traces = py.allow_threads(move || core.drain_export(max_spans));
+            crate::batch::traces_to_py(py, traces)
+        })
     }
 
     /// Take kept traces for export as one `Batch` (None when nothing is
     /// waiting): exporters read it as SpanData (`traces()`) or as an OTLP
     /// request (`otlp()`, encoded natively without the GIL).
     #[pyo3(signature = (max_spans=4096))]
-    fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> Option<Batch> {
-        let core = self.core.load_full();
-        let traces = py.allow_threads(move || core.drain_export(max_spans));
-        if traces.is_empty() {
-            return None;
-        }
-        Some(Batch::new(traces, self.encoder.load_full()))
+    fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> PyResult<Option<Batch>> {
+        or_error("tracer.drain_batch", || {
+            let core = self.core.load_full();
+            let traces = py.allow_threads(move || core.drain_export(max_spans));
+            if traces.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Batch::new(traces, self.encoder.load_full())))
+        })
     }
 
     /// Set the resource every OTLP request carries (service.name, host.name,
     /// process.pid, ...): a dict of str to str/int/float/bool.
     fn set_resource(&self, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
-        let limits = self.limits.get();
-        let mut attrs = Vec::new();
-        for (k, v) in attributes.iter() {
-            let key: String = k.extract()?;
-            if let Some(v) = crate::attrs::convert(&v, &limits, &self.attr_counters) {
-                attrs.push((key, v));
+        or_error("tracer.set_resource", || {
+            let limits = self.limits.get();
+            // Taken first, converted after (conversion may run code that
+            // changes the dict).
+            let entries: Vec<_> = attributes.iter().collect();
+            let mut attrs = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let key: String = k.extract()?;
+                if let Some(v) = attrs::convert(&v, &limits, &self.attr_counters) {
+                    attrs.push((key, v));
+                }
             }
-        }
-        self.encoder.store(Arc::new(Encoder::new(
-            &attrs,
-            "pulsetrace",
-            env!("CARGO_PKG_VERSION"),
-        )));
-        Ok(())
+            self.encoder.store(Arc::new(Encoder::new(
+                &attrs,
+                "pulsetrace",
+                env!("CARGO_PKG_VERSION"),
+            )));
+            Ok(())
+        })
     }
 
     /// Stop the worker thread and decide every open trace.
-    fn shutdown(&self, py: Python<'_>) {
-        let core = self.core.load_full();
-        core.stop_worker();
-        let handle = self.worker.lock().take();
-        py.allow_threads(move || {
-            if let Some(h) = handle {
-                let _ = h.join();
-            }
-            core.process(clock::now_mono_ns(), true);
-        });
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        or_error("tracer.shutdown", || {
+            let core = self.core.load_full();
+            core.stop_worker();
+            let handle = self.worker.lock().take();
+            py.allow_threads(move || {
+                if let Some(h) = handle {
+                    let _ = h.join();
+                }
+                core.process(clock::now_mono_ns(), true);
+            });
+            Ok(())
+        })
     }
 
     /// In a child process after `fork`: a fresh core (the parent's worker
     /// thread does not exist here and its locks may be held), new ids.
-    fn reset_after_fork(&self) {
-        ids::bump_fork_generation();
-        // The old core may hold locks taken by threads that no longer exist:
-        // it is never touched again, and deliberately leaked.
-        std::mem::forget(self.worker.lock().take());
-        let core = Arc::new(Core::new(self.config.lock().clone()));
-        *self.worker.lock() = Tracer::spawn(&core);
-        std::mem::forget(self.core.swap(core));
+    fn reset_after_fork(&self) -> PyResult<()> {
+        or_error("tracer.reset_after_fork", || {
+            ids::bump_fork_generation();
+            // The old core may hold locks taken by threads that no longer
+            // exist: it is never touched again, and deliberately leaked.
+            std::mem::forget(self.worker.lock().take());
+            let core = Arc::new(Core::new(self.config.lock().clone()));
+            *self.worker.lock() = Tracer::spawn(&core);
+            std::mem::forget(self.core.swap(core));
+            Ok(())
+        })
     }
 
     /// Replace the configuration: a new core (fresh histograms and buffers)
     /// takes over; the traces the old one already kept move to the new
     /// export queue. Meant for start-up and tests, not for every request.
     fn configure(&self, py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<()> {
-        let (cfg, limits, head, enabled) = build_config(config)?;
-        let new = Arc::new(Core::new(cfg.clone()));
-        *self.head.lock() = head;
-        self.enabled.store(enabled, Ordering::Relaxed);
-        let worker = Tracer::spawn(&new);
-        let old = self.core.swap(new.clone());
-        let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
-        *self.config.lock() = cfg;
-        self.limits.set(limits);
-        // A new configuration starts its counters afresh, like its core.
-        for c in [
-            &self.attr_counters.converted,
-            &self.attr_counters.dropped,
-            &self.attr_counters.truncated,
-            &self.attr_counters.invalid_utf8,
-            &self.counters.double_end,
-            &self.counters.context_reset_failed,
-            &self.counters.traceparent_malformed,
-            &self.counters.tracestate_malformed,
-        ] {
-            c.store(0, Ordering::Relaxed);
-        }
-        py.allow_threads(move || {
-            old.stop_worker();
-            if let Some(h) = old_worker {
-                let _ = h.join();
+        or_error("tracer.configure", || {
+            let (cfg, limits, head, enabled) = build_config(config)?;
+            let new = Arc::new(Core::new(cfg.clone()));
+            *self.head.lock() = head;
+            self.enabled.store(enabled, Ordering::Relaxed);
+            let worker = Tracer::spawn(&new);
+            let old = self.core.swap(new.clone());
+            let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
+            *self.config.lock() = cfg;
+            self.limits.set(limits);
+            // A new configuration starts its counters afresh, like its core.
+            for c in [
+                &self.attr_counters.converted,
+                &self.attr_counters.dropped,
+                &self.attr_counters.truncated,
+                &self.attr_counters.invalid_utf8,
+                &self.counters.double_end,
+                &self.counters.context_reset_failed,
+                &self.counters.traceparent_malformed,
+                &self.counters.tracestate_malformed,
+            ] {
+                c.store(0, Ordering::Relaxed);
             }
-            old.process(clock::now_mono_ns(), true);
-            new.adopt_export(&old);
-        });
-        Ok(())
+            py.allow_threads(move || {
+                old.stop_worker();
+                if let Some(h) = old_worker {
+                    let _ = h.join();
+                }
+                old.process(clock::now_mono_ns(), true);
+                new.adopt_export(&old);
+            });
+            Ok(())
+        })
     }
 
     /// Whether tracing is on (`APM_ENABLED` / `OTEL_SDK_DISABLED`). Off, every

@@ -7,9 +7,14 @@
 //!
 //! Failure rule: an error inside pulsetrace is reported through
 //! `pulsetrace._diag.internal_error` and the request proceeds untouched; the
-//! application's exceptions pass through as the same objects.
+//! application's exceptions pass through as the same objects. pulsetrace's
+//! work before and after each call into the application (its WSGI call,
+//! its body's iteration and `close()`, the server's `start_response`) runs
+//! under a panic guard ([`crate::guard`]); the calls themselves do not, so
+//! nothing the application does is ever repeated or lost.
 
 use crate::attrs::{self, AttrCounters, Limits};
+use crate::guard::{guard, or_error, report};
 use crate::span::Span;
 use crate::tracer::Tracer;
 use crate::wsgi_app::RouteNamer;
@@ -34,12 +39,15 @@ static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Replace the words of sensitive query parameters (lower-cased).
 #[pyfunction]
-pub fn set_redacted_params(words: Vec<String>) {
-    *REDACT.write() = words
-        .into_iter()
-        .map(|w| w.to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect();
+pub fn set_redacted_params(words: Vec<String>) -> PyResult<()> {
+    or_error("wsgi.set_redacted_params", || {
+        *REDACT.write() = words
+            .into_iter()
+            .map(|w| w.to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect();
+        Ok(())
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -68,6 +76,12 @@ fn percent_decode(s: &str) -> String {
 /// The query string with the values of sensitive parameters replaced by
 /// `REDACTED`; other parameters are kept byte for byte.
 #[pyfunction]
+#[pyo3(name = "redact_query")]
+pub fn py_redact_query(query: &str) -> PyResult<Cow<'_, str>> {
+    or_error("wsgi.redact_query", || Ok(redact_query(query)))
+}
+
+/// [`py_redact_query`]'s rule.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
     let words = REDACT.read();
     let lower = query.to_lowercase();
@@ -146,20 +160,6 @@ fn keys() -> &'static Keys {
         https: "https".into(),
         v11: "1.1".into(),
     })
-}
-
-/// Report an error pulsetrace caused (counted and logged, rate limited, by
-/// the Python side); never raises.
-pub(crate) fn report(py: Python<'_>, place: &str, err: PyErr) {
-    static DIAG: GILOnceCell<PyObject> = GILOnceCell::new();
-    if let Ok(f) = DIAG.get_or_try_init(py, || -> PyResult<PyObject> {
-        Ok(py
-            .import("pulsetrace._diag")?
-            .getattr("internal_error")?
-            .unbind())
-    }) {
-        let _ = f.bind(py).call1((place, err.value(py)));
-    }
 }
 
 /// The environ keys a request span reads, in [`Env`] order.
@@ -454,9 +454,14 @@ fn start(
     };
     {
         let mut inner = span.inner.lock();
-        if inner.attributes.is_empty() && a.len() <= limits.max_attributes {
+        let cost: usize = a.iter().map(|(k, v)| attrs::attribute_cost(k, v)).sum();
+        if inner.attributes.is_empty()
+            && a.len() <= limits.max_attributes
+            && cost <= limits.attribute_budget()
+        {
             // A new span and distinct keys: no duplicate to look for.
             inner.attributes = a;
+            inner.attribute_bytes = cost;
         } else {
             add_attributes_slow(&mut inner, a, &limits, counters);
         }
@@ -479,7 +484,12 @@ fn restore_request_context(span: &Bound<'_, Span>) {
 }
 
 fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
-    span.fail_with(py, err.value(py).as_any());
+    guard(
+        py,
+        "wsgi.error",
+        || span.fail_with(py, err.value(py).as_any()),
+        || (),
+    );
 }
 
 /// `METHOD route` names, made once per (method, route) pair: a route
@@ -674,8 +684,37 @@ impl TracedResponse {
 
     fn finish(&self, py: Python<'_>) {
         if !self.finished.swap(true, Ordering::Relaxed) {
-            self.restore(py);
-            self.span.get().end_at(py, clock::now_mono_ns());
+            guard(py, "wsgi.end", || self.restore(py), || ());
+            guard(
+                py,
+                "wsgi.end",
+                || self.span.get().end_at(py, clock::now_mono_ns()),
+                || (),
+            );
+        }
+    }
+
+    /// The response starts: its status is recorded and the framework names
+    /// the span.
+    fn on_start_response(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) {
+        if let Ok(status) = args.get_item(0) {
+            self.record_status(&status);
+        }
+        if let Some(namer) = &self.namer {
+            // The framework's route template (or None): the span becomes
+            // `METHOD route` with `http.route`.
+            let route = match namer.downcast_bound::<RouteNamer>(py) {
+                Ok(native) => native.get().route(py),
+                Err(_) => namer.bind(py).call0(),
+            };
+            match route {
+                Ok(route) => {
+                    if let Ok(route) = route.downcast::<PyString>() {
+                        name_after_route(self.span.get(), route);
+                    }
+                }
+                Err(e) => report(py, "wsgi.name", e),
+            }
         }
     }
 
@@ -712,25 +751,12 @@ impl TracedResponse {
     /// calls it.
     #[pyo3(signature = (*args))]
     fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyObject> {
-        if let Ok(status) = args.get_item(0) {
-            self.record_status(&status);
-        }
-        if let Some(namer) = &self.namer {
-            // The framework's route template (or None): the span becomes
-            // `METHOD route` with `http.route`.
-            let route = match namer.downcast_bound::<RouteNamer>(py) {
-                Ok(native) => native.get().route(py),
-                Err(_) => namer.bind(py).call0(),
-            };
-            match route {
-                Ok(route) => {
-                    if let Ok(route) = route.downcast::<PyString>() {
-                        name_after_route(self.span.get(), route);
-                    }
-                }
-                Err(e) => report(py, "wsgi.name", e),
-            }
-        }
+        guard(
+            py,
+            "wsgi.status",
+            || self.on_start_response(py, args),
+            || (),
+        );
         let start_response = self
             .state
             .lock()
@@ -866,6 +892,90 @@ pub fn wsgi_call(
     })
 }
 
+/// What pulsetrace does around one application call.
+enum Plan<'py> {
+    /// Run the application untouched.
+    Untraced,
+    /// Inside an enclosing request's span: the application gets a
+    /// `start_response` that names that span.
+    Naming(Bound<'py, TracedResponse>),
+    /// A new request span, made current, and the object the application
+    /// gets as its `start_response` (and the server as its body).
+    Traced(Py<Span>, Bound<'py, TracedResponse>),
+}
+
+/// Everything before the application call. A failure (reported) leaves the
+/// request untraced; the context is switched last, when nothing can fail.
+fn plan<'py>(
+    py: Python<'py>,
+    tracer: &Bound<'py, Tracer>,
+    env: &Bound<'py, PyDict>,
+    start_response: &Bound<'py, PyAny>,
+    namer: Option<&Bound<'py, PyAny>>,
+) -> Plan<'py> {
+    let t = tracer.get();
+    // Inside the application call of this request's SERVER span (a generic
+    // middleware around a framework hook): name that span, do not nest a
+    // second one. (A span whose body is still being sent is not serving: a
+    // request that starts meanwhile in the same context gets its own span.)
+    if let Ok(outer) = t.current.get(py) {
+        if let Ok(outer_span) = outer.downcast::<Span>() {
+            if outer_span.get().serving.load(Ordering::Relaxed) {
+                let Some(namer) = namer else {
+                    return Plan::Untraced;
+                };
+                let naming = TracedResponse::new(
+                    outer_span.clone().unbind(),
+                    start_response.clone().unbind(),
+                    Some(namer.clone().unbind()),
+                    false,
+                );
+                return match crate::newobj::new_bound(py, naming) {
+                    Ok(wrapped) => Plan::Naming(wrapped),
+                    Err(e) => {
+                        report(py, "wsgi.start", e);
+                        Plan::Untraced
+                    }
+                };
+            }
+            // A request span left current by a body that ended in another
+            // context (or not yet): this context gets its value back.
+            restore_request_context(outer_span);
+        }
+    }
+    let span = match start(py, tracer, env) {
+        Ok(s) => s,
+        Err(e) => {
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    };
+    let response = TracedResponse::new(
+        span.clone_ref(py),
+        start_response.clone().unbind(),
+        namer.map(|n| n.clone().unbind()),
+        true,
+    );
+    let response = match crate::newobj::new_bound(py, response) {
+        Ok(r) => r,
+        Err(e) => {
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    };
+    match t.current.set(span.bind(py).as_any()) {
+        Ok(token) => span.get().inner.lock().request_token = Some(token.unbind()),
+        Err(e) => {
+            // Never current, never ended: not recorded.
+            response.get().finished.store(true, Ordering::Relaxed);
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    }
+    span.get().serving.store(true, Ordering::Relaxed);
+    Plan::Traced(span, response)
+}
+
 /// The request path of every WSGI hook: `call(start_response)` runs the
 /// application with the `start_response` it must see.
 pub(crate) fn traced_request<'py>(
@@ -884,61 +994,17 @@ pub(crate) fn traced_request<'py>(
         return Ok(call(start_response)?.unbind());
     }
     let namer = namer.filter(|n| !n.is_none());
-    // Inside the application call of this request's SERVER span (a generic
-    // middleware around a framework hook): name that span, do not nest a
-    // second one. (A span whose body is still being sent is not serving: a
-    // request that starts meanwhile in the same context gets its own span.)
-    if let Ok(outer) = t.current.get(py) {
-        if let Ok(outer_span) = outer.downcast::<Span>() {
-            if outer_span.get().serving.load(Ordering::Relaxed) {
-                let Some(namer) = namer else {
-                    return Ok(call(start_response)?.unbind());
-                };
-                let naming = TracedResponse::new(
-                    outer_span.clone().unbind(),
-                    start_response.clone().unbind(),
-                    Some(namer.clone().unbind()),
-                    false,
-                );
-                let wrapped = crate::newobj::new_bound(py, naming)?;
-                return Ok(call(wrapped.as_any())?.unbind());
-            } else {
-                // A request span left current by a body that ended in another
-                // context (or not yet): this context gets its value back.
-                restore_request_context(outer_span);
-            }
-        }
-    }
-    let span = match start(py, tracer, env) {
-        Ok(s) => s,
-        Err(e) => {
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
-    };
-    match t.current.set(span.bind(py).as_any()) {
-        Ok(token) => span.get().inner.lock().request_token = Some(token.unbind()),
-        Err(e) => {
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
-    }
-    let response = TracedResponse::new(
-        span.clone_ref(py),
-        start_response.clone().unbind(),
-        namer.map(|n| n.clone().unbind()),
-        true,
+    let plan = guard(
+        py,
+        "wsgi.start",
+        || plan(py, tracer, env, start_response, namer),
+        || Plan::Untraced,
     );
-    let response = match crate::newobj::new_bound(py, response) {
-        Ok(r) => r,
-        Err(e) => {
-            restore_request_context(span.bind(py));
-            span.get().end_at(py, clock::now_mono_ns());
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
+    let (span, response) = match plan {
+        Plan::Untraced => return Ok(call(start_response)?.unbind()),
+        Plan::Naming(wrapped) => return Ok(call(wrapped.as_any())?.unbind()),
+        Plan::Traced(span, response) => (span, response),
     };
-    span.get().serving.store(true, Ordering::Relaxed);
     let result = call(response.as_any());
     span.get().serving.store(false, Ordering::Relaxed);
     match result {
@@ -955,9 +1021,19 @@ pub(crate) fn traced_request<'py>(
         }
         Err(e) => {
             response.get().finished.store(true, Ordering::Relaxed);
-            restore_request_context(span.bind(py));
+            guard(
+                py,
+                "wsgi.end",
+                || restore_request_context(span.bind(py)),
+                || (),
+            );
             fail(py, span.get(), &e);
-            span.get().end_at(py, clock::now_mono_ns());
+            guard(
+                py,
+                "wsgi.end",
+                || span.get().end_at(py, clock::now_mono_ns()),
+                || (),
+            );
             Err(e)
         }
     }

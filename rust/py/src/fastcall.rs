@@ -268,14 +268,15 @@ fastcall!(
         Ok(tracer.get().noop_span(&tracer)?.into_ptr())
     }
 );
+// The span still ends and gives the context back (without recording the
+// exception: its argument is what could not be read).
 fastcall!(span_exit, span_exit_body, "span.exit", |a: &Args<
     '_,
     '_,
->| Ok(PyBool::new(
-    a.py, false
-)
-.to_owned()
-.into_ptr()));
+>| {
+    let suppressed = a.this::<Span>().get().exit_with(a.py, None);
+    Ok(PyBool::new(a.py, suppressed).to_owned().into_ptr())
+});
 fastcall!(
     span_set_attribute,
     span_set_attribute_body,

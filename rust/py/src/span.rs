@@ -673,7 +673,7 @@ impl Span {
 
     /// Link this span to another span's context.
     #[pyo3(signature = (context, attributes=None))]
-    fn add_link(&self, context: &Bound<'_, SpanContext>, attributes: Option<&Bound<'_, PyDict>>) {
+    fn add_link(&self, context: &Bound<'_, SpanContext>, attributes: Option<&Bound<'_, PyAny>>) {
         guard(
             context.py(),
             "span.add_link",
@@ -687,7 +687,7 @@ impl Span {
                     trace_state: c.trace_state.clone(),
                     attributes: Vec::new(),
                 };
-                if let Some(a) = attributes {
+                if let Some(a) = attributes.filter(|a| !a.is_none()) {
                     link.attributes =
                         attrs::collect(a, limits.max_attributes, &limits, counters).attributes;
                 }
@@ -830,7 +830,7 @@ impl Span {
         let end_mono = clock::now_mono_ns();
         let tracer = self.tracer.get();
         if let Some(exc) = exc_value.filter(|e| !e.is_none()) {
-            guard(py, "span.exit", || self.fail_with(py, exc), || ());
+            guard(py, "span.exit.error", || self.fail_with(py, exc), || ());
         }
         let token = self.inner.lock().token.take();
         if let Some(token) = token {

@@ -245,13 +245,30 @@ fn text_item<'py>(
 
 /// The text of an environ value (None if absent or not a str): borrowed from
 /// the str object, or, for a str that is not valid UTF-8 (lone surrogates), a
-/// copy with U+FFFD (counted).
-fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Option<Cow<'a, str>> {
+/// copy with U+FFFD (counted). A value longer than `max` characters (what
+/// no server sends, but an application may put there) is cut to `max`
+/// bytes before anything is read out of it.
+fn view<'a>(
+    v: &'a Option<Bound<'_, PyString>>,
+    max: usize,
+    counters: &AttrCounters,
+) -> Option<Cow<'a, str>> {
     let s = v.as_ref()?;
+    if attrs::char_len(s) > max {
+        return Some(Cow::Owned(long_text(s, max, counters)));
+    }
     Some(match crate::pystr::utf8(s) {
         Some(t) => Cow::Borrowed(t),
         None => Cow::Owned(lossy_text(s, counters)),
     })
+}
+
+/// An environ value longer than the length limit: rare, kept out of the
+/// request path's code.
+#[cold]
+#[inline(never)]
+fn long_text(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> String {
+    attrs::string(s, max, counters)
 }
 
 /// A str that is not valid UTF-8 (lone surrogates): rare, kept out of the
@@ -279,7 +296,8 @@ fn remote_context(
     counters: &AttrCounters,
 ) -> Option<crate::span::SpanContext> {
     let ts = env_value(environ, Env::Tracestate);
-    t.extract_context(Some(traceparent), view(&ts, counters).as_deref())
+    let max = t.limits().0.max_value_len;
+    t.extract_context(Some(traceparent), view(&ts, max, counters).as_deref())
 }
 
 /// The attributes of a span that already has some (or more than the
@@ -319,13 +337,14 @@ fn start(
     let t = tracer.get();
     let start_mono = clock::now_mono_ns();
     let (limits, counters) = t.limits();
+    let max = limits.max_value_len;
     let k = keys();
     // Room for every attribute of a request span, those the response adds
     // (status code, route) included: the vector becomes the span's own.
     let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(14);
     let mut env = environ_values(environ);
     let raw_method = env[Env::Method as usize].take();
-    let raw_method_view = view(&raw_method, counters);
+    let raw_method_view = view(&raw_method, max, counters);
     let raw_method_text = raw_method_view.as_deref();
     // Known methods map to shared constants: no allocation per request.
     let known = raw_method_text.and_then(|m| {
@@ -350,7 +369,7 @@ fn start(
     }
     let script = env[Env::Script as usize].take();
     let path = env[Env::Path as usize].take();
-    let (script, path) = (view(&script, counters), view(&path, counters));
+    let (script, path) = (view(&script, max, counters), view(&path, max, counters));
     let path_value = match (
         script.as_deref().unwrap_or(""),
         path.as_deref().unwrap_or(""),
@@ -361,14 +380,14 @@ fn start(
     };
     a.push((k.path.clone(), AttrValue::Str(path_value)));
     let query = env[Env::Query as usize].take();
-    if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
+    if let Some(q) = view(&query, max, counters).filter(|q| !q.is_empty()) {
         a.push((
             k.query.clone(),
             AttrValue::Str(arc(py, &redact_query(&q), &limits, counters)),
         ));
     }
     let scheme = env[Env::Scheme as usize].take();
-    let scheme = match view(&scheme, counters).as_deref() {
+    let scheme = match view(&scheme, max, counters).as_deref() {
         None | Some("http") => k.http.clone(),
         Some("https") => k.https.clone(),
         Some(other) => arc(py, other, &limits, counters),
@@ -379,8 +398,8 @@ fn start(
         host = env_value(environ, Env::ServerName);
     }
     let server_port = env[Env::ServerPort as usize].take();
-    let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
-    if let Some(h) = view(&host, counters) {
+    let mut port: Option<i64> = view(&server_port, max, counters).and_then(|p| p.parse().ok());
+    if let Some(h) = view(&host, max, counters) {
         let h: &str = &h;
         let (name, p) = match h.strip_prefix('[').map(|rest| split_at_byte(rest, b']')) {
             Some(Some((inside, after))) => (&h[..inside.len() + 2], after.strip_prefix(':')),
@@ -404,21 +423,21 @@ fn start(
         a.push((k.port.clone(), AttrValue::Int(p)));
     }
     let client = env[Env::RemoteAddr as usize].take();
-    if let Some(c) = view(&client, counters) {
+    if let Some(c) = view(&client, max, counters) {
         a.push((
             k.client.clone(),
             AttrValue::Str(arc(py, &c, &limits, counters)),
         ));
     }
     let ua = env[Env::UserAgent as usize].take();
-    if let Some(ua) = view(&ua, counters) {
+    if let Some(ua) = view(&ua, max, counters) {
         a.push((
             k.user_agent.clone(),
             AttrValue::Str(arc(py, &ua, &limits, counters)),
         ));
     }
     let protocol = env[Env::Protocol as usize].take();
-    let protocol = view(&protocol, counters);
+    let protocol = view(&protocol, max, counters);
     if let Some((_, v)) = protocol.as_deref().and_then(|p| split_at_byte(p, b'/')) {
         let v = match v {
             "1.1" => k.v11.clone(),
@@ -427,7 +446,7 @@ fn start(
         a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
     let tp = env[Env::Traceparent as usize].take();
-    let remote = view(&tp, counters).and_then(|tp| remote_context(t, environ, &tp, counters));
+    let remote = view(&tp, max, counters).and_then(|tp| remote_context(t, environ, &tp, counters));
     let name: Arc<str> = if Arc::ptr_eq(&method, &k.other) {
         k.http_name.clone()
     } else {
@@ -684,7 +703,7 @@ impl TracedResponse {
 
     fn finish(&self, py: Python<'_>) {
         if !self.finished.swap(true, Ordering::Relaxed) {
-            guard(py, "wsgi.end", || self.restore(py), || ());
+            guard(py, "wsgi.restore", || self.restore(py), || ());
             guard(
                 py,
                 "wsgi.end",
@@ -1023,7 +1042,7 @@ pub(crate) fn traced_request<'py>(
             response.get().finished.store(true, Ordering::Relaxed);
             guard(
                 py,
-                "wsgi.end",
+                "wsgi.restore",
                 || restore_request_context(span.bind(py)),
                 || (),
             );

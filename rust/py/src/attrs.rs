@@ -737,3 +737,122 @@ pub fn to_py(py: Python<'_>, v: &AttrValue) -> PyResult<PyObject> {
         AttrValue::FloatArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulsetrace_core::otlp::Encoder;
+    use pulsetrace_core::pipeline::KeptTrace;
+    use pulsetrace_core::span::SpanRecord;
+
+    const DEFAULTS: Limits = Limits {
+        max_value_len: 4096,
+        max_attributes: 128,
+        max_events: 128,
+        max_list_len: 128,
+    };
+
+    #[test]
+    fn the_default_budget_is_the_module_docs_arithmetic() {
+        assert_eq!(DEFAULTS.attribute_budget(), 128 * (4096 + 128));
+        assert_eq!(DEFAULTS.event_budget(), 540_672);
+        // + name and status message + under 1 KiB of other fields
+        let span = DEFAULTS.attribute_budget() + DEFAULTS.event_budget() + 2 * 4096 + 1024;
+        assert_eq!(span, 1_090_560);
+        assert!(span < (4 << 20) / 3);
+        // One list of 128 full strings fits, a second does not.
+        let list = AttrValue::StrArray(vec!["x".repeat(4096); 128]);
+        let one = attribute_cost("k", &list);
+        assert!(one <= DEFAULTS.attribute_budget() && 2 * one > DEFAULTS.attribute_budget());
+    }
+
+    #[test]
+    fn budgets_saturate_instead_of_overflowing() {
+        let l = Limits {
+            max_value_len: usize::MAX,
+            ..DEFAULTS
+        };
+        assert_eq!(l.attribute_budget(), usize::MAX);
+    }
+
+    /// Bytes one span takes in an OTLP request.
+    fn encoded(span: SpanRecord) -> usize {
+        let mut out = Vec::new();
+        let trace = KeptTrace {
+            trace_id: span.trace_id,
+            reason: None,
+            spans: vec![span],
+        };
+        Encoder::new(&[], "s", "v").encode(&[trace], &mut out);
+        out.len()
+    }
+
+    #[test]
+    fn what_an_item_is_charged_covers_its_otlp_encoding() {
+        let empty = encoded(SpanRecord::new(1, 2, 0, "n"));
+        let long = "é".repeat(40_000);
+        let values = [
+            AttrValue::Str("".into()),
+            AttrValue::Str(long.as_str().into()),
+            AttrValue::Int(i64::MIN),
+            AttrValue::Float(f64::MAX),
+            AttrValue::Bool(true),
+            AttrValue::IntArray(vec![-1; 300]),
+            AttrValue::FloatArray(vec![1.5; 300]),
+            AttrValue::BoolArray(vec![true; 300]),
+            AttrValue::StrArray(vec![String::new(); 300]),
+            AttrValue::StrArray(vec![long.clone(); 3]),
+        ];
+        for key in ["", "k", long.as_str()] {
+            for v in &values {
+                let a: Attributes = vec![(key.into(), v.clone())];
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.attributes = a.clone();
+                assert!(encoded(s) - empty <= attribute_cost(key, v), "{v:?}");
+                let event = Event {
+                    name: key.to_owned(),
+                    time_unix_ns: u64::MAX,
+                    attributes: a.clone(),
+                };
+                let cost = event_cost(&event);
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.events = vec![event];
+                assert!(encoded(s) - empty <= cost);
+                let link = Link {
+                    trace_id: u128::MAX,
+                    span_id: u64::MAX,
+                    trace_state: key.to_owned(),
+                    attributes: a,
+                };
+                let cost = link_cost(&link);
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.links = vec![link];
+                assert!(encoded(s) - empty <= cost);
+            }
+        }
+    }
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut_at("héllo", 2), ("h", true));
+        assert_eq!(cut_at("héllo", 3), ("hé", true));
+        assert_eq!(cut_at("héllo", 6), ("héllo", false));
+        let c = AttrCounters::default();
+        assert_eq!(&*arc_str("ééé", 5, &c), "éé");
+        assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bytes_are_read_only_up_to_the_limit() {
+        let c = AttrCounters::default();
+        // A character split by the cut is left out, not replaced.
+        assert_eq!(&*bytes_text("aé".as_bytes(), 2, &c), "a");
+        assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
+        assert_eq!(c.invalid_utf8.load(Ordering::Relaxed), 0);
+        // Invalid UTF-8 is replaced, and the result still fits the limit.
+        let t = bytes_text(&[0xff; 100], 10, &c);
+        assert!(t.len() <= 10 && t.chars().all(|ch| ch == '\u{fffd}'));
+        assert_eq!(c.invalid_utf8.load(Ordering::Relaxed), 1);
+        assert_eq!(&*bytes_text(b"fine", 10, &c), "fine");
+    }
+}

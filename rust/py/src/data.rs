@@ -131,14 +131,16 @@ impl Histogram {
     #[new]
     #[pyo3(signature = (significant_digits=2, highest=3_600_000_000_000))]
     fn new(significant_digits: u8, highest: u64) -> PyResult<Self> {
-        let cfg = HistogramConfig {
-            highest,
-            sigfig: significant_digits,
-        }
-        .validated()
-        .map_err(PyValueError::new_err)?;
-        Ok(Histogram {
-            inner: CoreHistogram::new(cfg),
+        crate::guard::or_error("histogram.new", || {
+            let cfg = HistogramConfig {
+                highest,
+                sigfig: significant_digits,
+            }
+            .validated()
+            .map_err(PyValueError::new_err)?;
+            Ok(Histogram {
+                inner: CoreHistogram::new(cfg),
+            })
         })
     }
 

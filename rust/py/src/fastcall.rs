@@ -259,36 +259,36 @@ macro_rules! fastcall {
     };
 }
 
-fastcall!(
-    start_span,
-    start_span_body,
-    "tracer.start_span",
-    |a: &Args<'_, '_>| {
-        let tracer = a.this::<Tracer>();
-        Ok(tracer.get().noop_span(&tracer)?.into_ptr())
-    }
-);
-// The span still ends and gives the context back (without recording the
-// exception: its argument is what could not be read).
-fastcall!(span_exit, span_exit_body, "span.exit", |a: &Args<
-    '_,
-    '_,
->| {
-    let suppressed = a.this::<Span>().get().exit_with(a.py, None);
-    Ok(PyBool::new(a.py, suppressed).to_owned().into_ptr())
-});
+fastcall!(start_span, start_span_body, "tracer.start_span", noop_span);
+fastcall!(span_exit, span_exit_body, "span.exit", exit_plainly);
 fastcall!(
     span_set_attribute,
     span_set_attribute_body,
     "span.set_attribute",
-    |a: &Args<'_, '_>| Ok(none(a.py))
+    none_for
 );
-fastcall!(span_end, span_end_body, "span.end", |a: &Args<'_, '_>| Ok(
-    none(a.py)
-));
+fastcall!(span_end, span_end_body, "span.end", none_for);
 // Not guarded as a whole: the application call inside must never be
 // repeated or lost; pulsetrace's work around it is guarded in `wsgi`.
 fastcall!(wsgi_call, |_, a: &Args<'_, '_>| wsgi_call_body(a));
+
+/// `start_span`'s answer after a panic: the no-op span.
+fn noop_span(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    let tracer = a.this::<Tracer>();
+    Ok(tracer.get().noop_span(&tracer)?.into_ptr())
+}
+
+/// `__exit__`'s after a panic: the span still ends and gives the context
+/// back, without recording the exception (its argument is what could not
+/// be read).
+fn exit_plainly(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    let suppressed = a.this::<Span>().get().exit_with(a.py, None);
+    Ok(PyBool::new(a.py, suppressed).to_owned().into_ptr())
+}
+
+fn none_for(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    Ok(none(a.py))
+}
 
 fn too_many(method: &str, most: usize, got: usize) -> PyErr {
     PyTypeError::new_err(format!(

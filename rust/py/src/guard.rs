@@ -19,6 +19,9 @@
 //! A guard never spans a call into the application's code (its WSGI app, a
 //! response body), so that code never runs twice and its result is never
 //! lost; only pulsetrace's work before and after such a call is guarded.
+//! What runs unguarded has nothing that can panic: accessors that read or
+//! format a field (ids, flags, names, counts, `__repr__`, `__eq__`), and
+//! the WSGI wrappers' forwarding to the application's own objects.
 //! Nor is a guard entered with a span's lock held: reporting runs Python
 //! code (logging handlers), which may use that span.
 //!

@@ -46,6 +46,7 @@ impl SpanContext {
     #[new]
     #[pyo3(signature = (trace_id, span_id, trace_flags=1, trace_state=String::new(), is_remote=true))]
     fn new(
+        py: Python<'_>,
         trace_id: u128,
         span_id: u64,
         trace_flags: u8,
@@ -59,7 +60,13 @@ impl SpanContext {
         }
         // Every span of the trace copies it: a malformed or oversized one
         // (W3C: at most 32 members, 512 characters) is dropped.
-        let trace_state = normalize_tracestate(&trace_state).unwrap_or_default();
+        let trace_state = guard(
+            py,
+            "span_context.new",
+            || normalize_tracestate(&trace_state),
+            || None,
+        )
+        .unwrap_or_default();
         Ok(SpanContext {
             trace_id,
             span_id,

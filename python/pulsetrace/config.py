@@ -301,6 +301,10 @@ class Config:
     max_events: int = field(
         default=128, metadata=_declare("PULSETRACE_MAX_EVENTS", low=0, high=10_000)
     )
+    max_attribute_list_length: int = field(
+        default=128,
+        metadata=_declare("PULSETRACE_MAX_ATTRIBUTE_LIST_LENGTH", low=1, high=100_000),
+    )
     redact_query_params: tuple[str, ...] = field(
         default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
     )

@@ -3,7 +3,9 @@
 ``extract`` reads ``traceparent``/``tracestate`` from a mapping of headers
 (any case, or a WSGI environ) and returns a remote :class:`SpanContext`, or
 None: a malformed header starts a new trace and is counted, never raised.
-``inject`` writes the current span's context into outgoing headers.
+``inject`` writes the current span's context into outgoing headers; a
+carrier that fails (its iteration or ``__setitem__`` raises) is left as it
+is, and the failure counted and logged, never raised.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-from pulsetrace import _runtime
+from pulsetrace import _diag, _runtime
 from pulsetrace._native import Span, SpanContext
 
 __all__ = ["extract", "inject", "use_context"]
@@ -61,11 +63,18 @@ def inject(
             return
     if span.trace_id == 0:  # tracing is off: nothing to propagate
         return
-    if not overwrite and any(isinstance(k, str) and k.lower() == "traceparent" for k in headers):
-        return
-    headers["traceparent"] = span.traceparent
-    if span.trace_state:
-        headers["tracestate"] = span.trace_state
+    try:
+        if not overwrite and any(
+            isinstance(k, str) and str.lower(k) == "traceparent" for k in headers
+        ):
+            return
+        headers["traceparent"] = span.traceparent
+        if span.trace_state:
+            headers["tracestate"] = span.trace_state
+    except Exception as exc:
+        # The carrier's own code failed (iteration, __setitem__): the
+        # request goes out without trace context; counted and logged.
+        _diag.internal_error("propagation.inject", exc)
 
 
 @contextmanager

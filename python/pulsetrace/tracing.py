@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
-from pulsetrace import _runtime
+from pulsetrace import _diag, _runtime
 from pulsetrace._native import Span
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,6 +21,23 @@ def current_span() -> Optional[Span]:
     """The span of the current context, or None."""
     value = _runtime.CURRENT.get()
     return value if isinstance(value, Span) else None
+
+
+def _settings(
+    f: Callable[..., Any], name: Optional[str], attributes: Optional[Mapping[str, Any]]
+) -> tuple[str, Optional[dict[str, Any]]]:
+    """The span name and a copy of the attributes of ``traced(f)``. A name or
+    mapping whose own code fails leaves the function's name and no
+    attributes (counted and logged): decorating never raises for them."""
+    try:
+        span_name = name or getattr(f, "__qualname__", None) or repr(f)
+        return span_name, (dict(attributes) if attributes else None)
+    except Exception as exc:
+        _diag.internal_error("traced", exc)
+        qualname = getattr(f, "__qualname__", None)
+        if isinstance(name, str):
+            return name, None
+        return (qualname if isinstance(qualname, str) else "traced"), None
 
 
 @overload
@@ -51,8 +68,7 @@ def traced(
     """
 
     def decorate(f: F) -> F:
-        span_name = name or getattr(f, "__qualname__", None) or repr(f)
-        attrs = dict(attributes) if attributes else None
+        span_name, attrs = _settings(f, name, attributes)
 
         if inspect.iscoroutinefunction(f):
 

@@ -1,16 +1,72 @@
-//! Python values → attribute values, under limits. Never raises: a value
-//! that is not str/bool/int/float (or a homogeneous sequence of them) is
-//! converted with `str()` or dropped, an oversized string is truncated on a
-//! character boundary, text that is not valid UTF-8 (lone surrogates, bytes)
-//! is replaced with U+FFFD. Each such event is counted.
+//! Python values → attribute values, under limits. Never raises and never
+//! panics: a value that is not str/bool/int/float (or a homogeneous sequence
+//! of them) is converted with `str()` or dropped, an oversized string is
+//! truncated on a character boundary, a list beyond
+//! `max_attribute_list_length` keeps its first elements, text that is not
+//! valid UTF-8 (lone surrogates, bytes) is replaced with U+FFFD. Each such
+//! event is counted.
+//!
+//! The application's objects run code while they are converted (`__str__`,
+//! a mapping's `items()`), and that code may do anything: mutate the mapping
+//! being converted, raise, call back into pulsetrace, return a huge string.
+//! So a mapping or list is first copied (references only, at most as many
+//! entries as can be kept, with no Python code running meanwhile), then
+//! converted from that copy; an exception the application's object raises
+//! drops that value (counted); text is cut to the length limit before it is
+//! copied out of a Python object; and no span lock is held while a value is
+//! converted (the caller converts first, then locks and stores).
+//!
+//! # What one span can hold
+//!
+//! Every value a span keeps is charged its bytes of text plus a fixed
+//! overhead: [`ITEM_OVERHEAD`] per attribute, event and link,
+//! [`ELEMENT_OVERHEAD`] per list element. Each overhead is at least what the
+//! item takes in memory besides its text, and at least its OTLP framing
+//! (tags, lengths, fixed-size numbers), so the charge bounds both. A span
+//! keeps at most
+//!
+//! - `max_attributes × (max_attribute_length + 2 × 64)` bytes of attributes
+//!   (each attribute's share: a value of the full length, a key of up to 64
+//!   bytes and the overhead; a list shares it with its elements), and
+//! - `max_events × (max_attribute_length + 2 × 64)` bytes of events and
+//!   links together (an exception's stack trace, up to 8 ×
+//!   `max_attribute_length`, included);
+//!
+//! what does not fit is dropped and counted, as a value over a count limit
+//! is. Its name and status message are at most `max_attribute_length` bytes
+//! each, its trace state at most 512 (W3C), and its other fields (ids,
+//! times, kind, flags, counts, with their framing) take under 1 KiB.
+//!
+//! With the default limits (`max_attributes` = `max_events` = 128,
+//! `max_attribute_length` = 4096): 2 × 128 × (4096 + 128) B = 1,081,344 B
+//! of attributes, events and links, + 2 × 4096 B of name and status
+//! message, + under 1 KiB: under 1,090,560 B (1.04 MiB) per span, in memory
+//! and as OTLP: about a quarter of the 4 MiB a receiver usually accepts in
+//! one request. (Count limits alone would not bound it: 128 attributes,
+//! each a list of 128 strings of 4096 bytes, are 64 MiB.) Lists keep their
+//! first `max_attribute_list_length` (default 128) elements, which bounds
+//! the work of converting one as well.
 
-use pulsetrace_core::span::AttrValue;
+use crate::guard;
+use pulsetrace_core::span::{AttrValue, Attributes, Event, Link};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::GILProtected;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// What an attribute, an event or a link is charged besides its text: at
+/// least its size in memory without the text (an attribute: a 48-byte
+/// vector slot and a 16-byte shared-text header) and at least its OTLP
+/// framing (tags and lengths: under 30 bytes).
+pub const ITEM_OVERHEAD: usize = 64;
+/// What a list element is charged besides its text: at least its size in
+/// memory (a 24-byte string header, or 8 bytes) and its OTLP framing (an
+/// `AnyValue` in an array: at most 13 bytes besides the text).
+pub const ELEMENT_OVERHEAD: usize = 32;
 
 /// Attribute limits, fixed when the tracer is built.
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +74,26 @@ pub struct Limits {
     pub max_value_len: usize,
     pub max_attributes: usize,
     pub max_events: usize,
+    pub max_list_len: usize,
+}
+
+impl Limits {
+    /// What one attribute, event or link may take of its span's budget on
+    /// average: a value of the full length, a key of up to 64 bytes and
+    /// the overhead.
+    fn share(&self) -> usize {
+        self.max_value_len.saturating_add(2 * ITEM_OVERHEAD)
+    }
+
+    /// Bytes of attributes one span may hold (see the module doc).
+    pub fn attribute_budget(&self) -> usize {
+        self.max_attributes.saturating_mul(self.share())
+    }
+
+    /// Bytes of events and links one span may hold, together.
+    pub fn event_budget(&self) -> usize {
+        self.max_events.saturating_mul(self.share())
+    }
 }
 
 /// The limits, changeable at run time by `Tracer.configure`.
@@ -26,6 +102,7 @@ pub struct AtomicLimits {
     max_value_len: AtomicUsize,
     max_attributes: AtomicUsize,
     max_events: AtomicUsize,
+    max_list_len: AtomicUsize,
 }
 
 impl AtomicLimits {
@@ -34,6 +111,7 @@ impl AtomicLimits {
             max_value_len: AtomicUsize::new(l.max_value_len),
             max_attributes: AtomicUsize::new(l.max_attributes),
             max_events: AtomicUsize::new(l.max_events),
+            max_list_len: AtomicUsize::new(l.max_list_len),
         }
     }
 
@@ -43,6 +121,7 @@ impl AtomicLimits {
             max_value_len: self.max_value_len.load(Ordering::Relaxed),
             max_attributes: self.max_attributes.load(Ordering::Relaxed),
             max_events: self.max_events.load(Ordering::Relaxed),
+            max_list_len: self.max_list_len.load(Ordering::Relaxed),
         }
     }
 
@@ -51,6 +130,7 @@ impl AtomicLimits {
         self.max_attributes
             .store(l.max_attributes, Ordering::Relaxed);
         self.max_events.store(l.max_events, Ordering::Relaxed);
+        self.max_list_len.store(l.max_list_len, Ordering::Relaxed);
     }
 }
 
@@ -67,23 +147,70 @@ impl AttrCounters {
     pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub(crate) fn add(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a value is charged (see the module doc).
+pub fn value_cost(v: &AttrValue) -> usize {
+    match v {
+        AttrValue::Str(s) => s.len(),
+        AttrValue::Bool(_) | AttrValue::Int(_) | AttrValue::Float(_) => 8,
+        AttrValue::StrArray(a) => a.iter().map(|s| s.len() + ELEMENT_OVERHEAD).sum(),
+        AttrValue::BoolArray(a) => a.len() * ELEMENT_OVERHEAD,
+        AttrValue::IntArray(a) => a.len() * ELEMENT_OVERHEAD,
+        AttrValue::FloatArray(a) => a.len() * ELEMENT_OVERHEAD,
+    }
+}
+
+/// What one attribute is charged.
+#[inline]
+pub fn attribute_cost(key: &str, v: &AttrValue) -> usize {
+    ITEM_OVERHEAD + key.len() + value_cost(v)
+}
+
+fn attributes_cost(a: &Attributes) -> usize {
+    a.iter().map(|(k, v)| attribute_cost(k, v)).sum()
+}
+
+/// What an event is charged (its name and attributes).
+pub fn event_cost(e: &Event) -> usize {
+    ITEM_OVERHEAD + e.name.len() + attributes_cost(&e.attributes)
+}
+
+/// What a link is charged (its trace state and attributes).
+pub fn link_cost(l: &Link) -> usize {
+    ITEM_OVERHEAD + l.trace_state.len() + attributes_cost(&l.attributes)
+}
+
+/// `t` cut to at most `max` bytes on a character boundary, and whether it was.
+fn cut_at(t: &str, max: usize) -> (&str, bool) {
+    if t.len() <= max {
+        return (t, false);
+    }
+    let mut cut = max;
+    while !t.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (&t[..cut], true)
 }
 
 /// Truncate to at most `max` bytes on a char boundary.
 pub fn truncate(mut s: String, max: usize, counters: &AttrCounters) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+    let (kept, cut) = cut_at(&s, max);
+    if cut {
+        let n = kept.len();
+        s.truncate(n);
         AttrCounters::bump(&counters.truncated);
     }
     s
 }
 
 /// A Python `str` as Rust text: exact when valid, with U+FFFD for lone
-/// surrogates otherwise.
+/// surrogates otherwise. Unbounded: for text whose size something else
+/// bounds (a WSGI server's header limit).
 pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
     match crate::pystr::utf8(s) {
         Some(t) => t.to_owned(),
@@ -97,15 +224,11 @@ pub fn text(s: &Bound<'_, PyString>, counters: &AttrCounters) -> String {
 /// `t` as shared text truncated to `max` bytes (on a character boundary),
 /// built in one allocation.
 pub fn arc_str(t: &str, max: usize, counters: &AttrCounters) -> Arc<str> {
-    if t.len() <= max {
-        return Arc::from(t);
+    let (kept, cut) = cut_at(t, max);
+    if cut {
+        AttrCounters::bump(&counters.truncated);
     }
-    let mut cut = max;
-    while !t.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    AttrCounters::bump(&counters.truncated);
-    Arc::from(&t[..cut])
+    Arc::from(kept)
 }
 
 /// Recurring text (a request's path, host, client address or user agent:
@@ -159,12 +282,72 @@ pub fn recurring(py: Python<'_>, t: &str, max: usize, counters: &AttrCounters) -
     text
 }
 
+/// The number of characters of `s`: its own length, not what a subclass's
+/// `__len__` says.
+#[allow(unsafe_code)]
+pub(crate) fn char_len(s: &Bound<'_, PyString>) -> usize {
+    // SAFETY: the GIL is held (`s` is bound) and `s` is a live str (or an
+    // instance of a subclass), whose length field this reads.
+    let n = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// The first `n` characters of `s`, as a new str.
+#[allow(unsafe_code)]
+fn head<'py>(s: &Bound<'py, PyString>, n: usize) -> Option<Bound<'py, PyAny>> {
+    let end = ffi::Py_ssize_t::try_from(n).ok()?;
+    // SAFETY: the GIL is held and `s` is a live str; the call returns a new
+    // reference, or NULL with an exception set (taken, and dropped, by
+    // `from_owned_ptr_or_err`).
+    unsafe { Bound::from_owned_ptr_or_err(s.py(), ffi::PyUnicode_Substring(s.as_ptr(), 0, end)) }
+        .ok()
+}
+
+/// A Python `str` as text of at most `max` bytes, handed to `f`: cut on a
+/// character boundary (counted), with U+FFFD for lone surrogates (counted).
+/// At most `max` characters are read out of `s`, however long it is.
+pub fn with_text<R>(
+    s: &Bound<'_, PyString>,
+    max: usize,
+    counters: &AttrCounters,
+    f: impl FnOnce(&str) -> R,
+) -> R {
+    let short;
+    let (s, mut truncated) = match (char_len(s) > max).then(|| head(s, max)).flatten() {
+        Some(h) => match h.downcast_into::<PyString>() {
+            Ok(h) => {
+                short = h;
+                (&short, true)
+            }
+            Err(_) => (s, false),
+        },
+        None => (s, false),
+    };
+    let owned;
+    let whole = match crate::pystr::utf8(s) {
+        Some(t) => t,
+        None => {
+            AttrCounters::bump(&counters.invalid_utf8);
+            owned = lossy(s);
+            &owned
+        }
+    };
+    let (kept, cut) = cut_at(whole, max);
+    truncated |= cut;
+    if truncated {
+        AttrCounters::bump(&counters.truncated);
+    }
+    f(kept)
+}
+
 /// A Python `str` as shared text truncated to `max` bytes.
 pub fn arc_text(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> Arc<str> {
-    match crate::pystr::utf8(s) {
-        Some(t) => arc_str(t, max, counters),
-        None => Arc::from(truncate(text(s, counters), max, counters)),
-    }
+    with_text(s, max, counters, |t| Arc::from(t))
+}
+
+/// A Python `str` as owned text truncated to `max` bytes.
+pub fn string(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> String {
+    with_text(s, max, counters, |t| t.to_owned())
 }
 
 /// Interned text: attribute keys, span names and many values are the same
@@ -183,7 +366,7 @@ struct Interned {
 }
 
 const INTERN_SLOTS: usize = 512;
-const INTERN_MAX_LEN: isize = 96;
+const INTERN_MAX_LEN: usize = 96;
 
 /// Guarded by the GIL (every caller holds it): no thread-local lookup.
 static INTERNED: GILProtected<RefCell<Vec<Option<Interned>>>> =
@@ -203,27 +386,39 @@ pub fn shared(s: &Bound<'_, PyString>, limits: &Limits, counters: &AttrCounters)
         }
     }
     let text = arc_text(s, max, counters);
-    if s.len().is_ok_and(|n| n as isize <= INTERN_MAX_LEN) {
+    if char_len(s) <= INTERN_MAX_LEN {
         let entry = Interned {
             ptr,
             max,
             _obj: s.clone().unbind(),
             text: text.clone(),
         };
-        if let Ok(mut v) = cache.try_borrow_mut() {
-            if v.is_empty() {
-                v.resize_with(INTERN_SLOTS, || None);
+        // The entry replaced is dropped after the borrow ends: dropping the
+        // last reference to a str subclass's instance may run its code.
+        let replaced = match cache.try_borrow_mut() {
+            Ok(mut v) => {
+                if v.is_empty() {
+                    v.resize_with(INTERN_SLOTS, || None);
+                }
+                v[slot].replace(entry)
             }
-            v[slot] = Some(entry);
-        }
+            Err(_) => None,
+        };
+        drop(replaced);
     }
     text
 }
 
 /// One U+FFFD per lone surrogate (UTF-16 round trip), as a reader expects.
+/// `str.encode` itself, not a subclass's.
 fn lossy(s: &Bound<'_, PyString>) -> String {
-    let units = s
-        .call_method1("encode", ("utf-16-le", "surrogatepass"))
+    let py = s.py();
+    let units = py
+        .get_type::<PyString>()
+        .call_method1(
+            pyo3::intern!(py, "encode"),
+            (s, "utf-16-le", "surrogatepass"),
+        )
         .ok()
         .and_then(|b| b.downcast_into::<PyBytes>().ok());
     match units {
@@ -239,6 +434,52 @@ fn lossy(s: &Bound<'_, PyString>) -> String {
     }
 }
 
+/// Bytes as text of at most `max` bytes: only the first `max` bytes are
+/// read; a character the cut splits is left out; invalid UTF-8 becomes
+/// U+FFFD (counted).
+fn bytes_text(b: &[u8], max: usize, counters: &AttrCounters) -> Arc<str> {
+    let (head, mut truncated) = if b.len() > max {
+        (&b[..max], true)
+    } else {
+        (b, false)
+    };
+    let text: Cow<'_, str> = match std::str::from_utf8(head) {
+        Ok(t) => Cow::Borrowed(t),
+        Err(e) if truncated && e.error_len().is_none() => {
+            Cow::Borrowed(std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default())
+        }
+        Err(_) => {
+            AttrCounters::bump(&counters.invalid_utf8);
+            String::from_utf8_lossy(head)
+        }
+    };
+    let (kept, cut) = cut_at(&text, max);
+    truncated |= cut;
+    if truncated {
+        AttrCounters::bump(&counters.truncated);
+    }
+    Arc::from(kept)
+}
+
+/// An int outside i64, as its digits; dropped (None) when its digits would
+/// not fit the length limit (they would not be its value), without
+/// computing them (quadratic in the digits on older Pythons).
+fn big_int(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
+    let py = v.py();
+    let bits: u64 = py
+        .get_type::<PyInt>()
+        .call_method1(pyo3::intern!(py, "bit_length"), (v,))
+        .and_then(|b| b.extract())
+        .ok()?;
+    // digits <= bits * log10(2) + 1 < bits * 0.302 + 2 (a sign included)
+    if (bits as f64) * 0.302 + 2.0 > limits.max_value_len as f64 {
+        return None;
+    }
+    AttrCounters::bump(&counters.converted);
+    let s = v.str().ok()?;
+    Some(AttrValue::Str(arc_text(&s, limits.max_value_len, counters)))
+}
+
 fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
     if let Ok(s) = v.downcast::<PyString>() {
         return Some(AttrValue::Str(shared(s, limits, counters)));
@@ -249,35 +490,36 @@ fn scalar(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Opt
     if v.is_instance_of::<PyInt>() {
         return match v.extract::<i64>() {
             Ok(i) => Some(AttrValue::Int(i)),
-            Err(_) => {
-                // Outside i64: keep the digits as a string.
-                AttrCounters::bump(&counters.converted);
-                v.str().ok().map(|s| {
-                    AttrValue::Str(
-                        truncate(text(&s, counters), limits.max_value_len, counters).into(),
-                    )
-                })
-            }
+            // Outside i64: the digits as a string.
+            Err(_) => big_int(v, limits, counters),
         };
     }
     if v.is_instance_of::<PyFloat>() {
         return v.extract::<f64>().ok().map(AttrValue::Float);
     }
     if let Ok(b) = v.downcast::<PyBytes>() {
-        let bytes = b.as_bytes();
-        let s = match std::str::from_utf8(bytes) {
-            Ok(t) => t.to_owned(),
-            Err(_) => {
-                AttrCounters::bump(&counters.invalid_utf8);
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-        };
         AttrCounters::bump(&counters.converted);
-        return Some(AttrValue::Str(
-            truncate(s, limits.max_value_len, counters).into(),
-        ));
+        return Some(AttrValue::Str(bytes_text(
+            b.as_bytes(),
+            limits.max_value_len,
+            counters,
+        )));
     }
     None
+}
+
+/// A list's or tuple's first `max_list_len` elements (references, taken
+/// before any of them is converted: converting may run code that changes
+/// the list); more are counted as a truncation.
+fn elements<'py>(
+    items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Vec<Bound<'py, PyAny>> {
+    if items.len() > limits.max_list_len {
+        AttrCounters::bump(&counters.truncated);
+    }
+    items.take(limits.max_list_len).collect()
 }
 
 fn sequence(
@@ -340,15 +582,11 @@ fn sequence(
 }
 
 fn stringify(v: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<AttrValue> {
-    match v.str() {
-        Ok(s) => {
-            AttrCounters::bump(&counters.converted);
-            Some(AttrValue::Str(
-                truncate(text(&s, counters), limits.max_value_len, counters).into(),
-            ))
-        }
-        Err(_) => None,
-    }
+    // Any exception the object's `__str__` raises (or a non-str result)
+    // drops the value.
+    let s = v.str().ok()?;
+    AttrCounters::bump(&counters.converted);
+    Some(AttrValue::Str(arc_text(&s, limits.max_value_len, counters)))
 }
 
 /// Convert one attribute value; `None` means dropped (and counted).
@@ -362,9 +600,9 @@ pub fn convert(
     } else if let Some(s) = scalar(v, limits, counters) {
         Some(s)
     } else if let Ok(l) = v.downcast::<PyList>() {
-        sequence(l.iter().collect(), limits, counters)
+        sequence(elements(l.iter(), limits, counters), limits, counters)
     } else if let Ok(t) = v.downcast::<PyTuple>() {
-        sequence(t.iter().collect(), limits, counters)
+        sequence(elements(t.iter(), limits, counters), limits, counters)
     } else {
         stringify(v, limits, counters)
     };
@@ -374,15 +612,116 @@ pub fn convert(
     out
 }
 
-/// An attribute key: a `str` (any other key is converted with `str()`).
+/// An attribute key: a `str` (any other key is converted with `str()`);
+/// `None` means dropped (and counted).
 pub fn key(k: &Bound<'_, PyAny>, limits: &Limits, counters: &AttrCounters) -> Option<Arc<str>> {
     if let Ok(s) = k.downcast::<PyString>() {
         return Some(shared(s, limits, counters));
     }
-    AttrCounters::bump(&counters.converted);
-    k.str()
-        .ok()
-        .map(|s| truncate(text(&s, counters), limits.max_value_len, counters).into())
+    match k.str() {
+        Ok(s) => {
+            AttrCounters::bump(&counters.converted);
+            Some(arc_text(&s, limits.max_value_len, counters))
+        }
+        Err(_) => {
+            AttrCounters::bump(&counters.dropped);
+            None
+        }
+    }
+}
+
+/// The converted entries of an attribute mapping, and how many entries
+/// were left out for being over `max`.
+pub struct Collected {
+    pub attributes: Attributes,
+    pub over: usize,
+}
+
+/// The entries of an attribute mapping (a dict, or any object with
+/// `items()`), converted, in order: at most `max` of them (the others are
+/// counted as dropped, in `over`). The entries are taken first (references
+/// only: no code of the application runs while a dict is read), then
+/// converted; an entry whose key or value cannot be converted is dropped
+/// (counted), and so is what an exception in the mapping's own `items()`
+/// leaves out.
+pub fn collect(
+    mapping: &Bound<'_, PyAny>,
+    max: usize,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Collected {
+    let mut out = Collected {
+        attributes: Vec::new(),
+        over: 0,
+    };
+    guard::guard(
+        mapping.py(),
+        "attributes",
+        || collect_into(mapping, max, limits, counters, &mut out),
+        || (),
+    );
+    if out.over > 0 {
+        AttrCounters::add(&counters.dropped, out.over);
+    }
+    out
+}
+
+/// How many entries of a dict are taken without a heap allocation.
+const INLINE_ENTRIES: usize = 8;
+
+fn collect_into(
+    mapping: &Bound<'_, PyAny>,
+    max: usize,
+    limits: &Limits,
+    counters: &AttrCounters,
+    out: &mut Collected,
+) {
+    let mut inline: [Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>; INLINE_ENTRIES] =
+        Default::default();
+    let mut heap = Vec::new();
+    if let Ok(d) = mapping.downcast::<PyDict>() {
+        out.over = d.len().saturating_sub(max);
+        // Nothing in this loop runs Python code, so the dict cannot change
+        // under the iterator.
+        for (i, kv) in d.iter().take(max).enumerate() {
+            match inline.get_mut(i) {
+                Some(slot) => *slot = Some(kv),
+                None => heap.push(kv),
+            }
+        }
+    } else {
+        let py = mapping.py();
+        let items = mapping
+            .call_method0(pyo3::intern!(py, "items"))
+            .and_then(|i| i.try_iter());
+        let Ok(items) = items else {
+            AttrCounters::bump(&counters.dropped);
+            return;
+        };
+        for item in items {
+            if heap.len() == max {
+                out.over = mapping.len().map_or(1, |n| n.saturating_sub(max).max(1));
+                break;
+            }
+            match item.and_then(|i| i.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()) {
+                Ok(kv) => heap.push(kv),
+                Err(_) => {
+                    AttrCounters::bump(&counters.dropped);
+                    break;
+                }
+            }
+        }
+    }
+    let taken = inline.iter().take_while(|e| e.is_some()).count() + heap.len();
+    out.attributes.reserve_exact(taken);
+    for (k, v) in inline.iter().map_while(Option::as_ref).chain(heap.iter()) {
+        let Some(k) = key(k, limits, counters) else {
+            continue;
+        };
+        if let Some(v) = convert(v, limits, counters) {
+            out.attributes.push((k, v));
+        }
+    }
 }
 
 /// Attribute value → Python object (for exported span data).
@@ -397,4 +736,123 @@ pub fn to_py(py: Python<'_>, v: &AttrValue) -> PyResult<PyObject> {
         AttrValue::IntArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
         AttrValue::FloatArray(a) => PyTuple::new(py, a)?.into_any().unbind(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulsetrace_core::otlp::Encoder;
+    use pulsetrace_core::pipeline::KeptTrace;
+    use pulsetrace_core::span::SpanRecord;
+
+    const DEFAULTS: Limits = Limits {
+        max_value_len: 4096,
+        max_attributes: 128,
+        max_events: 128,
+        max_list_len: 128,
+    };
+
+    #[test]
+    fn the_default_budget_is_the_module_docs_arithmetic() {
+        assert_eq!(DEFAULTS.attribute_budget(), 128 * (4096 + 128));
+        assert_eq!(DEFAULTS.event_budget(), 540_672);
+        // + name and status message + under 1 KiB of other fields
+        let span = DEFAULTS.attribute_budget() + DEFAULTS.event_budget() + 2 * 4096 + 1024;
+        assert_eq!(span, 1_090_560);
+        assert!(span < (4 << 20) / 3);
+        // One list of 128 full strings fits, a second does not.
+        let list = AttrValue::StrArray(vec!["x".repeat(4096); 128]);
+        let one = attribute_cost("k", &list);
+        assert!(one <= DEFAULTS.attribute_budget() && 2 * one > DEFAULTS.attribute_budget());
+    }
+
+    #[test]
+    fn budgets_saturate_instead_of_overflowing() {
+        let l = Limits {
+            max_value_len: usize::MAX,
+            ..DEFAULTS
+        };
+        assert_eq!(l.attribute_budget(), usize::MAX);
+    }
+
+    /// Bytes one span takes in an OTLP request.
+    fn encoded(span: SpanRecord) -> usize {
+        let mut out = Vec::new();
+        let trace = KeptTrace {
+            trace_id: span.trace_id,
+            reason: None,
+            spans: vec![span],
+        };
+        Encoder::new(&[], "s", "v").encode(&[trace], &mut out);
+        out.len()
+    }
+
+    #[test]
+    fn what_an_item_is_charged_covers_its_otlp_encoding() {
+        let empty = encoded(SpanRecord::new(1, 2, 0, "n"));
+        let long = "é".repeat(40_000);
+        let values = [
+            AttrValue::Str("".into()),
+            AttrValue::Str(long.as_str().into()),
+            AttrValue::Int(i64::MIN),
+            AttrValue::Float(f64::MAX),
+            AttrValue::Bool(true),
+            AttrValue::IntArray(vec![-1; 300]),
+            AttrValue::FloatArray(vec![1.5; 300]),
+            AttrValue::BoolArray(vec![true; 300]),
+            AttrValue::StrArray(vec![String::new(); 300]),
+            AttrValue::StrArray(vec![long.clone(); 3]),
+        ];
+        for key in ["", "k", long.as_str()] {
+            for v in &values {
+                let a: Attributes = vec![(key.into(), v.clone())];
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.attributes = a.clone();
+                assert!(encoded(s) - empty <= attribute_cost(key, v), "{v:?}");
+                let event = Event {
+                    name: key.to_owned(),
+                    time_unix_ns: u64::MAX,
+                    attributes: a.clone(),
+                };
+                let cost = event_cost(&event);
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.events = vec![event];
+                assert!(encoded(s) - empty <= cost);
+                let link = Link {
+                    trace_id: u128::MAX,
+                    span_id: u64::MAX,
+                    trace_state: key.to_owned(),
+                    attributes: a,
+                };
+                let cost = link_cost(&link);
+                let mut s = SpanRecord::new(1, 2, 0, "n");
+                s.links = vec![link];
+                assert!(encoded(s) - empty <= cost);
+            }
+        }
+    }
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut_at("héllo", 2), ("h", true));
+        assert_eq!(cut_at("héllo", 3), ("hé", true));
+        assert_eq!(cut_at("héllo", 6), ("héllo", false));
+        let c = AttrCounters::default();
+        assert_eq!(&*arc_str("ééé", 5, &c), "éé");
+        assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bytes_are_read_only_up_to_the_limit() {
+        let c = AttrCounters::default();
+        // A character split by the cut is left out, not replaced.
+        assert_eq!(&*bytes_text("aé".as_bytes(), 2, &c), "a");
+        assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
+        assert_eq!(c.invalid_utf8.load(Ordering::Relaxed), 0);
+        // Invalid UTF-8 is replaced, and the result still fits the limit.
+        let t = bytes_text(&[0xff; 100], 10, &c);
+        assert!(t.len() <= 10 && t.chars().all(|ch| ch == '\u{fffd}'));
+        assert_eq!(c.invalid_utf8.load(Ordering::Relaxed), 1);
+        assert_eq!(&*bytes_text(b"fine", 10, &c), "fine");
+    }
 }

@@ -56,6 +56,25 @@ impl Batch {
 
     /// The traces as lists of SpanData (built once, on first call).
     fn traces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        crate::guard::or_error("batch.traces", || self.traces_of(py))
+    }
+
+    /// The OTLP `ExportTraceServiceRequest` bytes of the batch.
+    fn otlp<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        crate::guard::or_error("batch.otlp", || {
+            let out = py.allow_threads(|| {
+                let traces = self.traces.lock();
+                let mut out = Vec::new();
+                self.encoder.encode(&traces, &mut out);
+                out
+            });
+            Ok(PyBytes::new(py, &out))
+        })
+    }
+}
+
+impl Batch {
+    fn traces_of<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         if let Some(l) = self.as_py.lock().as_ref() {
             return Ok(l.bind(py).clone());
         }
@@ -72,16 +91,5 @@ impl Batch {
         let list = traces_to_py(py, copy)?;
         *self.as_py.lock() = Some(list.clone().unbind());
         Ok(list)
-    }
-
-    /// The OTLP `ExportTraceServiceRequest` bytes of the batch.
-    fn otlp<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let out = py.allow_threads(|| {
-            let traces = self.traces.lock();
-            let mut out = Vec::new();
-            self.encoder.encode(&traces, &mut out);
-            out
-        });
-        PyBytes::new(py, &out)
     }
 }

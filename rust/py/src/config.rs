@@ -152,6 +152,7 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
         max_value_len: count("max_attribute_length")?,
         max_attributes: field(cfg, "max_attributes")?,
         max_events: field(cfg, "max_events")?,
+        max_list_len: count("max_attribute_list_length")?,
     };
     let core = CoreConfig {
         histogram,

@@ -131,21 +131,23 @@ impl Histogram {
     #[new]
     #[pyo3(signature = (significant_digits=2, highest=3_600_000_000_000))]
     fn new(significant_digits: u8, highest: u64) -> PyResult<Self> {
-        let cfg = HistogramConfig {
-            highest,
-            sigfig: significant_digits,
-        }
-        .validated()
-        .map_err(PyValueError::new_err)?;
-        Ok(Histogram {
-            inner: CoreHistogram::new(cfg),
+        crate::guard::or_error("histogram.new", || {
+            let cfg = HistogramConfig {
+                highest,
+                sigfig: significant_digits,
+            }
+            .validated()
+            .map_err(PyValueError::new_err)?;
+            Ok(Histogram {
+                inner: CoreHistogram::new(cfg),
+            })
         })
     }
 
     /// Record one value (nanoseconds). Lock-free; values above the highest
     /// trackable value are clamped and counted.
-    fn record(&self, value: u64) {
-        self.inner.record(value);
+    fn record(&self, py: Python<'_>, value: u64) {
+        crate::guard::guard(py, "histogram.record", || self.inner.record(value), || ());
     }
 
     #[getter]
@@ -169,14 +171,18 @@ impl Histogram {
     }
 
     /// The value at a quantile in [0, 1].
-    fn value_at_quantile(&self, q: f64) -> u64 {
-        self.inner.snapshot().value_at_quantile(q)
+    fn value_at_quantile(&self, q: f64) -> PyResult<u64> {
+        crate::guard::or_error("histogram.value_at_quantile", || {
+            Ok(self.inner.snapshot().value_at_quantile(q))
+        })
     }
 
     /// HdrHistogram V2 compressed encoding, base64.
-    fn encode(&self, py: Python<'_>) -> String {
-        let snap = self.inner.snapshot();
-        py.allow_threads(move || snap.to_v2_base64())
+    fn encode(&self, py: Python<'_>) -> PyResult<String> {
+        crate::guard::or_error("histogram.encode", || {
+            let snap = self.inner.snapshot();
+            Ok(py.allow_threads(move || snap.to_v2_base64()))
+        })
     }
 
     fn reset(&self) {

@@ -21,6 +21,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString, PyTuple, PyType};
 
+use crate::guard::guard;
 use crate::span::Span;
 use crate::tracer::Tracer;
 
@@ -221,9 +222,18 @@ impl<'py> Args<'_, 'py> {
 
 /// A `METH_FASTCALL | METH_KEYWORDS` function running `$body(&Args)` the way
 /// pyo3 runs its own methods (its trampoline: the GIL marked as held, a Rust
-/// error raised as the exception, a panic as `PanicException`).
+/// error raised as the exception), under the panic guard of `$place`: a
+/// panic is reported and the call returns `$fallback(&Args)` ([`crate::guard`]).
 macro_rules! fastcall {
-    ($name:ident, $body:ident) => {
+    ($name:ident, $body:ident, $place:literal, $fallback:expr) => {
+        fastcall!($name, |py, a: &Args<'_, '_>| guard(
+            py,
+            $place,
+            || $body(a),
+            || $fallback(a)
+        ));
+    };
+    ($name:ident, $run:expr) => {
         #[allow(unsafe_code)]
         unsafe extern "C" fn $name(
             slf: *mut ffi::PyObject,
@@ -241,7 +251,7 @@ macro_rules! fastcall {
                     nargs,
                     kwnames,
                     |py, slf, args, nargs, kwnames| {
-                        $body(&Args::new(py, slf, args, nargs, kwnames))
+                        $run(py, &Args::new(py, slf, args, nargs, kwnames))
                     },
                 )
             }
@@ -249,11 +259,36 @@ macro_rules! fastcall {
     };
 }
 
-fastcall!(start_span, start_span_body);
-fastcall!(span_exit, span_exit_body);
-fastcall!(span_set_attribute, span_set_attribute_body);
-fastcall!(span_end, span_end_body);
-fastcall!(wsgi_call, wsgi_call_body);
+fastcall!(start_span, start_span_body, "tracer.start_span", noop_span);
+fastcall!(span_exit, span_exit_body, "span.exit", exit_plainly);
+fastcall!(
+    span_set_attribute,
+    span_set_attribute_body,
+    "span.set_attribute",
+    none_for
+);
+fastcall!(span_end, span_end_body, "span.end", none_for);
+// Not guarded as a whole: the application call inside must never be
+// repeated or lost; pulsetrace's work around it is guarded in `wsgi`.
+fastcall!(wsgi_call, |_, a: &Args<'_, '_>| wsgi_call_body(a));
+
+/// `start_span`'s answer after a panic: the no-op span.
+fn noop_span(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    let tracer = a.this::<Tracer>();
+    Ok(tracer.get().noop_span(&tracer)?.into_ptr())
+}
+
+/// `__exit__`'s after a panic: the span still ends and gives the context
+/// back, without recording the exception (its argument is what could not
+/// be read).
+fn exit_plainly(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    let suppressed = a.this::<Span>().get().exit_with(a.py, None);
+    Ok(PyBool::new(a.py, suppressed).to_owned().into_ptr())
+}
+
+fn none_for(a: &Args<'_, '_>) -> PyResult<*mut ffi::PyObject> {
+    Ok(none(a.py))
+}
 
 fn too_many(method: &str, most: usize, got: usize) -> PyErr {
     PyTypeError::new_err(format!(

@@ -4,6 +4,9 @@
 //! GIL contract: O(1) span work runs with the GIL; every call that is not
 //! O(1) (processing, draining, encoding, latency queries) releases it with
 //! `allow_threads`, and the core's worker thread never takes it.
+//!
+//! No panic crosses into Python: every entry point runs under a guard
+//! ([`guard`]).
 #![deny(unsafe_code)]
 
 /// Span records are allocated on request threads and freed on the core's
@@ -18,6 +21,7 @@ mod config;
 mod ctxvar;
 mod data;
 mod fastcall;
+mod guard;
 mod ids;
 mod newobj;
 mod pystr;
@@ -34,9 +38,11 @@ use pyo3::prelude::*;
 /// ValueError naming what is wrong.
 #[pyfunction]
 fn parse_traceparent_header(header: &str) -> PyResult<(u128, u64, u8)> {
-    parse_traceparent(header)
-        .map(|p| (p.trace_id, p.span_id, p.flags))
-        .map_err(|e| PyValueError::new_err(format!("malformed traceparent: {e}")))
+    guard::or_error("parse_traceparent_header", || {
+        parse_traceparent(header)
+            .map(|p| (p.trace_id, p.span_id, p.flags))
+            .map_err(|e| PyValueError::new_err(format!("malformed traceparent: {e}")))
+    })
 }
 
 /// Format a version-00 `traceparent` value.
@@ -55,20 +61,22 @@ fn obfuscate_sql(
     py: Python<'_>,
     statement: &str,
     max_len: usize,
-) -> (String, Option<String>, Option<String>) {
-    let run = || {
-        let r = pulsetrace_core::sql::obfuscate(statement, max_len);
-        (r.text, r.operation, r.collection)
-    };
-    if statement.len() > 2048 {
-        let owned = statement.to_owned();
-        py.allow_threads(move || {
-            let r = pulsetrace_core::sql::obfuscate(&owned, max_len);
+) -> PyResult<(String, Option<String>, Option<String>)> {
+    guard::or_error("obfuscate_sql", || {
+        let run = || {
+            let r = pulsetrace_core::sql::obfuscate(statement, max_len);
             (r.text, r.operation, r.collection)
+        };
+        Ok(if statement.len() > 2048 {
+            let owned = statement.to_owned();
+            py.allow_threads(move || {
+                let r = pulsetrace_core::sql::obfuscate(&owned, max_len);
+                (r.text, r.operation, r.collection)
+            })
+        } else {
+            run()
         })
-    } else {
-        run()
-    }
+    })
 }
 
 /// Called in a child process after `fork` (new id streams).
@@ -79,6 +87,7 @@ fn after_fork_in_child() {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    guard::install_hook();
     m.add_class::<tracer::Tracer>()?;
     m.add_class::<span::Span>()?;
     m.add_class::<span::SpanContext>()?;
@@ -90,7 +99,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(obfuscate_sql, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
-    m.add_function(wrap_pyfunction!(wsgi::redact_query, m)?)?;
+    m.add_function(wrap_pyfunction!(wsgi::py_redact_query, m)?)?;
+    m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

@@ -2,12 +2,21 @@
 //! state behind a mutex, so it can be shared between threads (and works
 //! without the GIL's protection). Ending a span crosses into the core once,
 //! with one boxed record.
+//!
+//! The mutex is never held while Python code runs: values are converted
+//! (which may run the application's `__str__`, or a finaliser) before it is
+//! taken, and Python objects are built after it is released. Otherwise that
+//! code, or another thread it lets run, could use the same span and wait
+//! forever for the lock. Every method runs under a panic guard
+//! ([`crate::guard`]); what a span may hold is bounded as [`crate::attrs`]
+//! describes.
 
 use crate::attrs::{self, AttrCounters, Limits};
+use crate::guard::guard;
 use crate::tracer::Tracer;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
-use pulsetrace_core::propagation::format_traceparent;
+use pulsetrace_core::propagation::{format_traceparent, normalize_tracestate};
 use pulsetrace_core::span::{AttrValue, Attributes, Event, Link, SpanKind, SpanRecord, StatusCode};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -37,6 +46,7 @@ impl SpanContext {
     #[new]
     #[pyo3(signature = (trace_id, span_id, trace_flags=1, trace_state=String::new(), is_remote=true))]
     fn new(
+        py: Python<'_>,
         trace_id: u128,
         span_id: u64,
         trace_flags: u8,
@@ -48,6 +58,15 @@ impl SpanContext {
                 "trace_id and span_id must be non-zero",
             ));
         }
+        // Every span of the trace copies it: a malformed or oversized one
+        // (W3C: at most 32 members, 512 characters) is dropped.
+        let trace_state = guard(
+            py,
+            "span_context.new",
+            || normalize_tracestate(&trace_state),
+            || None,
+        )
+        .unwrap_or_default();
         Ok(SpanContext {
             trace_id,
             span_id,
@@ -104,6 +123,10 @@ pub(crate) struct Inner {
     pub http_status: u16,
     pub dropped_attributes: u32,
     pub dropped_events: u32,
+    /// What the attributes are charged ([`attrs::attribute_cost`]).
+    pub attribute_bytes: usize,
+    /// What the events and links are charged, together.
+    pub event_bytes: usize,
     pub ended: bool,
     pub token: Option<PyObject>,
     /// A WSGI request span: the token of the context switch that made it
@@ -160,6 +183,8 @@ impl Span {
                 http_status: 0,
                 dropped_attributes: 0,
                 dropped_events: 0,
+                attribute_bytes: 0,
+                event_bytes: 0,
                 ended: true,
                 token: None,
                 request_token: None,
@@ -171,6 +196,9 @@ impl Span {
         (tracer.limits.get(), &tracer.attr_counters)
     }
 
+    /// Store one converted attribute: an existing key is updated, a new one
+    /// added within the count limit, both within the span's attribute
+    /// budget; otherwise it is dropped and counted.
     pub(crate) fn set_one(
         inner: &mut Inner,
         key: Arc<str>,
@@ -183,51 +211,100 @@ impl Span {
                 inner.http_status = u16::try_from(code).unwrap_or(0);
             }
         }
+        let cost = attrs::attribute_cost(&key, &value);
+        let budget = limits.attribute_budget();
         if let Some(slot) = inner.attributes.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = value;
+            let used = inner
+                .attribute_bytes
+                .saturating_sub(attrs::attribute_cost(&key, &slot.1));
+            if used + cost <= budget {
+                slot.1 = value;
+                inner.attribute_bytes = used + cost;
+                return;
+            }
+        } else if inner.attributes.len() < limits.max_attributes
+            && inner.attribute_bytes + cost <= budget
+        {
+            inner.attributes.push((key, value));
+            inner.attribute_bytes += cost;
             return;
         }
-        if inner.attributes.len() >= limits.max_attributes {
-            inner.dropped_attributes += 1;
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        inner.attributes.push((key, value));
+        inner.dropped_attributes = inner.dropped_attributes.saturating_add(1);
+        AttrCounters::bump(&counters.dropped);
     }
 
-    pub(crate) fn set_many(
-        &self,
+    /// Store converted attributes (`collected` from a mapping).
+    pub(crate) fn set_collected(
         inner: &mut Inner,
-        attributes: &Bound<'_, PyAny>,
-        tracer: &Tracer,
+        collected: attrs::Collected,
+        limits: &Limits,
+        counters: &AttrCounters,
     ) {
-        let (limits, counters) = self.limits(tracer);
-        let limits = &limits;
-        if let Ok(d) = attributes.downcast::<PyDict>() {
-            inner.attributes.reserve(d.len());
-            for (k, v) in d.iter() {
-                if let (Some(k), Some(v)) = (
-                    attrs::key(&k, limits, counters),
-                    attrs::convert(&v, limits, counters),
-                ) {
-                    Span::set_one(inner, k, v, limits, counters);
+        let over = u32::try_from(collected.over).unwrap_or(u32::MAX);
+        inner.dropped_attributes = inner.dropped_attributes.saturating_add(over);
+        let a = collected.attributes;
+        // A new span given a few distinct keys that fit (`start_span`'s
+        // attributes, the usual case): the vector becomes the span's own.
+        if inner.attributes.is_empty() && a.len() <= limits.max_attributes.min(16) {
+            let distinct = a
+                .iter()
+                .enumerate()
+                .all(|(i, (k, _))| a[..i].iter().all(|(other, _)| other != k));
+            let cost: usize = a.iter().map(|(k, v)| attrs::attribute_cost(k, v)).sum();
+            if distinct && cost <= limits.attribute_budget() {
+                if let Some((_, AttrValue::Int(code))) =
+                    a.iter().find(|(k, _)| &**k == HTTP_STATUS_KEY)
+                {
+                    inner.http_status = u16::try_from(*code).unwrap_or(0);
                 }
+                inner.attributes = a;
+                inner.attribute_bytes = cost;
+                return;
             }
-        } else if let Ok(items) = attributes.call_method0("items") {
-            if let Ok(iter) = items.try_iter() {
-                for item in iter.flatten() {
-                    if let Ok((k, v)) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
-                        if let (Some(k), Some(v)) = (
-                            attrs::key(&k, limits, counters),
-                            attrs::convert(&v, limits, counters),
-                        ) {
-                            Span::set_one(inner, k, v, limits, counters);
-                        }
-                    }
-                }
-            }
+        }
+        inner.attributes.reserve(a.len());
+        for (k, v) in a {
+            Span::set_one(inner, k, v, limits, counters);
+        }
+    }
+
+    /// Add an event within the count limit and the events' budget;
+    /// otherwise it is dropped and counted.
+    pub(crate) fn push_event(
+        inner: &mut Inner,
+        event: Event,
+        limits: &Limits,
+        counters: &AttrCounters,
+    ) {
+        let cost = attrs::event_cost(&event);
+        if inner.events.len() < limits.max_events
+            && inner.event_bytes + cost <= limits.event_budget()
+        {
+            inner.event_bytes += cost;
+            inner.events.push(event);
         } else {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            inner.dropped_events = inner.dropped_events.saturating_add(1);
+            AttrCounters::bump(&counters.dropped);
+        }
+    }
+
+    /// Add a link within the count limit (`max_events`, as for events) and
+    /// the budget it shares with the events; otherwise it is dropped and
+    /// counted.
+    pub(crate) fn push_link(
+        inner: &mut Inner,
+        link: Link,
+        limits: &Limits,
+        counters: &AttrCounters,
+    ) {
+        let cost = attrs::link_cost(&link);
+        if inner.links.len() < limits.max_events
+            && inner.event_bytes + cost <= limits.event_budget()
+        {
+            inner.event_bytes += cost;
+            inner.links.push(link);
+        } else {
+            AttrCounters::bump(&counters.dropped);
         }
     }
 
@@ -284,6 +361,10 @@ impl Span {
         }
     }
 
+    /// The `exception` event of `exc`: its type, message (within the length
+    /// limit) and stack trace (within eight times that), and the
+    /// converted `attributes`. Runs the exception's own code (`__str__`):
+    /// call it without the span's lock.
     pub(crate) fn exception_event(
         &self,
         py: Python<'_>,
@@ -291,16 +372,20 @@ impl Span {
         attributes: Option<&Bound<'_, PyAny>>,
         timestamp: Option<u64>,
         escaped: bool,
-    ) -> PyResult<Event> {
+    ) -> Event {
         let tracer = self.tracer.get();
         let (limits, counters) = self.limits(tracer);
         let limits = &limits;
+        let max = limits.max_value_len;
         let ty = exc.get_type();
         let qualname = ty
             .qualname()
-            .map(|q| q.to_string())
+            .map(|q| attrs::string(&q, max, counters))
             .unwrap_or_else(|_| "Exception".into());
-        let module = ty.module().map(|m| m.to_string()).unwrap_or_default();
+        let module = ty
+            .module()
+            .map(|m| attrs::string(&m, max, counters))
+            .unwrap_or_default();
         let type_name = if module.is_empty() || module == "builtins" {
             qualname
         } else {
@@ -308,51 +393,33 @@ impl Span {
         };
         let message = exc
             .str()
-            .map(|s| attrs::text(&s, counters))
-            .unwrap_or_default();
+            .map(|s| attrs::arc_text(&s, max, counters))
+            .unwrap_or_else(|_| Arc::from(""));
         let stack = format_exception(py, exc)
-            .map(|s| attrs::truncate(s, limits.max_value_len.saturating_mul(8), counters))
-            .unwrap_or_default();
+            .map(|s| attrs::arc_text(&s, max.saturating_mul(8), counters))
+            .unwrap_or_else(|| Arc::from(""));
         let mut event_attrs: Attributes = vec![
-            ("exception.type".into(), AttrValue::Str(type_name.into())),
             (
-                "exception.message".into(),
-                AttrValue::Str(attrs::truncate(message, limits.max_value_len, counters).into()),
+                "exception.type".into(),
+                AttrValue::Str(attrs::truncate(type_name, max, counters).into()),
             ),
-            ("exception.stacktrace".into(), AttrValue::Str(stack.into())),
+            ("exception.message".into(), AttrValue::Str(message)),
+            ("exception.stacktrace".into(), AttrValue::Str(stack)),
             ("exception.escaped".into(), AttrValue::Bool(escaped)),
         ];
-        if let Some(extra) = attributes {
-            if let Ok(d) = extra.downcast::<PyDict>() {
-                for (k, v) in d.iter() {
-                    if let (Some(k), Some(v)) = (
-                        attrs::key(&k, limits, counters),
-                        attrs::convert(&v, limits, counters),
-                    ) {
-                        event_attrs.push((k, v));
-                    }
-                }
-            }
+        if let Some(extra) = attributes.filter(|a| !a.is_none()) {
+            let c = attrs::collect(extra, limits.max_attributes, limits, counters);
+            event_attrs.extend(c.attributes);
         }
-        Ok(Event {
+        Event {
             name: "exception".into(),
             time_unix_ns: timestamp.unwrap_or_else(clock::now_unix_ns),
             attributes: event_attrs,
-        })
-    }
-
-    pub(crate) fn push_event(&self, inner: &mut Inner, event: Event) {
-        let tracer = self.tracer.get();
-        if inner.events.len() >= tracer.limits.get().max_events {
-            inner.dropped_events += 1;
-            tracer.attr_counters.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            inner.events.push(event);
         }
     }
 }
 
-fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> Option<String> {
+fn format_exception<'py>(py: Python<'py>, exc: &Bound<'py, PyAny>) -> Option<Bound<'py, PyString>> {
     static FORMAT: GILOnceCell<PyObject> = GILOnceCell::new();
     let f = FORMAT
         .get_or_try_init(py, || -> PyResult<PyObject> {
@@ -365,17 +432,19 @@ fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> Option<String> {
     let tb = exc.getattr("__traceback__").ok()?;
     let lines = f.bind(py).call1((exc.get_type(), exc, tb)).ok()?;
     let joined = PyString::new(py, "").call_method1("join", (lines,)).ok()?;
-    joined.extract::<String>().ok()
+    joined.downcast_into::<PyString>().ok()
 }
 
 fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     if let Ok(s) = status.downcast::<PyString>() {
-        return match s.to_cow()?.to_ascii_lowercase().as_str() {
+        let text = crate::pystr::utf8(s).unwrap_or("");
+        return match text.to_ascii_lowercase().as_str() {
             "unset" => Ok(StatusCode::Unset),
             "ok" => Ok(StatusCode::Ok),
             "error" => Ok(StatusCode::Error),
-            other => Err(PyValueError::new_err(format!(
-                "status must be 'unset', 'ok' or 'error', not {other:?}"
+            _ => Err(PyValueError::new_err(format!(
+                "status must be 'unset', 'ok' or 'error', not {:?}",
+                text.get(..64).unwrap_or(text)
             ))),
         };
     }
@@ -391,7 +460,12 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
         Ok(1) => Ok(StatusCode::Ok),
         Ok(2) => Ok(StatusCode::Error),
         _ => Err(PyValueError::new_err(format!(
-            "not a span status: {status}"
+            "not a span status: a {} object",
+            status
+                .get_type()
+                .qualname()
+                .map(|q| q.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ))),
     }
 }
@@ -453,11 +527,17 @@ impl Span {
     /// The attributes set so far (a copy), before the span ends.
     #[getter]
     fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (k, v) in &self.inner.lock().attributes {
-            d.set_item(&**k, attrs::to_py(py, v)?)?;
-        }
-        Ok(d)
+        guard(
+            py,
+            "span.attributes",
+            || {
+                // Copied under the lock, converted after it: building Python
+                // objects may run a collection, and with it any finaliser.
+                let copy = self.inner.lock().attributes.clone();
+                attributes_dict(py, &copy)
+            },
+            || Ok(PyDict::new(py)),
+        )
     }
 
     fn is_recording(&self) -> bool {
@@ -472,27 +552,47 @@ impl Span {
     }
 
     pub(crate) fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
-        let tracer = self.tracer.get();
-        let (limits, counters) = self.limits(tracer);
-        let limits = &limits;
-        let Some(k) = attrs::key(key, limits, counters) else {
-            return;
-        };
-        let Some(v) = attrs::convert(value, limits, counters) else {
-            return;
-        };
-        let mut inner = self.inner.lock();
-        if !inner.ended {
-            Span::set_one(&mut inner, k, v, limits, counters);
-        }
+        guard(
+            key.py(),
+            "span.set_attribute",
+            || {
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let limits = &limits;
+                let Some(k) = attrs::key(key, limits, counters) else {
+                    return;
+                };
+                let Some(v) = attrs::convert(value, limits, counters) else {
+                    return;
+                };
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    Span::set_one(&mut inner, k, v, limits, counters);
+                }
+            },
+            || (),
+        );
     }
 
     fn set_attributes(&self, attributes: &Bound<'_, PyAny>) {
-        let tracer = self.tracer.get();
-        let mut inner = self.inner.lock();
-        if !inner.ended {
-            self.set_many(&mut inner, attributes, tracer);
-        }
+        guard(
+            attributes.py(),
+            "span.set_attributes",
+            || {
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                if self.inner.lock().ended {
+                    return;
+                }
+                let collected =
+                    attrs::collect(attributes, limits.max_attributes, &limits, counters);
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    Span::set_collected(&mut inner, collected, &limits, counters);
+                }
+            },
+            || (),
+        );
     }
 
     /// Set the status: 'ok', 'error' or 'unset' (or OpenTelemetry's codes).
@@ -503,35 +603,51 @@ impl Span {
         status: &Bound<'_, PyAny>,
         description: Option<&Bound<'_, PyString>>,
     ) -> PyResult<()> {
-        let code = parse_status(status)?;
-        let desc = status
-            .getattr("description")
-            .ok()
-            .and_then(|d| d.downcast_into::<PyString>().ok());
-        let tracer = self.tracer.get();
-        let mut inner = self.inner.lock();
-        if inner.ended || inner.status == StatusCode::Ok || code == StatusCode::Unset {
-            return Ok(());
-        }
-        inner.status = code;
-        if code == StatusCode::Error {
-            if let Some(d) = description.cloned().or(desc) {
-                let t = attrs::text(&d, &tracer.attr_counters);
-                inner.status_message =
-                    attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
-            }
-        }
-        Ok(())
+        guard(
+            status.py(),
+            "span.set_status",
+            || {
+                let code = parse_status(status)?;
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let desc = description.cloned().or_else(|| {
+                    status
+                        .getattr("description")
+                        .ok()
+                        .and_then(|d| d.downcast_into::<PyString>().ok())
+                });
+                let message = desc.map(|d| attrs::string(&d, limits.max_value_len, counters));
+                let mut inner = self.inner.lock();
+                if inner.ended || inner.status == StatusCode::Ok || code == StatusCode::Unset {
+                    return Ok(());
+                }
+                inner.status = code;
+                if code == StatusCode::Error {
+                    if let Some(m) = message {
+                        inner.status_message = m;
+                    }
+                }
+                Ok(())
+            },
+            || Ok(()),
+        )
     }
 
     fn update_name(&self, name: &Bound<'_, PyString>) {
-        let tracer = self.tracer.get();
-        let t = attrs::text(name, &tracer.attr_counters);
-        let mut inner = self.inner.lock();
-        if !inner.ended {
-            inner.name =
-                attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters).into();
-        }
+        guard(
+            name.py(),
+            "span.update_name",
+            || {
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let t = attrs::arc_text(name, limits.max_value_len, counters);
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    inner.name = t;
+                }
+            },
+            || (),
+        );
     }
 
     #[pyo3(signature = (name, attributes=None, timestamp=None))]
@@ -541,57 +657,57 @@ impl Span {
         attributes: Option<&Bound<'_, PyAny>>,
         timestamp: Option<u64>,
     ) {
-        let tracer = self.tracer.get();
-        let (limits, counters) = self.limits(tracer);
-        let limits = &limits;
-        let mut event = Event {
-            name: attrs::truncate(attrs::text(name, counters), limits.max_value_len, counters),
-            time_unix_ns: timestamp.unwrap_or_else(clock::now_unix_ns),
-            attributes: Vec::new(),
-        };
-        if let Some(a) = attributes.and_then(|a| a.downcast::<PyDict>().ok()) {
-            for (k, v) in a.iter() {
-                if let (Some(k), Some(v)) = (
-                    attrs::key(&k, limits, counters),
-                    attrs::convert(&v, limits, counters),
-                ) {
-                    event.attributes.push((k, v));
+        guard(
+            name.py(),
+            "span.add_event",
+            || {
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let mut event = Event {
+                    name: attrs::string(name, limits.max_value_len, counters),
+                    time_unix_ns: timestamp.unwrap_or_else(clock::now_unix_ns),
+                    attributes: Vec::new(),
+                };
+                if let Some(a) = attributes.filter(|a| !a.is_none()) {
+                    event.attributes =
+                        attrs::collect(a, limits.max_attributes, &limits, counters).attributes;
                 }
-            }
-        }
-        let mut inner = self.inner.lock();
-        if !inner.ended {
-            self.push_event(&mut inner, event);
-        }
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    Span::push_event(&mut inner, event, &limits, counters);
+                }
+            },
+            || (),
+        );
     }
 
     /// Link this span to another span's context.
     #[pyo3(signature = (context, attributes=None))]
-    fn add_link(&self, context: &Bound<'_, SpanContext>, attributes: Option<&Bound<'_, PyDict>>) {
-        let tracer = self.tracer.get();
-        let (limits, counters) = self.limits(tracer);
-        let limits = &limits;
-        let c = context.get();
-        let mut link = Link {
-            trace_id: c.trace_id,
-            span_id: c.span_id,
-            trace_state: c.trace_state.clone(),
-            attributes: Vec::new(),
-        };
-        if let Some(a) = attributes {
-            for (k, v) in a.iter() {
-                if let (Some(k), Some(v)) = (
-                    attrs::key(&k, limits, counters),
-                    attrs::convert(&v, limits, counters),
-                ) {
-                    link.attributes.push((k, v));
+    fn add_link(&self, context: &Bound<'_, SpanContext>, attributes: Option<&Bound<'_, PyAny>>) {
+        guard(
+            context.py(),
+            "span.add_link",
+            || {
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let c = context.get();
+                let mut link = Link {
+                    trace_id: c.trace_id,
+                    span_id: c.span_id,
+                    trace_state: c.trace_state.clone(),
+                    attributes: Vec::new(),
+                };
+                if let Some(a) = attributes.filter(|a| !a.is_none()) {
+                    link.attributes =
+                        attrs::collect(a, limits.max_attributes, &limits, counters).attributes;
                 }
-            }
-        }
-        let mut inner = self.inner.lock();
-        if !inner.ended && inner.links.len() < limits.max_events {
-            inner.links.push(link);
-        }
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    Span::push_link(&mut inner, link, &limits, counters);
+                }
+            },
+            || (),
+        );
     }
 
     /// Record an exception as an `exception` event (type, message, stack trace).
@@ -603,24 +719,39 @@ impl Span {
         attributes: Option<&Bound<'_, PyAny>>,
         timestamp: Option<u64>,
         escaped: bool,
-    ) -> PyResult<()> {
-        let event = self.exception_event(py, exception, attributes, timestamp, escaped)?;
-        let mut inner = self.inner.lock();
-        if !inner.ended {
-            self.push_event(&mut inner, event);
-        }
-        Ok(())
+    ) {
+        guard(
+            py,
+            "span.record_exception",
+            || {
+                let event = self.exception_event(py, exception, attributes, timestamp, escaped);
+                let tracer = self.tracer.get();
+                let (limits, counters) = self.limits(tracer);
+                let mut inner = self.inner.lock();
+                if !inner.ended {
+                    Span::push_event(&mut inner, event, &limits, counters);
+                }
+            },
+            || (),
+        );
     }
 
     /// End the span (at `end_time`, Unix nanoseconds, if given). Ending twice
     /// is harmless and counted.
     #[pyo3(signature = (end_time=None))]
     pub(crate) fn end(&self, py: Python<'_>, end_time: Option<u64>) {
-        let end_mono = match end_time {
-            Some(t) => clock::unix_to_mono_ns(t),
-            None => clock::now_mono_ns(),
-        };
-        self.end_at(py, end_mono);
+        guard(
+            py,
+            "span.end",
+            || {
+                let end_mono = match end_time {
+                    Some(t) => clock::unix_to_mono_ns(t),
+                    None => clock::now_mono_ns(),
+                };
+                self.end_at(py, end_mono);
+            },
+            || (),
+        );
     }
 
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
@@ -628,10 +759,17 @@ impl Span {
         if !span.recording {
             return Ok(slf.clone());
         }
-        let tracer = span.tracer.get();
-        let token = tracer.current.set(slf.as_any())?;
-        span.inner.lock().token = Some(token.unbind());
-        Ok(slf.clone())
+        guard(
+            slf.py(),
+            "span.enter",
+            || {
+                let tracer = span.tracer.get();
+                let token = tracer.current.set(slf.as_any())?;
+                span.inner.lock().token = Some(token.unbind());
+                Ok(slf.clone())
+            },
+            || Ok(slf.clone()),
+        )
     }
 
     /// `(exc_type, exc_value, traceback)`, taken as one tuple: parsing three
@@ -658,40 +796,43 @@ impl Span {
     /// An exception escaped the span's code: record it as an event and make
     /// the span an error (`Type: message`) unless its status is final.
     pub(crate) fn fail_with(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
-        let Ok(event) = self.exception_event(py, exc, None, None, true) else {
-            return;
-        };
+        let event = self.exception_event(py, exc, None, None, true);
         let tracer = self.tracer.get();
-        let mut inner = self.inner.lock();
-        if inner.ended {
-            return;
-        }
-        self.push_event(&mut inner, event);
-        if inner.status != StatusCode::Ok {
-            inner.status = StatusCode::Error;
+        let (limits, counters) = self.limits(tracer);
+        // Built before the lock is taken: the exception's `__str__` is its
+        // own code.
+        let status_message = {
             let ty = exc
                 .get_type()
                 .qualname()
-                .map(|q| q.to_string())
+                .map(|q| attrs::string(&q, limits.max_value_len, counters))
                 .unwrap_or_default();
             let msg = exc
                 .str()
-                .map(|s| s.to_string_lossy().into_owned())
+                .map(|s| attrs::string(&s, limits.max_value_len, counters))
                 .unwrap_or_default();
             let text = if msg.is_empty() {
                 ty
             } else {
                 format!("{ty}: {msg}")
             };
-            inner.status_message = attrs::truncate(
-                text,
-                tracer.limits.get().max_value_len,
-                &tracer.attr_counters,
-            );
+            attrs::truncate(text, limits.max_value_len, counters)
+        };
+        let mut inner = self.inner.lock();
+        if inner.ended {
+            return;
+        }
+        Span::push_event(&mut inner, event, &limits, counters);
+        if inner.status != StatusCode::Ok {
+            inner.status = StatusCode::Error;
+            inner.status_message = status_message;
         }
     }
 
-    /// The with-statement's exit: record `exc_value` (if any) and end.
+    /// The with-statement's exit: record `exc_value` (if any), give the
+    /// context its previous span back, end. Each step is guarded on its own,
+    /// so that a failure recording the exception still ends the span and
+    /// restores the context.
     pub(crate) fn exit_with(&self, py: Python<'_>, exc_value: Option<&Bound<'_, PyAny>>) -> bool {
         if !self.recording {
             return false;
@@ -699,7 +840,7 @@ impl Span {
         let end_mono = clock::now_mono_ns();
         let tracer = self.tracer.get();
         if let Some(exc) = exc_value.filter(|e| !e.is_none()) {
-            self.fail_with(py, exc);
+            guard(py, "span.exit.error", || self.fail_with(py, exc), || ());
         }
         let token = self.inner.lock().token.take();
         if let Some(token) = token {
@@ -712,7 +853,8 @@ impl Span {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.end_at(py, end_mono);
+        guard(py, "span.end", || self.end_at(py, end_mono), || ());
+        // The application's exception always propagates.
         false
     }
 }

@@ -11,10 +11,11 @@
 //! Python objects) and do O(1) work; `process`, `shutdown` and the worker
 //! thread run without it.
 
-use crate::attrs::{AtomicLimits, AttrCounters, Limits};
+use crate::attrs::{self, AtomicLimits, AttrCounters, Limits};
 use crate::batch::Batch;
 use crate::config::NativeConfig;
 use crate::ctxvar::ContextVar;
+use crate::guard::{guard, or_error};
 use crate::ids;
 use crate::span::{Inner, Span, SpanContext};
 use arc_swap::ArcSwap;
@@ -72,6 +73,78 @@ pub struct Tracer {
     /// Called (with no arguments) on first use; it configures this tracer.
     on_first_use: Option<Py<PyAny>>,
     noop: OnceLock<Py<Span>>,
+}
+
+/// The longest header value `extract` reads (a W3C `tracestate` is at most
+/// 512 characters, a `traceparent` 55); a longer one is malformed.
+const MAX_HEADER_LEN: usize = 1024;
+
+/// A header value as text: a str or bytes (None: anything else, ignored as
+/// an absent header), or `Err` if it is longer than [`MAX_HEADER_LEN`]
+/// (malformed; not copied).
+fn header_text(v: &Bound<'_, PyAny>) -> Option<Result<String, ()>> {
+    if let Ok(s) = v.downcast::<PyString>() {
+        if attrs::char_len(s) > MAX_HEADER_LEN {
+            return Some(Err(()));
+        }
+        return Some(Ok(s.to_string_lossy().into_owned()));
+    }
+    let b = v.downcast::<pyo3::types::PyBytes>().ok()?.as_bytes();
+    Some(if b.len() > MAX_HEADER_LEN {
+        Err(())
+    } else {
+        Ok(String::from_utf8_lossy(b).into_owned())
+    })
+}
+
+/// The links `start_span` was given: the contexts of the Spans and
+/// SpanContexts among the first `max_events` items; anything else, and what
+/// an exception in the iteration leaves out, is dropped and counted. Not an
+/// iterable: a TypeError.
+fn links_of(
+    links: &Bound<'_, PyAny>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> PyResult<Vec<pulsetrace_core::span::Link>> {
+    let py = links.py();
+    let iter = match links.try_iter() {
+        Ok(iter) => iter,
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            return Err(PyTypeError::new_err(
+                "links must be an iterable of Span or SpanContext",
+            ))
+        }
+        Err(_) => {
+            AttrCounters::bump(&counters.dropped);
+            return Ok(Vec::new());
+        }
+    };
+    let mut out = Vec::new();
+    for link in iter {
+        if out.len() == limits.max_events {
+            AttrCounters::bump(&counters.dropped);
+            break;
+        }
+        let Ok(link) = link else {
+            AttrCounters::bump(&counters.dropped);
+            break;
+        };
+        let ctx = if let Ok(s) = link.downcast::<Span>() {
+            s.get().span_context()
+        } else if let Ok(c) = link.downcast::<SpanContext>() {
+            c.get().clone()
+        } else {
+            AttrCounters::bump(&counters.dropped);
+            continue;
+        };
+        out.push(pulsetrace_core::span::Link {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            trace_state: ctx.trace_state,
+            attributes: Vec::new(),
+        });
+    }
+    Ok(out)
 }
 
 fn parse_kind(kind: Option<&Bound<'_, PyAny>>) -> PyResult<SpanKind> {
@@ -186,8 +259,11 @@ impl Tracer {
         let parent = match parent {
             Some(p) => Some(p),
             None => {
+                // Anything but a span or a context (what `use_context` may
+                // have been given) is no parent.
                 current = self.current.get(py)?;
-                Some(&current)
+                (current.is_instance_of::<Span>() || current.is_instance_of::<SpanContext>())
+                    .then_some(&current)
             }
         };
         let head = *self.head.lock();
@@ -270,6 +346,8 @@ impl Tracer {
                 http_status: 0,
                 dropped_attributes: 0,
                 dropped_events: 0,
+                attribute_bytes: 0,
+                event_bytes: 0,
                 ended: false,
                 token: None,
                 request_token: None,
@@ -279,7 +357,7 @@ impl Tracer {
 
     /// The shared span handed out while tracing is off: every method is a
     /// no-op, entering it changes no context.
-    fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
+    pub(crate) fn noop_span(&self, slf: &Bound<'_, Self>) -> PyResult<Py<Span>> {
         if let Some(s) = self.noop.get() {
             return Ok(s.clone_ref(slf.py()));
         }
@@ -311,6 +389,7 @@ impl Tracer {
                 max_value_len: 0,
                 max_attributes: 0,
                 max_events: 0,
+                max_list_len: 0,
             }),
             attr_counters: AttrCounters::default(),
             counters: TracerCounters::default(),
@@ -349,66 +428,87 @@ impl Tracer {
         {
             return Ok(tracer.noop_span(slf)?.into_bound(py));
         }
-        let start_mono = match start_time {
-            Some(t) => clock::unix_to_mono_ns(t),
-            None => clock::now_mono_ns(),
-        };
-        let kind = parse_kind(kind)?;
-        let name = crate::attrs::shared(name, &tracer.limits.get(), &tracer.attr_counters);
-        let span = tracer.new_span(slf, name, kind, parent, start_mono)?;
-        if let Some(a) = attributes.filter(|a| !a.is_none()) {
-            let mut inner = span.inner.lock();
-            span.set_many(&mut inner, a, tracer);
-        }
-        if let Some(links) = links.filter(|l| !l.is_none()) {
-            let mut inner = span.inner.lock();
-            for link in links.try_iter()? {
-                let link = link?;
-                let ctx = if let Ok(s) = link.downcast::<Span>() {
-                    s.get().span_context()
-                } else if let Ok(c) = link.downcast::<SpanContext>() {
-                    c.get().clone()
-                } else {
-                    continue;
+        guard(
+            py,
+            "tracer.start_span",
+            || {
+                let start_mono = match start_time {
+                    Some(t) => clock::unix_to_mono_ns(t),
+                    None => clock::now_mono_ns(),
                 };
-                inner.links.push(pulsetrace_core::span::Link {
-                    trace_id: ctx.trace_id,
-                    span_id: ctx.span_id,
-                    trace_state: ctx.trace_state,
-                    attributes: Vec::new(),
-                });
-            }
-        }
-        crate::newobj::new_bound(py, span)
+                let kind = parse_kind(kind)?;
+                let (limits, counters) = tracer.limits();
+                let name = attrs::shared(name, &limits, counters);
+                // Converted before the span exists: the application's code
+                // that conversion may run cannot reach a half-built span.
+                let attributes = attributes
+                    .filter(|a| !a.is_none())
+                    .map(|a| attrs::collect(a, limits.max_attributes, &limits, counters));
+                let links = match links.filter(|l| !l.is_none()) {
+                    Some(l) => links_of(l, &limits, counters)?,
+                    None => Vec::new(),
+                };
+                let mut span = tracer.new_span(slf, name, kind, parent, start_mono)?;
+                let inner = span.inner.get_mut();
+                if let Some(a) = attributes {
+                    Span::set_collected(inner, a, &limits, counters);
+                }
+                for link in links {
+                    Span::push_link(inner, link, &limits, counters);
+                }
+                crate::newobj::new_bound(py, span)
+            },
+            || Ok(tracer.noop_span(slf)?.into_bound(py)),
+        )
     }
 
     /// The current span, or None.
-    fn current_span<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-        let cur = self.current.get(py)?;
-        Ok(cur.downcast_into::<Span>().ok())
+    fn current_span<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Span>> {
+        guard(
+            py,
+            "tracer.current_span",
+            || {
+                let cur = self.current.get(py).ok()?;
+                cur.downcast_into::<Span>().ok()
+            },
+            || None,
+        )
     }
 
-    /// Parse incoming `traceparent` / `tracestate` values into a remote
-    /// context. A missing header gives None; a malformed one gives None and
-    /// is counted (never raises).
+    /// Parse incoming `traceparent` / `tracestate` values (str or bytes)
+    /// into a remote context. A missing header gives None; a malformed one
+    /// gives None and is counted (never raises).
     #[pyo3(signature = (traceparent, tracestate=None))]
     fn extract(
         &self,
+        py: Python<'_>,
         traceparent: Option<&Bound<'_, PyAny>>,
         tracestate: Option<&Bound<'_, PyAny>>,
     ) -> Option<SpanContext> {
-        let text = |v: Option<&Bound<'_, PyAny>>| -> Option<String> {
-            let v = v?;
-            if let Ok(s) = v.downcast::<PyString>() {
-                return Some(s.to_string_lossy().into_owned());
-            }
-            if let Ok(b) = v.extract::<Vec<u8>>() {
-                return Some(String::from_utf8_lossy(&b).into_owned());
-            }
-            None
-        };
-        let tp = text(traceparent)?;
-        self.extract_context(Some(&tp), text(tracestate).as_deref())
+        guard(
+            py,
+            "tracer.extract",
+            || {
+                let Ok(tp) = header_text(traceparent?)? else {
+                    self.counters
+                        .traceparent_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                };
+                let ts = match tracestate.and_then(header_text) {
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(())) => {
+                        self.counters
+                            .tracestate_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    None => None,
+                };
+                self.extract_context(Some(&tp), ts.as_deref())
+            },
+            || None,
+        )
     }
 
     /// Live statistics per histogram key (all status classes merged): a
@@ -417,49 +517,53 @@ impl Tracer {
     /// them, then `count`, `errors`, `min`, `mean`, `p50`, `p90`, `p99`,
     /// `p999`, `max`; durations in seconds).
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core(py)?;
-        let rows = py.allow_threads(|| {
-            core.sync();
-            core.registry.merged_by_target()
-        });
-        let out = PyList::empty(py);
-        for row in rows {
-            let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
-            let d = PyDict::new(py);
-            let secs = |ns: u64| ns as f64 / 1e9;
-            d.set_item("name", &*row.name)?;
-            d.set_item("kind", kind.as_str())?;
-            for (attribute, _, value) in row.target.view().labels() {
-                d.set_item(attribute, value)?;
+        or_error("tracer.latency", || {
+            let core = self.core(py)?;
+            let rows = py.allow_threads(|| {
+                core.sync();
+                core.registry.merged_by_target()
+            });
+            let out = PyList::empty(py);
+            for row in rows {
+                let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
+                let d = PyDict::new(py);
+                let secs = |ns: u64| ns as f64 / 1e9;
+                d.set_item("name", &*row.name)?;
+                d.set_item("kind", kind.as_str())?;
+                for (attribute, _, value) in row.target.view().labels() {
+                    d.set_item(attribute, value)?;
+                }
+                d.set_item("count", s.count())?;
+                d.set_item("errors", errors)?;
+                d.set_item("min", secs(s.min()))?;
+                d.set_item("mean", s.mean() / 1e9)?;
+                d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
+                d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
+                d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
+                d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
+                d.set_item("max", secs(s.max()))?;
+                out.append(d)?;
             }
-            d.set_item("count", s.count())?;
-            d.set_item("errors", errors)?;
-            d.set_item("min", secs(s.min()))?;
-            d.set_item("mean", s.mean() / 1e9)?;
-            d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
-            d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
-            d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
-            d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
-            d.set_item("max", secs(s.max()))?;
-            out.append(d)?;
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The merged histogram of an operation (all status classes) in the
     /// HdrHistogram V2 compressed base64 encoding, or None.
     #[pyo3(signature = (name, kind="internal"))]
     fn histogram_v2(&self, py: Python<'_>, name: &str, kind: &str) -> PyResult<Option<String>> {
-        let kind = SpanKind::parse(kind)
-            .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
-        let core = self.core(py)?;
-        let name = name.to_owned();
-        Ok(py.allow_threads(move || {
-            core.sync();
-            core.registry
-                .merged(kind, &name)
-                .map(|(s, _)| s.to_v2_base64())
-        }))
+        or_error("tracer.histogram_v2", || {
+            let kind = SpanKind::parse(kind)
+                .ok_or_else(|| PyValueError::new_err(format!("no span kind {kind:?}")))?;
+            let core = self.core(py)?;
+            let name = name.to_owned();
+            Ok(py.allow_threads(move || {
+                core.sync();
+                core.registry
+                    .merged(kind, &name)
+                    .map(|(s, _)| s.to_v2_base64())
+            }))
+        })
     }
 
     /// The Prometheus exposition of the histograms, pulsetrace's health and
@@ -474,44 +578,45 @@ impl Tracer {
         extra: Option<Vec<PyFamily>>,
         const_labels: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, &'static str)> {
-        use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
-        let mut families = Vec::new();
-        for (name, help, kind, samples) in extra.unwrap_or_default() {
-            let kind = match kind.as_str() {
-                "counter" => ExtraKind::Counter,
-                "gauge" => ExtraKind::Gauge,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "metric kind must be counter or gauge, not {other:?}"
-                    )))
-                }
+        or_error("tracer.render_metrics", || {
+            use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
+            let mut families = Vec::new();
+            for (name, help, kind, samples) in extra.unwrap_or_default() {
+                let kind = match kind.as_str() {
+                    "counter" => ExtraKind::Counter,
+                    "gauge" => ExtraKind::Gauge,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "metric kind must be counter or gauge, not {other:?}"
+                        )))
+                    }
+                };
+                let samples = samples
+                    .into_iter()
+                    .map(|(labels, v)| {
+                        let mut l: Vec<(String, String)> = labels.into_iter().collect();
+                        l.sort();
+                        (l, v)
+                    })
+                    .collect();
+                families.push(ExtraFamily {
+                    name,
+                    help,
+                    kind,
+                    samples,
+                });
+            }
+            let core = self.core(py)?;
+            let format = exposition::negotiate(accept);
+            let cfg = ExpositionConfig {
+                const_labels: const_labels.unwrap_or_default().into_iter().collect(),
+                ..ExpositionConfig::default()
             };
-            let samples = samples
-                .into_iter()
-                .map(|(labels, v)| {
-                    let mut l: Vec<(String, String)> = labels.into_iter().collect();
-                    l.sort();
-                    (l, v)
-                })
-                .collect();
-            families.push(ExtraFamily {
-                name,
-                help,
-                kind,
-                samples,
-            });
-        }
-        let core = self.core(py)?;
-        let format = exposition::negotiate(accept);
-        let cfg = ExpositionConfig {
-            const_labels: const_labels.unwrap_or_default().into_iter().collect(),
-            ..ExpositionConfig::default()
-        };
-        py.allow_threads(|| core.sync());
-        let mut counters = core.counters.snapshot();
-        let a = &self.attr_counters;
-        let c = &self.counters;
-        for (name, doc, v) in [
+            py.allow_threads(|| core.sync());
+            let mut counters = core.counters.snapshot();
+            let a = &self.attr_counters;
+            let c = &self.counters;
+            for (name, doc, v) in [
             (
                 "attributes_converted",
                 "attribute values converted to a supported type",
@@ -519,12 +624,12 @@ impl Tracer {
             ),
             (
                 "attributes_dropped",
-                "attribute values dropped (None, unconvertible, over the count limit)",
+                "attribute values, events and links dropped (None, unconvertible, over a count or size limit)",
                 &a.dropped,
             ),
             (
                 "attributes_truncated",
-                "attribute values truncated to the length limit",
+                "attribute values truncated to the length limit (text) or the list length limit (lists)",
                 &a.truncated,
             ),
             (
@@ -550,82 +655,85 @@ impl Tracer {
         ] {
             counters.push((name, doc, v.load(Ordering::Relaxed)));
         }
-        let body = py.allow_threads(move || {
-            let stats = core.stats();
-            families.extend(exposition::health_families(&cfg, &core.registry, &counters));
-            let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
-                name: format!("pulsetrace_{name}"),
-                help: help.to_owned(),
-                kind: ExtraKind::Gauge,
-                samples: vec![(Vec::new(), v as f64)],
-            };
-            families.push(gauge(
-                "open_traces",
-                "traces waiting for their tail-sampling decision",
-                stats.open_traces,
-            ));
-            families.push(gauge(
-                "export_queue_spans",
-                "spans of kept traces waiting for an exporter",
-                stats.export_spans,
-            ));
-            families.push(gauge(
-                "export_queue_max_spans",
-                "bound of the export queue, in spans",
-                core.config().buffer.export_queue_spans,
-            ));
-            let bounds = cfg.bucket_bounds_ns();
-            let exemplars = |e: &exposition::Entry| {
-                core.registry
-                    .exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds)
-            };
-            let mut out = String::with_capacity(64 * 1024);
-            exposition::render(
-                &core.registry,
-                &exemplars,
-                &families,
-                &cfg,
-                format,
-                &mut out,
-            );
-            out
-        });
-        Ok((
-            pyo3::types::PyBytes::new(py, body.as_bytes()),
-            exposition::content_type(format),
-        ))
+            let body = py.allow_threads(move || {
+                let stats = core.stats();
+                families.extend(exposition::health_families(&cfg, &core.registry, &counters));
+                let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
+                    name: format!("pulsetrace_{name}"),
+                    help: help.to_owned(),
+                    kind: ExtraKind::Gauge,
+                    samples: vec![(Vec::new(), v as f64)],
+                };
+                families.push(gauge(
+                    "open_traces",
+                    "traces waiting for their tail-sampling decision",
+                    stats.open_traces,
+                ));
+                families.push(gauge(
+                    "export_queue_spans",
+                    "spans of kept traces waiting for an exporter",
+                    stats.export_spans,
+                ));
+                families.push(gauge(
+                    "export_queue_max_spans",
+                    "bound of the export queue, in spans",
+                    core.config().buffer.export_queue_spans,
+                ));
+                let bounds = cfg.bucket_bounds_ns();
+                let exemplars = |e: &exposition::Entry| {
+                    core.registry
+                        .exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds)
+                };
+                let mut out = String::with_capacity(64 * 1024);
+                exposition::render(
+                    &core.registry,
+                    &exemplars,
+                    &families,
+                    &cfg,
+                    format,
+                    &mut out,
+                );
+                out
+            });
+            Ok((
+                pyo3::types::PyBytes::new(py, body.as_bytes()),
+                exposition::content_type(format),
+            ))
+        })
     }
 
     /// Every counter of the agent, by name.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core(py)?;
-        py.allow_threads(|| core.sync());
-        let d = PyDict::new(py);
-        for (name, _, v) in core.counters.snapshot() {
-            d.set_item(name, v)?;
-        }
-        let a = &self.attr_counters;
-        let c = &self.counters;
-        for (name, v) in [
-            ("attributes_converted", &a.converted),
-            ("attributes_dropped", &a.dropped),
-            ("attributes_truncated", &a.truncated),
-            ("attributes_invalid_utf8", &a.invalid_utf8),
-            ("spans_ended_twice", &c.double_end),
-            ("context_reset_failed", &c.context_reset_failed),
-            ("traceparent_malformed", &c.traceparent_malformed),
-            ("tracestate_malformed", &c.tracestate_malformed),
-        ] {
-            d.set_item(name, v.load(Ordering::Relaxed))?;
-        }
-        d.set_item("metric_keys", core.registry.key_count())?;
-        d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
-        let s = core.stats();
-        d.set_item("open_traces", s.open_traces)?;
-        d.set_item("open_spans", s.open_spans)?;
-        d.set_item("export_queue_traces", s.export_traces)?;
-        d.set_item("export_queue_spans", s.export_spans)?;
-        Ok(d)
+        or_error("tracer.counters", || {
+            let core = self.core(py)?;
+            py.allow_threads(|| core.sync());
+            let d = PyDict::new(py);
+            for (name, _, v) in core.counters.snapshot() {
+                d.set_item(name, v)?;
+            }
+            let a = &self.attr_counters;
+            let c = &self.counters;
+            for (name, v) in [
+                ("attributes_converted", &a.converted),
+                ("attributes_dropped", &a.dropped),
+                ("attributes_truncated", &a.truncated),
+                ("attributes_invalid_utf8", &a.invalid_utf8),
+                ("spans_ended_twice", &c.double_end),
+                ("context_reset_failed", &c.context_reset_failed),
+                ("traceparent_malformed", &c.traceparent_malformed),
+                ("tracestate_malformed", &c.tracestate_malformed),
+            ] {
+                d.set_item(name, v.load(Ordering::Relaxed))?;
+            }
+            d.set_item("metric_keys", core.registry.key_count())?;
+            d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
+            let s = core.stats();
+            d.set_item("open_traces", s.open_traces)?;
+            d.set_item("open_spans", s.open_spans)?;
+            d.set_item("export_queue_traces", s.export_traces)?;
+            d.set_item("export_queue_spans", s.export_spans)?;
+            Ok(d)
+        })
     }
 
     /// Run the pipeline now (without the GIL): spans ended so far reach
@@ -633,17 +741,21 @@ impl Tracer {
     /// open trace (at shutdown).
     #[pyo3(signature = (force=false))]
     fn process(&self, py: Python<'_>, force: bool) -> PyResult<()> {
-        let core = self.core(py)?;
-        py.allow_threads(move || core.process(clock::now_mono_ns(), force));
-        Ok(())
+        or_error("tracer.process", || {
+            let core = self.core(py)?;
+            py.allow_threads(move || core.process(clock::now_mono_ns(), force));
+            Ok(())
+        })
     }
 
     /// Take kept traces for export: a list of traces, each a list of SpanData.
     #[pyo3(signature = (max_spans=4096))]
     fn drain<'py>(&self, py: Python<'py>, max_spans: usize) -> PyResult<Bound<'py, PyList>> {
-        let core = self.core(py)?;
-        let traces = py.allow_threads(move || core.drain_export(max_spans));
-        crate::batch::traces_to_py(py, traces)
+        or_error("tracer.drain", || {
+            let core = self.core(py)?;
+            let traces = py.allow_threads(move || core.drain_export(max_spans));
+            crate::batch::traces_to_py(py, traces)
+        })
     }
 
     /// Take kept traces for export as one `Batch` (None when nothing is
@@ -651,65 +763,78 @@ impl Tracer {
     /// request (`otlp()`, encoded natively without the GIL).
     #[pyo3(signature = (max_spans=4096))]
     fn drain_batch(&self, py: Python<'_>, max_spans: usize) -> PyResult<Option<Batch>> {
-        let core = self.core(py)?;
-        let traces = py.allow_threads(move || core.drain_export(max_spans));
-        if traces.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Batch::new(traces, self.encoder.load_full())))
+        or_error("tracer.drain_batch", || {
+            let core = self.core(py)?;
+            let traces = py.allow_threads(move || core.drain_export(max_spans));
+            if traces.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Batch::new(traces, self.encoder.load_full())))
+        })
     }
 
     /// Set the resource every OTLP request carries (service.name, host.name,
     /// process.pid, ...): a dict of str to str/int/float/bool.
     fn set_resource(&self, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
-        let limits = self.limits.get();
-        let mut attrs = Vec::new();
-        for (k, v) in attributes.iter() {
-            let key: String = k.extract()?;
-            if let Some(v) = crate::attrs::convert(&v, &limits, &self.attr_counters) {
-                attrs.push((key, v));
+        or_error("tracer.set_resource", || {
+            let limits = self.limits.get();
+            // Taken first, converted after (conversion may run code that
+            // changes the dict).
+            let entries: Vec<_> = attributes.iter().collect();
+            let mut attrs = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let key: String = k.extract()?;
+                if let Some(v) = attrs::convert(&v, &limits, &self.attr_counters) {
+                    attrs.push((key, v));
+                }
             }
-        }
-        self.encoder.store(Arc::new(Encoder::new(
-            &attrs,
-            "pulsetrace",
-            env!("CARGO_PKG_VERSION"),
-        )));
-        Ok(())
+            self.encoder.store(Arc::new(Encoder::new(
+                &attrs,
+                "pulsetrace",
+                env!("CARGO_PKG_VERSION"),
+            )));
+            Ok(())
+        })
     }
 
     /// Stop the worker thread and decide every open trace (nothing to do
     /// when the tracer was never configured).
-    fn shutdown(&self, py: Python<'_>) {
-        let Some(core) = self.core.load_full() else {
-            return;
-        };
-        core.stop_worker();
-        let handle = self.worker.lock().take();
-        py.allow_threads(move || {
-            if let Some(h) = handle {
-                let _ = h.join();
-            }
-            core.process(clock::now_mono_ns(), true);
-        });
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        or_error("tracer.shutdown", || {
+            let Some(core) = self.core.load_full() else {
+                return Ok(());
+            };
+            core.stop_worker();
+            let handle = self.worker.lock().take();
+            py.allow_threads(move || {
+                if let Some(h) = handle {
+                    let _ = h.join();
+                }
+                core.process(clock::now_mono_ns(), true);
+            });
+            Ok(())
+        })
     }
 
     /// In a child process after `fork`: a fresh core (the parent's worker
     /// thread does not exist here and its locks may be held), new ids.
-    fn reset_after_fork(&self) {
-        ids::bump_fork_generation();
-        // The old core may hold locks taken by threads that no longer exist:
-        // it is never touched again, and deliberately leaked.
-        std::mem::forget(self.worker.lock().take());
-        let Some(cfg) = self.config.lock().clone() else {
-            return; // never configured: nothing to renew
-        };
-        let core = Arc::new(Core::new(cfg));
-        if let Some(old) = self.core.load().as_ref() {
-            core.set_exporting(old.exporting());
-        }
-        *self.worker.lock() = Tracer::spawn(&core);
-        std::mem::forget(self.core.swap(Some(core)));
+    fn reset_after_fork(&self) -> PyResult<()> {
+        or_error("tracer.reset_after_fork", || {
+            ids::bump_fork_generation();
+            // The old core may hold locks taken by threads that no longer exist:
+            // it is never touched again, and deliberately leaked.
+            std::mem::forget(self.worker.lock().take());
+            let Some(cfg) = self.config.lock().clone() else {
+                return Ok(()); // never configured: nothing to renew
+            };
+            let core = Arc::new(Core::new(cfg));
+            if let Some(old) = self.core.load().as_ref() {
+                core.set_exporting(old.exporting());
+            }
+            *self.worker.lock() = Tracer::spawn(&core);
+            std::mem::forget(self.core.swap(Some(core)));
+            Ok(())
+        })
     }
 
     /// Apply a configuration (a `pulsetrace.Config`; every field the native
@@ -718,51 +843,53 @@ impl Tracer {
     /// to the new export queue. Meant for start-up and tests, not for every
     /// request.
     fn configure(&self, py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<()> {
-        let NativeConfig {
-            core: cfg,
-            limits,
-            head,
-            enabled,
-            redact,
-        } = crate::config::extract(config)?;
-        let new = Arc::new(Core::new(cfg.clone()));
-        if let Some(old) = self.core.load().as_ref() {
-            new.set_exporting(old.exporting());
-        }
-        *self.head.lock() = head;
-        crate::wsgi::set_redacted_params(redact);
-        self.limits.set(limits);
-        let worker = Tracer::spawn(&new);
-        let old = self.core.swap(Some(new.clone()));
-        let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
-        *self.config.lock() = Some(cfg);
-        self.state
-            .store(if enabled { ON } else { OFF }, Ordering::Release);
-        // A new configuration starts its counters afresh, like its core.
-        for c in [
-            &self.attr_counters.converted,
-            &self.attr_counters.dropped,
-            &self.attr_counters.truncated,
-            &self.attr_counters.invalid_utf8,
-            &self.counters.double_end,
-            &self.counters.context_reset_failed,
-            &self.counters.traceparent_malformed,
-            &self.counters.tracestate_malformed,
-        ] {
-            c.store(0, Ordering::Relaxed);
-        }
-        let Some(old) = old else {
-            return Ok(());
-        };
-        py.allow_threads(move || {
-            old.stop_worker();
-            if let Some(h) = old_worker {
-                let _ = h.join();
+        or_error("tracer.configure", || {
+            let NativeConfig {
+                core: cfg,
+                limits,
+                head,
+                enabled,
+                redact,
+            } = crate::config::extract(config)?;
+            let new = Arc::new(Core::new(cfg.clone()));
+            if let Some(old) = self.core.load().as_ref() {
+                new.set_exporting(old.exporting());
             }
-            old.process(clock::now_mono_ns(), true);
-            new.adopt_export(&old);
-        });
-        Ok(())
+            *self.head.lock() = head;
+            crate::wsgi::set_redacted_params(redact);
+            self.limits.set(limits);
+            let worker = Tracer::spawn(&new);
+            let old = self.core.swap(Some(new.clone()));
+            let old_worker = std::mem::replace(&mut *self.worker.lock(), worker);
+            *self.config.lock() = Some(cfg);
+            self.state
+                .store(if enabled { ON } else { OFF }, Ordering::Release);
+            // A new configuration starts its counters afresh, like its core.
+            for c in [
+                &self.attr_counters.converted,
+                &self.attr_counters.dropped,
+                &self.attr_counters.truncated,
+                &self.attr_counters.invalid_utf8,
+                &self.counters.double_end,
+                &self.counters.context_reset_failed,
+                &self.counters.traceparent_malformed,
+                &self.counters.tracestate_malformed,
+            ] {
+                c.store(0, Ordering::Relaxed);
+            }
+            let Some(old) = old else {
+                return Ok(());
+            };
+            py.allow_threads(move || {
+                old.stop_worker();
+                if let Some(h) = old_worker {
+                    let _ = h.join();
+                }
+                old.process(clock::now_mono_ns(), true);
+                new.adopt_export(&old);
+            });
+            Ok(())
+        })
     }
 
     /// Whether tracing is on (`APM_ENABLED` / `OTEL_SDK_DISABLED`). Off, every

@@ -7,9 +7,14 @@
 //!
 //! Failure rule: an error inside pulsetrace is reported through
 //! `pulsetrace._diag.internal_error` and the request proceeds untouched; the
-//! application's exceptions pass through as the same objects.
+//! application's exceptions pass through as the same objects. pulsetrace's
+//! work before and after each call into the application (its WSGI call,
+//! its body's iteration and `close()`, the server's `start_response`) runs
+//! under a panic guard ([`crate::guard`]); the calls themselves do not, so
+//! nothing the application does is ever repeated or lost.
 
 use crate::attrs::{self, AttrCounters, Limits};
+use crate::guard::{guard, or_error, report};
 use crate::span::Span;
 use crate::tracer::Tracer;
 use crate::wsgi_app::RouteNamer;
@@ -68,6 +73,12 @@ fn percent_decode(s: &str) -> String {
 /// The query string with the values of sensitive parameters replaced by
 /// `REDACTED`; other parameters are kept byte for byte.
 #[pyfunction]
+#[pyo3(name = "redact_query")]
+pub fn py_redact_query(query: &str) -> PyResult<Cow<'_, str>> {
+    or_error("wsgi.redact_query", || Ok(redact_query(query)))
+}
+
+/// [`py_redact_query`]'s rule.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
     let words = REDACT.read();
     let lower = query.to_lowercase();
@@ -146,20 +157,6 @@ fn keys() -> &'static Keys {
         https: "https".into(),
         v11: "1.1".into(),
     })
-}
-
-/// Report an error pulsetrace caused (counted and logged, rate limited, by
-/// the Python side); never raises.
-pub(crate) fn report(py: Python<'_>, place: &str, err: PyErr) {
-    static DIAG: GILOnceCell<PyObject> = GILOnceCell::new();
-    if let Ok(f) = DIAG.get_or_try_init(py, || -> PyResult<PyObject> {
-        Ok(py
-            .import("pulsetrace._diag")?
-            .getattr("internal_error")?
-            .unbind())
-    }) {
-        let _ = f.bind(py).call1((place, err.value(py)));
-    }
 }
 
 /// The environ keys a request span reads, in [`Env`] order.
@@ -245,13 +242,30 @@ fn text_item<'py>(
 
 /// The text of an environ value (None if absent or not a str): borrowed from
 /// the str object, or, for a str that is not valid UTF-8 (lone surrogates), a
-/// copy with U+FFFD (counted).
-fn view<'a>(v: &'a Option<Bound<'_, PyString>>, counters: &AttrCounters) -> Option<Cow<'a, str>> {
+/// copy with U+FFFD (counted). A value longer than `max` characters (what
+/// no server sends, but an application may put there) is cut to `max`
+/// bytes before anything is read out of it.
+fn view<'a>(
+    v: &'a Option<Bound<'_, PyString>>,
+    max: usize,
+    counters: &AttrCounters,
+) -> Option<Cow<'a, str>> {
     let s = v.as_ref()?;
+    if attrs::char_len(s) > max {
+        return Some(Cow::Owned(long_text(s, max, counters)));
+    }
     Some(match crate::pystr::utf8(s) {
         Some(t) => Cow::Borrowed(t),
         None => Cow::Owned(lossy_text(s, counters)),
     })
+}
+
+/// An environ value longer than the length limit: rare, kept out of the
+/// request path's code.
+#[cold]
+#[inline(never)]
+fn long_text(s: &Bound<'_, PyString>, max: usize, counters: &AttrCounters) -> String {
+    attrs::string(s, max, counters)
 }
 
 /// A str that is not valid UTF-8 (lone surrogates): rare, kept out of the
@@ -279,7 +293,8 @@ fn remote_context(
     counters: &AttrCounters,
 ) -> Option<crate::span::SpanContext> {
     let ts = env_value(environ, Env::Tracestate);
-    t.extract_context(Some(traceparent), view(&ts, counters).as_deref())
+    let max = t.limits().0.max_value_len;
+    t.extract_context(Some(traceparent), view(&ts, max, counters).as_deref())
 }
 
 /// The attributes of a span that already has some (or more than the
@@ -319,13 +334,14 @@ fn start(
     let t = tracer.get();
     let start_mono = clock::now_mono_ns();
     let (limits, counters) = t.limits();
+    let max = limits.max_value_len;
     let k = keys();
     // Room for every attribute of a request span, those the response adds
     // (status code, route) included: the vector becomes the span's own.
     let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(14);
     let mut env = environ_values(environ);
     let raw_method = env[Env::Method as usize].take();
-    let raw_method_view = view(&raw_method, counters);
+    let raw_method_view = view(&raw_method, max, counters);
     let raw_method_text = raw_method_view.as_deref();
     // Known methods map to shared constants: no allocation per request.
     let known = raw_method_text.and_then(|m| {
@@ -350,7 +366,7 @@ fn start(
     }
     let script = env[Env::Script as usize].take();
     let path = env[Env::Path as usize].take();
-    let (script, path) = (view(&script, counters), view(&path, counters));
+    let (script, path) = (view(&script, max, counters), view(&path, max, counters));
     let path_value = match (
         script.as_deref().unwrap_or(""),
         path.as_deref().unwrap_or(""),
@@ -361,14 +377,14 @@ fn start(
     };
     a.push((k.path.clone(), AttrValue::Str(path_value)));
     let query = env[Env::Query as usize].take();
-    if let Some(q) = view(&query, counters).filter(|q| !q.is_empty()) {
+    if let Some(q) = view(&query, max, counters).filter(|q| !q.is_empty()) {
         a.push((
             k.query.clone(),
             AttrValue::Str(arc(py, &redact_query(&q), &limits, counters)),
         ));
     }
     let scheme = env[Env::Scheme as usize].take();
-    let scheme = match view(&scheme, counters).as_deref() {
+    let scheme = match view(&scheme, max, counters).as_deref() {
         None | Some("http") => k.http.clone(),
         Some("https") => k.https.clone(),
         Some(other) => arc(py, other, &limits, counters),
@@ -379,8 +395,8 @@ fn start(
         host = env_value(environ, Env::ServerName);
     }
     let server_port = env[Env::ServerPort as usize].take();
-    let mut port: Option<i64> = view(&server_port, counters).and_then(|p| p.parse().ok());
-    if let Some(h) = view(&host, counters) {
+    let mut port: Option<i64> = view(&server_port, max, counters).and_then(|p| p.parse().ok());
+    if let Some(h) = view(&host, max, counters) {
         let h: &str = &h;
         let (name, p) = match h.strip_prefix('[').map(|rest| split_at_byte(rest, b']')) {
             Some(Some((inside, after))) => (&h[..inside.len() + 2], after.strip_prefix(':')),
@@ -404,21 +420,21 @@ fn start(
         a.push((k.port.clone(), AttrValue::Int(p)));
     }
     let client = env[Env::RemoteAddr as usize].take();
-    if let Some(c) = view(&client, counters) {
+    if let Some(c) = view(&client, max, counters) {
         a.push((
             k.client.clone(),
             AttrValue::Str(arc(py, &c, &limits, counters)),
         ));
     }
     let ua = env[Env::UserAgent as usize].take();
-    if let Some(ua) = view(&ua, counters) {
+    if let Some(ua) = view(&ua, max, counters) {
         a.push((
             k.user_agent.clone(),
             AttrValue::Str(arc(py, &ua, &limits, counters)),
         ));
     }
     let protocol = env[Env::Protocol as usize].take();
-    let protocol = view(&protocol, counters);
+    let protocol = view(&protocol, max, counters);
     if let Some((_, v)) = protocol.as_deref().and_then(|p| split_at_byte(p, b'/')) {
         let v = match v {
             "1.1" => k.v11.clone(),
@@ -427,7 +443,7 @@ fn start(
         a.push((k.protocol.clone(), AttrValue::Str(v)));
     }
     let tp = env[Env::Traceparent as usize].take();
-    let remote = view(&tp, counters).and_then(|tp| remote_context(t, environ, &tp, counters));
+    let remote = view(&tp, max, counters).and_then(|tp| remote_context(t, environ, &tp, counters));
     let name: Arc<str> = if Arc::ptr_eq(&method, &k.other) {
         k.http_name.clone()
     } else {
@@ -454,9 +470,14 @@ fn start(
     };
     {
         let mut inner = span.inner.lock();
-        if inner.attributes.is_empty() && a.len() <= limits.max_attributes {
+        let cost: usize = a.iter().map(|(k, v)| attrs::attribute_cost(k, v)).sum();
+        if inner.attributes.is_empty()
+            && a.len() <= limits.max_attributes
+            && cost <= limits.attribute_budget()
+        {
             // A new span and distinct keys: no duplicate to look for.
             inner.attributes = a;
+            inner.attribute_bytes = cost;
         } else {
             add_attributes_slow(&mut inner, a, &limits, counters);
         }
@@ -479,7 +500,12 @@ fn restore_request_context(span: &Bound<'_, Span>) {
 }
 
 fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
-    span.fail_with(py, err.value(py).as_any());
+    guard(
+        py,
+        "wsgi.error",
+        || span.fail_with(py, err.value(py).as_any()),
+        || (),
+    );
 }
 
 /// `METHOD route` names, made once per (method, route) pair: a route
@@ -674,8 +700,37 @@ impl TracedResponse {
 
     fn finish(&self, py: Python<'_>) {
         if !self.finished.swap(true, Ordering::Relaxed) {
-            self.restore(py);
-            self.span.get().end_at(py, clock::now_mono_ns());
+            guard(py, "wsgi.restore", || self.restore(py), || ());
+            guard(
+                py,
+                "wsgi.end",
+                || self.span.get().end_at(py, clock::now_mono_ns()),
+                || (),
+            );
+        }
+    }
+
+    /// The response starts: its status is recorded and the framework names
+    /// the span.
+    fn on_start_response(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) {
+        if let Ok(status) = args.get_item(0) {
+            self.record_status(&status);
+        }
+        if let Some(namer) = &self.namer {
+            // The framework's route template (or None): the span becomes
+            // `METHOD route` with `http.route`.
+            let route = match namer.downcast_bound::<RouteNamer>(py) {
+                Ok(native) => native.get().route(py),
+                Err(_) => namer.bind(py).call0(),
+            };
+            match route {
+                Ok(route) => {
+                    if let Ok(route) = route.downcast::<PyString>() {
+                        name_after_route(self.span.get(), route);
+                    }
+                }
+                Err(e) => report(py, "wsgi.name", e),
+            }
         }
     }
 
@@ -712,25 +767,12 @@ impl TracedResponse {
     /// calls it.
     #[pyo3(signature = (*args))]
     fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyObject> {
-        if let Ok(status) = args.get_item(0) {
-            self.record_status(&status);
-        }
-        if let Some(namer) = &self.namer {
-            // The framework's route template (or None): the span becomes
-            // `METHOD route` with `http.route`.
-            let route = match namer.downcast_bound::<RouteNamer>(py) {
-                Ok(native) => native.get().route(py),
-                Err(_) => namer.bind(py).call0(),
-            };
-            match route {
-                Ok(route) => {
-                    if let Ok(route) = route.downcast::<PyString>() {
-                        name_after_route(self.span.get(), route);
-                    }
-                }
-                Err(e) => report(py, "wsgi.name", e),
-            }
-        }
+        guard(
+            py,
+            "wsgi.status",
+            || self.on_start_response(py, args),
+            || (),
+        );
         let start_response = self
             .state
             .lock()
@@ -866,6 +908,90 @@ pub fn wsgi_call(
     })
 }
 
+/// What pulsetrace does around one application call.
+enum Plan<'py> {
+    /// Run the application untouched.
+    Untraced,
+    /// Inside an enclosing request's span: the application gets a
+    /// `start_response` that names that span.
+    Naming(Bound<'py, TracedResponse>),
+    /// A new request span, made current, and the object the application
+    /// gets as its `start_response` (and the server as its body).
+    Traced(Py<Span>, Bound<'py, TracedResponse>),
+}
+
+/// Everything before the application call. A failure (reported) leaves the
+/// request untraced; the context is switched last, when nothing can fail.
+fn plan<'py>(
+    py: Python<'py>,
+    tracer: &Bound<'py, Tracer>,
+    env: &Bound<'py, PyDict>,
+    start_response: &Bound<'py, PyAny>,
+    namer: Option<&Bound<'py, PyAny>>,
+) -> Plan<'py> {
+    let t = tracer.get();
+    // Inside the application call of this request's SERVER span (a generic
+    // middleware around a framework hook): name that span, do not nest a
+    // second one. (A span whose body is still being sent is not serving: a
+    // request that starts meanwhile in the same context gets its own span.)
+    if let Ok(outer) = t.current.get(py) {
+        if let Ok(outer_span) = outer.downcast::<Span>() {
+            if outer_span.get().serving.load(Ordering::Relaxed) {
+                let Some(namer) = namer else {
+                    return Plan::Untraced;
+                };
+                let naming = TracedResponse::new(
+                    outer_span.clone().unbind(),
+                    start_response.clone().unbind(),
+                    Some(namer.clone().unbind()),
+                    false,
+                );
+                return match crate::newobj::new_bound(py, naming) {
+                    Ok(wrapped) => Plan::Naming(wrapped),
+                    Err(e) => {
+                        report(py, "wsgi.start", e);
+                        Plan::Untraced
+                    }
+                };
+            }
+            // A request span left current by a body that ended in another
+            // context (or not yet): this context gets its value back.
+            restore_request_context(outer_span);
+        }
+    }
+    let span = match start(py, tracer, env) {
+        Ok(s) => s,
+        Err(e) => {
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    };
+    let response = TracedResponse::new(
+        span.clone_ref(py),
+        start_response.clone().unbind(),
+        namer.map(|n| n.clone().unbind()),
+        true,
+    );
+    let response = match crate::newobj::new_bound(py, response) {
+        Ok(r) => r,
+        Err(e) => {
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    };
+    match t.current.set(span.bind(py).as_any()) {
+        Ok(token) => span.get().inner.lock().request_token = Some(token.unbind()),
+        Err(e) => {
+            // Never current, never ended: not recorded.
+            response.get().finished.store(true, Ordering::Relaxed);
+            report(py, "wsgi.start", e);
+            return Plan::Untraced;
+        }
+    }
+    span.get().serving.store(true, Ordering::Relaxed);
+    Plan::Traced(span, response)
+}
+
 /// The request path of every WSGI hook: `call(start_response)` runs the
 /// application with the `start_response` it must see.
 pub(crate) fn traced_request<'py>(
@@ -884,61 +1010,17 @@ pub(crate) fn traced_request<'py>(
         return Ok(call(start_response)?.unbind());
     }
     let namer = namer.filter(|n| !n.is_none());
-    // Inside the application call of this request's SERVER span (a generic
-    // middleware around a framework hook): name that span, do not nest a
-    // second one. (A span whose body is still being sent is not serving: a
-    // request that starts meanwhile in the same context gets its own span.)
-    if let Ok(outer) = t.current.get(py) {
-        if let Ok(outer_span) = outer.downcast::<Span>() {
-            if outer_span.get().serving.load(Ordering::Relaxed) {
-                let Some(namer) = namer else {
-                    return Ok(call(start_response)?.unbind());
-                };
-                let naming = TracedResponse::new(
-                    outer_span.clone().unbind(),
-                    start_response.clone().unbind(),
-                    Some(namer.clone().unbind()),
-                    false,
-                );
-                let wrapped = crate::newobj::new_bound(py, naming)?;
-                return Ok(call(wrapped.as_any())?.unbind());
-            } else {
-                // A request span left current by a body that ended in another
-                // context (or not yet): this context gets its value back.
-                restore_request_context(outer_span);
-            }
-        }
-    }
-    let span = match start(py, tracer, env) {
-        Ok(s) => s,
-        Err(e) => {
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
-    };
-    match t.current.set(span.bind(py).as_any()) {
-        Ok(token) => span.get().inner.lock().request_token = Some(token.unbind()),
-        Err(e) => {
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
-    }
-    let response = TracedResponse::new(
-        span.clone_ref(py),
-        start_response.clone().unbind(),
-        namer.map(|n| n.clone().unbind()),
-        true,
+    let plan = guard(
+        py,
+        "wsgi.start",
+        || plan(py, tracer, env, start_response, namer),
+        || Plan::Untraced,
     );
-    let response = match crate::newobj::new_bound(py, response) {
-        Ok(r) => r,
-        Err(e) => {
-            restore_request_context(span.bind(py));
-            span.get().end_at(py, clock::now_mono_ns());
-            report(py, "wsgi.start", e);
-            return Ok(call(start_response)?.unbind());
-        }
+    let (span, response) = match plan {
+        Plan::Untraced => return Ok(call(start_response)?.unbind()),
+        Plan::Naming(wrapped) => return Ok(call(wrapped.as_any())?.unbind()),
+        Plan::Traced(span, response) => (span, response),
     };
-    span.get().serving.store(true, Ordering::Relaxed);
     let result = call(response.as_any());
     span.get().serving.store(false, Ordering::Relaxed);
     match result {
@@ -955,9 +1037,19 @@ pub(crate) fn traced_request<'py>(
         }
         Err(e) => {
             response.get().finished.store(true, Ordering::Relaxed);
-            restore_request_context(span.bind(py));
+            guard(
+                py,
+                "wsgi.restore",
+                || restore_request_context(span.bind(py)),
+                || (),
+            );
             fail(py, span.get(), &e);
-            span.get().end_at(py, clock::now_mono_ns());
+            guard(
+                py,
+                "wsgi.end",
+                || span.get().end_at(py, clock::now_mono_ns()),
+                || (),
+            );
             Err(e)
         }
     }

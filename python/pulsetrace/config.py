@@ -61,6 +61,8 @@ class Config:
     export_interval_ms: float = 1_000.0
     prometheus_enabled: bool = False
     metrics_addr: str = "127.0.0.1:9464"
+    metrics_max_connections: int = 256
+    metrics_read_timeout_ms: float = 5_000.0
 
     def __post_init__(self) -> None:
         # The resource always names the service the way service_name does.
@@ -282,4 +284,10 @@ def from_env(env: Optional[Mapping[str, str]] = None) -> Config:
         ),
         prometheus_enabled=_bool(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
         metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
+        metrics_max_connections=_number(
+            e, "PULSETRACE_METRICS_MAX_CONNECTIONS", d.metrics_max_connections, kind=int, low=1
+        ),
+        metrics_read_timeout_ms=_number(
+            e, "PULSETRACE_METRICS_READ_TIMEOUT_MS", d.metrics_read_timeout_ms, low=1.0
+        ),
     )

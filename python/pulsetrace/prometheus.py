@@ -12,17 +12,16 @@ it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
 import resource as _resource
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Optional
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._server import Request, Response, Router, Server, text_response
 
 log = logging.getLogger("pulsetrace")
 
@@ -148,28 +147,24 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
     return body, content_type
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404)
-            return
-        try:
-            body, content_type = exposition(self.headers.get("Accept", ""))
-        except Exception as exc:
-            _diag.internal_error("prometheus.render", exc)
-            self.send_error(500)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+def _serve_metrics(request: Request) -> Response:
+    try:
+        body, content_type = exposition(request.headers.get("accept", ""))
+    except Exception as exc:
+        _diag.internal_error("prometheus.render", exc)
+        return text_response(500, "cannot render the metrics\n")
+    return Response(200, [("Content-Type", content_type), ("Vary", "Accept")], body)
 
 
-_server: Optional[ThreadingHTTPServer] = None
+def routes() -> Router:
+    """The metrics server's routes: the exposition at ``/metrics`` and ``/``."""
+    router = Router()
+    router.add("/metrics", _serve_metrics)
+    router.add("/", _serve_metrics)
+    return router
+
+
+_server: Optional[Server] = None
 
 
 def parse_addr(raw: str) -> tuple[str, int]:
@@ -182,24 +177,31 @@ def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
     Returns the bound address, or None (with one warning) if it cannot bind."""
     global _server
     if _server is not None:
-        return _server.server_address[:2]
+        return _server.address
+    cfg = _runtime.config()
     try:
         host, port = parse_addr(addr)
-        server = ThreadingHTTPServer((host, port), _Handler)
+        server = Server(
+            host,
+            port,
+            routes(),
+            max_connections=cfg.metrics_max_connections,
+            read_timeout=cfg.metrics_read_timeout_ms / 1000,
+            name="pulsetrace-metrics",
+        )
     except (OSError, ValueError) as exc:
         log.warning("pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc)
         return None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="pulsetrace-metrics", daemon=True).start()
+    server.start()
     _server = server
-    return server.server_address[:2]
+    return server.address
 
 
 def stop_server() -> None:
+    """Stop the metrics server, if one runs; its port is closed on return."""
     global _server
     if _server is not None:
-        _server.shutdown()
-        _server.server_close()
+        _server.stop()
         _server = None
 
 
@@ -211,8 +213,7 @@ def _after_fork_in_child() -> None:
     with a port of its own)."""
     global _server
     if _server is not None:
-        with contextlib.suppress(OSError):
-            _server.socket.close()
+        _server.abandon()
         _server = None
 
 

@@ -1,11 +1,9 @@
-"""pulsetrace's small HTTP server: a router of GET/HEAD routes served from a
-plain socket server that bad clients cannot wear down.
+"""pulsetrace's small HTTP server: a ``Router``'s GET/HEAD routes
+(``pulsetrace._router``) served from a plain socket server that bad clients
+cannot wear down.
 
-The Prometheus exposition is served from here (``prometheus.start_server``),
-and more routes (health, APM, monitoring endpoints) are added to a
-``Router``: a handler takes a ``Request`` and returns a ``Response``
-(status, headers, body), so the same handlers can later be mounted in a
-WSGI or ASGI application too.
+The Prometheus exposition is served from here (``prometheus.start_server``);
+more routes (health, APM, monitoring endpoints) are added to the router.
 
 Its own work is never traced: it is built on plain sockets and
 ``selectors``, which no pulsetrace hook wraps, and handlers get a
@@ -29,8 +27,9 @@ Concurrency design:
   its response, else the oldest still sending its head, is closed to make
   room (slow clients cannot lock scrapers out); when every slot is busy
   with a request being handled or written, the newcomer is answered 503 at
-  once and closed. The listen backlog is 128 (capped by the system's
-  ``somaxconn``).
+  once and closed. The listen backlog is 1024, so that a burst of
+  connections is not dropped by the kernel (a dropped SYN costs the client
+  a 1 s retransmission) before the I/O thread accepts it.
 - A request head is at most ``max_head_bytes`` (431 beyond); only GET and
   HEAD are served (405 with ``Allow`` otherwise); each response closes its
   connection (``Connection: close``), then the server reads and discards
@@ -53,11 +52,11 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Optional
 
 from pulsetrace import _diag
+from pulsetrace._router import Request, Response, Router, text_response
 
 #: Requests whose head is larger than this get 431.
 MAX_HEAD_BYTES = 8192
@@ -65,71 +64,10 @@ MAX_HEAD_BYTES = 8192
 LINGER_S = 1.0
 #: Bodies at least this large are gzip-compressed for clients that accept it.
 GZIP_MIN_BYTES = 1024
-BACKLOG = 128
+#: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
+BACKLOG = 1024
 _RECV = 65536
 _ALLOW = "GET, HEAD"
-
-
-class Request(NamedTuple):
-    """A parsed request head. ``headers`` has lower-case names (repeated
-    headers joined with ``", "``); ``path`` excludes the query string."""
-
-    method: str
-    path: str
-    query: str
-    headers: Mapping[str, str]
-
-
-class Response(NamedTuple):
-    """What a handler returns: a plain ``(status, headers, body)`` tuple
-    works as well. The server adds ``Content-Length`` and ``Connection``."""
-
-    status: int
-    headers: Iterable[tuple[str, str]]
-    body: bytes
-
-
-Handler = Callable[[Request], Union[Response, tuple[int, Iterable[tuple[str, str]], bytes]]]
-
-
-class Router:
-    """Exact paths to handlers."""
-
-    def __init__(self) -> None:
-        self._routes: dict[str, Handler] = {}
-
-    def add(self, path: str, handler: Handler) -> None:
-        """Route ``path`` (exact, starting with ``/``) to ``handler``."""
-        if not path.startswith("/"):
-            raise ValueError(f"a route's path starts with '/', not {path!r}")
-        if path in self._routes:
-            raise ValueError(f"the path {path!r} is already routed")
-        self._routes[path] = handler
-
-    def paths(self) -> list[str]:
-        return list(self._routes)
-
-    def handle(self, request: Request) -> Response:
-        """The handler's response, 404 for an unknown path, 500 (counted as
-        an internal error) if the handler fails or returns something else."""
-        handler = self._routes.get(request.path)
-        if handler is None:
-            return text_response(404, f"no route for {request.path}\n")
-        try:
-            status, headers, body = handler(request)
-            headers = [(str(k), str(v)) for k, v in headers]
-            if any(c in k + v for k, v in headers for c in "\r\n"):
-                raise ValueError(f"a header with a line break: {headers!r:.100}")
-            if not isinstance(body, bytes) or not 100 <= int(status) < 600:
-                raise TypeError(f"a handler returns (status, headers, bytes), not {body!r:.60}")
-            return Response(int(status), headers, body)
-        except Exception as exc:
-            _diag.internal_error(f"server{request.path}", exc)
-            return text_response(500, "internal error\n")
-
-
-def text_response(status: int, text: str, *headers: tuple[str, str]) -> Response:
-    return Response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers], text.encode())
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
@@ -213,16 +151,15 @@ _READ, _HANDLE, _WRITE, _LINGER = range(4)
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "phase", "deadline", "events", "out", "seq")
+    __slots__ = ("buf", "deadline", "events", "out", "phase", "sock")
 
-    def __init__(self, sock: socket.socket, deadline: float, seq: int) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.phase = _READ
-        self.deadline = deadline
+        self.deadline = float("inf")
         self.events = 0
         self.out = memoryview(b"")
-        self.seq = seq
 
 
 _LISTENER = object()
@@ -270,8 +207,14 @@ class Server:
         self.name = name
         self._listener = _bind(host, port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = socket.socketpair()
+        except BaseException:
+            self._listener.close()
+            if hasattr(self, "_selector"):
+                self._selector.close()
+            raise
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
@@ -280,8 +223,10 @@ class Server:
         # Insertion-ordered: the first is the oldest (the next to evict).
         self._reading: dict[_Conn, None] = {}
         self._lingering: dict[_Conn, None] = {}
+        # (deadline, tie-breaker, connection); entries of a connection that
+        # has moved on (another deadline) or closed are skipped when popped.
         self._deadlines: list[tuple[float, int, _Conn]] = []
-        self._seq = itertools.count()
+        self._tie = itertools.count()
         self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, bytes]] = deque()
         self._stopping = False
@@ -335,15 +280,23 @@ class Server:
                     elif key.data is _WAKER:
                         self._finish_handled()
                     else:
-                        self._on_ready(key.data)
+                        try:
+                            self._on_ready(key.data)
+                        except Exception as exc:  # a bug costs one connection
+                            _diag.internal_error(f"{self.name}.connection", exc)
+                            self._close(key.data)
                 self._expire(time.monotonic())
         except Exception as exc:  # a bug here must not go unnoticed or spin
             _diag.internal_error(f"{self.name}.serve", exc)
         finally:
             self._close_all()
 
+    def _schedule(self, conn: _Conn, delay: float) -> None:
+        conn.deadline = time.monotonic() + delay
+        heapq.heappush(self._deadlines, (conn.deadline, next(self._tie), conn))
+
     def _accept(self) -> None:
-        for _ in range(64):
+        for _ in range(512):  # then serve the others before accepting more
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -356,11 +309,11 @@ class Server:
             if len(self._conns) >= self.max_connections and not self._make_room():
                 self._refuse(sock)
                 continue
-            conn = _Conn(sock, time.monotonic() + self.read_timeout, next(self._seq))
+            conn = _Conn(sock)
             self._conns.add(conn)
             self._reading[conn] = None
             self._watch(conn, selectors.EVENT_READ)
-            heapq.heappush(self._deadlines, (conn.deadline, conn.seq, conn))
+            self._schedule(conn, self.read_timeout)
 
     def _make_room(self) -> bool:
         """Close the oldest lingering connection, else the oldest one still
@@ -390,8 +343,10 @@ class Server:
         if conn.phase == _WRITE:
             self._write(conn)
             return
+        # A head is read no further than its limit (and its blank line).
+        size = _RECV if conn.phase == _LINGER else self.max_head_bytes + 4 - len(conn.buf)
         try:
-            data = conn.sock.recv(_RECV)
+            data = conn.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -438,14 +393,17 @@ class Server:
         while self._done:
             conn, data = self._done.popleft()
             if conn in self._conns:
-                self._respond(conn, data)
+                try:
+                    self._respond(conn, data)
+                except Exception as exc:  # a bug costs one connection
+                    _diag.internal_error(f"{self.name}.connection", exc)
+                    self._close(conn)
 
     def _respond(self, conn: _Conn, data: bytes) -> None:
         self._reading.pop(conn, None)
         conn.phase = _WRITE
         conn.out = memoryview(data)
-        conn.deadline = time.monotonic() + self.read_timeout
-        heapq.heappush(self._deadlines, (conn.deadline, conn.seq, conn))
+        self._schedule(conn, self.read_timeout)
         self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
@@ -466,8 +424,7 @@ class Server:
             self._close(conn)
             return
         conn.phase = _LINGER
-        conn.deadline = time.monotonic() + min(LINGER_S, self.read_timeout)
-        heapq.heappush(self._deadlines, (conn.deadline, conn.seq, conn))
+        self._schedule(conn, min(LINGER_S, self.read_timeout))
         self._lingering[conn] = None
         self._watch(conn, selectors.EVENT_READ)
 
@@ -531,11 +488,8 @@ class Server:
 
 
 def _too_large(limit: int) -> bytes:
-    return encode(
-        None, text_response(431, f"request head larger than {limit} bytes\n")
-    )
+    return encode(None, text_response(431, f"request head larger than {limit} bytes\n"))
 
 
 _BUSY = encode(None, text_response(503, "server busy, retry later\n", ("Retry-After", "1")))
 _TIMEOUT = encode(None, text_response(408, "request head not received in time\n"))
-

@@ -7,7 +7,12 @@ quantile gauges read exactly from the HDR histograms; OpenMetrics exemplars
 link slow buckets to kept traces when the scraper asks for OpenMetrics),
 process metrics and pulsetrace's own health. The monitoring endpoints serve
 it; with ``PROMETHEUS_ENABLED=true`` a small server also serves it at
-``http://PULSETRACE_METRICS_ADDR/metrics`` (default ``127.0.0.1:9464``).
+``http://PULSETRACE_METRICS_ADDR/metrics`` (default ``127.0.0.1:9464``):
+``pulsetrace._server``, a plain socket server (never traced by pulsetrace's
+hooks) with a head deadline (``PULSETRACE_METRICS_READ_TIMEOUT_MS``), a
+connection bound (``PULSETRACE_METRICS_MAX_CONNECTIONS``) and a fixed pool
+of handler threads, so slow or abusive clients cannot delay a scrape. It
+gzips the exposition for scrapers that accept it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import time
 from typing import Optional
 
 from pulsetrace import _diag, _runtime
-from pulsetrace._server import Request, Response, Router, Server, text_response
+from pulsetrace._router import Request, Response, Router, text_response
+from pulsetrace._server import Server
 
 log = logging.getLogger("pulsetrace")
 
@@ -165,6 +171,7 @@ def routes() -> Router:
 
 
 _server: Optional[Server] = None
+_server_lock = threading.Lock()
 
 
 def parse_addr(raw: str) -> tuple[str, int]:
@@ -173,45 +180,51 @@ def parse_addr(raw: str) -> tuple[str, int]:
 
 
 def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
-    """Serve ``/metrics`` on ``addr`` in a daemon thread (idempotent).
-    Returns the bound address, or None (with one warning) if it cannot bind."""
+    """Serve ``/metrics`` on ``addr`` from daemon threads (idempotent), with
+    the configuration's connection bound and head deadline. Returns the
+    bound address, or None (with one warning) if it cannot bind."""
     global _server
-    if _server is not None:
-        return _server.address
-    cfg = _runtime.config()
-    try:
-        host, port = parse_addr(addr)
-        server = Server(
-            host,
-            port,
-            routes(),
-            max_connections=cfg.metrics_max_connections,
-            read_timeout=cfg.metrics_read_timeout_ms / 1000,
-            name="pulsetrace-metrics",
-        )
-    except (OSError, ValueError) as exc:
-        log.warning("pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc)
-        return None
-    server.start()
-    _server = server
-    return server.address
+    with _server_lock:
+        if _server is not None:
+            return _server.address
+        cfg = _runtime.config()
+        try:
+            host, port = parse_addr(addr)
+            server = Server(
+                host,
+                port,
+                routes(),
+                max_connections=cfg.metrics_max_connections,
+                read_timeout=cfg.metrics_read_timeout_ms / 1000,
+                name="pulsetrace-metrics",
+            )
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc
+            )
+            return None
+        server.start()
+        _server = server
+        return server.address
 
 
 def stop_server() -> None:
     """Stop the metrics server, if one runs; its port is closed on return."""
     global _server
-    if _server is not None:
-        _server.stop()
-        _server = None
+    with _server_lock:
+        if _server is not None:
+            _server.stop()
+            _server = None
 
 
 def _after_fork_in_child() -> None:
     """A forked worker does not serve its parent's metrics server (that
     server's thread is not in the child, and it shows the parent's
-    histograms): close the inherited socket so ``start_server`` can be
+    histograms): close the inherited sockets so ``start_server`` can be
     called again in the worker (e.g. from gunicorn's ``post_fork`` hook
     with a port of its own)."""
-    global _server
+    global _server, _server_lock
+    _server_lock = threading.Lock()  # another thread may have held it at the fork
     if _server is not None:
         _server.abandon()
         _server = None

@@ -36,8 +36,11 @@ Concurrency design:
   what the client still sends for a moment, so that a client that sent more
   than was read gets the response rather than a reset.
 
-Bounds: ``1 + workers`` threads, and ``max_connections + 4`` descriptors
-(the connections, the listening socket, the selector, the wake-up pair).
+Bounds: ``1 + workers`` threads, all started with the server; at most
+``max_connections + 5`` descriptors (the connections, one more accepted
+just before an older one is closed to make room, the listening socket, the
+selector, the wake-up pair), plus what the handlers open; request heads
+buffer at most ``max_head_bytes`` per connection.
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ def encode(request: Optional[Request], response: Response) -> bytes:
     if request is not None and len(body) >= GZIP_MIN_BYTES and "content-encoding" not in names:
         headers.append(("Vary", "Accept-Encoding"))
         if _accepts_gzip(request.headers.get("accept-encoding", "")):
-            # Level 1: a fraction of the rendering's cost; zlib releases the GIL.
-            body = zlib.compress(body, 1, 31)
+            # Level 1: a fraction of the rendering's cost; zlib releases the
+            # GIL while it compresses. (wbits 31: a gzip stream.)
+            gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+            body = gz.compress(body) + gz.flush()
             headers.append(("Content-Encoding", "gzip"))
     try:
         reason = HTTPStatus(status).phrase

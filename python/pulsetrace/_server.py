@@ -201,10 +201,14 @@ class Server:
         max_head_bytes: int = MAX_HEAD_BYTES,
         name: str = "pulsetrace-server",
     ) -> None:
-        if max_connections < 1 or workers < 1 or read_timeout <= 0 or max_head_bytes < 64:
-            raise ValueError(
-                "max_connections and workers >= 1, read_timeout > 0, max_head_bytes >= 64"
-            )
+        for what, value, ok in (
+            ("max_connections", max_connections, max_connections >= 1),
+            ("workers", workers, workers >= 1),
+            ("read_timeout", read_timeout, read_timeout > 0),
+            ("max_head_bytes", max_head_bytes, max_head_bytes >= 64),
+        ):
+            if not ok:
+                raise ValueError(f"the server's {what} cannot be {value!r}")
         self.router = router
         self.max_connections = max_connections
         self.read_timeout = read_timeout

@@ -319,6 +319,13 @@ class Config:
     metrics_addr: str = field(
         default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")
     )
+    metrics_max_connections: int = field(
+        default=256, metadata=_declare("PULSETRACE_METRICS_MAX_CONNECTIONS", low=1, high=10_000)
+    )
+    metrics_read_timeout_ms: float = field(
+        default=5_000.0,
+        metadata=_declare("PULSETRACE_METRICS_READ_TIMEOUT_MS", low=1, high=600_000),
+    )
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
 
     def __post_init__(self) -> None:

@@ -12,22 +12,27 @@ series of the system they reach, named as OpenTelemetry names them
 span to series" has the mapping, the core's ``target`` module the rule).
 The monitoring endpoints serve it; with ``PROMETHEUS_ENABLED=true`` a small
 server also serves it at ``http://PULSETRACE_METRICS_ADDR/metrics`` (default
-``127.0.0.1:9464``).
+``127.0.0.1:9464``) through
+``pulsetrace._server``, a plain socket server (never traced by pulsetrace's
+hooks) with a head deadline (``PULSETRACE_METRICS_READ_TIMEOUT_MS``), a
+connection bound (``PULSETRACE_METRICS_MAX_CONNECTIONS``) and a fixed pool
+of handler threads, so slow or abusive clients cannot delay a scrape. It
+gzips the exposition for scrapers that accept it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
 import resource as _resource
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Optional
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._router import Request, Response, Router, text_response
+from pulsetrace._server import Server
 
 log = logging.getLogger("pulsetrace")
 
@@ -170,28 +175,25 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
     return body, content_type
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404)
-            return
-        try:
-            body, content_type = exposition(self.headers.get("Accept", ""))
-        except Exception as exc:
-            _diag.internal_error("prometheus.render", exc)
-            self.send_error(500)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+def _serve_metrics(request: Request) -> Response:
+    try:
+        body, content_type = exposition(request.headers.get("accept", ""))
+    except Exception as exc:
+        _diag.internal_error("prometheus.render", exc)
+        return text_response(500, "cannot render the metrics\n")
+    return Response(200, [("Content-Type", content_type), ("Vary", "Accept")], body)
 
 
-_server: Optional[ThreadingHTTPServer] = None
+def routes() -> Router:
+    """The metrics server's routes: the exposition at ``/metrics`` and ``/``."""
+    router = Router()
+    router.add("/metrics", _serve_metrics)
+    router.add("/", _serve_metrics)
+    return router
+
+
+_server: Optional[Server] = None
+_server_lock = threading.Lock()
 
 
 def parse_addr(raw: str) -> tuple[str, int]:
@@ -200,41 +202,53 @@ def parse_addr(raw: str) -> tuple[str, int]:
 
 
 def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
-    """Serve ``/metrics`` on ``addr`` in a daemon thread (idempotent).
-    Returns the bound address, or None (with one warning) if it cannot bind."""
+    """Serve ``/metrics`` on ``addr`` from daemon threads (idempotent), with
+    the configuration's connection bound and head deadline. Returns the
+    bound address, or None (with one warning) if it cannot bind."""
     global _server
-    if _server is not None:
-        return _server.server_address[:2]
-    try:
-        host, port = parse_addr(addr)
-        server = ThreadingHTTPServer((host, port), _Handler)
-    except (OSError, ValueError) as exc:
-        log.warning("pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc)
-        return None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="pulsetrace-metrics", daemon=True).start()
-    _server = server
-    return server.server_address[:2]
+    with _server_lock:
+        if _server is not None:
+            return _server.address
+        cfg = _runtime.config()
+        try:
+            host, port = parse_addr(addr)
+            server = Server(
+                host,
+                port,
+                routes(),
+                max_connections=cfg.metrics_max_connections,
+                read_timeout=cfg.metrics_read_timeout_ms / 1000,
+                name="pulsetrace-metrics",
+            )
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc
+            )
+            return None
+        server.start()
+        _server = server
+        return server.address
 
 
 def stop_server() -> None:
+    """Stop the metrics server, if one runs; its port is closed on return."""
     global _server
-    if _server is not None:
-        _server.shutdown()
-        _server.server_close()
-        _server = None
+    with _server_lock:
+        if _server is not None:
+            _server.stop()
+            _server = None
 
 
 def _after_fork_in_child() -> None:
     """A forked worker does not serve its parent's metrics server (that
     server's thread is not in the child, and it shows the parent's
-    histograms): close the inherited socket so ``start_server`` can be
+    histograms): close the inherited sockets so ``start_server`` can be
     called again in the worker (e.g. from gunicorn's ``post_fork`` hook
     with a port of its own)."""
-    global _server
+    global _server, _server_lock
+    _server_lock = threading.Lock()  # another thread may have held it at the fork
     if _server is not None:
-        with contextlib.suppress(OSError):
-            _server.socket.close()
+        _server.abandon()
         _server = None
 
 

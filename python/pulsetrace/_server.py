@@ -1,0 +1,504 @@
+"""pulsetrace's small HTTP server: a ``Router``'s GET/HEAD routes
+(``pulsetrace._router``) served from a plain socket server that bad clients
+cannot wear down.
+
+The Prometheus exposition is served from here (``prometheus.start_server``);
+more routes (health, APM, monitoring endpoints) are added to the router.
+
+Its own work is never traced: it is built on plain sockets and
+``selectors``, which no pulsetrace hook wraps, and handlers get a
+``Request``, not a WSGI environ, so nothing here becomes a span.
+
+Concurrency design:
+
+- One I/O thread owns every socket. It accepts, reads request heads,
+  writes responses and closes, all non-blocking through one selector: an
+  idle or slow client costs a descriptor and a small buffer, never a thread.
+- A fixed pool of ``workers`` threads runs the handlers (rendering the
+  exposition happens there, never on the I/O thread). A complete request
+  is handed to the pool through a queue; the response comes back through a
+  deque and a wake-up socket, and the I/O thread writes it.
+- Deadlines are per connection, not per read: the whole request head must
+  arrive within ``read_timeout`` of the accept (a client sending one byte a
+  second is cut off at the deadline with 408), and the response must be
+  taken within ``read_timeout`` too.
+- At most ``max_connections`` connections are open. When a new one
+  arrives at the bound, the oldest connection that is only lingering after
+  its response, else the oldest still sending its head, is closed to make
+  room (slow clients cannot lock scrapers out); when every slot is busy
+  with a request being handled or written, the newcomer is answered 503 at
+  once and closed. The listen backlog is 1024, so that a burst of
+  connections is not dropped by the kernel (a dropped SYN costs the client
+  a 1 s retransmission) before the I/O thread accepts it.
+- A request head is at most ``max_head_bytes`` (431 beyond); only GET and
+  HEAD are served (405 with ``Allow`` otherwise); each response closes its
+  connection (``Connection: close``), then the server reads and discards
+  what the client still sends for a moment, so that a client that sent more
+  than was read gets the response rather than a reset.
+
+Bounds: ``1 + workers`` threads, all started with the server; at most
+``max_connections + 5`` descriptors (the connections, one more accepted
+just before an older one is closed to make room, the listening socket, the
+selector, the wake-up pair), plus what the handlers open; request heads
+buffer at most ``max_head_bytes`` per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import queue
+import selectors
+import socket
+import threading
+import time
+import zlib
+from collections import deque
+from http import HTTPStatus
+from typing import Optional
+
+from pulsetrace import _diag
+from pulsetrace._router import Request, Response, Router, text_response
+
+#: Requests whose head is larger than this get 431.
+MAX_HEAD_BYTES = 8192
+#: How long a closed response lingers to absorb what the client still sends.
+LINGER_S = 1.0
+#: Bodies at least this large are gzip-compressed for clients that accept it.
+GZIP_MIN_BYTES = 1024
+#: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
+BACKLOG = 1024
+_RECV = 65536
+_ALLOW = "GET, HEAD"
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def encode(request: Optional[Request], response: Response) -> bytes:
+    """The bytes of ``response`` on the wire (no body for HEAD), gzip-encoded
+    when the client accepts it and the body is large enough."""
+    status, headers, body = response
+    headers = list(headers)
+    names = {k.lower() for k, _ in headers}
+    if request is not None and len(body) >= GZIP_MIN_BYTES and "content-encoding" not in names:
+        headers.append(("Vary", "Accept-Encoding"))
+        if _accepts_gzip(request.headers.get("accept-encoding", "")):
+            # Level 1: a fraction of the rendering's cost; zlib releases the
+            # GIL while it compresses. (wbits 31: a gzip stream.)
+            gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+            body = gz.compress(body) + gz.flush()
+            headers.append(("Content-Encoding", "gzip"))
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+    if request is not None and request.method == "HEAD":
+        return head
+    return head + body
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, *headers: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.response = text_response(status, message + "\n", *headers)
+
+
+def parse_head(head: bytes) -> Request:
+    """The request in ``head`` (without its blank line), or BadRequest."""
+    text = head.decode("latin-1")
+    line, *header_lines = text.replace("\r\n", "\n").split("\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(400, f"bad request line: {line[:100]!r}")
+    method, target, _ = parts
+    if method not in ("GET", "HEAD"):
+        if not method.isalpha() or not method.isupper():
+            raise BadRequest(400, f"bad method: {method[:20]!r}")
+        raise BadRequest(405, f"method {method} not allowed", ("Allow", _ALLOW))
+    if target.startswith(("http://", "https://")):
+        slash = target.find("/", target.index("//") + 2)
+        target = target[slash:] if slash >= 0 else "/"
+    if not target.startswith("/"):
+        raise BadRequest(400, f"bad request target: {target[:100]!r}")
+    path, _, query = target.partition("?")
+    headers: dict[str, str] = {}
+    for h in header_lines:
+        name, sep, value = h.partition(":")
+        if not sep or not name or name != name.strip():
+            raise BadRequest(400, f"bad header line: {h[:100]!r}")
+        name = name.lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Request(method, path, query, headers)
+
+
+# Connection phases.
+_READ, _HANDLE, _WRITE, _LINGER = range(4)
+
+
+class _Conn:
+    __slots__ = ("buf", "deadline", "events", "out", "phase", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.phase = _READ
+        self.deadline = float("inf")
+        self.events = 0
+        self.out = memoryview(b"")
+
+
+_LISTENER = object()
+_WAKER = object()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Server:
+    """Serves ``router`` on ``(host, port)``; binds in the constructor
+    (OSError if it cannot), serves after ``start()``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        router: Router,
+        *,
+        max_connections: int = 256,
+        read_timeout: float = 5.0,
+        workers: int = 4,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        name: str = "pulsetrace-server",
+    ) -> None:
+        for what, value, ok in (
+            ("max_connections", max_connections, max_connections >= 1),
+            ("workers", workers, workers >= 1),
+            ("read_timeout", read_timeout, read_timeout > 0),
+            ("max_head_bytes", max_head_bytes, max_head_bytes >= 64),
+        ):
+            if not ok:
+                raise ValueError(f"the server's {what} cannot be {value!r}")
+        self.router = router
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.max_head_bytes = max_head_bytes
+        self.name = name
+        self._listener = _bind(host, port)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        try:
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = socket.socketpair()
+        except BaseException:
+            self._listener.close()
+            if hasattr(self, "_selector"):
+                self._selector.close()
+            raise
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
+        self._conns: set[_Conn] = set()
+        # Insertion-ordered: the first is the oldest (the next to evict).
+        self._reading: dict[_Conn, None] = {}
+        self._lingering: dict[_Conn, None] = {}
+        # (deadline, tie-breaker, connection); entries of a connection that
+        # has moved on (another deadline) or closed are skipped when popped.
+        self._deadlines: list[tuple[float, int, _Conn]] = []
+        self._tie = itertools.count()
+        self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
+        self._done: deque[tuple[_Conn, bytes]] = deque()
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._serve, name=name, daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving; the port is closed when this returns."""
+        self._stopping = True
+        for _ in self._threads[1:]:
+            self._jobs.put(None)
+        io = self._threads[0]
+        if io.ident is None:  # never started
+            self._close_all()
+            return
+        self._wake()
+        for t in self._threads:
+            t.join(timeout)
+
+    def abandon(self) -> None:
+        """In a forked child, where the threads do not exist: close the
+        inherited descriptors. The selector's interest list is shared with
+        the parent (an epoll instance survives fork), so nothing is
+        unregistered from it: that would stop the parent's server."""
+        self._stopping = True
+        for conn in self._conns:
+            conn.sock.close()
+        self._conns.clear()
+        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                closable.close()
+
+    # --- the I/O thread -------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopping:
+                timeout = None
+                if self._deadlines:
+                    timeout = max(0.0, self._deadlines[0][0] - time.monotonic())
+                for key, _ in self._selector.select(timeout):
+                    if key.data is _LISTENER:
+                        self._accept()
+                    elif key.data is _WAKER:
+                        self._finish_handled()
+                    else:
+                        try:
+                            self._on_ready(key.data)
+                        except Exception as exc:  # a bug costs one connection
+                            _diag.internal_error(f"{self.name}.connection", exc)
+                            self._close(key.data)
+                self._expire(time.monotonic())
+        except Exception as exc:  # a bug here must not go unnoticed or spin
+            _diag.internal_error(f"{self.name}.serve", exc)
+        finally:
+            self._close_all()
+
+    def _schedule(self, conn: _Conn, delay: float) -> None:
+        conn.deadline = time.monotonic() + delay
+        heapq.heappush(self._deadlines, (conn.deadline, next(self._tie), conn))
+
+    def _accept(self) -> None:
+        for _ in range(512):  # then serve the others before accepting more
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: count, back off
+                _diag.internal_error(f"{self.name}.accept", exc)
+                time.sleep(0.01)
+                return
+            sock.setblocking(False)
+            if len(self._conns) >= self.max_connections and not self._make_room():
+                self._refuse(sock)
+                continue
+            conn = _Conn(sock)
+            self._conns.add(conn)
+            self._reading[conn] = None
+            self._watch(conn, selectors.EVENT_READ)
+            self._schedule(conn, self.read_timeout)
+
+    def _make_room(self) -> bool:
+        """Close the oldest lingering connection, else the oldest one still
+        sending its head; False if every connection is busy."""
+        if self._lingering:
+            self._close(next(iter(self._lingering)))
+            return True
+        if self._reading:
+            oldest = next(iter(self._reading))
+            self._send_now(oldest.sock, _BUSY)
+            self._close(oldest)
+            return True
+        return False
+
+    def _refuse(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.recv(_RECV)  # what has arrived, so that the close is not a reset
+        self._send_now(sock, _BUSY)
+        sock.close()
+
+    @staticmethod
+    def _send_now(sock: socket.socket, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(data)
+
+    def _on_ready(self, conn: _Conn) -> None:
+        if conn.phase == _WRITE:
+            self._write(conn)
+            return
+        # A head is read no further than its limit (and its blank line).
+        size = _RECV if conn.phase == _LINGER else self.max_head_bytes + 4 - len(conn.buf)
+        try:
+            data = conn.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+        elif conn.phase == _READ:
+            self._read(conn, data)
+        # _LINGER: discard.
+
+    def _read(self, conn: _Conn, data: bytes) -> None:
+        start = max(0, len(conn.buf) - 3)
+        conn.buf += data
+        end = conn.buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            end = conn.buf.find(b"\n\n", max(0, start - 1))
+        if end < 0:
+            if len(conn.buf) > self.max_head_bytes:
+                self._respond(conn, _too_large(self.max_head_bytes))
+            return
+        if end > self.max_head_bytes:
+            self._respond(conn, _too_large(self.max_head_bytes))
+            return
+        head = bytes(conn.buf[:end])
+        conn.buf = bytearray()
+        try:
+            request = parse_head(head)
+        except BadRequest as bad:
+            self._respond(conn, encode(None, bad.response))
+            return
+        except Exception:  # undecodable beyond repair
+            self._respond(conn, encode(None, text_response(400, "bad request\n")))
+            return
+        del self._reading[conn]
+        self._unwatch(conn)
+        conn.phase = _HANDLE
+        conn.deadline = float("inf")
+        self._jobs.put((conn, request))
+
+    def _finish_handled(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._done:
+            conn, data = self._done.popleft()
+            if conn in self._conns:
+                try:
+                    self._respond(conn, data)
+                except Exception as exc:  # a bug costs one connection
+                    _diag.internal_error(f"{self.name}.connection", exc)
+                    self._close(conn)
+
+    def _respond(self, conn: _Conn, data: bytes) -> None:
+        self._reading.pop(conn, None)
+        conn.phase = _WRITE
+        conn.out = memoryview(data)
+        self._schedule(conn, self.read_timeout)
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            n = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[n:]
+        if conn.out:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.phase = _LINGER
+        self._schedule(conn, min(LINGER_S, self.read_timeout))
+        self._lingering[conn] = None
+        self._watch(conn, selectors.EVENT_READ)
+
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, conn = heapq.heappop(heap)
+            if conn not in self._conns or conn.deadline != deadline:
+                continue  # closed, or moved on to a later phase
+            if conn.phase == _READ:
+                self._send_now(conn.sock, _TIMEOUT)
+            self._close(conn)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if conn.events == 0:
+            self._selector.register(conn.sock, events, conn)
+        elif conn.events != events:
+            self._selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.events:
+            self._selector.unregister(conn.sock)
+            conn.events = 0
+
+    def _close(self, conn: _Conn) -> None:
+        self._conns.discard(conn)
+        self._reading.pop(conn, None)
+        self._lingering.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._unwatch(conn)
+        conn.sock.close()
+
+    def _close_all(self) -> None:
+        for conn in list(self._conns):
+            self._close(conn)
+        self._deadlines.clear()
+        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                closable.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # --- the worker threads ---------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None or self._stopping:
+                return
+            conn, request = job
+            try:
+                data = encode(request, self.router.handle(request))
+            except Exception as exc:
+                _diag.internal_error(f"{self.name}.encode", exc)
+                data = encode(None, text_response(500, "internal error\n"))
+            self._done.append((conn, data))
+            self._wake()
+
+
+def _too_large(limit: int) -> bytes:
+    return encode(None, text_response(431, f"request head larger than {limit} bytes\n"))
+
+
+_BUSY = encode(None, text_response(503, "server busy, retry later\n", ("Retry-After", "1")))
+_TIMEOUT = encode(None, text_response(408, "request head not received in time\n"))

@@ -103,7 +103,7 @@ def usable(var: str, kind: str) -> bool:
 
 
 CHILD = r"""
-import json, os, resource, sys
+import json, os, sys
 one_mb = json.loads(sys.argv[1])
 # Set here: the kernel refuses a single variable over 128 KiB at exec.
 for var in one_mb:
@@ -116,7 +116,13 @@ rows = [r for r in pulsetrace.latency() if r["name"] == "hostile"]
 print(json.dumps({
     "count": rows[0]["count"] if rows else 0,
     "flushed": flushed,
-    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # The peak of this process's own memory (VmHWM): ru_maxrss would also
+    # count the parent's memory copied at fork, before exec.
+    "rss_mb": next(
+        int(line.split()[1]) / 1024
+        for line in open("/proc/self/status")
+        if line.startswith("VmHWM:")
+    ),
 }))
 """
 

@@ -11,11 +11,49 @@
 //! and counted when full). Doing this in batches on one thread keeps its code
 //! and data in that thread's caches instead of the request thread's.
 //!
-//! Nothing is lost and nobody waits: a full intake makes the request thread
-//! process its span itself (counted), and every reader (`latency`, counters,
-//! exposition, export) first drains the intake ([`Core::sync`]), so what it
-//! reads includes every span ended before the call. Nothing blocks on I/O
-//! and no lock is held by an exporter while a request needs it.
+//! Every reader (`latency`, counters, exposition, export) first drains the
+//! intake ([`Core::sync`]), so what it reads includes every span ended before
+//! the call. Drains hold `intake_drain`, so spans are processed in the order
+//! they were submitted: a child reaches its trace before its local root
+//! decides the trace.
+//!
+//! # A full intake: nothing is lost, the request thread never waits
+//!
+//! The request thread may hold the Python GIL, so it must never wait on a
+//! lock another thread can hold for long: `intake_drain` is held for a whole
+//! drain (up to an intake's worth of spans) by the worker or a reader. When
+//! its push finds the intake full, the request thread (`submit_full`):
+//!
+//! 1. **No drain running** (`try_lock` of `intake_drain` succeeds): it makes
+//!    room, processing the *oldest* queued span itself, then pushes its own
+//!    (a few rounds if other producers take the freed slot). Order is kept,
+//!    and the work is one span's, not a drain's (`spans_processed_inline`).
+//! 2. **A drain is running**: that drain is popping, so a slot frees within
+//!    microseconds: the push is retried a bounded number of times.
+//! 3. **Still full**: the request thread processes its own span at once,
+//!    ahead of the spans still queued (`spans_processed_ahead`). A child or
+//!    an unsampled span can safely go first. A local root cannot be decided
+//!    yet (its children may still be queued): it joins its trace, marked,
+//!    and the first drain that *starts* after it decides the trace once it
+//!    has processed everything queued at its start
+//!    (`traces_decision_deferred`; the drain epoch below says which drain).
+//!
+//! We chose to keep every span rather than drop and count: processing one
+//! span costs about a microsecond and takes only short locks (one trace
+//! shard, the export queue, a new histogram key), each held for one span's
+//! or one small batch's work, never for a drain, never across I/O; dropping
+//! would lose data exactly when the service is busiest. The worst case a
+//! request thread pays is one span's processing (with a trace's decision).
+//!
+//! Why the epoch proves the order: a deferred root reads `drain_epoch` with
+//! a read-modify-write (release), after its children were pushed; a drain
+//! bumps it (acquire) before it reads the intake's length. A drain whose
+//! bump follows the root's therefore sees every child either still queued
+//! (and pops it before deciding) or already processed by an earlier holder
+//! of `intake_drain`; its epoch is then greater than the one the root read.
+//!
+//! Nothing blocks on I/O and no lock is held by an exporter while a request
+//! needs it.
 
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
@@ -25,7 +63,7 @@ use crate::span::SpanRecord;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -106,7 +144,9 @@ counters! {
     spans_dropped_export_full: "spans of kept traces dropped because the export queue was full",
     traces_exported: "kept traces handed to an exporter",
     spans_exported: "spans handed to an exporter",
-    spans_processed_inline: "spans the request thread processed itself because the intake queue was full",
+    spans_processed_inline: "queued spans a request thread processed itself, in order, to make room in the full intake",
+    spans_processed_ahead: "spans a request thread processed itself ahead of queued ones (the intake was full while another thread drained it)",
+    traces_decision_deferred: "traces whose local root was processed ahead of queued spans: decided after the next drain",
 }
 
 /// A kept trace (or a late span of one) waiting for export.
@@ -144,6 +184,9 @@ type TraceMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<TraceIdHasher>
 
 struct OpenTrace {
     spans: Vec<SpanRecord>,
+    /// The local root was processed ahead of queued spans: the trace is
+    /// decided by a later drain ([`Core::decide_deferred`]).
+    root_deferred: bool,
 }
 
 /// Recent decisions, for late spans: a small direct-mapped table (a newer
@@ -192,9 +235,21 @@ struct Shard {
     open: TraceMap<OpenTrace>,
     arrival: VecDeque<(u128, u64)>,
     decided: Decisions,
+    /// Traces whose local root was processed ahead of queued spans, with
+    /// the drain epoch read then (see the module docs).
+    deferred: Vec<(u128, u64)>,
 }
 
 const SHARDS: usize = 64;
+
+/// A full intake with no drain running: rounds of "process the oldest span,
+/// push ours" before going ahead (another producer took the freed slot each
+/// time).
+const MAKE_ROOM_ROUNDS: usize = 4;
+
+/// A full intake while a drain runs: pushes tried (a spin hint apart) before
+/// going ahead; the drain frees a slot per span it processes.
+const PUSH_RETRIES: usize = 32;
 
 /// A shard on its own cache line(s), so shards do not false-share.
 #[repr(align(128))]
@@ -229,6 +284,11 @@ pub struct Core {
     /// Held by whoever drains the intake, so spans are processed in the
     /// order they were submitted (a child before its local root).
     intake_drain: Mutex<()>,
+    /// Bumped by every drain before it reads the intake's length (see the
+    /// module docs: which drain may decide a deferred trace).
+    drain_epoch: AtomicU64,
+    /// Deferred decisions waiting in the shards.
+    deferred: AtomicUsize,
     /// A producer already asked the worker to drain the intake.
     intake_wake_sent: AtomicBool,
     wake: Mutex<bool>,
@@ -261,6 +321,8 @@ impl Core {
             counters: Counters::default(),
             intake: ArrayQueue::new(cfg.buffer.intake_spans.max(1)),
             intake_drain: Mutex::new(()),
+            drain_epoch: AtomicU64::new(0),
+            deferred: AtomicUsize::new(0),
             intake_wake_sent: AtomicBool::new(false),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
@@ -279,8 +341,8 @@ impl Core {
 
     /// Request path: hand an ended span to the worker. A sampled span
     /// (`trace_flags` bit 0) joins the trace pipeline, any other only counts
-    /// in the latency histograms. Never blocks, never loses the span: when
-    /// the intake is full the calling thread processes it itself.
+    /// in the latency histograms. Never waits on a drain, never loses the
+    /// span: see the module docs for a full intake.
     #[inline]
     pub fn submit_span(&self, rec: SpanRecord) {
         match self.intake.push(rec) {
@@ -292,20 +354,70 @@ impl Core {
                     self.wake();
                 }
             }
-            Err(rec) => {
-                // The worker fell behind: this thread does the work itself,
-                // what was queued first included (so a child still reaches
-                // its trace before the root), in order after any drain in
-                // progress. Bounded CPU work (at most one intake's worth),
-                // never I/O.
-                self.counters
-                    .spans_processed_inline
-                    .fetch_add(1, Ordering::Relaxed);
-                let _guard = self.intake_drain.lock();
-                let now = now_mono_ns();
-                self.drain_locked(self.intake.len(), now);
-                self.process_span(rec, now);
+            Err(rec) => self.submit_full(rec),
+        }
+    }
+
+    /// The intake is full: the three steps of the module docs. Takes no
+    /// lock that is held for longer than one span's (or one trace's)
+    /// processing.
+    #[cold]
+    #[inline(never)]
+    fn submit_full(&self, mut rec: SpanRecord) {
+        if let Some(_guard) = self.intake_drain.try_lock() {
+            // 1. No drain running: make room in order, oldest span first.
+            let now = now_mono_ns();
+            for _ in 0..MAKE_ROOM_ROUNDS {
+                if let Some(old) = self.intake.pop() {
+                    self.counters
+                        .spans_processed_inline
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.process_span(old, now);
+                }
+                match self.intake.push(rec) {
+                    Ok(()) => return,
+                    Err(back) => rec = back,
+                }
             }
+            // Other producers keep taking the freed slots: go ahead (no
+            // drain can start before this guard is released).
+            self.process_ahead(rec, now);
+            return;
+        }
+        // 2. A drain is running and popping: a slot frees shortly.
+        for _ in 0..PUSH_RETRIES {
+            std::hint::spin_loop();
+            match self.intake.push(rec) {
+                Ok(()) => return,
+                Err(back) => rec = back,
+            }
+        }
+        // 3. Still full: process it now, ahead of the queued spans.
+        self.process_ahead(rec, now_mono_ns());
+    }
+
+    /// Process a span that queued spans may precede (step 3 of the module
+    /// docs): a local root joins its trace and is decided by a later drain.
+    fn process_ahead(&self, rec: SpanRecord, now_ns: u64) {
+        self.counters
+            .spans_processed_ahead
+            .fetch_add(1, Ordering::Relaxed);
+        if rec.trace_flags & 1 == 0 || !rec.local_root {
+            // Unsampled (histograms only) or a child: safe in any order.
+            self.process_span(rec, now_ns);
+            return;
+        }
+        self.registry
+            .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
+        // A read-modify-write, so that a drain bumping the epoch after it
+        // also sees the spans pushed before it (module docs).
+        let epoch = self.drain_epoch.fetch_add(0, Ordering::AcqRel);
+        let outcome = {
+            let mut shard = self.shards[shard_of(rec.trace_id)].0.lock();
+            self.accept(&mut shard, rec, now_ns, Some(epoch))
+        };
+        if let Outcome::Export(t) = outcome {
+            self.enqueue(t);
         }
     }
 
@@ -315,13 +427,21 @@ impl Core {
     }
 
     /// Process every span submitted before this call (readers call this
-    /// first, so they see them). Returns how many were processed here.
+    /// first, so they see them), and decide the traces whose local root was
+    /// processed ahead of them. Returns how many spans were processed here.
     pub fn sync(&self) -> usize {
-        if self.intake.is_empty() {
+        if self.intake.is_empty() && self.deferred.load(Ordering::Acquire) == 0 {
             return 0;
         }
         let _guard = self.intake_drain.lock();
-        self.drain_locked(self.intake.len(), now_mono_ns())
+        // Bumped before the length is read (module docs).
+        let epoch = self.drain_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = now_mono_ns();
+        let done = self.drain_locked(self.intake.len(), now);
+        if self.deferred.load(Ordering::Acquire) > 0 {
+            self.decide_deferred(epoch, now);
+        }
+        done
     }
 
     /// With `intake_drain` held: process up to `n` spans in submission order.
@@ -337,6 +457,44 @@ impl Core {
             done += 1;
         }
         done
+    }
+
+    /// With `intake_drain` held, after a drain of epoch `epoch`: decide the
+    /// traces whose local root was processed ahead of spans queued before
+    /// this drain started (every such span has now reached its trace).
+    fn decide_deferred(&self, epoch: u64, now_ns: u64) {
+        for padded in self.shards.iter() {
+            let mut out = Vec::new();
+            let mut removed = 0;
+            {
+                let mut shard = padded.0.lock();
+                if shard.deferred.is_empty() {
+                    continue;
+                }
+                let mut waiting = std::mem::take(&mut shard.deferred);
+                waiting.retain(|&(id, seen)| {
+                    if seen >= epoch {
+                        return true;
+                    }
+                    removed += 1;
+                    // Not open any more (evicted, timed out, forced) or open
+                    // again as a new trace: nothing deferred to decide.
+                    if shard.open.get(&id).is_some_and(|t| t.root_deferred) {
+                        if let Outcome::Export(t) = self.decide(&mut shard, id, now_ns) {
+                            out.push(t);
+                        }
+                    }
+                    false
+                });
+                shard.deferred = waiting;
+            }
+            if removed > 0 {
+                self.deferred.fetch_sub(removed, Ordering::AcqRel);
+            }
+            for t in out {
+                self.enqueue(t);
+            }
+        }
     }
 
     #[inline]
@@ -357,7 +515,7 @@ impl Core {
         let now = now_ns;
         let outcome = {
             let mut shard = self.shards[shard_of(rec.trace_id)].0.lock();
-            self.accept(&mut shard, rec, now)
+            self.accept(&mut shard, rec, now, None)
         };
         if let Outcome::Export(t) = outcome {
             self.enqueue(t);
@@ -371,7 +529,16 @@ impl Core {
             .record(rec.kind, &rec.name, rec.status_class(), rec.duration_ns);
     }
 
-    fn accept(&self, shard: &mut Shard, rec: SpanRecord, now_ns: u64) -> Outcome {
+    /// The span joins its trace; a local root decides it, unless `deferred`
+    /// (the drain epoch read by a root processed ahead of queued spans):
+    /// then the trace waits for [`Core::decide_deferred`].
+    fn accept(
+        &self,
+        shard: &mut Shard,
+        rec: SpanRecord,
+        now_ns: u64,
+        deferred: Option<u64>,
+    ) -> Outcome {
         let id = rec.trace_id;
         if let Some(kept) = shard.decided.get(id) {
             if kept {
@@ -389,7 +556,7 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
             return Outcome::None;
         }
-        if rec.local_root && !shard.open.contains_key(&id) {
+        if rec.local_root && deferred.is_none() && !shard.open.contains_key(&id) {
             // A trace of one span (or whose other spans were all late): no
             // buffering at all.
             let spans = vec![rec];
@@ -408,7 +575,13 @@ impl Core {
                 }
             }
             shard.arrival.push_back((id, now_ns));
-            shard.open.insert(id, OpenTrace { spans: Vec::new() });
+            shard.open.insert(
+                id,
+                OpenTrace {
+                    spans: Vec::new(),
+                    root_deferred: false,
+                },
+            );
         }
         let local_root = rec.local_root;
         let trace = shard.open.get_mut(&id).expect("inserted above");
@@ -420,7 +593,17 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
         }
         if local_root {
-            return self.decide(shard, id, now_ns);
+            let Some(epoch) = deferred else {
+                return self.decide(shard, id, now_ns);
+            };
+            trace.root_deferred = true;
+            shard.deferred.push((id, epoch));
+            self.counters
+                .traces_decision_deferred
+                .fetch_add(1, Ordering::Relaxed);
+            // Counted while the caller still holds the shard: a drain that
+            // sees the count locks the shard after this and finds the entry.
+            self.deferred.fetch_add(1, Ordering::AcqRel);
         }
         Outcome::None
     }
@@ -876,11 +1059,143 @@ mod tests {
             c.submit_span(rec(t, 2, 1));
             c.submit_span(rec(t, 1, 0));
         }
-        assert!(count(&c.counters.spans_processed_inline) > 0);
+        // No worker and no reader: each full push made room for itself by
+        // processing the oldest queued span, and left the rest queued.
+        assert_eq!(count(&c.counters.spans_processed_inline), 40 - 16);
+        assert_eq!(c.intake_len(), 16);
+        assert_eq!(count(&c.counters.spans_processed_ahead), 0);
         let out = c.drain_export(usize::MAX);
         assert_eq!(out.len(), 20, "no trace lost");
         assert!(out.iter().all(|t| t.spans.len() == 2), "no child split off");
         assert_eq!(count(&c.counters.spans_late_kept), 0);
+    }
+
+    /// Run `submit` on `threads` threads while this thread holds the drain
+    /// lock (a drain in progress, as a slow reader's): each must finish
+    /// while it is held, which it could not if it waited for the lock.
+    fn submit_during_a_drain(c: &Arc<Core>, threads: u128, submit: fn(&Core, u128)) {
+        let drain = c.intake_drain.lock();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let producers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (c, done_tx) = (c.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    submit(&c, t);
+                    done_tx.send(()).unwrap();
+                })
+            })
+            .collect();
+        for _ in 0..threads {
+            let finished = done_rx.recv_timeout(Duration::from_secs(60));
+            assert!(finished.is_ok(), "a submit waited for the drain lock");
+        }
+        drop(drain);
+        producers.into_iter().for_each(|p| p.join().unwrap());
+    }
+
+    #[test]
+    fn a_root_ahead_of_its_queued_child_is_decided_after_it() {
+        let c = intake_core(1);
+        c.submit_span(rec(7, 2, 1));
+        submit_during_a_drain(&c, 1, |c, _| {
+            c.submit_span(rec(7, 1, 0));
+            let mut unsampled = rec(8, 1, 0);
+            unsampled.trace_flags = 0;
+            c.submit_span(unsampled);
+        });
+        assert_eq!(count(&c.counters.spans_processed_ahead), 2);
+        assert_eq!(count(&c.counters.traces_decision_deferred), 1);
+        let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
+        assert_eq!(snap.count(), 2, "both recorded at once");
+        // A drain that was running when the root went ahead may have read
+        // the intake before the child was pushed: it must not decide.
+        {
+            let _drain = c.intake_drain.lock();
+            c.decide_deferred(c.drain_epoch.load(Ordering::Acquire), 0);
+        }
+        assert_eq!(count(&c.counters.traces_kept_probabilistic), 0);
+        // The next drain processes the child, then decides the trace.
+        let out = c.drain_export(usize::MAX);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 2, "the child reached its trace first");
+        assert_eq!(count(&c.counters.spans_late_kept), 0);
+        assert_eq!(c.deferred.load(Ordering::Acquire), 0);
+        assert_eq!(c.stats().open_traces, 0);
+        let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
+        assert_eq!(snap.count(), 3);
+    }
+
+    #[test]
+    fn no_submit_waits_for_a_drain_in_progress() {
+        // A reader holds the drain lock for as long as 8 threads take to end
+        // 80,000 traces into an intake of 4.
+        let c = intake_core(4);
+        submit_during_a_drain(&c, 8, |c, t| {
+            for i in 0..10_000u128 {
+                let trace = (t << 64) | (i + 1);
+                c.submit_span(rec(trace, 2, 1));
+                c.submit_span(rec(trace, 3, 1));
+                c.submit_span(rec(trace, 1, 0));
+            }
+        });
+        let ahead = count(&c.counters.spans_processed_ahead);
+        assert_eq!(ahead, 240_000 - 4, "all but the queued 4 went ahead");
+        // A root among the 4 queued spans (at most one) is not deferred.
+        assert!(count(&c.counters.traces_decision_deferred) >= 80_000 - 1);
+        let out = c.drain_export(usize::MAX);
+        let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
+        assert_eq!(snap.count(), 240_000, "every span recorded");
+        assert_eq!(out.len(), 80_000, "every trace decided once");
+        assert!(out.iter().all(|t| t.spans.len() == 3), "traces whole");
+        assert_eq!(count(&c.counters.spans_late_kept), 0);
+        assert_eq!(c.stats().open_traces, 0);
+        assert_eq!(c.deferred.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_tiny_intake_with_slow_drains_keeps_every_trace_whole() {
+        // The worker, a reader taking kept traces and a slow reader holding
+        // the drain lock for milliseconds at a time, against 8 producers and
+        // an intake of 4: all three full-intake paths run at once.
+        let c = intake_core(4);
+        let h = c.spawn_worker().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut taken = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    taken.extend(c.drain_export(512));
+                }
+                taken
+            })
+        };
+        let slow = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let _drain = c.intake_drain.lock();
+                    std::thread::sleep(Duration::from_millis(2));
+                    drop(_drain);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        eight_threads_of_traces(&c, |c, r| c.submit_span(r));
+        stop.store(true, Ordering::Release);
+        slow.join().unwrap();
+        let mut out = reader.join().unwrap();
+        out.extend(c.drain_export(usize::MAX));
+        c.stop_worker();
+        h.join().unwrap();
+        let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
+        assert_eq!(snap.count(), 240_000, "every span recorded");
+        let spans: usize = out.iter().map(|t| t.spans.len()).sum();
+        assert_eq!(spans, 240_000, "no span lost");
+        assert_eq!(out.len(), 80_000);
+        assert!(out.iter().all(|t| t.spans.len() == 3), "traces whole");
+        assert_eq!(count(&c.counters.spans_late_kept), 0);
+        assert_eq!(c.stats().open_traces, 0);
     }
 
     #[test]

@@ -165,8 +165,8 @@ counters! {
     spans_exported: "spans handed to an exporter",
     spans_processed_inline: "queued spans a request thread processed itself, in order, to make room in the full intake",
     spans_processed_ahead: "spans a request thread processed itself ahead of queued ones (the intake was full while another thread drained it)",
-    traces_decision_deferred: "traces whose local root a request thread processed: decided by the next drain",
-    spans_dropped_intake_full: "spans left out of their trace (their latency recorded): the intake was full, their trace shard busy and the spill queue full",
+    traces_decision_deferred: "traces whose local root a request thread processed: decided once a drain has processed what was queued before it",
+    spans_dropped_intake_full: "spans of sampled traces lost (their latency recorded): the intake was full, what they needed busy and the spill queue full",
 }
 
 /// A kept trace (or a late span of one) waiting for export.
@@ -257,7 +257,7 @@ struct Shard {
     decided: Decisions,
     /// Traces whose local root was processed ahead of queued spans, with
     /// the drain epoch read then (see the module docs).
-    deferred: Vec<(u128, u64)>,
+    deferred: VecDeque<(u128, u64)>,
 }
 
 const SHARDS: usize = 64;
@@ -270,6 +270,9 @@ const MAKE_ROOM_ROUNDS: usize = 4;
 /// A full intake while a drain runs: pushes tried (a spin hint apart) before
 /// going ahead; the drain frees a slot per span it processes.
 const PUSH_RETRIES: usize = 32;
+
+/// Certified deferred traces a request thread decides per span it places.
+const HELP_DECISIONS: usize = 2;
 
 /// The spill queue's size: the intake's, within these bounds.
 const SPILL_MIN: usize = 1024;
@@ -317,10 +320,13 @@ pub struct Core {
     drain_epoch: AtomicU64,
     /// Deferred decisions waiting in the shards.
     deferred: AtomicUsize,
-    /// Spans a request thread could not place without waiting (their
-    /// shard was busy), with the drain epoch they read; taken by the next
-    /// drain. Allocated on first use.
-    spill: OnceLock<ArrayQueue<(SpanRecord, u64)>>,
+    /// The epoch of the latest drain that processed everything queued (and
+    /// spilled) at its start: a deferred trace whose root read an epoch
+    /// below it is complete, and may be decided by whoever holds its shard.
+    certified: AtomicU64,
+    /// What a request thread could not hand over without waiting; taken by
+    /// the next drain. Allocated on first use.
+    spill: OnceLock<ArrayQueue<Spilled>>,
     /// A producer already asked the worker to drain the intake.
     intake_wake_sent: AtomicBool,
     wake: Mutex<bool>,
@@ -358,9 +364,15 @@ fn try_lock_briefly<T>(m: &Mutex<T>) -> Option<parking_lot::MutexGuard<'_, T>> {
 enum Outcome {
     None,
     Export(KeptTrace),
-    /// On a request thread: the span needs what only a drain may do here
-    /// (evict a trace, export a late span): it goes to the spill queue.
-    Spill(SpanRecord),
+}
+
+/// An item of the spill queue.
+enum Spilled {
+    /// A span whose shard was busy (or that needs a drain), with the drain
+    /// epoch its request thread read.
+    Span(SpanRecord, u64),
+    /// A kept trace a request thread decided while the export queue was busy.
+    Kept(KeptTrace),
 }
 
 /// Who processes a span, and so what [`Core::accept`] may do with it.
@@ -371,15 +383,18 @@ enum Mode {
     /// A drain taking a spilled span (read `epoch` on its request thread):
     /// a local root leaves its trace to [`Core::decide_deferred`].
     Spilled(u64),
-    /// A request thread (read `epoch`): as `Spilled`, and it neither evicts
-    /// nor exports ([`Outcome::Spill`]).
+    /// A request thread processing a span ahead of queued ones (read
+    /// `epoch`): as `Spilled`.
     Request(u64),
+    /// A request thread processing the oldest queued span, nothing spilled
+    /// pending: in order, as a drain.
+    RequestInOrder,
 }
 
 impl Mode {
     fn deferred_epoch(self) -> Option<u64> {
         match self {
-            Mode::Drain => None,
+            Mode::Drain | Mode::RequestInOrder => None,
             Mode::Spilled(epoch) | Mode::Request(epoch) => Some(epoch),
         }
     }
@@ -401,6 +416,7 @@ impl Core {
             intake_drain: Mutex::new(()),
             drain_epoch: AtomicU64::new(0),
             deferred: AtomicUsize::new(0),
+            certified: AtomicU64::new(0),
             spill: OnceLock::new(),
             intake_wake_sent: AtomicBool::new(false),
             wake: Mutex::new(false),
@@ -442,6 +458,13 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn submit_full(&self, mut rec: SpanRecord) {
+        // The worker should be draining: the steps below do not push past a
+        // quarter of the intake, which is what wakes it otherwise.
+        if !self.intake_wake_sent.load(Ordering::Relaxed)
+            && !self.intake_wake_sent.swap(true, Ordering::AcqRel)
+        {
+            self.try_wake();
+        }
         if let Some(_guard) = self.intake_drain.try_lock() {
             // 1. No drain running: make room in order, oldest span first.
             let now = now_mono_ns();
@@ -450,7 +473,7 @@ impl Core {
                     self.counters
                         .spans_processed_inline
                         .fetch_add(1, Ordering::Relaxed);
-                    self.process_here(old, now);
+                    self.process_here(old, now, true);
                 }
                 match self.intake.push(rec) {
                     Ok(()) => return,
@@ -462,7 +485,7 @@ impl Core {
             self.counters
                 .spans_processed_ahead
                 .fetch_add(1, Ordering::Relaxed);
-            self.process_here(rec, now);
+            self.process_here(rec, now, false);
             return;
         }
         // 2. A drain is running and popping: a slot frees shortly.
@@ -477,17 +500,22 @@ impl Core {
         self.counters
             .spans_processed_ahead
             .fetch_add(1, Ordering::Relaxed);
-        self.process_here(rec, now_mono_ns());
+        self.process_here(rec, now_mono_ns(), false);
     }
 
-    /// Process a span on a request thread, in any order relative to queued
-    /// spans, without waiting on any lock (module docs): its latency is
-    /// recorded, and a sampled span joins its trace if its shard is free
-    /// within microseconds; a local root leaves its trace's decision to the
-    /// next drain. A span that cannot be placed so goes to the spill queue
-    /// for the next drain, or, that full too, is left out of its trace and
-    /// counted (`spans_dropped_intake_full`).
-    fn process_here(&self, rec: SpanRecord, now_ns: u64) {
+    /// Process a span on a request thread without waiting on any lock
+    /// (module docs): its latency is recorded, and a sampled span joins its
+    /// trace if its shard is free within microseconds. `in_order`: the span
+    /// is the oldest queued one (the caller holds `intake_drain`), so with
+    /// nothing spilled pending it is processed as a drain would, a local
+    /// root deciding its trace; otherwise a local root leaves the decision
+    /// to a drain. Holding the shard, it then decides up to
+    /// `HELP_DECISIONS` deferred traces there that a drain has certified
+    /// complete. A span that cannot be placed goes to the spill queue for
+    /// the next drain (or, that full too, is lost and counted:
+    /// `spans_dropped_intake_full`); kept traces go to the export queue
+    /// the same way.
+    fn process_here(&self, rec: SpanRecord, now_ns: u64, in_order: bool) {
         self.record_metrics(&rec);
         if rec.trace_flags & 1 == 0 {
             return;
@@ -495,23 +523,71 @@ impl Core {
         // A read-modify-write, so that a drain bumping the epoch after it
         // also sees the spans pushed (or spilled) before it (module docs).
         let epoch = self.drain_epoch.fetch_add(0, Ordering::AcqRel);
-        let rec = match try_lock_briefly(&self.shards[shard_of(rec.trace_id)].0) {
-            Some(mut shard) => {
-                let mut evicted = Vec::new();
-                match self.accept(&mut shard, rec, now_ns, Mode::Request(epoch), &mut evicted) {
-                    Outcome::Spill(rec) => rec,
-                    _ => return,
-                }
-            }
-            None => rec,
+        let mode = if in_order && self.spill.get().is_none_or(|q| q.is_empty()) {
+            Mode::RequestInOrder
+        } else {
+            Mode::Request(epoch)
         };
+        let mut kept = Vec::new();
+        match try_lock_briefly(&self.shards[shard_of(rec.trace_id)].0) {
+            Some(mut shard) => {
+                if let Outcome::Export(t) = self.accept(&mut shard, rec, now_ns, mode, &mut kept) {
+                    kept.push(t);
+                }
+                self.help_decide(&mut shard, now_ns, &mut kept);
+            }
+            None => self.spill_or_drop(Spilled::Span(rec, epoch)),
+        }
+        for t in kept {
+            self.hand_to_export(t);
+        }
+    }
+
+    /// With a shard held on a request thread: decide up to `HELP_DECISIONS`
+    /// of its deferred traces that a drain has certified (the oldest first).
+    fn help_decide(&self, shard: &mut Shard, now_ns: u64, kept: &mut Vec<KeptTrace>) {
+        let certified = self.certified.load(Ordering::Acquire);
+        let mut removed = 0;
+        while removed < HELP_DECISIONS {
+            match shard.deferred.front() {
+                Some(&(id, seen)) if seen < certified => {
+                    shard.deferred.pop_front();
+                    removed += 1;
+                    if shard.open.get(&id).is_some_and(|t| t.root_deferred) {
+                        if let Outcome::Export(t) = self.decide(shard, id, now_ns) {
+                            kept.push(t);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        if removed > 0 {
+            self.deferred.fetch_sub(removed, Ordering::AcqRel);
+        }
+    }
+
+    /// A kept trace decided on a request thread: to the export queue if it
+    /// is free within microseconds, else to the spill queue.
+    fn hand_to_export(&self, trace: KeptTrace) {
+        match try_lock_briefly(&self.export) {
+            Some(q) => self.enqueue_locked(q, trace),
+            None => self.spill_or_drop(Spilled::Kept(trace)),
+        }
+    }
+
+    fn spill_or_drop(&self, item: Spilled) {
         let spill = self
             .spill
             .get_or_init(|| ArrayQueue::new(self.intake.capacity().clamp(SPILL_MIN, SPILL_MAX)));
-        if spill.push((rec, epoch)).is_err() {
+        if let Err(item) = spill.push(item) {
+            let spans = match item {
+                Spilled::Span(..) => 1,
+                Spilled::Kept(t) => t.spans.len(),
+            };
             self.counters
                 .spans_dropped_intake_full
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(spans as u64, Ordering::Relaxed);
         }
     }
 
@@ -541,12 +617,18 @@ impl Core {
         let mut done = 0;
         if let Some(q) = self.spill.get() {
             for _ in 0..q.len() {
-                let Some((rec, seen)) = q.pop() else { break };
-                self.place(rec, now, Mode::Spilled(seen));
-                done += 1;
+                match q.pop() {
+                    Some(Spilled::Span(rec, seen)) => {
+                        self.place(rec, now, Mode::Spilled(seen));
+                        done += 1;
+                    }
+                    Some(Spilled::Kept(t)) => self.enqueue(t),
+                    None => break,
+                }
             }
         }
         done += self.drain_locked(queued, now);
+        self.certified.fetch_max(epoch, Ordering::AcqRel);
         if self.deferred.load(Ordering::Acquire) > 0 {
             self.decide_deferred(epoch, now);
         }
@@ -588,7 +670,7 @@ impl Core {
                             i += 1;
                             continue;
                         }
-                        shard.deferred.swap_remove(i);
+                        shard.deferred.swap_remove_back(i);
                         removed += 1;
                         // Not open any more (evicted, timed out, forced) or
                         // open again as a new trace: nothing left to decide.
@@ -667,9 +749,6 @@ impl Core {
         let deferred = mode.deferred_epoch();
         if let Some(kept) = shard.decided.get(id) {
             if kept {
-                if let Mode::Request(_) = mode {
-                    return Outcome::Spill(rec);
-                }
                 self.counters
                     .spans_late_kept
                     .fetch_add(1, Ordering::Relaxed);
@@ -691,9 +770,6 @@ impl Core {
             return self.decide_spans(shard, id, spans, now_ns);
         }
         if !shard.open.contains_key(&id) {
-            if let (Mode::Request(_), true) = (mode, shard.open.len() >= self.per_shard_open) {
-                return Outcome::Spill(rec);
-            }
             while shard.open.len() >= self.per_shard_open {
                 let Some((old, _)) = shard.arrival.pop_front() else {
                     break;
@@ -728,7 +804,7 @@ impl Core {
                 return self.decide(shard, id, now_ns);
             };
             trace.root_deferred = true;
-            shard.deferred.push((id, epoch));
+            shard.deferred.push_back((id, epoch));
             self.counters
                 .traces_decision_deferred
                 .fetch_add(1, Ordering::Relaxed);
@@ -839,8 +915,11 @@ impl Core {
     }
 
     fn enqueue(&self, trace: KeptTrace) {
+        self.enqueue_locked(self.export.lock(), trace);
+    }
+
+    fn enqueue_locked(&self, mut q: parking_lot::MutexGuard<'_, ExportQueue>, trace: KeptTrace) {
         let n = trace.spans.len();
-        let mut q = self.export.lock();
         if q.spans + n > self.cfg.buffer.export_queue_spans {
             drop(q);
             self.counters

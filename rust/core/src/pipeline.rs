@@ -50,7 +50,8 @@
 //!   drain takes before the intake. Only with the spill queue full too is
 //!   the span left out of its trace, counted (`spans_dropped_intake_full`),
 //!   its latency recorded all the same.
-//! - Waking the worker only tries its mutex (a later push tries again).
+//! - Waking the worker (on the common path too) is a thread `unpark`: an
+//!   atomic and a futex wake, no lock.
 //!
 //! So a request thread waits on no lock that another thread holds (but the
 //! registry's growth lock for the first span of a new operation, held for
@@ -80,7 +81,7 @@ use crate::registry::{ExemplarSample, Registry};
 use crate::sampler::{Decision, DropReason, KeepReason, SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
 use crossbeam_queue::ArrayQueue;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -329,8 +330,9 @@ pub struct Core {
     spill: OnceLock<ArrayQueue<Spilled>>,
     /// A producer already asked the worker to drain the intake.
     intake_wake_sent: AtomicBool,
-    wake: Mutex<bool>,
-    wake_cv: Condvar,
+    /// The worker thread, woken with `unpark` (lock-free: an atomic and a
+    /// futex wake, so a request thread can wake it without any lock).
+    worker: OnceLock<std::thread::Thread>,
     stop: AtomicBool,
 }
 
@@ -419,8 +421,7 @@ impl Core {
             certified: AtomicU64::new(0),
             spill: OnceLock::new(),
             intake_wake_sent: AtomicBool::new(false),
-            wake: Mutex::new(false),
-            wake_cv: Condvar::new(),
+            worker: OnceLock::new(),
             stop: AtomicBool::new(false),
             cfg,
         }
@@ -446,7 +447,7 @@ impl Core {
                     && !self.intake_wake_sent.load(Ordering::Relaxed)
                     && !self.intake_wake_sent.swap(true, Ordering::AcqRel)
                 {
-                    self.try_wake();
+                    self.wake();
                 }
             }
             Err(rec) => self.submit_full(rec),
@@ -463,7 +464,7 @@ impl Core {
         if !self.intake_wake_sent.load(Ordering::Relaxed)
             && !self.intake_wake_sent.swap(true, Ordering::AcqRel)
         {
-            self.try_wake();
+            self.wake();
         }
         if let Some(_guard) = self.intake_drain.try_lock() {
             // 1. No drain running: make room in order, oldest span first.
@@ -985,24 +986,13 @@ impl Core {
         stats
     }
 
-    /// Wake the worker from the request path, without waiting: the worker
-    /// holds the mutex only around its wait, so if it holds it now it is
-    /// waking up or about to wait, and a later push tries again.
-    fn try_wake(&self) {
-        match self.wake.try_lock() {
-            Some(mut woken) => {
-                *woken = true;
-                drop(woken);
-                self.wake_cv.notify_all();
-            }
-            None => self.intake_wake_sent.store(false, Ordering::Release),
-        }
-    }
-
-    /// Wake the worker now (e.g. for a flush).
+    /// Wake the worker now (a quarter-full intake, a flush): lock-free, so
+    /// the request path can call it. A wake-up sent while the worker is busy
+    /// is kept for its next wait.
     pub fn wake(&self) {
-        *self.wake.lock() = true;
-        self.wake_cv.notify_all();
+        if let Some(worker) = self.worker.get() {
+            worker.unpark();
+        }
     }
 
     /// Start the worker thread: it drains the intake (every
@@ -1011,7 +1001,7 @@ impl Core {
     /// [`Core::stop_worker`].
     pub fn spawn_worker(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
         let core = Arc::clone(self);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("pulsetrace-core".into())
             .spawn(move || {
                 let buffer = &core.cfg.buffer;
@@ -1022,14 +1012,7 @@ impl Core {
                 let mut next_process = now_mono_ns();
                 let mut flowing = false;
                 while !core.stop.load(Ordering::Acquire) {
-                    {
-                        let mut woken = core.wake.lock();
-                        if !*woken {
-                            core.wake_cv
-                                .wait_for(&mut woken, if flowing { busy } else { interval });
-                        }
-                        *woken = false;
-                    }
+                    std::thread::park_timeout(if flowing { busy } else { interval });
                     if core.stop.load(Ordering::Acquire) {
                         break;
                     }
@@ -1040,7 +1023,11 @@ impl Core {
                         next_process = now.saturating_add(buffer.worker_interval_ns);
                     }
                 }
-            })
+            })?;
+        // A wake-up sent before this is set is lost: the worker then drains
+        // at its next interval.
+        let _ = self.worker.set(handle.thread().clone());
+        Ok(handle)
     }
 
     pub fn stop_worker(&self) {

@@ -3,6 +3,15 @@
 //! converted with `str()` or dropped, an oversized string is truncated on a
 //! character boundary, text that is not valid UTF-8 (lone surrogates, bytes)
 //! is replaced with U+FFFD. Each such event is counted.
+//!
+//! GIL and locks: every function runs with the GIL (it reads Python
+//! objects), and `convert`, `key` and `text` may run Python code (`str()`,
+//! a `str` subclass, `items()` of a mapping): callers convert before they
+//! lock a span, never while. The two text caches are `GILProtected`
+//! `RefCell`s: the GIL is their lock, and they are borrowed with
+//! `try_borrow` so that Python code re-entering here (a `__str__` that sets
+//! an attribute) skips the cache rather than panicking. Limits and counters
+//! are atomics. No mutex.
 
 use pulsetrace_core::span::AttrValue;
 use pyo3::prelude::*;

@@ -2,6 +2,20 @@
 //! state behind a mutex, so it can be shared between threads (and works
 //! without the GIL's protection). Ending a span crosses into the core once,
 //! with one boxed record.
+//!
+//! GIL and locks: every method runs with the GIL. The span's state (`inner`,
+//! a `parking_lot` mutex) is locked only with the GIL held, and never across
+//! a call into Python code or a release of the GIL: attribute values and
+//! exception texts are converted before it is taken, dicts are built after
+//! it is released, a context token is dropped after. So under the GIL no
+//! thread ever waits for it, and Python code that runs meanwhile (a
+//! finaliser, a `__str__` that touches the same span) never finds it held by
+//! its own thread. (`start_span` converts attributes into a span no other
+//! code can reach yet: `set_many`.) Ending a span (`end`, `__exit__`, a WSGI
+//! body's end) hands one record to `Core::submit_span` with the GIL held:
+//! that call waits for no drain, trace shard or export queue, even with the
+//! intake full (`pulsetrace_core::pipeline`'s docs). The tracer's state it
+//! reads (the current core, limits, counters) is atomics and an `ArcSwap`.
 
 use crate::attrs::{self, AttrCounters, Limits};
 use crate::tracer::Tracer;
@@ -195,6 +209,11 @@ impl Span {
         inner.attributes.push((key, value));
     }
 
+    /// Set the attributes of a mapping on a span that no other code can
+    /// reach yet (`start_span`'s): converting them may run Python code
+    /// (`items()`, `str()` of an odd key or value), which must never run
+    /// while a reachable span's lock is held (module docs);
+    /// [`Span::set_attributes`] converts first, then locks.
     pub(crate) fn set_many(
         &self,
         inner: &mut Inner,
@@ -202,33 +221,12 @@ impl Span {
         tracer: &Tracer,
     ) {
         let (limits, counters) = self.limits(tracer);
-        let limits = &limits;
         if let Ok(d) = attributes.downcast::<PyDict>() {
             inner.attributes.reserve(d.len());
-            for (k, v) in d.iter() {
-                if let (Some(k), Some(v)) = (
-                    attrs::key(&k, limits, counters),
-                    attrs::convert(&v, limits, counters),
-                ) {
-                    Span::set_one(inner, k, v, limits, counters);
-                }
-            }
-        } else if let Ok(items) = attributes.call_method0("items") {
-            if let Ok(iter) = items.try_iter() {
-                for item in iter.flatten() {
-                    if let Ok((k, v)) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
-                        if let (Some(k), Some(v)) = (
-                            attrs::key(&k, limits, counters),
-                            attrs::convert(&v, limits, counters),
-                        ) {
-                            Span::set_one(inner, k, v, limits, counters);
-                        }
-                    }
-                }
-            }
-        } else {
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        each_attribute(attributes, &limits, counters, |k, v| {
+            Span::set_one(inner, k, v, &limits, counters);
+        });
     }
 
     pub(crate) fn span_context(&self) -> SpanContext {
@@ -352,6 +350,42 @@ impl Span {
     }
 }
 
+/// Convert each item of an attribute mapping (a dict, or anything with
+/// `items()`; anything else is dropped and counted) and hand it to `f`.
+/// May run Python code: call it with no span locked.
+fn each_attribute(
+    attributes: &Bound<'_, PyAny>,
+    limits: &Limits,
+    counters: &AttrCounters,
+    mut f: impl FnMut(Arc<str>, AttrValue),
+) {
+    if let Ok(d) = attributes.downcast::<PyDict>() {
+        for (k, v) in d.iter() {
+            if let (Some(k), Some(v)) = (
+                attrs::key(&k, limits, counters),
+                attrs::convert(&v, limits, counters),
+            ) {
+                f(k, v);
+            }
+        }
+    } else if let Ok(items) = attributes.call_method0("items") {
+        if let Ok(iter) = items.try_iter() {
+            for item in iter.flatten() {
+                if let Ok((k, v)) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
+                    if let (Some(k), Some(v)) = (
+                        attrs::key(&k, limits, counters),
+                        attrs::convert(&v, limits, counters),
+                    ) {
+                        f(k, v);
+                    }
+                }
+            }
+        }
+    } else {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> Option<String> {
     static FORMAT: GILOnceCell<PyObject> = GILOnceCell::new();
     let f = FORMAT
@@ -453,11 +487,10 @@ impl Span {
     /// The attributes set so far (a copy), before the span ends.
     #[getter]
     fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (k, v) in &self.inner.lock().attributes {
-            d.set_item(&**k, attrs::to_py(py, v)?)?;
-        }
-        Ok(d)
+        // Copied out first: building the dict may run Python code (a
+        // collection's finalisers), which must not find the span locked.
+        let attributes = self.inner.lock().attributes.clone();
+        attributes_dict(py, &attributes)
     }
 
     fn is_recording(&self) -> bool {
@@ -489,9 +522,14 @@ impl Span {
 
     fn set_attributes(&self, attributes: &Bound<'_, PyAny>) {
         let tracer = self.tracer.get();
+        let (limits, counters) = self.limits(tracer);
+        let mut converted = Vec::new();
+        each_attribute(attributes, &limits, counters, |k, v| converted.push((k, v)));
         let mut inner = self.inner.lock();
         if !inner.ended {
-            self.set_many(&mut inner, attributes, tracer);
+            for (k, v) in converted {
+                Span::set_one(&mut inner, k, v, &limits, counters);
+            }
         }
     }
 
@@ -509,17 +547,24 @@ impl Span {
             .ok()
             .and_then(|d| d.downcast_into::<PyString>().ok());
         let tracer = self.tracer.get();
+        let message = match description.cloned().or(desc) {
+            Some(d) if code == StatusCode::Error => {
+                let t = attrs::text(&d, &tracer.attr_counters);
+                Some(attrs::truncate(
+                    t,
+                    tracer.limits.get().max_value_len,
+                    &tracer.attr_counters,
+                ))
+            }
+            _ => None,
+        };
         let mut inner = self.inner.lock();
         if inner.ended || inner.status == StatusCode::Ok || code == StatusCode::Unset {
             return Ok(());
         }
         inner.status = code;
-        if code == StatusCode::Error {
-            if let Some(d) = description.cloned().or(desc) {
-                let t = attrs::text(&d, &tracer.attr_counters);
-                inner.status_message =
-                    attrs::truncate(t, tracer.limits.get().max_value_len, &tracer.attr_counters);
-            }
+        if let Some(m) = message {
+            inner.status_message = m;
         }
         Ok(())
     }
@@ -662,6 +707,21 @@ impl Span {
             return;
         };
         let tracer = self.tracer.get();
+        // `str(exc)` runs Python code: before the span is locked.
+        let ty = exc
+            .get_type()
+            .qualname()
+            .map(|q| q.to_string())
+            .unwrap_or_default();
+        let msg = exc
+            .str()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = if msg.is_empty() {
+            ty
+        } else {
+            format!("{ty}: {msg}")
+        };
         let mut inner = self.inner.lock();
         if inner.ended {
             return;
@@ -669,20 +729,6 @@ impl Span {
         self.push_event(&mut inner, event);
         if inner.status != StatusCode::Ok {
             inner.status = StatusCode::Error;
-            let ty = exc
-                .get_type()
-                .qualname()
-                .map(|q| q.to_string())
-                .unwrap_or_default();
-            let msg = exc
-                .str()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let text = if msg.is_empty() {
-                ty
-            } else {
-                format!("{ty}: {msg}")
-            };
             inner.status_message = attrs::truncate(
                 text,
                 tracer.limits.get().max_value_len,

@@ -35,32 +35,42 @@
 //!    ahead of the spans still queued (`spans_processed_ahead`). A child or
 //!    an unsampled span can safely go first.
 //!
-//! Processing on a request thread (`process_here`) records the latency
-//! (atomics) and adds the span to its trace, and nothing more:
-//! - A local root does not decide its trace (its children may still be
-//!   queued): the trace is marked, and the first drain that *starts* after
-//!   it decides the trace once it has processed everything queued at its
-//!   start (`traces_decision_deferred`; the drain epoch says which drain).
-//!   The sampler, exemplars and export queue stay the drains' work.
-//! - The trace's shard is only tried, for microseconds (`try_lock_briefly`):
-//!   a drain, a reader or a descheduled thread may hold it. If it stays
-//!   busy, or the span needs what only a drain does (evicting a trace at
-//!   the buffer's bound, exporting a late span), the span goes to the
-//!   *spill* queue (lock-free, bounded, allocated on first use), which every
-//!   drain takes before the intake. Only with the spill queue full too is
-//!   the span left out of its trace, counted (`spans_dropped_intake_full`),
-//!   its latency recorded all the same.
+//! Processing on a request thread (`process_here`) waits for no drain,
+//! trace shard or export queue:
+//! - It records the latency (atomics) and adds the span to its trace. The
+//!   trace's shard is only tried, for microseconds (`try_lock_briefly`): a
+//!   drain, a reader or a descheduled thread may hold it. If it stays busy
+//!   the span goes to the *spill* queue (lock-free, bounded, allocated on
+//!   first use), which every drain takes before the intake.
+//! - The oldest queued span (step 1) is processed as a drain would, a local
+//!   root deciding its trace, unless spilled spans are pending (one may be
+//!   its child).
+//! - A local root processed ahead (step 3) cannot decide its trace yet (its
+//!   children may still be queued): the trace is marked, and the first
+//!   drain that *starts* after it makes it complete, having processed
+//!   everything queued and spilled at its start; that drain decides it
+//!   (`traces_decision_deferred`; the drain epoch says which drain, and
+//!   `certified` is the epoch of the latest such drain).
+//! - Holding a shard, a request thread also decides up to `HELP_DECISIONS`
+//!   certified traces there, so that request threads keep pace when the
+//!   worker falls behind instead of filling the trace buffer.
+//! - A kept trace it decides goes to the export queue if that is free
+//!   within microseconds, else to the spill queue.
+//! - Only with the spill queue full is anything lost: the span (or trace)
+//!   is left out, counted (`spans_dropped_intake_full`), its latency
+//!   recorded all the same.
 //! - Waking the worker (on the common path too) is a thread `unpark`: an
 //!   atomic and a futex wake, no lock.
 //!
-//! So a request thread waits on no lock that another thread holds (but the
-//! registry's growth lock for the first span of a new operation, held for
-//! one copy of the name map). Keeping the span was preferred to dropping
-//! it: processing one costs about a microsecond, and dropping would lose
-//! data exactly when the service is busiest; the drop is the last resort.
-//! Locks that drains take where a request thread may try them are held
-//! briefly: a shard for one span, one shard's count (`stats`), or a batch of
-//! at most `DECIDE_BATCH` decisions.
+//! What a request thread may still wait for is held for nanoseconds or one
+//! copy: a decision's rate limiter and exemplar ring, and, for the first
+//! span of a new operation, the registry's growth lock (one copy of the name
+//! map). Keeping the span was preferred to dropping it: processing one
+//! costs about a microsecond, and dropping would lose data exactly when the
+//! service is busiest; the drop is the last resort. Locks a drain takes
+//! where a request thread may try them are held briefly: a shard for one
+//! span, one shard's count (`stats`), or a batch of at most `DECIDE_BATCH`
+//! decisions.
 //!
 //! Why the epoch proves the order: a deferred root reads `drain_epoch` with
 //! a read-modify-write (release), after its children were pushed (or
@@ -70,7 +80,9 @@
 //! holder of `intake_drain` (every pop happens under it), and processes the
 //! first two before deciding; its epoch is then greater than the root's.
 //! Spilled spans go first because a root queued after a spilled child is
-//! decided as soon as the drain reaches it.
+//! decided as soon as the drain reaches it. Once that drain has processed
+//! them it stores its epoch in `certified`, and any holder of the shard may
+//! decide the trace.
 //!
 //! Nothing blocks on I/O and no lock is held by an exporter while a request
 //! needs it.

@@ -258,13 +258,11 @@ impl Core {
     /// Process every span submitted before this call (readers call this
     /// first, so they see them), and decide the traces whose local root was
     /// processed ahead of them. Returns how many spans were processed here.
+    ///
+    /// It always takes `intake_drain`, even with the intake empty: a drain
+    /// in progress may have popped spans it has not processed yet, and the
+    /// reader must wait for them (readers release the GIL first).
     pub fn sync(&self) -> usize {
-        if self.intake.is_empty()
-            && self.spill.get().is_none_or(|q| q.is_empty())
-            && self.deferred.load(Ordering::Acquire) == 0
-        {
-            return 0;
-        }
         let _guard = self.intake_drain.lock();
         // Bumped before the lengths are read, the intake's first (module
         // docs).
@@ -460,6 +458,32 @@ mod tests {
         let out = c.drain_export(usize::MAX);
         assert_eq!(out.len(), SPILL_MIN + 1);
         assert_eq!(c.stats().open_traces, 0);
+    }
+
+    #[test]
+    fn a_reader_waits_for_spans_a_drain_in_progress_has_taken() {
+        let c = intake_core(4);
+        c.submit_span(rec(7, 2, 1));
+        c.submit_span(rec(7, 1, 0));
+        // A drain has taken both spans and not processed them yet.
+        let drain = c.intake_drain.lock();
+        let taken: Vec<_> = std::iter::from_fn(|| c.intake.pop()).collect();
+        assert_eq!(taken.len(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || tx.send(c.drain_export(usize::MAX)).unwrap())
+        };
+        let early = rx.recv_timeout(Duration::from_millis(200));
+        assert!(early.is_err(), "the reader did not wait for the drain");
+        for r in taken {
+            c.end_span(r, 1);
+        }
+        drop(drain);
+        let out = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        reader.join().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 2, "every span ended before the read");
     }
 
     #[test]

@@ -259,3 +259,64 @@ def test_fork_gives_the_child_fresh_ids_and_a_working_agent(exporter, tmp_path):
     again = [pulsetrace.start_span("p").span_id for _ in range(5)]
     assert not set(child_ids) & (set(parent_ids) | set(again))
     assert "in child" in child_names
+
+
+_REENTRANT = """
+import sys
+
+import pulsetrace
+
+pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+exporter = pulsetrace.InMemorySpanExporter()
+pulsetrace.add_exporter(exporter)
+span = pulsetrace.start_span("reentrant")
+
+
+class Chatty:
+    def __str__(self):
+        span.set_attribute("stringified", True)
+        return "chatty"
+
+
+class Loud(Exception):
+    def __str__(self):
+        span.set_attribute("message_read", True)
+        return "loud"
+
+
+if sys.argv[1] == "attribute":
+    span.set_attributes({"value": Chatty()})
+    span.end()
+else:
+    try:
+        with span:
+            raise Loud()
+    except Loud:
+        pass
+pulsetrace.flush()
+(s,) = exporter.spans()
+print(sorted(s.attributes.items()), s.status, s.status_message)
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("attribute", "[('stringified', True), ('value', 'chatty')] unset "),
+        ("exception", "[('message_read', True)] error Loud: loud"),
+    ],
+    ids=["attribute", "exception"],
+)
+def test_application_code_run_by_the_span_api_may_use_the_same_span(case, expected):
+    """Converting an attribute value, or reading an exception's message, runs
+    the application's own ``__str__``, which may use the same span: the span
+    is never locked meanwhile (its lock is not reentrant, and it is taken
+    with the GIL held: the whole process would hang). In a subprocess, so
+    that a hang fails this test instead of the run."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _REENTRANT, case], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == expected

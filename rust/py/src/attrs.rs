@@ -46,6 +46,15 @@
 //! each a list of 128 strings of 4096 bytes, are 64 MiB.) Lists keep their
 //! first `max_attribute_list_length` (default 128) elements, which bounds
 //! the work of converting one as well.
+//!
+//! GIL and locks: every function runs with the GIL (it reads Python
+//! objects), and `convert`, `key` and `text` may run Python code (`str()`,
+//! a `str` subclass, `items()` of a mapping): callers convert before they
+//! lock a span, never while. The two text caches are `GILProtected`
+//! `RefCell`s: the GIL is their lock, and they are borrowed with
+//! `try_borrow` so that Python code re-entering here (a `__str__` that sets
+//! an attribute) skips the cache rather than panicking. Limits and counters
+//! are atomics. No mutex.
 
 use crate::guard;
 use pulsetrace_core::span::{AttrValue, Attributes, Event, Link};

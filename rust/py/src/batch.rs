@@ -1,12 +1,17 @@
 //! A drained batch of kept traces, readable two ways: as `SpanData` objects
 //! (Python exporters, tests) or as an OTLP `ExportTraceServiceRequest`
 //! (encoded by the core with the GIL released).
+//!
+//! GIL and locks: `otlp()` encodes with the GIL released; `traces()` builds
+//! the `SpanData` lists with it, once (a `GILOnceCell`). The traces never
+//! change after the drain that made the batch, so both read them without a
+//! lock, and no caller holding the GIL waits for an encoding in progress.
 
 use crate::data::SpanData;
-use parking_lot::Mutex;
 use pulsetrace_core::otlp::Encoder;
 use pulsetrace_core::pipeline::KeptTrace;
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBytes, PyList};
 use std::sync::Arc;
 
@@ -24,19 +29,21 @@ pub fn traces_to_py<'py>(py: Python<'py>, traces: Vec<KeptTrace>) -> PyResult<Bo
 
 #[pyclass(frozen, module = "pulsetrace._native", name = "Batch")]
 pub struct Batch {
-    traces: Mutex<Vec<KeptTrace>>,
+    /// Never changed after construction: read by `otlp()` without the GIL
+    /// and by `traces()` with it, no lock needed.
+    traces: Vec<KeptTrace>,
     spans: usize,
     encoder: Arc<Encoder>,
-    as_py: Mutex<Option<Py<PyList>>>,
+    as_py: GILOnceCell<Py<PyList>>,
 }
 
 impl Batch {
     pub fn new(traces: Vec<KeptTrace>, encoder: Arc<Encoder>) -> Self {
         Batch {
             spans: traces.iter().map(|t| t.spans.len()).sum(),
-            traces: Mutex::new(traces),
+            traces,
             encoder,
-            as_py: Mutex::new(None),
+            as_py: GILOnceCell::new(),
         }
     }
 }
@@ -51,7 +58,7 @@ impl Batch {
     /// Number of traces (late spans of a kept trace count as their own).
     #[getter]
     fn trace_count(&self) -> usize {
-        self.traces.lock().len()
+        self.traces.len()
     }
 
     /// The traces as lists of SpanData (built once, on first call).
@@ -59,13 +66,13 @@ impl Batch {
         crate::guard::or_error("batch.traces", || self.traces_of(py))
     }
 
-    /// The OTLP `ExportTraceServiceRequest` bytes of the batch.
+    /// The OTLP `ExportTraceServiceRequest` bytes of the batch (encoded
+    /// without the GIL).
     fn otlp<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         crate::guard::or_error("batch.otlp", || {
             let out = py.allow_threads(|| {
-                let traces = self.traces.lock();
                 let mut out = Vec::new();
-                self.encoder.encode(&traces, &mut out);
+                self.encoder.encode(&self.traces, &mut out);
                 out
             });
             Ok(PyBytes::new(py, &out))
@@ -75,21 +82,18 @@ impl Batch {
 
 impl Batch {
     fn traces_of<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        if let Some(l) = self.as_py.lock().as_ref() {
-            return Ok(l.bind(py).clone());
-        }
-        let copy: Vec<KeptTrace> = self
-            .traces
-            .lock()
-            .iter()
-            .map(|t| KeptTrace {
-                trace_id: t.trace_id,
-                reason: t.reason,
-                spans: t.spans.clone(),
-            })
-            .collect();
-        let list = traces_to_py(py, copy)?;
-        *self.as_py.lock() = Some(list.clone().unbind());
-        Ok(list)
+        let list = self.as_py.get_or_try_init(py, || -> PyResult<Py<PyList>> {
+            let copy: Vec<KeptTrace> = self
+                .traces
+                .iter()
+                .map(|t| KeptTrace {
+                    trace_id: t.trace_id,
+                    reason: t.reason,
+                    spans: t.spans.clone(),
+                })
+                .collect();
+            Ok(traces_to_py(py, copy)?.unbind())
+        })?;
+        Ok(list.bind(py).clone())
     }
 }

@@ -6,6 +6,9 @@
 //! 150 ns more per span enter/exit (measured with benchmarks/micro), so we
 //! declare the three functions ourselves: every CPython this wheel loads in
 //! (>= 3.9) exports them with these exact signatures.
+//!
+//! GIL and locks: every call runs with the GIL (CPython's `ContextVar`
+//! functions require it) and takes no lock.
 
 use pyo3::ffi;
 use pyo3::prelude::*;

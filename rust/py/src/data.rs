@@ -1,5 +1,9 @@
 //! Read-only views handed to Python: `SpanData` (a span of a kept trace, for
 //! exporters and tests) and `Histogram` (a standalone native histogram).
+//!
+//! GIL and locks: `SpanData` is immutable, built with the GIL from a drained
+//! span. `Histogram` records and reads with atomics only (the core's
+//! lock-free histogram); `encode` releases the GIL. No mutex.
 
 use crate::span::attributes_dict;
 use pulsetrace_core::histogram::{Histogram as CoreHistogram, HistogramConfig};

@@ -13,6 +13,10 @@
 //! installed over pyo3's methods of the same name when the module is
 //! initialised, call the same Rust code, and raise the same `TypeError`s
 //! for bad arguments.
+//!
+//! GIL and locks: CPython calls these with the GIL held; they parse the
+//! arguments and call the same functions as pyo3's methods, whose contracts
+//! apply (`tracer`, `span`, `wsgi`), and take no lock of their own.
 
 use std::ffi::{c_char, c_int};
 

@@ -5,6 +5,9 @@
 //! The state is protected by the GIL (every caller holds it), which costs
 //! nothing, where a thread-local in a shared library costs a
 //! `__tls_get_addr` call per id.
+//!
+//! GIL and locks: the GIL is the generator's lock (a `GILProtected` cell);
+//! the fork generation is an atomic. No mutex.
 
 use pyo3::sync::GILProtected;
 use pyo3::Python;

@@ -1,9 +1,21 @@
 //! `pulsetrace._native`: the binding of the core. It converts types and
 //! registers classes; policy lives in Python, mechanism in `pulsetrace-core`.
 //!
-//! GIL contract: O(1) span work runs with the GIL; every call that is not
-//! O(1) (processing, draining, encoding, latency queries) releases it with
-//! `allow_threads`, and the core's worker thread never takes it.
+//! GIL and locks, for the whole binding (each module's `//!` says how it
+//! keeps it): O(1) span work runs with the GIL; every call that is not O(1)
+//! (processing, draining, encoding, latency queries) releases it with
+//! `allow_threads`, and so does every call that can wait for a lock of the
+//! core (the intake's drain, a trace shard, the export queue, the registry's
+//! growth): a thread never waits for a lock while it holds the GIL. The
+//! request path (span start and end, the WSGI path) waits for no lock at all
+//! (`pulsetrace_core::pipeline`). The binding's own mutexes are taken only
+//! with the GIL held and never across Python code, so none is ever waited
+//! for, and a forked child never inherits one held. The core's worker
+//! thread never takes the GIL.
+//!
+//! Here: `parse_traceparent_header`, `format_traceparent_header` and
+//! `after_fork_in_child` are O(1) with the GIL; `obfuscate_sql` releases it
+//! for statements over 2 KiB. No lock.
 //!
 //! No panic crosses into Python: every entry point runs under a guard
 //! ([`guard`]).

@@ -2,6 +2,8 @@
 //! WSGI wrappers) without pyo3's lazy type-object lookup on each one (about
 //! 70 instructions each, several per request): the type object is looked up
 //! once and its pointer kept.
+//!
+//! GIL and locks: runs with the GIL; the type pointer is an atomic. No lock.
 
 use pyo3::ffi;
 use pyo3::impl_::pyclass_init::PyObjectInit;

@@ -6,6 +6,8 @@
 //! dozen). CPython has exported the function with this signature since 3.3:
 //! for an ASCII string it returns the string's own buffer, otherwise a UTF-8
 //! copy cached in the object, valid as long as the object lives.
+//!
+//! GIL and locks: runs with the GIL (it reads a live `str`); no lock.
 
 use pyo3::ffi;
 use pyo3::prelude::*;

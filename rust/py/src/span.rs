@@ -10,6 +10,20 @@
 //! forever for the lock. Every method runs under a panic guard
 //! ([`crate::guard`]); what a span may hold is bounded as [`crate::attrs`]
 //! describes.
+//!
+//! GIL and locks: every method runs with the GIL. The span's state (`inner`,
+//! a `parking_lot` mutex) is locked only with the GIL held, and never across
+//! a call into Python code or a release of the GIL: attribute values and
+//! exception texts are converted before it is taken, dicts are built after
+//! it is released, a context token is dropped after. So under the GIL no
+//! thread ever waits for it, and Python code that runs meanwhile (a
+//! finaliser, a `__str__` that touches the same span) never finds it held by
+//! its own thread. (`start_span` converts attributes into a span no other
+//! code can reach yet: `set_many`.) Ending a span (`end`, `__exit__`, a WSGI
+//! body's end) hands one record to `Core::submit_span` with the GIL held:
+//! that call waits for no drain, trace shard or export queue, even with the
+//! intake full (`pulsetrace_core::pipeline`'s docs). The tracer's state it
+//! reads (the current core, limits, counters) is atomics and an `ArcSwap`.
 
 use crate::attrs::{self, AttrCounters, Limits};
 use crate::guard::guard;

@@ -7,9 +7,26 @@
 //! reader) calls the `on_first_use` callable it was given, which configures
 //! it from the environment; until then nothing is read or started.
 //!
-//! GIL contract: `start_span` and span methods run with the GIL (they touch
-//! Python objects) and do O(1) work; `process`, `shutdown` and the worker
-//! thread run without it.
+//! GIL and locks:
+//! - With the GIL, O(1), waiting for no lock another thread holds:
+//!   `start_span`, `current_span`, `extract`, `set_resource`, the
+//!   `enabled`/`worker_alive` properties, and `reset_after_fork` (a new core:
+//!   allocations and a thread).
+//! - The GIL released before anything that takes a lock of the core:
+//!   `latency`, `histogram_v2` and `render_metrics` (they drain the intake:
+//!   `Core::sync`), `counters` (`Core::stats`: the drain, every trace shard,
+//!   the export queue), `process`, `drain` and `drain_batch` (the drain and
+//!   the export queue), `shutdown` (stopping and joining the worker, then
+//!   deciding every trace), `configure` (the same for the old core, and
+//!   moving its kept traces).
+//! - Spans end through `Core::submit_span`, with the GIL: it waits for no
+//!   drain, trace shard or export queue, even with the intake full
+//!   (`pulsetrace_core::pipeline`).
+//! - The tracer's own mutexes (`head`, `config`, `worker`) are taken only
+//!   with the GIL held and never across Python code or a GIL release, so no
+//!   thread ever waits for one, and a forked child never finds one held.
+//!   The current core and the encoder are `ArcSwap`s (lock-free). The
+//!   core's worker thread never takes the GIL.
 
 use crate::attrs::{self, AtomicLimits, AttrCounters, Limits};
 use crate::batch::Batch;
@@ -706,7 +723,8 @@ impl Tracer {
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         or_error("tracer.counters", || {
             let core = self.core(py)?;
-            py.allow_threads(|| core.sync());
+            // Drains the intake, then locks each shard and the export queue.
+            let s = py.allow_threads(|| core.stats());
             let d = PyDict::new(py);
             for (name, _, v) in core.counters.snapshot() {
                 d.set_item(name, v)?;
@@ -727,7 +745,6 @@ impl Tracer {
             }
             d.set_item("metric_keys", core.registry.key_count())?;
             d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
-            let s = core.stats();
             d.set_item("open_traces", s.open_traces)?;
             d.set_item("open_spans", s.open_spans)?;
             d.set_item("export_queue_traces", s.export_traces)?;
@@ -804,9 +821,9 @@ impl Tracer {
             let Some(core) = self.core.load_full() else {
                 return Ok(());
             };
-            core.stop_worker();
             let handle = self.worker.lock().take();
             py.allow_threads(move || {
+                core.stop_worker();
                 if let Some(h) = handle {
                     let _ = h.join();
                 }

@@ -12,6 +12,16 @@
 //! its body's iteration and `close()`, the server's `start_response`) runs
 //! under a panic guard ([`crate::guard`]); the calls themselves do not, so
 //! nothing the application does is ever repeated or lost.
+//!
+//! GIL and locks: everything runs with the GIL (it calls the application).
+//! Locks: the redacted-parameter list (`REDACT`, an `RwLock` read per
+//! request and written by `set_redacted_params`), a response's `state` and a
+//! span's `inner`: each is taken only with the GIL held and never across a
+//! call into Python code (the application, `start_response`, the body, the
+//! namer run with none held; `__traverse__` only tries `state`), so no
+//! thread waits for one. A span ends through `Span::end_at`, which hands it
+//! to the core without waiting (`span`'s docs). The route-name cache is a
+//! `GILProtected` cell, borrowed with `try_borrow`.
 
 use crate::attrs::{self, AttrCounters, Limits};
 use crate::guard::{guard, or_error, report};

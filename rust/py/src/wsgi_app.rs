@@ -12,6 +12,10 @@
 //! [`RouteNamer`] reads a framework's route template natively:
 //! `var.get().a.b.c` for a context variable and a path of attributes
 //! (Flask: `_cv_request.get().request.url_rule.rule`).
+//!
+//! GIL and locks: runs with the GIL (it calls the application and reads
+//! Python objects) and takes no lock of its own; the request path is
+//! `wsgi::traced_request`'s, with its contract.
 
 use crate::ctxvar::ContextVar;
 use crate::tracer::Tracer;

@@ -68,7 +68,7 @@ def pulsetrace_side(endpoint: str, capacity: int) -> dict[str, Any]:
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
         }
     )
-    exporter = OtlpSpanExporter(otlp, max_queued=capacity // 4096 + 16)
+    exporter = OtlpSpanExporter(otlp, max_queued_spans=capacity + 16 * 4096)
     pulsetrace.add_exporter(exporter)
     start = pulsetrace.start_span
 
@@ -125,7 +125,7 @@ def pulsetrace_side(endpoint: str, capacity: int) -> dict[str, Any]:
             "protocol": otlp.protocol,
             "endpoint": otlp.endpoint,
             "compression": otlp.compression,
-            "max_queued_requests": exporter.max_queued,
+            "max_queued_spans": exporter.max_queued_spans,
         },
     }
 

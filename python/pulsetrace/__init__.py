@@ -106,6 +106,7 @@ def counters() -> dict[str, int]:
     out = dict(_runtime.tracer().counters())
     out["export_failures"] = _runtime.export_failures()
     out.update(_runtime.deliveries())
+    out["spans_oversized"] = _runtime.oversized_spans()
     for exporter in _runtime.exporters():
         more = getattr(exporter, "counters", None)
         if more is not None:

@@ -250,7 +250,7 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
                 # others get SpanData objects (built once per batch).
                 export_otlp = getattr(exporter, "export_otlp", None)
                 if export_otlp is not None:
-                    result = export_otlp(batch.otlp(), spans)
+                    result = _export_requests(export_otlp, batch)
                 else:
                     result = exporter.export(batch.traces())
                     ok = result is ExportResult.SUCCESS
@@ -262,6 +262,41 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
                 if export_otlp is None:
                     record_delivery(0, spans)
                 _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+
+
+def _export_requests(export_otlp: Any, batch: Any) -> ExportResult:
+    """Hand ``batch`` to an OTLP exporter as natively encoded requests, each
+    within ``PULSETRACE_EXPORT_MAX_REQUEST_BYTES``: one oversized span does
+    not sink its neighbours. A span too large for a request of its own is
+    dropped and counted as failed."""
+    global _oversized_spans
+    limit = _config.export_max_request_bytes if _config is not None else None
+    requests, oversized = batch.otlp_requests() if limit is None else batch.otlp_requests(limit)
+    result = ExportResult.SUCCESS
+    if oversized:
+        first = _oversized_spans == 0
+        _oversized_spans += oversized
+        record_delivery(0, oversized)
+        result = ExportResult.FAILURE
+    if oversized and first:
+        _diag.log.warning(
+            "pulsetrace: %d spans were each larger than PULSETRACE_EXPORT_MAX_REQUEST_BYTES "
+            "(%s bytes) once encoded and were dropped (further ones are only counted)",
+            oversized,
+            limit,
+        )
+    for payload, spans in requests:
+        if export_otlp(payload, spans) is not ExportResult.SUCCESS:
+            result = ExportResult.FAILURE
+    return result
+
+
+_oversized_spans = 0
+
+
+def oversized_spans() -> int:
+    """Spans dropped because each alone exceeded the OTLP request bound."""
+    return _oversized_spans
 
 
 _randomness_warned = False

@@ -315,6 +315,14 @@ class Config:
     shutdown_timeout_ms: float = field(
         default=5_000.0, metadata=_declare("PULSETRACE_SHUTDOWN_TIMEOUT_MS", low=0, high=600_000)
     )
+    export_max_request_bytes: int = field(
+        default=4_128_768,
+        metadata=_declare("PULSETRACE_EXPORT_MAX_REQUEST_BYTES", low=1_024, high=67_108_864),
+    )
+    export_max_retry_delay_ms: float = field(
+        default=60_000.0,
+        metadata=_declare("PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS", low=0, high=3_600_000),
+    )
     prometheus_enabled: bool = field(default=False, metadata=_declare("PROMETHEUS_ENABLED"))
     metrics_addr: str = field(
         default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")

@@ -218,6 +218,7 @@ class HttpAnswer:
     headers: dict[str, str] = field(default_factory=dict)
     body: Optional[bytes] = None  # default: an ExportTraceServiceResponse
     rejected_spans: int = 0
+    delay: float = 0.0  # seconds before answering (a slow collector)
 
 
 @dataclass
@@ -289,6 +290,8 @@ def _handler(
                 answer = r.answers.pop(0) if r.answers else HttpAnswer()
             if self.path != "/v1/traces":
                 answer = HttpAnswer(status=404, body=b"not found")
+            if answer.delay:
+                time.sleep(answer.delay)
             if answer.status == 200:
                 body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
                 with r.lock:

@@ -61,6 +61,7 @@ failure; the send's final outcome is logged at DEBUG.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import gzip
 import http.client
@@ -112,7 +113,10 @@ class SendResult:
     """What became of one :meth:`OtlpTransport.send`.
 
     ``retryable`` is True when the last failure was of a kind worth trying
-    again later (the deadline or a shutdown ended the retries).
+    again later (the deadline or a shutdown ended the retries);
+    ``retry_after`` is the delay the receiver asked for (HTTP
+    ``Retry-After``, gRPC RetryInfo), if it did; ``unreachable`` is True when
+    the last attempt found no collector (connection refused or failed).
     """
 
     ok: bool
@@ -120,6 +124,8 @@ class SendResult:
     rejected_spans: int = 0
     error: Optional[str] = None
     retryable: bool = False
+    retry_after: Optional[float] = None
+    unreachable: bool = False
 
 
 @dataclass
@@ -131,6 +137,14 @@ class _Attempt:
     retry_after: Optional[float] = None
     rejected_spans: int = 0
     partial_error: str = ""
+
+
+def _unreachable(attempt: _Attempt) -> bool:
+    """No collector answered: a refused or failed connection (a timeout is
+    a slow collector, not a missing one)."""
+    if attempt.kind == "grpc UNAVAILABLE":
+        return True
+    return attempt.kind.startswith("connection ") and "timed out" not in (attempt.error or "")
 
 
 # -- protobuf wire format (just what the answers need) -------------------------
@@ -346,6 +360,16 @@ class OtlpTransport:
     # -- the retry loop -----------------------------------------------------
 
     def _send(self, payload: bytes, deadline: float) -> SendResult:
+        last: list[_Attempt] = []
+        result = self._send_attempts(payload, deadline, last)
+        if result.ok or not last:
+            return result
+        attempt = last[-1]
+        return dataclasses.replace(
+            result, retry_after=attempt.retry_after, unreachable=_unreachable(attempt)
+        )
+
+    def _send_attempts(self, payload: bytes, deadline: float, last: list[_Attempt]) -> SendResult:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._fail(0, "payload is not bytes", "bad payload", False)
         if self._setup_error is not None:
@@ -365,6 +389,7 @@ class OtlpTransport:
                 attempt = self._grpc_attempt(payload, timeout)
             else:
                 attempt = self._http_attempt(payload, timeout)
+            last[:] = [attempt]
             if attempt.ok:
                 if attempt.rejected_spans or attempt.partial_error:
                     self._log_rate_limited(
@@ -400,13 +425,11 @@ class OtlpTransport:
     def _first_failure(self, attempt: _Attempt, error: str, will_retry: bool) -> None:
         """Say at once that a send failed (rate limited per kind of failure),
         not only when its retries are over."""
-        unreachable = attempt.kind in ("grpc UNAVAILABLE", "grpc DEADLINE_EXCEEDED") or (
-            attempt.kind.startswith("connection ")
-        )
+        unreachable = _unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
         what = "cannot reach the OTLP collector at" if unreachable else "OTLP export failed at"
         then = (
-            f"retrying for up to {self._timeout_s:g} s (OTEL_EXPORTER_OTLP_TIMEOUT), "
-            "then its spans are dropped"
+            "retrying; its spans stay queued while the export queue has room "
+            "(PULSETRACE_EXPORT_QUEUE_SIZE)"
             if will_retry
             else "its spans are dropped"
         )

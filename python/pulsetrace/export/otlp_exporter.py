@@ -1,47 +1,84 @@
 """The OTLP span exporter: kept traces to Jaeger or any OpenTelemetry
 Collector, as natively encoded ``ExportTraceServiceRequest`` bytes.
 
-The network I/O runs on the exporter's own sender thread, behind a small
-bounded queue of encoded requests: a dead, slow or failing receiver delays
-that thread only, never a request and never the other exporters. A request
-that does not fit the queue, or cannot be delivered within the timeout
-(retries included), is lost and counted (``otlp_spans_lost``); what was
-delivered and what was not is also reported to pulsetrace's
-``spans_delivered`` / ``spans_delivery_failed`` counters. At shutdown each
-queued request gets one attempt, no retries, within the shutdown's bound. After a
-fork, the child has its own lock, queue and counters, and starts its own
-sender thread and connections (never the parent's) on first use.
+The network I/O runs on the exporter's own sender thread, behind a queue of
+encoded requests bounded in spans (``PULSETRACE_EXPORT_QUEUE_SIZE``): a
+dead, slow or failing receiver delays that thread only, never a request and
+never the other exporters. A request that failed in a way worth retrying
+stays queued and is sent again later (exponential backoff, or the delay the
+receiver asked for with ``Retry-After`` / RetryInfo, at most
+``PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS``); only a request that does not fit
+the queue, or that the receiver refused for good, is lost and counted
+(``otlp_spans_lost``). What was delivered and what was not is also reported
+to pulsetrace's ``spans_delivered`` / ``spans_delivery_failed`` counters.
+
+At shutdown the queued requests are sent a few at once, one attempt each,
+within the shutdown's bound; what is still queued when it runs out is
+counted and logged in one warning, and a collector that refuses
+connections ends the shutdown at once. After a fork, the child has its own
+lock, queue and counters, and starts its own sender thread and connections
+(never the parent's) on first use.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
+import random
 import threading
 import time
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace.config import OtlpConfig, environment
 from pulsetrace.export import ExportResult
-from pulsetrace.export.otlp import OtlpTransport
+from pulsetrace.export.otlp import INITIAL_BACKOFF_S, MAX_BACKOFF_S, OtlpTransport
 
 __all__ = ["OtlpSpanExporter"]
+
+log = logging.getLogger("pulsetrace")
+
+#: Requests sent at once at shutdown.
+SHUTDOWN_PARALLEL = 4
+
+
+@dataclass
+class _Request:
+    payload: bytes
+    spans: int
+    not_before: float = 0.0
+    failures: int = 0
 
 
 class OtlpSpanExporter:
     """Sends kept traces over OTLP (gRPC or HTTP/protobuf) with retries."""
 
-    def __init__(self, config: Optional[OtlpConfig] = None, max_queued: int = 8) -> None:
-        self.config = config if config is not None else environment().otlp
+    def __init__(
+        self,
+        config: Optional[OtlpConfig] = None,
+        max_queued_spans: Optional[int] = None,
+        max_retry_delay_s: Optional[float] = None,
+    ) -> None:
+        env = environment()
+        self.config = config if config is not None else env.otlp
         self.transport = OtlpTransport(self.config)
-        self.max_queued = max_queued
+        self.max_queued_spans = (
+            max_queued_spans if max_queued_spans is not None else env.export_queue_size
+        )
+        self.max_retry_delay_s = (
+            max_retry_delay_s
+            if max_retry_delay_s is not None
+            else env.export_max_retry_delay_ms / 1000.0
+        )
         self._cv = threading.Condition()
-        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
-        self._busy = False
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_spans = 0
+        self._busy = 0
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
@@ -50,6 +87,7 @@ class OtlpSpanExporter:
         self.spans_sent = 0
         self.spans_lost = 0
         self.batches_lost = 0
+        self.spans_retried = 0
         if hasattr(os, "register_at_fork"):
             reset = functools.partial(_reset_in_child, weakref.ref(self))
             os.register_at_fork(after_in_child=reset)
@@ -60,10 +98,11 @@ class OtlpSpanExporter:
         its queued requests are the parent's to send, its thread is not here."""
         self._cv = threading.Condition()
         self._queue = collections.deque()
-        self._busy = False
+        self._queued_spans = 0
+        self._busy = 0
         self._thread = None
         self._final_deadline = None
-        self.spans_sent = self.spans_lost = self.batches_lost = 0
+        self.spans_sent = self.spans_lost = self.batches_lost = self.spans_retried = 0
 
     def _ensure_thread(self) -> None:
         """Called with ``self._cv`` held."""
@@ -79,50 +118,105 @@ class OtlpSpanExporter:
     def export_otlp(self, payload: bytes, spans: int) -> ExportResult:
         """Queue one encoded request of ``spans`` spans for sending."""
         with self._cv:
-            queued = not self._stopping and len(self._queue) < self.max_queued
+            queued = (
+                not self._stopping and self._queued_spans + spans <= self.max_queued_spans
+            ) or (not self._stopping and not self._queue and not self._busy)
             if queued:
                 self._ensure_thread()
-                self._queue.append((payload, spans))
+                self._queue.append(_Request(payload, spans))
+                self._queued_spans += spans
                 self._cv.notify_all()
             else:
-                self.spans_lost += spans
-                self.batches_lost += 1
+                self._lose(spans)
         if not queued:
             _runtime.record_delivery(0, spans)
             return ExportResult.FAILURE
         return ExportResult.SUCCESS
 
+    def _lose(self, spans: int) -> None:
+        """With ``self._cv`` held."""
+        self.spans_lost += spans
+        self.batches_lost += 1
+
+    def _next(self) -> Optional[_Request]:
+        """With ``self._cv`` held: the next request due, waiting for it;
+        None when stopping with nothing left."""
+        while True:
+            if self._queue:
+                head = self._queue[0]
+                wait = head.not_before - time.monotonic()
+                if self._final_deadline is not None or wait <= 0:
+                    req = self._queue.popleft()
+                    self._queued_spans -= req.spans
+                    return req
+                self._cv.wait(wait)
+            elif self._stopping:
+                return None
+            else:
+                self._cv.wait()
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._stopping:
-                    self._cv.wait()
-                if not self._queue:
+                req = self._next()
+                if req is None:
                     return
-                payload, spans = self._queue.popleft()
-                self._busy = True
+                self._busy += 1
                 final = self._final_deadline
-            delivered = 0
+            delivered = failed = 0
             try:
                 deadline = time.monotonic() + self.config.timeout_ms / 1000.0
                 if final is not None:
                     deadline = min(deadline, final)
-                result = self.transport.send(payload, deadline)
-                if result.ok:
-                    delivered = spans - result.rejected_spans
+                result = self.transport.send(req.payload, deadline)
                 with self._cv:
                     if result.ok:
+                        delivered = req.spans - result.rejected_spans
+                        failed = result.rejected_spans
                         self.spans_sent += delivered
+                    elif (
+                        result.retryable
+                        and self._final_deadline is None
+                        and self._queued_spans + req.spans <= self.max_queued_spans
+                    ):
+                        # Kept: back at the head of the queue, sent again later.
+                        req.failures += 1
+                        req.not_before = time.monotonic() + self._retry_delay(req, result)
+                        self._queue.appendleft(req)
+                        self._queued_spans += req.spans
+                        self.spans_retried += req.spans
                     else:
-                        self.spans_lost += spans
-                        self.batches_lost += 1
+                        failed = req.spans
+                        self._lose(req.spans)
+                        if final is not None and result.unreachable:
+                            failed += self._drop_queued_locked()
             except Exception as exc:
+                failed = req.spans - delivered
                 _diag.internal_error("otlp.send", exc)
             finally:
-                _runtime.record_delivery(delivered, spans - delivered)
+                if delivered or failed:
+                    _runtime.record_delivery(delivered, failed)
                 with self._cv:
-                    self._busy = False
+                    self._busy -= 1
                     self._cv.notify_all()
+
+    def _retry_delay(self, req: _Request, result: Any) -> float:
+        if result.retry_after is not None:
+            delay = float(result.retry_after)
+        else:
+            delay = random.uniform(
+                0.0, min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** min(req.failures, 10))
+            )
+        return min(delay, self.max_retry_delay_s)
+
+    def _drop_queued_locked(self) -> int:
+        """With ``self._cv`` held: count every queued request as lost."""
+        spans = self._queued_spans
+        for req in self._queue:
+            self._lose(req.spans)
+        self._queue.clear()
+        self._queued_spans = 0
+        return spans
 
     def export(self, traces: Sequence[Any]) -> ExportResult:
         """Not used: pulsetrace hands this exporter encoded requests
@@ -135,7 +229,9 @@ class OtlpSpanExporter:
                 "otlp_spans_sent": self.spans_sent,
                 "otlp_spans_lost": self.spans_lost,
                 "otlp_batches_lost": self.batches_lost,
-                "otlp_queued_batches": len(self._queue),
+                "otlp_spans_retried": self.spans_retried,
+                "otlp_queued_batches": len(self._queue) + self._busy,
+                "otlp_queued_spans": self._queued_spans,
             }
         out.update({f"otlp_{k}": v for k, v in self.transport.counters().items()})
         return out
@@ -152,18 +248,35 @@ class OtlpSpanExporter:
         return True
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Send what is queued within ``timeout`` seconds, then stop. Each
-        request gets one attempt, no retries: a collector that is down or
-        refusing costs one quick failed attempt per request, so a process
-        exits promptly when none is there."""
+        """Send what is queued within ``timeout`` seconds, a few requests at
+        once, one attempt each, then stop. A collector that refuses
+        connections ends it at once; what is still queued when the time runs
+        out is counted as lost and logged in one warning."""
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._cv:
             self._final_deadline = deadline
+            pending = len(self._queue)
+            if pending:
+                self._ensure_thread()
+                for _ in range(min(pending, SHUTDOWN_PARALLEL) - 1):
+                    threading.Thread(
+                        target=self._run, name="pulsetrace-otlp-exit", daemon=True
+                    ).start()
+            self._cv.notify_all()
         self.transport.stop_retrying()
         self.force_flush(max(deadline - time.monotonic(), 0.0))
         with self._cv:
             self._stopping = True
+            left = self._drop_queued_locked()
             self._cv.notify_all()
+        if left:
+            _runtime.record_delivery(0, left)
+            log.warning(
+                "pulsetrace: %d spans were still queued for %s when the shutdown "
+                "time ran out (PULSETRACE_SHUTDOWN_TIMEOUT_MS); counted as lost",
+                left,
+                self.config.endpoint,
+            )
         self.transport.shutdown()
 
 

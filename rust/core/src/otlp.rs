@@ -234,9 +234,135 @@ impl Encoder {
     }
 }
 
+/// The default bound on one encoded request: 4 MiB (the usual receiver
+/// limit, gRPC's default message size) minus 64 KiB of margin.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// A batch encoded as requests each within a byte bound.
+#[derive(Debug, Default)]
+pub struct Split {
+    /// The encoded requests, each with its number of spans.
+    pub requests: Vec<(Vec<u8>, usize)>,
+    /// Spans whose own request would exceed the bound: never sent.
+    pub oversized: usize,
+}
+
+fn varint_len(v: usize) -> usize {
+    let mut n = 1;
+    let mut v = v >> 7;
+    while v > 0 {
+        n += 1;
+        v >>= 7;
+    }
+    n
+}
+
+fn field_len(body: usize) -> usize {
+    1 + varint_len(body) + body
+}
+
+impl Encoder {
+    /// Size of a request whose encoded spans take `spans_bytes`.
+    fn request_len(&self, spans_bytes: usize) -> usize {
+        let scope_spans = field_len(self.scope.len()) + spans_bytes;
+        let resource_spans = field_len(self.resource.len()) + field_len(scope_spans);
+        field_len(resource_spans)
+    }
+
+    fn wrap(&self, spans: &[u8], out: &mut Vec<u8>) {
+        out.reserve(self.request_len(spans.len()));
+        message(out, 1, |b| {
+            bytes_field(b, 1, &self.resource);
+            message(b, 2, |b| {
+                bytes_field(b, 1, &self.scope);
+                b.extend_from_slice(spans);
+            });
+        });
+    }
+
+    /// Encode `traces` as requests of at most `limit` bytes each, spans in
+    /// order; a span that alone would make a request over `limit` is left
+    /// out and counted in [`Split::oversized`]. No spans, no requests.
+    pub fn encode_split(&self, traces: &[KeptTrace], limit: usize) -> Split {
+        let mut out = Split::default();
+        let mut spans_buf = Vec::new();
+        let mut group_start = 0;
+        let mut group_spans = 0;
+        for s in traces.iter().flat_map(|t| t.spans.iter()) {
+            let at = spans_buf.len();
+            span(&mut spans_buf, s);
+            let one = spans_buf.len() - at;
+            if self.request_len(one) > limit {
+                spans_buf.truncate(at);
+                out.oversized += 1;
+                continue;
+            }
+            if self.request_len(spans_buf.len() - group_start) > limit {
+                let mut req = Vec::new();
+                self.wrap(&spans_buf[group_start..at], &mut req);
+                out.requests.push((req, group_spans));
+                group_start = at;
+                group_spans = 0;
+            }
+            group_spans += 1;
+        }
+        if group_spans > 0 {
+            let mut req = Vec::new();
+            self.wrap(&spans_buf[group_start..], &mut req);
+            out.requests.push((req, group_spans));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trace_of(sizes: &[usize]) -> KeptTrace {
+        let spans = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut s = SpanRecord::new(7, i as u64 + 1, 0, "op");
+                s.attributes
+                    .push(("blob".into(), AttrValue::Str("x".repeat(*n).into())));
+                s
+            })
+            .collect();
+        KeptTrace {
+            trace_id: 7,
+            reason: Default::default(),
+            spans,
+        }
+    }
+
+    #[test]
+    fn one_request_when_it_fits_is_the_plain_encoding() {
+        let enc = Encoder::new(&[], "pulsetrace", "1");
+        let traces = [trace_of(&[10, 20, 30])];
+        let mut plain = Vec::new();
+        enc.encode(&traces, &mut plain);
+        let split = enc.encode_split(&traces, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(split.oversized, 0);
+        assert_eq!(split.requests, vec![(plain, 3)]);
+    }
+
+    #[test]
+    fn requests_stay_within_the_bound_and_oversized_spans_are_counted() {
+        let enc = Encoder::new(&[], "pulsetrace", "1");
+        let traces = [trace_of(&[100, 5_000, 100, 300, 300, 300, 200_000, 10])];
+        let limit = 1_000;
+        let split = enc.encode_split(&traces, limit);
+        assert_eq!(split.oversized, 2);
+        let spans: usize = split.requests.iter().map(|r| r.1).sum();
+        assert_eq!(spans, 6);
+        assert!(split.requests.len() >= 2);
+        for (req, n) in &split.requests {
+            assert!(req.len() <= limit, "{} > {limit}", req.len());
+            assert!(*n > 0);
+        }
+    }
 
     #[test]
     fn varints_are_minimal() {

@@ -78,6 +78,28 @@ impl Batch {
             Ok(PyBytes::new(py, &out))
         })
     }
+
+    /// The batch as OTLP requests of at most `max_bytes` each:
+    /// `([(request bytes, spans), ...], oversized)`, where `oversized` spans
+    /// were each too large for a request of their own and are not sent.
+    #[pyo3(signature = (max_bytes = pulsetrace_core::otlp::DEFAULT_MAX_REQUEST_BYTES))]
+    fn otlp_requests<'py>(
+        &self,
+        py: Python<'py>,
+        max_bytes: usize,
+    ) -> PyResult<(Bound<'py, PyList>, usize)> {
+        crate::guard::or_error("batch.otlp_requests", || {
+            let split = py.allow_threads(|| {
+                let traces = self.traces.lock();
+                self.encoder.encode_split(&traces, max_bytes)
+            });
+            let out = PyList::empty(py);
+            for (req, spans) in split.requests {
+                out.append((PyBytes::new(py, &req), spans))?;
+            }
+            Ok((out, split.oversized))
+        })
+    }
 }
 
 impl Batch {

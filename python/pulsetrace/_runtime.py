@@ -90,6 +90,12 @@ def tracer() -> Tracer:
     return TRACER
 
 
+def current_config() -> Optional[Config]:
+    """The configuration in use, or None before the agent started (starts
+    nothing)."""
+    return _config
+
+
 def config() -> Config:
     """The configuration in use (the environment's, on first use)."""
     tracer()
@@ -146,6 +152,9 @@ def _apply(cfg: Config) -> None:
     _apply_log_level(cfg)
     first = _tracer is None
     TRACER.configure(cfg)
+    # A new configuration counts afresh, as the core's counters do.
+    with _delivery_lock:
+        _delivery.update(dict.fromkeys(_delivery, 0))
     TRACER.set_resource(resource(cfg))
     _config = cfg
     _tracer = TRACER

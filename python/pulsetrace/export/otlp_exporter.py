@@ -67,9 +67,8 @@ class OtlpSpanExporter:
         env = environment()
         self.config = config if config is not None else env.otlp
         self.transport = OtlpTransport(self.config)
-        self.max_queued_spans = (
-            max_queued_spans if max_queued_spans is not None else env.export_queue_size
-        )
+        # None: the export queue's bound of the configuration in use.
+        self._max_queued_spans = max_queued_spans
         self.max_retry_delay_s = (
             max_retry_delay_s
             if max_retry_delay_s is not None
@@ -91,6 +90,16 @@ class OtlpSpanExporter:
         if hasattr(os, "register_at_fork"):
             reset = functools.partial(_reset_in_child, weakref.ref(self))
             os.register_at_fork(after_in_child=reset)
+
+    @property
+    def max_queued_spans(self) -> int:
+        """Spans this exporter holds at most (queued and being retried):
+        the value it was given, else ``PULSETRACE_EXPORT_QUEUE_SIZE`` of the
+        configuration in use (so ``configure()`` reaches it)."""
+        if self._max_queued_spans is not None:
+            return self._max_queued_spans
+        cfg = _runtime.current_config()
+        return (cfg if cfg is not None else environment()).export_queue_size
 
     def _after_fork_in_child(self) -> None:
         """Runs in a forked child before any other thread exists there. The
@@ -146,9 +155,9 @@ class OtlpSpanExporter:
                 head = self._queue[0]
                 wait = head.not_before - time.monotonic()
                 if self._final_deadline is not None or wait <= 0:
-                    req = self._queue.popleft()
-                    self._queued_spans -= req.spans
-                    return req
+                    # Its spans stay counted in _queued_spans while it is
+                    # sent: the bound covers requests in flight too.
+                    return self._queue.popleft()
                 self._cv.wait(wait)
             elif self._stopping:
                 return None
@@ -164,34 +173,38 @@ class OtlpSpanExporter:
                 self._busy += 1
                 final = self._final_deadline
             delivered = failed = 0
+            resolved = False  # sent, kept for a retry or lost
             try:
                 deadline = time.monotonic() + self.config.timeout_ms / 1000.0
                 if final is not None:
                     deadline = min(deadline, final)
                 result = self.transport.send(req.payload, deadline)
                 with self._cv:
+                    resolved = True
                     if result.ok:
                         delivered = req.spans - result.rejected_spans
                         failed = result.rejected_spans
                         self.spans_sent += delivered
-                    elif (
-                        result.retryable
-                        and self._final_deadline is None
-                        and self._queued_spans + req.spans <= self.max_queued_spans
-                    ):
-                        # Kept: back at the head of the queue, sent again later.
+                        self._queued_spans -= req.spans
+                    elif result.retryable and self._final_deadline is None:
+                        # Kept (its spans were counted within the bound when
+                        # it was queued): back at the head, sent again later.
                         req.failures += 1
                         req.not_before = time.monotonic() + self._retry_delay(req, result)
                         self._queue.appendleft(req)
-                        self._queued_spans += req.spans
                         self.spans_retried += req.spans
                     else:
                         failed = req.spans
+                        self._queued_spans -= req.spans
                         self._lose(req.spans)
                         if final is not None and result.unreachable:
                             failed += self._drop_queued_locked()
             except Exception as exc:
-                failed = req.spans - delivered
+                if not resolved:
+                    failed = req.spans
+                    with self._cv:
+                        self._queued_spans -= req.spans
+                        self._lose(req.spans)
                 _diag.internal_error("otlp.send", exc)
             finally:
                 if delivered or failed:
@@ -211,11 +224,12 @@ class OtlpSpanExporter:
 
     def _drop_queued_locked(self) -> int:
         """With ``self._cv`` held: count every queued request as lost."""
-        spans = self._queued_spans
+        spans = 0
         for req in self._queue:
+            spans += req.spans
             self._lose(req.spans)
         self._queue.clear()
-        self._queued_spans = 0
+        self._queued_spans -= spans
         return spans
 
     def export(self, traces: Sequence[Any]) -> ExportResult:

@@ -89,10 +89,7 @@ impl Batch {
         max_bytes: usize,
     ) -> PyResult<(Bound<'py, PyList>, usize)> {
         crate::guard::or_error("batch.otlp_requests", || {
-            let split = py.allow_threads(|| {
-                let traces = self.traces.lock();
-                self.encoder.encode_split(&traces, max_bytes)
-            });
+            let split = py.allow_threads(|| self.encoder.encode_split(&self.traces, max_bytes));
             let out = PyList::empty(py);
             for (req, spans) in split.requests {
                 out.append((PyBytes::new(py, &req), spans))?;

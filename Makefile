@@ -13,15 +13,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH):/usr/sbin:/sbin
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-full clean system-deps
+.PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
 # integrations), wrk (the overhead benchmark). Installed once, when missing.
-DEB_PACKAGES := redis-server postgresql mariadb-server wrk prometheus prometheus-alertmanager
+DEB_PACKAGES := redis-server postgresql mariadb-server wrk prometheus prometheus-alertmanager valgrind
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v mariadbd >/dev/null \
 	    || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v prometheus-alertmanager >/dev/null \
+	    || ! command -v prometheus-alertmanager >/dev/null || ! command -v valgrind >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing $(DEB_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -85,11 +85,16 @@ abi3-check: $(VENV)/.installed
 bench: build system-deps
 	$(PY) benchmarks/run_all.py --quick
 
+# Instructions per span and per Flask request counted by callgrind, against
+# benchmarks/gate/baseline.json: fails on more than 10% growth.
+bench-gate: build system-deps
+	$(PY) benchmarks/gate/run.py
+
 bench-full: build
 	$(PY) benchmarks/run_all.py --full
 	$(CARGO) bench -p pulsetrace-core
 
-test: build lint rust-test loom py-test abi3-check bench
+test: build lint rust-test loom py-test abi3-check bench bench-gate
 
 clean:
 	rm -rf $(VENV) target

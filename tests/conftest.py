@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -60,3 +61,46 @@ def finished(exp: pulsetrace.InMemorySpanExporter) -> list[pulsetrace.SpanData]:
     """Every span exported so far, after a flush."""
     assert pulsetrace.flush(timeout=5)
     return exp.spans()
+
+
+# -- shared by the export tests (tests/export/) ------------------------------------------
+# The receivers live beside those tests (tests/export/otlp_receivers.py, on
+# the import path while they run): imported when a fixture is used.
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[Any]:
+    """A real OTLP/gRPC receiver on a free loopback port."""
+    from otlp_receivers import start_grpc_receiver
+
+    r = start_grpc_receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[Any]:
+    """A real OTLP/HTTP receiver on a free loopback port."""
+    from otlp_receivers import start_http_receiver
+
+    r = start_http_receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def added() -> Iterator[list[Any]]:
+    """Exporters a test adds, the only ones while it runs (exporters other
+    tests' modules added are put back afterwards); removed and shut down
+    afterwards."""
+    others = list(_runtime.exporters())
+    for exp in others:
+        pulsetrace.remove_exporter(exp)
+    made: list[Any] = []
+    yield made
+    for exp in made:
+        pulsetrace.remove_exporter(exp)
+        exp.shutdown(1)
+    for exp in others:
+        pulsetrace.add_exporter(exp)
+    pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)

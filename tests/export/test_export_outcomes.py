@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,17 +23,12 @@ import grpc
 import pytest
 from otlp_receivers import (
     GrpcAnswer,
-    GrpcReceiver,
     HttpAnswer,
-    HttpReceiver,
     closed_port,
     free_port,
-    start_grpc_receiver,
-    start_http_receiver,
 )
 
 import pulsetrace
-from pulsetrace import _runtime
 from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
@@ -239,38 +233,6 @@ def test_with_no_exporter_nothing_is_queued(tmp_path):
 
 
 # -- delivered and failed ----------------------------------------------------------------
-
-
-@pytest.fixture
-def grpc_receiver() -> Iterator[GrpcReceiver]:
-    r = start_grpc_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[HttpReceiver]:
-    r = start_http_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def added() -> Iterator[list[Any]]:
-    """Exporters a test adds, the only ones while it runs (exporters other
-    tests' modules added are put back afterwards); removed and shut down
-    afterwards."""
-    others = list(_runtime.exporters())
-    for exp in others:
-        pulsetrace.remove_exporter(exp)
-    made: list[Any] = []
-    yield made
-    for exp in made:
-        pulsetrace.remove_exporter(exp)
-        exp.shutdown(1)
-    for exp in others:
-        pulsetrace.add_exporter(exp)
-    pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
 
 
 def record(n: int, name: str) -> None:

@@ -8,11 +8,10 @@ the queued requests go out a few at once within the budget. Real receivers
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from otlp_receivers import HttpAnswer, HttpReceiver, closed_port, start_http_receiver
+from otlp_receivers import HttpAnswer, HttpReceiver, closed_port
 
 import pulsetrace
 from pulsetrace import _runtime
@@ -23,28 +22,6 @@ from conftest import fresh
 
 HTTP = "http/protobuf"
 COUNTED = ("spans_handed_to_exporters", "spans_delivered", "spans_delivery_failed")
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[HttpReceiver]:
-    r = start_http_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def added() -> Iterator[list[Any]]:
-    others = list(_runtime.exporters())
-    for exp in others:
-        pulsetrace.remove_exporter(exp)
-    made: list[Any] = []
-    yield made
-    for exp in made:
-        pulsetrace.remove_exporter(exp)
-        exp.shutdown(1)
-    for exp in others:
-        pulsetrace.add_exporter(exp)
-    pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
 
 
 def exporter(added: list[Any], endpoint: str, timeout_ms: int = 500, **kw: Any) -> Any:

@@ -34,11 +34,9 @@ from otlp_receivers import (
     ExportRequest,
     GrpcAnswer,
     GrpcReceiver,
-    HttpReceiver,
     free_port,
     run_rotel,
     start_grpc_receiver,
-    start_http_receiver,
 )
 
 import pulsetrace
@@ -52,20 +50,6 @@ KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 RUN = shutil.which("pulsetrace-run") or str(Path(sys.executable).with_name("pulsetrace-run"))
 
 # -- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture
-def grpc_receiver() -> Iterator[GrpcReceiver]:
-    r = start_grpc_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[HttpReceiver]:
-    r = start_http_receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

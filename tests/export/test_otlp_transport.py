@@ -22,7 +22,6 @@ from otlp_receivers import (
     GrpcAnswer,
     GrpcReceiver,
     HttpAnswer,
-    HttpReceiver,
     closed_port,
     code_pb2,
     make_certs,
@@ -40,20 +39,6 @@ from pulsetrace.export.otlp import OtlpConfig, OtlpTransport, SendResult, config
 HTTP = "http/protobuf"
 
 # -- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture
-def grpc_receiver() -> Iterator[GrpcReceiver]:
-    r = start_grpc_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[HttpReceiver]:
-    r = start_http_receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,12 @@ def run_app(
     return proc, exited - exiting
 
 
+def app_counters(proc: Any) -> dict[str, int]:
+    """The application's counters after its shutdown (APP prints them last)."""
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return next(x["counters"] for x in lines if "counters" in x)
+
+
 def settled(receiver: HttpReceiver) -> None:
     """Wait until every request the receiver read has been answered."""
     deadline = time.monotonic() + DELAY_S + 5
@@ -124,6 +130,9 @@ def test_a_slow_collector_gets_every_span_of_a_normal_exit(tmp_path):
         # answer, not several in a row.
         assert took < DELAY_S + 2.5, took
         assert "still queued" not in proc.stderr, proc.stderr
+        # The application was told so too: every span delivered.
+        c = app_counters(proc)
+        assert (c["spans_delivered"], c["spans_delivery_failed"]) == (PRODUCED, 0), c
     finally:
         receiver.stop()
 
@@ -142,6 +151,8 @@ def test_a_too_short_exit_budget_says_how_many_spans_were_left(tmp_path):
         settled(receiver)
         got = len(names(receiver))
         assert int(warned[0]) > 0
+        # The requests in flight when the time ran out were read in full by
+        # the receiver (it answers them after its delay): they arrived.
         assert got + int(warned[0]) == PRODUCED, (got, warned, proc.stderr)
     finally:
         receiver.stop()

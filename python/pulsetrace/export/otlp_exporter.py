@@ -272,7 +272,10 @@ class OtlpSpanExporter:
             pending = len(self._queue)
             if pending:
                 self._ensure_thread()
-                for _ in range(min(pending, SHUTDOWN_PARALLEL) - 1):
+                # The sender thread may be busy with a request already (a
+                # slow collector): it counts among the parallel sends but
+                # is not free for a queued one.
+                for _ in range(min(pending + self._busy, SHUTDOWN_PARALLEL) - 1):
                     threading.Thread(
                         target=self._run, name="pulsetrace-otlp-exit", daemon=True
                     ).start()

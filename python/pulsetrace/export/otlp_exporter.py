@@ -285,14 +285,19 @@ class OtlpSpanExporter:
         with self._cv:
             self._stopping = True
             left = self._drop_queued_locked()
+            # Sent and not answered yet: counted when (if) the answer comes.
+            in_flight = self._queued_spans
             self._cv.notify_all()
         if left:
             _runtime.record_delivery(0, left)
+        if left or in_flight:
             log.warning(
                 "pulsetrace: %d spans were still queued for %s when the shutdown "
-                "time ran out (PULSETRACE_SHUTDOWN_TIMEOUT_MS); counted as lost",
+                "time ran out (PULSETRACE_SHUTDOWN_TIMEOUT_MS), counted as lost; "
+                "%d more were sent and not yet answered",
                 left,
                 self.config.endpoint,
+                in_flight,
             )
         self.transport.shutdown()
 

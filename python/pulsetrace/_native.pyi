@@ -1,30 +1,58 @@
-# Hand-written stub of the native module (checked by mypy.stubtest).
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional, Union
+# Hand-written stub of the native module, checked by `python -m mypy.stubtest
+# pulsetrace._native` (in `make lint`; scripts/stubtest_allowlist.txt
+# lists what stubtest cannot check, with the reason).
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Optional, Union, final
 
 from pulsetrace.config import Config
 
+__all__ = [
+    "Batch",
+    "Histogram",
+    "RouteNamer",
+    "Span",
+    "SpanContext",
+    "SpanData",
+    "TracedResponse",
+    "TracedWsgiApp",
+    "Tracer",
+    "__version__",
+    "after_fork_in_child",
+    "format_traceparent_header",
+    "inject_panic",
+    "obfuscate_sql",
+    "parse_traceparent_header",
+    "redact_query",
+    "wsgi_call",
+]
+
 __version__: str
 
+# An extra metric family for Tracer.render_metrics:
+# (name, help, "counter" | "gauge", [(labels, value), ...]).
+_Family = tuple[str, str, str, Sequence[tuple[Mapping[str, str], float]]]
+
+@final
 class SpanContext:
     trace_id: int
     span_id: int
     trace_flags: int
     trace_state: str
     is_remote: bool
-    def __init__(
-        self,
+    def __new__(
+        cls,
         trace_id: int,
         span_id: int,
         trace_flags: int = 1,
-        trace_state: str = "",
+        trace_state: str = ...,
         is_remote: bool = True,
-    ) -> None: ...
+    ) -> SpanContext: ...
     @property
     def traceparent(self) -> str: ...
     @property
     def sampled(self) -> bool: ...
 
+@final
 class Span:
     @property
     def trace_id(self) -> int: ...
@@ -44,6 +72,8 @@ class Span:
     def trace_state(self) -> str: ...
     @property
     def ended(self) -> bool: ...
+    @property
+    def sampled(self) -> bool: ...
     @property
     def status(self) -> str: ...
     @property
@@ -71,10 +101,9 @@ class Span:
     ) -> None: ...
     def end(self, end_time: Optional[int] = None) -> None: ...
     def __enter__(self) -> Span: ...
-    def __exit__(
-        self, exc_type: Any = None, exc_value: Any = None, traceback: Any = None
-    ) -> bool: ...
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool: ...
 
+@final
 class SpanData:
     trace_id: int
     span_id: int
@@ -97,8 +126,11 @@ class SpanData:
     trace_state: str
     keep_reason: Optional[str]
 
+@final
 class Histogram:
-    def __init__(self, significant_digits: int = 2, highest: int = 3_600_000_000_000) -> None: ...
+    def __new__(
+        cls, significant_digits: int = 2, highest: int = 3_600_000_000_000
+    ) -> Histogram: ...
     def record(self, value: int) -> None: ...
     @property
     def count(self) -> int: ...
@@ -112,10 +144,11 @@ class Histogram:
     def encode(self) -> str: ...
     def reset(self) -> None: ...
 
+@final
 class Tracer:
-    def __init__(
-        self, context_var: Any, on_first_use: Optional[Callable[[], None]] = None
-    ) -> None: ...
+    def __new__(
+        cls, context_var: Any, on_first_use: Optional[Callable[[], None]] = None
+    ) -> Tracer: ...
     def start_span(
         self,
         name: str,
@@ -135,6 +168,12 @@ class Tracer:
     def latency(self) -> list[dict[str, Any]]: ...
     def histogram_v2(self, name: str, kind: str = "internal") -> Optional[str]: ...
     def counters(self) -> dict[str, int]: ...
+    def render_metrics(
+        self,
+        accept: str = "",
+        extra: Optional[Sequence[_Family]] = None,
+        const_labels: Optional[Mapping[str, str]] = None,
+    ) -> tuple[bytes, str]: ...
     def process(self, force: bool = False) -> None: ...
     def drain(self, max_spans: int = 4096) -> list[list[SpanData]]: ...
     def drain_batch(self, max_spans: int = 4096) -> Optional[Batch]: ...
@@ -164,10 +203,52 @@ def inject_panic(place: Optional[str] = None) -> None: ...
 def obfuscate_sql(
     statement: str, max_len: int = 4096
 ) -> tuple[str, Optional[str], Optional[str]]: ...
-
+@final
 class Batch:
     def __len__(self) -> int: ...
     @property
     def trace_count(self) -> int: ...
     def traces(self) -> list[list[SpanData]]: ...
     def otlp(self) -> bytes: ...
+    def otlp_requests(self, max_bytes: int = ...) -> tuple[list[tuple[bytes, int]], int]: ...
+
+def wsgi_call(
+    tracer: Tracer,
+    app: Callable[..., Iterable[bytes]],
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    namer: Optional[Callable[[], Optional[str]]] = None,
+) -> Iterable[bytes]: ...
+def redact_query(query: str) -> str: ...
+@final
+class TracedResponse:
+    def __call__(self, *args: Any) -> Any: ...
+    def __iter__(self) -> Iterator[bytes]: ...
+    def __next__(self) -> bytes: ...
+    def close(self) -> None: ...
+
+@final
+class TracedWsgiApp:
+    def __new__(
+        cls,
+        tracer: Tracer,
+        func: Callable[..., Any],
+        instance: Any,
+        namer: Optional[Callable[[], Optional[str]]] = None,
+    ) -> TracedWsgiApp: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    @property
+    def __wrapped__(self) -> Callable[..., Any]: ...
+    @property
+    def __self__(self) -> Any: ...
+    @property
+    def __func__(self) -> Callable[..., Any]: ...
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...
+
+@final
+class RouteNamer:
+    def __new__(cls, var: Any, path: Sequence[str]) -> RouteNamer: ...
+    def __call__(self) -> Any: ...

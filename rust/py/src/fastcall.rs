@@ -70,22 +70,22 @@ impl Def {
 static START_SPAN: Def = Def::new(
     b"start_span\0",
     start_span,
-    b"start_span(name, *, kind=None, attributes=None, parent=None, links=None, start_time=None)\n--\n\nStart a span. Its parent is `parent` (a Span or SpanContext) if given, else the current span, else none (a new trace).\0",
+    b"start_span($self, name, *, kind=None, attributes=None, parent=None, links=None, start_time=None)\n--\n\nStart a span. Its parent is `parent` (a Span or SpanContext) if given, else the current span, else none (a new trace).\0",
 );
 static EXIT: Def = Def::new(
     b"__exit__\0",
     span_exit,
-    b"__exit__(exc_type, exc_value, traceback)\n--\n\nEnd the span; an exception is recorded on it and makes it an error.\0",
+    b"__exit__($self, exc_type, exc_value, traceback)\n--\n\nEnd the span; an exception is recorded on it and makes it an error.\0",
 );
 static SET_ATTRIBUTE: Def = Def::new(
     b"set_attribute\0",
     span_set_attribute,
-    b"set_attribute(key, value)\n--\n\nSet one attribute (converted and bounded like every attribute).\0",
+    b"set_attribute($self, key, value)\n--\n\nSet one attribute (converted and bounded like every attribute).\0",
 );
 static END: Def = Def::new(
     b"end\0",
     span_end,
-    b"end(end_time=None)\n--\n\nEnd the span (at `end_time`, Unix nanoseconds, if given). Ending twice is harmless and counted.\0",
+    b"end($self, end_time=None)\n--\n\nEnd the span (at `end_time`, Unix nanoseconds, if given). Ending twice is harmless and counted.\0",
 );
 
 static WSGI_CALL: Def = Def::new(

@@ -87,7 +87,8 @@ def _declare(
 
 def setting(cls: type, name: str) -> Setting:
     """The :class:`Setting` of field ``name`` of ``cls``."""
-    return _FIELDS[cls][name].metadata["setting"]
+    found: Setting = _FIELDS[cls][name].metadata["setting"]
+    return found
 
 
 def number_repr(v: float) -> str:
@@ -104,6 +105,14 @@ def range_problem(value: float, s: Setting) -> Optional[str]:
     if s.high is not None and value > s.high:
         return f"above the maximum ({number_repr(s.high)})"
     return None
+
+
+def crossed_bound(value: float, s: Setting) -> float:
+    """The bound of ``s`` that ``value`` is beyond (for a value
+    :func:`range_problem` rejects)."""
+    if s.low is not None and value < s.low:
+        return s.low
+    return s.high if s.high is not None else value
 
 
 def addr_problem(addr: str) -> Optional[str]:
@@ -367,7 +376,9 @@ class Config:
         return _replace(self, **overrides)
 
 
-_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in (Config, OtlpConfig)}
+_FIELDS: dict[type, dict[str, Any]] = {
+    cls: {f.name: f for f in fields(cls)} for cls in (Config, OtlpConfig)
+}
 
 
 def from_env(env: Optional[Mapping[str, str]] = None) -> Config:

@@ -177,7 +177,8 @@ class _BridgeSpan(trace.Span):
     @_safe()
     def set_status(self, status: StatusLike, description: Optional[str] = None) -> None:
         if isinstance(status, Status):  # as the SDK: a Status carries its own description
-            status, description = status.status_code, status.description
+            description = status.description
+            status = status.status_code
         self.pulsetrace_span.set_status(status.name.lower(), description)
 
     @_safe()

@@ -26,6 +26,7 @@ from pulsetrace.config import (
     LOG_LEVELS,
     Config,
     addr_problem,
+    crossed_bound,
     is_text,
     number_repr,
     range_problem,
@@ -122,7 +123,7 @@ def number(env: Mapping[str, str], name: str) -> Any:
         return default
     why = range_problem(value, s)
     if why is not None:
-        used = s.low if value < s.low else s.high
+        used = crossed_bound(value, s)
         used = int(used) if integer else float(used)
         _warn(var, raw, why, used)
         return used

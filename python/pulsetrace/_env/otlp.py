@@ -24,6 +24,7 @@ from pulsetrace.config import (
     GRPC,
     HTTP_PROTOBUF,
     OtlpConfig,
+    crossed_bound,
     is_text,
     number_repr,
     range_problem,
@@ -80,6 +81,8 @@ def _resolve(
         raw = env.get(var)
         if raw is None or raw == "" or raw.isspace():
             continue
+        value: Any
+        why: Optional[str]
         if len(raw) > MAX_VALUE_LENGTH:
             value, why = None, f"longer than {MAX_VALUE_LENGTH} characters"
         elif text_only and not is_text(raw):
@@ -121,7 +124,7 @@ def _parse_timeout(raw: str, _traces: bool) -> tuple[Optional[float], Optional[s
         return None, "not a number of milliseconds"
     why = range_problem(ms, s)
     if why is not None:
-        return float(s.low if ms < s.low else s.high), why
+        return float(crossed_bound(ms, s)), why
     return ms, None
 
 

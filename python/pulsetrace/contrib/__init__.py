@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from types import ModuleType
+from typing import Callable, Optional
 
 import wrapt
 
@@ -60,16 +61,25 @@ _registered: set[str] = set()
 _patched: dict[str, str] = {}
 
 
+def _on_import(integration: Integration) -> Callable[[ModuleType], None]:
+    """The hook that patches ``integration`` when its module is imported (if
+    it is still registered then)."""
+
+    def hook(_module: ModuleType) -> None:
+        if integration.name in _registered:
+            _patch(integration)
+
+    return hook
+
+
 def _third_party() -> list[Integration]:
     try:
         from importlib.metadata import entry_points
 
-        eps = entry_points()
-        group = (
-            eps.select(group="pulsetrace.integrations")
-            if hasattr(eps, "select")
-            else eps.get("pulsetrace.integrations", [])
-        )
+        if sys.version_info >= (3, 10):
+            group = entry_points(group="pulsetrace.integrations")
+        else:  # a dict of groups before 3.10
+            group = entry_points().get("pulsetrace.integrations", [])
         return [Integration(ep.name, ep.name, ep.value) for ep in group]
     except Exception as exc:
         _diag.internal_error("contrib.entry_points", exc)
@@ -100,10 +110,7 @@ def instrument(config: Config, names: Optional[list[str]] = None) -> list[str]:
         if integration.module in sys.modules:
             _patch(integration)
         else:
-            wrapt.register_post_import_hook(
-                lambda _module, i=integration: _patch(i) if i.name in _registered else None,
-                integration.module,
-            )
+            wrapt.register_post_import_hook(_on_import(integration), integration.module)
     return chosen
 
 

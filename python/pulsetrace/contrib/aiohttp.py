@@ -37,7 +37,9 @@ _MARK = "__pulsetrace_patched__"
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
     version = getattr(response, "version", None)
-    text = f"{version[0]}.{version[1]}" if version else None
+    if not version:
+        return response.status, None
+    text = f"{version[0]}.{version[1]}"
     return response.status, {"1.0": "1.0", "1.1": "1.1", "2.0": "2", "0.9": "0.9"}.get(text)
 
 

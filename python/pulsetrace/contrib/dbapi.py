@@ -155,7 +155,7 @@ def run(
     return result
 
 
-class _Proxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _Proxy(wrapt.ObjectProxy[Any]):
     # A Python subclass of wrapt's proxy gets CPython's generic __getattr__
     # hook, which calls wrapt's C lookup through a method wrapper and an
     # argument tuple on every attribute access (about 1,100 instructions;

@@ -207,8 +207,9 @@ def _record_exception(sender: Any, request: Any = None, **_: Any) -> None:
 def patch() -> None:
     """Instrument every Django handler built from now on (idempotent)."""
     global _active
-    from django.core.handlers.base import BaseHandler
-    from django.core.signals import got_request_exception
+    # Django ships no type hints.
+    from django.core.handlers.base import BaseHandler  # type: ignore[import-untyped]
+    from django.core.signals import got_request_exception  # type: ignore[import-untyped]
 
     if getattr(BaseHandler, _MARK, False):
         return

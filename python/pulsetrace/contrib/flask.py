@@ -100,6 +100,6 @@ def unpatch() -> None:
             del vars(app)["wsgi_app"]
     _fast.clear()
     wrapper = flask.Flask.__dict__["wsgi_app"]
-    flask.Flask.wsgi_app = wrapper.__wrapped__
+    flask.Flask.wsgi_app = wrapper.__wrapped__  # type: ignore[method-assign]  # restores the original
     flask.got_request_exception.disconnect(_record_exception)
     delattr(flask.Flask, _MARK)

@@ -50,11 +50,11 @@ async def _arun(proxy: Any, method: Any, args: Any, kwargs: Any, rows: Any) -> A
 class AsyncTracedCursor(dbapi.TracedCursor):
     """An ``AsyncCursor``: ``await cur.execute(...)``, ``async with``, ``async for``."""
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
         w = self.__wrapped__
         return self._self_same(await _arun(self, w.execute, args, kwargs, w))
 
-    async def executemany(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
         w = self.__wrapped__
         return self._self_same(await _arun(self, w.executemany, args, kwargs, w))
 

@@ -36,7 +36,7 @@ _SWITCH = dbapi.Switch()
 _KEY = "_pulsetrace_db"
 #: A connection or cursor class -> its traced subclass.
 _traced: dict[type, type] = {}
-_mixin: Optional[type] = None  # psycopg2's connection with our cursor(), built on first use
+_mixin: Optional[type[Any]] = None  # psycopg2's connection with our cursor(), built on first use
 
 
 class _Cursor:
@@ -81,7 +81,7 @@ def _connection_class(base: Any) -> Optional[type]:
     """The traced subclass of a connection class, our ``cursor()`` right above
     psycopg2's (so ``DictConnection.cursor`` picks its factory first)."""
     global _mixin
-    import psycopg2.extensions as ext
+    import psycopg2.extensions as ext  # type: ignore[import-untyped]  # ships no type hints
 
     if _mixin is None:
 

@@ -45,7 +45,7 @@ _connect = dbapi.connect_wrapper(_SWITCH, _proxy, "pymysql.connect")
 
 def patch() -> None:
     """Trace connections made from now on (idempotent)."""
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]  # ships no type hints
 
     if getattr(pymysql, _MARK, False):
         return

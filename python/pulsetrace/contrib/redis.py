@@ -110,7 +110,7 @@ def _base(instance: Any) -> dict[str, Any]:
     """The attributes every command of a client shares, read from its
     connection pool once and kept on the pool (shared: callers copy)."""
     pool = getattr(instance, "connection_pool", None)
-    cached = getattr(pool, _BASE_ATTR, None)
+    cached: Optional[dict[str, Any]] = getattr(pool, _BASE_ATTR, None)
     if cached is not None:
         return cached
     attrs: dict[str, Any] = {"db.system.name": "redis"}

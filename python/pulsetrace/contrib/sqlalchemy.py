@@ -44,7 +44,7 @@ _OPEN: contextvars.ContextVar[Optional[dbapi.Started]] = contextvars.ContextVar(
 
 
 def _database(engine: Any) -> dbapi.Database:
-    db = engine.__dict__.get(_KEY)
+    db: Optional[dbapi.Database] = engine.__dict__.get(_KEY)
     if db is None:
         url = engine.url
         system = _SYSTEMS.get(engine.dialect.name, engine.dialect.name)

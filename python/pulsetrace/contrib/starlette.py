@@ -19,12 +19,15 @@ before ``patch()`` (one that has already served a request) is not traced.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import wrapt
 
 from pulsetrace import _diag
 from pulsetrace.contrib import asgi
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 SUPPORTED = ">=0.37"
 
@@ -132,7 +135,7 @@ def _family(cls: type) -> list[type]:
     return out
 
 
-def _on_subclass(cls: type, **kwargs: Any) -> None:
+def _on_subclass(cls: type[Starlette], /, **kwargs: Any) -> None:
     from starlette.applications import Starlette
 
     super(Starlette, cls).__init_subclass__(**kwargs)
@@ -174,6 +177,7 @@ def patch() -> None:
     if "__init_subclass__" not in Starlette.__dict__:
         # Subclasses defined later: FastAPI's module imports Starlette's, which
         # triggers this patch, before it defines FastAPI.
+        # Patching a method of a (typed) class.
         Starlette.__init_subclass__ = classmethod(_on_subclass)  # type: ignore[assignment]
     setattr(Starlette, _MARK, True)
     _active = True

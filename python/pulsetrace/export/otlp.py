@@ -483,7 +483,7 @@ class OtlpTransport:
 
     def _setup_grpc(self) -> None:
         try:
-            import grpc
+            import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
         except ImportError as exc:
             raise RuntimeError(
                 "grpcio is not installed: pip install grpcio, "

@@ -47,11 +47,15 @@ build: $(VENV)/.built
 demo: build
 	$(PY) examples/demo.py
 
-lint: $(VENV)/.installed
+# mypy --strict checks the package ([tool.mypy] in pyproject.toml); stubtest
+# checks _native.pyi against the built extension (so lint needs the build).
+lint: $(VENV)/.built
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks examples scripts
 	$(VENV)/bin/ruff format --check python tests benchmarks examples scripts
+	$(PY) -m mypy --strict
+	$(PY) -m mypy.stubtest pulsetrace._native --allowlist scripts/stubtest_allowlist.txt
 
 rust-test: system-deps
 	$(CARGO) test --locked -p pulsetrace-core

@@ -229,6 +229,20 @@ def test_arguments_by_position_or_keyword_and_bad_arguments_named(exporter):
     assert str(inspect.signature(pulsetrace.start_span)).startswith("(name, *, kind=None")
 
 
+def test_the_vectorcall_methods_signatures_start_with_self():
+    # help(), inspect and type checkers' stub tests read these signatures;
+    # as for any method, the unbound one takes the instance first.
+    from pulsetrace._native import Span, Tracer
+
+    for method, first in [
+        (Tracer.start_span, "name"),
+        (Span.__exit__, "exc_type"),
+        (Span.set_attribute, "key"),
+        (Span.end, "end_time"),
+    ]:
+        assert list(inspect.signature(method).parameters)[:2] == ["self", first], method
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
 def test_fork_gives_the_child_fresh_ids_and_a_working_agent(exporter, tmp_path):
     import os

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from otlp_receivers import HttpAnswer, HttpReceiver, closed_port
+from otlp_receivers import HttpAnswer, HttpReceiver, closed_port, spans_of
 
 import pulsetrace
 from pulsetrace import _runtime
@@ -47,13 +47,7 @@ def record(n: int, name: str, attrs: Any = None) -> None:
 
 
 def received(receiver: HttpReceiver) -> list[str]:
-    return [
-        s.name
-        for r in receiver.requests()
-        for rs in r.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-    ]
+    return [name for r in receiver.requests() for name, _, _ in spans_of(r)]
 
 
 def delta(before: dict[str, int], *names: str) -> tuple[int, ...]:

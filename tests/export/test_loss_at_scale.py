@@ -17,7 +17,7 @@ from typing import Any
 
 import otlp_receivers
 import pytest
-from otlp_receivers import HttpAnswer, HttpReceiver, closed_port, start_http_receiver
+from otlp_receivers import HttpAnswer, HttpReceiver, closed_port, spans_of, start_http_receiver
 
 import pulsetrace
 from pulsetrace.export.otlp import config_from_env
@@ -61,13 +61,7 @@ DELAY_S = 5.0  # the slow collector: every answer after 5 s
 
 
 def names(receiver: HttpReceiver) -> list[str]:
-    return [
-        s.name
-        for r in receiver.requests()
-        for rs in r.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-    ]
+    return [name for r in receiver.requests() for name, _, _ in spans_of(r)]
 
 
 def run_app(

@@ -115,7 +115,7 @@ def retry_info_delay(retry_info: bytes) -> Optional[float]:
     return None
 
 
-def status(buf: bytes) -> tuple[str, Optional[float]]:
+def rpc_status(buf: bytes) -> tuple[str, Optional[float]]:
     """``(message, RetryInfo delay or None)`` of a google.rpc.Status."""
     message, delay = "", None
     try:
@@ -166,7 +166,7 @@ def grpc_error_attempt(exc: Any, closed: bool) -> Attempt:
             continue
         try:
             if key == "grpc-status-details-bin":
-                message, found = status(value)
+                message, found = rpc_status(value)
                 details = details or message
             elif key == "google.rpc.retryinfo-bin":
                 found = retry_info_delay(value)
@@ -202,7 +202,7 @@ def http_answer_attempt(response: http.client.HTTPResponse, data: bytes) -> Atte
     message = ""
     ctype = (response.getheader("content-type") or "").lower()
     if "protobuf" in ctype:
-        message, _ = status(data)
+        message, _ = rpc_status(data)
     elif data:
         message = data[:200].decode("utf-8", "replace").strip()
     error = f"HTTP {status} {response.reason}" + (f": {message}" if message else "")

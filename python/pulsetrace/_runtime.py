@@ -108,7 +108,9 @@ class _ExportThread(threading.Thread):
                 return
             if self.stopping or wake == "stopped":
                 return  # stopped, or the core was replaced (a new thread follows)
-            if export_pending() == 0 and wake == "ready":
+            # One batch per wake-up: what is left waits until it is a batch
+            # too, or its own delay ran out (so a burst makes few requests).
+            if export_pending(BATCH_SPANS, batches=1) == 0 and wake == "ready":
                 # Traces wait but none could be taken (an error, logged):
                 # pause rather than spin on them.
                 self._pause.wait(self.interval_s)
@@ -254,8 +256,11 @@ def _restart_worker() -> None:
 _export_lock = threading.Lock()
 
 
-def export_pending(max_spans: int = 4096, timeout: Optional[float] = None) -> int:
-    """Drain kept traces into every exporter; returns spans handed over.
+def export_pending(
+    max_spans: int = BATCH_SPANS, timeout: Optional[float] = None, batches: Optional[int] = None
+) -> int:
+    """Hand kept traces to every exporter, in batches of about ``max_spans``
+    spans: all of them, or the first ``batches``. Returns spans handed over.
     With ``timeout``, gives up (returns 0) if another export (a slow
     receiver) holds the export lock longer than that."""
     t = _tracer
@@ -264,15 +269,17 @@ def export_pending(max_spans: int = 4096, timeout: Optional[float] = None) -> in
     if not _export_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
         return 0
     try:
-        return _export_locked(t, max_spans)
+        return _export_locked(t, max_spans, batches)
     finally:
         _export_lock.release()
 
 
-def _export_locked(t: Tracer, max_spans: int) -> int:
+def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
     total = 0
     limit = _config.export_max_request_bytes if _config is not None else None
-    while True:
+    while batches is None or batches > 0:
+        if batches is not None:
+            batches -= 1
         try:
             native = t.drain_batch(max_spans)
         except Exception as exc:
@@ -297,6 +304,7 @@ def _export_locked(t: Tracer, max_spans: int) -> int:
             else:
                 record_delivery(0, spans)
                 count_export_failure()
+    return total
 
 
 def _note_oversized(spans: int) -> None:

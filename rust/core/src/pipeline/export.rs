@@ -31,11 +31,10 @@ pub struct KeptTrace {
 
 #[derive(Default)]
 pub(super) struct ExportQueue {
-    pub(super) traces: VecDeque<KeptTrace>,
+    /// The traces, with when each was queued (monotonic ns): a batch's
+    /// delay runs from its oldest trace's.
+    pub(super) traces: VecDeque<(KeptTrace, u64)>,
     pub(super) spans: usize,
-    /// When the oldest trace waiting was queued (monotonic ns): the batch's
-    /// delay runs from it. Meaningful while `traces` is not empty.
-    oldest_ns: u64,
     /// The export thread is asleep in `wait_export`, for a batch of this
     /// many spans.
     waiting_for: Option<usize>,
@@ -107,11 +106,8 @@ impl Core {
             // `trace` is freed here, outside the lock.
             return;
         }
-        if q.traces.is_empty() {
-            q.oldest_ns = now_mono_ns();
-        }
         q.spans += n;
-        q.traces.push_back(trace);
+        q.traces.push_back((trace, now_mono_ns()));
         // Wake the export thread on the first trace (to note the batch's
         // deadline) and when the batch is full; not for every trace.
         if let Some(batch) = q.waiting_for {
@@ -129,12 +125,12 @@ impl Core {
         let mut q = self.export.lock();
         let mut out = Vec::new();
         let mut taken = 0;
-        while let Some(front) = q.traces.front() {
+        while let Some((front, _)) = q.traces.front() {
             let n = front.spans.len();
             if !out.is_empty() && taken + n > max_spans {
                 break;
             }
-            let t = q.traces.pop_front().expect("front exists");
+            let (t, _) = q.traces.pop_front().expect("front exists");
             q.spans -= n;
             taken += n;
             out.push(t);
@@ -180,18 +176,17 @@ impl Core {
                 return ExportWake::Kicked;
             }
             let now = now_mono_ns();
-            let due = q.oldest_ns.saturating_add(max_delay_ns);
-            if !q.traces.is_empty() && (q.spans >= batch || now >= due) {
+            let due = q
+                .traces
+                .front()
+                .map_or(u64::MAX, |&(_, queued)| queued.saturating_add(max_delay_ns));
+            if q.spans >= batch || now >= due {
                 return ExportWake::Ready;
             }
             if now >= deadline {
                 return ExportWake::TimedOut;
             }
-            let until = if q.traces.is_empty() {
-                deadline
-            } else {
-                deadline.min(due)
-            };
+            let until = deadline.min(due);
             q.waiting_for = Some(batch);
             self.export_ready
                 .wait_for(&mut q, Duration::from_nanos(until - now));
@@ -303,6 +298,22 @@ mod tests {
         assert_eq!(wake, ExportWake::Ready);
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert_eq!(c.drain_export(100).len(), 3);
+    }
+
+    #[test]
+    fn what_a_batch_leaves_waits_for_its_own_delay() {
+        let c = roomy();
+        for t in 1..=5 {
+            c.end_span(rec(t, 1, 0), t as u64);
+        }
+        assert_eq!(c.wait_export(60_000_000_000, 3, 0), ExportWake::Ready);
+        assert_eq!(c.drain_export(3).len(), 3);
+        // 2 spans: not a batch, and queued just now.
+        assert_eq!(
+            c.wait_export(60_000_000_000, 3, 20_000_000),
+            ExportWake::TimedOut
+        );
+        assert_eq!(c.wait_export(0, 3, 0), ExportWake::Ready);
     }
 
     #[test]

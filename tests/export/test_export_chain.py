@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from otlp_receivers import HttpReceiver, spans_of
+from otlp_receivers import ExportRequest, HttpReceiver, spans_of
 
 import pulsetrace
 from pulsetrace.export.otlp import config_from_env
@@ -103,3 +103,45 @@ def test_a_full_batch_is_handed_over_at_once_whatever_the_delay(http_receiver, a
     # What did not fill a batch waits for the delay or a flush.
     assert pulsetrace.flush(10)
     assert sorted(names(http_receiver)) == sorted(f"burst {i}" for i in range(150))
+
+
+class Recording:
+    """An exporter of the application's own: what each batch gave it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list[str], int]] = []
+
+    def export(self, batch: Any, /) -> pulsetrace.ExportResult:
+        requests, oversized = batch.otlp_requests()
+        decoded = [ExportRequest.FromString(r) for r, _ in requests]
+        sent = sum(n for _, n in requests)
+        names = [name for r in decoded for name, _, _ in spans_of(r)]
+        self.seen.append((len(batch), batch.spans, names, sent + oversized))
+        return pulsetrace.ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        pass
+
+
+def test_every_exporter_gets_one_batch_as_spans_or_as_otlp_requests(added):
+    fresh(export_interval_ms=60_000)
+    own, memory = Recording(), pulsetrace.InMemorySpanExporter()
+    added.extend([own, memory])
+    pulsetrace.add_exporter(own)
+    pulsetrace.add_exporter(memory)
+    for i in range(3):
+        with pulsetrace.start_span(f"root {i}"):
+            with pulsetrace.start_span(f"child {i}"):
+                pass
+    before = pulsetrace.counters()
+    assert pulsetrace.flush(5)
+    # One batch of 3 traces, 6 spans: the same spans both ways.
+    ((traces, spans, names_sent, accounted),) = own.seen
+    assert (traces, spans, accounted) == (3, 6, 6)
+    assert sorted(names_sent) == sorted(s.name for s in memory.spans())
+    assert len(memory.traces()) == 3
+    c = pulsetrace.counters()
+    assert c["spans_delivered"] - before["spans_delivered"] == 12  # 6 to each exporter

@@ -132,13 +132,13 @@ class OtlpSpanExporter(SpanExporter):
         if oversized:
             _runtime.record_delivery(0, oversized)
         for payload, spans in requests:
-            if self.export_otlp(payload, spans) is not ExportResult.QUEUED:
+            if self._queue_request(payload, spans) is not ExportResult.QUEUED:
                 lost += spans
         if lost:
             _runtime.count_export_failure()
         return ExportResult.QUEUED
 
-    def export_otlp(self, payload: bytes, spans: int) -> ExportResult:
+    def _queue_request(self, payload: bytes, spans: int) -> ExportResult:
         """Queue one encoded request of ``spans`` spans for sending: QUEUED,
         or FAILURE (counted as not delivered) when it does not fit."""
         with self._cv:

@@ -1,5 +1,7 @@
 """The OTLP span exporter: kept traces to Jaeger or any OpenTelemetry
-Collector, as natively encoded ``ExportTraceServiceRequest`` bytes.
+Collector, as natively encoded ``ExportTraceServiceRequest`` bytes (each
+batch's :meth:`~pulsetrace.export.SpanBatch.otlp_requests`, encoded once per
+batch whatever the number of OTLP exporters).
 
 The network I/O runs on the exporter's own sender thread, behind a queue of
 encoded requests bounded in spans (``PULSETRACE_EXPORT_QUEUE_SIZE``): a

@@ -16,7 +16,8 @@
 //!   `latency`, `histogram_v2` and `render_metrics` (they drain the intake:
 //!   `Core::sync`), `counters` (`Core::stats`: the drain, every trace shard,
 //!   the export queue), `process`, `drain` and `drain_batch` (the drain and
-//!   the export queue), `shutdown` (stopping and joining the worker, then
+//!   the export queue), `wait_export` (the export thread's sleep on the
+//!   export queue) and `kick_export`, `shutdown` (stopping and joining the worker, then
 //!   deciding every trace), `configure` (the same for the old core, and
 //!   moving its kept traces).
 //! - Spans end through `Core::submit_span`, with the GIL: it waits for no
@@ -41,7 +42,7 @@ use parking_lot::Mutex;
 use pulsetrace_core::clock;
 use pulsetrace_core::head::{HeadDecision, HeadSampler, Parent};
 use pulsetrace_core::otlp::Encoder;
-use pulsetrace_core::pipeline::{Core, CoreConfig};
+use pulsetrace_core::pipeline::{Core, CoreConfig, ExportWake};
 use pulsetrace_core::propagation::{normalize_tracestate, parse_traceparent};
 use pulsetrace_core::span::SpanKind;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -787,6 +788,44 @@ impl Tracer {
                 return Ok(None);
             }
             Ok(Some(Batch::new(traces, self.encoder.load_full())))
+        })
+    }
+
+    /// The export thread's sleep, without the GIL: returns "ready" once a
+    /// batch of `batch_spans` spans waits or the oldest kept trace has
+    /// waited `max_delay` seconds, "kicked" after `kick_export`, "stopped"
+    /// once the core stopped (shutdown, reconfiguration), "timeout" after
+    /// `timeout` seconds (None: no timeout). Nothing polls meanwhile.
+    #[pyo3(signature = (max_delay, batch_spans, timeout=None))]
+    fn wait_export(
+        &self,
+        py: Python<'_>,
+        max_delay: f64,
+        batch_spans: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<&'static str> {
+        or_error("tracer.wait_export", || {
+            let core = self.core(py)?;
+            let ns = |s: f64| (s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
+            let (delay, timeout) = (ns(max_delay), timeout.map_or(u64::MAX, ns));
+            let wake = py.allow_threads(move || core.wait_export(delay, batch_spans, timeout));
+            Ok(match wake {
+                ExportWake::Ready => "ready",
+                ExportWake::Kicked => "kicked",
+                ExportWake::Stopped => "stopped",
+                ExportWake::TimedOut => "timeout",
+            })
+        })
+    }
+
+    /// End the export thread's `wait_export` now (a flush, a stop); a kick
+    /// while it is not waiting ends its next wait. Lock held for a flag.
+    fn kick_export(&self, py: Python<'_>) -> PyResult<()> {
+        or_error("tracer.kick_export", || {
+            if let Some(core) = self.core.load_full() {
+                py.allow_threads(move || core.kick_export());
+            }
+            Ok(())
         })
     }
 

@@ -117,7 +117,9 @@ def configs(receiver_port: int) -> dict[str, tuple[str, list[str], dict[str, str
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{receiver_port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
     }
-    pt, otel, dd = (venv_bin(n) for n in ("pulsetrace-run", "opentelemetry-instrument", "ddtrace-run"))
+    pt, otel, dd = (
+        venv_bin(n) for n in ("pulsetrace-run", "opentelemetry-instrument", "ddtrace-run")
+    )
     out: dict[str, tuple[str, list[str], dict[str, str]]] = {"none": ("no agent", [], {})}
     if pt:
         out["pulsetrace_no_export"] = (
@@ -236,7 +238,9 @@ def import_grpc_kib() -> Optional[int]:
         "a = r()\nimport grpc\nprint((r() - a) // 1024)\n"
     )
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
         return int(out.stdout.strip())
     except (ValueError, subprocess.TimeoutExpired):
         return None

@@ -32,6 +32,7 @@ use std::sync::{Arc, OnceLock};
 pub const OVERFLOW_NAME: &str = "(overflow)";
 
 const SLOTS: usize = SpanKind::ALL.len() * StatusClass::COUNT;
+const _: () = assert!(SLOTS <= u8::MAX as usize, "slot indexes are kept as u8");
 
 fn slot_index(kind: SpanKind, class: StatusClass) -> usize {
     kind as usize * StatusClass::COUNT + class as usize
@@ -50,15 +51,17 @@ pub struct ExemplarSample {
 /// Exemplars kept per key: the most recent ones (a ring).
 const EXEMPLARS_PER_KEY: usize = 32;
 
-type Exemplars = [Mutex<VecDeque<ExemplarSample>>; SLOTS];
+/// The exemplar rings of an operation's keys that have any, by slot index
+/// (most operations have one or two keys: a short list, not an array of all).
+type Exemplars = Vec<(u8, VecDeque<ExemplarSample>)>;
 
 /// All histograms of one operation name and target.
 pub struct Operation {
     name: Arc<str>,
     target: Target,
     slots: [OnceLock<Arc<Histogram>>; SLOTS],
-    /// Allocated with the operation's first exemplar (kept traces only).
-    exemplars: OnceLock<Box<Exemplars>>,
+    /// Allocates with the operation's first exemplar (kept traces only).
+    exemplars: Mutex<Exemplars>,
 }
 
 impl Operation {
@@ -67,7 +70,7 @@ impl Operation {
             name: Arc::from(name),
             target,
             slots: std::array::from_fn(|_| OnceLock::new()),
-            exemplars: OnceLock::new(),
+            exemplars: Mutex::new(Vec::new()),
         }
     }
 
@@ -480,10 +483,15 @@ impl Registry {
             Some(op) if op.slots[idx].get().is_some() => op,
             _ => return,
         };
-        let rings = op
-            .exemplars
-            .get_or_init(|| Box::new(std::array::from_fn(|_| Mutex::new(VecDeque::new()))));
-        let mut ring = rings[idx].lock();
+        let mut rings = op.exemplars.lock();
+        let at = match rings.iter().position(|(i, _)| usize::from(*i) == idx) {
+            Some(at) => at,
+            None => {
+                rings.push((idx as u8, VecDeque::new()));
+                rings.len() - 1
+            }
+        };
+        let ring = &mut rings[at].1;
         if ring.len() >= EXEMPLARS_PER_KEY {
             ring.pop_front();
         }
@@ -503,14 +511,13 @@ impl Registry {
     ) -> Vec<Option<ExemplarSample>> {
         let mut out = vec![None; bounds_ns.len()];
         let idx = slot_index(kind, class);
-        let Some(rings) = self
-            .table
-            .find(name, &target)
-            .and_then(|op| op.exemplars.get())
-        else {
+        let Some(op) = self.table.find(name, &target) else {
             return out;
         };
-        let ring = rings[idx].lock();
+        let rings = op.exemplars.lock();
+        let Some((_, ring)) = rings.iter().find(|(i, _)| usize::from(*i) == idx) else {
+            return out;
+        };
         for e in ring.iter() {
             let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
             if b < out.len() {

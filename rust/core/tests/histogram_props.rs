@@ -208,7 +208,8 @@ proptest! {
 /// The eager reference model: the `hdrhistogram` crate's histogram, every
 /// slot allocated up front, fed the stored values.
 fn eager(cfg: HistogramConfig, values: &[u64]) -> hdrhistogram::Histogram<u64> {
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, cfg.highest, cfg.sigfig).unwrap();
+    let mut h =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, cfg.highest, cfg.sigfig).unwrap();
     for &v in values {
         h.record(stored(cfg, v)).unwrap();
     }

@@ -20,7 +20,9 @@ fn create(r: &Registry, names: &[String]) -> f64 {
 fn new_keys_cost_the_same_at_10_and_at_10000_keys() {
     let keys = 10_000;
     let r = Registry::new(HistogramConfig::default(), keys);
-    let names: Vec<String> = (0..keys).map(|i| format!("GET /api/v1/r{i}/{{id}}")).collect();
+    let names: Vec<String> = (0..keys)
+        .map(|i| format!("GET /api/v1/r{i}/{{id}}"))
+        .collect();
     let first = create(&r, &names[..1_000]);
     create(&r, &names[1_000..9_000]);
     let last = create(&r, &names[9_000..]);

@@ -246,7 +246,10 @@ impl fmt::Debug for Histogram {
         f.debug_struct("Histogram")
             .field("config", &self.layout.cfg)
             .field("slots", &self.layout.len)
-            .field("rows_allocated", &self.rows.allocated(self.layout.len).count())
+            .field(
+                "rows_allocated",
+                &self.rows.allocated(self.layout.len).count(),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -205,10 +205,7 @@ impl Snapshot {
             (0, 0) => (0, 0),
             (0, _) => (other.first, other.last + 1),
             (_, 0) => (self.first, self.last + 1),
-            _ => (
-                self.first.min(other.first),
-                self.last.max(other.last) + 1,
-            ),
+            _ => (self.first.min(other.first), self.last.max(other.last) + 1),
         };
         let counts = (lo..hi)
             .map(|i| self.at(i).saturating_add(other.at(i)))

@@ -382,5 +382,8 @@ fn snapshots_of_far_apart_values_merge_and_subtract() {
     h.record(9_000_000);
     let d = h.snapshot().delta(&before);
     assert_eq!(d, hist(&[3, 9_000_000]).snapshot());
-    assert_eq!(before.delta(&before), Snapshot::empty(HistogramConfig::default()));
+    assert_eq!(
+        before.delta(&before),
+        Snapshot::empty(HistogramConfig::default())
+    );
 }

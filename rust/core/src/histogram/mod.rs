@@ -336,16 +336,31 @@ impl Histogram {
     }
 
     /// The counts of the allocated rows, `read` applied to each counter,
-    /// as (index of the first slot, counts up to the last allocated row).
+    /// as (index of the first slot, counts up to the end of the last
+    /// allocated row). A row allocated while this runs may be left out (its
+    /// records are as if they came after the read).
     fn read_rows(&self, read: impl Fn(&AtomicU64) -> u64) -> (usize, Vec<u64>) {
-        let mut start = None;
-        let mut counts = Vec::new();
-        for (first, row) in self.rows.allocated(self.layout.len) {
-            let base = *start.get_or_insert(first);
-            counts.resize(first - base, 0);
-            counts.extend(row.iter().map(&read));
+        let len = self.layout.len;
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for (start, row) in self.rows.allocated(len) {
+            lo = lo.min(start);
+            hi = start + row.len();
         }
-        (start.unwrap_or(0), counts)
+        if lo == usize::MAX {
+            return (0, Vec::new());
+        }
+        let mut counts = vec![0u64; hi - lo];
+        for (start, row) in self.rows.allocated(len) {
+            if let Some(dst) = start
+                .checked_sub(lo)
+                .and_then(|at| counts.get_mut(at..at + row.len()))
+            {
+                for (c, slot) in dst.iter_mut().zip(row) {
+                    *c = read(slot);
+                }
+            }
+        }
+        (lo, counts)
     }
 
     /// Cumulative copy of everything recorded since creation, the last

@@ -109,5 +109,8 @@ def test_ten_thousand_operations_cost_kilobytes_each_and_constant_time():
     # The histogram rows such a series touches (~8 KiB), its key, and the
     # allocator's slack; a dense histogram alone was 37 KiB.
     assert per_operation_kib < 16, f"{per_operation_kib:.1f} KiB per operation"
-    first, last = r["took"][0], r["took"][-1]
-    assert last < 4 * first + 0.05, f"first 1,000 {first * 1e3:.0f} ms, last {last * 1e3:.0f} ms"
+    # Each 1,000 new operations: the fastest of the last three chunks against the
+    # slowest of the first three (a copy of the registry per new key made the
+    # chunks grow linearly: ~900 ms at the end against ~70 ms at the start).
+    took = [round(t * 1e3) for t in r["took"]]
+    assert min(took[-3:]) < 3 * max(took[:3]) + 20, f"ms per 1,000 new operations: {took}"

@@ -42,7 +42,7 @@ mod request;
 
 pub use query::{percent_decode, redact_query, REDACTED};
 pub use request::{
-    method_of, parse_port, server_span, span_name, split_host, Method, Request, ServerSpan, Text, Value,
+    host_is_usable, method_of, parse_port, server_span, span_name, split_host, Method, Request, ServerSpan, Text, Value,
     KNOWN_METHODS,
 };
 

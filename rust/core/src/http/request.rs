@@ -137,6 +137,13 @@ pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     Some((name, Some(parse_port(port)?)))
 }
 
+/// Whether `host` (a `Host` header) names the server: when it does not,
+/// [`server_span`] uses the server's own name and port, which a caller may
+/// then read only when needed.
+pub fn host_is_usable(host: Option<&str>) -> bool {
+    present(host).and_then(split_host).is_some()
+}
+
 /// The facts of one request, as the server integration read them.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {

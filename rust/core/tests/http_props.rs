@@ -38,6 +38,7 @@ proptest! {
         protocol in opt_text(),
         words in prop::collection::vec("[a-z]{1,6}", 0..3),
         asgi in any::<bool>(),
+        raw_path in any::<bool>(),
     ) {
         let (script_s, path_s, query_s) = (latin1(&script), latin1(&path), latin1(&query));
         let req = Request {
@@ -47,14 +48,22 @@ proptest! {
             server_name: server_name.as_deref(),
             server_port,
             script: if asgi { Text::Decoded("") } else { Text::Latin1(&script_s) },
-            path: if asgi { Text::Decoded(&decoded_path) } else { Text::Latin1(&path_s) },
+            path: match (asgi, raw_path) {
+                (false, _) => Text::Latin1(&path_s),
+                (true, false) => Text::Decoded(&decoded_path),
+                (true, true) => Text::PercentEncoded(&path),
+            },
             query: if asgi { Text::Bytes(&query) } else { Text::Latin1(&query_s) },
             client: client.as_deref(),
             user_agent: user_agent.as_deref(),
             protocol: protocol.as_deref(),
         };
         let s = server_span(&req, &words);
-        let path_in = if asgi { decoded_path.len() } else { script.len() + path.len() };
+        let path_in = match (asgi, raw_path) {
+            (true, false) => decoded_path.len(),
+            (true, true) => path.len(),
+            (false, _) => script.len() + path.len(),
+        };
         prop_assert!(s.path.len() <= 3 * path_in + 1);
         prop_assert!(s.path.len() > 0);
         if let Some(q) = &s.query {

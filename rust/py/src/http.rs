@@ -229,14 +229,23 @@ pub(crate) fn new_server_span(
 }
 
 /// Text a Python integration hands over: `str` (decoded, or latin-1 text
-/// when `latin1`) or `bytes`; anything else is empty. A `str` that is not
-/// valid UTF-8 (lone surrogates) is copied into `owned` with U+FFFD.
-fn text_of<'a>(v: Option<&'a Bound<'_, PyAny>>, latin1: bool, owned: &'a mut String) -> Text<'a> {
+/// when `latin1`) or `bytes` (as received: percent-encoded when
+/// `percent_encoded`); anything else is empty. A `str` that is not valid
+/// UTF-8 (lone surrogates) is copied into `owned` with U+FFFD.
+fn text_of<'a>(
+    v: Option<&'a Bound<'_, PyAny>>,
+    latin1: bool,
+    percent_encoded: bool,
+    owned: &'a mut String,
+) -> Text<'a> {
     let Some(v) = v else {
         return Text::Decoded("");
     };
     if let Ok(b) = v.downcast::<PyBytes>() {
-        return Text::Bytes(b.as_bytes());
+        return match percent_encoded {
+            true => Text::PercentEncoded(b.as_bytes()),
+            false => Text::Bytes(b.as_bytes()),
+        };
     }
     let Ok(s) = v.downcast::<PyString>() else {
         return Text::Decoded("");
@@ -257,8 +266,8 @@ fn text_of<'a>(v: Option<&'a Bound<'_, PyAny>>, latin1: bool, owned: &'a mut Str
 
 /// The SERVER span of one request (not yet current), from what an
 /// integration read: the method, scheme, `Host` header, the server's own
-/// name and port, the path (`str`: decoded, as ASGI's `path`; `bytes`: as
-/// received), the query string (`bytes` as received, or latin-1 `str`), the
+/// name and port, the path (`str`: decoded, as ASGI's `path`; `bytes`:
+/// percent-encoded as received, as ASGI's `raw_path`), the query string (`bytes` as received, or latin-1 `str`), the
 /// client's address, `User-Agent`, the protocol version and the incoming
 /// `traceparent`/`tracestate`. The span continues that trace, or starts
 /// one of its own (never a child of the current span). Named `METHOD`;
@@ -301,8 +310,8 @@ pub fn http_server_span<'py>(
                 server_name,
                 server_port: server_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p > 0),
                 script: Text::Decoded(""),
-                path: text_of(path, false, &mut owned_path),
-                query: text_of(query, true, &mut owned_query),
+                path: text_of(path, false, true, &mut owned_path),
+                query: text_of(query, true, false, &mut owned_query),
                 client,
                 user_agent,
                 protocol,

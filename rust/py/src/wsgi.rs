@@ -171,7 +171,7 @@ fn plan<'py>(
             restore_pending(outer_span);
         }
     }
-    let span = match crate::wsgi_environ::start(py, tracer, env)
+    let span = match crate::wsgi_environ::start(py, tracer, env, None)
         .and_then(|s| crate::newobj::new_bound(py, s))
     {
         Ok(s) => s.unbind(),

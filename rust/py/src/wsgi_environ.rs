@@ -147,10 +147,13 @@ fn remote_context(
 }
 
 /// The SERVER span of the request `environ` describes (not yet current).
+/// `decoded_path`, if given, is the request's path as a framework decoded
+/// it, in place of `SCRIPT_NAME` and `PATH_INFO`.
 pub(crate) fn start(
     py: Python<'_>,
     tracer: &Bound<'_, Tracer>,
     environ: &Bound<'_, PyDict>,
+    decoded_path: Option<&str>,
 ) -> PyResult<Span> {
     let t = tracer.get();
     let start_mono = clock::now_mono_ns();
@@ -172,8 +175,14 @@ pub(crate) fn start(
         host: host.as_deref(),
         server_name: server_name.as_deref(),
         server_port: port.as_deref().and_then(parse_port),
-        script: latin1(&script),
-        path: latin1(&path),
+        script: match decoded_path {
+            Some(_) => Text::Decoded(""),
+            None => latin1(&script),
+        },
+        path: match decoded_path {
+            Some(p) => Text::Decoded(p),
+            None => latin1(&path),
+        },
         query: latin1(&query),
         client: client.as_deref(),
         user_agent: user_agent.as_deref(),
@@ -187,12 +196,16 @@ pub(crate) fn start(
 
 /// The SERVER span of the WSGI request `environ` describes, not yet
 /// current: what the native WSGI path starts, for a framework hook that
-/// manages the span itself (Django).
+/// manages the span itself (Django). `path`, if given, is the request's
+/// path as the framework decoded it (Django replaces `PATH_INFO` in its
+/// `META` with that), read as it is.
 #[pyfunction]
+#[pyo3(signature = (tracer, environ, path=None))]
 pub fn wsgi_server_span<'py>(
     py: Python<'py>,
     tracer: &Bound<'py, Tracer>,
     environ: &Bound<'py, PyDict>,
+    path: Option<&str>,
 ) -> PyResult<Bound<'py, Span>> {
     let t = tracer.get();
     if !t.is_enabled() {
@@ -201,7 +214,7 @@ pub fn wsgi_server_span<'py>(
     crate::guard::guard(
         py,
         "wsgi.server_span",
-        || crate::newobj::new_bound(py, start(py, tracer, environ)?),
+        || crate::newobj::new_bound(py, start(py, tracer, environ, path)?),
         || Ok(t.noop_span(tracer)?.into_bound(py)),
     )
 }

@@ -67,18 +67,28 @@ pub enum Text<'a> {
     /// Characters above U+00FF (not PEP 3333 text: an application or test
     /// client that put decoded text there) are taken as decoded text.
     Latin1(&'a str),
-    /// Already decoded text (ASGI's `path`).
+    /// Already decoded text (ASGI's `path`, a framework's decoded path).
     Decoded(&'a str),
     /// The bytes received (ASGI's `query_string`).
     Bytes(&'a [u8]),
+    /// A path as received, percent-encoded (ASGI's `raw_path`): `%XX`
+    /// sequences are decoded (and nothing else, `+` included).
+    PercentEncoded(&'a [u8]),
 }
 
 impl<'a> Text<'a> {
-    /// The text, its bytes read as UTF-8 (U+FFFD for what is not).
+    /// The text, its bytes read as UTF-8. A byte that is not part of valid
+    /// UTF-8 is written `%XX` (upper-case hex), as an IRI keeps it (RFC
+    /// 3987, 3.2; what Django reports too): nothing is lost, and the result
+    /// is the same whichever server decoded the path.
     pub fn decode(self) -> Cow<'a, str> {
         match self {
             Text::Decoded(s) => Cow::Borrowed(s),
-            Text::Bytes(b) => String::from_utf8_lossy(b),
+            Text::Bytes(b) => utf8_or_percent(b),
+            Text::PercentEncoded(b) => match percent_decode_bytes(b) {
+                Cow::Borrowed(b) => utf8_or_percent(b),
+                Cow::Owned(b) => Cow::Owned(utf8_or_percent(&b).into_owned()),
+            },
             // ASCII (nearly every path and query) is the same either way.
             Text::Latin1(s) if s.is_ascii() => Cow::Borrowed(s),
             Text::Latin1(s) => {
@@ -87,7 +97,7 @@ impl<'a> Text<'a> {
                 }
                 // Every character is below U+0100: one byte each.
                 let bytes: Vec<u8> = s.chars().map(|c| u32::from(c) as u8).collect();
-                Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+                Cow::Owned(utf8_or_percent(&bytes).into_owned())
             }
         }
     }
@@ -95,9 +105,56 @@ impl<'a> Text<'a> {
     fn is_empty(self) -> bool {
         match self {
             Text::Latin1(s) | Text::Decoded(s) => s.is_empty(),
-            Text::Bytes(b) => b.is_empty(),
+            Text::Bytes(b) | Text::PercentEncoded(b) => b.is_empty(),
         }
     }
+}
+
+/// `b` as UTF-8, each byte outside valid UTF-8 written `%XX`.
+fn utf8_or_percent(b: &[u8]) -> Cow<'_, str> {
+    let mut rest = b;
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) if out.is_empty() && s.len() == b.len() => return Cow::Borrowed(s),
+            Ok(s) => {
+                out.push_str(s);
+                return Cow::Owned(out);
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                // Valid up to here: no error can come of it.
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                let n = e.error_len().unwrap_or(bad.len());
+                for byte in &bad[..n] {
+                    out.push_str(&format!("%{byte:02X}"));
+                }
+                rest = &bad[n..];
+            }
+        }
+    }
+}
+
+/// `%XX` sequences decoded to bytes; anything else kept.
+fn percent_decode_bytes(b: &[u8]) -> Cow<'_, [u8]> {
+    if !b.contains(&b'%') {
+        return Cow::Borrowed(b);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
 }
 
 /// A port number: ASCII digits, 1 to 65535.
@@ -356,7 +413,11 @@ mod tests {
         // PEP 3333: `/café` arrives as the latin-1 text of its UTF-8 bytes.
         assert_eq!(with(Text::Latin1(""), Text::Latin1("/caf\u{c3}\u{a9}")), "/café");
         assert_eq!(with(Text::Latin1(""), Text::Decoded("/café")), "/café");
-        assert_eq!(with(Text::Latin1(""), Text::Latin1("/\u{ff}")), "/\u{fffd}");
+        // Bytes that are not UTF-8 are kept, percent-encoded.
+        assert_eq!(with(Text::Latin1(""), Text::Latin1("/\u{ff}\u{fe}x/\u{c3}")), "/%FF%FEx/%C3");
+        assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/%ff%FEx/%C3")), "/%FF%FEx/%C3");
+        assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/caf%C3%A9%2F%zz+")), "/café/%zz+");
+        assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/a%")), "/a%");
         // Not PEP 3333 text: taken as decoded.
         assert_eq!(with(Text::Latin1(""), Text::Latin1("/€")), "/€");
         assert_eq!(with(Text::Latin1("/app"), Text::Latin1("/x")), "/app/x");

@@ -234,7 +234,7 @@ def http_server_span(
     scheme: Optional[str] = None,
     host: Optional[str] = None,
     server_name: Optional[str] = None,
-    server_port: Optional[int] = None,
+    server_port: Union[int, str, None] = None,
     path: Union[str, bytes, None] = None,
     query: Union[str, bytes, None] = None,
     client: Optional[str] = None,

@@ -228,6 +228,15 @@ pub(crate) fn new_server_span(
     Ok(span)
 }
 
+/// A port as a server gives it: an int, or the text of one (a test
+/// client's `"80"`); anything else is none.
+fn port_of(v: &Bound<'_, PyAny>) -> Option<u16> {
+    if let Ok(s) = v.downcast::<PyString>() {
+        return crate::pystr::utf8(s).and_then(core_http::parse_port);
+    }
+    v.extract::<u16>().ok().filter(|&p| p > 0)
+}
+
 /// Text a Python integration hands over: `str` (decoded, or latin-1 text
 /// when `latin1`) or `bytes` (as received: percent-encoded when
 /// `percent_encoded`); anything else is empty. A `str` that is not valid
@@ -284,7 +293,7 @@ pub fn http_server_span<'py>(
     scheme: Option<&str>,
     host: Option<&str>,
     server_name: Option<&str>,
-    server_port: Option<i64>,
+    server_port: Option<&Bound<'py, PyAny>>,
     path: Option<&Bound<'py, PyAny>>,
     query: Option<&Bound<'py, PyAny>>,
     client: Option<&str>,
@@ -308,7 +317,7 @@ pub fn http_server_span<'py>(
                 scheme,
                 host,
                 server_name,
-                server_port: server_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p > 0),
+                server_port: server_port.and_then(port_of),
                 script: Text::Decoded(""),
                 path: text_of(path, false, true, &mut owned_path),
                 query: text_of(query, true, false, &mut owned_query),

@@ -14,18 +14,20 @@
 //! under a panic guard ([`crate::guard`]); the calls themselves do not, so
 //! nothing the application does is ever repeated or lost.
 //!
-//! Which span a nested hook sees: while a request's application call runs,
-//! this thread's [`SERVING`] names its span, so that a hook nested inside
-//! that call (a generic middleware around a framework hook) names that span
-//! instead of starting a second one. A body that ends in another context
-//! than the application call's leaves its token in [`PENDING`], for the
-//! next request in that context to give the context its previous value
-//! back.
+//! What a request span's application call leaves behind lives here, not on
+//! the span: while the call runs, this thread's [`SERVING`] names its span,
+//! so that a hook nested inside that call (a generic middleware around a
+//! framework hook) names that span instead of starting a second one; and
+//! the token of the context switch that made the span current waits in
+//! [`TOKENS`] until the context gets its previous value back: when the body
+//! ends in that context, or, if it ends elsewhere (or a server starts the
+//! next request in the same context first), when the next request there
+//! finds the span still current.
 //!
 //! GIL and locks: everything runs with the GIL (it calls the application).
-//! `PENDING` is a `GILProtected` cell, borrowed with `try_borrow_mut` and
-//! never across Python code; the response's and span's locks are
-//! `wsgi_response`'s.
+//! `TOKENS` is a `GILProtected` cell, borrowed with `try_borrow_mut` and
+//! never across Python code (a token is released after the borrow); the
+//! response's and span's locks are `wsgi_response`'s.
 
 use crate::guard::{guard, report};
 use crate::span::Span;
@@ -36,7 +38,6 @@ use pyo3::prelude::*;
 use pyo3::sync::GILProtected;
 use pyo3::types::PyDict;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 thread_local! {
@@ -45,23 +46,25 @@ thread_local! {
     static SERVING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// At most this many tokens wait in [`PENDING`]; past it the oldest is
-/// dropped (its context keeps the ended span as its current value).
-const PENDING_MAX: usize = 1024;
+/// At most this many tokens wait in [`TOKENS`] (one per request whose
+/// context has not had its value back yet: about one per server thread or
+/// connection); past it one is dropped, and its context keeps the ended
+/// span as its current value.
+const TOKENS_MAX: usize = 4096;
 
-/// Tokens of request spans whose body ended in another context than their
-/// application call's, with their span: the next request in that context
-/// (which finds the span still current) resets it.
-static PENDING: GILProtected<RefCell<VecDeque<(Py<Span>, PyObject)>>> =
-    GILProtected::new(RefCell::new(VecDeque::new()));
+/// Request spans made current for their application call, each with the
+/// token of that context switch, until the context gets its previous value
+/// back.
+static TOKENS: GILProtected<RefCell<Vec<(Py<Span>, PyObject)>>> =
+    GILProtected::new(RefCell::new(Vec::new()));
 
-/// Keep `token` (of `span`'s application call) for the next request in its
-/// context.
-pub(crate) fn pend(py: Python<'_>, span: Py<Span>, token: PyObject) {
-    let dropped = match PENDING.get(py).try_borrow_mut() {
-        Ok(mut pending) => {
-            let dropped = (pending.len() >= PENDING_MAX).then(|| pending.pop_front());
-            pending.push_back((span, token));
+/// Keep `token`, which made `span` current, until the context it was made
+/// in gets its previous value back.
+pub(crate) fn hold_token(py: Python<'_>, span: Py<Span>, token: PyObject) {
+    let dropped = match TOKENS.get(py).try_borrow_mut() {
+        Ok(mut tokens) => {
+            let dropped = (tokens.len() >= TOKENS_MAX).then(|| tokens.swap_remove(0));
+            tokens.push((span, token));
             dropped
         }
         Err(_) => None,
@@ -70,27 +73,26 @@ pub(crate) fn pend(py: Python<'_>, span: Py<Span>, token: PyObject) {
     drop(dropped);
 }
 
-/// Give this context the value it had before `span`'s application call, if
-/// its token waits in [`PENDING`] and was made in this context.
-fn restore_pending(span: &Bound<'_, Span>) {
+/// Give the context the value it had before `span`'s application call, if
+/// `span` has a token waiting and it was made in this context. Returns
+/// whether it did.
+pub(crate) fn restore_context(span: &Bound<'_, Span>) -> bool {
     let py = span.py();
-    let entry = {
-        let Ok(mut pending) = PENDING.get(py).try_borrow_mut() else {
-            return;
+    let token = {
+        let Ok(mut tokens) = TOKENS.get(py).try_borrow_mut() else {
+            return false;
         };
-        if pending.is_empty() {
-            return;
-        }
-        let Some(i) = pending.iter().position(|(s, _)| s.is(span)) else {
-            return;
+        // The latest first: the request that just ended, most of the time.
+        let Some(i) = tokens.iter().rposition(|(s, _)| s.is(span)) else {
+            return false;
         };
-        pending.remove(i)
+        tokens.swap_remove(i).1
     };
-    if let Some((s, token)) = entry {
-        if span.get().tracer.get().current.reset(token.bind(py)).is_err() {
-            pend(py, s, token);
-        }
+    if span.get().tracer.get().current.reset(token.bind(py)).is_ok() {
+        return true;
     }
+    hold_token(py, span.clone().unbind(), token);
+    false
 }
 
 pub(crate) fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
@@ -168,7 +170,7 @@ fn plan<'py>(
             }
             // A request span left current by a body that ended in another
             // context (or not yet): this context gets its value back.
-            restore_pending(outer_span);
+            restore_context(outer_span);
         }
     }
     let span = match crate::wsgi_environ::start(py, tracer, env, None)
@@ -194,7 +196,7 @@ fn plan<'py>(
         }
     };
     match t.current.set(span.bind(py).as_any()) {
-        Ok(token) => response.get().state.lock().token = Some(token.unbind()),
+        Ok(token) => hold_token(py, span.clone_ref(py), token.unbind()),
         Err(e) => {
             // Never current, never ended: not recorded.
             response.get().finished.store(true, Ordering::Relaxed);

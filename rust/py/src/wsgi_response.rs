@@ -1,9 +1,8 @@
 //! The WSGI response object: one per request, it is both the
 //! `start_response` the application gets and the body the server gets back
 //! (see [`TracedResponse`]). It owns what only a WSGI request has: the
-//! server's `start_response`, the application's body, and the token of the
-//! context switch that made the request span current for the application
-//! call, until the body ends.
+//! server's `start_response`, the application's body and its iterator,
+//! whether the application call's context switch is still in place.
 //!
 //! GIL and locks: everything runs with the GIL (it calls the application).
 //! A response's `state` and its span's `inner` are each taken only with the
@@ -60,9 +59,6 @@ pub(crate) struct ResponseState {
     start_response: Option<PyObject>,
     /// The application's body, once it has returned it.
     pub(crate) body: Option<PyObject>,
-    /// The token of the context switch that made the span current for the
-    /// application call, until the context gets its previous value back.
-    pub(crate) token: Option<PyObject>,
     iter: Option<Py<PyIterator>>,
     /// The body's close() (None: it has none), once looked up.
     close: Option<Option<PyObject>>,
@@ -84,7 +80,6 @@ impl TracedResponse {
             state: Mutex::new(ResponseState {
                 start_response: Some(start_response),
                 body: None,
-                token: None,
                 iter: None,
                 close: None,
                 live: owned,
@@ -119,23 +114,12 @@ impl TracedResponse {
     /// this runs in that context (and, with `only_if_current`, the span is
     /// still current there: a reset would otherwise undo what was set after
     /// it). Otherwise the token waits for the next request in that context
-    /// to restore it ([`crate::wsgi::pend`]).
+    /// ([`crate::wsgi::restore_context`]).
     pub(crate) fn restore(&self, py: Python<'_>, only_if_current: bool) {
-        let token = {
-            let mut state = self.state.lock();
-            state.live = false;
-            state.token.take()
-        };
-        let Some(token) = token else {
-            return;
-        };
+        self.state.lock().live = false;
         if !only_if_current || self.is_current(py) {
-            let current = &self.span.get().tracer.get().current;
-            if current.reset(token.bind(py)).is_ok() {
-                return;
-            }
+            crate::wsgi::restore_context(self.span.bind(py));
         }
-        crate::wsgi::pend(py, self.span.clone_ref(py), token);
     }
 
     /// The application body's close(), if it has one (looked up once). A

@@ -204,7 +204,9 @@ def span_of(exporter: Any, app: str, own_port: int) -> dict[str, Any]:
     return {"name": s.name, **attrs}
 
 
-@pytest.mark.parametrize(("method", "target", "host"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+@pytest.mark.parametrize(
+    ("method", "target", "host"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS]
+)
 def test_every_integration_reports_the_same_span(servers, exporter, method, target, host):
     seen = {}
     for app in WSGI_APPS + ASGI_APPS:
@@ -250,4 +252,3 @@ def test_the_decisions_the_integrations_share(servers, exporter):
     assert s["url.query"] == "name=caf%C3%A9&token=REDACTED"
     s = span("GET", "/q?" + HUGE_QUERY, "h")
     assert 0 < len(s["url.query"]) < len(HUGE_QUERY)  # cut to the attribute length limit
-

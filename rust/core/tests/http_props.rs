@@ -65,7 +65,7 @@ proptest! {
             (false, _) => script.len() + path.len(),
         };
         prop_assert!(s.path.len() <= 3 * path_in + 1);
-        prop_assert!(s.path.len() > 0);
+        prop_assert!(!s.path.is_empty());
         if let Some(q) = &s.query {
             let pairs = query.iter().filter(|&&b| b == b'&').count() + 1;
             prop_assert!(q.len() <= 3 * query.len() + 8 * pairs);

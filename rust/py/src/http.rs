@@ -130,7 +130,10 @@ pub(crate) fn attributes(
     let k = keys();
     let text = |t: &str| AttrValue::Str(arc(py, t, limits, counters));
     let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(14);
-    a.push((k.method.clone(), AttrValue::Str(k.method_value(s.method).clone())));
+    a.push((
+        k.method.clone(),
+        AttrValue::Str(k.method_value(s.method).clone()),
+    ));
     if let Some(m) = s.method_original {
         a.push((k.method_original.clone(), text(m)));
     }
@@ -201,7 +204,13 @@ pub(crate) fn new_server_span(
     let span = match remote {
         Some(ctx) => {
             let ctx = crate::newobj::new_bound(py, ctx)?;
-            t.new_span(tracer, name, SpanKind::Server, Some(ctx.as_any()), start_mono)?
+            t.new_span(
+                tracer,
+                name,
+                SpanKind::Server,
+                Some(ctx.as_any()),
+                start_mono,
+            )?
         }
         None => t.new_span(
             tracer,

@@ -52,11 +52,13 @@ thread_local! {
 /// span as its current value.
 const TOKENS_MAX: usize = 4096;
 
+/// A request span and the token that made it current.
+type HeldToken = (Py<Span>, PyObject);
+
 /// Request spans made current for their application call, each with the
 /// token of that context switch, until the context gets its previous value
 /// back.
-static TOKENS: GILProtected<RefCell<Vec<(Py<Span>, PyObject)>>> =
-    GILProtected::new(RefCell::new(Vec::new()));
+static TOKENS: GILProtected<RefCell<Vec<HeldToken>>> = GILProtected::new(RefCell::new(Vec::new()));
 
 /// Keep `token`, which made `span` current, until the context it was made
 /// in gets its previous value back.
@@ -88,7 +90,14 @@ pub(crate) fn restore_context(span: &Bound<'_, Span>) -> bool {
         };
         tokens.swap_remove(i).1
     };
-    if span.get().tracer.get().current.reset(token.bind(py)).is_ok() {
+    if span
+        .get()
+        .tracer
+        .get()
+        .current
+        .reset(token.bind(py))
+        .is_ok()
+    {
         return true;
     }
     hold_token(py, span.clone().unbind(), token);
@@ -270,4 +279,3 @@ pub(crate) fn traced_request<'py>(
         }
     }
 }
-

@@ -161,8 +161,14 @@ pub(crate) fn start(
     let max = limits.max_value_len;
     let env = environ_values(environ);
     let v = |e: Env| view(&env[e as usize], max, counters);
-    let (method, script, path, query) = (v(Env::Method), v(Env::Script), v(Env::Path), v(Env::Query));
-    let (scheme, host, port, client) = (v(Env::Scheme), v(Env::Host), v(Env::ServerPort), v(Env::RemoteAddr));
+    let (method, script, path, query) =
+        (v(Env::Method), v(Env::Script), v(Env::Path), v(Env::Query));
+    let (scheme, host, port, client) = (
+        v(Env::Scheme),
+        v(Env::Host),
+        v(Env::ServerPort),
+        v(Env::RemoteAddr),
+    );
     let (user_agent, protocol) = (v(Env::UserAgent), v(Env::Protocol));
     let server_name_value = match host_is_usable(host.as_deref()) {
         true => None,

@@ -89,4 +89,3 @@ pub(crate) fn name_after_route(span: &Span, route: &Bound<'_, PyString>) {
         counters,
     );
 }
-

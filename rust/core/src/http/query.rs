@@ -18,15 +18,13 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -53,7 +51,8 @@ pub fn redact_query<'a>(query: &'a str, words: &[String]) -> Cow<'a, str> {
     }
     // Most queries name no sensitive parameter and encode nothing: one
     // case-insensitive scan says so without splitting.
-    if !query.contains('%') && !query.contains('+') && !words.iter().any(|w| contains_ci(query, w)) {
+    if !query.contains('%') && !query.contains('+') && !words.iter().any(|w| contains_ci(query, w))
+    {
         return Cow::Borrowed(query);
     }
     let mut out = String::with_capacity(query.len());
@@ -114,7 +113,10 @@ mod tests {
             redact_query("page=2&access_token=abc&q=a%20b", &w),
             "page=2&access_token=REDACTED&q=a%20b"
         );
-        assert_eq!(redact_query("Password=x&flag", &w), "Password=REDACTED&flag");
+        assert_eq!(
+            redact_query("Password=x&flag", &w),
+            "Password=REDACTED&flag"
+        );
         // The name is decoded before it is compared.
         assert_eq!(redact_query("%74oken=x", &w), "%74oken=REDACTED");
         assert_eq!(redact_query("my+token=x", &w), "my+token=REDACTED");

@@ -370,7 +370,13 @@ mod tests {
     #[test]
     fn methods() {
         let with = |m: Option<&'static str>| {
-            let s = server_span(&Request { method: m, ..request() }, &[]);
+            let s = server_span(
+                &Request {
+                    method: m,
+                    ..request()
+                },
+                &[],
+            );
             (s.method.as_str(), s.method_original, s.name())
         };
         assert_eq!(with(Some("GET")), ("GET", None, "GET"));
@@ -380,7 +386,10 @@ mod tests {
         assert_eq!(with(Some("")), ("_OTHER", None, "HTTP"));
         assert_eq!(with(None), ("_OTHER", None, "HTTP"));
         assert_eq!(span_name(Method::Other, Some("/x")), "HTTP /x");
-        assert_eq!(span_name(method_of(Some("post")), Some("/u/{id}")), "POST /u/{id}");
+        assert_eq!(
+            span_name(method_of(Some("post")), Some("/u/{id}")),
+            "POST /u/{id}"
+        );
         assert_eq!(span_name(Method::Known(0), Some("")), "GET");
     }
 
@@ -390,11 +399,19 @@ mod tests {
         assert_eq!(split_host("example.com:"), Some(("example.com", None)));
         assert_eq!(split_host("[::1]:8080"), Some(("::1", Some(8080))));
         assert_eq!(split_host("[::1]"), Some(("::1", None)));
-        for bad in ["[::1", "[::1]x", "[::1]:x", "", ":80", "a:0", "a:65536", "a:+1", "[]:1", "a b"] {
+        for bad in [
+            "[::1", "[::1]x", "[::1]:x", "", ":80", "a:0", "a:65536", "a:+1", "[]:1", "a b",
+        ] {
             assert_eq!(split_host(bad), None, "{bad:?}");
         }
         let with = |h: Option<&'static str>| {
-            let s = server_span(&Request { host: h, ..request() }, &[]);
+            let s = server_span(
+                &Request {
+                    host: h,
+                    ..request()
+                },
+                &[],
+            );
             (s.address, s.port)
         };
         assert_eq!(with(Some("[::1]:8080")), (Some("::1"), Some(8080)));
@@ -408,15 +425,36 @@ mod tests {
     #[test]
     fn paths_are_decoded_as_utf8() {
         let with = |script: Text<'static>, path: Text<'static>| {
-            server_span(&Request { script, path, ..request() }, &[]).path.into_owned()
+            server_span(
+                &Request {
+                    script,
+                    path,
+                    ..request()
+                },
+                &[],
+            )
+            .path
+            .into_owned()
         };
         // PEP 3333: `/café` arrives as the latin-1 text of its UTF-8 bytes.
-        assert_eq!(with(Text::Latin1(""), Text::Latin1("/caf\u{c3}\u{a9}")), "/café");
+        assert_eq!(
+            with(Text::Latin1(""), Text::Latin1("/caf\u{c3}\u{a9}")),
+            "/café"
+        );
         assert_eq!(with(Text::Latin1(""), Text::Decoded("/café")), "/café");
         // Bytes that are not UTF-8 are kept, percent-encoded.
-        assert_eq!(with(Text::Latin1(""), Text::Latin1("/\u{ff}\u{fe}x/\u{c3}")), "/%FF%FEx/%C3");
-        assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/%ff%FEx/%C3")), "/%FF%FEx/%C3");
-        assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/caf%C3%A9%2F%zz+")), "/café/%zz+");
+        assert_eq!(
+            with(Text::Latin1(""), Text::Latin1("/\u{ff}\u{fe}x/\u{c3}")),
+            "/%FF%FEx/%C3"
+        );
+        assert_eq!(
+            with(Text::Latin1(""), Text::PercentEncoded(b"/%ff%FEx/%C3")),
+            "/%FF%FEx/%C3"
+        );
+        assert_eq!(
+            with(Text::Latin1(""), Text::PercentEncoded(b"/caf%C3%A9%2F%zz+")),
+            "/café/%zz+"
+        );
         assert_eq!(with(Text::Latin1(""), Text::PercentEncoded(b"/a%")), "/a%");
         // Not PEP 3333 text: taken as decoded.
         assert_eq!(with(Text::Latin1(""), Text::Latin1("/€")), "/€");
@@ -428,7 +466,16 @@ mod tests {
     #[test]
     fn queries_are_decoded_and_redacted() {
         let words = vec!["token".to_string()];
-        let with = |q: Text<'static>| server_span(&Request { query: q, ..request() }, &words).query;
+        let with = |q: Text<'static>| {
+            server_span(
+                &Request {
+                    query: q,
+                    ..request()
+                },
+                &words,
+            )
+            .query
+        };
         assert_eq!(with(Text::Latin1("")), None);
         assert_eq!(with(Text::Bytes(b"")), None);
         assert_eq!(
@@ -453,8 +500,17 @@ mod tests {
             },
             &[],
         );
-        assert_eq!((s.scheme, s.client, s.user_agent, s.protocol), ("http", None, None, Some("2")));
-        let s = server_span(&Request { protocol: Some("HTTP/"), ..request() }, &[]);
+        assert_eq!(
+            (s.scheme, s.client, s.user_agent, s.protocol),
+            ("http", None, None, Some("2"))
+        );
+        let s = server_span(
+            &Request {
+                protocol: Some("HTTP/"),
+                ..request()
+            },
+            &[],
+        );
         assert_eq!(s.protocol, None);
     }
 }

@@ -3,7 +3,10 @@
     from pulsetrace.contrib.asgi import PulsetraceASGIMiddleware
     app = PulsetraceASGIMiddleware(app)
 
-It continues an incoming ``traceparent``, records the response status (5xx
+Its name and attributes are built by the native core, the same for every
+server integration (WSGI, ASGI, Django, Starlette). It continues an incoming
+``traceparent``; without one the request is a trace of its own, whatever
+span is current where the server runs it. It records the response status (5xx
 and unhandled exceptions are errors, 4xx are not), and ends the span when
 the last chunk of the response body has been sent, so streaming responses
 are timed whole. A request the client abandons (the application returns

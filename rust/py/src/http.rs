@@ -27,11 +27,7 @@ static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
 /// Replace the words of sensitive query parameters: the configuration's
 /// `redact_query_params`, set by `Tracer.configure`.
 pub fn set_redacted_params(words: Vec<String>) {
-    *REDACT.write() = words
-        .into_iter()
-        .map(|w| w.to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect();
+    *REDACT.write() = core_http::redaction_words(words);
 }
 
 /// [`core_http::server_span`] with the configured redaction words.

@@ -14,14 +14,20 @@
 //!   missing or empty method is `_OTHER` with no original.
 //! - Span name: `METHOD` (or `HTTP` for `_OTHER`), `METHOD route` once the
 //!   framework knows the route template. Never the raw path.
-//! - Path: the decoded path (`url.path`), as WSGI's `PATH_INFO` and ASGI's
-//!   `path` both give it. WSGI carries the path's bytes as latin-1 text
+//! - Path: the decoded path (`url.path`), as WSGI's `SCRIPT_NAME` +
+//!   `PATH_INFO` give it. WSGI carries the path's bytes as latin-1 text
 //!   (PEP 3333): they are turned back into bytes and read as UTF-8, so
-//!   `/café` is `/café` under every server; bytes that are not UTF-8 become
-//!   U+FFFD. An empty path is `/`.
+//!   `/café` is `/café` under every server. ASGI's `raw_path` (the path as
+//!   received) is percent-decoded into the same bytes (its `path` has
+//!   U+FFFD where the bytes are not UTF-8, so it is used only without
+//!   `raw_path`). A byte that is not part of valid UTF-8 is written `%XX`
+//!   (as an IRI keeps it, and as Django reports it): nothing is lost. An
+//!   empty path is `/`.
 //! - Query: `url.query` as received (WSGI: latin-1 text of the bytes; ASGI:
 //!   bytes), read as UTF-8 the same way, with the values of sensitive
 //!   parameters replaced by `REDACTED` ([`redact_query`]). Empty: absent.
+//! - Status: a 5xx response makes the span an error (`HTTP 503`), a 4xx
+//!   does not ([`status_error`]).
 //! - Host: `server.address` and `server.port` come from the `Host` header
 //!   (`example.com:8080`; `[::1]:8080` gives `::1`, without brackets, as an
 //!   HTTP client span reports it). An absent, empty or malformed header
@@ -40,7 +46,7 @@
 mod query;
 mod request;
 
-pub use query::{percent_decode, redact_query, REDACTED};
+pub use query::{percent_decode, redact_query, redaction_words, REDACTED};
 pub use request::{
     host_is_usable, method_of, parse_port, server_span, span_name, split_host, Method, Request,
     ServerSpan, Text, Value, KNOWN_METHODS,

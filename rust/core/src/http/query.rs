@@ -41,6 +41,16 @@ fn hex(c: u8) -> Option<u8> {
     }
 }
 
+/// The words [`redact_query`] takes, from a configuration's: lower-cased,
+/// empty ones dropped (an empty word would match every parameter).
+pub fn redaction_words(words: impl IntoIterator<Item = String>) -> Vec<String> {
+    words
+        .into_iter()
+        .map(|w| w.to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
 /// The query string with the value of every parameter whose decoded,
 /// lower-cased name contains one of `words` (lower-case) replaced by
 /// [`REDACTED`]; every other parameter is kept byte for byte. A parameter
@@ -124,6 +134,8 @@ mod tests {
         assert_eq!(redact_query("token&a=1", &w), "token&a=1");
         assert!(matches!(redact_query("a=1&b=2", &w), Cow::Borrowed(_)));
         assert_eq!(redact_query("token=x", &[]), "token=x");
+        let w = redaction_words(["ToKen".to_string(), String::new()]);
+        assert_eq!(redact_query("a=1&MyToken=2", &w), "a=1&MyToken=REDACTED");
     }
 
     #[test]

@@ -102,7 +102,8 @@ impl<'a> Text<'a> {
         }
     }
 
-    fn is_empty(self) -> bool {
+    /// No text at all.
+    pub fn is_empty(self) -> bool {
         match self {
             Text::Latin1(s) | Text::Decoded(s) => s.is_empty(),
             Text::Bytes(b) | Text::PercentEncoded(b) => b.is_empty(),

@@ -19,11 +19,16 @@ __all__ = [
     "__version__",
     "after_fork_in_child",
     "format_traceparent_header",
+    "http_method",
+    "http_server_span",
+    "http_span_name",
+    "http_status_error",
     "inject_panic",
     "obfuscate_sql",
     "parse_traceparent_header",
     "redact_query",
     "wsgi_call",
+    "wsgi_server_span",
 ]
 
 __version__: str
@@ -224,6 +229,27 @@ def wsgi_call(
     namer: Optional[Callable[[], Optional[str]]] = None,
 ) -> Iterable[bytes]: ...
 def redact_query(query: str) -> str: ...
+def wsgi_server_span(
+    tracer: Tracer, environ: dict[str, Any], path: Optional[str] = None
+) -> Span: ...
+def http_server_span(
+    tracer: Tracer,
+    method: Optional[str],
+    scheme: Optional[str] = None,
+    host: Optional[str] = None,
+    server_name: Optional[str] = None,
+    server_port: Union[int, str, None] = None,
+    path: Union[str, bytes, None] = None,
+    query: Union[str, bytes, None] = None,
+    client: Optional[str] = None,
+    user_agent: Optional[str] = None,
+    protocol: Optional[str] = None,
+    traceparent: Optional[str] = None,
+    tracestate: Optional[str] = None,
+) -> Span: ...
+def http_span_name(method: Optional[str], route: Optional[str] = None) -> str: ...
+def http_method(method: Optional[str]) -> str: ...
+def http_status_error(code: int) -> Optional[str]: ...
 @final
 class TracedResponse:
     def __call__(self, *args: Any) -> Any: ...

@@ -12,6 +12,7 @@
 //! - [`probability`]: OpenTelemetry consistent probability sampling (`ot=th`, `rv`).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
+//! - [`http`]: HTTP server spans: name and semantic-convention attributes of a request.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
 #![deny(unsafe_code)] // allowed in one place: the histogram's lazily allocated rows
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod exposition;
 pub mod head;
 pub mod histogram;
+pub mod http;
 pub mod otlp;
 pub mod pipeline;
 pub mod probability;

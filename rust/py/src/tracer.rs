@@ -352,7 +352,6 @@ impl Tracer {
             remote_parent,
             start_mono,
             recording: true,
-            serving: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 name,
                 kind,
@@ -368,7 +367,6 @@ impl Tracer {
                 event_bytes: 0,
                 ended: false,
                 token: None,
-                request_token: None,
             }),
         })
     }
@@ -912,7 +910,7 @@ impl Tracer {
                 new.set_exporting(old.exporting());
             }
             *self.head.lock() = head;
-            crate::wsgi::set_redacted_params(redact);
+            crate::http::set_redacted_params(redact);
             self.limits.set(limits);
             let worker = Tracer::spawn(&new);
             let old = self.core.swap(Some(new.clone()));

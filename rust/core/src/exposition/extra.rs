@@ -13,6 +13,50 @@ pub enum ExtraKind {
     Gauge,
 }
 
+impl ExtraKind {
+    /// The kind named `"counter"` or `"gauge"`; `None` for anything else.
+    pub fn parse(kind: &str) -> Option<ExtraKind> {
+        match kind {
+            "counter" => Some(ExtraKind::Counter),
+            "gauge" => Some(ExtraKind::Gauge),
+            _ => None,
+        }
+    }
+}
+
+/// The pipeline's queues as gauge families: traces waiting for their
+/// tail-sampling decision, spans of kept traces waiting for an exporter, and
+/// the export queue's bound.
+pub fn queue_families(
+    open_traces: usize,
+    export_queue_spans: usize,
+    export_queue_max_spans: usize,
+) -> Vec<ExtraFamily> {
+    let gauge = |name: &str, help: &str, v: usize| ExtraFamily {
+        name: format!("pulsetrace_{name}"),
+        help: help.to_owned(),
+        kind: ExtraKind::Gauge,
+        samples: vec![(Vec::new(), v as f64)],
+    };
+    vec![
+        gauge(
+            "open_traces",
+            "traces waiting for their tail-sampling decision",
+            open_traces,
+        ),
+        gauge(
+            "export_queue_spans",
+            "spans of kept traces waiting for an exporter",
+            export_queue_spans,
+        ),
+        gauge(
+            "export_queue_max_spans",
+            "bound of the export queue, in spans",
+            export_queue_max_spans,
+        ),
+    ]
+}
+
 /// A family supplied by the caller (process metrics, health counters).
 ///
 /// `name` and label names are sanitised; a counter's name may or may not end

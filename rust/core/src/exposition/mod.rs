@@ -72,7 +72,7 @@ mod tests;
 mod text;
 
 pub use config::{ExpositionConfig, DEFAULT_BUCKETS_S, DEFAULT_QUANTILES};
-pub use extra::{health_families, ExtraFamily, ExtraKind};
+pub use extra::{health_families, queue_families, ExtraFamily, ExtraKind};
 pub use format::{content_type, negotiate, Format};
 pub use names::{sanitize_label_name, sanitize_metric_name};
 pub use render::render;

@@ -24,7 +24,9 @@
 //! Flask `/json` request, callgrind (`benchmarks/gate/run.py`), and CPU ns
 //! per span from `benchmarks/micro/run.py --quick --rounds 11` (median of
 //! 3 runs; wall times on this shared 2-core machine were too noisy to
-//! quote), CPython 3.11:
+//! quote), CPython 3.11. One callgrind run per row (a count moves by up to
+//! 0.7% between runs), all built with `Bound::new` in place of
+//! [`crate::newobj`]:
 //!
 //! | path                                                        | span  | flask_json | micro span | span / OTel SDK |
 //! |-------------------------------------------------------------|-------|------------|------------|-----------------|

@@ -307,9 +307,11 @@ pub fn server_span<'a>(req: &Request<'a>, redact: &[String]) -> ServerSpan<'a> {
         Cow::Borrowed(q) => Some(redact_query(q, redact)),
         Cow::Owned(q) => Some(Cow::Owned(redact_query(&q, redact).into_owned())),
     };
+    // Port 0 is no port a client could have reached.
+    let server_port = req.server_port.filter(|&p| p != 0);
     let (address, port) = match present(req.host).and_then(split_host) {
-        Some((name, port)) => (Some(name), port.or(req.server_port)),
-        None => (present(req.server_name), req.server_port),
+        Some((name, port)) => (Some(name), port.or(server_port)),
+        None => (present(req.server_name), server_port),
     };
     let protocol = present(req.protocol).map(|p| match p.split_once('/') {
         Some((_, v)) => v,

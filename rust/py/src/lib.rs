@@ -37,6 +37,7 @@ mod guard;
 mod ids;
 mod newobj;
 mod pystr;
+mod scrub;
 mod span;
 mod tracer;
 mod wsgi;
@@ -113,6 +114,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::py_redact_query, m)?)?;
     m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_configure, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_text, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_keyed, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_is_secret_key, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

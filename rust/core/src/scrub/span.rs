@@ -4,11 +4,31 @@
 //! something in it changes.
 
 use super::Scrubber;
+use crate::pipeline::KeptTrace;
 use crate::span::{AttrValue, Attributes, SpanRecord};
 use std::borrow::Cow;
 use std::sync::Arc;
 
 impl Scrubber {
+    /// `span` scrubbed, by value (no copy when nothing changes).
+    pub fn scrub_span_owned(&self, span: SpanRecord) -> SpanRecord {
+        if let Cow::Owned(s) = self.scrub_span(&span) {
+            return s;
+        }
+        span
+    }
+
+    /// Every span of `traces` scrubbed.
+    pub fn scrub_traces(&self, traces: Vec<KeptTrace>) -> Vec<KeptTrace> {
+        traces
+            .into_iter()
+            .map(|t| KeptTrace {
+                spans: t.spans.into_iter().map(|s| self.scrub_span_owned(s)).collect(),
+                ..t
+            })
+            .collect()
+    }
+
     /// `span` with its text scrubbed; borrowed when nothing was found.
     pub fn scrub_span<'a>(&self, span: &'a SpanRecord) -> Cow<'a, SpanRecord> {
         if !self.config().enabled {

@@ -50,7 +50,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
 COMPRESSIONS = ("gzip", "none")
-SCRUB_MODES = ("mask", "redact")
+SCRUB_MODES = ("mask", "redact", "off")
 
 #: The query parameters redacted by default (a parameter is sensitive when
 #: its lower-cased name contains one of these words).
@@ -318,7 +318,6 @@ class Config:
     redact_query_params: tuple[str, ...] = field(
         default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
     )
-    scrub_enabled: bool = field(default=True, metadata=_declare("PULSETRACE_SCRUB_ENABLED"))
     scrub_mode: str = field(default="mask", metadata=_declare("PULSETRACE_SCRUB_MODE"))
     scrub_fields: tuple[str, ...] = field(default=(), metadata=_declare("PULSETRACE_SCRUB_FIELDS"))
     redis_obfuscate_keys: bool = field(

@@ -12,8 +12,8 @@ JSON forms.
 
 ``PULSETRACE_SCRUB_MODE=mask`` (the default) keeps the shape of personal
 data (``+55*********21``, ``j***@example.com``); ``redact`` replaces it with
-``REDACTED``. Secret values are ``REDACTED`` in both modes.
-``PULSETRACE_SCRUB_ENABLED=false`` turns the scrubber off.
+``REDACTED``. Secret values are ``REDACTED`` in both modes. ``off`` turns
+the scrubber off.
 
 Neither function raises: if the native scrubber fails, the text is replaced
 by ``REDACTED`` (nothing unscrubbed leaves) and the error is counted.
@@ -44,7 +44,8 @@ MAX_DEPTH = 16
 def configure(cfg: Config) -> None:
     """Apply ``cfg``'s scrubber settings (mode, fields, on/off) to the
     process's scrubber."""
-    _configure(cfg.scrub_enabled, cfg.scrub_mode, list(cfg.scrub_fields))
+    on = cfg.scrub_mode != "off"
+    _configure(on, cfg.scrub_mode if on else "mask", list(cfg.scrub_fields))
 
 
 def scrub_text(s: str) -> str:

@@ -249,7 +249,6 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
-        scrub_enabled=boolean(e, "PULSETRACE_SCRUB_ENABLED", d.scrub_enabled),
         scrub_mode=choice(e, "PULSETRACE_SCRUB_MODE", d.scrub_mode, SCRUB_MODES),
         scrub_fields=_words(e, "PULSETRACE_SCRUB_FIELDS", d.scrub_fields),
         redis_obfuscate_keys=boolean(e, "PULSETRACE_REDIS_OBFUSCATE_KEYS", d.redis_obfuscate_keys),

@@ -90,6 +90,10 @@ impl Default for ScrubConfig {
 /// (and no other trigger) is clean.
 const MIN_DIGITS: usize = 8;
 
+/// Rescans after a first pass that changed something (in practice the
+/// second finds nothing).
+const MAX_PASSES: usize = 3;
+
 /// Pre-filter triggers besides the secret words and the configured fields.
 const TRIGGERS: &[&str] = &[
     "@", "%40", "eyj", "bearer", "basic", "sk_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
@@ -179,7 +183,19 @@ impl Scrubber {
         if !self.cfg.enabled || !self.flagged(text) {
             return Cow::Borrowed(text);
         }
-        self.scan(text)
+        let Cow::Owned(mut out) = self.scan(text) else {
+            return Cow::Borrowed(text);
+        };
+        // A replacement can expose a match the first pass had consumed as
+        // part of a longer one (two addresses glued together): scan again
+        // until nothing changes, so that scrubbing is idempotent.
+        for _ in 0..MAX_PASSES {
+            match self.scan(&out) {
+                Cow::Owned(again) => out = again,
+                Cow::Borrowed(_) => break,
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// The value of the attribute or field `key`: all of it `REDACTED` when

@@ -54,7 +54,10 @@ fn corpus_in_redact_mode_leaves_no_digit_run_of_a_positive() {
             // Whatever mask mode hides, redact mode removes too: the output
             // differs from the input and holds no `*` (nothing is masked).
             assert_ne!(got, input, "{input:?}");
-            assert!(!got.contains('*') || want.is_some_and(|w| !w.contains('*')), "{got:?}");
+            assert!(
+                !got.contains('*') || want.is_some_and(|w| !w.contains('*')),
+                "{got:?}"
+            );
         } else {
             assert_eq!(got, input);
         }

@@ -8,14 +8,16 @@ use pulsetrace_core::scrub::{Mode, ScrubConfig, Scrubber};
 
 fn scrubbers() -> &'static [Scrubber; 2] {
     static S: std::sync::OnceLock<[Scrubber; 2]> = std::sync::OnceLock::new();
-    S.get_or_init(|| [
-        Scrubber::new(ScrubConfig::default()),
-        Scrubber::new(ScrubConfig {
-            mode: Mode::Redact,
-            fields: vec!["cpf".into()],
-            ..ScrubConfig::default()
-        }),
-    ])
+    S.get_or_init(|| {
+        [
+            Scrubber::new(ScrubConfig::default()),
+            Scrubber::new(ScrubConfig {
+                mode: Mode::Redact,
+                fields: vec!["cpf".into()],
+                ..ScrubConfig::default()
+            }),
+        ]
+    })
 }
 
 /// Pieces that look like what the scrubber looks for, and their near misses.

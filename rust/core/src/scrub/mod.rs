@@ -414,7 +414,17 @@ impl Scrubber {
         let ok_end = match kind {
             Kind::Card => rules::is_card(cand).then_some(end),
             Kind::Ssn => Some(end),
-            Kind::Phone => rules::is_phone(cand).then_some(end),
+            Kind::Phone => {
+                // `(call +5511987654321)`: the closing parenthesis is the
+                // text's, not the number's.
+                let mut end = end;
+                while text[start..end].ends_with(')')
+                    && text[start..end].matches('(').count() < text[start..end].matches(')').count()
+                {
+                    end -= 1;
+                }
+                rules::is_phone(&text[start..end]).then_some(end)
+            }
             Kind::Iban => {
                 if rules::is_iban(cand) {
                     Some(end)

@@ -300,8 +300,14 @@ impl Scrubber {
         let mut last = 0;
         let mut pos = 0;
         while pos <= text.len() {
-            let Some(caps) = self.re.captures_at(text, pos) else {
+            // The match is found by the fast engines; the capture groups
+            // are read over the match alone (captures cost more per byte).
+            let Some(found) = self.re.find_at(text, pos) else {
                 break;
+            };
+            let Some(caps) = self.re.captures_at(&text[..found.end()], found.start()) else {
+                pos = found.end().max(pos + 1);
+                continue;
             };
             let m = caps.get(0).expect("group 0 always matches");
             match self.replace(text, &caps) {

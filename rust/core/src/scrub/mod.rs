@@ -238,8 +238,21 @@ impl Scrubber {
     /// A query string (`a=1&b=2`, no `?`): parameters whose decoded name
     /// contains a query word or names a secret get `REDACTED` values; the
     /// others' decoded values are scrubbed by content (and re-encoded when
-    /// something was found). Other parameters are kept byte for byte.
+    /// something was found). Other parameters are kept byte for byte. What
+    /// export applies to `url.query` and `url.full`.
     pub fn scrub_query<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        self.query(query, true)
+    }
+
+    /// The cheap part of [`Scrubber::scrub_query`], for the request path:
+    /// only parameters whose decoded name contains a query word
+    /// (`PULSETRACE_REDACT_QUERY_PARAMS`) get `REDACTED` values; content is
+    /// left to export.
+    pub fn redact_query_words<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        self.query(query, false)
+    }
+
+    fn query<'a>(&self, query: &'a str, full: bool) -> Cow<'a, str> {
         if !self.cfg.enabled {
             return Cow::Borrowed(query);
         }
@@ -249,7 +262,8 @@ impl Scrubber {
             .query_words
             .iter()
             .any(|w| lower.contains(w.as_str()));
-        if !named && !query.contains('%') && !query.contains('+') && !self.flagged(query) {
+        let content = full && (query.contains(['%', '+']) || self.flagged(query));
+        if !named && !content && !query.contains('%') {
             return Cow::Borrowed(query);
         }
         let mut out = String::with_capacity(query.len());
@@ -259,23 +273,32 @@ impl Scrubber {
                 out.push('&');
             }
             let Some((k, v)) = pair.split_once('=') else {
-                let s = self.scrub(pair);
+                let s = if full {
+                    self.scrub(pair)
+                } else {
+                    Cow::Borrowed(pair)
+                };
                 changed |= matches!(s, Cow::Owned(_));
                 out.push_str(&s);
                 continue;
             };
-            let key = percent_decode(k).to_lowercase();
+            let key = percent_decode(k);
+            let lower = key.to_lowercase();
             let secret = self
                 .cfg
                 .query_words
                 .iter()
-                .any(|w| key.contains(w.as_str()))
-                || self.is_secret_key(&key);
+                .any(|w| lower.contains(w.as_str()))
+                || (full && self.is_secret_key(&key));
             out.push_str(k);
             out.push('=');
             if secret && !v.is_empty() {
                 out.push_str(REDACTED);
                 changed |= v != REDACTED;
+                continue;
+            }
+            if !full {
+                out.push_str(v);
                 continue;
             }
             let decoded = percent_decode(v);

@@ -25,12 +25,13 @@ TRIGGERS = [
 PREFILTER = re.compile("|".join(map(re.escape, TRIGGERS)), re.I)
 DIGIT = re.compile(r"[0-9]")
 
-HEADER = r"\b(?P<hkey>(?:proxy-)?authorization|set-cookie|cookie)(?P<hq>[\x22'])?[ \t]*[:=][ \t]*(?P<hval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|[^\s\x22][^\r\n\x22]*)"
-KV = r"\b(?P<kkey>[A-Za-z][A-Za-z0-9_.\-]{0,63})(?P<kq>[\x22'])?[ \t]*[:=][ \t]*(?P<kval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|'[^'\r\n]*'|[^\s&,;\x22'<>{}\[\]]+)"
+# Each pattern on one line, as in rust/core/src/scrub/rules.rs, to compare them.
+HEADER = r"\b(?P<hkey>(?:proxy-)?authorization|set-cookie|cookie)(?P<hq>[\x22'])?[ \t]*[:=][ \t]*(?P<hval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|[^\s\x22][^\r\n\x22]*)"  # noqa: E501
+KV = r"\b(?P<kkey>[A-Za-z][A-Za-z0-9_.\-]{0,63})(?P<kq>[\x22'])?[ \t]*[:=][ \t]*(?P<kval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|'[^'\r\n]*'|[^\s&,;\x22'<>{}\[\]]+)"  # noqa: E501
 JWT = r"(?P<jwt>eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
 BEARER = r"\b(?P<bscheme>(?i:bearer|basic)[ ]+)(?P<bval>[A-Za-z0-9\-._~+/]{8,}=*)"
-APIKEY = r"(?P<apikey>(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|EAA[A-Za-z0-9]{30,})"
-EMAIL = r"(?P<elocal>[A-Za-z0-9._%+\-*]{1,64})(?P<eat>@|%40)(?P<edomain>[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})"
+APIKEY = r"(?P<apikey>(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|EAA[A-Za-z0-9]{30,})"  # noqa: E501
+EMAIL = r"(?P<elocal>[A-Za-z0-9._%+\-*]{1,64})(?P<eat>@|%40)(?P<edomain>[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})"  # noqa: E501
 IBAN = r"(?P<iban>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)"
 CARD = r"(?P<card>[0-9](?:[ \-]?[0-9]){12,18})"
 SSN = r"(?P<ssn>[0-9]{3}-[0-9]{2}-[0-9]{4})"

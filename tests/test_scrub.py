@@ -100,13 +100,16 @@ def test_a_bad_mode_is_a_clear_error():
 
 def test_a_failing_scrubber_fails_closed_and_never_raises():
     _diag.reset()
-    inject_panic("scrub.text")
     try:
+        inject_panic("scrub.text")
         assert scrub_text("a@b.com") == REDACTED
+        assert scrub_value(["a@b.com"]) == REDACTED
+        inject_panic("scrub.keyed")
         assert scrub_value({"m": "a@b.com"}) == REDACTED
     finally:
         inject_panic(None)
-    assert _diag.internal_errors().get("scrub.scrub_text") == 1
+    errors = _diag.internal_errors()
+    assert errors.get("scrub.scrub_text") == 1 and errors.get("scrub.scrub_value") == 2
     assert scrub_text("a@b.com") == "*@b.com"
 
 

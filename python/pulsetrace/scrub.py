@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from pulsetrace import _diag
 from pulsetrace._native import scrub_configure as _configure
 from pulsetrace._native import scrub_is_secret_key as _is_secret_key
+from pulsetrace._native import scrub_keyed as _scrub_keyed
 from pulsetrace._native import scrub_text as _scrub_text
 
 if TYPE_CHECKING:
@@ -79,7 +80,11 @@ def _value(v: object, depth: int) -> object:
     if isinstance(v, Mapping):
         out: dict[object, object] = {}
         for k, item in v.items():
-            if isinstance(k, str) and item is not None and _is_secret_key(k):
+            if not isinstance(k, str):
+                out[k] = _value(item, depth + 1)
+            elif isinstance(item, str):
+                out[k] = _scrub_keyed(k, item)  # one native call: key and content
+            elif item is not None and _is_secret_key(k):
                 out[k] = REDACTED
             else:
                 out[k] = _value(item, depth + 1)

@@ -4,7 +4,10 @@ fields from the configuration, and the fail-closed path."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,16 @@ def test_random_text_never_raises_and_is_idempotent():
         once = scrub_text(text)
         assert scrub_text(once) == once, text
         assert len(once) <= 3 * len(text) + 8
+
+
+def test_before_the_agent_is_configured_the_environment_applies(tmp_path):
+    code = (
+        "from pulsetrace.scrub import scrub_text\n"
+        "print(scrub_text('to +5511987654321 cpf=123'))\n"
+    )
+    env = {**os.environ, "PULSETRACE_SCRUB_MODE": "redact", "PULSETRACE_SCRUB_FIELDS": "cpf"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "to REDACTED cpf=REDACTED"

@@ -42,16 +42,31 @@ REDACTED = "REDACTED"
 MAX_DEPTH = 16
 
 
+_configured = False
+
+
 def configure(cfg: Config) -> None:
     """Apply ``cfg``'s scrubber settings (mode, fields, on/off) to the
-    process's scrubber."""
+    process's scrubber (``pulsetrace.configure`` calls this)."""
+    global _configured
     on = cfg.scrub_mode != "off"
     _configure(on, cfg.scrub_mode if on else "mask", list(cfg.scrub_fields))
+    _configured = True
+
+
+def _from_environment() -> None:
+    """Before the agent is configured (a log record written at import
+    time), the environment's settings apply."""
+    from pulsetrace.config import environment
+
+    configure(environment())
 
 
 def scrub_text(s: str) -> str:
     """``s`` with personal data and secrets replaced."""
     try:
+        if not _configured:
+            _from_environment()
         return _scrub_text(s)
     except Exception as exc:
         _diag.internal_error("scrub.scrub_text", exc)
@@ -64,6 +79,8 @@ def scrub_value(v: object) -> object:
     tuple's items, recursively, into new containers; anything else as it
     is."""
     try:
+        if not _configured:
+            _from_environment()
         return _value(v, 0)
     except Exception as exc:
         _diag.internal_error("scrub.scrub_value", exc)

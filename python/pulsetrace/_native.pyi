@@ -19,6 +19,10 @@ __all__ = [
     "__version__",
     "after_fork_in_child",
     "format_traceparent_header",
+    "http_method",
+    "http_server_span",
+    "http_span_name",
+    "http_status_error",
     "inject_panic",
     "obfuscate_sql",
     "parse_traceparent_header",
@@ -28,6 +32,7 @@ __all__ = [
     "scrub_keyed",
     "scrub_text",
     "wsgi_call",
+    "wsgi_server_span",
 ]
 
 __version__: str
@@ -181,6 +186,10 @@ class Tracer:
     def process(self, force: bool = False) -> None: ...
     def drain(self, max_spans: int = 4096) -> list[list[SpanData]]: ...
     def drain_batch(self, max_spans: int = 4096) -> Optional[Batch]: ...
+    def wait_export(
+        self, max_delay: float, batch_spans: int, timeout: Optional[float] = None
+    ) -> str: ...
+    def kick_export(self) -> None: ...
     def set_resource(self, attributes: Mapping[str, Any]) -> None: ...
     def shutdown(self) -> None: ...
     def reset_after_fork(self) -> None: ...
@@ -228,6 +237,27 @@ def scrub_configure(enabled: bool, mode: str, fields: Sequence[str]) -> None: ..
 def scrub_text(text: str) -> str: ...
 def scrub_keyed(key: str, value: str) -> str: ...
 def scrub_is_secret_key(key: str) -> bool: ...
+def wsgi_server_span(
+    tracer: Tracer, environ: dict[str, Any], path: Optional[str] = None
+) -> Span: ...
+def http_server_span(
+    tracer: Tracer,
+    method: Optional[str],
+    scheme: Optional[str] = None,
+    host: Optional[str] = None,
+    server_name: Optional[str] = None,
+    server_port: Union[int, str, None] = None,
+    path: Union[str, bytes, None] = None,
+    query: Union[str, bytes, None] = None,
+    client: Optional[str] = None,
+    user_agent: Optional[str] = None,
+    protocol: Optional[str] = None,
+    traceparent: Optional[str] = None,
+    tracestate: Optional[str] = None,
+) -> Span: ...
+def http_span_name(method: Optional[str], route: Optional[str] = None) -> str: ...
+def http_method(method: Optional[str]) -> str: ...
+def http_status_error(code: int) -> Optional[str]: ...
 @final
 class TracedResponse:
     def __call__(self, *args: Any) -> Any: ...

@@ -23,8 +23,9 @@
 //! Concurrency: a [`Scrubber`] is immutable and shared (`Arc`). The
 //! process's current one ([`current`]) sits in an `ArcSwap`: readers (the
 //! export thread, log formatting) load it without a lock; [`configure`]
-//! and [`set_query_words`] (start-up, tests) build a new one and swap it in.
+//! (start-up, tests) builds a new one and swaps it in.
 
+mod query;
 pub mod rules;
 mod span;
 
@@ -35,6 +36,7 @@ use regex::{Captures, Regex};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+pub use query::redact_query_words;
 pub use rules::REDACTED;
 
 /// How personal data is replaced.
@@ -69,10 +71,6 @@ pub struct ScrubConfig {
     /// Extra secret field names (`PULSETRACE_SCRUB_FIELDS`): a key
     /// containing one (case-insensitive) has its value redacted.
     pub fields: Vec<String>,
-    /// Query parameter words (`PULSETRACE_REDACT_QUERY_PARAMS`): in a
-    /// query string, a parameter whose decoded name contains one has its
-    /// value redacted.
-    pub query_words: Vec<String>,
 }
 
 impl Default for ScrubConfig {
@@ -81,7 +79,6 @@ impl Default for ScrubConfig {
             enabled: true,
             mode: Mode::Mask,
             fields: Vec::new(),
-            query_words: Vec::new(),
         }
     }
 }
@@ -129,7 +126,6 @@ impl Scrubber {
                 .collect();
         };
         norm(&mut cfg.fields);
-        norm(&mut cfg.query_words);
         let mut words: Vec<&str> = TRIGGERS.to_vec();
         words.extend(rules::SECRET_WORDS);
         words.extend(rules::SECRET_SEGMENTS);
@@ -235,88 +231,6 @@ impl Scrubber {
         // Every secret word, segment and configured field is a pre-filter
         // word (and every normalised form contains one): most keys stop here.
         self.prefilter.is_match(key) && rules::is_secret_key(key, &self.cfg.fields)
-    }
-
-    /// A query string (`a=1&b=2`, no `?`): parameters whose decoded name
-    /// contains a query word or names a secret get `REDACTED` values; the
-    /// others' decoded values are scrubbed by content (and re-encoded when
-    /// something was found). Other parameters are kept byte for byte. What
-    /// export applies to `url.query` and `url.full`.
-    pub fn scrub_query<'a>(&self, query: &'a str) -> Cow<'a, str> {
-        self.query(query, true)
-    }
-
-    /// The cheap part of [`Scrubber::scrub_query`], for the request path:
-    /// only parameters whose decoded name contains a query word
-    /// (`PULSETRACE_REDACT_QUERY_PARAMS`) get `REDACTED` values; content is
-    /// left to export.
-    pub fn redact_query_words<'a>(&self, query: &'a str) -> Cow<'a, str> {
-        self.query(query, false)
-    }
-
-    fn query<'a>(&self, query: &'a str, full: bool) -> Cow<'a, str> {
-        if !self.cfg.enabled {
-            return Cow::Borrowed(query);
-        }
-        let lower = query.to_ascii_lowercase();
-        let named = self
-            .cfg
-            .query_words
-            .iter()
-            .any(|w| lower.contains(w.as_str()));
-        let content = full && (query.contains(['%', '+']) || self.flagged(query));
-        if !named && !content && !query.contains('%') {
-            return Cow::Borrowed(query);
-        }
-        let mut out = String::with_capacity(query.len());
-        let mut changed = false;
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            let Some((k, v)) = pair.split_once('=') else {
-                let s = if full {
-                    self.scrub(pair)
-                } else {
-                    Cow::Borrowed(pair)
-                };
-                changed |= matches!(s, Cow::Owned(_));
-                out.push_str(&s);
-                continue;
-            };
-            let key = percent_decode(k);
-            let lower = key.to_lowercase();
-            let secret = self
-                .cfg
-                .query_words
-                .iter()
-                .any(|w| lower.contains(w.as_str()))
-                || (full && self.is_secret_key(&key));
-            out.push_str(k);
-            out.push('=');
-            if secret && !v.is_empty() {
-                out.push_str(REDACTED);
-                changed |= v != REDACTED;
-                continue;
-            }
-            if !full {
-                out.push_str(v);
-                continue;
-            }
-            let decoded = percent_decode(v);
-            match self.scrub(&decoded) {
-                Cow::Owned(s) => {
-                    out.push_str(&percent_encode(&s));
-                    changed = true;
-                }
-                Cow::Borrowed(_) => out.push_str(v),
-            }
-        }
-        if changed {
-            Cow::Owned(out)
-        } else {
-            Cow::Borrowed(query)
-        }
     }
 
     /// The slow path: one combined-regex scan with checks.
@@ -534,47 +448,6 @@ fn mask_where(s: &str, keep_head: usize, keep_tail: usize, is: impl Fn(char) -> 
         .collect()
 }
 
-/// `application/x-www-form-urlencoded` decoding (`+` is a space); invalid
-/// escapes are kept as they are, invalid UTF-8 becomes U+FFFD.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Encode what a query value cannot hold as is (`% & = + # ` and space).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            ' ' => out.push('+'),
-            '%' | '&' | '=' | '+' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 struct Global {
     current: ArcSwap<Scrubber>,
     config: Mutex<ScrubConfig>,
@@ -599,23 +472,13 @@ pub fn with_current<R>(f: impl FnOnce(&Scrubber) -> R) -> R {
     f(&global().current.load())
 }
 
-/// Replace the process's scrubber settings (mode, fields, on/off), keeping
-/// the query words.
+/// Replace the process's scrubber settings (mode, fields, on/off).
 pub fn configure(enabled: bool, mode: Mode, fields: Vec<String>) {
     let g = global();
     let mut cfg = g.config.lock();
     cfg.enabled = enabled;
     cfg.mode = mode;
     cfg.fields = fields;
-    g.current.store(Arc::new(Scrubber::new(cfg.clone())));
-}
-
-/// Replace the query parameter words (`PULSETRACE_REDACT_QUERY_PARAMS`),
-/// keeping the other settings.
-pub fn set_query_words(words: Vec<String>) {
-    let g = global();
-    let mut cfg = g.config.lock();
-    cfg.query_words = words;
     g.current.store(Arc::new(Scrubber::new(cfg.clone())));
 }
 

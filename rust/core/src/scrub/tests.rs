@@ -68,10 +68,7 @@ fn secrets_by_key_and_header() {
 
 #[test]
 fn query_strings() {
-    let s = Scrubber::new(ScrubConfig {
-        query_words: vec!["token".into()],
-        ..ScrubConfig::default()
-    });
+    let s = mask();
     assert_eq!(
         s.scrub_query("email=a@b.com&ssn=123-45-6789&credit_card=4111111111111111&pass=shortpass"),
         "email=*@b.com&ssn=REDACTED&credit_card=REDACTED&pass=REDACTED"
@@ -123,23 +120,21 @@ fn mode_parse() {
 
 #[test]
 fn request_path_query_redaction_is_by_name_only() {
-    let s = Scrubber::new(ScrubConfig {
-        query_words: vec!["token".into()],
-        ..ScrubConfig::default()
-    });
+    let words = vec!["token".to_string()];
+    let q = "token=x&email=a@b.com&pass=y";
     assert_eq!(
-        s.redact_query_words("token=x&email=a@b.com&pass=y"),
+        redact_query_words(q, &words),
         "token=REDACTED&email=a@b.com&pass=y"
     );
     assert!(matches!(
-        s.redact_query_words("page=2&q=a+b"),
+        redact_query_words("page=2&q=a+b", &words),
         Cow::Borrowed(_)
     ));
     // Export finishes the job, and agrees with the request path.
-    let once = s.redact_query_words("token=x&email=a@b.com&pass=y");
+    let once = redact_query_words(q, &words);
     assert_eq!(
-        s.scrub_query(&once),
+        mask().scrub_query(&once),
         "token=REDACTED&email=*@b.com&pass=REDACTED"
     );
-    assert_eq!(s.scrub_query("userPin=1"), "userPin=REDACTED");
+    assert_eq!(mask().scrub_query("userPin=1"), "userPin=REDACTED");
 }

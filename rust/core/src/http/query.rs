@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-/// What a redacted value becomes.
-pub const REDACTED: &str = "REDACTED";
+/// What a redacted value becomes (the scrubber's marker).
+pub use crate::scrub::REDACTED;
 
 /// `application/x-www-form-urlencoded` decoding of one name or value: `+` is
 /// a space, `%XX` a byte; a `%` not followed by two hex digits is kept. Bytes
@@ -54,58 +54,10 @@ pub fn redaction_words(words: impl IntoIterator<Item = String>) -> Vec<String> {
 /// The query string with the value of every parameter whose decoded,
 /// lower-cased name contains one of `words` (lower-case) replaced by
 /// [`REDACTED`]; every other parameter is kept byte for byte. A parameter
-/// without `=` has no value to redact.
+/// without `=` has no value to redact. The scrubber's rule
+/// ([`crate::scrub::redact_query_words`]; export scrubs the rest).
 pub fn redact_query<'a>(query: &'a str, words: &[String]) -> Cow<'a, str> {
-    if words.is_empty() || query.is_empty() {
-        return Cow::Borrowed(query);
-    }
-    // Most queries name no sensitive parameter and encode nothing: one
-    // case-insensitive scan says so without splitting.
-    if !query.contains('%') && !query.contains('+') && !words.iter().any(|w| contains_ci(query, w))
-    {
-        return Cow::Borrowed(query);
-    }
-    let mut out = String::with_capacity(query.len());
-    let mut changed = false;
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        let (k, v) = match pair.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (pair, None),
-        };
-        let sensitive = v.is_some() && {
-            let key = percent_decode(k).to_lowercase();
-            words.iter().any(|w| key.contains(w.as_str()))
-        };
-        if sensitive {
-            out.push_str(k);
-            out.push('=');
-            out.push_str(REDACTED);
-            changed = true;
-        } else {
-            out.push_str(pair);
-        }
-    }
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(query)
-    }
-}
-
-/// `haystack` contains `needle` (lower-case), ignoring ASCII case. A
-/// non-ASCII needle is compared against the lower-cased haystack.
-fn contains_ci(haystack: &str, needle: &str) -> bool {
-    if !needle.is_ascii() {
-        return haystack.to_lowercase().contains(needle);
-    }
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    if n.is_empty() {
-        return true;
-    }
-    h.len() >= n.len() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    crate::scrub::redact_query_words(query, words)
 }
 
 #[cfg(test)]

@@ -186,6 +186,22 @@ def _rules(env: Mapping[str, str], var: str) -> tuple[tuple[str, Optional[str]],
     return tuple(rules)
 
 
+def _secret(env: Mapping[str, str], var: str) -> Optional[str]:
+    """A value that may hold a password: a warning about it never quotes it."""
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return None
+    why = None
+    if len(raw) > MAX_VALUE_LENGTH:
+        why = f"longer than {MAX_VALUE_LENGTH} characters"
+    elif not is_text(raw):
+        why = "not valid UTF-8"
+    if why is not None:
+        log.warning("pulsetrace: %s is %s (value not shown); unset instead", var, why)
+        return None
+    return raw.strip()
+
+
 def _words(env: Mapping[str, str], var: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = raw_value(env, var, "using the default list")
     if raw is None:
@@ -250,6 +266,10 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
         prometheus_enabled=boolean(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
         metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
+        monitoring_enabled=boolean(e, "MONITORING_ENABLED", d.monitoring_enabled),
+        monitoring_token=_secret(e, "PULSETRACE_MONITORING_TOKEN"),
+        database_url=_secret(e, "DATABASE_URL"),
+        redis_url=_secret(e, "REDIS_URL"),
         otlp=_otlp.otlp(e),
         **numbers,
     )

@@ -64,7 +64,7 @@ def postgresql(url: str, connect_timeout: float = 2.0) -> Check:
             with psycopg.connect(url, connect_timeout=seconds, autocommit=True) as conn:
                 conn.execute("SELECT 1").fetchone()
         except ImportError:
-            import psycopg2
+            import psycopg2  # type: ignore[import-untyped]  # ships no type hints
 
             conn2 = psycopg2.connect(url, connect_timeout=seconds)
             try:
@@ -84,7 +84,7 @@ def mysql(url: str, connect_timeout: float = 2.0) -> Check:
     parts = urlsplit(url)
 
     def check() -> dict[str, Any]:
-        import pymysql
+        import pymysql  # type: ignore[import-untyped]  # ships no type hints
 
         conn = pymysql.connect(
             host=parts.hostname or "127.0.0.1",
@@ -250,27 +250,34 @@ def event_loop(loop: asyncio.AbstractEventLoop, max_lag_s: float = 0.5) -> Check
 
 
 def exporter() -> Check:
-    """The trace exporters' last outcome: fails when spans failed to be
-    delivered since the previous run and none was delivered. Registered
-    as a non-critical check: a collector outage never fails readiness."""
+    """The trace exporters' last outcome: fails while the latest change in
+    the delivery counters was spans failing (none delivered since), passes
+    again once spans are delivered. Registered as a non-critical check: a
+    collector outage never fails readiness."""
     last = dict(_runtime.deliveries())
+    state: dict[str, Any] = {"failing": 0}
+    lock = threading.Lock()
 
     def check() -> dict[str, Any]:
         now = _runtime.deliveries()
-        delivered = now["spans_delivered"] - last.get("spans_delivered", 0)
-        failed = now["spans_delivery_failed"] - last.get("spans_delivery_failed", 0)
-        last.update(now)
-        names = [type(e).__name__ for e in _runtime.exporters()]
+        with lock:
+            delivered = now["spans_delivered"] - last.get("spans_delivered", 0)
+            failed = now["spans_delivery_failed"] - last.get("spans_delivery_failed", 0)
+            last.update(now)
+            if delivered > 0:
+                state["failing"] = 0
+            elif failed > 0:
+                state["failing"] += failed
+            failing = state["failing"]
         details: dict[str, Any] = {
-            "exporters": names,
-            "delivered_since_last_check": delivered,
-            "failed_since_last_check": failed,
+            "exporters": [type(e).__name__ for e in _runtime.exporters()],
             "delivered_total": now["spans_delivered"],
             "failed_total": now["spans_delivery_failed"],
+            "failed_since_last_delivery": failing,
         }
-        if failed and not delivered:
+        if failing:
             details["status"] = "fail"
-            details["error"] = f"{failed} spans could not be delivered since the last check"
+            details["error"] = f"{failing} spans could not be delivered since the last delivery"
         return details
 
     return check

@@ -102,16 +102,14 @@ def one_check(request: Request) -> Response:
 
 def run_checks(request: Request) -> Response:
     """Run checks now, bypassing their cached results."""
-    body = request.json()
-    if body is None:
-        body = {}
+    body = request.json() if request.body else {}
     if not isinstance(body, dict):
-        raise HttpError(400, f"the body must be a JSON object, not {type(body).__name__}")
+        raise HttpError(400, f"the body must be a JSON object, not {_json_type(body)}")
     unknown = set(body) - {"checks"}
     if unknown:
         raise HttpError(400, f"unknown field in the body: {sorted(unknown)[0][:50]!r}")
     names = body.get("checks")
-    if names is not None:
+    if "checks" in body:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise HttpError(400, "the field 'checks' must be an array of check names (strings)")
         if len(names) > 1000:
@@ -122,6 +120,18 @@ def run_checks(request: Request) -> Response:
         raise HttpError(404, f"no health check named {str(exc.args[0])[:100]!r}") from None
     status, out = _report(results)
     return json_response(status, out)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def metrics_json(request: Request) -> Response:

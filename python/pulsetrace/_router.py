@@ -104,10 +104,15 @@ class Router:
         # path -> method -> handler (exact paths, then patterns in order).
         self._exact: dict[str, dict[str, Handler]] = {}
         self._patterns: list[tuple[str, tuple[str, ...], dict[str, Handler]]] = []
+        self._inline: set[tuple[str, str]] = set()
 
-    def add(self, path: str, handler: Handler, method: str = "GET") -> None:
+    def add(self, path: str, handler: Handler, method: str = "GET", inline: bool = False) -> None:
         """Route ``method`` on ``path`` (starting with ``/``; a segment
-        ``{name}`` matches any one segment) to ``handler``."""
+        ``{name}`` matches any one segment) to ``handler``. An ``inline``
+        handler (an exact path; O(1), never waiting on anything) is run
+        by the server as soon as the request is read, not queued behind
+        the handlers that may wait (a liveness probe behind readiness
+        probes waiting for a hung database)."""
         if not path.startswith("/"):
             raise ValueError(f"a route's path starts with '/', not {path!r}")
         method = method.upper()
@@ -121,6 +126,14 @@ class Router:
         if method in methods:
             raise ValueError(f"the path {path!r} is already routed for {method}")
         methods[method] = handler
+        if inline:
+            if "{" in path:
+                raise ValueError(f"an inline route has an exact path, not {path!r}")
+            self._inline.add((method, path))
+
+    def is_inline(self, request: Request) -> bool:
+        method = "GET" if request.method == "HEAD" else request.method
+        return (method, request.path) in self._inline
 
     def paths(self) -> list[str]:
         return list(self._exact) + [p for p, _, _ in self._patterns]

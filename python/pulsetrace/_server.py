@@ -15,7 +15,9 @@ Concurrency design:
   writes responses and closes, all non-blocking through one selector: an
   idle or slow client costs a descriptor and a small buffer, never a thread.
 - A fixed pool of ``workers`` threads runs the handlers (rendering the
-  exposition happens there, never on the I/O thread). A complete request
+  exposition happens there, never on the I/O thread); only a route added
+  as ``inline`` (O(1), such as the liveness probe) is answered on the I/O
+  thread, so that it never waits behind handlers that wait. A complete request
   is handed to the pool through a queue; the response comes back through a
   deque and a wake-up socket, and the I/O thread writes it.
 - Deadlines are per connection, not per read: the whole request head must
@@ -441,6 +443,9 @@ class Server:
 
     def _handle(self, conn: _Conn, request: Request) -> None:
         conn.request, conn.need, conn.buf = None, 0, bytearray()
+        if self.router.is_inline(request):  # O(1): answered here, never queued
+            self._respond(conn, self._render(request))
+            return
         self._reading.pop(conn, None)
         self._unwatch(conn)
         conn.phase = _HANDLE
@@ -539,13 +544,15 @@ class Server:
             if job is None or self._stopping:
                 return
             conn, request = job
-            try:
-                data = encode(request, self.router.handle(request))
-            except Exception as exc:
-                _diag.internal_error(f"{self.name}.encode", exc)
-                data = encode(None, text_response(500, "internal error\n"))
-            self._done.append((conn, data))
+            self._done.append((conn, self._render(request)))
             self._wake()
+
+    def _render(self, request: Request) -> bytes:
+        try:
+            return encode(request, self.router.handle(request))
+        except Exception as exc:
+            _diag.internal_error(f"{self.name}.encode", exc)
+            return encode(None, text_response(500, "internal error\n"))
 
 
 def _too_large(limit: int) -> bytes:

@@ -256,3 +256,25 @@ def test_register_rejects_bad_arguments_naming_them(registry):
     with pytest.raises(ValueError, match="no health check for the database URL scheme 'oracle'"):
         pulsetrace.health.check_database("oracle://db/x")
     assert registry.names() == []
+
+
+def test_liveness_answers_at_once_while_readiness_probes_wait_on_a_hung_check():
+    """Every handler thread busy with a readiness probe that waits for a hung
+    database: the liveness probe is still answered at once (a database
+    outage never fails liveness, not even by delaying it)."""
+    release = threading.Event()
+    with monitoring_server() as client:
+        pulsetrace.health.register("hung-db", lambda: release.wait(30), timeout=3.0, ttl=0)
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                waiting = [pool.submit(client.get, "/health/ready") for _ in range(8)]
+                time.sleep(0.3)
+                t0 = time.monotonic()
+                status, _, body = client.get("/health/live")
+                elapsed = time.monotonic() - t0
+                assert status == 200 and body["status"] == "pass"
+                assert elapsed < 0.2, elapsed
+                assert not any(f.done() for f in waiting)
+                assert [f.result()[0] for f in waiting] == [503] * 8
+        finally:
+            release.set()

@@ -51,6 +51,7 @@ class Endpoint:
     public: bool = False  # served without a token even beyond loopback
     parameters: list[dict[str, Any]] = field(default_factory=list)
     body: Optional[dict[str, Any]] = None  # the JSON body's schema
+    inline: bool = False  # O(1): answered on the server's I/O thread
 
     @property
     def mutating(self) -> bool:
@@ -192,6 +193,7 @@ ENDPOINTS: list[Endpoint] = [
         "Liveness: the process answers (no dependency is checked)",
         {200: _json("Live", "the process is alive")},
         public=True,
+        inline=True,
     ),
     Endpoint(
         "GET",
@@ -347,7 +349,7 @@ def add_routes(router: Router, host: str, token: Optional[str]) -> None:
     """Add every monitoring endpoint to ``router`` for a server bound to ``host``."""
     loopback = is_loopback(host)
     for ep in ENDPOINTS:
-        router.add(ep.path, guarded(ep, token, loopback), ep.method)
+        router.add(ep.path, guarded(ep, token, loopback), ep.method, inline=ep.inline)
 
 
 def register_from_config() -> list[str]:

@@ -278,3 +278,41 @@ def test_liveness_answers_at_once_while_readiness_probes_wait_on_a_hung_check():
                 assert [f.result()[0] for f in waiting] == [503] * 8
         finally:
             release.set()
+
+
+def test_an_async_check_is_awaited(registry):
+    import asyncio
+
+    async def reachable():
+        await asyncio.sleep(0.01)
+        return {"awaited": True}
+
+    async def unreachable():
+        await asyncio.sleep(0)
+        raise ConnectionError("no route to the queue")
+
+    pulsetrace.health.register("async-ok", reachable)
+    pulsetrace.health.register("async-down", unreachable)
+    results = by_name(pulsetrace.health.results())
+    assert results["async-ok"].status == "pass"
+    assert results["async-ok"].details == {"awaited": True}
+    assert results["async-down"].status == "fail"
+    assert results["async-down"].error == "ConnectionError: no route to the queue"
+
+
+def test_a_forked_worker_runs_its_checks_on_a_pool_of_its_own(registry):
+    """Under a pre-fork server the parent's pool threads are not in the
+    worker: the worker's checks still run (and do not hang)."""
+    import os
+
+    pulsetrace.health.register("ok", lambda: True, ttl=0)
+    assert pulsetrace.health.results()[0].status == "pass"  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            code = 0 if pulsetrace.health.results()[0].status == "pass" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -337,7 +337,8 @@ def guarded(
             given = _token_of(request)
             if given is None:
                 raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
+            # The header's bytes as sent (the server decodes heads as latin-1).
+            if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
                 raise HttpError(401, "wrong token", challenge)
         with suppressed():
             return endpoint.handler(request)

@@ -1,7 +1,7 @@
 """The registry of health checks and how they run.
 
-A check is a callable with a name, a timeout, a TTL and a critical flag. It
-passes when it returns ``None``, ``True`` or a dict (details shown with its
+A check is a callable (or a coroutine function, run on an event loop of
+its own) with a name, a timeout, a TTL and a critical flag. It passes when it returns ``None``, ``True`` or a dict (details shown with its
 result), and fails when it returns ``False`` or raises (the exception's
 message is its error). A dict with ``"status": "fail"`` fails too, with its
 details shown.
@@ -22,11 +22,14 @@ How checks run, so that probes cannot hurt what they probe:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import inspect
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag
@@ -96,6 +99,10 @@ class _Entry:
         self.future: Optional[concurrent.futures.Future[Result]] = None
 
 
+async def _awaited(value: Awaitable[Any]) -> Any:
+    return await value
+
+
 def _outcome(entry: _Entry) -> Result:
     """Run the check (on a pool thread) and describe what it did."""
     start = time.monotonic()
@@ -104,6 +111,8 @@ def _outcome(entry: _Entry) -> Result:
     try:
         with suppressed():
             value = entry.check()
+            if inspect.isawaitable(value):  # an async check: run on this thread's own loop
+                value = asyncio.run(_awaited(value))
         if value is False:
             status = FAIL
         elif isinstance(value, dict):

@@ -1,9 +1,10 @@
 """The registry of health checks and how they run.
 
 A check is a callable (or a coroutine function, run on an event loop of
-its own) with a name, a timeout, a TTL and a critical flag. It passes when it returns ``None``, ``True`` or a dict (details shown with its
-result), and fails when it returns ``False`` or raises (the exception's
-message is its error). A dict with ``"status": "fail"`` fails too, with its
+its own) with a name, a timeout, a TTL and a critical flag. It passes when
+it returns ``None``, ``True`` or a dict (details shown with its result),
+and fails when it returns ``False`` or raises (the exception's message is
+its error). A dict with ``"status": "fail"`` fails too, with its
 details shown.
 
 How checks run, so that probes cannot hurt what they probe:
@@ -28,8 +29,8 @@ import inspect
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag

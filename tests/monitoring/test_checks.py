@@ -316,3 +316,20 @@ def test_a_forked_worker_runs_its_checks_on_a_pool_of_its_own(registry):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_check_hanging_forever_does_not_keep_the_application_from_exiting():
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, pulsetrace.health as h\n"
+        "h.register('stuck', threading.Event().wait, timeout=0.2)\n"
+        "print(h.results()[0].status, flush=True)\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
+    assert out.stdout == "timeout\n"
+    assert time.monotonic() - t0 < 5

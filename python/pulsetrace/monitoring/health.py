@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import os
+import queue
 import threading
 import time
 from collections.abc import Awaitable
@@ -129,6 +130,46 @@ def _outcome(entry: _Entry) -> Result:
     return Result(entry.name, status, entry.critical, latency, wall, error, details)
 
 
+class _Pool:
+    """At most ``size`` daemon threads, started as work arrives. Not a
+    ``ThreadPoolExecutor``: the interpreter joins those at exit, and a check
+    hanging on a dead dependency must not keep the application from exiting."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]]
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, fn))
+        with self._lock:
+            start = self._idle == 0 and self._threads < self._size
+            if start:
+                self._threads += 1
+        if start:
+            name = f"pulsetrace-health-{self._threads}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            future, fn = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # _outcome catches the check's own
+                future.set_exception(exc)
+
+
 class Registry:
     """Health checks by name."""
 
@@ -136,7 +177,7 @@ class Registry:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._pool_size = pool_size
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pool: Optional[_Pool] = None
 
     def register(
         self,
@@ -178,12 +219,10 @@ class Registry:
         with self._lock:
             self._entries.clear()
 
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _executor(self) -> _Pool:
         with self._lock:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self._pool_size, thread_name_prefix="pulsetrace-health"
-                )
+                self._pool = _Pool(self._pool_size)
             return self._pool
 
     def reset_after_fork(self) -> None:
@@ -235,7 +274,7 @@ class Registry:
             future = entry.future
             if future is not None and not future.done():
                 return future, entry.started
-            future = self._executor().submit(self._run_one, entry)
+            future = self._executor().submit(lambda: self._run_one(entry))
             entry.future, entry.started = future, now
             return future, now
 

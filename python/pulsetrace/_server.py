@@ -1,9 +1,9 @@
-"""pulsetrace's small HTTP server: a ``Router``'s GET/HEAD routes
+"""pulsetrace's small HTTP server: a ``Router``'s routes
 (``pulsetrace._router``) served from a plain socket server that bad clients
-cannot wear down.
+cannot wear down (the wire format: ``pulsetrace._wire``).
 
-The Prometheus exposition is served from here (``prometheus.start_server``);
-more routes (health, APM, monitoring endpoints) are added to the router.
+The Prometheus exposition and the monitoring endpoints are served from here
+(``prometheus.start_server``, ``pulsetrace.monitoring.endpoints``).
 
 Its own work is never traced: it is built on plain sockets and
 ``selectors``, which no pulsetrace hook wraps, and handlers get a
@@ -61,13 +61,12 @@ import selectors
 import socket
 import threading
 import time
-import zlib
 from collections import deque
-from http import HTTPStatus
 from typing import Optional, Union
 
 from pulsetrace import _diag
 from pulsetrace._router import Request, Response, Router, json_error, text_response
+from pulsetrace._wire import BadRequest, encode, parse_head
 
 #: Requests whose head is larger than this get 431.
 MAX_HEAD_BYTES = 8192
@@ -77,87 +76,9 @@ MAX_BODY_BYTES = 65536
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: How long a closed response lingers to absorb what the client still sends.
 LINGER_S = 1.0
-#: Bodies at least this large are gzip-compressed for clients that accept it.
-GZIP_MIN_BYTES = 1024
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
 _RECV = 65536
-
-
-def _accepts_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        coding, _, params = part.partition(";")
-        if coding.strip().lower() not in ("gzip", "x-gzip"):
-            continue
-        q = params.strip().lower()
-        if q.startswith("q="):
-            try:
-                return float(q[2:]) > 0
-            except ValueError:
-                return False
-        return True
-    return False
-
-
-def encode(request: Optional[Request], response: Response) -> bytes:
-    """The bytes of ``response`` on the wire (no body for HEAD), gzip-encoded
-    when the client accepts it and the body is large enough."""
-    status, headers, body = response
-    headers = list(headers)
-    names = {k.lower() for k, _ in headers}
-    if request is not None and len(body) >= GZIP_MIN_BYTES and "content-encoding" not in names:
-        headers.append(("Vary", "Accept-Encoding"))
-        if _accepts_gzip(request.headers.get("accept-encoding", "")):
-            # Level 1: a fraction of the rendering's cost; zlib releases the
-            # GIL while it compresses. (wbits 31: a gzip stream.)
-            gz = zlib.compressobj(1, zlib.DEFLATED, 31)
-            body = gz.compress(body) + gz.flush()
-            headers.append(("Content-Encoding", "gzip"))
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines.extend(f"{k}: {v}" for k, v in headers)
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-    if request is not None and request.method == "HEAD":
-        return head
-    return head + body
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, *headers: tuple[str, str]) -> None:
-        super().__init__(message)
-        self.response = text_response(status, message + "\n", *headers)
-
-
-def parse_head(head: bytes) -> Request:
-    """The request in ``head`` (without its blank line), or BadRequest."""
-    text = head.decode("latin-1")
-    line, *header_lines = text.replace("\r\n", "\n").split("\n")
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, f"bad request line: {line[:100]!r}")
-    method, target, _ = parts
-    if not method.isascii() or not method.isalpha() or not method.isupper():
-        raise BadRequest(400, f"bad method: {method[:20]!r}")
-    if target.startswith(("http://", "https://")):
-        slash = target.find("/", target.index("//") + 2)
-        target = target[slash:] if slash >= 0 else "/"
-    if not target.startswith("/"):
-        raise BadRequest(400, f"bad request target: {target[:100]!r}")
-    path, _, query = target.partition("?")
-    headers: dict[str, str] = {}
-    for h in header_lines:
-        name, sep, value = h.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"bad header line: {h[:100]!r}")
-        name = name.lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Request(method, path, query, headers)
 
 
 # Connection phases.

@@ -141,7 +141,11 @@ def metrics_json(request: Request) -> Response:
     import pulsetrace
     from pulsetrace import prometheus
 
-    process = {name: samples[0][1] for name, _, _, samples in prometheus.process_families()[:5]}
+    process = {
+        name: samples[0][1]
+        for name, _, _, samples in prometheus.process_families()
+        if len(samples) == 1 and not samples[0][0]  # the unlabelled ones
+    }
     out = {
         "service": _runtime.config().service_name,
         "timestamp": time.time(),
@@ -181,6 +185,13 @@ def _error(description: str) -> dict[str, Any]:
     return _json("Error", description)
 
 
+_EXPOSITION = {
+    "description": "the exposition (OpenMetrics when the Accept header asks for it)",
+    "content": {
+        "text/plain": {"schema": {"type": "string"}},
+        "application/openmetrics-text": {"schema": {"type": "string"}},
+    },
+}
 _REPORT = {200: _json("Report", "every check passed (or only non-critical ones failed)")}
 _REPORT[503] = _json("Report", "a critical check failed")
 
@@ -250,36 +261,21 @@ ENDPOINTS: list[Endpoint] = [
         "/health/prometheus",
         exposition,
         "The metrics in the Prometheus text format (OpenMetrics when asked for)",
-        {
-            200: {
-                "description": "the exposition",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
-        },
+        {200: _EXPOSITION},
     ),
     Endpoint(
         "GET",
         "/metrics",
         exposition,
         "The metrics in the Prometheus text format (what Prometheus scrapes)",
-        {
-            200: {
-                "description": "the exposition",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
-        },
+        {200: _EXPOSITION},
     ),
     Endpoint(
         "GET",
         "/",
         exposition,
         "The metrics in the Prometheus text format",
-        {
-            200: {
-                "description": "the exposition",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
-        },
+        {200: _EXPOSITION},
     ),
     Endpoint(
         "GET",

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Union
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from pulsetrace import _diag
 
@@ -147,7 +147,8 @@ class Router:
         return out
 
     def match(self, path: str) -> Optional[tuple[dict[str, Handler], Mapping[str, str]]]:
-        """The handlers by method of ``path`` and its pattern's values."""
+        """The handlers by method of ``path`` and its pattern's values
+        (percent-decoded)."""
         methods = self._exact.get(path)
         if methods is not None:
             return methods, _NO_PARAMS
@@ -160,7 +161,7 @@ class Router:
                 if seg.startswith("{") and seg.endswith("}"):
                     if not part:
                         break
-                    params[seg[1:-1]] = part
+                    params[seg[1:-1]] = unquote(part)
                 elif seg != part:
                     break
             else:

@@ -33,10 +33,11 @@ Concurrency design:
   connections is not dropped by the kernel (a dropped SYN costs the client
   a 1 s retransmission) before the I/O thread accepts it.
 - A request head is at most ``max_head_bytes`` (431 beyond). A body is
-  read only for a method some route takes one with (POST): it must be
-  declared with ``Content-Length`` (411 otherwise, chunked included) and be
-  at most ``max_body_bytes`` (413 beyond, answered before it is read); it
-  must arrive within the same deadline as the head. Other methods are
+  read only for POST, PUT and PATCH, when some route takes that method: its
+  length is its ``Content-Length`` (none: empty; ``Transfer-Encoding`` is
+  refused with 411), at most ``max_body_bytes`` (413 beyond, answered
+  before it is read), and it must arrive within the same deadline as the
+  head. Other methods are
   answered by the router (405 with ``Allow`` when the path exists). Each
   response closes its connection (``Connection: close``), then the server
   reads and discards what the client still sends for a moment, so that a

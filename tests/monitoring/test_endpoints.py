@@ -72,6 +72,9 @@ def test_one_check_by_path_parameter_and_unknown_names_are_404():
         pulsetrace.health.register("cache", lambda: True)
         status, _, body = client.get("/health/checks/cache")
         assert status == 200 and body["name"] == "cache"
+        pulsetrace.health.register("queue depth", lambda: True)
+        status, _, body = client.get("/health/checks/queue%20depth")
+        assert status == 200 and body["name"] == "queue depth"
         status, _, body = client.get("/health/checks/nothing-here")
         assert status == 404 and body == {
             "error": "no health check named 'nothing-here'",

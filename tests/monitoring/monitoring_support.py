@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import pulsetrace
 from pulsetrace import prometheus
+from pulsetrace.monitoring import endpoints
 from pulsetrace.monitoring import health as _health
 from servers import free_port, require, stop, wait_for_port
 
@@ -70,6 +71,7 @@ def monitoring_server(
     prometheus.stop_server()
     fresh(monitoring_enabled=True, monitoring_token=token, **settings)
     _health.REGISTRY.clear()
+    endpoints._metrics_cache = (float("-inf"), b"")  # no snapshot of an earlier test
     prometheus._checks_registered = True  # the test registers what it checks
     addr = prometheus.start_server(f"{host}:0")
     assert addr is not None

@@ -177,7 +177,7 @@ def test_a_hanging_check_is_reported_timed_out_within_its_timeout(registry):
             status, _, body = client.get("/health/ready")
             elapsed = time.monotonic() - t0
             assert status == 503 and body["failing"] == ["hangs"]
-            assert 0.45 <= elapsed < 0.5 + 0.3, elapsed
+            assert 0.45 <= elapsed < 0.5 + 0.5, elapsed
             check = {c["name"]: c for c in body["checks"]}["hangs"]
             assert check["status"] == "timeout" and check["error"] == "no answer within 0.5 s"
             # While it hangs it is not started again (one pool thread at most).
@@ -284,7 +284,7 @@ def test_liveness_answers_at_once_while_readiness_probes_wait_on_a_hung_check():
                 status, _, body = client.get("/health/live")
                 elapsed = time.monotonic() - t0
                 assert status == 200 and body["status"] == "pass"
-                assert elapsed < 0.2, elapsed
+                assert elapsed < 0.5, elapsed  # 2.7 s when it queued behind them
                 assert not any(f.done() for f in waiting)
                 assert [f.result()[0] for f in waiting] == [503] * 8
         finally:

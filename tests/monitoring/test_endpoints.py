@@ -100,6 +100,22 @@ def test_metrics_as_json_and_as_an_exposition():
         assert b'pulsetrace_internal_errors_total{operation="checkout",' in text
 
 
+def test_metrics_json_is_one_snapshot_per_second_however_many_probes(monkeypatch):
+    from pulsetrace.monitoring import endpoints
+
+    monkeypatch.setattr(endpoints, "METRICS_TTL_S", 0.5)
+    with monitoring_server() as client:
+        with pulsetrace.start_span("first"):
+            pass
+        first = client.get("/health/metrics")[2]
+        with pulsetrace.start_span("second"):
+            pass
+        assert client.get("/health/metrics")[2] == first  # within the TTL
+        time.sleep(0.6)
+        names = {o["name"] for o in client.get("/health/metrics")[2]["operations"]}
+        assert {"first", "second"} <= names
+
+
 def test_a_post_needs_the_token_and_refuses_when_none_is_configured():
     with monitoring_server() as client:  # no token configured
         pulsetrace.health.register("ok", lambda: True)

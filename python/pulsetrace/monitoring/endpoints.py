@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -135,9 +136,30 @@ def _json_type(value: Any) -> str:
     return "an array" if isinstance(value, list) else type(value).__name__
 
 
+#: How long /health/metrics reuses its snapshot: reading every histogram's
+#: percentiles costs tens of ms with 1,000 operations, and a probe storm must
+#: not turn that into a core's worth of work.
+METRICS_TTL_S = 1.0
+_metrics_lock = threading.Lock()
+_metrics_cache: tuple[float, bytes] = (float("-inf"), b"")
+
+
 def metrics_json(request: Request) -> Response:
-    """The application's metrics as JSON: the native histograms' statistics
-    per operation, the agent's counters, process figures."""
+    """The application's metrics as JSON (a snapshot at most
+    ``METRICS_TTL_S`` old; concurrent requests wait for one rendering)."""
+    global _metrics_cache
+    with _metrics_lock:
+        at, body = _metrics_cache
+        now = time.monotonic()
+        if now - at >= METRICS_TTL_S:
+            body = json_response(200, _metrics()).body
+            _metrics_cache = (now, body)
+    return Response(200, [("Content-Type", "application/json")], body)
+
+
+def _metrics() -> dict[str, Any]:
+    """The native histograms' statistics per operation, the agent's
+    counters, process figures."""
     import pulsetrace
     from pulsetrace import prometheus
 
@@ -146,14 +168,13 @@ def metrics_json(request: Request) -> Response:
         for name, _, _, samples in prometheus.process_families()
         if len(samples) == 1 and not samples[0][0]  # the unlabelled ones
     }
-    out = {
+    return {
         "service": _runtime.config().service_name,
         "timestamp": time.time(),
         "operations": pulsetrace.latency(),
         "counters": pulsetrace.counters(),
         "process": process,
     }
-    return json_response(200, out)
 
 
 def exposition(request: Request) -> Response:

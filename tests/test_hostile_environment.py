@@ -41,6 +41,7 @@ FREE_TEXT = {
     "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
     "PULSETRACE_REDACT_QUERY_PARAMS",
     "PULSETRACE_KEEP_ATTRIBUTES",
+    "PULSETRACE_MONITORING_TOKEN",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

@@ -46,6 +46,12 @@ def test_the_settings_are_read_and_secrets_never_shown(caplog):
     assert cfg.database_url is None
     assert "DATABASE_URL is not valid UTF-8 (value not shown)" in caplog.text
     assert SECRET not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pulsetrace"):
+        cfg = from_env({"REDIS_URL": f"cache:{SECRET}"})
+    assert cfg.redis_url is None
+    assert "REDIS_URL is not a URL (scheme://...) (value not shown)" in caplog.text
+    assert SECRET not in caplog.text
 
 
 def get(port: int, path: str) -> tuple[int, dict]:

@@ -107,6 +107,17 @@ def test_a_password_is_never_reported(postgres_server, redis_server):
     )
 
 
+def test_a_password_in_a_custom_checks_error_is_removed(registry):
+    def failing():
+        raise ConnectionError("cannot reach amqp://queue:hunter2-secret@mq:5672/ (refused)")
+
+    pulsetrace.health.register("queue", failing)
+    pulsetrace.health.register("dsn", lambda: {"status": "fail", "error": "password=hunter2 x"})
+    results = by_name(pulsetrace.health.results())
+    assert results["queue"].error == "ConnectionError: cannot reach amqp://queue@mq:5672/ (refused)"
+    assert "hunter2" not in results["dsn"].error
+
+
 def test_a_redis_stopped_mid_test_turns_ready_to_503_and_back(own_redis):
     with monitoring_server() as client:
         pulsetrace.health.check_redis(own_redis.url, ttl=0.2, timeout=2.0)

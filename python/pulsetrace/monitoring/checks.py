@@ -27,6 +27,14 @@ _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "key")
 _DSN_SECRET = re.compile(r"(?i)\b(password|passwd|pwd)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 
 
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message) with the password of every URL in it removed."""
+    return _DSN_SECRET.sub("", _URL_PASSWORD.sub(r"\1@", text))
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password removed (userinfo ``user@`` kept, password
     query parameters dropped); a ``key=value`` DSN loses its password."""

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag
 from pulsetrace._suppress import suppressed
+from pulsetrace.monitoring.checks import redact_text
 
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
 #: Threads that run checks (started on first use, daemon).
@@ -121,11 +122,11 @@ def _outcome(entry: _Entry) -> Result:
             details = {str(k): v for k, v in value.items() if k != "status"}
             if value.get("status") == FAIL:
                 status = FAIL
-                error = str(value.get("error", "failed"))[:MAX_ERROR]
+                error = redact_text(str(value.get("error", "failed")))[:MAX_ERROR]
                 details.pop("error", None)
     except Exception as exc:
         status = FAIL
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+        error = redact_text(f"{type(exc).__name__}: {exc}")[:MAX_ERROR]
     latency = (time.monotonic() - start) * 1000
     return Result(entry.name, status, entry.critical, latency, wall, error, details)
 

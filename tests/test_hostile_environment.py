@@ -42,6 +42,7 @@ FREE_TEXT = {
     "PULSETRACE_REDACT_QUERY_PARAMS",
     "PULSETRACE_KEEP_ATTRIBUTES",
     "PULSETRACE_SCRUB_FIELDS",
+    "PULSETRACE_MONITORING_TOKEN",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

@@ -349,6 +349,14 @@ class Config:
         default=5_000.0,
         metadata=_declare("PULSETRACE_METRICS_READ_TIMEOUT_MS", low=1, high=600_000),
     )
+    # The monitoring server (python/pulsetrace/monitoring)
+    monitoring_enabled: bool = field(default=False, metadata=_declare("MONITORING_ENABLED"))
+    monitoring_token: Optional[str] = field(
+        default=None, repr=False, metadata=_declare("PULSETRACE_MONITORING_TOKEN")
+    )
+    # The health checks the environment asks for (passwords never shown)
+    database_url: Optional[str] = field(default=None, repr=False, metadata=_declare("DATABASE_URL"))
+    redis_url: Optional[str] = field(default=None, repr=False, metadata=_declare("REDIS_URL"))
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
 
     def __post_init__(self) -> None:

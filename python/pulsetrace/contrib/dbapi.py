@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _sql
 
 #: True while a SQL span is open in this context: nested DB-API calls pass through.
@@ -85,7 +86,7 @@ Started = tuple[Any, Any, str]
 def start(db: Database, statement: Any, context: Any) -> Optional[Started]:
     """Open the span of one statement (``context``: the real cursor or
     connection); ``None`` when it is not traced."""
-    if not db.switch.on or ACTIVE.get():
+    if not db.switch.on or ACTIVE.get() or SUPPRESSED.get():
         return None
     try:
         tracer = _runtime.tracer()

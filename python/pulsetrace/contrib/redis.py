@@ -37,6 +37,7 @@ from typing import Any, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._suppress import SUPPRESSED
 
 SUPPORTED = ">=5.0"
 
@@ -196,7 +197,10 @@ def _pipeline(instance: Any, _args: Any) -> Optional[tuple[str, dict[str, Any]]]
 
 def _start(describe: Any, instance: Any, args: Any) -> Any:
     """A CLIENT span named and described by ``describe``, or None (tracing off,
-    nothing sent, or a pulsetrace failure: the call then runs untraced)."""
+    nothing sent, pulsetrace's own work, or a pulsetrace failure: the call
+    then runs untraced)."""
+    if SUPPRESSED.get():
+        return None
     try:
         tracer = _runtime._tracer or _runtime.tracer()
         if not tracer.enabled:

@@ -243,7 +243,18 @@ class Config:
         default=frozenset(),
         metadata=_declare("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "PULSETRACE_<NAME>_ENABLED"),
     )
-    log_level: str = field(default="warning", metadata=_declare("LOG_LEVEL"))
+    log_level: str = field(default="info", metadata=_declare("LOG_LEVEL"))
+    diag_log_level: str = field(default="warning", metadata=_declare("PULSETRACE_LOG_LEVEL"))
+    # Logs (pulsetrace.logging)
+    logs_json: bool = field(default=False, metadata=_declare("PULSETRACE_LOGS_JSON"))
+    access_log: bool = field(default=False, metadata=_declare("PULSETRACE_ACCESS_LOG"))
+    logs_fluentd_addr: Optional[str] = field(
+        default=None, metadata=_declare("PULSETRACE_LOGS_FLUENTD_ADDR")
+    )
+    logs_fluentd_tag: str = field(default="app", metadata=_declare("PULSETRACE_LOGS_FLUENTD_TAG"))
+    logs_queue_size: int = field(
+        default=10_000, metadata=_declare("PULSETRACE_LOGS_QUEUE_SIZE", low=1, high=1_000_000)
+    )
     # Head sampling (OpenTelemetry), before the tail sampler
     head_sampler: str = field(
         default="parentbased_always_on", metadata=_declare("OTEL_TRACES_SAMPLER")
@@ -354,6 +365,12 @@ class Config:
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
         _choice("log_level", self.log_level, LOG_LEVELS)
+        _choice("diag_log_level", self.diag_log_level, LOG_LEVELS)
+        if self.logs_fluentd_addr is not None:
+            why = addr_problem(self.logs_fluentd_addr)
+            if why is not None:
+                addr = self.logs_fluentd_addr
+                raise ValueError(f"pulsetrace setting logs_fluentd_addr={addr!r} is {why}")
         _choice("head_sampler", self.head_sampler, HEAD_SAMPLERS)
         why = addr_problem(self.metrics_addr)
         if why is not None:

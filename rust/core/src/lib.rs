@@ -13,9 +13,11 @@
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
+//! - [`access`]: the access log's queue (one entry per SERVER span, off the request path).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod clock;
 pub mod exposition;
 pub mod head;

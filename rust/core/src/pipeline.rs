@@ -24,6 +24,7 @@
 //! Nothing blocks on I/O and no lock is held by an exporter while a request
 //! needs it.
 
+use crate::access::AccessLog;
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
 use crate::registry::{ExemplarSample, Registry};
@@ -83,6 +84,8 @@ pub struct CoreConfig {
     pub max_metric_keys: usize,
     pub sampler: SamplerConfig,
     pub buffer: BufferConfig,
+    /// Entries the access-log queue holds (0: no access log).
+    pub access_log_entries: usize,
 }
 
 macro_rules! counters {
@@ -105,6 +108,7 @@ counters! {
     spans_late_kept: "spans that arrived after their trace was kept (exported on their own)",
     spans_late_dropped: "spans that arrived after their trace was dropped",
     traces_kept_error: "traces kept because a span had an error",
+    traces_kept_error_log: "traces kept because a record at ERROR or above was logged inside one of their spans",
     traces_kept_slow: "traces kept because the root was slower than the fixed threshold",
     traces_kept_adaptive: "traces kept because the root was slower than its operation's live quantile",
     traces_kept_attribute: "traces kept by an attribute rule",
@@ -277,6 +281,8 @@ pub struct Core {
     /// futex wake, so a request thread can wake it without any lock).
     worker: OnceLock<std::thread::Thread>,
     stop: AtomicBool,
+    /// One entry per SERVER span for the access log, when it is on.
+    access: Option<AccessLog>,
 }
 
 fn shard_of(trace_id: u128) -> usize {
@@ -337,6 +343,7 @@ impl Core {
             intake_wake_sent: AtomicBool::new(false),
             worker: OnceLock::new(),
             stop: AtomicBool::new(false),
+            access: (cfg.access_log_entries > 0).then(|| AccessLog::new(cfg.access_log_entries)),
             cfg,
         }
     }
@@ -434,6 +441,14 @@ impl Core {
             rec.status_class(),
             rec.duration_ns,
         );
+        if let Some(access) = &self.access {
+            access.offer(rec);
+        }
+    }
+
+    /// The access log's queue, when `access_log_entries` is set.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access.as_ref()
     }
 
     /// The span joins its trace; what a local root, a full buffer or a
@@ -542,6 +557,7 @@ impl Core {
         }
         let counter = match decision {
             Decision::Keep(KeepReason::Error) => &c.traces_kept_error,
+            Decision::Keep(KeepReason::ErrorLog) => &c.traces_kept_error_log,
             Decision::Keep(KeepReason::Slow) => &c.traces_kept_slow,
             Decision::Keep(KeepReason::Adaptive) => &c.traces_kept_adaptive,
             Decision::Keep(KeepReason::Attribute) => &c.traces_kept_attribute,

@@ -24,7 +24,7 @@ from pulsetrace.export import (
     InMemorySpanExporter,
     SpanExporter,
 )
-from pulsetrace.logging.context import context, set_company, set_user
+from pulsetrace.logging.identity import context, set_company, set_user
 from pulsetrace.propagation import extract, inject, use_context
 from pulsetrace.tracing import current_span, traced
 

@@ -44,7 +44,7 @@ from pulsetrace.logging.api import (
     log_performance,
     log_security_event,
 )
-from pulsetrace.logging.context import context, set_company, set_user
+from pulsetrace.logging.identity import context, set_company, set_user
 from pulsetrace.logging.formatter import JsonFormatter
 
 __all__ = [

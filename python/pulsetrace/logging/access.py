@@ -32,7 +32,7 @@ import threading
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
-from pulsetrace.logging.context import EndedSpan
+from pulsetrace.logging.identity import EndedSpan
 
 __all__ = ["counters", "running", "start", "stop"]
 

@@ -35,7 +35,7 @@ from collections.abc import MutableMapping
 from typing import IO, Any, Optional
 
 from pulsetrace import _runtime
-from pulsetrace.logging import context as _context
+from pulsetrace.logging import identity as _context
 from pulsetrace.logging.formatter import JsonFormatter
 
 __all__ = ["loguru_patcher", "loguru_sink", "structlog_renderer"]

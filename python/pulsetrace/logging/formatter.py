@@ -4,7 +4,7 @@ A line holds, in this order: ``@timestamp`` (RFC 3339, UTC, milliseconds),
 ``level`` (``debug`` ... ``critical``), ``service``, ``type`` (one of the
 five log types, see :mod:`pulsetrace.logging.api`), ``message``,
 ``requestId``, ``userId``, ``companyId`` (when known, see
-:mod:`pulsetrace.logging.context`), ``metadata`` (the values passed with
+:mod:`pulsetrace.logging.identity`), ``metadata`` (the values passed with
 ``extra=``), ``tags`` (``environment`` and ``version``, from
 ``OTEL_RESOURCE_ATTRIBUTES``' ``deployment.environment.name`` and
 ``service.version``), ``trace_id`` and ``span_id`` of the current span
@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import Span
-from pulsetrace.logging import context as _context
+from pulsetrace.logging import identity as _context
 
 __all__ = ["JsonFormatter", "dumps", "resource_tags"]
 

@@ -28,8 +28,14 @@ log = logging.getLogger("payments")
 @pytest.fixture
 def receiver(http_receiver, added):
     fresh(sample_rate=0.0, export_interval_ms=60_000)
-    exp = OtlpSpanExporter(config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
-                                            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}))
+    exp = OtlpSpanExporter(
+        config_from_env(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+        )
+    )
     added.append(exp)
     pulsetrace.add_exporter(exp)
     buf = io.StringIO()

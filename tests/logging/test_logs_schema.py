@@ -24,7 +24,10 @@ def lines():
     pulsetrace's), parsed."""
     fresh(
         service_name="api",
-        resource_attributes={"deployment.environment.name": "production", "service.version": "1.0.0"},
+        resource_attributes={
+            "deployment.environment.name": "production",
+            "service.version": "1.0.0",
+        },
     )
     buf = io.StringIO()
     plog.configure(stream=buf, level="debug")
@@ -181,7 +184,11 @@ def test_business_performance_and_security_helpers(lines):
         "warning",
         "warning",
     ]
-    assert failed["metadata"] == {"userId": "user_789", "event": "authentication", "outcome": "failure"}
+    assert failed["metadata"] == {
+        "userId": "user_789",
+        "event": "authentication",
+        "outcome": "failure",
+    }
     assert limited["metadata"]["event"] == "rate_limit"
     with pytest.raises(ValueError, match="security event 'login' is not one of"):
         plog.log_security_event("login", "failure")

@@ -78,6 +78,11 @@ def _level_name(levelno: int) -> str:
     return "debug"
 
 
+_ERROR = logging.ERROR
+#: What the formatter reads as a line's span (the current one, or an ended
+#: one the access log writes about).
+_SPAN_TYPES = (Span, _context.EndedSpan)
+
 #: Loggers named ``logs.<type>`` write lines of that type (api.py).
 TYPE_PREFIX = "logs."
 
@@ -101,6 +106,26 @@ def _fallback(value: Any) -> Any:
 
 _encoder = json.JSONEncoder(
     ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_fallback
+)
+#: The C encoder behind ``_encoder``, made once: ``JSONEncoder.encode``
+#: makes a new one for every call, which costs more than encoding a small
+#: dict. No cycle markers (a cycle ends in RecursionError, and the slow path
+#: below writes it), so threads share nothing mutable.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_fast_encode: Optional[Callable[[Any, int], Any]] = (
+    _c_make_encoder(
+        None,
+        _fallback,
+        json.encoder.encode_basestring_ascii,  # type: ignore[attr-defined]
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+    if _c_make_encoder is not None
+    else None
 )
 
 
@@ -132,6 +157,8 @@ def _plain(value: Any, depth: int, seen: set[int]) -> Any:
 def dumps(value: Any) -> str:
     """``value`` as compact ASCII JSON; never raises."""
     try:
+        if _fast_encode is not None:
+            return "".join(_fast_encode(value, 0))
         return _encoder.encode(value)
     except Exception:
         try:
@@ -206,16 +233,25 @@ class JsonFormatter(logging.Formatter):
             tags = resource_tags(cfg.resource_attributes) if tags is None else tags
         self._service = ',"service":' + _enc(service)
         self._tags = ',"tags":' + dumps(dict(tags))
-        self._stamp: tuple[int, str] = (-1, "")
+        #: (millisecond, its text, second, its text): one tuple, swapped whole.
+        self._stamp: tuple[int, str, int, str] = (-1, "", -1, "")
+        #: The trace_id/span_id part of the last span written about: a
+        #: request's lines share it (one tuple, swapped whole: thread-safe).
+        self._ids: tuple[Any, str] = (None, "")
         self._scrub_text, self._scrub_value = _scrubbers() if scrub else (_no_scrub, _no_scrub)
 
     def _timestamp(self, created: float) -> str:
-        sec = int(created)
+        ms = int(created * 1000)
         stamp = self._stamp
-        if stamp[0] != sec:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-            stamp = self._stamp = (sec, prefix)
-        return f"{stamp[1]}{int((created - sec) * 1000):03d}Z"
+        if stamp[0] == ms:
+            return stamp[1]
+        sec, rest = divmod(ms, 1000)
+        prefix = (
+            stamp[3] if stamp[2] == sec else time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        )
+        text = f"{prefix}{rest:03d}Z"
+        self._stamp = (ms, text, sec, prefix)
+        return text
 
     def _error(self, record: logging.LogRecord) -> dict[str, str]:
         assert record.exc_info is not None
@@ -241,52 +277,46 @@ class JsonFormatter(logging.Formatter):
         levelno = record.levelno
         name = record.name
         if name.startswith(TYPE_PREFIX):
-            log_type = name[len(TYPE_PREFIX) :]
+            log_type = _enc(name[len(TYPE_PREFIX) :])
         else:
-            log_type = "error" if levelno >= logging.ERROR else "application"
-        parts = [
-            '{"@timestamp":"',
-            self._timestamp(record.created),
-            '","level":"',
-            _LEVELS.get(levelno) or _level_name(levelno),
-            '"',
-            self._service,
-            ',"type":',
-            _enc(log_type),
-            ',"message":',
-            _enc(message),
-        ]
+            log_type = '"error"' if levelno >= _ERROR else '"application"'
         attrs = record.__dict__
         request, user, company = attrs.get("pulsetrace_who") or _context.current(span)
+        who = ""
         if request is not None:
-            parts += (',"requestId":', _enc(request))
+            who = f',"requestId":{_enc(request)}'
         if user is not None:
-            parts += (',"userId":', _enc(user))
+            who += f',"userId":{_enc(user)}'
         if company is not None:
-            parts += (',"companyId":', _enc(company))
+            who += f',"companyId":{_enc(company)}'
+        meta = ""
         if len(attrs) > _N_PLAIN:
-            meta = {k: v for k, v in attrs.items() if k not in _STANDARD}
-            nested = meta.get("metadata")
-            if isinstance(nested, Mapping):
-                del meta["metadata"]
-                meta = {**nested, **meta}
-            if meta:
-                parts += (',"metadata":', dumps(self._scrub_value(meta)))
-        parts.append(self._tags)
-        if isinstance(span, (Span, _context.EndedSpan)):
-            parts += (
-                ',"trace_id":"',
-                format(span.trace_id, "032x"),
-                '","span_id":"',
-                format(span.span_id, "016x"),
-                '"',
-            )
-            if levelno >= logging.ERROR and not attrs.get("_pulsetrace_logged", False):
+            extra = {k: v for k, v in attrs.items() if k not in _STANDARD}
+            if "metadata" in extra:
+                nested = extra["metadata"]
+                if isinstance(nested, Mapping):
+                    del extra["metadata"]
+                    extra = {**nested, **extra}
+            if extra:
+                meta = f',"metadata":{dumps(self._scrub_value(extra))}'
+        ids = ""
+        if span is not None and type(span) in _SPAN_TYPES:
+            cached = self._ids
+            if cached[0] is span:
+                ids = cached[1]
+            else:
+                ids = f',"trace_id":"{span.trace_id:032x}","span_id":"{span.span_id:016x}"'
+                self._ids = (span, ids)
+            if levelno >= _ERROR and not attrs.get("_pulsetrace_logged", False):
                 record._pulsetrace_logged = True
                 error_event(span, levelno, message)
+        tail = ""
         if record.exc_info and record.exc_info[1] is not None:
-            parts += (',"error":', dumps(self._error(record)))
+            tail = f',"error":{dumps(self._error(record))}'
         elif record.stack_info:
-            parts += (',"stack":', _enc(self._scrub_text(record.stack_info)))
-        parts.append("}")
-        return "".join(parts)
+            tail = f',"stack":{_enc(self._scrub_text(record.stack_info))}'
+        return (
+            f'{{"@timestamp":"{self._timestamp(record.created)}",'
+            f'"level":"{_LEVELS.get(levelno) or _level_name(levelno)}"{self._service},'
+            f'"type":{log_type},"message":{_enc(message)}{who}{meta}{self._tags}{ids}{tail}}}'
+        )

@@ -29,6 +29,7 @@ from pulsetrace._native import Span
 __all__ = ["EndedSpan", "context", "current", "set_company", "set_user"]
 
 _UNSET: Any = object()
+_NOTHING: tuple[None, None, None] = (None, None, None)
 
 
 class EndedSpan:
@@ -44,17 +45,22 @@ class EndedSpan:
         self.kind = kind
 
 
+#: What a line's span can be (a SpanContext, a remote parent, is not one).
+_SPANS = (Span, EndedSpan)
+
+
 class _Values:
     """What is set for one context, and the trace it belongs to (0: none)."""
 
-    __slots__ = ("company_id", "request_id", "server_span_id", "trace_id", "user_id")
+    __slots__ = ("company_id", "request_auto", "request_id", "trace_id", "user_id")
 
     def __init__(self, trace_id: int) -> None:
         self.trace_id = trace_id
         self.user_id: Optional[str] = None
         self.company_id: Optional[str] = None
         self.request_id: Optional[str] = None
-        self.server_span_id = 0
+        #: The request id found for this trace (header, request span's id).
+        self.request_auto: Optional[str] = None
 
 
 _VALUES: contextvars.ContextVar[Optional[_Values]] = contextvars.ContextVar(
@@ -120,7 +126,7 @@ class context:
         fresh = _Values(_trace_of(span))
         if old is not None and old.trace_id == fresh.trace_id:
             fresh.user_id, fresh.company_id = old.user_id, old.company_id
-            fresh.request_id, fresh.server_span_id = old.request_id, old.server_span_id
+            fresh.request_id, fresh.request_auto = old.request_id, old.request_auto
         for k, v in checked.items():
             setattr(fresh, k, v)
         self._previous = old
@@ -153,22 +159,19 @@ def current(span: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
     """``(requestId, userId, companyId)`` for a line written now, ``span``
     being the current span (or None)."""
     v = _VALUES.get()
-    trace_id = _trace_of(span)
-    if v is not None and v.trace_id != trace_id:
-        v = None
-    user = company = request = None
-    if v is not None:
-        user, company, request = v.user_id, v.company_id, v.request_id
-    if request is not None:
-        return request, user, company
-    if trace_id:
-        request = _header_request_id()
-        if request is None and isinstance(span, (Span, EndedSpan)):
-            if span.kind == "server":
-                request = format(span.span_id, "016x")
-                if v is None:
-                    v = _values(span)
-                v.server_span_id = span.span_id
-            elif v is not None and v.server_span_id:
-                request = format(v.server_span_id, "016x")
-    return request, user, company
+    if span is None:
+        if v is None or v.trace_id:
+            return _NOTHING
+        return v.request_id, v.user_id, v.company_id
+    if v is None or v.trace_id != span.trace_id:
+        # The first line of this trace in this context: the values of an
+        # earlier request are not this one's.
+        v = _Values(_trace_of(span))
+        _VALUES.set(v)
+    if v.request_id is None and v.request_auto is None:
+        # Resolved once per trace (the header), or once the request span
+        # itself is the current one.
+        v.request_auto = _header_request_id()
+        if v.request_auto is None and type(span) in _SPANS and span.kind == "server":
+            v.request_auto = format(span.span_id, "016x")
+    return v.request_id or v.request_auto, v.user_id, v.company_id

@@ -9,11 +9,12 @@ Each contender turns the same record (a message with arguments and three
 ``extra`` values, written inside a span) into its JSON line: the
 ``logging`` formatters get a ``LogRecord`` made before the timing (making
 it is the ``logging`` module's cost, the same for both), structlog the
-event dict it would build. I/O is not counted. pulsetrace's line carries more: the schema's fields, ``trace_id``
-and ``span_id`` of the current span, the request/user/company context, and
-the scrubber's pass over message and metadata (when ``pulsetrace.scrub`` is
-part of the build). python-json-logger formats ``asctime levelname name
-message`` plus the extras; structlog runs ``add_log_level``, an ISO UTC
+event dict it would build. I/O is not counted. pulsetrace's line carries
+more: the schema's fields, ``trace_id`` and ``span_id`` of the current
+span, the request/user/company context, and the scrubber's pass over
+message and metadata (when ``pulsetrace.scrub`` is part of the build).
+python-json-logger formats ``asctime levelname name message`` plus the
+extras; structlog runs ``add_log_level``, an ISO UTC
 ``TimeStamper`` and ``JSONRenderer`` on the event dict, the chain its
 documentation recommends for JSON output. Prints the median of the rounds;
 exits 1 if pulsetrace is slower than either.

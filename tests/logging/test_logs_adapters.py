@@ -65,7 +65,7 @@ def test_loguru_lines_have_the_schema_and_the_trace():
             pulsetrace.set_company("comp_456")
             logger.bind(campaignId="camp_123").success("sent {n} messages", n=3)
             try:
-                1 / 0
+                raise ZeroDivisionError("division by zero")
             except ZeroDivisionError:
                 logger.exception("division")
         logger.debug("outside")

@@ -44,8 +44,8 @@ from pulsetrace.logging.api import (
     log_performance,
     log_security_event,
 )
-from pulsetrace.logging.identity import context, set_company, set_user
 from pulsetrace.logging.formatter import JsonFormatter
+from pulsetrace.logging.identity import context, set_company, set_user
 
 __all__ = [
     "LOG_TYPES",

@@ -44,7 +44,7 @@ from pulsetrace.logging import identity as _context
 
 __all__ = ["JsonFormatter", "dumps", "resource_tags"]
 
-_enc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_enc: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 #: Attributes every LogRecord has (and ours): the rest came with ``extra=``.
 _STANDARD = frozenset(
@@ -116,7 +116,7 @@ _fast_encode: Optional[Callable[[Any, int], Any]] = (
     _c_make_encoder(
         None,
         _fallback,
-        json.encoder.encode_basestring_ascii,  # type: ignore[attr-defined]
+        json.encoder.encode_basestring_ascii,
         None,
         ":",
         ",",
@@ -238,7 +238,10 @@ class JsonFormatter(logging.Formatter):
         #: The trace_id/span_id part of the last span written about: a
         #: request's lines share it (one tuple, swapped whole: thread-safe).
         self._ids: tuple[Any, str] = (None, "")
-        self._scrub_text, self._scrub_value = _scrubbers() if scrub else (_no_scrub, _no_scrub)
+        scrubbers: tuple[Callable[[str], str], Callable[[Any], Any]] = (
+            _scrubbers() if scrub else (_no_scrub, _no_scrub)
+        )
+        self._scrub_text, self._scrub_value = scrubbers
 
     def _timestamp(self, created: float) -> str:
         ms = int(created * 1000)

@@ -380,7 +380,10 @@ class Config:
         _check(self)
 
     def integration_enabled(self, name: str) -> bool:
-        """Whether the integration ``name`` may be switched on."""
+        """Whether the integration ``name`` may be switched on (``logging``
+        is asked for: ``PULSETRACE_LOGS_JSON`` or ``PULSETRACE_ACCESS_LOG``)."""
+        if name == "logging" and not (self.logs_json or self.access_log):
+            return False
         return self.enabled and name not in self.disabled_integrations
 
     def replace(self, **overrides: Any) -> Config:

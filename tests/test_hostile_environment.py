@@ -41,6 +41,7 @@ FREE_TEXT = {
     "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
     "PULSETRACE_REDACT_QUERY_PARAMS",
     "PULSETRACE_KEEP_ATTRIBUTES",
+    "PULSETRACE_LOGS_FLUENTD_TAG",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}
@@ -89,7 +90,11 @@ def usable(var: str, kind: str) -> bool:
     f = _field(var)
     if "_INSECURE" in var:
         return False  # the OpenTelemetry spelling only: true or false
-    if var.endswith("_ENABLED") or var == "OTEL_SDK_DISABLED" or (f and f.default is True):
+    if (
+        var.endswith("_ENABLED")
+        or var == "OTEL_SDK_DISABLED"
+        or (f and isinstance(f.default, bool))
+    ):
         return kind == "zero"  # 0 is false
     s = f.metadata["setting"] if f else None
     if s is None or s.high is None:

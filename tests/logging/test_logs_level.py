@@ -57,7 +57,7 @@ def test_pulsetrace_s_diagnostics_follow_pulsetrace_log_level():
     assert len(said) == 1, r.stdout  # pulsetrace's INFO start-up line, as JSON
     assert "a warning line" in messages(r.stdout)
     assert "an info line" not in messages(r.stdout)
-    assert "LOG_LEVEL sets the application" not in r.stdout + r.stderr
+    assert "deprecated: LOG_LEVEL" not in r.stdout + r.stderr
 
 
 def test_log_level_alone_still_sets_the_diagnostics_with_a_deprecation_warning(caplog):

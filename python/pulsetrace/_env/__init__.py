@@ -227,16 +227,19 @@ def _disabled(env: Mapping[str, str]) -> frozenset[str]:
 def _diag_level(env: Mapping[str, str]) -> str:
     """``PULSETRACE_LOG_LEVEL``; while it is unset, ``LOG_LEVEL`` still sets
     pulsetrace's own diagnostics as it used to (with a deprecation warning):
-    ``LOG_LEVEL`` is the application's log level now."""
+    ``LOG_LEVEL`` is the application's log level now. An unusable
+    ``LOG_LEVEL`` was already warned about where it is read."""
     default = _DEFAULT.diag_log_level
     if raw_value(env, "PULSETRACE_LOG_LEVEL", _using(default)) is not None:
         return choice(env, "PULSETRACE_LOG_LEVEL", default, LOG_LEVELS)
-    if raw_value(env, "LOG_LEVEL", _using(default)) is None:
+    raw = env.get("LOG_LEVEL")
+    level = raw.strip().lower() if raw and len(raw) <= MAX_VALUE_LENGTH else ""
+    level = "warning" if level == "warn" else level
+    if level not in LOG_LEVELS:
         return default
-    level = choice(env, "LOG_LEVEL", default, LOG_LEVELS)
     log.warning(
-        "pulsetrace: LOG_LEVEL sets the application's log level; pulsetrace's own diagnostics "
-        "follow it only until the next release: set PULSETRACE_LOG_LEVEL=%s for them",
+        "pulsetrace: deprecated: LOG_LEVEL is the application's log level; pulsetrace's own "
+        "diagnostics follow it only until the next release: set PULSETRACE_LOG_LEVEL=%s for them",
         level,
     )
     return level

@@ -42,6 +42,7 @@ FREE_TEXT = {
     "PULSETRACE_REDACT_QUERY_PARAMS",
     "PULSETRACE_KEEP_ATTRIBUTES",
     "PULSETRACE_LOGS_FLUENTD_TAG",
+    "PULSETRACE_SCRUB_FIELDS",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from pulsetrace import _diag
+from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanExporter
@@ -152,6 +152,7 @@ def _apply(cfg: Config) -> None:
     _apply_log_level(cfg)
     first = _tracer is None
     TRACER.configure(cfg)
+    scrub.configure(cfg)
     # A new configuration counts afresh, as the core's counters do.
     with _delivery_lock:
         _delivery.update(dict.fromkeys(_delivery, 0))

@@ -50,6 +50,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
 COMPRESSIONS = ("gzip", "none")
+SCRUB_MODES = ("mask", "redact", "off")
 
 #: The query parameters redacted by default (a parameter is sensitive when
 #: its lower-cased name contains one of these words).
@@ -328,6 +329,11 @@ class Config:
     redact_query_params: tuple[str, ...] = field(
         default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
     )
+    scrub_mode: str = field(default="mask", metadata=_declare("PULSETRACE_SCRUB_MODE"))
+    scrub_fields: tuple[str, ...] = field(default=(), metadata=_declare("PULSETRACE_SCRUB_FIELDS"))
+    redis_obfuscate_keys: bool = field(
+        default=False, metadata=_declare("PULSETRACE_REDIS_OBFUSCATE_KEYS")
+    )
     # Export
     export_interval_ms: float = field(
         default=1_000.0, metadata=_declare("PULSETRACE_EXPORT_INTERVAL_MS", low=10, high=3_600_000)
@@ -364,6 +370,7 @@ class Config:
         rules = tuple((k, v) for k, v in self.keep_attributes)
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
+        object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
         _choice("log_level", self.log_level, LOG_LEVELS)
         _choice("diag_log_level", self.diag_log_level, LOG_LEVELS)
         if self.logs_fluentd_addr is not None:
@@ -372,6 +379,7 @@ class Config:
                 addr = self.logs_fluentd_addr
                 raise ValueError(f"pulsetrace setting logs_fluentd_addr={addr!r} is {why}")
         _choice("head_sampler", self.head_sampler, HEAD_SAMPLERS)
+        _choice("scrub_mode", self.scrub_mode, SCRUB_MODES)
         why = addr_problem(self.metrics_addr)
         if why is not None:
             raise ValueError(f"pulsetrace setting metrics_addr={self.metrics_addr!r} is {why}")

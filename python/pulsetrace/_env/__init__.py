@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from pulsetrace.config import (
     HEAD_SAMPLERS,
     LOG_LEVELS,
+    SCRUB_MODES,
     Config,
     addr_problem,
     crossed_bound,
@@ -280,6 +281,9 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
+        scrub_mode=choice(e, "PULSETRACE_SCRUB_MODE", d.scrub_mode, SCRUB_MODES),
+        scrub_fields=_words(e, "PULSETRACE_SCRUB_FIELDS", d.scrub_fields),
+        redis_obfuscate_keys=boolean(e, "PULSETRACE_REDIS_OBFUSCATE_KEYS", d.redis_obfuscate_keys),
         prometheus_enabled=boolean(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
         metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
         otlp=_otlp.otlp(e),

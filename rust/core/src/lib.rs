@@ -12,6 +12,7 @@
 //! - [`probability`]: OpenTelemetry consistent probability sampling (`ot=th`, `rv`).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
+//! - [`scrub`]: personal data and secrets out of exported text.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
 //! - [`access`]: the access log's queue (one entry per SERVER span, off the request path).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
@@ -28,6 +29,7 @@ pub mod probability;
 pub mod propagation;
 pub mod registry;
 pub mod sampler;
+pub mod scrub;
 pub mod span;
 pub mod sql;
 mod sync;

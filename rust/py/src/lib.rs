@@ -37,6 +37,7 @@ mod guard;
 mod ids;
 mod newobj;
 mod pystr;
+mod scrub;
 mod span;
 mod tracer;
 mod wsgi;
@@ -66,27 +67,27 @@ fn format_traceparent_header(trace_id: u128, span_id: u64, flags: u8) -> String 
 
 /// Obfuscate a SQL statement: `(text, operation, collection)`, literals
 /// replaced by `?`, comments removed, lists collapsed (see `pulsetrace-core`'s
-/// `sql` module). Releases the GIL for long statements.
+/// `sql` module); `system` (`db.system.name`) picks how double-quoted
+/// tokens are read. Releases the GIL for long statements.
 #[pyfunction]
-#[pyo3(signature = (statement, max_len=4096))]
+#[pyo3(signature = (statement, max_len=4096, system=""))]
 fn obfuscate_sql(
     py: Python<'_>,
     statement: &str,
     max_len: usize,
+    system: &str,
 ) -> PyResult<(String, Option<String>, Option<String>)> {
     guard::or_error("obfuscate_sql", || {
-        let run = || {
-            let r = pulsetrace_core::sql::obfuscate(statement, max_len);
+        let dialect = pulsetrace_core::sql::Dialect::of_system(system);
+        let run = |s: &str| {
+            let r = pulsetrace_core::sql::obfuscate_dialect(s, max_len, dialect);
             (r.text, r.operation, r.collection)
         };
         Ok(if statement.len() > 2048 {
             let owned = statement.to_owned();
-            py.allow_threads(move || {
-                let r = pulsetrace_core::sql::obfuscate(&owned, max_len);
-                (r.text, r.operation, r.collection)
-            })
+            py.allow_threads(move || run(&owned))
         } else {
-            run()
+            run(statement)
         })
     })
 }
@@ -113,6 +114,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::py_redact_query, m)?)?;
     m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_configure, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_text, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_keyed, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_is_secret_key, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

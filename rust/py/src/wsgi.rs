@@ -14,8 +14,7 @@
 //! nothing the application does is ever repeated or lost.
 //!
 //! GIL and locks: everything runs with the GIL (it calls the application).
-//! Locks: the redacted-parameter list (`REDACT`, an `RwLock` read per
-//! request and written by `set_redacted_params`), a response's `state` and a
+//! Locks: a response's `state` and a
 //! span's `inner`: each is taken only with the GIL held and never across a
 //! call into Python code (the application, `start_response`, the body, the
 //! namer run with none held; `__traverse__` only tries `state`), so no
@@ -28,7 +27,7 @@ use crate::guard::{guard, or_error, report};
 use crate::span::Span;
 use crate::tracer::Tracer;
 use crate::wsgi_app::RouteNamer;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use pulsetrace_core::clock;
 use pulsetrace_core::span::{AttrValue, SpanKind, StatusCode};
 use pyo3::prelude::*;
@@ -43,82 +42,24 @@ const KNOWN_METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
 ];
 
-/// Query parameters whose values are redacted (a parameter matches when its
-/// lower-cased, decoded name contains one of these).
-static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
-
-/// Replace the words of sensitive query parameters (lower-cased): the
-/// configuration's `redact_query_params`, set by `Tracer.configure`.
+/// Replace the words of sensitive query parameters: the configuration's
+/// `redact_query_params`, set by `Tracer.configure`, handed to the scrubber.
 pub fn set_redacted_params(words: Vec<String>) {
-    *REDACT.write() = words
-        .into_iter()
-        .map(|w| w.to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect();
+    pulsetrace_core::scrub::set_query_words(words);
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The query string with the values of sensitive parameters replaced by
-/// `REDACTED`; other parameters are kept byte for byte.
+/// The query string scrubbed: the values of sensitive parameters replaced
+/// by `REDACTED`, personal data in the others masked; other parameters are
+/// kept byte for byte.
 #[pyfunction]
 #[pyo3(name = "redact_query")]
 pub fn py_redact_query(query: &str) -> PyResult<Cow<'_, str>> {
     or_error("wsgi.redact_query", || Ok(redact_query(query)))
 }
 
-/// [`py_redact_query`]'s rule.
+/// [`py_redact_query`]'s rule: the scrubber's (`pulsetrace_core::scrub`).
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let words = REDACT.read();
-    let lower = query.to_lowercase();
-    if !words.iter().any(|w| lower.contains(w.as_str())) && !query.contains('%') {
-        return Cow::Borrowed(query);
-    }
-    let mut out = String::with_capacity(query.len());
-    let mut changed = false;
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        let (k, v) = match pair.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (pair, None),
-        };
-        let key = percent_decode(k).to_lowercase();
-        if v.is_some() && words.iter().any(|w| key.contains(w.as_str())) {
-            out.push_str(k);
-            out.push_str("=REDACTED");
-            changed = true;
-        } else {
-            out.push_str(pair);
-        }
-    }
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(query)
-    }
+    pulsetrace_core::scrub::with_current(|s| s.scrub_query(query))
 }
 
 struct Keys {

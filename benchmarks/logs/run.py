@@ -17,7 +17,8 @@ python-json-logger formats ``asctime levelname name message`` plus the
 extras; structlog runs ``add_log_level``, an ISO UTC
 ``TimeStamper`` and ``JSONRenderer`` on the event dict, the chain its
 documentation recommends for JSON output. Prints the median of the rounds;
-exits 1 if pulsetrace is slower than either.
+exits 1 if pulsetrace is slower than either. "pulsetrace, no scrubbing" (the
+same line with the scrubber's pass left out) is printed for reference.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def make_record() -> logging.LogRecord:
 
 
 def contenders() -> dict[str, Callable[[logging.LogRecord], str]]:
-    ours = JsonFormatter(service="api", tags={"environment": "production", "version": "1.0.0"})
+    tags = {"environment": "production", "version": "1.0.0"}
+    ours = JsonFormatter(service="api", tags=tags)
+    unscrubbed = JsonFormatter(service="api", tags=tags, scrub=False)
     pjl = PjlFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=True)
     chain = [
         structlog.processors.add_log_level,
@@ -64,6 +67,7 @@ def contenders() -> dict[str, Callable[[logging.LogRecord], str]]:
 
     return {
         "pulsetrace": ours.format,
+        "pulsetrace, no scrubbing": unscrubbed.format,
         "python-json-logger": pjl.format,
         "structlog": structlog_line,
     }

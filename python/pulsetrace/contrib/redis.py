@@ -11,9 +11,10 @@ argument by ``?`` (``SET user:1 ?``, ``HSET h ? ?``); a command without a key
 (``PING``, ``AUTH``, ``CONFIG SET``, ``EVAL``) keeps its name alone; at most
 1000 characters. With ``PULSETRACE_REDIS_OBFUSCATE_KEYS=true`` the key is a
 ``?`` too (``GET ?``); otherwise personal data in a key (``user:a@b.com``) is
-masked by the scrubber at export like any attribute. Also ``db.system.name=redis``, ``db.operation.name``,
-``db.namespace`` (the database index, ``"0"``), ``server.address`` and
-``server.port`` (or the Unix socket path).
+masked by the scrubber at export like any attribute. Also
+``db.system.name=redis``, ``db.operation.name``, ``db.namespace`` (the
+database index, ``"0"``), ``server.address`` and ``server.port`` (or the
+Unix socket path).
 
 A pipeline is one span when executed, ``PIPELINE`` or, for a transaction,
 ``MULTI``, with ``db.operation.batch.size`` (its command count),

@@ -36,6 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
@@ -79,6 +80,8 @@ def _level_name(levelno: int) -> str:
 
 
 _ERROR = logging.ERROR
+_CURRENT = _runtime.CURRENT
+_current = _context.current
 #: What the formatter reads as a line's span (the current one, or an ended
 #: one the access log writes about).
 _SPAN_TYPES = (Span, _context.EndedSpan)
@@ -95,11 +98,12 @@ _EVENT_MESSAGE_CHARS = 1024
 
 def _fallback(value: Any) -> Any:
     """What JSON cannot hold: a date as its ISO form, anything else as its
-    ``repr`` (and a placeholder if even that fails)."""
+    ``repr`` (scrubbed: an object's repr can hold personal data), and a
+    placeholder if even that fails."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     try:
-        return repr(value)
+        return _scrubbers()[0](repr(value))
     except Exception:
         return f"<unrepresentable {type(value).__name__}>"
 
@@ -176,7 +180,7 @@ def _scrubbers() -> tuple[Callable[[str], str], Callable[[Any], Any]]:
     """``(scrub_text, scrub_value)`` of pulsetrace's scrubber, or identities
     where it is not part of this build."""
     try:
-        from pulsetrace import scrub  # type: ignore[attr-defined,unused-ignore]
+        from pulsetrace import scrub
 
         return scrub.scrub_text, scrub.scrub_value
     except ImportError:
@@ -272,10 +276,8 @@ class JsonFormatter(logging.Formatter):
             message = record.getMessage()
         except Exception:
             message = f"{record.msg!r} {record.args!r}"
-        span = record.__dict__.get("pulsetrace_span") or _runtime.CURRENT.get()
-        return self.line(record, message, span)
-
-    def line(self, record: logging.LogRecord, message: str, span: Any) -> str:
+        attrs = record.__dict__
+        span = attrs.get("pulsetrace_span") or _CURRENT.get()
         message = self._scrub_text(message)
         levelno = record.levelno
         name = record.name
@@ -283,8 +285,7 @@ class JsonFormatter(logging.Formatter):
             log_type = _enc(name[len(TYPE_PREFIX) :])
         else:
             log_type = '"error"' if levelno >= _ERROR else '"application"'
-        attrs = record.__dict__
-        request, user, company = attrs.get("pulsetrace_who") or _context.current(span)
+        request, user, company = attrs.get("pulsetrace_who") or _current(span)
         who = ""
         if request is not None:
             who = f',"requestId":{_enc(request)}'
@@ -294,7 +295,8 @@ class JsonFormatter(logging.Formatter):
             who += f',"companyId":{_enc(company)}'
         meta = ""
         if len(attrs) > _N_PLAIN:
-            extra = {k: v for k, v in attrs.items() if k not in _STANDARD}
+            # ``extra=`` values come after the attributes every record has.
+            extra = {k: attrs[k] for k in islice(attrs, _N_PLAIN, None) if k not in _STANDARD}
             if "metadata" in extra:
                 nested = extra["metadata"]
                 if isinstance(nested, Mapping):

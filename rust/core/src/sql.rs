@@ -101,9 +101,11 @@ fn sqlite_identifier(out: &str, b: &[u8], end: usize) -> bool {
         .rsplit(|c: char| !c.is_ascii_alphabetic())
         .next()
         .unwrap_or("");
-    ["FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS", "VIEW", "INDEX"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
+    [
+        "FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS", "VIEW", "INDEX",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 fn scrub(sql: &str, dialect: Dialect) -> String {
@@ -432,7 +434,12 @@ mod tests {
             r#"SELECT * FROM "users" WHERE email = ? AND "users"."id" = ?"#
         );
         assert_eq!(
-            obfuscate_dialect(r#"SELECT 1 FROM t WHERE email = "a\"@b.com" OR n = 'x'"#, 0, Dialect::Mysql).text,
+            obfuscate_dialect(
+                r#"SELECT 1 FROM t WHERE email = "a\"@b.com" OR n = 'x'"#,
+                0,
+                Dialect::Mysql
+            )
+            .text,
             "SELECT ? FROM t WHERE email = ? OR n = ?"
         );
         assert_eq!(Dialect::of_system("mariadb"), Dialect::Mysql);

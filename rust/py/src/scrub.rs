@@ -55,3 +55,90 @@ pub fn scrub_is_secret_key(key: &str) -> PyResult<bool> {
         Ok(scrub::current().is_secret_key(key))
     })
 }
+
+/// How deep [`scrub_value`] follows nested containers; deeper values (and
+/// cycles) are replaced by `REDACTED`.
+const MAX_DEPTH: usize = 16;
+const REDACTED: &str = "REDACTED";
+
+/// `value` scrubbed in one call (a log record's metadata: one crossing
+/// instead of one per key and string): a string by content; a mapping's
+/// values into a new dict (the whole value `REDACTED` when its key names a
+/// secret and it is not None); a list's or tuple's items into a new list
+/// or tuple; anything else as it is.
+#[pyfunction]
+pub fn scrub_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+    or_error("scrub.value", || {
+        let sc = scrub::current();
+        value_of(py, &sc, value, 0)
+    })
+}
+
+fn value_of(
+    py: Python<'_>,
+    sc: &scrub::Scrubber,
+    v: &Bound<'_, PyAny>,
+    depth: usize,
+) -> PyResult<PyObject> {
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
+    if let Ok(s) = v.downcast::<PyString>() {
+        let text = s.to_cow()?;
+        return Ok(match sc.scrub(&text) {
+            Cow::Borrowed(_) => s.clone().into_any().unbind(),
+            Cow::Owned(out) => PyString::new(py, &out).into_any().unbind(),
+        });
+    }
+    if v.is_none()
+        || v.is_instance_of::<PyBool>()
+        || v.is_instance_of::<PyInt>()
+        || v.is_instance_of::<PyFloat>()
+    {
+        return Ok(v.clone().unbind());
+    }
+    if depth >= MAX_DEPTH {
+        return Ok(PyString::new(py, REDACTED).into_any().unbind());
+    }
+    let keyed = |out: &Bound<'_, PyDict>, k: Bound<'_, PyAny>, item: Bound<'_, PyAny>| {
+        let secret = !item.is_none()
+            && k.downcast::<PyString>()
+                .ok()
+                .map(|s| s.to_cow().map(|key| sc.is_secret_key(&key)))
+                .transpose()?
+                .unwrap_or(false);
+        if secret {
+            out.set_item(k, REDACTED)
+        } else {
+            out.set_item(k, value_of(py, sc, &item, depth + 1)?)
+        }
+    };
+    if let Ok(d) = v.downcast::<PyDict>() {
+        let out = PyDict::new(py);
+        for (k, item) in d.iter() {
+            keyed(&out, k, item)?;
+        }
+        return Ok(out.into_any().unbind());
+    }
+    if let Ok(items) = v.downcast::<PyList>() {
+        let out: Vec<PyObject> = items
+            .iter()
+            .map(|item| value_of(py, sc, &item, depth + 1))
+            .collect::<PyResult<_>>()?;
+        return Ok(PyList::new(py, out)?.into_any().unbind());
+    }
+    if let Ok(items) = v.downcast::<PyTuple>() {
+        let out: Vec<PyObject> = items
+            .iter()
+            .map(|item| value_of(py, sc, &item, depth + 1))
+            .collect::<PyResult<_>>()?;
+        return Ok(PyTuple::new(py, out)?.into_any().unbind());
+    }
+    if let Ok(m) = v.downcast::<PyMapping>() {
+        let out = PyDict::new(py);
+        for pair in m.items()?.iter() {
+            let (k, item): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+            keyed(&out, k, item)?;
+        }
+        return Ok(out.into_any().unbind());
+    }
+    Ok(v.clone().unbind())
+}

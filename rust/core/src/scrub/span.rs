@@ -23,7 +23,11 @@ impl Scrubber {
         traces
             .into_iter()
             .map(|t| KeptTrace {
-                spans: t.spans.into_iter().map(|s| self.scrub_span_owned(s)).collect(),
+                spans: t
+                    .spans
+                    .into_iter()
+                    .map(|s| self.scrub_span_owned(s))
+                    .collect(),
                 ..t
             })
             .collect()

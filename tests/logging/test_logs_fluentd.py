@@ -54,13 +54,14 @@ class ForwardReceiver:
 
     def _serve(self, conn: socket.socket) -> None:
         unpacker = msgpack.Unpacker(ext_hook=self._ext, raw=False, strict_map_key=False)
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            unpacker.feed(data)
-            for message in unpacker:
-                self._message(message)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                unpacker.feed(data)
+                for message in unpacker:
+                    self._message(message)
 
     def _message(self, m: list) -> None:
         tag = m[0]
@@ -144,3 +145,34 @@ def test_with_the_collector_down_records_are_dropped_and_counted_never_blocking(
     finally:
         plog.unconfigure()
     assert capfd.readouterr().err.count("are being dropped") == 1
+
+
+FORKED = """
+import logging, os, sys
+import pulsetrace.logging as plog
+plog.configure(fluentd=sys.argv[1])
+log = logging.getLogger("worker")
+log.info("from the parent")
+pid = os.fork()
+if pid == 0:  # a pre-fork worker: its records are sent by its own thread
+    log.info("from the child")
+    plog.unconfigure()  # sends what is queued
+    os._exit(0)
+os.waitpid(pid, 0)
+plog.unconfigure()
+"""
+
+
+def test_a_forked_worker_sends_its_own_records(receiver):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", FORKED, f"127.0.0.1:{receiver.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    got = sorted(e[2]["message"] for e in receiver.wait(2))
+    assert got == ["from the child", "from the parent"]

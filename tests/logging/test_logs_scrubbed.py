@@ -57,3 +57,32 @@ def test_message_metadata_reprs_and_errors_are_scrubbed():
     assert meta["campaignId"] == "camp_1"  # an id is not personal data
     assert failed["error"]["message"].endswith("declined")
     assert CARD[-4:] in failed["error"]["message"]
+
+
+def test_scrub_value_walks_a_record_s_metadata_in_one_call():
+    from collections import OrderedDict
+
+    from pulsetrace.scrub import REDACTED, scrub_value
+
+    cycle: list = []
+    cycle.append(cycle)
+    original = {
+        "api_key": "sk_live_abc",
+        "token": None,  # nothing to hide
+        "nested": {"password": 5, "ids": ("camp_1", EMAIL)},
+        3: PHONE,
+        "ordered": OrderedDict(email=EMAIL),
+        "cycle": cycle,
+        "count": 1500,
+    }
+    got = scrub_value(original)
+    assert got["api_key"] == REDACTED and got["token"] is None
+    assert got["nested"]["password"] == REDACTED
+    ids = got["nested"]["ids"]
+    assert isinstance(ids, tuple) and ids[0] == "camp_1" and EMAIL not in ids[1]
+    assert got[3] != PHONE and got[3].startswith("+55")
+    assert got["ordered"] == {"email": scrub_value(EMAIL)} and EMAIL not in str(got)
+    assert got["count"] == 1500
+    assert REDACTED in str(got["cycle"])  # followed 16 levels deep, then cut
+    assert original["api_key"] == "sk_live_abc"  # new containers, the input untouched
+    assert scrub_value("camp_1") == "camp_1" and scrub_value(None) is None

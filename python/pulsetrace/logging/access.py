@@ -28,6 +28,7 @@ histograms), as ``pulsetrace.configure(access_log=True)`` does.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Optional
 
@@ -133,3 +134,20 @@ def stop(timeout: float = 2.0) -> None:
 
 def counters() -> dict[str, int]:
     return {"access_log_dropped": _dropped}
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker writes its own requests' lines: the parent's writer
+    thread does not exist in the child."""
+    global _thread, _lock
+    _lock = threading.Lock()
+    if _thread is not None:
+        _thread = None
+        try:
+            start()
+        except Exception as exc:
+            _diag.internal_error("logging.access.fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

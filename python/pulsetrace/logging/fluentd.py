@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import socket
 import struct
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Optional
 
 from pulsetrace import _diag
@@ -129,7 +131,17 @@ class ForwardSender:
         self.tag = pack(tag)
         self.timeout = timeout
         self.batch = batch
-        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._start()
+        _senders.add(self)
+
+    def _start(self) -> None:
+        """A new queue, counters and sender thread (also in a forked child,
+        where the parent's thread does not exist)."""
+        inherited = getattr(self, "_sock", None)
+        if inherited is not None:  # the parent's connection: its copy here
+            inherited.close()
+        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(maxsize=self.queue_size)
         self._dropped = 0
         self._sent = 0
         self._said = False
@@ -222,6 +234,7 @@ class ForwardSender:
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued (within ``timeout``), then stop."""
+        _senders.discard(self)
         self._stopping = True
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
@@ -229,3 +242,20 @@ class ForwardSender:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+_senders: weakref.WeakSet[ForwardSender] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Each pre-fork worker (gunicorn) sends its own records: a fresh queue
+    and thread per sender (what the parent had queued is the parent's)."""
+    for sender in list(_senders):
+        try:
+            sender._start()
+        except Exception as exc:
+            _diag.internal_error("logging.fluentd.fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -86,3 +86,16 @@ def test_scrub_value_walks_a_record_s_metadata_in_one_call():
     assert REDACTED in str(got["cycle"])  # followed 16 levels deep, then cut
     assert original["api_key"] == "sk_live_abc"  # new containers, the input untouched
     assert scrub_value("camp_1") == "camp_1" and scrub_value(None) is None
+
+
+def test_a_reconfigured_scrubber_judges_keys_afresh():
+    # Verdicts on keys are remembered per scrubber: a new configuration
+    # (PULSETRACE_SCRUB_FIELDS) must not see the previous one's.
+    from pulsetrace.scrub import REDACTED, scrub_value
+
+    fresh()
+    assert scrub_value({"campaignId": "camp_1"}) == {"campaignId": "camp_1"}
+    fresh(scrub_fields=("campaign",))
+    assert scrub_value({"campaignId": "camp_1"}) == {"campaignId": REDACTED}
+    fresh()
+    assert scrub_value({"campaignId": "camp_1"}) == {"campaignId": "camp_1"}

@@ -278,7 +278,6 @@ class JsonFormatter(logging.Formatter):
             message = f"{record.msg!r} {record.args!r}"
         attrs = record.__dict__
         span = attrs.get("pulsetrace_span") or _CURRENT.get()
-        message = self._scrub_text(message)
         levelno = record.levelno
         name = record.name
         if name.startswith(TYPE_PREFIX):
@@ -303,7 +302,17 @@ class JsonFormatter(logging.Formatter):
                     del extra["metadata"]
                     extra = {**nested, **extra}
             if extra:
-                meta = f',"metadata":{dumps(self._scrub_value(extra))}'
+                # Message and metadata scrubbed in one call.
+                both = self._scrub_value((message, extra))
+                if type(both) is tuple and len(both) == 2:
+                    message, cleaned = both
+                else:  # the scrubber failed: it said so, and nothing unscrubbed leaves
+                    message = cleaned = str(both)
+                meta = f',"metadata":{dumps(cleaned)}'
+            else:
+                message = self._scrub_text(message)
+        else:
+            message = self._scrub_text(message)
         ids = ""
         if span is not None and type(span) in _SPAN_TYPES:
             cached = self._ids

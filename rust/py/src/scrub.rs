@@ -9,6 +9,7 @@ use crate::guard::or_error;
 use pulsetrace_core::scrub::{self, Mode};
 use pyo3::prelude::*;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 const RELEASE_GIL_ABOVE: usize = 2048;
 
@@ -74,9 +75,44 @@ pub fn scrub_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<PyObjec
     })
 }
 
+/// Verdicts of `is_secret_key` for the keys seen (log metadata repeats a
+/// small vocabulary of keys), for the scrubber they were computed with; a
+/// reconfigured scrubber (another `Arc`: the table holds the one it was
+/// made for, so its address is not reused) starts a new table. Bounded:
+/// full, it starts afresh.
+struct KeyVerdicts {
+    scrubber: Arc<scrub::Scrubber>,
+    keys: std::collections::HashMap<Box<str>, bool>,
+}
+
+const MAX_KEY_VERDICTS: usize = 4096;
+
+static KEY_VERDICTS: parking_lot::Mutex<Option<KeyVerdicts>> = parking_lot::Mutex::new(None);
+
+fn is_secret_key(sc: &Arc<scrub::Scrubber>, key: &str) -> bool {
+    // Never waits: another thread holding the table (or a lock a fork left
+    // held in a child) means this key is judged directly.
+    let Some(mut table) = KEY_VERDICTS.try_lock() else {
+        return sc.is_secret_key(key);
+    };
+    let t = match &mut *table {
+        Some(t) if Arc::ptr_eq(&t.scrubber, sc) && t.keys.len() < MAX_KEY_VERDICTS => t,
+        slot => slot.insert(KeyVerdicts {
+            scrubber: sc.clone(),
+            keys: std::collections::HashMap::new(),
+        }),
+    };
+    if let Some(&secret) = t.keys.get(key) {
+        return secret;
+    }
+    let secret = sc.is_secret_key(key);
+    t.keys.insert(key.into(), secret);
+    secret
+}
+
 fn value_of(
     py: Python<'_>,
-    sc: &scrub::Scrubber,
+    sc: &Arc<scrub::Scrubber>,
     v: &Bound<'_, PyAny>,
     depth: usize,
 ) -> PyResult<PyObject> {
@@ -102,7 +138,7 @@ fn value_of(
         let secret = !item.is_none()
             && k.downcast::<PyString>()
                 .ok()
-                .map(|s| s.to_cow().map(|key| sc.is_secret_key(&key)))
+                .map(|s| s.to_cow().map(|key| is_secret_key(sc, &key)))
                 .transpose()?
                 .unwrap_or(false);
         if secret {

@@ -91,11 +91,8 @@ def usable(var: str, kind: str) -> bool:
     f = _field(var)
     if "_INSECURE" in var:
         return False  # the OpenTelemetry spelling only: true or false
-    if (
-        var.endswith("_ENABLED")
-        or var == "OTEL_SDK_DISABLED"
-        or (f and isinstance(f.default, bool))
-    ):
+    boolean = f is not None and isinstance(f.default, bool)
+    if var.endswith("_ENABLED") or var == "OTEL_SDK_DISABLED" or boolean:
         return kind == "zero"  # 0 is false
     s = f.metadata["setting"] if f else None
     if s is None or s.high is None:

@@ -13,8 +13,8 @@ argument by ``?`` (``SET user:1 ?``, ``HSET h ? ?``); a command without a key
 ``?`` too (``GET ?``); otherwise personal data in a key (``user:a@b.com``) is
 masked by the scrubber at export like any attribute. Also
 ``db.system.name=redis``, ``db.operation.name``, ``db.namespace`` (the
-database index, ``"0"``), ``server.address`` and ``server.port`` (or the
-Unix socket path).
+database index, ``"0"``), ``server.address`` and ``server.port`` (or the Unix
+socket path).
 
 A pipeline is one span when executed, ``PIPELINE`` or, for a transaction,
 ``MULTI``, with ``db.operation.batch.size`` (its command count),

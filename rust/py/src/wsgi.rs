@@ -48,18 +48,19 @@ pub fn set_redacted_params(words: Vec<String>) {
     pulsetrace_core::scrub::set_query_words(words);
 }
 
-/// The query string scrubbed: the values of sensitive parameters replaced
-/// by `REDACTED`, personal data in the others masked; other parameters are
-/// kept byte for byte.
+/// The query string with the values of sensitive parameters replaced by
+/// `REDACTED`; other parameters are kept byte for byte (personal data in
+/// them is masked at export, off the request thread).
 #[pyfunction]
 #[pyo3(name = "redact_query")]
 pub fn py_redact_query(query: &str) -> PyResult<Cow<'_, str>> {
     or_error("wsgi.redact_query", || Ok(redact_query(query)))
 }
 
-/// [`py_redact_query`]'s rule: the scrubber's (`pulsetrace_core::scrub`).
+/// [`py_redact_query`]'s rule: the scrubber's request-path part
+/// (`pulsetrace_core::scrub`, `redact_query_words`).
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    pulsetrace_core::scrub::with_current(|s| s.scrub_query(query))
+    pulsetrace_core::scrub::with_current(|s| s.redact_query_words(query))
 }
 
 struct Keys {

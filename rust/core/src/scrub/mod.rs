@@ -90,6 +90,10 @@ impl Default for ScrubConfig {
 /// (and no other trigger) is clean.
 const MIN_DIGITS: usize = 8;
 
+/// Rescans after a first pass that changed something (in practice the
+/// second finds nothing).
+const MAX_PASSES: usize = 3;
+
 /// Pre-filter triggers besides the secret words and the configured fields.
 const TRIGGERS: &[&str] = &[
     "@", "%40", "eyj", "bearer", "basic", "sk_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
@@ -179,7 +183,19 @@ impl Scrubber {
         if !self.cfg.enabled || !self.flagged(text) {
             return Cow::Borrowed(text);
         }
-        self.scan(text)
+        let Cow::Owned(mut out) = self.scan(text) else {
+            return Cow::Borrowed(text);
+        };
+        // A replacement can expose a match the first pass had consumed as
+        // part of a longer one (two addresses glued together): scan again
+        // until nothing changes, so that scrubbing is idempotent.
+        for _ in 0..MAX_PASSES {
+            match self.scan(&out) {
+                Cow::Owned(again) => out = again,
+                Cow::Borrowed(_) => break,
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// The value of the attribute or field `key`: all of it `REDACTED` when
@@ -222,8 +238,21 @@ impl Scrubber {
     /// A query string (`a=1&b=2`, no `?`): parameters whose decoded name
     /// contains a query word or names a secret get `REDACTED` values; the
     /// others' decoded values are scrubbed by content (and re-encoded when
-    /// something was found). Other parameters are kept byte for byte.
+    /// something was found). Other parameters are kept byte for byte. What
+    /// export applies to `url.query` and `url.full`.
     pub fn scrub_query<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        self.query(query, true)
+    }
+
+    /// The cheap part of [`Scrubber::scrub_query`], for the request path:
+    /// only parameters whose decoded name contains a query word
+    /// (`PULSETRACE_REDACT_QUERY_PARAMS`) get `REDACTED` values; content is
+    /// left to export.
+    pub fn redact_query_words<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        self.query(query, false)
+    }
+
+    fn query<'a>(&self, query: &'a str, full: bool) -> Cow<'a, str> {
         if !self.cfg.enabled {
             return Cow::Borrowed(query);
         }
@@ -233,7 +262,8 @@ impl Scrubber {
             .query_words
             .iter()
             .any(|w| lower.contains(w.as_str()));
-        if !named && !query.contains('%') && !query.contains('+') && !self.flagged(query) {
+        let content = full && (query.contains(['%', '+']) || self.flagged(query));
+        if !named && !content && !query.contains('%') {
             return Cow::Borrowed(query);
         }
         let mut out = String::with_capacity(query.len());
@@ -243,23 +273,32 @@ impl Scrubber {
                 out.push('&');
             }
             let Some((k, v)) = pair.split_once('=') else {
-                let s = self.scrub(pair);
+                let s = if full {
+                    self.scrub(pair)
+                } else {
+                    Cow::Borrowed(pair)
+                };
                 changed |= matches!(s, Cow::Owned(_));
                 out.push_str(&s);
                 continue;
             };
-            let key = percent_decode(k).to_lowercase();
+            let key = percent_decode(k);
+            let lower = key.to_lowercase();
             let secret = self
                 .cfg
                 .query_words
                 .iter()
-                .any(|w| key.contains(w.as_str()))
-                || self.is_secret_key(&key);
+                .any(|w| lower.contains(w.as_str()))
+                || (full && self.is_secret_key(&key));
             out.push_str(k);
             out.push('=');
             if secret && !v.is_empty() {
                 out.push_str(REDACTED);
                 changed |= v != REDACTED;
+                continue;
+            }
+            if !full {
+                out.push_str(v);
                 continue;
             }
             let decoded = percent_decode(v);
@@ -284,8 +323,14 @@ impl Scrubber {
         let mut last = 0;
         let mut pos = 0;
         while pos <= text.len() {
-            let Some(caps) = self.re.captures_at(text, pos) else {
+            // The match is found by the fast engines; the capture groups
+            // are read over the match alone (captures cost more per byte).
+            let Some(found) = self.re.find_at(text, pos) else {
                 break;
+            };
+            let Some(caps) = self.re.captures_at(&text[..found.end()], found.start()) else {
+                pos = found.end().max(pos + 1);
+                continue;
             };
             let m = caps.get(0).expect("group 0 always matches");
             match self.replace(text, &caps) {
@@ -398,7 +443,17 @@ impl Scrubber {
         let ok_end = match kind {
             Kind::Card => rules::is_card(cand).then_some(end),
             Kind::Ssn => Some(end),
-            Kind::Phone => rules::is_phone(cand).then_some(end),
+            Kind::Phone => {
+                // `(call +5511987654321)`: the closing parenthesis is the
+                // text's, not the number's.
+                let mut end = end;
+                while text[start..end].ends_with(')')
+                    && text[start..end].matches('(').count() < text[start..end].matches(')').count()
+                {
+                    end -= 1;
+                }
+                rules::is_phone(&text[start..end]).then_some(end)
+            }
             Kind::Iban => {
                 if rules::is_iban(cand) {
                     Some(end)

@@ -34,16 +34,18 @@ pub const SECRET_SEGMENTS: &[&str] = &[
 ];
 
 /// Header names whose whole value (to the end of the line) is secret.
-const HEADER: &str = r"(?P<hkey>(?:proxy-)?authorization|set-cookie|cookie)(?P<hq>[\x22'])?[ \t]*[:=][ \t]*(?P<hval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|[^\r\n\x22]+)";
+const HEADER: &str = r"\b(?P<hkey>(?:proxy-)?authorization|set-cookie|cookie)(?P<hq>[\x22'])?[ \t]*[:=][ \t]*(?P<hval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|[^\s\x22][^\r\n\x22]*)";
 /// `key=value`, `key: value`, `"key": "value"`: the callback decides
 /// whether the key is secret, and scrubs the value by content otherwise.
-const KV: &str = r"(?P<kkey>[A-Za-z][A-Za-z0-9_.\-]{0,63})(?P<kq>[\x22'])?[ \t]*[:=][ \t]*(?P<kval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|'[^'\r\n]*'|[^\s&,;\x22'<>{}\[\]]+)";
+const KV: &str = r"\b(?P<kkey>[A-Za-z][A-Za-z0-9_.\-]{0,63})(?P<kq>[\x22'])?[ \t]*[:=][ \t]*(?P<kval>\x22(?:[^\x22\\\r\n]|\\.)*\x22|'[^'\r\n]*'|[^\s&,;\x22'<>{}\[\]]+)";
 const JWT: &str = r"(?P<jwt>eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)";
-const BEARER: &str = r"(?P<bscheme>(?i:bearer|basic)[ ]+)(?P<bval>[A-Za-z0-9\-._~+/]{8,}=*)";
+const BEARER: &str = r"\b(?P<bscheme>(?i:bearer|basic)[ ]+)(?P<bval>[A-Za-z0-9\-._~+/]{8,}=*)";
 /// Well-known API key shapes: Stripe, OpenAI, GitHub, Slack, AWS, Meta
 /// (WhatsApp Cloud API access tokens start with `EAA`).
 const APIKEY: &str = r"(?P<apikey>(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|EAA[A-Za-z0-9]{30,})";
-const EMAIL: &str = r"(?P<elocal>[A-Za-z0-9._%+\-]{1,64})(?P<eat>@|%40)(?P<edomain>[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})";
+/// The local part admits `*` so that a masked address (`j***@x.com`) is
+/// still read as one address, and scrubbing it again changes nothing.
+const EMAIL: &str = r"(?P<elocal>[A-Za-z0-9._%+\-*]{1,64})(?P<eat>@|%40)(?P<edomain>[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})";
 const IBAN: &str = r"(?P<iban>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)";
 const CARD: &str = r"(?P<card>[0-9](?:[ \-]?[0-9]){12,18})";
 const SSN: &str = r"(?P<ssn>[0-9]{3}-[0-9]{2}-[0-9]{4})";

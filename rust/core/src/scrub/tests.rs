@@ -120,3 +120,26 @@ fn mode_parse() {
     assert_eq!(Mode::parse("redact"), Ok(Mode::Redact));
     assert!(Mode::parse("hide").unwrap_err().contains("\"hide\""));
 }
+
+#[test]
+fn request_path_query_redaction_is_by_name_only() {
+    let s = Scrubber::new(ScrubConfig {
+        query_words: vec!["token".into()],
+        ..ScrubConfig::default()
+    });
+    assert_eq!(
+        s.redact_query_words("token=x&email=a@b.com&pass=y"),
+        "token=REDACTED&email=a@b.com&pass=y"
+    );
+    assert!(matches!(
+        s.redact_query_words("page=2&q=a+b"),
+        Cow::Borrowed(_)
+    ));
+    // Export finishes the job, and agrees with the request path.
+    let once = s.redact_query_words("token=x&email=a@b.com&pass=y");
+    assert_eq!(
+        s.scrub_query(&once),
+        "token=REDACTED&email=*@b.com&pass=REDACTED"
+    );
+    assert_eq!(s.scrub_query("userPin=1"), "userPin=REDACTED");
+}

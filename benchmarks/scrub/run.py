@@ -81,7 +81,9 @@ def throughput(fn, lines: list[str], seconds: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="per workload, per engine, per round")
+    ap.add_argument(
+        "--seconds", type=float, default=1.0, help="per workload, per engine, per round"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     pulsetrace.configure(pulsetrace.Config())
@@ -105,7 +107,9 @@ def main() -> int:
         n, p = sorted(native)[len(native) // 2], sorted(python)[len(python) // 2]
         size = sum(len(s.encode()) for s in lines)
         print(f"{name:<12}{size:>8}{n:>14.1f}{p:>16.1f}{n / p:>7.1f}x")
-    print("(median of rounds; each line scrubbed through pulsetrace.scrub.scrub_text, one call each)")
+    print(
+        "(median of rounds; each line scrubbed through pulsetrace.scrub.scrub_text, one call each)"
+    )
     return 1 if differ else 0
 
 

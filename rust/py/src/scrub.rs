@@ -119,9 +119,13 @@ fn value_of(
     use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
     if let Ok(s) = v.downcast::<PyString>() {
         let text = s.to_cow()?;
-        return Ok(match sc.scrub(&text) {
-            Cow::Borrowed(_) => s.clone().into_any().unbind(),
-            Cow::Owned(out) => PyString::new(py, &out).into_any().unbind(),
+        // Each text is scrubbed as `scrub_text` scrubs it (the same guard:
+        // a failure there fails the whole value, closed).
+        return or_error("scrub.text", || {
+            Ok(match sc.scrub(&text) {
+                Cow::Borrowed(_) => s.clone().into_any().unbind(),
+                Cow::Owned(out) => PyString::new(py, &out).into_any().unbind(),
+            })
         });
     }
     if v.is_none()

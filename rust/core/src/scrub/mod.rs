@@ -232,7 +232,9 @@ impl Scrubber {
     /// Whether a key (an attribute name, a JSON field, a query parameter)
     /// names a secret.
     pub fn is_secret_key(&self, key: &str) -> bool {
-        rules::is_secret_key(key, &self.cfg.fields)
+        // Every secret word, segment and configured field is a pre-filter
+        // word (and every normalised form contains one): most keys stop here.
+        self.prefilter.is_match(key) && rules::is_secret_key(key, &self.cfg.fields)
     }
 
     /// A query string (`a=1&b=2`, no `?`): parameters whose decoded name

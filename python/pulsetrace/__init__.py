@@ -24,6 +24,7 @@ from pulsetrace.export import (
     InMemorySpanExporter,
     SpanExporter,
 )
+from pulsetrace.logging.identity import context, set_company, set_user
 from pulsetrace.propagation import extract, inject, use_context
 from pulsetrace.tracing import current_span, traced
 
@@ -51,6 +52,7 @@ __all__ = [
     "SpanExporter",
     "add_exporter",
     "configure",
+    "context",
     "counters",
     "current_span",
     "extract",
@@ -59,6 +61,8 @@ __all__ = [
     "inject",
     "latency",
     "remove_exporter",
+    "set_company",
+    "set_user",
     "shutdown",
     "start_span",
     "traced",
@@ -114,6 +118,9 @@ def counters() -> dict[str, int]:
                 out.update(more())
             except Exception as exc:
                 _diag.internal_error("counters", exc)
+    from pulsetrace import logging as _logging
+
+    out.update(_logging.counters())
     out["internal_errors"] = sum(_diag.internal_errors().values())
     return out
 

@@ -138,7 +138,7 @@ def config() -> Config:
 class _StderrUnlessConfigured(logging.Handler):
     """pulsetrace's records on stderr while the application has not
     configured logging (no handler on the root logger). Python's own last
-    resort does the same but only from WARNING up, so ``LOG_LEVEL=info``
+    resort does the same but only from WARNING up, so ``PULSETRACE_LOG_LEVEL=info``
     would show nothing; once the application has a handler, it gets the
     records instead (no line twice)."""
 
@@ -153,7 +153,7 @@ class _StderrUnlessConfigured(logging.Handler):
 
 def _apply_log_level(cfg: Config) -> None:
     logger = logging.getLogger("pulsetrace")
-    logger.setLevel(cfg.log_level.upper())
+    logger.setLevel(cfg.diag_log_level.upper())
     if not any(isinstance(h, _StderrUnlessConfigured) for h in logger.handlers):
         logger.addHandler(_StderrUnlessConfigured())
 

@@ -244,7 +244,18 @@ class Config:
         default=frozenset(),
         metadata=_declare("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "PULSETRACE_<NAME>_ENABLED"),
     )
-    log_level: str = field(default="warning", metadata=_declare("LOG_LEVEL"))
+    log_level: str = field(default="info", metadata=_declare("LOG_LEVEL"))
+    diag_log_level: str = field(default="warning", metadata=_declare("PULSETRACE_LOG_LEVEL"))
+    # Logs (pulsetrace.logging)
+    logs_json: bool = field(default=False, metadata=_declare("PULSETRACE_LOGS_JSON"))
+    access_log: bool = field(default=False, metadata=_declare("PULSETRACE_ACCESS_LOG"))
+    logs_fluentd_addr: Optional[str] = field(
+        default=None, metadata=_declare("PULSETRACE_LOGS_FLUENTD_ADDR")
+    )
+    logs_fluentd_tag: str = field(default="app", metadata=_declare("PULSETRACE_LOGS_FLUENTD_TAG"))
+    logs_queue_size: int = field(
+        default=10_000, metadata=_declare("PULSETRACE_LOGS_QUEUE_SIZE", low=1, high=1_000_000)
+    )
     # Head sampling (OpenTelemetry), before the tail sampler
     head_sampler: str = field(
         default="parentbased_always_on", metadata=_declare("OTEL_TRACES_SAMPLER")
@@ -369,6 +380,12 @@ class Config:
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
         object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
         _choice("log_level", self.log_level, LOG_LEVELS)
+        _choice("diag_log_level", self.diag_log_level, LOG_LEVELS)
+        if self.logs_fluentd_addr is not None:
+            why = addr_problem(self.logs_fluentd_addr)
+            if why is not None:
+                addr = self.logs_fluentd_addr
+                raise ValueError(f"pulsetrace setting logs_fluentd_addr={addr!r} is {why}")
         _choice("head_sampler", self.head_sampler, HEAD_SAMPLERS)
         _choice("scrub_mode", self.scrub_mode, SCRUB_MODES)
         why = addr_problem(self.metrics_addr)
@@ -379,7 +396,10 @@ class Config:
         _check(self)
 
     def integration_enabled(self, name: str) -> bool:
-        """Whether the integration ``name`` may be switched on."""
+        """Whether the integration ``name`` may be switched on (``logging``
+        is asked for: ``PULSETRACE_LOGS_JSON`` or ``PULSETRACE_ACCESS_LOG``)."""
+        if name == "logging" and not (self.logs_json or self.access_log):
+            return False
         return self.enabled and name not in self.disabled_integrations
 
     def replace(self, **overrides: Any) -> Config:

@@ -21,14 +21,12 @@ by ``REDACTED`` (nothing unscrubbed leaves) and the error is counted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pulsetrace import _diag
 from pulsetrace._native import scrub_configure as _configure
-from pulsetrace._native import scrub_is_secret_key as _is_secret_key
-from pulsetrace._native import scrub_keyed as _scrub_keyed
 from pulsetrace._native import scrub_text as _scrub_text
+from pulsetrace._native import scrub_value as _scrub_value
 
 if TYPE_CHECKING:
     from pulsetrace.config import Config
@@ -36,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["REDACTED", "configure", "scrub_text", "scrub_value"]
 
 REDACTED = "REDACTED"
-
-#: How deep ``scrub_value`` follows nested containers; deeper values (and
-#: cycles) are replaced by ``REDACTED``.
-MAX_DEPTH = 16
 
 
 _configured = False
@@ -76,37 +70,12 @@ def scrub_text(s: str) -> str:
 def scrub_value(v: object) -> object:
     """``v`` scrubbed: a string by :func:`scrub_text`; a dict's values
     (all of a value ``REDACTED`` when its key names a secret), a list's or
-    tuple's items, recursively, into new containers; anything else as it
-    is."""
+    tuple's items, recursively (16 levels deep; deeper values and cycles
+    are ``REDACTED``), into new containers; anything else as it is."""
     try:
         if not _configured:
             _from_environment()
-        return _value(v, 0)
+        return _scrub_value(v)  # one native call for the whole value
     except Exception as exc:
         _diag.internal_error("scrub.scrub_value", exc)
         return REDACTED
-
-
-def _value(v: object, depth: int) -> object:
-    if isinstance(v, str):
-        return _scrub_text(v)
-    if isinstance(v, (bool, int, float)) or v is None:
-        return v
-    if depth >= MAX_DEPTH:
-        return REDACTED
-    if isinstance(v, Mapping):
-        out: dict[object, object] = {}
-        for k, item in v.items():
-            if not isinstance(k, str):
-                out[k] = _value(item, depth + 1)
-            elif isinstance(item, str):
-                out[k] = _scrub_keyed(k, item)  # one native call: key and content
-            elif item is not None and _is_secret_key(k):
-                out[k] = REDACTED
-            else:
-                out[k] = _value(item, depth + 1)
-        return out
-    if isinstance(v, (list, tuple)):
-        items = [_value(item, depth + 1) for item in v]
-        return items if isinstance(v, list) else tuple(items)
-    return v

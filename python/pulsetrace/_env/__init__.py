@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar, Union
 from urllib.parse import unquote
 
 from pulsetrace.config import (
@@ -47,6 +47,7 @@ PATH_SHOWN = 200
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _DEFAULT = Config()
+_A = TypeVar("_A", str, None)
 
 
 def shown(raw: str, limit: int = SHOWN) -> str:
@@ -158,7 +159,7 @@ def choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, .
     return v
 
 
-def _addr(env: Mapping[str, str], var: str, default: str) -> str:
+def _addr(env: Mapping[str, str], var: str, default: _A) -> Union[str, _A]:
     raw = raw_value(env, var, _using(default))
     if raw is None:
         return default
@@ -244,6 +245,32 @@ def _disabled(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _diag_level(env: Mapping[str, str]) -> str:
+    """``PULSETRACE_LOG_LEVEL``; while it is unset, ``LOG_LEVEL`` still sets
+    pulsetrace's own diagnostics as it used to (with a deprecation warning):
+    ``LOG_LEVEL`` is the application's log level now. An unusable
+    ``LOG_LEVEL`` was already warned about where it is read."""
+    default = _DEFAULT.diag_log_level
+    if raw_value(env, "PULSETRACE_LOG_LEVEL", _using(default)) is not None:
+        return choice(env, "PULSETRACE_LOG_LEVEL", default, LOG_LEVELS)
+    raw = env.get("LOG_LEVEL")
+    level = raw.strip().lower() if raw and len(raw) <= MAX_VALUE_LENGTH else ""
+    level = "warning" if level == "warn" else level
+    if level not in LOG_LEVELS:
+        return default
+    log.warning(
+        "pulsetrace: deprecated: LOG_LEVEL is the application's log level; pulsetrace's own "
+        "diagnostics follow it only until the next release: set PULSETRACE_LOG_LEVEL=%s for them",
+        level,
+    )
+    return level
+
+
+def _text(env: Mapping[str, str], var: str, default: str) -> str:
+    raw = raw_value(env, var, _using(default))
+    return default if raw is None else raw.strip()
+
+
 def read(env: Optional[Mapping[str, str]] = None) -> Config:
     """The configuration in ``env`` (default: ``os.environ``)."""
     from pulsetrace._env import otlp as _otlp
@@ -265,6 +292,11 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         resource_attributes=resource,
         disabled_integrations=_disabled(e),
         log_level=choice(e, "LOG_LEVEL", d.log_level, LOG_LEVELS),
+        diag_log_level=_diag_level(e),
+        logs_json=boolean(e, "PULSETRACE_LOGS_JSON", d.logs_json),
+        access_log=boolean(e, "PULSETRACE_ACCESS_LOG", d.access_log),
+        logs_fluentd_addr=_addr(e, "PULSETRACE_LOGS_FLUENTD_ADDR", None),
+        logs_fluentd_tag=_text(e, "PULSETRACE_LOGS_FLUENTD_TAG", d.logs_fluentd_tag),
         head_sampler=choice(e, "OTEL_TRACES_SAMPLER", d.head_sampler, HEAD_SAMPLERS),
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),

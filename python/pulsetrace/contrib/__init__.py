@@ -55,6 +55,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
+    Integration("logging", "logging", "pulsetrace.logging"),
 )
 
 _registered: set[str] = set()

@@ -64,6 +64,7 @@ fn pipeline(c: &mut Criterion) {
             export_queue_spans: 1 << 20,
             ..BufferConfig::default()
         },
+        access_log_entries: 0,
         ..CoreConfig::default()
     });
     let mut g = c.benchmark_group("pipeline");

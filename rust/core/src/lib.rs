@@ -15,9 +15,11 @@
 //! - [`scrub`]: personal data and secrets out of exported text.
 //! - [`http`]: HTTP server spans: name and semantic-convention attributes of a request.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
+//! - [`access`]: the access log's queue (one entry per SERVER span, off the request path).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
 #![deny(unsafe_code)] // allowed in one place: the histogram's lazily allocated rows
 
+pub mod access;
 pub mod clock;
 pub mod exposition;
 pub mod head;

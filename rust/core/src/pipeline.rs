@@ -30,6 +30,7 @@
 //! Nothing blocks on I/O and no lock is held by an exporter while a request
 //! needs it.
 
+use crate::access::AccessLog;
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
 use crate::registry::Registry;
@@ -92,6 +93,8 @@ pub struct CoreConfig {
     pub max_metric_keys: usize,
     pub sampler: SamplerConfig,
     pub buffer: BufferConfig,
+    /// Entries the access-log queue holds (0: no access log).
+    pub access_log_entries: usize,
 }
 
 macro_rules! counters {
@@ -114,6 +117,7 @@ counters! {
     spans_late_kept: "spans that arrived after their trace was kept (exported on their own)",
     spans_late_dropped: "spans that arrived after their trace was dropped",
     traces_kept_error: "traces kept because a span had an error",
+    traces_kept_error_log: "traces kept because a record at ERROR or above was logged inside one of their spans",
     traces_kept_slow: "traces kept because the root was slower than the fixed threshold",
     traces_kept_adaptive: "traces kept because the root was slower than its operation's live quantile",
     traces_kept_attribute: "traces kept by an attribute rule",
@@ -181,6 +185,8 @@ pub struct Core {
     /// futex wake, so a request thread can wake it without any lock).
     worker: OnceLock<std::thread::Thread>,
     stop: AtomicBool,
+    /// One entry per SERVER span for the access log, when it is on.
+    access: Option<AccessLog>,
 }
 
 impl Core {
@@ -203,8 +209,14 @@ impl Core {
             intake_wake_sent: AtomicBool::new(false),
             worker: OnceLock::new(),
             stop: AtomicBool::new(false),
+            access: (cfg.access_log_entries > 0).then(|| AccessLog::new(cfg.access_log_entries)),
             cfg,
         }
+    }
+
+    /// The access log's queue, when `access_log_entries` is set.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access.as_ref()
     }
 
     pub fn config(&self) -> &CoreConfig {

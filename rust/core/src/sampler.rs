@@ -18,7 +18,7 @@
 use crate::probability::{randomness, threshold_of, with_threshold, without_threshold};
 use crate::probability::{Source, Threshold};
 use crate::registry::Registry;
-use crate::span::{SpanKind, SpanRecord};
+use crate::span::{AttrValue, SpanKind, SpanRecord};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -73,10 +73,32 @@ impl Default for SamplerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeepReason {
     Error,
+    /// A record at ERROR or above was logged inside one of its spans (a span
+    /// event [`ERROR_LOG_EVENT`] with a severity number of at least
+    /// [`ERROR_SEVERITY`]): the log line's trace is kept with it.
+    ErrorLog,
     Slow,
     Adaptive,
     Attribute,
     Probabilistic,
+}
+
+/// The name of the span event pulsetrace's log handler adds to the current
+/// span for a record it writes inside it.
+pub const ERROR_LOG_EVENT: &str = "log";
+/// The event attribute holding the record's OpenTelemetry severity number.
+pub const SEVERITY_NUMBER: &str = "log.severity_number";
+/// OpenTelemetry's severity number of ERROR (17 to 20; FATAL is 21 to 24).
+pub const ERROR_SEVERITY: i64 = 17;
+
+/// Whether `span` has an event for a log record at ERROR or above.
+fn logged_error(span: &SpanRecord) -> bool {
+    span.events.iter().any(|e| {
+        e.name == ERROR_LOG_EVENT
+            && e.attributes.iter().any(|(k, v)| {
+                &**k == SEVERITY_NUMBER && matches!(v, AttrValue::Int(n) if *n >= ERROR_SEVERITY)
+            })
+    })
 }
 
 /// Why a trace was dropped.
@@ -292,6 +314,9 @@ impl TailSampler {
         if self.cfg.keep_errors && spans.iter().any(SpanRecord::is_error) {
             return Some(KeepReason::Error);
         }
+        if self.cfg.keep_errors && spans.iter().any(logged_error) {
+            return Some(KeepReason::ErrorLog);
+        }
         if self.cfg.slow_threshold_ns > 0 && root.duration_ns >= self.cfg.slow_threshold_ns {
             return Some(KeepReason::Slow);
         }
@@ -334,7 +359,7 @@ fn local_root(spans: &[SpanRecord]) -> Option<&SpanRecord> {
 mod tests {
     use super::*;
     use crate::histogram::HistogramConfig;
-    use crate::span::{AttrValue, StatusCode};
+    use crate::span::{Event, StatusCode};
 
     fn span(trace: u128, id: u64, parent: u64, name: &str, dur: u64) -> SpanRecord {
         let mut s = SpanRecord::new(trace, id, parent, name);
@@ -484,6 +509,45 @@ mod tests {
         assert_eq!(s.decide(&spans, 1), Decision::Keep(KeepReason::Error));
         let ok = vec![span(2, 1, 0, "root", 100)];
         assert_eq!(s.decide(&ok, 1), Decision::Drop(DropReason::SampledOut));
+    }
+
+    fn logged(severity: i64) -> Event {
+        Event {
+            name: ERROR_LOG_EVENT.into(),
+            time_unix_ns: 1,
+            attributes: vec![(SEVERITY_NUMBER.into(), AttrValue::Int(severity))],
+        }
+    }
+
+    #[test]
+    fn an_error_logged_inside_a_span_keeps_its_trace() {
+        let s = TailSampler::new(cfg(0.0));
+        let mut child = span(1, 2, 1, "child", 10);
+        child.events.push(logged(17));
+        let spans = vec![span(1, 1, 0, "root", 100), child];
+        assert_eq!(s.decide(&spans, 1), Decision::Keep(KeepReason::ErrorLog));
+        // A warning does not; nor another event carrying the same attribute.
+        let mut warned = span(2, 1, 0, "root", 100);
+        warned.events.push(logged(13));
+        assert!(!s.decide(&[warned], 1).is_keep());
+        let mut other = span(3, 1, 0, "root", 100);
+        other.events.push(Event {
+            name: "exception".into(),
+            ..logged(17)
+        });
+        assert!(!s.decide(&[other], 1).is_keep());
+        // An error span is kept as an error first; keep_errors off keeps neither.
+        let mut failed = span(4, 1, 0, "root", 100);
+        failed.status = StatusCode::Error;
+        failed.events.push(logged(21));
+        assert_eq!(s.decide(&[failed], 1), Decision::Keep(KeepReason::Error));
+        let off = TailSampler::new(SamplerConfig {
+            keep_errors: false,
+            ..cfg(0.0)
+        });
+        let mut root = span(5, 1, 0, "root", 100);
+        root.events.push(logged(17));
+        assert!(!off.decide(&[root], 1).is_keep());
     }
 
     #[test]

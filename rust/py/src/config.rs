@@ -159,6 +159,11 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
         max_metric_keys: count("max_metric_keys")?,
         sampler,
         buffer,
+        access_log_entries: if field(cfg, "access_log")? {
+            count("logs_queue_size")?
+        } else {
+            0
+        },
     };
     let head_name = text(
         &cfg.getattr("head_sampler")

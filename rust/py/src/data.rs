@@ -63,6 +63,7 @@ pub struct SpanData {
 fn reason(r: Option<KeepReason>) -> Option<&'static str> {
     r.map(|r| match r {
         KeepReason::Error => "error",
+        KeepReason::ErrorLog => "error_log",
         KeepReason::Slow => "slow",
         KeepReason::Adaptive => "adaptive",
         KeepReason::Attribute => "attribute",

@@ -127,6 +127,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scrub::scrub_text, m)?)?;
     m.add_function(wrap_pyfunction!(scrub::scrub_keyed, m)?)?;
     m.add_function(wrap_pyfunction!(scrub::scrub_is_secret_key, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_value, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

@@ -13,6 +13,7 @@ use pulsetrace_core::scrub::{self, Mode};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 const RELEASE_GIL_ABOVE: usize = 2048;
 
@@ -84,4 +85,130 @@ pub fn scrub_is_secret_key(key: &str) -> PyResult<bool> {
     or_error("scrub.is_secret_key", || {
         Ok(scrub::current().is_secret_key(key))
     })
+}
+
+/// How deep [`scrub_value`] follows nested containers; deeper values (and
+/// cycles) are replaced by `REDACTED`.
+const MAX_DEPTH: usize = 16;
+const REDACTED: &str = "REDACTED";
+
+/// `value` scrubbed in one call (a log record's metadata: one crossing
+/// instead of one per key and string): a string by content; a mapping's
+/// values into a new dict (the whole value `REDACTED` when its key names a
+/// secret and it is not None); a list's or tuple's items into a new list
+/// or tuple; anything else as it is.
+#[pyfunction]
+pub fn scrub_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+    or_error("scrub.value", || {
+        let sc = scrub::current();
+        value_of(py, &sc, value, 0)
+    })
+}
+
+/// Verdicts of `is_secret_key` for the keys seen (log metadata repeats a
+/// small vocabulary of keys), for the scrubber they were computed with; a
+/// reconfigured scrubber (another `Arc`: the table holds the one it was
+/// made for, so its address is not reused) starts a new table. Bounded:
+/// full, it starts afresh.
+struct KeyVerdicts {
+    scrubber: Arc<scrub::Scrubber>,
+    keys: std::collections::HashMap<Box<str>, bool>,
+}
+
+const MAX_KEY_VERDICTS: usize = 4096;
+
+static KEY_VERDICTS: parking_lot::Mutex<Option<KeyVerdicts>> = parking_lot::Mutex::new(None);
+
+fn is_secret_key(sc: &Arc<scrub::Scrubber>, key: &str) -> bool {
+    // Never waits: another thread holding the table (or a lock a fork left
+    // held in a child) means this key is judged directly.
+    let Some(mut table) = KEY_VERDICTS.try_lock() else {
+        return sc.is_secret_key(key);
+    };
+    let t = match &mut *table {
+        Some(t) if Arc::ptr_eq(&t.scrubber, sc) && t.keys.len() < MAX_KEY_VERDICTS => t,
+        slot => slot.insert(KeyVerdicts {
+            scrubber: sc.clone(),
+            keys: std::collections::HashMap::new(),
+        }),
+    };
+    if let Some(&secret) = t.keys.get(key) {
+        return secret;
+    }
+    let secret = sc.is_secret_key(key);
+    t.keys.insert(key.into(), secret);
+    secret
+}
+
+fn value_of(
+    py: Python<'_>,
+    sc: &Arc<scrub::Scrubber>,
+    v: &Bound<'_, PyAny>,
+    depth: usize,
+) -> PyResult<PyObject> {
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
+    if let Ok(s) = v.downcast::<PyString>() {
+        let text = s.to_cow()?;
+        // Each text is scrubbed as `scrub_text` scrubs it (the same guard:
+        // a failure there fails the whole value, closed).
+        return or_error("scrub.text", || {
+            Ok(match sc.scrub(&text) {
+                Cow::Borrowed(_) => s.clone().into_any().unbind(),
+                Cow::Owned(out) => PyString::new(py, &out).into_any().unbind(),
+            })
+        });
+    }
+    if v.is_none()
+        || v.is_instance_of::<PyBool>()
+        || v.is_instance_of::<PyInt>()
+        || v.is_instance_of::<PyFloat>()
+    {
+        return Ok(v.clone().unbind());
+    }
+    if depth >= MAX_DEPTH {
+        return Ok(PyString::new(py, REDACTED).into_any().unbind());
+    }
+    let keyed = |out: &Bound<'_, PyDict>, k: Bound<'_, PyAny>, item: Bound<'_, PyAny>| {
+        let secret = !item.is_none()
+            && k.downcast::<PyString>()
+                .ok()
+                .map(|s| s.to_cow().map(|key| is_secret_key(sc, &key)))
+                .transpose()?
+                .unwrap_or(false);
+        if secret {
+            out.set_item(k, REDACTED)
+        } else {
+            out.set_item(k, value_of(py, sc, &item, depth + 1)?)
+        }
+    };
+    if let Ok(d) = v.downcast::<PyDict>() {
+        let out = PyDict::new(py);
+        for (k, item) in d.iter() {
+            keyed(&out, k, item)?;
+        }
+        return Ok(out.into_any().unbind());
+    }
+    if let Ok(items) = v.downcast::<PyList>() {
+        let out: Vec<PyObject> = items
+            .iter()
+            .map(|item| value_of(py, sc, &item, depth + 1))
+            .collect::<PyResult<_>>()?;
+        return Ok(PyList::new(py, out)?.into_any().unbind());
+    }
+    if let Ok(items) = v.downcast::<PyTuple>() {
+        let out: Vec<PyObject> = items
+            .iter()
+            .map(|item| value_of(py, sc, &item, depth + 1))
+            .collect::<PyResult<_>>()?;
+        return Ok(PyTuple::new(py, out)?.into_any().unbind());
+    }
+    if let Ok(m) = v.downcast::<PyMapping>() {
+        let out = PyDict::new(py);
+        for pair in m.items()?.iter() {
+            let (k, item): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+            keyed(&out, k, item)?;
+        }
+        return Ok(out.into_any().unbind());
+    }
+    Ok(v.clone().unbind())
 }

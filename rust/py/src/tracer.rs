@@ -428,6 +428,33 @@ impl Tracer {
         })
     }
 
+    /// The access log's entries (one per ended SERVER span, when the
+    /// configuration's `access_log` is on): up to `max_entries` tuples
+    /// `(trace_id, span_id, start_unix_ns, duration_ns, name, method, route,
+    /// path, status, client_address, error)`, waiting at most `timeout`
+    /// seconds (GIL released) for the first, and the entries dropped so far.
+    #[pyo3(signature = (max_entries=1024, timeout=0.0))]
+    fn drain_access<'py>(
+        &self,
+        py: Python<'py>,
+        max_entries: usize,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyList>, u64)> {
+        or_error("tracer.drain_access", || {
+            self.access_entries(py, max_entries, timeout)
+        })
+    }
+
+    /// Wake a consumer waiting in `drain_access` (it returns at once).
+    fn wake_access(&self, py: Python<'_>) -> PyResult<()> {
+        or_error("tracer.wake_access", || {
+            if let Some(log) = self.core(py)?.access_log() {
+                log.wake();
+            }
+            Ok(())
+        })
+    }
+
     /// Set the resource every OTLP request carries (service.name, host.name,
     /// process.pid, ...): a dict of str to str/int/float/bool.
     fn set_resource(&self, attributes: &Bound<'_, PyDict>) -> PyResult<()> {

@@ -179,6 +179,9 @@ impl Core {
             rec.status_class(),
             rec.duration_ns,
         );
+        if let Some(access) = &self.access {
+            access.offer(rec);
+        }
     }
 
     /// The span joins its trace; what a local root, a full buffer or a
@@ -287,6 +290,7 @@ impl Core {
         }
         let counter = match decision {
             Decision::Keep(KeepReason::Error) => &c.traces_kept_error,
+            Decision::Keep(KeepReason::ErrorLog) => &c.traces_kept_error_log,
             Decision::Keep(KeepReason::Slow) => &c.traces_kept_slow,
             Decision::Keep(KeepReason::Adaptive) => &c.traces_kept_adaptive,
             Decision::Keep(KeepReason::Attribute) => &c.traces_kept_attribute,

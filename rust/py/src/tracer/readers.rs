@@ -42,6 +42,39 @@ fn family((name, help, kind, samples): PyFamily) -> PyResult<ExtraFamily> {
 }
 
 impl Tracer {
+    /// See `Tracer.drain_access`.
+    pub(super) fn access_entries<'py>(
+        &self,
+        py: Python<'py>,
+        max_entries: usize,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyList>, u64)> {
+        let core = self.core(py)?;
+        let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 60.0));
+        let (entries, dropped) = py.allow_threads(|| match core.access_log() {
+            Some(log) => (log.drain(max_entries, wait), log.dropped()),
+            None => (Vec::new(), 0),
+        });
+        let out = PyList::empty(py);
+        for e in entries {
+            let row = (
+                e.trace_id,
+                e.span_id,
+                e.start_unix_ns,
+                e.duration_ns,
+                &*e.name,
+                e.method.as_deref(),
+                e.route.as_deref(),
+                e.path.as_deref(),
+                e.status,
+                e.client_address.as_deref(),
+                e.error,
+            );
+            out.append(row.into_pyobject(py)?)?;
+        }
+        Ok((out, dropped))
+    }
+
     pub(super) fn latency_rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let core = self.core(py)?;
         let rows = py.allow_threads(|| {

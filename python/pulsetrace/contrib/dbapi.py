@@ -45,6 +45,12 @@ class Switch:
     def __init__(self) -> None:
         self.on = False
 
+    def turn_on(self) -> None:
+        self.on = True
+
+    def turn_off(self) -> None:
+        self.on = False
+
 
 class Database(NamedTuple):
     """What a connection's spans share, read once at connect time."""
@@ -273,7 +279,6 @@ def connect_wrapper(switch: Switch, proxy: Callable[[Any, Any, Any], Any], where
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return proxied(switch, wrapped(*args, **kwargs), proxy, args, kwargs, where)
 
-    wrapper.__pulsetrace__ = True  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -286,22 +291,3 @@ def proxied(switch: Switch, conn: Any, proxy: Any, args: Any, kwargs: Any, where
     except Exception as exc:
         _diag.internal_error(where, exc)
         return conn
-
-
-def _ours(owner: Any, name: str) -> Any:
-    current = vars(owner).get(name)
-    return current if hasattr(getattr(current, "_self_wrapper", None), "__pulsetrace__") else None
-
-
-def wrap(owner: Any, name: str, wrapper: Any) -> None:
-    """Wrap ``owner.name`` (module or class attribute) unless pulsetrace already has."""
-    if _ours(owner, name) is None:
-        wrapt.wrap_function_wrapper(owner, name, wrapper)
-
-
-def unwrap(owner: Any, name: str) -> None:
-    """Restore ``owner.name`` if pulsetrace's wrapper is outermost (a buried one
-    passes through: its switch is off)."""
-    current = _ours(owner, name)
-    if current is not None:
-        setattr(owner, name, current.__wrapped__)

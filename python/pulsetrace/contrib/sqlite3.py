@@ -21,10 +21,11 @@ import os
 from typing import Any, Optional
 
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = "standard library (Python 3.9+)"
+#: The standard library: no version check.
+SUPPORTED = None
 
-_MARK = "__pulsetrace_patched__"
 _SWITCH = dbapi.Switch()
 
 
@@ -66,27 +67,13 @@ def _proxy(conn: Any, args: Any, kwargs: Any) -> Any:
 _connect = dbapi.connect_wrapper(_SWITCH, _proxy, "sqlite3.connect")
 
 
-def patch() -> None:
-    """Trace connections made from now on (idempotent)."""
-    import sqlite3
-    import sqlite3.dbapi2
-
-    if getattr(sqlite3, _MARK, False):
-        return
-    dbapi.wrap(sqlite3, "connect", _connect)
-    dbapi.wrap(sqlite3.dbapi2, "connect", _connect)
-    _SWITCH.on = True
-    setattr(sqlite3, _MARK, True)
-
-
-def unpatch() -> None:
-    """Stop tracing, also on connections made earlier."""
-    import sqlite3
-    import sqlite3.dbapi2
-
-    if not getattr(sqlite3, _MARK, False):
-        return
-    _SWITCH.on = False
-    dbapi.unwrap(sqlite3, "connect")
-    dbapi.unwrap(sqlite3.dbapi2, "connect")
-    delattr(sqlite3, _MARK)
+# ``sqlite3.dbapi2.connect`` is what SQLAlchemy calls.
+_PATCHER = Patcher(
+    "sqlite3",
+    SUPPORTED,
+    (Target("sqlite3", "connect", _connect), Target("sqlite3.dbapi2", "connect", _connect)),
+    on_patch=_SWITCH.turn_on,
+    on_unpatch=_SWITCH.turn_off,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

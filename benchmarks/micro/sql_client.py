@@ -69,6 +69,11 @@ def cases() -> dict[str, Callable[[int], None]]:
         for _ in range(n):
             start("SELECT", kind="client", attributes=attrs).end()
 
+    def bare_span_no_attributes(n: int) -> None:
+        start = tracer.start_span
+        for _ in range(n):
+            start("SELECT", kind="client").end()
+
     def execute(conn: Any) -> Callable[[int], None]:
         def run(n: int) -> None:
             ex = conn.execute
@@ -88,6 +93,7 @@ def cases() -> dict[str, Callable[[int], None]]:
 
     return {
         "bare_span": bare_span,
+        "bare_span_no_attributes": bare_span_no_attributes,
         "execute_bare": execute(bare),
         "execute_traced": execute(traced),
         "cursor_execute_bare": execute(bare_cur),

@@ -23,7 +23,7 @@ gets real subclasses instead); fetching is not timed.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import wrapt
 
@@ -52,14 +52,39 @@ class Switch:
         self.on = False
 
 
-class Database(NamedTuple):
-    """What a connection's spans share, read once at connect time."""
+class Database:
+    """What a connection's spans share, read once at connect time, and the
+    span name and attributes of the statements it ran (a repeated statement
+    costs one dict lookup)."""
 
-    system: str
-    switch: Switch
-    namespace: Optional[str] = None
-    host: Optional[str] = None
-    port: Optional[int] = None
+    __slots__ = ("host", "namespace", "port", "statements", "switch", "system")
+
+    def __init__(
+        self,
+        system: str,
+        switch: Switch,
+        namespace: Optional[str] = None,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> None:
+        self.system, self.switch, self.namespace = system, switch, namespace
+        self.host, self.port = host, port
+        self.statements: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def describe(self, text: Any) -> tuple[str, dict[str, Any]]:
+        """(span name, attributes) of a statement's text (shared: do not change them)."""
+        hit = self.statements.get(text) if type(text) is str else None
+        if hit is None:
+            hit = _sql.attributes(text, self.system, self.namespace, self.host, self.port)
+            if type(text) is str:
+                if len(self.statements) >= _MAX_STATEMENTS:
+                    self.statements.clear()
+                self.statements[text] = hit
+        return hit
+
+
+#: Statements a connection remembers the attributes of (then it starts afresh).
+_MAX_STATEMENTS = 256
 
 
 def error_code(exc: BaseException, system: str) -> Optional[str]:
@@ -97,8 +122,7 @@ def start(db: Database, statement: Any, context: Any) -> Optional[Started]:
         tracer = _runtime.tracer()
         if not tracer.enabled:
             return None
-        text = text_of(statement, context)
-        name, attrs = _sql.attributes(text, db.system, db.namespace, db.host, db.port)
+        name, attrs = db.describe(text_of(statement, context))
         span = tracer.start_span(name, kind="client", attributes=attrs)
     except Exception as exc:
         _diag.internal_error("dbapi.start", exc)
@@ -114,6 +138,27 @@ def end(started: Started, rows: Any = None, error: Any = None) -> None:
         ACTIVE.reset(token)
     except Exception:  # another context: the flag must not stay set
         ACTIVE.set(False)
+    finish(span, system, rows, error)
+
+
+def statement_span(db: Optional[Database], statement: Any) -> Any:
+    """The span of one statement (str or bytes), or None: not traced (no
+    database, off, inside another SQL span, a failure). Sets no flag: for
+    hooks on the driver's own classes, whose statements cannot nest."""
+    if db is None or not db.switch.on or ACTIVE.get():
+        return None
+    try:
+        # No ``enabled`` check: a disabled tracer's span is a shared no-op.
+        tracer = _runtime._tracer or _runtime.tracer()
+        described = db.statements.get(statement) or db.describe(statement)
+        return tracer.start_span(described[0], kind="client", attributes=described[1])
+    except Exception as exc:
+        _diag.internal_error("dbapi.start", exc)
+        return None
+
+
+def finish(span: Any, system: str, rows: Any = None, error: Any = None) -> None:
+    """End a statement's span (see :func:`end`)."""
     try:
         if isinstance(error, BaseException):
             kind = type(error).__qualname__

@@ -379,12 +379,11 @@ def main() -> None:
         importlib.import_module(probe.integration.module)
         out["bare"] = probe.use()
         before = probe.attributes()
-        getattrs = {k: v for k, v in before.items()}
         out["chosen"] = contrib.instrument(config, [name])
         out["instrumented"] = contrib.instrumented()
         after = probe.attributes()
         out["wrapped"] = all(
-            wrapped_by_pulsetrace(after[k], getattrs[k]) for k in before if before[k] is not MISSING
+            wrapped_by_pulsetrace(after[k], before[k]) for k in before if before[k] is not MISSING
         ) and all(wrapped_by_pulsetrace(v, MISSING) for v in after.values())
         out["patched"] = probe.use()
         out["patch_again"] = probe.hook.patch()

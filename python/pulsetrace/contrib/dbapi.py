@@ -52,10 +52,15 @@ class Switch:
         self.on = False
 
 
+#: A statement span's attributes: ``(key, value)`` pairs in a tuple, which
+#: the native side converts once while the same tuple is passed again.
+Pairs = tuple[tuple[str, Any], ...]
+
+
 class Database:
     """What a connection's spans share, read once at connect time, and the
     span name and attributes of the statements it ran (a repeated statement
-    costs one dict lookup)."""
+    costs one dict lookup, and its attributes are converted once)."""
 
     __slots__ = ("host", "namespace", "port", "statements", "switch", "system")
 
@@ -69,13 +74,14 @@ class Database:
     ) -> None:
         self.system, self.switch, self.namespace = system, switch, namespace
         self.host, self.port = host, port
-        self.statements: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.statements: dict[str, tuple[str, Pairs]] = {}
 
-    def describe(self, text: Any) -> tuple[str, dict[str, Any]]:
-        """(span name, attributes) of a statement's text (shared: do not change them)."""
+    def describe(self, text: Any) -> tuple[str, Pairs]:
+        """(span name, attributes) of a statement's text."""
         hit = self.statements.get(text) if type(text) is str else None
         if hit is None:
-            hit = _sql.attributes(text, self.system, self.namespace, self.host, self.port)
+            name, attrs = _sql.attributes(text, self.system, self.namespace, self.host, self.port)
+            hit = (name, tuple(attrs.items()))
             if type(text) is str:
                 if len(self.statements) >= _MAX_STATEMENTS:
                     self.statements.clear()

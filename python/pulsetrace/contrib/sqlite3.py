@@ -51,6 +51,7 @@ class TracedCursor(sqlite3.Cursor):
     """A cursor whose statements are spans (its connection is traced)."""
 
     __slots__ = ()
+    connection: TracedConnection  # for type checkers: sqlite3's own read-only attribute
 
     def execute(self, sql: Any, parameters: Any = (), /) -> Any:
         db = self.connection._pulsetrace_db

@@ -388,6 +388,10 @@ def test_sqlite3_connections_are_real_so_c_type_checks_pass(sqlite_hooked, tmp_p
         def hello(self):
             return "hello"
 
+        def execute(self, *args):  # the application's own override stays in charge
+            self.executed = getattr(self, "executed", 0) + 1
+            return super().execute(*args)
+
     class AppCursor(sqlite3.Cursor):
         pass
 
@@ -403,6 +407,7 @@ def test_sqlite3_connections_are_real_so_c_type_checks_pass(sqlite_hooked, tmp_p
     positional = sqlite3.connect(path, 5.0, 0, "DEFERRED", True, AppConnection)
     assert positional.hello() == "hello"
     assert positional.execute("SELECT a FROM t").fetchall() == [(1,)]
+    assert positional.executed == 1
     for c in (conn, positional):
         c.close()
     spans = client_spans(sqlite_hooked)

@@ -138,8 +138,11 @@ _subclasses: dict[type, type] = {sqlite3.Connection: TracedConnection, sqlite3.C
 
 def _subclass(base: type, traced: type) -> type:
     cls = _subclasses.get(base)
-    if cls is None:  # same name and module: reprs and name checks look the same
-        cls = type(base.__name__, (traced, base), {"__module__": base.__module__})
+    if cls is None:
+        # Same name and module: reprs and name checks look the same. The
+        # caller's class first: its own overrides win, and reach the traced
+        # methods through super().
+        cls = type(base.__name__, (base, traced), {"__module__": base.__module__})
         _subclasses[base] = cls
     return cls
 

@@ -31,11 +31,18 @@ def queued_without_exporter() -> Iterator[None]:
     """Kept traces are queued although no exporter is set (normally they
     are discarded then), for a test that takes them itself
     (``_runtime.tracer().drain``) or fills the export queue."""
+    # An exporter left by an earlier test would take the traces first: the
+    # export thread wakes as soon as a trace is kept. Detached meanwhile.
+    left = list(_runtime.exporters())
+    for exp in left:
+        pulsetrace.remove_exporter(exp)
     t = _runtime.tracer()
     t.exporting = True
     try:
         yield
     finally:
+        for exp in left:
+            pulsetrace.add_exporter(exp)
         t.exporting = bool(_runtime.exporters())
 
 

@@ -41,6 +41,8 @@ FREE_TEXT = {
     "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
     "PULSETRACE_REDACT_QUERY_PARAMS",
     "PULSETRACE_KEEP_ATTRIBUTES",
+    "PULSETRACE_SCRUB_FIELDS",
+    "PULSETRACE_MONITORING_TOKEN",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}
@@ -89,7 +91,8 @@ def usable(var: str, kind: str) -> bool:
     f = _field(var)
     if "_INSECURE" in var:
         return False  # the OpenTelemetry spelling only: true or false
-    if var.endswith("_ENABLED") or var == "OTEL_SDK_DISABLED" or (f and f.default is True):
+    boolean = f is not None and isinstance(f.default, bool)
+    if var.endswith("_ENABLED") or var == "OTEL_SDK_DISABLED" or boolean:
         return kind == "zero"  # 0 is false
     s = f.metadata["setting"] if f else None
     if s is None or s.high is None:

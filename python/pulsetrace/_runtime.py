@@ -1,5 +1,12 @@
 """The agent of this process: one native tracer, its exporters and the
-export thread, started on first use, flushed at exit, renewed after fork."""
+export thread, started on first use, flushed at exit, renewed after fork.
+
+The export chain: kept traces wait in the core's one bounded export queue;
+the one export thread sleeps in the core (``Tracer.wait_export``, without
+the GIL) until a batch is ready, and hands each batch (a
+:class:`~pulsetrace.export.SpanBatch`) to every exporter. ``flush`` and
+``shutdown`` run the same hand-over on their own thread, under the same
+lock, so batches reach each exporter one at a time and in order."""
 
 from __future__ import annotations
 
@@ -13,10 +20,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from pulsetrace import _diag
+from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
-from pulsetrace.export import ExportResult, SpanExporter
+from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
 
 #: The current span (a Span) or remote parent (a SpanContext) of a context.
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -32,8 +39,8 @@ _start_failed = False
 _exporters: list[SpanExporter] = []
 _export_failures = 0
 #: Spans exporters reported delivered / not delivered (a span sent to two
-#: exporters counts twice). Synchronous exporters report through their
-#: ``export`` result; the OTLP exporter reports when its sender thread knows.
+#: exporters counts twice). An exporter reports through its ``export``
+#: result, or (``ExportResult.QUEUED``) itself, once it knows.
 _delivery = {"spans_delivered": 0, "spans_delivery_failed": 0}
 _delivery_lock = threading.Lock()
 _worker: Optional[_ExportThread] = None
@@ -65,22 +72,48 @@ def _first_use() -> None:
 TRACER = Tracer(CURRENT, _first_use)
 
 
-class _ExportThread(threading.Thread):
-    """Drains kept traces and hands them to the exporters, off the request path."""
+#: Spans per batch: the export thread is woken as soon as this many wait
+#: (or half the export queue, if that is smaller).
+BATCH_SPANS = 4096
 
-    def __init__(self, interval_s: float) -> None:
+
+class _ExportThread(threading.Thread):
+    """The one export thread: sleeps in the core, without the GIL, until a
+    batch is ready (``BATCH_SPANS`` spans, or the oldest kept trace waited
+    ``interval_s``, PULSETRACE_EXPORT_INTERVAL_MS) or it is stopped, then
+    hands the kept traces to the exporters. Nothing polls: with no trace
+    kept it does not run at all."""
+
+    def __init__(self, tracer: Tracer, interval_s: float) -> None:
         super().__init__(name="pulsetrace-export", daemon=True)
+        self.tracer = tracer
         self.interval_s = interval_s
-        self.wake = threading.Event()
         self.stopping = False
+        self._pause = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._pause.set()
+        try:
+            self.tracer.kick_export()
+        except Exception as exc:
+            _diag.internal_error("export.kick", exc)
 
     def run(self) -> None:
-        while True:
-            self.wake.wait(self.interval_s)
-            self.wake.clear()
-            if self.stopping:
+        while not self.stopping:
+            try:
+                wake = self.tracer.wait_export(self.interval_s, BATCH_SPANS)
+            except Exception as exc:
+                _diag.internal_error("export.wait", exc)
                 return
-            export_pending()
+            if self.stopping or wake == "stopped":
+                return  # stopped, or the core was replaced (a new thread follows)
+            # One batch per wake-up: what is left waits until it is a batch
+            # too, or its own delay ran out (so a burst makes few requests).
+            if export_pending(BATCH_SPANS, batches=1) == 0 and wake == "ready":
+                # Traces wait but none could be taken (an error, logged):
+                # pause rather than spin on them.
+                self._pause.wait(self.interval_s)
 
 
 def tracer() -> Tracer:
@@ -152,6 +185,7 @@ def _apply(cfg: Config) -> None:
     _apply_log_level(cfg)
     first = _tracer is None
     TRACER.configure(cfg)
+    scrub.configure(cfg)
     # A new configuration counts afresh, as the core's counters do.
     with _delivery_lock:
         _delivery.update(dict.fromkeys(_delivery, 0))
@@ -194,6 +228,8 @@ def remove_exporter(exporter: SpanExporter) -> None:
         if exporter in _exporters:
             _exporters.remove(exporter)
         _sync_exporting()
+        if not _exporters:
+            _stop_worker()
 
 
 def exporters() -> Sequence[SpanExporter]:
@@ -205,8 +241,7 @@ def _stop_worker(timeout: float = 5.0) -> None:
     w = _worker
     _worker = None
     if w is not None:
-        w.stopping = True
-        w.wake.set()
+        w.stop()
         if w is not threading.current_thread():
             w.join(timeout)
 
@@ -215,15 +250,18 @@ def _restart_worker() -> None:
     global _worker
     _stop_worker()
     if _exporters and _config is not None:
-        _worker = _ExportThread(_config.export_interval_ms / 1000.0)
+        _worker = _ExportThread(TRACER, _config.export_interval_ms / 1000.0)
         _worker.start()
 
 
 _export_lock = threading.Lock()
 
 
-def export_pending(max_spans: int = 4096, timeout: Optional[float] = None) -> int:
-    """Drain kept traces into every exporter; returns spans handed over.
+def export_pending(
+    max_spans: int = BATCH_SPANS, timeout: Optional[float] = None, batches: Optional[int] = None
+) -> int:
+    """Hand kept traces to every exporter, in batches of about ``max_spans``
+    spans: all of them, or the first ``batches``. Returns spans handed over.
     With ``timeout``, gives up (returns 0) if another export (a slow
     receiver) holds the export lock longer than that."""
     t = _tracer
@@ -232,72 +270,66 @@ def export_pending(max_spans: int = 4096, timeout: Optional[float] = None) -> in
     if not _export_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
         return 0
     try:
-        return _export_locked(t, max_spans)
+        return _export_locked(t, max_spans, batches)
     finally:
         _export_lock.release()
 
 
-def _export_locked(t: Tracer, max_spans: int) -> int:
-    global _export_failures
+def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
     total = 0
-    while True:
+    limit = _config.export_max_request_bytes if _config is not None else None
+    while batches is None or batches > 0:
+        if batches is not None:
+            batches -= 1
         try:
-            batch = t.drain_batch(max_spans)
+            native = t.drain_batch(max_spans)
         except Exception as exc:
             _diag.internal_error("export.drain", exc)
             return total
-        if batch is None:
+        if native is None:
             _warn_if_randomness_presumed(t)
             return total
-        spans = len(batch)
+        batch = SpanBatch(native, limit, _note_oversized)
+        spans = batch.spans
         total += spans
         for exporter in tuple(_exporters):
-            export_otlp = None
             try:
-                # An OTLP exporter takes the natively encoded request (and
-                # reports its delivery itself, from its sender thread); the
-                # others get SpanData objects (built once per batch).
-                export_otlp = getattr(exporter, "export_otlp", None)
-                if export_otlp is not None:
-                    result = _export_requests(export_otlp, batch)
-                else:
-                    result = exporter.export(batch.traces())
-                    ok = result is ExportResult.SUCCESS
-                    record_delivery(spans if ok else 0, 0 if ok else spans)
-                if result is not ExportResult.SUCCESS:
-                    _export_failures += 1
+                result = exporter.export(batch)
             except Exception as exc:
-                _export_failures += 1
-                if export_otlp is None:
-                    record_delivery(0, spans)
                 _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+                result = ExportResult.FAILURE
+            if result is ExportResult.QUEUED:
+                continue  # the exporter reports each span's outcome itself
+            if result is ExportResult.SUCCESS:
+                record_delivery(spans, 0)
+            else:
+                record_delivery(0, spans)
+                count_export_failure()
+    return total
 
 
-def _export_requests(export_otlp: Any, batch: Any) -> ExportResult:
-    """Hand ``batch`` to an OTLP exporter as natively encoded requests, each
-    within ``PULSETRACE_EXPORT_MAX_REQUEST_BYTES``: one oversized span does
-    not sink its neighbours. A span too large for a request of its own is
-    dropped and counted as failed."""
+def _note_oversized(spans: int) -> None:
+    """``spans`` spans of a batch were each too large for an OTLP request
+    (PULSETRACE_EXPORT_MAX_REQUEST_BYTES): counted, and the first time
+    logged. The exporters count them as not delivered."""
     global _oversized_spans
-    limit = _config.export_max_request_bytes if _config is not None else None
-    requests, oversized = batch.otlp_requests() if limit is None else batch.otlp_requests(limit)
-    result = ExportResult.SUCCESS
-    if oversized:
-        first = _oversized_spans == 0
-        _oversized_spans += oversized
-        record_delivery(0, oversized)
-        result = ExportResult.FAILURE
-    if oversized and first:
+    first = _oversized_spans == 0
+    _oversized_spans += spans
+    if first:
+        limit = _config.export_max_request_bytes if _config is not None else None
         _diag.log.warning(
             "pulsetrace: %d spans were each larger than PULSETRACE_EXPORT_MAX_REQUEST_BYTES "
             "(%s bytes) once encoded and were dropped (further ones are only counted)",
-            oversized,
+            spans,
             limit,
         )
-    for payload, spans in requests:
-        if export_otlp(payload, spans) is not ExportResult.SUCCESS:
-            result = ExportResult.FAILURE
-    return result
+
+
+def count_export_failure() -> None:
+    """An exporter failed to deliver some of a batch (``export_failures``)."""
+    global _export_failures
+    with _delivery_lock:
+        _export_failures += 1
 
 
 _oversized_spans = 0

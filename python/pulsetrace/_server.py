@@ -1,9 +1,9 @@
-"""pulsetrace's small HTTP server: a ``Router``'s GET/HEAD routes
+"""pulsetrace's small HTTP server: a ``Router``'s routes
 (``pulsetrace._router``) served from a plain socket server that bad clients
-cannot wear down.
+cannot wear down (the wire format: ``pulsetrace._wire``).
 
-The Prometheus exposition is served from here (``prometheus.start_server``);
-more routes (health, APM, monitoring endpoints) are added to the router.
+The Prometheus exposition and the monitoring endpoints are served from here
+(``prometheus.start_server``, ``pulsetrace.monitoring.endpoints``).
 
 Its own work is never traced: it is built on plain sockets and
 ``selectors``, which no pulsetrace hook wraps, and handlers get a
@@ -15,7 +15,9 @@ Concurrency design:
   writes responses and closes, all non-blocking through one selector: an
   idle or slow client costs a descriptor and a small buffer, never a thread.
 - A fixed pool of ``workers`` threads runs the handlers (rendering the
-  exposition happens there, never on the I/O thread). A complete request
+  exposition happens there, never on the I/O thread); only a route added
+  as ``inline`` (O(1), such as the liveness probe) is answered on the I/O
+  thread, so that it never waits behind handlers that wait. A complete request
   is handed to the pool through a queue; the response comes back through a
   deque and a wake-up socket, and the I/O thread writes it.
 - Deadlines are per connection, not per read: the whole request head must
@@ -30,17 +32,24 @@ Concurrency design:
   once and closed. The listen backlog is 1024, so that a burst of
   connections is not dropped by the kernel (a dropped SYN costs the client
   a 1 s retransmission) before the I/O thread accepts it.
-- A request head is at most ``max_head_bytes`` (431 beyond); only GET and
-  HEAD are served (405 with ``Allow`` otherwise); each response closes its
-  connection (``Connection: close``), then the server reads and discards
-  what the client still sends for a moment, so that a client that sent more
-  than was read gets the response rather than a reset.
+- A request head is at most ``max_head_bytes`` (431 beyond). A body is
+  read only for POST, PUT and PATCH, when some route takes that method: its
+  length is its ``Content-Length`` (none: empty; ``Transfer-Encoding`` is
+  refused with 411), at most ``max_body_bytes`` (413 beyond, answered
+  before it is read), and it must arrive within the same deadline as the
+  head. Other methods are
+  answered by the router (405 with ``Allow`` when the path exists). Each
+  response closes its connection (``Connection: close``), then the server
+  reads and discards what the client still sends for a moment, so that a
+  client that sent more than was read gets the response rather than a
+  reset.
 
 Bounds: ``1 + workers`` threads, all started with the server; at most
 ``max_connections + 5`` descriptors (the connections, one more accepted
 just before an older one is closed to make room, the listening socket, the
-selector, the wake-up pair), plus what the handlers open; request heads
-buffer at most ``max_head_bytes`` per connection.
+selector, the wake-up pair), plus what the handlers open; a connection
+buffers at most ``max_head_bytes`` of request head and ``max_body_bytes``
+of body.
 """
 
 from __future__ import annotations
@@ -53,102 +62,24 @@ import selectors
 import socket
 import threading
 import time
-import zlib
 from collections import deque
-from http import HTTPStatus
-from typing import Optional
+from typing import Optional, Union
 
 from pulsetrace import _diag
-from pulsetrace._router import Request, Response, Router, text_response
+from pulsetrace._router import Request, Response, Router, json_error, text_response
+from pulsetrace._wire import BadRequest, encode, parse_head
 
 #: Requests whose head is larger than this get 431.
 MAX_HEAD_BYTES = 8192
+#: Requests whose body is larger than this get 413.
+MAX_BODY_BYTES = 65536
+#: The methods whose body is read (when a route takes the method).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: How long a closed response lingers to absorb what the client still sends.
 LINGER_S = 1.0
-#: Bodies at least this large are gzip-compressed for clients that accept it.
-GZIP_MIN_BYTES = 1024
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
 _RECV = 65536
-_ALLOW = "GET, HEAD"
-
-
-def _accepts_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        coding, _, params = part.partition(";")
-        if coding.strip().lower() not in ("gzip", "x-gzip"):
-            continue
-        q = params.strip().lower()
-        if q.startswith("q="):
-            try:
-                return float(q[2:]) > 0
-            except ValueError:
-                return False
-        return True
-    return False
-
-
-def encode(request: Optional[Request], response: Response) -> bytes:
-    """The bytes of ``response`` on the wire (no body for HEAD), gzip-encoded
-    when the client accepts it and the body is large enough."""
-    status, headers, body = response
-    headers = list(headers)
-    names = {k.lower() for k, _ in headers}
-    if request is not None and len(body) >= GZIP_MIN_BYTES and "content-encoding" not in names:
-        headers.append(("Vary", "Accept-Encoding"))
-        if _accepts_gzip(request.headers.get("accept-encoding", "")):
-            # Level 1: a fraction of the rendering's cost; zlib releases the
-            # GIL while it compresses. (wbits 31: a gzip stream.)
-            gz = zlib.compressobj(1, zlib.DEFLATED, 31)
-            body = gz.compress(body) + gz.flush()
-            headers.append(("Content-Encoding", "gzip"))
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines.extend(f"{k}: {v}" for k, v in headers)
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-    if request is not None and request.method == "HEAD":
-        return head
-    return head + body
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, *headers: tuple[str, str]) -> None:
-        super().__init__(message)
-        self.response = text_response(status, message + "\n", *headers)
-
-
-def parse_head(head: bytes) -> Request:
-    """The request in ``head`` (without its blank line), or BadRequest."""
-    text = head.decode("latin-1")
-    line, *header_lines = text.replace("\r\n", "\n").split("\n")
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, f"bad request line: {line[:100]!r}")
-    method, target, _ = parts
-    if method not in ("GET", "HEAD"):
-        if not method.isalpha() or not method.isupper():
-            raise BadRequest(400, f"bad method: {method[:20]!r}")
-        raise BadRequest(405, f"method {method} not allowed", ("Allow", _ALLOW))
-    if target.startswith(("http://", "https://")):
-        slash = target.find("/", target.index("//") + 2)
-        target = target[slash:] if slash >= 0 else "/"
-    if not target.startswith("/"):
-        raise BadRequest(400, f"bad request target: {target[:100]!r}")
-    path, _, query = target.partition("?")
-    headers: dict[str, str] = {}
-    for h in header_lines:
-        name, sep, value = h.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"bad header line: {h[:100]!r}")
-        name = name.lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Request(method, path, query, headers)
 
 
 # Connection phases.
@@ -156,7 +87,7 @@ _READ, _HANDLE, _WRITE, _LINGER = range(4)
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "events", "out", "phase", "sock")
+    __slots__ = ("buf", "deadline", "events", "need", "out", "phase", "request", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -165,6 +96,9 @@ class _Conn:
         self.deadline = float("inf")
         self.events = 0
         self.out = memoryview(b"")
+        # While a body is read: the request (its head) and the body's length.
+        self.request: Optional[Request] = None
+        self.need = 0
 
 
 _LISTENER = object()
@@ -199,6 +133,7 @@ class Server:
         read_timeout: float = 5.0,
         workers: int = 4,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES,
         name: str = "pulsetrace-server",
     ) -> None:
         for what, value, ok in (
@@ -206,6 +141,7 @@ class Server:
             ("workers", workers, workers >= 1),
             ("read_timeout", read_timeout, read_timeout > 0),
             ("max_head_bytes", max_head_bytes, max_head_bytes >= 64),
+            ("max_body_bytes", max_body_bytes, max_body_bytes >= 0),
         ):
             if not ok:
                 raise ValueError(f"the server's {what} cannot be {value!r}")
@@ -213,6 +149,9 @@ class Server:
         self.max_connections = max_connections
         self.read_timeout = read_timeout
         self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = max_body_bytes
+        # The methods whose body is read: those a route takes with a body.
+        self._body_methods = BODY_METHODS & router.methods()
         self.name = name
         self._listener = _bind(host, port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
@@ -352,8 +291,14 @@ class Server:
         if conn.phase == _WRITE:
             self._write(conn)
             return
-        # A head is read no further than its limit (and its blank line).
-        size = _RECV if conn.phase == _LINGER else self.max_head_bytes + 4 - len(conn.buf)
+        # A head is read no further than its limit (and its blank line), a
+        # body no further than its length.
+        if conn.phase == _LINGER:
+            size = _RECV
+        elif conn.request is not None:
+            size = max(1, min(_RECV, conn.need - len(conn.buf)))
+        else:
+            size = self.max_head_bytes + 4 - len(conn.buf)
         try:
             data = conn.sock.recv(size)
         except (BlockingIOError, InterruptedError):
@@ -367,6 +312,11 @@ class Server:
         # _LINGER: discard.
 
     def _read(self, conn: _Conn, data: bytes) -> None:
+        if conn.request is not None:
+            conn.buf += data
+            if len(conn.buf) >= conn.need:
+                self._handle(conn, conn.request._replace(body=bytes(conn.buf[: conn.need])))
+            return
         start = max(0, len(conn.buf) - 3)
         conn.buf += data
         end = conn.buf.find(b"\r\n\r\n", start)
@@ -380,6 +330,7 @@ class Server:
             self._respond(conn, _too_large(self.max_head_bytes))
             return
         head = bytes(conn.buf[:end])
+        rest = conn.buf[end + (4 if conn.buf[end : end + 4] == b"\r\n\r\n" else 2) :]
         conn.buf = bytearray()
         try:
             request = parse_head(head)
@@ -389,7 +340,35 @@ class Server:
         except Exception:  # undecodable beyond repair
             self._respond(conn, encode(None, text_response(400, "bad request\n")))
             return
-        del self._reading[conn]
+        if request.method in self._body_methods:
+            need = self._body_length(request)
+            if isinstance(need, Response):
+                self._respond(conn, encode(request, need))
+                return
+            if need > len(rest):
+                conn.request, conn.need, conn.buf = request, need, bytearray(rest)
+                return
+            request = request._replace(body=bytes(rest[:need]))
+        self._handle(conn, request)
+
+    def _body_length(self, request: Request) -> Union[int, Response]:
+        """The declared length of the request's body, or the error response."""
+        if "transfer-encoding" in request.headers:
+            return json_error(411, "a request body needs Content-Length (chunked is not accepted)")
+        raw = request.headers.get("content-length", "0").strip()
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+            return json_error(400, f"bad Content-Length: {raw[:30]!r}")
+        need = int(raw)
+        if need > self.max_body_bytes:
+            return json_error(413, f"request body larger than {self.max_body_bytes} bytes")
+        return need
+
+    def _handle(self, conn: _Conn, request: Request) -> None:
+        conn.request, conn.need, conn.buf = None, 0, bytearray()
+        if self.router.is_inline(request):  # O(1): answered here, never queued
+            self._respond(conn, self._render(request))
+            return
+        self._reading.pop(conn, None)
         self._unwatch(conn)
         conn.phase = _HANDLE
         conn.deadline = float("inf")
@@ -487,13 +466,15 @@ class Server:
             if job is None or self._stopping:
                 return
             conn, request = job
-            try:
-                data = encode(request, self.router.handle(request))
-            except Exception as exc:
-                _diag.internal_error(f"{self.name}.encode", exc)
-                data = encode(None, text_response(500, "internal error\n"))
-            self._done.append((conn, data))
+            self._done.append((conn, self._render(request)))
             self._wake()
+
+    def _render(self, request: Request) -> bytes:
+        try:
+            return encode(request, self.router.handle(request))
+        except Exception as exc:
+            _diag.internal_error(f"{self.name}.encode", exc)
+            return encode(None, text_response(500, "internal error\n"))
 
 
 def _too_large(limit: int) -> bytes:
@@ -501,4 +482,4 @@ def _too_large(limit: int) -> bytes:
 
 
 _BUSY = encode(None, text_response(503, "server busy, retry later\n", ("Retry-After", "1")))
-_TIMEOUT = encode(None, text_response(408, "request head not received in time\n"))
+_TIMEOUT = encode(None, text_response(408, "request not received in time\n"))

@@ -40,7 +40,8 @@ def _install_sigterm() -> None:
 
 def _start_exporters() -> None:
     """The exporters the environment asks for (``OTEL_TRACES_EXPORTER``,
-    default ``otlp``), and the metrics server (``PROMETHEUS_ENABLED``)."""
+    default ``otlp``), and the metrics server (``PROMETHEUS_ENABLED``, or
+    ``MONITORING_ENABLED`` with the monitoring endpoints)."""
     from pulsetrace.export import ConsoleSpanExporter
 
     cfg = _runtime.config()
@@ -60,7 +61,7 @@ def _start_exporters() -> None:
             log.info("pulsetrace: kept traces are not exported (OTEL_TRACES_EXPORTER=none)")
     except Exception as exc:
         _diag.internal_error("auto.exporters", exc)
-    if cfg.prometheus_enabled:
+    if cfg.prometheus_enabled or cfg.monitoring_enabled:
         try:
             from pulsetrace import prometheus
 

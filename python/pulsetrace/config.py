@@ -50,6 +50,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
 COMPRESSIONS = ("gzip", "none")
+SCRUB_MODES = ("mask", "redact", "off")
 
 #: The query parameters redacted by default (a parameter is sensitive when
 #: its lower-cased name contains one of these words).
@@ -317,6 +318,11 @@ class Config:
     redact_query_params: tuple[str, ...] = field(
         default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
     )
+    scrub_mode: str = field(default="mask", metadata=_declare("PULSETRACE_SCRUB_MODE"))
+    scrub_fields: tuple[str, ...] = field(default=(), metadata=_declare("PULSETRACE_SCRUB_FIELDS"))
+    redis_obfuscate_keys: bool = field(
+        default=False, metadata=_declare("PULSETRACE_REDIS_OBFUSCATE_KEYS")
+    )
     # Export
     export_interval_ms: float = field(
         default=1_000.0, metadata=_declare("PULSETRACE_EXPORT_INTERVAL_MS", low=10, high=3_600_000)
@@ -343,6 +349,14 @@ class Config:
         default=5_000.0,
         metadata=_declare("PULSETRACE_METRICS_READ_TIMEOUT_MS", low=1, high=600_000),
     )
+    # The monitoring server (python/pulsetrace/monitoring)
+    monitoring_enabled: bool = field(default=False, metadata=_declare("MONITORING_ENABLED"))
+    monitoring_token: Optional[str] = field(
+        default=None, repr=False, metadata=_declare("PULSETRACE_MONITORING_TOKEN")
+    )
+    # The health checks the environment asks for (passwords never shown)
+    database_url: Optional[str] = field(default=None, repr=False, metadata=_declare("DATABASE_URL"))
+    redis_url: Optional[str] = field(default=None, repr=False, metadata=_declare("REDIS_URL"))
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
 
     def __post_init__(self) -> None:
@@ -353,8 +367,10 @@ class Config:
         rules = tuple((k, v) for k, v in self.keep_attributes)
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
+        object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
         _choice("log_level", self.log_level, LOG_LEVELS)
         _choice("head_sampler", self.head_sampler, HEAD_SAMPLERS)
+        _choice("scrub_mode", self.scrub_mode, SCRUB_MODES)
         why = addr_problem(self.metrics_addr)
         if why is not None:
             raise ValueError(f"pulsetrace setting metrics_addr={self.metrics_addr!r} is {why}")

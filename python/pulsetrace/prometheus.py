@@ -184,9 +184,18 @@ def _serve_metrics(request: Request) -> Response:
     return Response(200, [("Content-Type", content_type), ("Vary", "Accept")], body)
 
 
-def routes() -> Router:
-    """The metrics server's routes: the exposition at ``/metrics`` and ``/``."""
+def routes(
+    monitoring: bool = False, host: str = "127.0.0.1", token: Optional[str] = None
+) -> Router:
+    """The metrics server's routes: the exposition at ``/metrics`` and ``/``;
+    with ``monitoring``, every monitoring endpoint too (they include those
+    two), behind their access rule for a server bound to ``host``."""
     router = Router()
+    if monitoring:
+        from pulsetrace.monitoring import endpoints
+
+        endpoints.add_routes(router, host, token)
+        return router
     router.add("/metrics", _serve_metrics)
     router.add("/", _serve_metrics)
     return router
@@ -201,21 +210,28 @@ def parse_addr(raw: str) -> tuple[str, int]:
     return (host or "127.0.0.1").strip("[]"), int(port)
 
 
-def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
+def start_server(
+    addr: str = "127.0.0.1:9464", monitoring: Optional[bool] = None
+) -> Optional[tuple[str, int]]:
     """Serve ``/metrics`` on ``addr`` from daemon threads (idempotent), with
-    the configuration's connection bound and head deadline. Returns the
-    bound address, or None (with one warning) if it cannot bind."""
+    the configuration's connection bound and head deadline; with
+    ``monitoring`` (default: ``MONITORING_ENABLED``) the monitoring
+    endpoints too, and the health checks the configuration names are
+    registered. Returns the bound address, or None (with one warning) if it
+    cannot bind."""
     global _server
     with _server_lock:
         if _server is not None:
             return _server.address
         cfg = _runtime.config()
+        if monitoring is None:
+            monitoring = cfg.monitoring_enabled
         try:
             host, port = parse_addr(addr)
             server = Server(
                 host,
                 port,
-                routes(),
+                routes(monitoring, host, cfg.monitoring_token),
                 max_connections=cfg.metrics_max_connections,
                 read_timeout=cfg.metrics_read_timeout_ms / 1000,
                 name="pulsetrace-metrics",
@@ -225,9 +241,28 @@ def start_server(addr: str = "127.0.0.1:9464") -> Optional[tuple[str, int]]:
                 "pulsetrace: cannot serve metrics on %r (%s); metrics server off", addr, exc
             )
             return None
+        if monitoring:
+            _register_checks()
         server.start()
         _server = server
         return server.address
+
+
+_checks_registered = False
+
+
+def _register_checks() -> None:
+    """Once per process: the health checks the configuration names."""
+    global _checks_registered
+    if _checks_registered:
+        return
+    _checks_registered = True
+    try:
+        from pulsetrace.monitoring import endpoints
+
+        endpoints.register_from_config()
+    except Exception as exc:
+        _diag.internal_error("prometheus.health_checks", exc)
 
 
 def stop_server() -> None:

@@ -344,7 +344,7 @@ def test_pulsetrace_failures_never_change_the_response(exporter, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("pulsetrace bug")
 
-    monkeypatch.setattr(_http, "server_attributes", broken)
+    monkeypatch.setattr("pulsetrace.contrib.asgi.http_server_span", broken)
     _diag.reset()
     assert [get(p) for p in PATHS] == baseline
     with pytest.raises(Boom):

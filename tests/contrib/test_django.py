@@ -312,7 +312,8 @@ def test_pulsetrace_failure_leaves_the_response_untouched(exporter, fetch, monke
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("pulsetrace bug")
 
-    monkeypatch.setattr(_http, "server_attributes", broken)
+    monkeypatch.setattr("pulsetrace.contrib.asgi.http_server_span", broken)
+    monkeypatch.setattr("pulsetrace.contrib.wsgi.wsgi_server_span", broken)
     django_hook.patch()
     try:
         got = [fetch(p) for p in PATHS]

@@ -281,7 +281,7 @@ def test_pulsetrace_failures_never_change_the_response(app, exporter, monkeypatc
     assert [get(app, p) for p in paths] == baseline
     # Every routed path (the unmatched one looks nothing up).
     assert _diag.internal_errors() == {"asgi.route": len(paths) - 1}
-    monkeypatch.setattr(pulsetrace.contrib._http, "server_attributes", broken)
+    monkeypatch.setattr("pulsetrace.contrib.asgi.http_server_span", broken)
     _diag.reset()
     assert [get(app, p) for p in paths] == baseline
     assert _diag.internal_errors() == {"asgi.start": len(paths)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Optional
@@ -24,6 +25,7 @@ from urllib.parse import unquote
 from pulsetrace.config import (
     HEAD_SAMPLERS,
     LOG_LEVELS,
+    SCRUB_MODES,
     Config,
     addr_problem,
     crossed_bound,
@@ -186,6 +188,25 @@ def _rules(env: Mapping[str, str], var: str) -> tuple[tuple[str, Optional[str]],
     return tuple(rules)
 
 
+def _secret(env: Mapping[str, str], var: str, url: bool = False) -> Optional[str]:
+    """A value that may hold a password (with ``url``: a ``scheme://...``
+    URL): a warning about it never quotes it."""
+    raw = env.get(var)
+    if raw is None or raw.strip() == "":
+        return None
+    why = None
+    if len(raw) > MAX_VALUE_LENGTH:
+        why = f"longer than {MAX_VALUE_LENGTH} characters"
+    elif not is_text(raw):
+        why = "not valid UTF-8"
+    elif url and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", raw.strip()):
+        why = "not a URL (scheme://...)"
+    if why is not None:
+        log.warning("pulsetrace: %s is %s (value not shown); unset instead", var, why)
+        return None
+    return raw.strip()
+
+
 def _words(env: Mapping[str, str], var: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = raw_value(env, var, "using the default list")
     if raw is None:
@@ -248,8 +269,15 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
+        scrub_mode=choice(e, "PULSETRACE_SCRUB_MODE", d.scrub_mode, SCRUB_MODES),
+        scrub_fields=_words(e, "PULSETRACE_SCRUB_FIELDS", d.scrub_fields),
+        redis_obfuscate_keys=boolean(e, "PULSETRACE_REDIS_OBFUSCATE_KEYS", d.redis_obfuscate_keys),
         prometheus_enabled=boolean(e, "PROMETHEUS_ENABLED", d.prometheus_enabled),
         metrics_addr=_addr(e, "PULSETRACE_METRICS_ADDR", d.metrics_addr),
+        monitoring_enabled=boolean(e, "MONITORING_ENABLED", d.monitoring_enabled),
+        monitoring_token=_secret(e, "PULSETRACE_MONITORING_TOKEN"),
+        database_url=_secret(e, "DATABASE_URL", url=True),
+        redis_url=_secret(e, "REDIS_URL", url=True),
         otlp=_otlp.otlp(e),
         **numbers,
     )

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import wrapt
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _http
 
 #: True while an outbound HTTP span is current: a client called by another
@@ -194,8 +195,8 @@ class Call:
 def start(where: str, describe: Callable[[], tuple[Any, Any]]) -> Optional[Call]:
     """Start the CLIENT span of one request, ``describe()`` → (method, url).
     None: pass the request through (tracing off, already inside an outbound
-    span, or an internal error)."""
-    if ACTIVE.get():
+    span, pulsetrace's own work, or an internal error)."""
+    if ACTIVE.get() or SUPPRESSED.get():
         return None
     try:
         tracer = _runtime.tracer()

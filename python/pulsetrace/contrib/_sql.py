@@ -8,18 +8,19 @@ from typing import Any, Optional
 
 from pulsetrace._native import obfuscate_sql
 
-_cache: dict[str, tuple[str, Optional[str], Optional[str]]] = {}
+_cache: dict[tuple[str, str], tuple[str, Optional[str], Optional[str]]] = {}
 _attr_cache: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 _lock = threading.Lock()
 _MAX_CACHED = 4096
 MAX_QUERY_LENGTH = 4096
 
 
-def summarize(statement: Any) -> tuple[str, Optional[str], Optional[str]]:
+def summarize(statement: Any, system: str = "") -> tuple[str, Optional[str], Optional[str]]:
     """``(db.query.text, db.operation.name, db.collection.name)`` of a
-    statement: literals replaced by ``?``. A repeated statement costs a dict
-    lookup (its str hash is cached by Python), not a parse."""
-    hit = _cache.get(statement) if isinstance(statement, str) else None
+    statement: literals replaced by ``?`` (double-quoted strings too where
+    ``system`` reads them as strings: MySQL, SQLite). A repeated statement
+    costs a dict lookup (its str hash is cached by Python), not a parse."""
+    hit = _cache.get((statement, system)) if isinstance(statement, str) else None
     if hit is not None:
         return hit
     if isinstance(statement, bytes):
@@ -28,12 +29,12 @@ def summarize(statement: Any) -> tuple[str, Optional[str], Optional[str]]:
         text = statement
     else:
         text = str(statement)
-    result = obfuscate_sql(text, MAX_QUERY_LENGTH)
+    result = obfuscate_sql(text, MAX_QUERY_LENGTH, system)
     if isinstance(statement, str):
         with _lock:
             if len(_cache) >= _MAX_CACHED:
                 _cache.clear()
-            _cache[statement] = result
+            _cache[(statement, system)] = result
     return result
 
 
@@ -75,7 +76,7 @@ def _attributes(
     host: Optional[str],
     port: Optional[int],
 ) -> tuple[str, dict[str, Any]]:
-    text, operation, collection = summarize(statement)
+    text, operation, collection = summarize(statement, system)
     attrs: dict[str, Any] = {"db.system.name": system, "db.query.text": text}
     if operation:
         attrs["db.operation.name"] = operation

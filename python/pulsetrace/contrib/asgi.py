@@ -3,7 +3,10 @@
     from pulsetrace.contrib.asgi import PulsetraceASGIMiddleware
     app = PulsetraceASGIMiddleware(app)
 
-It continues an incoming ``traceparent``, records the response status (5xx
+Its name and attributes are built by the native core, the same for every
+server integration (WSGI, ASGI, Django, Starlette). It continues an incoming
+``traceparent``; without one the request is a trace of its own, whatever
+span is current where the server runs it. It records the response status (5xx
 and unhandled exceptions are errors, 4xx are not), and ends the span when
 the last chunk of the response body has been sent, so streaming responses
 are timed whole. A request the client abandons (the application returns
@@ -28,6 +31,7 @@ from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._native import http_server_span
 from pulsetrace.contrib import _http
 
 SUPPORTED = "ASGI 3"
@@ -76,29 +80,29 @@ def _headers(scope: Scope) -> dict[bytes, str]:
 
 
 def start_server_span(scope: Scope, tracer: Any) -> Any:
-    """The SERVER span of an ASGI ``http`` request (not yet current)."""
-    raw_method = scope.get("method") or "GET"
-    method = _http.method_of(raw_method)
+    """The SERVER span of an ASGI ``http`` request (not yet current). Its
+    name and attributes are the native core's (``pulsetrace_core::http``),
+    the same as a WSGI request's: this only reads the scope."""
     headers = _headers(scope)
     server = scope.get("server") or (None, None)
-    host, port = _http.split_host(headers.get(b"host") or server[0], server[1])
     client = scope.get("client")
-    query = scope.get("query_string") or b""
-    attrs = _http.server_attributes(
-        method,
-        raw_method,
-        scope.get("path") or "/",
-        bytes(query).decode("utf-8", "replace"),
-        scope.get("scheme") or "http",
-        host,
-        port,
-        client[0] if client else None,
-        headers.get(b"user-agent"),
-        scope.get("http_version"),
-    )
-    parent = tracer.extract(headers.get(b"traceparent"), headers.get(b"tracestate"))
-    return tracer.start_span(
-        _http.span_name(method, None), kind="server", attributes=attrs, parent=parent
+    return http_server_span(
+        tracer,
+        scope.get("method"),
+        scheme=scope.get("scheme"),
+        host=headers.get(b"host"),
+        server_name=server[0],
+        server_port=server[1],
+        # The path as received, when the server gives it: its bytes decode
+        # as a WSGI server's do (``path`` has U+FFFD for bytes that are not
+        # UTF-8).
+        path=scope.get("raw_path") or scope.get("path"),
+        query=scope.get("query_string"),
+        client=client[0] if client else None,
+        user_agent=headers.get(b"user-agent"),
+        protocol=scope.get("http_version"),
+        traceparent=headers.get(b"traceparent"),
+        tracestate=headers.get(b"tracestate"),
     )
 
 
@@ -158,8 +162,7 @@ class _Request:
         try:
             route = (self.scope.get(ROUTE_OF_KEY) or self.route_of)(self.scope)
             if route:
-                method = _http.method_of(self.scope.get("method") or "GET")
-                self.span.update_name(_http.span_name(method, route))
+                self.span.update_name(_http.span_name(self.scope.get("method"), route))
                 self.span.set_attribute("http.route", route)
         except Exception as exc:
             _diag.internal_error("asgi.route", exc)

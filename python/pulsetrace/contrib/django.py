@@ -27,7 +27,7 @@ from typing import Any, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
-from pulsetrace.contrib import _http, wsgi
+from pulsetrace.contrib import _http, asgi, wsgi
 from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=4.2"
@@ -41,16 +41,13 @@ _active = False
 
 
 def _start(request: Any, tracer: Any) -> Any:
-    meta = request.META
     scope = getattr(request, "scope", None)
-    if isinstance(scope, dict) and "wsgi.url_scheme" not in meta:
-        # An ASGI request: META has the headers and addresses, not these two.
-        meta = {
-            **meta,
-            "wsgi.url_scheme": scope.get("scheme") or "http",
-            "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version') or '1.1'}",
-        }
-    return wsgi.start_server_span(meta, tracer)
+    if isinstance(scope, dict):
+        # Under ASGI the request is read from its scope, as any ASGI app's.
+        return asgi.start_server_span(scope, tracer)
+    # Django's META is the environ, with PATH_INFO replaced by the decoded
+    # path: the path is read from ``request.path`` instead.
+    return wsgi.start_server_span(request.META, tracer, request.path)
 
 
 def _route(request: Any) -> Optional[str]:
@@ -75,7 +72,7 @@ def _end(span: Any) -> None:
 def _name(span: Any, request: Any) -> None:
     route = _route(request)
     if route is not None:
-        span.update_name(_http.span_name(_http.method_of(request.method), route))
+        span.update_name(_http.span_name(request.method, route))
         span.set_attribute("http.route", route)
 
 

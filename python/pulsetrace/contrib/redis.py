@@ -9,9 +9,12 @@ A command span is named after the command (``GET``, ``CLIENT SETNAME``), never
 a key. ``db.query.text`` keeps the command and its key and replaces every other
 argument by ``?`` (``SET user:1 ?``, ``HSET h ? ?``); a command without a key
 (``PING``, ``AUTH``, ``CONFIG SET``, ``EVAL``) keeps its name alone; at most
-1000 characters. Also ``db.system.name=redis``, ``db.operation.name``,
-``db.namespace`` (the database index, ``"0"``), ``server.address`` and
-``server.port`` (or the Unix socket path).
+1000 characters. With ``PULSETRACE_REDIS_OBFUSCATE_KEYS=true`` the key is a
+``?`` too (``GET ?``); otherwise personal data in a key (``user:a@b.com``) is
+masked by the scrubber at export like any attribute. Also
+``db.system.name=redis``, ``db.operation.name``, ``db.namespace`` (the
+database index, ``"0"``), ``server.address`` and ``server.port`` (or the Unix
+socket path).
 
 A pipeline is one span when executed, ``PIPELINE`` or, for a transaction,
 ``MULTI``, with ``db.operation.batch.size`` (its command count),
@@ -32,6 +35,7 @@ import re
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=5.0"
@@ -96,7 +100,11 @@ def _query(op: str, first: Any, n: int, keyed: Optional[bool] = None) -> str:
     """``SET user:1 ?``: the command, its key if it has one, a ``?`` for every other argument."""
     text = op
     if n and (_has_key(op) if keyed is None else keyed):
-        key = first[:_MAX_KEY_LENGTH] if type(first) is str else _text(first)
+        cfg = _runtime._config
+        if cfg is not None and cfg.redis_obfuscate_keys:
+            key = "?"
+        else:
+            key = first[:_MAX_KEY_LENGTH] if type(first) is str else _text(first)
         text, n = f"{op} {key}", n - 1
     return (text + " ?" * min(n, MAX_QUERY_LENGTH // 2))[:MAX_QUERY_LENGTH]
 
@@ -187,7 +195,10 @@ def _pipeline(instance: Any, _args: Any) -> Optional[tuple[str, dict[str, Any]]]
 
 def _start(describe: Any, instance: Any, args: Any) -> Any:
     """A CLIENT span named and described by ``describe``, or None (tracing off,
-    nothing sent, or a pulsetrace failure: the call then runs untraced)."""
+    nothing sent, pulsetrace's own work, or a pulsetrace failure: the call
+    then runs untraced)."""
+    if SUPPRESSED.get():
+        return None
     try:
         tracer = _runtime._tracer or _runtime.tracer()
         if not tracer.enabled:

@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from pulsetrace import _runtime
-from pulsetrace._native import wsgi_call
-from pulsetrace.contrib import _http
+from pulsetrace._native import wsgi_call, wsgi_server_span
 
 SUPPORTED = "PEP 3333"
 
@@ -28,34 +27,12 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-def start_server_span(environ: Environ, tracer: Any) -> Any:
-    """The SERVER span of a WSGI request (not yet current)."""
-    raw_method = environ.get("REQUEST_METHOD") or "GET"
-    method = _http.method_of(raw_method)
-    scheme = environ.get("wsgi.url_scheme", "http")
-    default_port = environ.get("SERVER_PORT")
-    host, port = _http.split_host(
-        environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
-        int(default_port) if default_port and str(default_port).isdigit() else None,
-    )
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    protocol = environ.get("SERVER_PROTOCOL", "")
-    attrs = _http.server_attributes(
-        method,
-        raw_method,
-        path or "/",
-        environ.get("QUERY_STRING", ""),
-        scheme,
-        host,
-        port,
-        environ.get("REMOTE_ADDR"),
-        environ.get("HTTP_USER_AGENT"),
-        protocol.split("/", 1)[1] if "/" in protocol else None,
-    )
-    parent = tracer.extract(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
-    return tracer.start_span(
-        _http.span_name(method, None), kind="server", attributes=attrs, parent=parent
-    )
+def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None) -> Any:
+    """The SERVER span of a WSGI request (not yet current): the one the
+    native request path starts, named and given its attributes by the core
+    (``pulsetrace_core::http``). ``path``, if given, is the request's path
+    as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``."""
+    return wsgi_server_span(tracer, environ, path)
 
 
 def traced_call(

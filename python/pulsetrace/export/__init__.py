@@ -1,9 +1,19 @@
 """Exporters: where kept traces go.
 
-An exporter has ``export(traces) -> ExportResult`` (``traces`` is a list of
-traces, each a list of :class:`pulsetrace.SpanData`), ``force_flush(timeout)``
-and ``shutdown(timeout)``. Exporters run on pulsetrace's export thread,
-never on a request thread.
+Kept traces leave the native core's export queue (one bounded queue) on
+pulsetrace's one export thread, which sleeps until a batch is ready (full,
+or its oldest trace waited ``PULSETRACE_EXPORT_INTERVAL_MS``), a flush or a
+shutdown; nothing polls. Each batch is one :class:`SpanBatch`, handed to
+every exporter in turn.
+
+An exporter implements :class:`SpanExporter`: ``export(batch) ->
+ExportResult``, ``force_flush(timeout)`` and ``shutdown(timeout)``. A batch
+is a sequence of traces, each a list of :class:`pulsetrace.SpanData` (what
+the in-memory and console exporters read), and also gives the same spans as
+natively encoded OTLP requests (:meth:`SpanBatch.otlp_requests`, what the
+OTLP exporter sends): each form is built once per batch, only if an
+exporter asks for it. Exporters run on the export thread (or in
+``pulsetrace.flush``), never on a request thread.
 """
 
 from __future__ import annotations
@@ -12,15 +22,16 @@ import enum
 import json
 import sys
 import threading
-from collections.abc import Sequence
-from typing import IO, Optional, Protocol, runtime_checkable
+from collections.abc import Iterator, Sequence
+from typing import IO, Callable, Optional, Protocol, Union, overload, runtime_checkable
 
-from pulsetrace._native import SpanData
+from pulsetrace._native import Batch, SpanData
 
 __all__ = [
     "ConsoleSpanExporter",
     "ExportResult",
     "InMemorySpanExporter",
+    "SpanBatch",
     "SpanExporter",
     "span_to_dict",
 ]
@@ -29,17 +40,95 @@ Trace = Sequence[SpanData]
 
 
 class ExportResult(enum.Enum):
+    """What an exporter did with a batch. SUCCESS: every span delivered;
+    FAILURE: none delivered (both counted in ``spans_delivered`` /
+    ``spans_delivery_failed`` for the exporter); QUEUED: taken, to be
+    delivered later by the exporter, which counts each span's outcome itself
+    (``pulsetrace._runtime.record_delivery``) once it knows it."""
+
     SUCCESS = 0
     FAILURE = 1
+    QUEUED = 2
+
+
+class SpanBatch(Sequence[Trace]):
+    """Kept traces taken from the export queue together: a sequence of
+    traces (each a list of SpanData, late spans of a kept trace as a trace
+    of their own), and the same spans as OTLP requests. Built once per
+    batch and shared by every exporter: do not keep it past ``export``."""
+
+    __slots__ = ("_max_request_bytes", "_native", "_on_oversized", "_otlp", "_traces")
+
+    def __init__(
+        self,
+        native: Batch,
+        max_request_bytes: Optional[int] = None,
+        on_oversized: Optional[Callable[[int], None]] = None,
+    ) -> None:
+        self._native = native
+        self._max_request_bytes = max_request_bytes
+        self._on_oversized = on_oversized
+        self._traces: Optional[list[list[SpanData]]] = None
+        self._otlp: Optional[tuple[list[tuple[bytes, int]], int]] = None
+
+    @property
+    def spans(self) -> int:
+        """Number of spans (``len()`` is the number of traces)."""
+        return len(self._native)
+
+    def _list(self) -> list[list[SpanData]]:
+        if self._traces is None:
+            self._traces = self._native.traces()
+        return self._traces
+
+    def __len__(self) -> int:
+        return self._native.trace_count
+
+    @overload
+    def __getitem__(self, index: int) -> Trace: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Trace]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Trace, Sequence[Trace]]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[Trace]:
+        return iter(self._list())
+
+    def otlp_requests(self) -> tuple[list[tuple[bytes, int]], int]:
+        """The batch as OTLP ``ExportTraceServiceRequest`` bytes, each within
+        ``PULSETRACE_EXPORT_MAX_REQUEST_BYTES``: ``([(request, spans), ...],
+        oversized)``, where ``oversized`` spans were each too large for a
+        request of their own and are in none. Encoded natively (without the
+        GIL) on first call."""
+        if self._otlp is None:
+            limit = self._max_request_bytes
+            native = self._native
+            self._otlp = native.otlp_requests() if limit is None else native.otlp_requests(limit)
+            if self._otlp[1] and self._on_oversized is not None:
+                self._on_oversized(self._otlp[1])
+        return self._otlp
 
 
 @runtime_checkable
 class SpanExporter(Protocol):
-    def export(self, traces: Sequence[Trace]) -> ExportResult: ...
+    """Where kept traces go: the in-memory, console and OTLP exporters
+    implement it, and so can an application's own."""
 
-    def force_flush(self, timeout: float = 30.0) -> bool: ...
+    def export(self, batch: SpanBatch, /) -> ExportResult:
+        """Take one batch; never raises (an exception is counted as a failed
+        export). Called on the export thread, one batch at a time."""
+        ...
 
-    def shutdown(self, timeout: float = 30.0) -> None: ...
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Deliver what this exporter holds within ``timeout`` seconds;
+        False if it could not."""
+        ...
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Deliver what it holds within ``timeout`` seconds, then stop."""
+        ...
 
 
 def span_to_dict(span: SpanData) -> dict[str, object]:
@@ -60,7 +149,7 @@ def span_to_dict(span: SpanData) -> dict[str, object]:
     }
 
 
-class InMemorySpanExporter:
+class InMemorySpanExporter(SpanExporter):
     """Keeps every exported span in memory (for tests and examples)."""
 
     def __init__(self) -> None:
@@ -68,7 +157,7 @@ class InMemorySpanExporter:
         self._traces: list[list[SpanData]] = []
         self._stopped = False
 
-    def export(self, traces: Sequence[Trace]) -> ExportResult:
+    def export(self, traces: Sequence[Trace], /) -> ExportResult:
         if self._stopped:
             return ExportResult.FAILURE
         with self._lock:
@@ -95,13 +184,13 @@ class InMemorySpanExporter:
         self._stopped = True
 
 
-class ConsoleSpanExporter:
+class ConsoleSpanExporter(SpanExporter):
     """Writes one JSON object per span to a stream (default: stdout)."""
 
     def __init__(self, out: Optional[IO[str]] = None) -> None:
         self._out = out
 
-    def export(self, traces: Sequence[Trace]) -> ExportResult:
+    def export(self, traces: Sequence[Trace], /) -> ExportResult:
         out = self._out or sys.stdout
         try:
             for t in traces:

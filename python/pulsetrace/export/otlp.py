@@ -62,7 +62,6 @@ failure; the send's final outcome is logged at DEBUG.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import gzip
 import http.client
 import logging
@@ -78,6 +77,13 @@ from urllib.parse import urlsplit
 
 from pulsetrace import _diag
 from pulsetrace.config import GRPC, OtlpConfig
+from pulsetrace.export.otlp_wire import (
+    Attempt,
+    grpc_error_attempt,
+    http_answer_attempt,
+    partial_success,
+    unreachable,
+)
 
 __all__ = ["OtlpConfig", "OtlpTransport", "SendResult", "config_from_env"]
 
@@ -97,11 +103,6 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 _LOG_INTERVAL_S = 60.0
-_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
-_RETRYABLE_GRPC = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "DATA_LOSS", "CANCELLED"}
-)
-_RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 # Headers the transport sets itself; configured ones of these names are ignored.
 _HTTP_OWN_HEADERS = frozenset(
     "content-type content-encoding content-length transfer-encoding connection host".split()
@@ -126,137 +127,6 @@ class SendResult:
     retryable: bool = False
     retry_after: Optional[float] = None
     unreachable: bool = False
-
-
-@dataclass
-class _Attempt:
-    ok: bool
-    error: Optional[str] = None
-    kind: str = ""
-    retryable: bool = False
-    retry_after: Optional[float] = None
-    rejected_spans: int = 0
-    partial_error: str = ""
-
-
-def _unreachable(attempt: _Attempt) -> bool:
-    """No collector answered: a refused or failed connection (a timeout is
-    a slow collector, not a missing one)."""
-    if attempt.kind == "grpc UNAVAILABLE":
-        return True
-    return attempt.kind.startswith("connection ") and "timed out" not in (attempt.error or "")
-
-
-# -- protobuf wire format (just what the answers need) -------------------------
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> list[tuple[int, Any]]:
-    """(field number, value) pairs of a message: ints for varints, bytes for
-    the rest. Raises ValueError on malformed input."""
-    out: list[tuple[int, Any]] = []
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        number, wire = key >> 3, key & 7
-        value: Any
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            value, i = buf[i : i + n], i + n
-        elif wire in (1, 5):
-            n = 8 if wire == 1 else 4
-            value, i = buf[i : i + n], i + n
-        else:
-            raise ValueError(f"wire type {wire}")
-        if i > len(buf):
-            raise ValueError("truncated field")
-        out.append((number, value))
-    return out
-
-
-def _int64(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _partial_success(response: bytes) -> tuple[int, str]:
-    """``(rejected_spans, error_message)`` of an ExportTraceServiceResponse."""
-    rejected, message = 0, ""
-    try:
-        for number, value in _fields(response):
-            if number == 1 and isinstance(value, bytes):
-                for n, v in _fields(value):
-                    if n == 1 and isinstance(v, int):
-                        rejected = max(_int64(v), 0)
-                    elif n == 2 and isinstance(v, bytes):
-                        message = v.decode("utf-8", "replace")
-    except ValueError:
-        return 0, ""
-    return rejected, message
-
-
-def _duration(buf: bytes) -> float:
-    seconds = nanos = 0
-    for n, v in _fields(buf):
-        if n == 1 and isinstance(v, int):
-            seconds = _int64(v)
-        elif n == 2 and isinstance(v, int):
-            nanos = _int64(v)
-    return max(seconds + nanos / 1e9, 0.0)
-
-
-def _retry_info_delay(retry_info: bytes) -> Optional[float]:
-    for n, v in _fields(retry_info):
-        if n == 1 and isinstance(v, bytes):
-            return _duration(v)
-    return None
-
-
-def _status(buf: bytes) -> tuple[str, Optional[float]]:
-    """``(message, RetryInfo delay or None)`` of a google.rpc.Status."""
-    message, delay = "", None
-    try:
-        for n, v in _fields(buf):
-            if n == 2 and isinstance(v, bytes):
-                message = v.decode("utf-8", "replace")
-            elif n == 3 and isinstance(v, bytes):
-                any_fields = dict(_fields(v))
-                if any_fields.get(1) == _RETRY_INFO_TYPE.encode():
-                    delay = _retry_info_delay(any_fields.get(2, b""))
-    except ValueError:
-        return "", None
-    return message, delay
-
-
-def _retry_after(header: Optional[str]) -> Optional[float]:
-    """HTTP ``Retry-After``: seconds or an HTTP date."""
-    if not header:
-        return None
-    header = header.strip()
-    try:
-        return max(float(header), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _user_agent() -> str:
@@ -360,16 +230,16 @@ class OtlpTransport:
     # -- the retry loop -----------------------------------------------------
 
     def _send(self, payload: bytes, deadline: float) -> SendResult:
-        last: list[_Attempt] = []
+        last: list[Attempt] = []
         result = self._send_attempts(payload, deadline, last)
         if result.ok or not last:
             return result
         attempt = last[-1]
         return dataclasses.replace(
-            result, retry_after=attempt.retry_after, unreachable=_unreachable(attempt)
+            result, retry_after=attempt.retry_after, unreachable=unreachable(attempt)
         )
 
-    def _send_attempts(self, payload: bytes, deadline: float, last: list[_Attempt]) -> SendResult:
+    def _send_attempts(self, payload: bytes, deadline: float, last: list[Attempt]) -> SendResult:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._fail(0, "payload is not bytes", "bad payload", False)
         if self._setup_error is not None:
@@ -422,11 +292,11 @@ class OtlpTransport:
             # The wait ran out, or stop_retrying() ended it: one more attempt now.
             retries += 1
 
-    def _first_failure(self, attempt: _Attempt, error: str, will_retry: bool) -> None:
+    def _first_failure(self, attempt: Attempt, error: str, will_retry: bool) -> None:
         """Say at once that a send failed (rate limited per kind of failure),
         not only when its retries are over."""
-        unreachable = _unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
-        what = "cannot reach the OTLP collector at" if unreachable else "OTLP export failed at"
+        gone = unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
+        what = "cannot reach the OTLP collector at" if gone else "OTLP export failed at"
         then = (
             "retrying; its spans stay queued while the export queue has room "
             "(PULSETRACE_EXPORT_QUEUE_SIZE)"
@@ -517,7 +387,7 @@ class OtlpTransport:
             channel = grpc.secure_channel(target, credentials, options=options)
         self._channel = channel
         # Bytes in, bytes out: the request is already encoded, the answer is
-        # read with the few lines of wire-format parsing above.
+        # read with the few lines of wire-format parsing in otlp_wire.
         self._export = channel.unary_unary(
             EXPORT_METHOD, request_serializer=None, response_deserializer=None
         )
@@ -530,11 +400,11 @@ class OtlpTransport:
             else grpc.Compression.NoCompression
         )
 
-    def _grpc_attempt(self, payload: bytes, timeout: float) -> _Attempt:
+    def _grpc_attempt(self, payload: bytes, timeout: float) -> Attempt:
         grpc = self._grpc
         export = self._export
         if export is None or self._channel is None:
-            return _Attempt(ok=False, error="the transport is shut down", kind="shutdown")
+            return Attempt(ok=False, error="the transport is shut down", kind="shutdown")
         try:
             response, _call = export.with_call(
                 payload,
@@ -543,50 +413,11 @@ class OtlpTransport:
                 compression=self._compression,
             )
         except grpc.RpcError as exc:
-            return self._grpc_error(exc)
+            return grpc_error_attempt(exc, self._closed.is_set())
         except ValueError as exc:  # a closed channel
-            return _Attempt(ok=False, error=f"gRPC: {exc}", kind="grpc error")
-        rejected, message = _partial_success(response or b"")
-        return _Attempt(ok=True, rejected_spans=rejected, partial_error=message)
-
-    def _grpc_error(self, exc: Any) -> _Attempt:
-        try:
-            code = exc.code()
-            details = exc.details() or ""
-            trailing = exc.trailing_metadata() or ()
-        except Exception:
-            return _Attempt(ok=False, error=f"gRPC error: {exc!r}", kind="grpc error")
-        name = getattr(code, "name", str(code))
-        delay: Optional[float] = None
-        for key, value in trailing:
-            if not isinstance(value, bytes):
-                continue
-            try:
-                if key == "grpc-status-details-bin":
-                    message, found = _status(value)
-                    details = details or message
-                elif key == "google.rpc.retryinfo-bin":
-                    found = _retry_info_delay(value)
-                else:
-                    continue
-            except ValueError:
-                continue
-            if found is not None:
-                delay = found
-        retryable = name in _RETRYABLE_GRPC or (name == "RESOURCE_EXHAUSTED" and delay is not None)
-        kind = f"grpc {name}"
-        if "CERTIFICATE_VERIFY_FAILED" in details:
-            # A certificate that does not verify will not verify on a retry.
-            retryable, kind = False, "tls"
-        if self._closed.is_set():
-            retryable = False
-        return _Attempt(
-            ok=False,
-            error=f"gRPC {name}: {details}" if details else f"gRPC {name}",
-            kind=kind,
-            retryable=retryable,
-            retry_after=delay,
-        )
+            return Attempt(ok=False, error=f"gRPC: {exc}", kind="grpc error")
+        rejected, message = partial_success(response or b"")
+        return Attempt(ok=True, rejected_spans=rejected, partial_error=message)
 
     # -- HTTP/protobuf ------------------------------------------------------
 
@@ -620,7 +451,7 @@ class OtlpTransport:
             ), False
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
 
-    def _http_attempt(self, payload: bytes, timeout: float, fresh: bool = False) -> _Attempt:
+    def _http_attempt(self, payload: bytes, timeout: float, fresh: bool = False) -> Attempt:
         body = payload
         if self.config.compression == "gzip":
             body = gzip.compress(payload, compresslevel=6, mtime=0)
@@ -642,7 +473,7 @@ class OtlpTransport:
             data = response.read()
         except ssl.SSLCertVerificationError as exc:
             conn.close()
-            return _Attempt(ok=False, error=f"TLS: {exc.verify_message or exc}", kind="tls")
+            return Attempt(ok=False, error=f"TLS: {exc.verify_message or exc}", kind="tls")
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             left = timeout - (time.monotonic() - started)
@@ -658,35 +489,14 @@ class OtlpTransport:
                 self._http_idle.append(conn)
         if not keep:
             conn.close()
-        return self._http_answer(response, data)
+        return http_answer_attempt(response, data)
 
-    def _connection_error(self, exc: BaseException) -> _Attempt:
+    def _connection_error(self, exc: BaseException) -> Attempt:
         kind = type(exc).__name__
         text = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or kind
-        return _Attempt(
+        return Attempt(
             ok=False,
             error=f"HTTP connection to {self._host}:{self._port} failed: {text}",
             kind=f"connection {kind}",
             retryable=not self._closed.is_set(),
-        )
-
-    def _http_answer(self, response: http.client.HTTPResponse, data: bytes) -> _Attempt:
-        status = response.status
-        if 200 <= status < 300:
-            rejected, message = _partial_success(data)
-            return _Attempt(ok=True, rejected_spans=rejected, partial_error=message)
-        message = ""
-        ctype = (response.getheader("content-type") or "").lower()
-        if "protobuf" in ctype:
-            message, _ = _status(data)
-        elif data:
-            message = data[:200].decode("utf-8", "replace").strip()
-        error = f"HTTP {status} {response.reason}" + (f": {message}" if message else "")
-        retryable = status in _RETRYABLE_HTTP
-        return _Attempt(
-            ok=False,
-            error=error,
-            kind=f"http {status}",
-            retryable=retryable,
-            retry_after=_retry_after(response.getheader("retry-after")) if retryable else None,
         )

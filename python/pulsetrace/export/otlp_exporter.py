@@ -1,5 +1,7 @@
 """The OTLP span exporter: kept traces to Jaeger or any OpenTelemetry
-Collector, as natively encoded ``ExportTraceServiceRequest`` bytes.
+Collector, as natively encoded ``ExportTraceServiceRequest`` bytes (each
+batch's :meth:`~pulsetrace.export.SpanBatch.otlp_requests`, encoded once per
+batch whatever the number of OTLP exporters).
 
 The network I/O runs on the exporter's own sender thread, behind a queue of
 encoded requests bounded in spans (``PULSETRACE_EXPORT_QUEUE_SIZE``): a
@@ -30,13 +32,12 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace.config import OtlpConfig, environment
-from pulsetrace.export import ExportResult
+from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
 from pulsetrace.export.otlp import INITIAL_BACKOFF_S, MAX_BACKOFF_S, OtlpTransport
 
 __all__ = ["OtlpSpanExporter"]
@@ -55,7 +56,7 @@ class _Request:
     failures: int = 0
 
 
-class OtlpSpanExporter:
+class OtlpSpanExporter(SpanExporter):
     """Sends kept traces over OTLP (gRPC or HTTP/protobuf) with retries."""
 
     def __init__(
@@ -124,8 +125,24 @@ class OtlpSpanExporter:
             self._thread = threading.Thread(target=self._run, name="pulsetrace-otlp", daemon=True)
             self._thread.start()
 
-    def export_otlp(self, payload: bytes, spans: int) -> ExportResult:
-        """Queue one encoded request of ``spans`` spans for sending."""
+    def export(self, batch: SpanBatch, /) -> ExportResult:
+        """Queue the batch's natively encoded OTLP requests for sending.
+        Returns QUEUED: the outcome of every span (oversized, lost to the
+        queue bound, delivered or not) is counted here, once known."""
+        requests, oversized = batch.otlp_requests()
+        lost = oversized
+        if oversized:
+            _runtime.record_delivery(0, oversized)
+        for payload, spans in requests:
+            if self._queue_request(payload, spans) is not ExportResult.QUEUED:
+                lost += spans
+        if lost:
+            _runtime.count_export_failure()
+        return ExportResult.QUEUED
+
+    def _queue_request(self, payload: bytes, spans: int) -> ExportResult:
+        """Queue one encoded request of ``spans`` spans for sending: QUEUED,
+        or FAILURE (counted as not delivered) when it does not fit."""
         with self._cv:
             queued = (
                 not self._stopping and self._queued_spans + spans <= self.max_queued_spans
@@ -140,7 +157,7 @@ class OtlpSpanExporter:
         if not queued:
             _runtime.record_delivery(0, spans)
             return ExportResult.FAILURE
-        return ExportResult.SUCCESS
+        return ExportResult.QUEUED
 
     def _lose(self, spans: int) -> None:
         """With ``self._cv`` held."""
@@ -231,11 +248,6 @@ class OtlpSpanExporter:
         self._queue.clear()
         self._queued_spans -= spans
         return spans
-
-    def export(self, traces: Sequence[Any]) -> ExportResult:
-        """Not used: pulsetrace hands this exporter encoded requests
-        (``export_otlp``). Kept for the exporter protocol."""
-        return ExportResult.FAILURE
 
     def counters(self) -> dict[str, int]:
         with self._cv:

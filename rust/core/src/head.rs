@@ -144,6 +144,84 @@ impl HeadSampler {
     }
 }
 
+/// The parent of a new span, as the binding finds it: a span started in
+/// this process, or a context (an incoming `traceparent`, or one the
+/// application built).
+#[derive(Clone, Copy, Debug)]
+pub struct StartParent<'a> {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub flags: u8,
+    pub trace_state: &'a str,
+    /// A context rather than a span started here (see [`Parent::foreign`]).
+    pub foreign: bool,
+    /// The context came from another process.
+    pub remote: bool,
+}
+
+/// Where a new span sits in its trace, with the head sampler's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanStart {
+    pub trace_id: u128,
+    /// The parent's span id; 0 for a root.
+    pub parent_span_id: u64,
+    /// The span's W3C trace flags.
+    pub flags: u8,
+    /// The tracestate the sampler wrote, else the parent's (a root's: empty).
+    pub trace_state: String,
+    /// The first span of its trace in this process: a root, or the child
+    /// of a remote parent.
+    pub local_root: bool,
+    /// Its parent came from another process.
+    pub remote_parent: bool,
+    /// See [`HeadDecision::randomness_presumed`] (the caller counts it).
+    pub randomness_presumed: bool,
+}
+
+impl HeadSampler {
+    /// How a span starts: below `parent`, or (`None`) as the root of a new
+    /// trace whose id `new_trace_id` draws (called only then).
+    #[inline]
+    pub fn start(
+        &self,
+        parent: Option<StartParent<'_>>,
+        new_trace_id: impl FnOnce() -> u128,
+    ) -> SpanStart {
+        match parent {
+            Some(p) => {
+                let d = self.child(Parent {
+                    trace_id: p.trace_id,
+                    flags: p.flags,
+                    trace_state: p.trace_state,
+                    foreign: p.foreign,
+                });
+                SpanStart {
+                    trace_id: p.trace_id,
+                    parent_span_id: p.span_id,
+                    flags: d.flags,
+                    trace_state: d.trace_state.unwrap_or_else(|| p.trace_state.to_owned()),
+                    local_root: p.remote,
+                    remote_parent: p.remote,
+                    randomness_presumed: d.randomness_presumed,
+                }
+            }
+            None => {
+                let trace_id = new_trace_id();
+                let d = self.root(trace_id);
+                SpanStart {
+                    trace_id,
+                    parent_span_id: 0,
+                    flags: d.flags,
+                    trace_state: d.trace_state.unwrap_or_default(),
+                    local_root: true,
+                    remote_parent: false,
+                    randomness_presumed: d.randomness_presumed,
+                }
+            }
+        }
+    }
+}
+
 /// A sampled foreign parent's tracestate with a threshold its randomness
 /// contradicts (`R < th`) erased; `None` when it stays as it is.
 #[cold]
@@ -252,5 +330,46 @@ mod tests {
         assert_eq!((d.flags, d.trace_state.as_deref()), (0x01, Some("ot=th:0")));
         let d = head("always_on", 1.0).child(parent(1, 0x00, "k=v"));
         assert_eq!((d.flags, d.trace_state), (0x01, None));
+    }
+
+    #[test]
+    fn a_span_start_inherits_the_parents_tracestate_unless_the_sampler_wrote_one() {
+        let on = head("parentbased_always_on", 1.0);
+        let local = StartParent {
+            trace_id: 7,
+            span_id: 9,
+            flags: 0x03,
+            trace_state: "k=v",
+            foreign: false,
+            remote: false,
+        };
+        let s = on.start(Some(local), || unreachable!("a child draws no trace id"));
+        assert_eq!((s.trace_id, s.parent_span_id, s.flags), (7, 9, 0x03));
+        assert_eq!(s.trace_state, "k=v");
+        assert!(!s.local_root && !s.remote_parent);
+        // A remote parent: this span is its trace's first in the process.
+        let remote = StartParent {
+            foreign: true,
+            remote: true,
+            ..local
+        };
+        let s = on.start(Some(remote), || unreachable!());
+        assert!(s.local_root && s.remote_parent);
+        // The sampler's own tracestate replaces the parent's.
+        let ratio = head("traceidratio", 0.5);
+        let s = ratio.start(
+            Some(StartParent {
+                flags: 0x00,
+                trace_state: "k=v,ot=rv:90000000000000",
+                ..local
+            }),
+            || unreachable!(),
+        );
+        assert_eq!(s.trace_state, "ot=rv:90000000000000;th:8,k=v");
+        // A root draws its trace id; the default sampler writes no tracestate.
+        let s = on.start(None, || 0x4bf9);
+        assert_eq!((s.trace_id, s.parent_span_id, s.flags), (0x4bf9, 0, 0x03));
+        assert_eq!(s.trace_state, "");
+        assert!(s.local_root && !s.remote_parent);
     }
 }

@@ -12,20 +12,24 @@
 //! - [`probability`]: OpenTelemetry consistent probability sampling (`ot=th`, `rv`).
 //! - [`propagation`]: W3C `traceparent` / `tracestate`.
 //! - [`span`]: the finished-span record and its enums.
+//! - [`scrub`]: personal data and secrets out of exported text.
+//! - [`http`]: HTTP server spans: name and semantic-convention attributes of a request.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in one place: the histogram's lazily allocated rows
 
 pub mod clock;
 pub mod exposition;
 pub mod head;
 pub mod histogram;
+pub mod http;
 pub mod otlp;
 pub mod pipeline;
 pub mod probability;
 pub mod propagation;
 pub mod registry;
 pub mod sampler;
+pub mod scrub;
 pub mod span;
 pub mod sql;
 mod sync;

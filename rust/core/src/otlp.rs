@@ -8,6 +8,9 @@
 //! of a `traceparent` read left to right); timestamps are fixed64 Unix
 //! nanoseconds; span flags carry the W3C trace flags and whether the parent
 //! was remote (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK` / `..._IS_REMOTE_MASK`).
+//!
+//! Every span passes through the process's scrubber ([`crate::scrub`])
+//! before it is written: personal data and secrets never reach the wire.
 
 use crate::pipeline::KeptTrace;
 use crate::span::{AttrValue, Event, Link, SpanKind, SpanRecord, StatusCode};
@@ -220,13 +223,14 @@ impl Encoder {
     pub fn encode(&self, traces: &[KeptTrace], out: &mut Vec<u8>) {
         let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
         out.reserve(256 + spans * 256);
+        let scrubber = crate::scrub::current();
         message(out, 1, |b| {
             bytes_field(b, 1, &self.resource);
             message(b, 2, |b| {
                 bytes_field(b, 1, &self.scope);
                 for t in traces {
                     for s in &t.spans {
-                        span(b, s);
+                        span(b, &scrubber.scrub_span(s));
                     }
                 }
             });
@@ -288,9 +292,10 @@ impl Encoder {
         let mut spans_buf = Vec::new();
         let mut group_start = 0;
         let mut group_spans = 0;
+        let scrubber = crate::scrub::current();
         for s in traces.iter().flat_map(|t| t.spans.iter()) {
             let at = spans_buf.len();
-            span(&mut spans_buf, s);
+            span(&mut spans_buf, &scrubber.scrub_span(s));
             let one = spans_buf.len() - at;
             if self.request_len(one) > limit {
                 spans_buf.truncate(at);

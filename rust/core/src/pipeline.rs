@@ -11,6 +11,12 @@
 //! and counted when full). Doing this in batches on one thread keeps its code
 //! and data in that thread's caches instead of the request thread's.
 //!
+//! The parts: `pipeline/buffer.rs` holds the trace buffer and the
+//! decisions (a span joins its trace, a complete or timed-out trace is
+//! decided), `pipeline/export.rs` the export queue and the export thread's
+//! wake-up, `pipeline/intake.rs` a full intake; this file the core itself,
+//! the request path and the worker.
+//!
 //! Every reader (`latency`, counters, exposition, export) first drains the
 //! intake ([`Core::sync`]), so what it reads includes every span ended before
 //! the call. Drains hold `intake_drain`, so spans are processed in the order
@@ -26,19 +32,22 @@
 
 use crate::clock::now_mono_ns;
 use crate::histogram::HistogramConfig;
-use crate::registry::{ExemplarSample, Registry};
-use crate::sampler::{Decision, DropReason, KeepReason, SamplerConfig, TailSampler};
+use crate::registry::Registry;
+use crate::sampler::{SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
-use crate::target::TargetRef;
 use crossbeam_queue::ArrayQueue;
-use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+mod buffer;
+mod export;
 mod intake;
+use buffer::{shard_of, Mode, Outcome, PaddedShard, Shard, DECIDE_BATCH, SHARDS};
+use export::ExportQueue;
+pub use export::{ExportWake, KeptTrace};
 use intake::Spilled;
 
 /// Bounds and timings of the trace buffer and queues.
@@ -125,113 +134,6 @@ counters! {
     spans_dropped_intake_full: "spans of sampled traces lost (their latency recorded): the intake was full, what they needed busy and the spill queue full",
 }
 
-/// A kept trace (or a late span of one) waiting for export.
-#[derive(Debug)]
-pub struct KeptTrace {
-    pub trace_id: u128,
-    /// `None` for late spans of a trace kept earlier.
-    pub reason: Option<KeepReason>,
-    pub spans: Vec<SpanRecord>,
-}
-
-/// Hashes a trace id by folding its halves: ids are random (W3C), so this
-/// is as good as SipHash here at a fraction of the cost on the request path.
-#[derive(Default, Clone, Copy)]
-struct TraceIdHasher(u64);
-
-impl std::hash::Hasher for TraceIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for non-u128 keys; FNV-1a keeps it correct anyway.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u128(&mut self, id: u128) {
-        self.0 = ((id as u64) ^ ((id >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type TraceMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<TraceIdHasher>>;
-
-struct OpenTrace {
-    spans: Vec<SpanRecord>,
-    /// The local root was processed ahead of queued spans: the trace is
-    /// decided by a later drain ([`Core::decide_deferred`]).
-    root_deferred: bool,
-}
-
-/// Recent decisions, for late spans: a small direct-mapped table (a newer
-/// decision overwrites an older one in the same slot), so remembering costs
-/// one cache line on the request path instead of a hash-map insert and
-/// eviction. A late span whose decision was overwritten is buffered as a
-/// new trace and decided after the decision wait.
-struct Decisions {
-    slots: Box<[(u128, bool)]>,
-}
-
-const DECISION_SLOTS: usize = 64;
-
-impl Default for Decisions {
-    fn default() -> Self {
-        Decisions {
-            slots: vec![(0, false); DECISION_SLOTS].into_boxed_slice(),
-        }
-    }
-}
-
-impl Decisions {
-    /// Trace ids are never 0, so 0 marks an empty slot.
-    fn slot(id: u128) -> usize {
-        let folded = (id as u64) ^ ((id >> 64) as u64);
-        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % DECISION_SLOTS
-    }
-
-    #[inline]
-    fn get(&self, id: u128) -> Option<bool> {
-        let (k, kept) = self.slots[Decisions::slot(id)];
-        (k == id).then_some(kept)
-    }
-
-    #[inline]
-    fn set(&mut self, id: u128, kept: bool) {
-        self.slots[Decisions::slot(id)] = (id, kept);
-    }
-}
-
-/// One shard of the trace buffer: the open traces whose id hashes here, the
-/// order they arrived in (for the decision wait and eviction), and the
-/// recent decisions (for late spans).
-#[derive(Default)]
-struct Shard {
-    open: TraceMap<OpenTrace>,
-    arrival: VecDeque<(u128, u64)>,
-    decided: Decisions,
-    /// Traces whose local root was processed ahead of queued spans, with
-    /// the drain epoch read then (see the module docs).
-    deferred: VecDeque<(u128, u64)>,
-}
-
-const SHARDS: usize = 64;
-
-/// Traces decided per hold of a shard's lock by a drain or the worker's
-/// timeouts: a request thread may wait for a shard, so none is held long.
-const DECIDE_BATCH: usize = 16;
-
-/// A shard on its own cache line(s), so shards do not false-share.
-#[repr(align(128))]
-#[derive(Default)]
-struct PaddedShard(Mutex<Shard>);
-
-struct ExportQueue {
-    traces: VecDeque<KeptTrace>,
-    spans: usize,
-}
-
 /// Sizes of the buffers right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufferStats {
@@ -249,6 +151,8 @@ pub struct Core {
     shards: Box<[PaddedShard]>,
     per_shard_open: usize,
     export: Mutex<ExportQueue>,
+    /// The export thread sleeps on it (`pipeline/export.rs`).
+    export_ready: Condvar,
     pub counters: Counters,
     /// Whether kept traces are queued for export: only while something
     /// drains the queue (an exporter is set). Written and read under the
@@ -279,42 +183,6 @@ pub struct Core {
     stop: AtomicBool,
 }
 
-fn shard_of(trace_id: u128) -> usize {
-    // The low bits of a trace id are random (W3C level 2); fold in the high
-    // half for ids from older generators.
-    ((trace_id as u64) ^ ((trace_id >> 64) as u64)) as usize % SHARDS
-}
-
-enum Outcome {
-    None,
-    Export(KeptTrace),
-}
-
-/// Who processes a span, and so what [`Core::accept`] may do with it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// A drain, in submission order: a local root decides its trace.
-    Drain,
-    /// A drain taking a spilled span (read `epoch` on its request thread):
-    /// a local root leaves its trace to [`Core::decide_deferred`].
-    Spilled(u64),
-    /// A request thread processing a span ahead of queued ones (read
-    /// `epoch`): as `Spilled`.
-    Request(u64),
-    /// A request thread processing the oldest queued span, nothing spilled
-    /// pending: in order, as a drain.
-    RequestInOrder,
-}
-
-impl Mode {
-    fn deferred_epoch(self) -> Option<u64> {
-        match self {
-            Mode::Drain | Mode::RequestInOrder => None,
-            Mode::Spilled(epoch) | Mode::Request(epoch) => Some(epoch),
-        }
-    }
-}
-
 impl Core {
     pub fn new(cfg: CoreConfig) -> Self {
         Core {
@@ -322,10 +190,8 @@ impl Core {
             sampler: TailSampler::new(cfg.sampler.clone()),
             shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
             per_shard_open: cfg.buffer.max_open_traces.max(1).div_ceil(SHARDS),
-            export: Mutex::new(ExportQueue {
-                traces: VecDeque::new(),
-                spans: 0,
-            }),
+            export: Mutex::new(ExportQueue::default()),
+            export_ready: Condvar::new(),
             counters: Counters::default(),
             exporting: AtomicBool::new(true),
             intake: ArrayQueue::new(cfg.buffer.intake_spans.max(1)),
@@ -397,325 +263,6 @@ impl Core {
         }
     }
 
-    /// Process one span now, on this thread: record the duration, add the
-    /// span to its trace, and decide the trace if this is its local root.
-    #[inline]
-    pub fn end_span(&self, rec: SpanRecord, now_ns: u64) {
-        self.record_metrics(&rec);
-        self.place(rec, now_ns, Mode::Drain);
-    }
-
-    /// The span joins its trace (`mode`: see [`Mode`]), in a drain.
-    #[inline]
-    fn place(&self, rec: SpanRecord, now_ns: u64, mode: Mode) {
-        let mut evicted = Vec::new();
-        let outcome = {
-            let mut shard = self.shards[shard_of(rec.trace_id)].0.lock();
-            self.accept(&mut shard, rec, now_ns, mode, &mut evicted)
-        };
-        if let Outcome::Export(t) = outcome {
-            self.enqueue(t);
-        }
-        for t in evicted {
-            self.enqueue(t);
-        }
-    }
-
-    /// Record a span's duration in its histogram, keyed by (kind, name,
-    /// target, status class): the target (what it talks to) is read from its
-    /// attributes here, on the worker. A span that is not traced
-    /// (head-sampled out) only does this.
-    #[inline]
-    pub fn record_metrics(&self, rec: &SpanRecord) {
-        self.registry.record_target(
-            rec.kind,
-            &rec.name,
-            TargetRef::of(rec.kind, &rec.attributes),
-            rec.status_class(),
-            rec.duration_ns,
-        );
-    }
-
-    /// The span joins its trace; what a local root, a full buffer or a
-    /// late span leads to depends on `mode` ([`Mode`]). Traces evicted to
-    /// make room go to `evicted`, for the caller to enqueue once the shard
-    /// is unlocked.
-    fn accept(
-        &self,
-        shard: &mut Shard,
-        rec: SpanRecord,
-        now_ns: u64,
-        mode: Mode,
-        evicted: &mut Vec<KeptTrace>,
-    ) -> Outcome {
-        let id = rec.trace_id;
-        let deferred = mode.deferred_epoch();
-        if let Some(kept) = shard.decided.get(id) {
-            if kept {
-                self.counters
-                    .spans_late_kept
-                    .fetch_add(1, Ordering::Relaxed);
-                let mut rec = rec;
-                self.sampler.stamp(&mut rec);
-                return Outcome::Export(KeptTrace {
-                    trace_id: id,
-                    reason: None,
-                    spans: vec![rec],
-                });
-            }
-            self.counters
-                .spans_late_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return Outcome::None;
-        }
-        if rec.local_root && deferred.is_none() && !shard.open.contains_key(&id) {
-            // A trace of one span (or whose other spans were all late): no
-            // buffering at all.
-            let spans = vec![rec];
-            return self.decide_spans(shard, id, spans, now_ns);
-        }
-        if !shard.open.contains_key(&id) {
-            while shard.open.len() >= self.per_shard_open {
-                let Some((old, _)) = shard.arrival.pop_front() else {
-                    break;
-                };
-                if shard.open.contains_key(&old) {
-                    self.counters.traces_evicted.fetch_add(1, Ordering::Relaxed);
-                    if let Outcome::Export(t) = self.decide(shard, old, now_ns) {
-                        evicted.push(t);
-                    }
-                }
-            }
-            shard.arrival.push_back((id, now_ns));
-            shard.open.insert(
-                id,
-                OpenTrace {
-                    spans: Vec::new(),
-                    root_deferred: false,
-                },
-            );
-        }
-        let local_root = rec.local_root;
-        let trace = shard.open.get_mut(&id).expect("inserted above");
-        if trace.spans.len() < self.cfg.buffer.max_spans_per_trace.max(1) {
-            trace.spans.push(rec);
-        } else {
-            self.counters
-                .spans_dropped_trace_limit
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        if local_root {
-            let Some(epoch) = deferred else {
-                return self.decide(shard, id, now_ns);
-            };
-            trace.root_deferred = true;
-            shard.deferred.push_back((id, epoch));
-            self.counters
-                .traces_decision_deferred
-                .fetch_add(1, Ordering::Relaxed);
-            // Counted while the caller still holds the shard: a drain that
-            // sees the count locks the shard after this and finds the entry.
-            self.deferred.fetch_add(1, Ordering::AcqRel);
-        }
-        Outcome::None
-    }
-
-    fn decide(&self, shard: &mut Shard, id: u128, now_ns: u64) -> Outcome {
-        match shard.open.remove(&id) {
-            Some(trace) => self.decide_spans(shard, id, trace.spans, now_ns),
-            None => Outcome::None,
-        }
-    }
-
-    fn decide_spans(
-        &self,
-        shard: &mut Shard,
-        id: u128,
-        spans: Vec<SpanRecord>,
-        now_ns: u64,
-    ) -> Outcome {
-        let decision = self.sampler.decide(&spans, now_ns);
-        let c = &self.counters;
-        if self.sampler.presumes_randomness(&spans) {
-            c.sampling_randomness_presumed
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let counter = match decision {
-            Decision::Keep(KeepReason::Error) => &c.traces_kept_error,
-            Decision::Keep(KeepReason::Slow) => &c.traces_kept_slow,
-            Decision::Keep(KeepReason::Adaptive) => &c.traces_kept_adaptive,
-            Decision::Keep(KeepReason::Attribute) => &c.traces_kept_attribute,
-            Decision::Keep(KeepReason::Probabilistic) => &c.traces_kept_probabilistic,
-            Decision::Drop(DropReason::SampledOut) => &c.traces_dropped_sampled_out,
-            Decision::Drop(DropReason::RateLimited) => &c.traces_dropped_rate_limited,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        shard.decided.set(id, decision.is_keep());
-        if decision.is_keep() {
-            for s in &spans {
-                self.registry.record_exemplar(
-                    s.kind,
-                    &s.name,
-                    TargetRef::of(s.kind, &s.attributes),
-                    s.status_class(),
-                    ExemplarSample {
-                        value_ns: s.duration_ns,
-                        trace_id: s.trace_id,
-                        span_id: s.span_id,
-                        timestamp_unix_ns: s.end_unix_ns(),
-                    },
-                );
-            }
-        }
-        match decision {
-            Decision::Keep(reason) => {
-                let mut spans = spans;
-                for s in &mut spans {
-                    self.sampler.stamp(s);
-                }
-                Outcome::Export(KeptTrace {
-                    trace_id: id,
-                    reason: Some(reason),
-                    spans,
-                })
-            }
-            Decision::Drop(_) => Outcome::None,
-        }
-    }
-
-    /// Worker step: refresh the adaptive thresholds and decide the traces
-    /// that waited longer than the decision wait. `force` decides every open
-    /// trace (shutdown).
-    pub fn process(&self, now_ns: u64, force: bool) {
-        self.sync();
-        self.sampler.refresh_thresholds(&self.registry);
-        let wait = self.cfg.buffer.decision_wait_ns;
-        for padded in self.shards.iter() {
-            // In batches (see `DECIDE_BATCH`).
-            let mut more = true;
-            while more {
-                more = false;
-                let mut out = Vec::new();
-                {
-                    let mut shard = padded.0.lock();
-                    let mut decided = 0;
-                    while let Some(&(id, seen)) = shard.arrival.front() {
-                        if !shard.open.contains_key(&id) {
-                            shard.arrival.pop_front();
-                            continue;
-                        }
-                        if !force && seen.saturating_add(wait) > now_ns {
-                            break;
-                        }
-                        if decided == DECIDE_BATCH {
-                            more = true;
-                            break;
-                        }
-                        decided += 1;
-                        shard.arrival.pop_front();
-                        if !force {
-                            self.counters
-                                .traces_decided_on_timeout
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Outcome::Export(t) = self.decide(&mut shard, id, now_ns) {
-                            out.push(t);
-                        }
-                    }
-                }
-                for t in out {
-                    self.enqueue(t);
-                }
-            }
-        }
-    }
-
-    /// Queue kept traces for export (`true`, the default) or not: with no
-    /// exporter nothing would ever drain the queue, so a kept trace is
-    /// discarded and counted (`traces_discarded_no_exporter`), and
-    /// switching off discards what is queued.
-    pub fn set_exporting(&self, on: bool) {
-        let mut q = self.export.lock();
-        self.exporting.store(on, Ordering::Relaxed);
-        if on {
-            return;
-        }
-        let discarded = std::mem::take(&mut q.traces);
-        q.spans = 0;
-        drop(q);
-        self.counters
-            .traces_discarded_no_exporter
-            .fetch_add(discarded.len() as u64, Ordering::Relaxed);
-    }
-
-    pub fn exporting(&self) -> bool {
-        self.exporting.load(Ordering::Relaxed)
-    }
-
-    fn enqueue(&self, trace: KeptTrace) {
-        self.enqueue_locked(self.export.lock(), trace);
-    }
-
-    fn enqueue_locked(&self, mut q: parking_lot::MutexGuard<'_, ExportQueue>, trace: KeptTrace) {
-        let n = trace.spans.len();
-        if !self.exporting.load(Ordering::Relaxed) {
-            drop(q);
-            self.counters
-                .traces_discarded_no_exporter
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if q.spans + n > self.cfg.buffer.export_queue_spans {
-            drop(q);
-            self.counters
-                .traces_dropped_export_full
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .spans_dropped_export_full
-                .fetch_add(n as u64, Ordering::Relaxed);
-            // `trace` is freed here, outside the lock.
-            return;
-        }
-        q.spans += n;
-        q.traces.push_back(trace);
-    }
-
-    /// Take kept traces for export, up to about `max_spans` spans (at least
-    /// one trace if any is waiting).
-    pub fn drain_export(&self, max_spans: usize) -> Vec<KeptTrace> {
-        self.sync();
-        let mut q = self.export.lock();
-        let mut out = Vec::new();
-        let mut taken = 0;
-        while let Some(front) = q.traces.front() {
-            let n = front.spans.len();
-            if !out.is_empty() && taken + n > max_spans {
-                break;
-            }
-            let t = q.traces.pop_front().expect("front exists");
-            q.spans -= n;
-            taken += n;
-            out.push(t);
-        }
-        drop(q);
-        self.counters
-            .traces_handed_to_exporters
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        self.counters
-            .spans_handed_to_exporters
-            .fetch_add(taken as u64, Ordering::Relaxed);
-        out
-    }
-
-    /// Move another core's kept traces into this one's export queue (after
-    /// a reconfiguration), within this queue's bound.
-    pub fn adopt_export(&self, other: &Core) {
-        other.sync();
-        for t in other.drain_export(usize::MAX) {
-            self.enqueue(t);
-        }
-    }
-
     pub fn stats(&self) -> BufferStats {
         self.sync();
         let mut stats = BufferStats::default();
@@ -774,16 +321,19 @@ impl Core {
         Ok(handle)
     }
 
+    /// Stop the worker, and end the export thread's wait
+    /// ([`ExportWake::Stopped`]).
     pub fn stop_worker(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake();
+        self.kick_export();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{SpanKind, StatusClass, StatusCode};
+    use crate::span::{SpanKind, StatusClass};
 
     pub(super) fn core_with(probability: f64, buffer: BufferConfig) -> Core {
         Core::new(CoreConfig {
@@ -798,7 +348,7 @@ mod tests {
         })
     }
 
-    fn core(probability: f64) -> Core {
+    pub(super) fn core(probability: f64) -> Core {
         core_with(
             probability,
             BufferConfig {
@@ -818,183 +368,6 @@ mod tests {
 
     pub(super) fn count(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
-    }
-
-    #[test]
-    fn a_trace_is_decided_when_its_local_root_ends() {
-        let c = core(1.0);
-        c.end_span(rec(7, 2, 1), 10);
-        assert_eq!(c.stats().open_traces, 1);
-        assert!(c.drain_export(100).is_empty());
-        c.end_span(rec(7, 1, 0), 20);
-        assert_eq!(c.stats().open_traces, 0);
-        let out = c.drain_export(100);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].spans.len(), 2);
-        assert_eq!(out[0].reason, Some(KeepReason::Probabilistic));
-        assert_eq!(
-            c.registry
-                .merged(SpanKind::Internal, "op")
-                .unwrap()
-                .0
-                .count(),
-            2
-        );
-    }
-
-    #[test]
-    fn exported_spans_carry_the_threshold_of_the_probabilistic_policy() {
-        let c = core(0.5);
-        let flagged = |trace, id, parent| {
-            let mut r = rec(trace, id, parent);
-            r.trace_flags = 0x03;
-            r.trace_state = "vendor=1".into();
-            r
-        };
-        // Selected (R = 0xc0... >= 0x80...): every span, a late one too.
-        let selected = 0xc0000000000000;
-        c.end_span(flagged(selected, 2, 1), 1);
-        c.end_span(flagged(selected, 1, 0), 2);
-        c.end_span(flagged(selected, 3, 1), 3);
-        // Not selected, kept for its error: no threshold.
-        let mut failed = flagged(0x10000000000000, 1, 0);
-        failed.status = StatusCode::Error;
-        c.end_span(failed, 4);
-        let out = c.drain_export(100);
-        let states: Vec<(u128, &str)> = out
-            .iter()
-            .flat_map(|t| t.spans.iter().map(|s| (s.trace_id, s.trace_state.as_str())))
-            .collect();
-        assert_eq!(
-            states,
-            [
-                (selected, "ot=th:8,vendor=1"),
-                (selected, "ot=th:8,vendor=1"),
-                (selected, "ot=th:8,vendor=1"),
-                (0x10000000000000, "vendor=1"),
-            ]
-        );
-        assert_eq!(count(&c.counters.sampling_randomness_presumed), 0);
-        // A root without the random flag: decided on its trace id all the
-        // same, and counted.
-        c.end_span(rec(0xf0000000000000, 1, 0), 5);
-        assert_eq!(c.drain_export(100).len(), 1);
-        assert_eq!(count(&c.counters.sampling_randomness_presumed), 1);
-    }
-
-    #[test]
-    fn late_spans_follow_the_decision() {
-        let kept = core(1.0);
-        kept.end_span(rec(1, 1, 0), 1);
-        kept.end_span(rec(1, 5, 1), 2);
-        let out = kept.drain_export(100);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[1].reason, None);
-        assert_eq!(count(&kept.counters.spans_late_kept), 1);
-
-        let dropped = core(0.0);
-        dropped.end_span(rec(1, 1, 0), 1);
-        dropped.end_span(rec(1, 5, 1), 2);
-        assert!(dropped.drain_export(100).is_empty());
-        assert_eq!(count(&dropped.counters.spans_late_dropped), 1);
-        assert_eq!(count(&dropped.counters.traces_dropped_sampled_out), 1);
-    }
-
-    #[test]
-    fn errors_are_kept_at_probability_zero() {
-        let c = core(0.0);
-        let mut child = rec(3, 2, 1);
-        child.status = StatusCode::Error;
-        c.end_span(child, 1);
-        c.end_span(rec(3, 1, 0), 2);
-        assert_eq!(c.drain_export(100).len(), 1);
-        assert_eq!(count(&c.counters.traces_kept_error), 1);
-        assert_eq!(count(&c.counters.traces_dropped_sampled_out), 0);
-    }
-
-    #[test]
-    fn traces_without_a_local_root_are_decided_after_the_wait() {
-        let c = core(1.0);
-        c.end_span(rec(9, 2, 1), 100);
-        c.process(500, false);
-        assert_eq!(c.stats().open_traces, 1);
-        c.process(1_200, false);
-        assert_eq!(c.stats().open_traces, 0);
-        assert_eq!(count(&c.counters.traces_decided_on_timeout), 1);
-        assert_eq!(c.drain_export(100).len(), 1);
-    }
-
-    #[test]
-    fn span_and_export_bounds_are_enforced_and_counted() {
-        let c = core(1.0);
-        // At most 3 spans per trace.
-        for i in 0..5 {
-            c.end_span(rec(1, 10 + i, 1), 1);
-        }
-        assert_eq!(count(&c.counters.spans_dropped_trace_limit), 2);
-        assert_eq!(c.stats().open_spans, 3);
-        c.process(2, true);
-        assert_eq!(c.stats().export_spans, 3);
-        // The export queue holds 10 spans; 7 more single-span traces fit, 2 do not.
-        for t in 10..19 {
-            c.end_span(rec(t, 1, 0), 3);
-        }
-        assert_eq!(c.stats().export_spans, 10);
-        assert_eq!(count(&c.counters.traces_dropped_export_full), 2);
-        assert_eq!(count(&c.counters.spans_dropped_export_full), 2);
-        let drained = c.drain_export(3);
-        assert_eq!(drained.iter().map(|t| t.spans.len()).sum::<usize>(), 3);
-        assert_eq!(c.stats().export_spans, 7);
-        assert_eq!(count(&c.counters.spans_handed_to_exporters), 3);
-        assert_eq!(
-            count(&c.counters.traces_handed_to_exporters),
-            drained.len() as u64
-        );
-    }
-
-    #[test]
-    fn with_no_exporter_nothing_is_queued() {
-        let c = core(1.0);
-        c.end_span(rec(1, 1, 0), 1);
-        assert_eq!(c.stats().export_traces, 1);
-        // Switching off discards what is queued, then every kept trace.
-        c.set_exporting(false);
-        assert_eq!(c.stats().export_traces, 0);
-        c.end_span(rec(2, 1, 0), 2);
-        c.end_span(rec(3, 2, 1), 3);
-        c.end_span(rec(3, 1, 0), 4);
-        assert_eq!(c.stats(), BufferStats::default());
-        assert!(c.drain_export(100).is_empty());
-        assert_eq!(count(&c.counters.traces_kept_probabilistic), 3);
-        assert_eq!(count(&c.counters.traces_discarded_no_exporter), 3);
-        assert_eq!(count(&c.counters.traces_handed_to_exporters), 0);
-        c.set_exporting(true);
-        c.end_span(rec(4, 1, 0), 5);
-        assert_eq!(c.drain_export(100).len(), 1);
-    }
-
-    #[test]
-    fn the_open_trace_bound_evicts_the_oldest() {
-        let c = core_with(
-            1.0,
-            BufferConfig {
-                max_open_traces: 64,
-                export_queue_spans: 1 << 20,
-                ..BufferConfig::default()
-            },
-        );
-        // One open trace per shard is the bound: a second trace in a shard
-        // evicts (decides) the first.
-        for t in 1..=10_000u128 {
-            c.end_span(rec(t * 0x1_0000_0001, 2, 1), t as u64);
-        }
-        let stats = c.stats();
-        assert!(stats.open_traces <= 64, "{stats:?}");
-        assert_eq!(
-            count(&c.counters.traces_evicted) as usize + stats.open_traces,
-            10_000
-        );
-        assert_eq!(stats.export_traces + stats.open_traces, 10_000);
     }
 
     #[test]

@@ -3,22 +3,28 @@
 //!
 //! The target is what the span talks to ([`crate::target`]: a database, a
 //! queue, an HTTP server), so a Redis `GET` and an HTTP `GET` are different
-//! keys. Lookups are lock-free: the name map is an immutable `HashMap`
-//! behind an `ArcSwap`, replaced (copy on write, under a mutex only creators
-//! of keys take) when a new (name, target) appears. A name holds one
-//! [`Operation`] per target it was recorded with (most names have one; they
-//! are told apart by comparing targets, no allocation), and each operation
-//! one lazily created histogram per (kind, status class). Beyond `max_keys`
-//! histograms, a new key folds into the `(overflow)` operation of the same
-//! kind, class and [`System`] (a target without values, so the bound also
-//! bounds the label values), and `overflowed()` counts the records that did.
+//! keys. There is one [`Operation`] per (name, target) (the targets of a
+//! name are told apart by comparing them, no allocation), and each operation
+//! has one lazily created histogram per (kind, status class).
+//!
+//! The operations live in an append-only hash table: a fixed array of
+//! buckets, sized from `max_keys` when the registry is made, each the head
+//! of a chain of operations whose names hash there, every link a
+//! `OnceLock` that is set once and never changes. Lookups walk a chain with
+//! `Acquire` loads only (lock-free, nothing to free while a reader runs);
+//! adding an operation appends one link under a mutex that only creators of
+//! keys take, so it costs the same at 10 keys as at 10,000 (nothing is
+//! copied). Beyond `max_keys` histograms, a new key folds into the
+//! `(overflow)` operation of the same kind, class and [`System`] (a target
+//! without values, so the bound also bounds the label values), and
+//! `overflowed()` counts the records that did.
 
 use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::span::{SpanKind, StatusClass};
 use crate::target::{System, Target, TargetRef};
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher as _, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -26,6 +32,7 @@ use std::sync::{Arc, OnceLock};
 pub const OVERFLOW_NAME: &str = "(overflow)";
 
 const SLOTS: usize = SpanKind::ALL.len() * StatusClass::COUNT;
+const _: () = assert!(SLOTS <= u8::MAX as usize, "slot indexes are kept as u8");
 
 fn slot_index(kind: SpanKind, class: StatusClass) -> usize {
     kind as usize * StatusClass::COUNT + class as usize
@@ -44,12 +51,17 @@ pub struct ExemplarSample {
 /// Exemplars kept per key: the most recent ones (a ring).
 const EXEMPLARS_PER_KEY: usize = 32;
 
+/// The exemplar rings of an operation's keys that have any, by slot index
+/// (most operations have one or two keys: a short list, not an array of all).
+type Exemplars = Vec<(u8, VecDeque<ExemplarSample>)>;
+
 /// All histograms of one operation name and target.
 pub struct Operation {
     name: Arc<str>,
     target: Target,
     slots: [OnceLock<Arc<Histogram>>; SLOTS],
-    exemplars: [Mutex<VecDeque<ExemplarSample>>; SLOTS],
+    /// Allocates with the operation's first exemplar (kept traces only).
+    exemplars: Mutex<Exemplars>,
 }
 
 impl Operation {
@@ -58,7 +70,7 @@ impl Operation {
             name: Arc::from(name),
             target,
             slots: std::array::from_fn(|_| OnceLock::new()),
-            exemplars: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
+            exemplars: Mutex::new(Vec::new()),
         }
     }
 
@@ -119,13 +131,80 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
-/// The operations of one name, one per target.
-type Targets = Arc<[Arc<Operation>]>;
+/// One operation of the table and the next of its bucket's chain.
+struct Link {
+    op: Arc<Operation>,
+    next: OnceLock<Box<Link>>,
+}
 
-type NameMap = HashMap<Box<str>, Targets, std::hash::BuildHasherDefault<NameHasher>>;
+/// Most buckets the table gets (1 MiB of heads); past that many keys,
+/// chains lengthen.
+const MAX_BUCKETS: usize = 1 << 16;
 
-fn find<'o>(ops: &'o [Arc<Operation>], target: &TargetRef<'_>) -> Option<&'o Arc<Operation>> {
-    ops.iter().find(|op| op.target.matches(target))
+/// The append-only hash table of operations (see the module docs).
+struct Table {
+    buckets: Box<[OnceLock<Box<Link>>]>,
+}
+
+impl Table {
+    /// A power of two of buckets, at least `keys` (up to [`MAX_BUCKETS`]).
+    fn new(keys: usize) -> Self {
+        let n = keys.clamp(16, MAX_BUCKETS).next_power_of_two();
+        Table {
+            buckets: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn bucket(&self, name: &str) -> &OnceLock<Box<Link>> {
+        let hash = BuildHasherDefault::<NameHasher>::default().hash_one(name);
+        &self.buckets[hash as usize & (self.buckets.len() - 1)]
+    }
+
+    /// The operations of the bucket of `name` (other names too).
+    fn chain<'t>(&'t self, name: &str) -> impl Iterator<Item = &'t Arc<Operation>> + 't {
+        std::iter::successors(self.bucket(name).get(), |link| link.next.get()).map(|l| &l.op)
+    }
+
+    /// The operations named `name`.
+    fn named<'t>(&'t self, name: &'t str) -> impl Iterator<Item = &'t Arc<Operation>> + 't {
+        self.chain(name).filter(move |op| &*op.name == name)
+    }
+
+    fn find(&self, name: &str, target: &TargetRef<'_>) -> Option<&Arc<Operation>> {
+        self.chain(name)
+            .find(|op| &*op.name == name && op.target.matches(target))
+    }
+
+    /// Appends `op` to its bucket's chain. Callers hold the registry's
+    /// `grow` mutex (so each link is set by one writer); readers never wait.
+    fn push(&self, op: Arc<Operation>) {
+        let mut cell = self.bucket(&op.name);
+        while let Some(link) = cell.get() {
+            cell = &link.next;
+        }
+        let _ = cell.set(Box::new(Link {
+            op,
+            next: OnceLock::new(),
+        }));
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Operation>> + '_ {
+        self.buckets.iter().flat_map(|head| {
+            std::iter::successors(head.get(), |link| link.next.get()).map(|l| &l.op)
+        })
+    }
+}
+
+impl Drop for Table {
+    /// Unlinks the chains one link at a time (no recursion however long).
+    fn drop(&mut self) {
+        for head in self.buckets.iter_mut() {
+            let mut next = head.take();
+            while let Some(mut link) = next {
+                next = link.next.take();
+            }
+        }
+    }
 }
 
 /// Every status class of `kind` in `ops`, merged; with the count of the
@@ -160,7 +239,7 @@ fn merge_classes<'o>(
 pub struct Registry {
     cfg: HistogramConfig,
     max_keys: usize,
-    names: ArcSwap<NameMap>,
+    table: Table,
     grow: Mutex<()>,
     keys: AtomicUsize,
     /// One overflow operation per [`System`], indexed by it.
@@ -173,7 +252,7 @@ impl Registry {
         Registry {
             cfg,
             max_keys,
-            names: ArcSwap::from_pointee(NameMap::default()),
+            table: Table::new(max_keys),
             grow: Mutex::new(()),
             keys: AtomicUsize::new(0),
             overflow: System::ALL
@@ -219,16 +298,13 @@ impl Registry {
         duration_ns: u64,
     ) {
         let idx = slot_index(kind, class);
+        if let Some(h) = self
+            .table
+            .find(name, &target)
+            .and_then(|op| op.slots[idx].get())
         {
-            let names = self.names.load();
-            if let Some(h) = names
-                .get(name)
-                .and_then(|ops| find(ops, &target))
-                .and_then(|op| op.slots[idx].get())
-            {
-                h.record(duration_ns);
-                return;
-            }
+            h.record(duration_ns);
+            return;
         }
         self.histogram_for(kind, name, target, class)
             .record(duration_ns);
@@ -245,18 +321,14 @@ impl Registry {
     ) -> Arc<Histogram> {
         let idx = slot_index(kind, class);
         if let Some(h) = self
-            .names
-            .load()
-            .get(name)
-            .and_then(|ops| find(ops, &target))
+            .table
+            .find(name, &target)
             .and_then(|op| op.slots[idx].get())
         {
             return h.clone();
         }
         let _g = self.grow.lock();
-        let cur = self.names.load_full();
-        let ops = cur.get(name);
-        if let Some(op) = ops.and_then(|ops| find(ops, &target)) {
+        if let Some(op) = self.table.find(name, &target) {
             if let Some(h) = op.slots[idx].get() {
                 return h.clone();
             }
@@ -270,11 +342,7 @@ impl Registry {
             let h = op.slots[idx]
                 .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
                 .clone();
-            let mut list: Vec<Arc<Operation>> = ops.map(|o| o.to_vec()).unwrap_or_default();
-            list.push(op);
-            let mut next: NameMap = (*cur).clone();
-            next.insert(name.into(), list.into());
-            self.names.store(Arc::new(next));
+            self.table.push(op);
             return h;
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
@@ -303,10 +371,8 @@ impl Registry {
                 .get(kind, class)
                 .cloned();
         }
-        let names = self.names.load();
-        names
-            .get(name)
-            .and_then(|ops| find(ops, &target))
+        self.table
+            .find(name, &target)
             .and_then(|op| op.get(kind, class))
             .cloned()
     }
@@ -318,8 +384,7 @@ impl Registry {
         if name == OVERFLOW_NAME {
             return merge_classes(&self.overflow, kind);
         }
-        let names = self.names.load();
-        merge_classes(names.get(name).map(|ops| &ops[..]).unwrap_or(&[]), kind)
+        merge_classes(self.table.named(name), kind)
     }
 
     /// Every (kind, name, target) with all its status classes merged, sorted
@@ -327,10 +392,9 @@ impl Registry {
     /// row per (kind, name): nothing would tell them apart (the overflow
     /// keys of each system).
     pub fn merged_by_target(&self) -> Vec<Merged> {
-        let names = self.names.load_full();
-        let mut ops: Vec<(&str, Target, &Arc<Operation>)> = names
-            .values()
-            .flat_map(|ops| ops.iter())
+        let mut ops: Vec<(&str, Target, &Arc<Operation>)> = self
+            .table
+            .all()
             .chain(&self.overflow)
             .map(|op| {
                 let target = if op.target.is_empty() {
@@ -369,8 +433,7 @@ impl Registry {
     /// Every key with its histogram, the overflow keys last. Sorted by
     /// (name, target, kind, class) so that renderings are stable.
     pub fn entries(&self) -> Vec<Entry> {
-        let names = self.names.load_full();
-        let mut ops: Vec<&Arc<Operation>> = names.values().flat_map(|ops| ops.iter()).collect();
+        let mut ops: Vec<&Arc<Operation>> = self.table.all().collect();
         ops.sort_by(|a, b| (&a.name, &a.target).cmp(&(&b.name, &b.target)));
         ops.extend(&self.overflow);
         let mut out = Vec::new();
@@ -416,12 +479,19 @@ impl Registry {
         sample: ExemplarSample,
     ) {
         let idx = slot_index(kind, class);
-        let names = self.names.load();
-        let op = match names.get(name).and_then(|ops| find(ops, &target)) {
+        let op = match self.table.find(name, &target) {
             Some(op) if op.slots[idx].get().is_some() => op,
             _ => return,
         };
-        let mut ring = op.exemplars[idx].lock();
+        let mut rings = op.exemplars.lock();
+        let at = match rings.iter().position(|(i, _)| usize::from(*i) == idx) {
+            Some(at) => at,
+            None => {
+                rings.push((idx as u8, VecDeque::new()));
+                rings.len() - 1
+            }
+        };
+        let ring = &mut rings[at].1;
         if ring.len() >= EXEMPLARS_PER_KEY {
             ring.pop_front();
         }
@@ -441,11 +511,13 @@ impl Registry {
     ) -> Vec<Option<ExemplarSample>> {
         let mut out = vec![None; bounds_ns.len()];
         let idx = slot_index(kind, class);
-        let names = self.names.load();
-        let Some(op) = names.get(name).and_then(|ops| find(ops, &target)) else {
+        let Some(op) = self.table.find(name, &target) else {
             return out;
         };
-        let ring = op.exemplars[idx].lock();
+        let rings = op.exemplars.lock();
+        let Some((_, ring)) = rings.iter().find(|(i, _)| usize::from(*i) == idx) else {
+            return out;
+        };
         for e in ring.iter() {
             let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
             if b < out.len() {

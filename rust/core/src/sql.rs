@@ -31,10 +31,41 @@ fn is_ident_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
+/// How a dialect reads a double-quoted token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Standard SQL, PostgreSQL: `"x"` is an identifier.
+    #[default]
+    Standard,
+    /// MySQL/MariaDB (without `ANSI_QUOTES`): `"x"` is a string, with
+    /// backslash escapes.
+    Mysql,
+    /// SQLite: `"x"` is an identifier where one is expected (after `FROM`,
+    /// `JOIN`, `INTO`, `UPDATE`, `TABLE`, next to a `.`) and a string
+    /// elsewhere (`WHERE email = "a@b.com"`).
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of an OpenTelemetry `db.system.name`.
+    pub fn of_system(system: &str) -> Dialect {
+        match system {
+            "mysql" | "mariadb" => Dialect::Mysql,
+            "sqlite" => Dialect::Sqlite,
+            _ => Dialect::Standard,
+        }
+    }
+}
+
 /// Obfuscate a statement. `max_len` bounds the output (0: no bound); a
 /// truncated statement ends with `...`.
 pub fn obfuscate(sql: &str, max_len: usize) -> Obfuscated {
-    let text = scrub(sql);
+    obfuscate_dialect(sql, max_len, Dialect::Standard)
+}
+
+/// [`obfuscate`], with double-quoted tokens read as `dialect` reads them.
+pub fn obfuscate_dialect(sql: &str, max_len: usize, dialect: Dialect) -> Obfuscated {
+    let text = scrub(sql, dialect);
     let text = collapse_lists(&text);
     let (operation, collection) = summary(&text);
     let text = if max_len > 0 && text.len() > max_len {
@@ -59,7 +90,25 @@ fn push_space(out: &mut String) {
     }
 }
 
-fn scrub(sql: &str) -> String {
+/// Whether the double-quoted token ending at `end` is an identifier in
+/// SQLite: after a keyword that names a table, or qualified by a `.`.
+fn sqlite_identifier(out: &str, b: &[u8], end: usize) -> bool {
+    let before = out.trim_end();
+    if before.ends_with('.') || b.get(end) == Some(&b'.') {
+        return true;
+    }
+    let word = before
+        .rsplit(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    [
+        "FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS", "VIEW", "INDEX",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+fn scrub(sql: &str, dialect: Dialect) -> String {
     let b = sql.as_bytes();
     let n = b.len();
     let mut out = String::with_capacity(n);
@@ -78,6 +127,15 @@ fn scrub(sql: &str) -> String {
                     out.pop();
                 }
                 i = skip_quoted(b, i + 1, b'\'', backslash);
+                out.push('?');
+            }
+            b'"' if dialect != Dialect::Standard && {
+                let end = skip_quoted(b, i + 1, c, dialect == Dialect::Mysql);
+                dialect == Dialect::Mysql || !sqlite_identifier(&out, b, end)
+            } =>
+            {
+                // A string literal in this dialect.
+                i = skip_quoted(b, i + 1, c, dialect == Dialect::Mysql);
                 out.push('?');
             }
             b'"' | b'`' => {
@@ -361,6 +419,32 @@ mod tests {
 
     fn o(s: &str) -> String {
         obfuscate(s, 0).text
+    }
+
+    #[test]
+    fn double_quoted_strings_by_dialect() {
+        let q = r#"SELECT * FROM "users" WHERE email = "a@b.com" AND "users"."id" = 1"#;
+        let d = |d| obfuscate_dialect(q, 0, d).text;
+        assert_eq!(
+            d(Dialect::Standard),
+            r#"SELECT * FROM "users" WHERE email = "a@b.com" AND "users"."id" = ?"#
+        );
+        assert_eq!(
+            d(Dialect::Sqlite),
+            r#"SELECT * FROM "users" WHERE email = ? AND "users"."id" = ?"#
+        );
+        assert_eq!(
+            obfuscate_dialect(
+                r#"SELECT 1 FROM t WHERE email = "a\"@b.com" OR n = 'x'"#,
+                0,
+                Dialect::Mysql
+            )
+            .text,
+            "SELECT ? FROM t WHERE email = ? OR n = ?"
+        );
+        assert_eq!(Dialect::of_system("mariadb"), Dialect::Mysql);
+        let once = obfuscate_dialect(q, 0, Dialect::Sqlite).text;
+        assert_eq!(obfuscate_dialect(&once, 0, Dialect::Sqlite).text, once);
     }
 
     #[test]

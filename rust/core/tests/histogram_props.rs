@@ -205,6 +205,72 @@ proptest! {
     }
 }
 
+/// The eager reference model: the `hdrhistogram` crate's histogram, every
+/// slot allocated up front, fed the stored values.
+fn eager(cfg: HistogramConfig, values: &[u64]) -> hdrhistogram::Histogram<u64> {
+    let mut h =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, cfg.highest, cfg.sigfig).unwrap();
+    for &v in values {
+        h.record(stored(cfg, v)).unwrap();
+    }
+    h
+}
+
+fn eager_v2(h: &hdrhistogram::Histogram<u64>) -> String {
+    use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new().serialize(h, &mut bytes).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Rows allocated on first record change nothing a reader sees: the
+    /// counts, percentiles, V2 encoding, merge and delta equal the eager
+    /// model's, for values anywhere in the range (rows far apart, empty
+    /// rows between them, a histogram with no row at all).
+    #[test]
+    fn lazy_rows_match_the_eager_reference(
+        cfg in config(),
+        a in prop::collection::vec(value(), 0..300),
+        b in prop::collection::vec(value(), 0..300),
+    ) {
+        let h = Histogram::new(cfg);
+        a.iter().for_each(|&v| h.record(v));
+        let sa = h.snapshot();
+        let ea = eager(cfg, &a);
+        prop_assert_eq!(sa.to_hdr(), ea.clone());
+        prop_assert_eq!(sa.to_v2_base64(), eager_v2(&ea));
+        for q in QUANTILES {
+            let theirs = if sa.count() == 0 { 0 } else { ea.value_at_quantile(q).clamp(sa.min(), sa.max()) };
+            prop_assert_eq!(sa.value_at_quantile(q), theirs, "q={}", q);
+        }
+
+        // Merge: lazily built snapshots add up to the eager sum.
+        let sb = record_all(cfg, &b);
+        let mut eab = ea.clone();
+        eab.add(eager(cfg, &b)).unwrap();
+        let mut merged = sa.clone();
+        merged.merge(&sb).unwrap();
+        prop_assert_eq!(merged.to_hdr(), eab.clone());
+        prop_assert_eq!(merged.to_v2_base64(), eager_v2(&eab));
+
+        // Delta: what was recorded after `sa` is the eager model of `b`.
+        b.iter().for_each(|&v| h.record(v));
+        let d = h.snapshot().delta(&sa);
+        prop_assert_eq!(d.to_hdr(), eager(cfg, &b));
+        prop_assert_eq!(d.count(), b.len() as u64);
+
+        // take_interval empties every row it read; the rows stay allocated.
+        let bytes = h.memory_bytes();
+        let all = h.take_interval();
+        prop_assert_eq!(all.to_hdr(), eab);
+        prop_assert_eq!(h.snapshot().count(), 0);
+        prop_assert_eq!(h.memory_bytes(), bytes);
+    }
+}
+
 /// Deterministic mixed values for stress tests (xorshift): half in a few hot
 /// slots (so racing writers and readers meet on the same slot), the rest
 /// log-spread, with zeros and values above one hour.

@@ -86,3 +86,29 @@ fn concurrent_snapshot_is_consistent() {
         assert_eq!((after.min(), after.max()), (2, 5));
     });
 }
+
+/// Two recorders race to allocate the same (still empty) row while a
+/// snapshot reads it: one row is published, the loser's block is freed, and
+/// no record is lost.
+#[test]
+fn racing_first_records_publish_one_row_and_lose_nothing() {
+    model(3, || {
+        let h = Arc::new(Histogram::new(CFG));
+        let idle = h.memory_bytes();
+        let writers: Vec<_> = [3u64, 7]
+            .into_iter()
+            .map(|v| {
+                let h = h.clone();
+                thread::spawn(move || h.record(v))
+            })
+            .collect();
+        let during = h.snapshot();
+        assert!(during.count() <= 2);
+        assert_consistent(&during);
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        let after = h.snapshot();
+        assert_eq!((after.count(), after.sum_ns()), (2, 10));
+        assert_eq!((after.min(), after.max()), (3, 7));
+        assert_eq!(h.memory_bytes(), idle + 64 * 8, "exactly one row");
+    });
+}

@@ -15,7 +15,10 @@ use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBytes, PyList};
 use std::sync::Arc;
 
+/// The traces as lists of `SpanData`, scrubbed first (with the GIL
+/// released) like the OTLP encoding.
 pub fn traces_to_py<'py>(py: Python<'py>, traces: Vec<KeptTrace>) -> PyResult<Bound<'py, PyList>> {
+    let traces = py.allow_threads(move || pulsetrace_core::scrub::current().scrub_traces(traces));
     let out = PyList::empty(py);
     for t in traces {
         let spans = PyList::empty(py);

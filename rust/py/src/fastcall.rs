@@ -14,6 +14,36 @@
 //! initialised, call the same Rust code, and raise the same `TypeError`s
 //! for bad arguments.
 //!
+//! # Measured (why the pyo3 internal stays)
+//!
+//! The functions below enter through pyo3's private
+//! `impl_::trampoline::fastcall_with_keywords` (the GIL counted as held,
+//! a Rust error raised as the exception), which ties the binding to the
+//! exact pyo3 pinned in `rust/py/Cargo.toml` (`=0.25.1`, `abi3-py39`).
+//! Instructions per span (`start_span`, 3 `set_attribute`, `end`) and per
+//! Flask `/json` request, callgrind (`benchmarks/gate/run.py`), and CPU ns
+//! per span from `benchmarks/micro/run.py --quick --rounds 11` (median of
+//! 3 runs; wall times on this shared 2-core machine were too noisy to
+//! quote), CPython 3.11. One callgrind run per row (a count moves by up to
+//! 0.7% between runs), all built with `Bound::new` in place of
+//! [`crate::newobj`]:
+//!
+//! | path                                                        | span  | flask_json | micro span | span / OTel SDK |
+//! |-------------------------------------------------------------|-------|------------|------------|-----------------|
+//! | these methods, pyo3's private trampoline (kept)             | 5,497 | 385,938    | 1,030-1,110 | 0.052-0.056    |
+//! | these methods, a public trampoline (`Python::with_gil`, `catch_unwind`, `PyErr::restore`) | 5,800 | 385,295 | 1,051 | 0.052 |
+//! | pyo3's `#[pymethods]` (tuple and dict under `abi3-py39`)     | 7,218 | 385,548    | 1,337      | 0.065           |
+//! | pyo3's `#[pymethods]` built for `abi3-py310` (its own fastcall, this module removed) | 5,444 | 387,553 | 1,135 | 0.058 |
+//!
+//! The tuple-and-dict path costs 31% more per span: the fastcall entry
+//! points stay. Against a public trampoline the private one saves 300
+//! instructions per span (5.5%, too small for the timer to show here);
+//! it stays because the span is at its budget (ratio target 0.05). The
+//! Flask request does not move beyond its noise (about 0.5% between runs)
+//! in any row: `wsgi_call` is one call per request. Building for
+//! `abi3-py310` (CPython 3.9 is past its end of life) would let this module
+//! go with no loss.
+//!
 //! GIL and locks: CPython calls these with the GIL held; they parse the
 //! arguments and call the same functions as pyo3's methods, whose contracts
 //! apply (`tracer`, `span`, `wsgi`), and take no lock of their own.

@@ -34,13 +34,18 @@ mod ctxvar;
 mod data;
 mod fastcall;
 mod guard;
+mod http;
 mod ids;
 mod newobj;
 mod pystr;
+mod scrub;
 mod span;
 mod tracer;
 mod wsgi;
 mod wsgi_app;
+mod wsgi_environ;
+mod wsgi_response;
+mod wsgi_route;
 
 use pulsetrace_core::propagation::{format_traceparent, parse_traceparent};
 use pyo3::exceptions::PyValueError;
@@ -66,27 +71,27 @@ fn format_traceparent_header(trace_id: u128, span_id: u64, flags: u8) -> String 
 
 /// Obfuscate a SQL statement: `(text, operation, collection)`, literals
 /// replaced by `?`, comments removed, lists collapsed (see `pulsetrace-core`'s
-/// `sql` module). Releases the GIL for long statements.
+/// `sql` module); `system` (`db.system.name`) picks how double-quoted
+/// tokens are read. Releases the GIL for long statements.
 #[pyfunction]
-#[pyo3(signature = (statement, max_len=4096))]
+#[pyo3(signature = (statement, max_len=4096, system=""))]
 fn obfuscate_sql(
     py: Python<'_>,
     statement: &str,
     max_len: usize,
+    system: &str,
 ) -> PyResult<(String, Option<String>, Option<String>)> {
     guard::or_error("obfuscate_sql", || {
-        let run = || {
-            let r = pulsetrace_core::sql::obfuscate(statement, max_len);
+        let dialect = pulsetrace_core::sql::Dialect::of_system(system);
+        let run = |s: &str| {
+            let r = pulsetrace_core::sql::obfuscate_dialect(s, max_len, dialect);
             (r.text, r.operation, r.collection)
         };
         Ok(if statement.len() > 2048 {
             let owned = statement.to_owned();
-            py.allow_threads(move || {
-                let r = pulsetrace_core::sql::obfuscate(&owned, max_len);
-                (r.text, r.operation, r.collection)
-            })
+            py.allow_threads(move || run(&owned))
         } else {
-            run()
+            run(statement)
         })
     })
 }
@@ -111,8 +116,17 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(obfuscate_sql, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi::wsgi_call, m)?)?;
-    m.add_function(wrap_pyfunction!(wsgi::py_redact_query, m)?)?;
+    m.add_function(wrap_pyfunction!(http::py_redact_query, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_server_span, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_span_name, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_method, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_status_error, m)?)?;
+    m.add_function(wrap_pyfunction!(wsgi_environ::wsgi_server_span, m)?)?;
     m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_configure, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_text, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_keyed, m)?)?;
+    m.add_function(wrap_pyfunction!(scrub::scrub_is_secret_key, m)?)?;
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;

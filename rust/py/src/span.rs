@@ -36,7 +36,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyString, PyTuple};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// An immutable span context: what a child or another process needs.
@@ -143,10 +143,6 @@ pub(crate) struct Inner {
     pub event_bytes: usize,
     pub ended: bool,
     pub token: Option<PyObject>,
-    /// A WSGI request span: the token of the context switch that made it
-    /// current for the application call, until its body ends and gives
-    /// the context its previous value back.
-    pub request_token: Option<PyObject>,
 }
 
 /// A span. Use it as a context manager (it becomes the current span inside
@@ -164,9 +160,6 @@ pub struct Span {
     pub(crate) start_mono: u64,
     /// False only for the shared no-op span handed out while tracing is off.
     pub(crate) recording: bool,
-    /// A WSGI request span while its application call runs (a hook nested
-    /// inside that call names this span instead of starting its own).
-    pub(crate) serving: AtomicBool,
     pub(crate) inner: Mutex<Inner>,
 }
 
@@ -185,7 +178,6 @@ impl Span {
             remote_parent: false,
             start_mono: 0,
             recording: false,
-            serving: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 name: Arc::from(""),
                 kind: SpanKind::Internal,
@@ -201,7 +193,6 @@ impl Span {
                 event_bytes: 0,
                 ended: true,
                 token: None,
-                request_token: None,
             }),
         }
     }

@@ -1,0 +1,1 @@
+"""The pieces of ``run.py``, the Flask overhead benchmark (see its docstring)."""

@@ -1,0 +1,379 @@
+//! The binding of `pulsetrace_core::http`: a request's server span, built
+//! from the facts each server integration reads. The native WSGI path
+//! (`wsgi_environ`) and the Python integrations (`http_server_span`, for
+//! ASGI, Starlette/FastAPI and Django) both end here, so their spans agree.
+//! Conversion only: every rule is the core's.
+//!
+//! GIL and locks: runs with the GIL. `REDACT` (an `RwLock`) is read per
+//! request and written only by `Tracer.configure`; neither holds it across
+//! Python code, so no thread waits for it.
+
+use crate::attrs::{self, AttrCounters, Limits};
+use crate::guard::{guard, or_error};
+use crate::span::{Span, SpanContext};
+use crate::tracer::Tracer;
+use parking_lot::RwLock;
+use pulsetrace_core::clock;
+use pulsetrace_core::http::{self as core_http, keys as k, Method, Request, ServerSpan, Text};
+use pulsetrace_core::span::{AttrValue, SpanKind};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+/// Query parameters whose values are redacted (lower-case words).
+static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Replace the words of sensitive query parameters: the configuration's
+/// `redact_query_params`, set by `Tracer.configure`.
+pub fn set_redacted_params(words: Vec<String>) {
+    *REDACT.write() = core_http::redaction_words(words);
+}
+
+/// [`core_http::server_span`] with the configured redaction words (read
+/// only for a request with a query: most have none).
+pub(crate) fn server_span<'a>(req: &Request<'a>) -> ServerSpan<'a> {
+    if req.query.is_empty() {
+        return core_http::server_span(req, &[]);
+    }
+    core_http::server_span(req, &REDACT.read())
+}
+
+/// Attribute keys and the values that repeat on every request, shared.
+pub(crate) struct Keys {
+    pub method: Arc<str>,
+    pub method_original: Arc<str>,
+    pub path: Arc<str>,
+    pub query: Arc<str>,
+    pub scheme: Arc<str>,
+    pub address: Arc<str>,
+    pub port: Arc<str>,
+    pub client: Arc<str>,
+    pub user_agent: Arc<str>,
+    pub protocol: Arc<str>,
+    pub status: Arc<str>,
+    pub route: Arc<str>,
+    /// `http.request.method` values: the known methods, then `_OTHER`.
+    methods: Vec<Arc<str>>,
+    /// Span names before the route: the known methods, then `HTTP`.
+    names: Vec<Arc<str>>,
+    root: Arc<str>,
+    http: Arc<str>,
+    https: Arc<str>,
+    v11: Arc<str>,
+}
+
+impl Keys {
+    fn index(m: Method) -> usize {
+        match m {
+            Method::Known(i) => usize::from(i),
+            Method::Other => core_http::KNOWN_METHODS.len(),
+        }
+    }
+
+    pub fn method_value(&self, m: Method) -> &Arc<str> {
+        &self.methods[Self::index(m)]
+    }
+
+    pub fn name(&self, m: Method) -> &Arc<str> {
+        &self.names[Self::index(m)]
+    }
+}
+
+pub(crate) fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let all = |last: &str| {
+            core_http::KNOWN_METHODS
+                .iter()
+                .chain([&last])
+                .map(|m| Arc::from(*m))
+                .collect()
+        };
+        Keys {
+            method: k::METHOD.into(),
+            method_original: k::METHOD_ORIGINAL.into(),
+            path: k::PATH.into(),
+            query: k::QUERY.into(),
+            scheme: k::SCHEME.into(),
+            address: k::SERVER_ADDRESS.into(),
+            port: k::SERVER_PORT.into(),
+            client: k::CLIENT_ADDRESS.into(),
+            user_agent: k::USER_AGENT.into(),
+            protocol: k::PROTOCOL_VERSION.into(),
+            status: k::STATUS_CODE.into(),
+            route: k::ROUTE.into(),
+            methods: all(Method::Other.as_str()),
+            names: all(Method::Other.name()),
+            root: "/".into(),
+            http: "http".into(),
+            https: "https".into(),
+            v11: "1.1".into(),
+        }
+    })
+}
+
+/// `t` as shared text, truncated to the value limit: the same text as an
+/// earlier request's (the usual case) without a copy.
+fn arc(py: Python<'_>, t: &str, limits: &Limits, counters: &AttrCounters) -> Arc<str> {
+    attrs::recurring(py, t, limits.max_value_len, counters)
+}
+
+/// A server span's attributes, as a span holds them: room is left for
+/// those the response adds (status code, route).
+pub(crate) fn attributes(
+    py: Python<'_>,
+    s: &ServerSpan<'_>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) -> Vec<(Arc<str>, AttrValue)> {
+    let k = keys();
+    let text = |t: &str| AttrValue::Str(arc(py, t, limits, counters));
+    let mut a: Vec<(Arc<str>, AttrValue)> = Vec::with_capacity(14);
+    a.push((
+        k.method.clone(),
+        AttrValue::Str(k.method_value(s.method).clone()),
+    ));
+    if let Some(m) = s.method_original {
+        a.push((k.method_original.clone(), text(m)));
+    }
+    let path = match &*s.path {
+        "/" => AttrValue::Str(k.root.clone()),
+        p => text(p),
+    };
+    a.push((k.path.clone(), path));
+    if let Some(q) = &s.query {
+        a.push((k.query.clone(), text(q)));
+    }
+    let scheme = match s.scheme {
+        "http" => AttrValue::Str(k.http.clone()),
+        "https" => AttrValue::Str(k.https.clone()),
+        other => text(other),
+    };
+    a.push((k.scheme.clone(), scheme));
+    if let Some(h) = s.address {
+        a.push((k.address.clone(), text(h)));
+    }
+    if let Some(p) = s.port {
+        a.push((k.port.clone(), AttrValue::Int(i64::from(p))));
+    }
+    if let Some(c) = s.client {
+        a.push((k.client.clone(), text(c)));
+    }
+    if let Some(u) = s.user_agent {
+        a.push((k.user_agent.clone(), text(u)));
+    }
+    if let Some(v) = s.protocol {
+        let v = match v {
+            "1.1" => AttrValue::Str(k.v11.clone()),
+            other => text(other),
+        };
+        a.push((k.protocol.clone(), v));
+    }
+    a
+}
+
+/// The attributes of a span that already has some (or more than the
+/// limit): each set as `set_attribute` would. Rare, kept out of line.
+#[cold]
+#[inline(never)]
+fn add_attributes_slow(
+    inner: &mut crate::span::Inner,
+    a: Vec<(Arc<str>, AttrValue)>,
+    limits: &Limits,
+    counters: &AttrCounters,
+) {
+    for (key, v) in a {
+        Span::set_one(inner, key, v, limits, counters);
+    }
+}
+
+/// A new SERVER span (not current) for `s`: a trace of its own, or the
+/// continuation of the incoming trace context `remote`.
+pub(crate) fn new_server_span(
+    py: Python<'_>,
+    tracer: &Bound<'_, Tracer>,
+    s: &ServerSpan<'_>,
+    remote: Option<SpanContext>,
+    start_mono: u64,
+) -> PyResult<Span> {
+    let t = tracer.get();
+    let (limits, counters) = t.limits();
+    let a = attributes(py, s, &limits, counters);
+    let name = keys().name(s.method).clone();
+    let span = match remote {
+        Some(ctx) => {
+            let ctx = crate::newobj::new_bound(py, ctx)?;
+            t.new_span(
+                tracer,
+                name,
+                SpanKind::Server,
+                Some(ctx.as_any()),
+                start_mono,
+            )?
+        }
+        None => t.new_span(
+            tracer,
+            name,
+            SpanKind::Server,
+            Some(&py.None().into_bound(py)),
+            start_mono,
+        )?,
+    };
+    {
+        let mut inner = span.inner.lock();
+        let cost: usize = a.iter().map(|(k, v)| attrs::attribute_cost(k, v)).sum();
+        if inner.attributes.is_empty()
+            && a.len() <= limits.max_attributes
+            && cost <= limits.attribute_budget()
+        {
+            // A new span and distinct keys: no duplicate to look for.
+            inner.attributes = a;
+            inner.attribute_bytes = cost;
+        } else {
+            add_attributes_slow(&mut inner, a, &limits, counters);
+        }
+    }
+    Ok(span)
+}
+
+/// A port as a server gives it: an int, or the text of one (a test
+/// client's `"80"`); anything else is none.
+fn port_of(v: &Bound<'_, PyAny>) -> Option<u16> {
+    if let Ok(s) = v.downcast::<PyString>() {
+        return crate::pystr::utf8(s).and_then(core_http::parse_port);
+    }
+    v.extract::<u16>().ok().filter(|&p| p > 0)
+}
+
+/// Text a Python integration hands over: `str` (decoded, or latin-1 text
+/// when `latin1`) or `bytes` (as received: percent-encoded when
+/// `percent_encoded`); anything else is empty. A `str` that is not valid
+/// UTF-8 (lone surrogates) is copied into `owned` with U+FFFD.
+fn text_of<'a>(
+    v: Option<&'a Bound<'_, PyAny>>,
+    latin1: bool,
+    percent_encoded: bool,
+    owned: &'a mut String,
+) -> Text<'a> {
+    let Some(v) = v else {
+        return Text::Decoded("");
+    };
+    if let Ok(b) = v.downcast::<PyBytes>() {
+        return match percent_encoded {
+            true => Text::PercentEncoded(b.as_bytes()),
+            false => Text::Bytes(b.as_bytes()),
+        };
+    }
+    let Ok(s) = v.downcast::<PyString>() else {
+        return Text::Decoded("");
+    };
+    let t = match crate::pystr::utf8(s) {
+        Some(t) => t,
+        None => {
+            *owned = s.to_string_lossy().into_owned();
+            owned.as_str()
+        }
+    };
+    if latin1 {
+        Text::Latin1(t)
+    } else {
+        Text::Decoded(t)
+    }
+}
+
+/// The SERVER span of one request (not yet current), from what an
+/// integration read: the method, scheme, `Host` header, the server's own
+/// name and port, the path (`str`: decoded, as ASGI's `path`; `bytes`:
+/// percent-encoded as received, as ASGI's `raw_path`), the query string (`bytes` as received, or latin-1 `str`), the
+/// client's address, `User-Agent`, the protocol version and the incoming
+/// `traceparent`/`tracestate`. The span continues that trace, or starts
+/// one of its own (never a child of the current span). Named `METHOD`;
+/// [`http_span_name`] names it after its route.
+#[pyfunction]
+#[pyo3(signature = (tracer, method, scheme=None, host=None, server_name=None, server_port=None,
+    path=None, query=None, client=None, user_agent=None, protocol=None, traceparent=None,
+    tracestate=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn http_server_span<'py>(
+    py: Python<'py>,
+    tracer: &Bound<'py, Tracer>,
+    method: Option<&str>,
+    scheme: Option<&str>,
+    host: Option<&str>,
+    server_name: Option<&str>,
+    server_port: Option<&Bound<'py, PyAny>>,
+    path: Option<&Bound<'py, PyAny>>,
+    query: Option<&Bound<'py, PyAny>>,
+    client: Option<&str>,
+    user_agent: Option<&str>,
+    protocol: Option<&str>,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> PyResult<Bound<'py, Span>> {
+    let t = tracer.get();
+    if !t.is_enabled() {
+        return Ok(t.noop_span(tracer)?.into_bound(py));
+    }
+    let start_mono = clock::now_mono_ns();
+    guard(
+        py,
+        "http.server_span",
+        || {
+            let (mut owned_path, mut owned_query) = (String::new(), String::new());
+            let req = Request {
+                method,
+                scheme,
+                host,
+                server_name,
+                server_port: server_port.and_then(port_of),
+                script: Text::Decoded(""),
+                path: text_of(path, false, true, &mut owned_path),
+                query: text_of(query, true, false, &mut owned_query),
+                client,
+                user_agent,
+                protocol,
+            };
+            let s = server_span(&req);
+            let remote = t.extract_context(traceparent, tracestate);
+            let span = new_server_span(py, tracer, &s, remote, start_mono)?;
+            crate::newobj::new_bound(py, span)
+        },
+        || Ok(t.noop_span(tracer)?.into_bound(py)),
+    )
+}
+
+/// A server span's name: `METHOD route` (the method normalised as the span's
+/// `http.request.method`; `HTTP` for `_OTHER`), or `METHOD` without a route.
+#[pyfunction]
+#[pyo3(signature = (method, route=None))]
+pub fn http_span_name(method: Option<&str>, route: Option<&str>) -> PyResult<Cow<'static, str>> {
+    or_error("http.span_name", || {
+        let m = core_http::method_of(method.filter(|m| !m.is_empty()));
+        Ok(core_http::span_name(m, route))
+    })
+}
+
+/// A request method as `http.request.method` reports it (`_OTHER` for one
+/// outside the known set).
+#[pyfunction]
+pub fn http_method(method: Option<&str>) -> &'static str {
+    core_http::method_of(method.filter(|m| !m.is_empty())).as_str()
+}
+
+/// The status message of a response status that makes a server span an
+/// error (`HTTP 503`), or None.
+#[pyfunction]
+pub fn http_status_error(code: i64) -> Option<String> {
+    u16::try_from(code).ok().and_then(core_http::status_error)
+}
+
+/// The query string with the values of sensitive parameters replaced by
+/// `REDACTED`; other parameters are kept byte for byte.
+#[pyfunction]
+#[pyo3(name = "redact_query")]
+pub fn py_redact_query(query: &str) -> PyResult<Cow<'_, str>> {
+    or_error("http.redact_query", || {
+        Ok(core_http::redact_query(query, &REDACT.read()))
+    })
+}

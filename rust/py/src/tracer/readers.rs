@@ -1,0 +1,149 @@
+//! The tracer's readers: live latency rows, the Prometheus exposition and
+//! the counters, converted from what the core computes (the exposition's
+//! families, names and help texts are the core's,
+//! [`pulsetrace_core::exposition`]).
+//!
+//! GIL and locks: each releases the GIL before it drains the intake or
+//! takes a lock of the core (see [`super`]), and converts with the GIL held.
+
+use super::Tracer;
+use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+
+/// An extra metric family from Python: (name, help, kind, [(labels, value)]).
+pub(super) type PyFamily = (String, String, String, Vec<(HashMap<String, String>, f64)>);
+
+/// `(name, help, kind, samples)` from Python as the core's family; the
+/// labels of a sample sorted (a dict has no order).
+fn family((name, help, kind, samples): PyFamily) -> PyResult<ExtraFamily> {
+    let kind = ExtraKind::parse(&kind).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "metric kind must be counter or gauge, not {kind:?}"
+        ))
+    })?;
+    let samples = samples
+        .into_iter()
+        .map(|(labels, v)| {
+            let mut l: Vec<(String, String)> = labels.into_iter().collect();
+            l.sort();
+            (l, v)
+        })
+        .collect();
+    Ok(ExtraFamily {
+        name,
+        help,
+        kind,
+        samples,
+    })
+}
+
+impl Tracer {
+    pub(super) fn latency_rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let core = self.core(py)?;
+        let rows = py.allow_threads(|| {
+            core.sync();
+            core.registry.merged_by_target()
+        });
+        let out = PyList::empty(py);
+        for row in rows {
+            let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
+            let d = PyDict::new(py);
+            let secs = |ns: u64| ns as f64 / 1e9;
+            d.set_item("name", &*row.name)?;
+            d.set_item("kind", kind.as_str())?;
+            for (attribute, _, value) in row.target.view().labels() {
+                d.set_item(attribute, value)?;
+            }
+            d.set_item("count", s.count())?;
+            d.set_item("errors", errors)?;
+            d.set_item("min", secs(s.min()))?;
+            d.set_item("mean", s.mean() / 1e9)?;
+            d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
+            d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
+            d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
+            d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
+            d.set_item("max", secs(s.max()))?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    pub(super) fn metrics_text<'py>(
+        &self,
+        py: Python<'py>,
+        accept: &str,
+        extra: Option<Vec<PyFamily>>,
+        const_labels: Option<BTreeMap<String, String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, &'static str)> {
+        let mut families = extra
+            .unwrap_or_default()
+            .into_iter()
+            .map(family)
+            .collect::<PyResult<Vec<_>>>()?;
+        let core = self.core(py)?;
+        let format = exposition::negotiate(accept);
+        let cfg = ExpositionConfig {
+            const_labels: const_labels.unwrap_or_default().into_iter().collect(),
+            ..ExpositionConfig::default()
+        };
+        py.allow_threads(|| core.sync());
+        let mut counters = core.counters.snapshot();
+        for (name, help, v) in self.own_counters() {
+            if let Some(help) = help {
+                counters.push((name, help, v.load(Ordering::Relaxed)));
+            }
+        }
+        let body = py.allow_threads(move || {
+            let stats = core.stats();
+            families.extend(exposition::health_families(&cfg, &core.registry, &counters));
+            families.extend(exposition::queue_families(
+                stats.open_traces,
+                stats.export_spans,
+                core.config().buffer.export_queue_spans,
+            ));
+            let bounds = cfg.bucket_bounds_ns();
+            let exemplars = |e: &exposition::Entry| {
+                core.registry
+                    .exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds)
+            };
+            let mut out = String::with_capacity(64 * 1024);
+            exposition::render(
+                &core.registry,
+                &exemplars,
+                &families,
+                &cfg,
+                format,
+                &mut out,
+            );
+            out
+        });
+        Ok((
+            PyBytes::new(py, body.as_bytes()),
+            exposition::content_type(format),
+        ))
+    }
+
+    pub(super) fn counter_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let core = self.core(py)?;
+        // Drains the intake, then locks each shard and the export queue.
+        let s = py.allow_threads(|| core.stats());
+        let d = PyDict::new(py);
+        for (name, _, v) in core.counters.snapshot() {
+            d.set_item(name, v)?;
+        }
+        for (name, _, v) in self.own_counters() {
+            d.set_item(name, v.load(Ordering::Relaxed))?;
+        }
+        d.set_item("metric_keys", core.registry.key_count())?;
+        d.set_item("metric_keys_overflowed", core.registry.overflowed())?;
+        d.set_item("open_traces", s.open_traces)?;
+        d.set_item("open_spans", s.open_spans)?;
+        d.set_item("export_queue_traces", s.export_traces)?;
+        d.set_item("export_queue_spans", s.export_spans)?;
+        Ok(d)
+    }
+}

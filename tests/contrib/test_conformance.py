@@ -26,11 +26,10 @@ import pytest
 from pulsetrace.contrib import INTEGRATIONS
 
 PROBE = Path(__file__).with_name("conformance_probe.py")
-#: The logging integration wraps no library call: it installs a handler on
-#: Python's logging (tests/logging/test_logs_level.py covers its toggles and
-#: what it writes), so the checks below do not apply to it.
-NOT_WRAPPING = {"logging"}
-NAMES = [i.name for i in INTEGRATIONS if i.name not in NOT_WRAPPING]
+#: The logging integration wraps no library call (``wraps=False``): it
+#: installs a handler on Python's logging (tests/logging/test_logs_level.py
+#: covers its toggles and what it writes), so these checks do not apply.
+NAMES = [i.name for i in INTEGRATIONS if i.wraps]
 #: The servers each library needs, as (probe variable, fixture).
 SERVERS = {
     "redis": ("PROBE_REDIS", "redis_server"),

@@ -99,7 +99,7 @@ def test_every_installed_library_is_in_its_declared_range():
     """The versions this suite runs against are ones the integrations claim."""
     from packaging.specifiers import SpecifierSet
 
-    for integration in INTEGRATIONS:
+    for integration in (i for i in INTEGRATIONS if i.wraps):
         patcher = __import__(integration.hook, fromlist=["_PATCHER"])._PATCHER
         assert patcher.supported is None or SpecifierSet(patcher.supported), integration.name
         version = _patcher.installed_version(patcher.distributions)

@@ -48,6 +48,9 @@ class Integration:
     module: str
     #: The pulsetrace module with ``patch()`` / ``unpatch()``.
     hook: str
+    #: Whether the hook wraps the library's calls (a ``_PATCHER`` of
+    #: ``contrib._patcher``); the logging integration installs a handler.
+    wraps: bool = True
 
 
 #: Every built-in integration, in one place.
@@ -66,7 +69,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
-    Integration("logging", "logging", "pulsetrace.logging"),
+    Integration("logging", "logging", "pulsetrace.logging", wraps=False),
 )
 
 _registered: set[str] = set()

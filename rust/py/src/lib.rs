@@ -25,14 +25,16 @@
 //! `#[pyfunction]`s take the caller's argument vector (vectorcall) with no
 //! argument tuple or keyword dict. The span methods (`Tracer.start_span`,
 //! `Span.set_attribute`, `Span.end`, `Span.__exit__`) and `wsgi_call` are
-//! plain pyo3 methods and functions. Measured before they were (callgrind
-//! instructions per span, `start_span` + 3 `set_attribute` + `end`, and
-//! per Flask `/json` request, `benchmarks/gate/run.py`, CPython 3.11):
+//! plain pyo3 methods and functions. Instructions on the request thread,
+//! callgrind (`benchmarks/gate/run.py --repeat 3`, medians, CPython 3.11),
 //! hand-made `METH_FASTCALL` entry points through pyo3's private
-//! `impl_::trampoline` (needed under `abi3-py39`) 5,497 / 385,938;
-//! `#[pymethods]` under `abi3-py310` 5,444 / 387,553 (the request within
-//! its run-to-run noise). That private internal no longer paid for itself
-//! and is gone; the one left is [`newobj`]'s, which does.
+//! `impl_::trampoline` (as built for `abi3-py39`) against these methods
+//! built for `abi3-py310`: a span (`start_span`, 3 `set_attribute`, `end`)
+//! 5,515 and 5,476; a Flask `/json` request 387,303 and 386,868; and, by
+//! the difference of two loop lengths under callgrind, a `with
+//! start_span(..., attributes=...)` block 7,296 and 7,088. That private
+//! internal no longer paid for itself and is gone; the one left is
+//! [`newobj`]'s, which does.
 #![deny(unsafe_code)]
 
 /// Span records are allocated on request threads and freed on the core's

@@ -32,7 +32,11 @@ def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None)
     native request path starts, named and given its attributes by the core
     (``pulsetrace_core::http``). ``path``, if given, is the request's path
     as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``."""
-    return wsgi_server_span(tracer, environ, path)
+    span = wsgi_server_span(tracer, environ, path)
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    if request_id and isinstance(request_id, str):
+        _runtime.REQUEST_ID.set((span.trace_id, request_id))
+    return span
 
 
 def traced_call(
@@ -49,6 +53,10 @@ def traced_call(
     is built from the environ and is the current span from the application
     call until the body ends: when it is closed (or exhausted, if the
     application's body has no ``close()``)."""
+    # The native path records no header: the X-Request-ID of the request
+    # this context serves now, for whichever trace it starts (trace id 0).
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    _runtime.REQUEST_ID.set((0, request_id) if isinstance(request_id, str) and request_id else None)
     return wsgi_call(_runtime.tracer(), app, environ, start_response, route)
 
 

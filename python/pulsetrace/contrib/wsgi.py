@@ -33,10 +33,19 @@ def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None)
     (``pulsetrace_core::http``). ``path``, if given, is the request's path
     as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``."""
     span = wsgi_server_span(tracer, environ, path)
-    request_id = environ.get("HTTP_X_REQUEST_ID")
-    if request_id and isinstance(request_id, str):
-        _runtime.REQUEST_ID.set((span.trace_id, request_id))
+    _note_request_id(environ, span.trace_id)
     return span
+
+
+def _note_request_id(environ: Environ, trace_id: int) -> None:
+    """Record the request's ``X-Request-ID`` for the log lines of trace
+    ``trace_id`` (0: the trace the native path is about to start); an
+    environ that raises records none."""
+    try:
+        value = environ.get("HTTP_X_REQUEST_ID")
+    except Exception:
+        value = None
+    _runtime.REQUEST_ID.set((trace_id, value) if isinstance(value, str) and value else None)
 
 
 def traced_call(
@@ -53,10 +62,7 @@ def traced_call(
     is built from the environ and is the current span from the application
     call until the body ends: when it is closed (or exhausted, if the
     application's body has no ``close()``)."""
-    # The native path records no header: the X-Request-ID of the request
-    # this context serves now, for whichever trace it starts (trace id 0).
-    request_id = environ.get("HTTP_X_REQUEST_ID")
-    _runtime.REQUEST_ID.set((0, request_id) if isinstance(request_id, str) and request_id else None)
+    _note_request_id(environ, 0)  # the native path records no header
     return wsgi_call(_runtime.tracer(), app, environ, start_response, route)
 
 

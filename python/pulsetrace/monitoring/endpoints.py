@@ -313,6 +313,16 @@ ENDPOINTS: list[Endpoint] = [
 ]
 
 
+
+def _apm_rows() -> list[Endpoint]:
+    from pulsetrace.monitoring import apm
+
+    return apm.endpoint_rows(Endpoint, _json, _error)
+
+
+ENDPOINTS.extend(_apm_rows())
+
+
 # --- access -------------------------------------------------------------------
 
 
@@ -366,6 +376,9 @@ def guarded(
 def add_routes(router: Router, host: str, token: Optional[str]) -> None:
     """Add every monitoring endpoint to ``router`` for a server bound to ``host``."""
     loopback = is_loopback(host)
+    from pulsetrace.monitoring import apm
+
+    apm.install()
     for ep in ENDPOINTS:
         router.add(ep.path, guarded(ep, token, loopback), ep.method, inline=ep.inline)
 

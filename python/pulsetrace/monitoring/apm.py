@@ -131,6 +131,8 @@ def traces(request: Request) -> Response:
     error = q.get("error")
     if error is not None and error not in ("true", "false"):
         raise HttpError(400, f"error must be true or false, not {error[:20]!r}")
+    if len(q.get("operation", "")) > 200:
+        raise HttpError(400, "operation is at most 200 characters")
     limit = _number(q, "limit")
     if limit is not None and (limit != int(limit) or not 1 <= limit <= 1000):
         raise HttpError(400, "limit must be an integer from 1 to 1000")
@@ -194,7 +196,7 @@ def errors(request: Request) -> Response:
 
 def control(request: Request) -> Response:
     """``{"enabled": bool}``: tracing on or off, histograms and counters kept."""
-    body = request.json()
+    body = request.json() if request.body else {}
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object such as {\"enabled\": false}")
     unknown = set(body) - {"enabled"}
@@ -279,7 +281,7 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
                     "name": "trace_id",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"},
                 }
             ],
         ),

@@ -171,6 +171,10 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(sum(_diag.internal_errors().values())))],
         )
     )
+    from pulsetrace.monitoring import metrics_business, metrics_custom
+
+    extra.extend(metrics_custom.families())
+    extra.extend(metrics_business.families())
     body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
     return body, content_type
 

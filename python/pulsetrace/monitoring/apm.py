@@ -78,9 +78,7 @@ def transactions(request: Request) -> Response:
     _only(q, {"window"})
     window = q.get("window", "all")
     if window != "all" and window not in apm_windows.WINDOWS_S:
-        raise HttpError(
-            400, f"window must be one of 1m, 5m, 1h or all, not {window[:20]!r}"
-        )
+        raise HttpError(400, f"window must be one of 1m, 5m, 1h or all, not {window[:20]!r}")
     with _transactions_lock:
         at, body = _transactions_cache.get(window, (float("-inf"), b""))
         now = time.monotonic()
@@ -198,7 +196,7 @@ def control(request: Request) -> Response:
     """``{"enabled": bool}``: tracing on or off, histograms and counters kept."""
     body = request.json() if request.body else {}
     if not isinstance(body, dict):
-        raise HttpError(400, "the body must be a JSON object such as {\"enabled\": false}")
+        raise HttpError(400, 'the body must be a JSON object such as {"enabled": false}')
     unknown = set(body) - {"enabled"}
     if unknown:
         raise HttpError(400, f"unknown field in the body: {sorted(unknown)[0][:50]!r}")
@@ -221,8 +219,13 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
 
     string = {"type": "string", "maxLength": 200}
     return [
-        endpoint("GET", "/apm/status", status, "Whether tracing is on, sampling, buffers",
-                 {200: ok("the APM status")}),
+        endpoint(
+            "GET",
+            "/apm/status",
+            status,
+            "Whether tracing is on, sampling, buffers",
+            {200: ok("the APM status")},
+        ),
         endpoint(
             "GET",
             "/apm/transactions",
@@ -285,10 +288,20 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
                 }
             ],
         ),
-        endpoint("GET", "/apm/metrics", metrics, "Totals per span kind, the agent's counters",
-                 {200: ok("performance metrics")}),
-        endpoint("GET", "/apm/errors", errors, "Errors grouped by exception type and location",
-                 {200: ok("error groups")}),
+        endpoint(
+            "GET",
+            "/apm/metrics",
+            metrics,
+            "Totals per span kind, the agent's counters",
+            {200: ok("performance metrics")},
+        ),
+        endpoint(
+            "GET",
+            "/apm/errors",
+            errors,
+            "Errors grouped by exception type and location",
+            {200: ok("error groups")},
+        ),
         endpoint(
             "POST",
             "/apm/control",

@@ -11,15 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_prometheus import parse
 
 import pulsetrace
 import pulsetrace.metrics as metrics
 from pulsetrace import prometheus
 from pulsetrace.monitoring import metrics_business, metrics_custom
+from test_prometheus import parse
 
-sys.path.insert(0, str(Path(__file__).parent / "monitoring"))
-from monitoring_support import monitoring_server  # noqa: E402
+
+def monitoring_server():
+    """The monitoring tests' server (tests/monitoring/monitoring_support.py)."""
+    sys.path.insert(0, str(Path(__file__).parent / "monitoring"))
+    import monitoring_support
+
+    return monitoring_support.monitoring_server()
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +122,7 @@ def test_business_metrics_keep_ids_out_of_prometheus_labels():
     msgs = "pulsetrace_business_messages_total"
     assert got[(msgs, (("message_type", "text"), ("status", "delivered")))] == 2
     assert got[(msgs, (("message_type", "image"), ("status", "delivered")))] == 1
-    for name, labels in got:
+    for _name, labels in got:
         for k, v in labels:
             assert "camp_" not in v and "comp_" not in v and k not in ("campaign_id", "company_id")
     calls = "pulsetrace_business_api_calls_total"

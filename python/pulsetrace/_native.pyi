@@ -9,6 +9,7 @@ from pulsetrace.config import Config
 __all__ = [
     "Batch",
     "Histogram",
+    "HistogramSnapshot",
     "RouteNamer",
     "Span",
     "SpanContext",
@@ -22,6 +23,7 @@ __all__ = [
     "http_method",
     "http_server_span",
     "http_span_name",
+    "histogram_snapshots",
     "http_status_error",
     "inject_panic",
     "obfuscate_sql",
@@ -154,6 +156,24 @@ class Histogram:
     def encode(self) -> str: ...
     def reset(self) -> None: ...
 
+@final
+class HistogramSnapshot:
+    @property
+    def count(self) -> int: ...
+    @property
+    def min(self) -> int: ...
+    @property
+    def max(self) -> int: ...
+    @property
+    def mean(self) -> float: ...
+    def value_at_quantile(self, q: float) -> int: ...
+    def delta(self, earlier: HistogramSnapshot) -> HistogramSnapshot: ...
+    def merge(self, other: HistogramSnapshot) -> HistogramSnapshot: ...
+    def encode(self) -> str: ...
+
+def histogram_snapshots(
+    tracer: Tracer,
+) -> list[tuple[str, str, list[tuple[str, str]], int, HistogramSnapshot]]: ...
 @final
 class Tracer:
     def __new__(

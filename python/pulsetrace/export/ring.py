@@ -61,7 +61,7 @@ class _Trace:
         """The spans as trees by parent id (children by start time); a span
         whose parent is not in the trace is a root."""
         nodes = {sid: dict(s, children=[]) for sid, s in self.spans.items()}
-        roots = []
+        roots: list[dict[str, Any]] = []
         for node in sorted(nodes.values(), key=lambda s: s["start_time_unix_nano"]):
             parent = nodes.get(node["parent_span_id"] or "")
             (parent["children"] if parent is not None else roots).append(node)

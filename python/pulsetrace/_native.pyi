@@ -29,11 +29,13 @@ __all__ = [
     "obfuscate_sql",
     "parse_traceparent_header",
     "redact_query",
+    "sample_rate",
     "scrub_configure",
     "scrub_is_secret_key",
     "scrub_keyed",
     "scrub_text",
     "scrub_value",
+    "set_sample_rate",
     "wsgi_call",
     "wsgi_server_span",
 ]
@@ -171,6 +173,8 @@ class HistogramSnapshot:
     def merge(self, other: HistogramSnapshot) -> HistogramSnapshot: ...
     def encode(self) -> str: ...
 
+def set_sample_rate(tracer: Tracer, rate: float) -> None: ...
+def sample_rate(tracer: Tracer) -> float: ...
 def histogram_snapshots(
     tracer: Tracer,
 ) -> list[tuple[str, str, list[tuple[str, str]], int, HistogramSnapshot]]: ...

@@ -252,3 +252,24 @@ def test_the_ring_is_bounded_by_traces_and_bytes_newest_first():
     assert c["ring_bytes"] <= 2000 and 1 <= c["ring_traces"] < 9
     with pytest.raises(ValueError, match="max_traces"):
         RingBufferExporter(max_traces=0)
+
+
+def test_control_changes_the_sample_rate_and_keeps_counts(client):
+    def kept_after(name: str) -> int:
+        before = apm.RING.counters()["ring_traces"]
+        record(name, [2.0])
+        assert pulsetrace.flush(5)
+        return apm.RING.counters()["ring_traces"] - before
+
+    assert kept_after("GET /s") == 1
+    status, _, body = client.post("/apm/control", {"sample_rate": 0}, token=TOKEN)
+    assert status == 200 and body["sample_rate"] == 0.0
+    assert [kept_after("GET /s") for _ in range(5)] == [0] * 5  # sampled out
+    status, _, body = client.post("/apm/control", {"sample_rate": 1.0}, token=TOKEN)
+    assert status == 200 and body["sample_rate"] == 1.0
+    assert kept_after("GET /s") == 1
+    apm._transactions_cache.clear()
+    _, _, body = client.get("/apm/transactions", token=TOKEN)
+    assert op(body, "GET /s")["count"] == 7  # every span, kept or not
+    status, _, body = client.post("/apm/control", {"sample_rate": 2}, token=TOKEN)
+    assert status == 400 and "'sample_rate'" in body["error"]

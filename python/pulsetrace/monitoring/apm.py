@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from pulsetrace import _runtime
+from pulsetrace import _native, _runtime
 from pulsetrace._router import HttpError, Request, Response, json_response
 from pulsetrace.export.ring import RingBufferExporter
 from pulsetrace.monitoring import apm_windows
@@ -58,7 +58,7 @@ def status(request: Request) -> Response:
             "status": "enabled" if tracer.enabled else "disabled",
             "enabled": tracer.enabled,
             "service": cfg.service_name,
-            "sample_rate": cfg.sample_rate,
+            "sample_rate": _native.sample_rate(tracer),
             "uptime_s": round(time.time() - _START, 3),
             "exporters": [type(e).__name__ for e in _runtime.exporters()],
             "traces_buffered": ring["ring_traces"],
@@ -211,17 +211,27 @@ def errors(request: Request) -> Response:
 
 
 def control(request: Request) -> Response:
-    """``{"enabled": bool}``: tracing on or off, histograms and counters kept."""
+    """``{"enabled": bool, "sample_rate": number}``: tracing on or off, the
+    tail sampler's probability; the histograms, counters and buffered
+    traces are kept."""
     body = request.json() if request.body else {}
     if not isinstance(body, dict):
         raise HttpError(400, 'the body must be a JSON object such as {"enabled": false}')
-    unknown = set(body) - {"enabled"}
+    unknown = set(body) - {"enabled", "sample_rate"}
     if unknown:
         raise HttpError(400, f"unknown field in the body: {sorted(unknown)[0][:50]!r}")
+    if "enabled" in body and not isinstance(body["enabled"], bool):
+        raise HttpError(400, "the field 'enabled' must be true or false")
+    rate = body.get("sample_rate")
+    if "sample_rate" in body and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1
+    ):
+        raise HttpError(400, "the field 'sample_rate' must be a number from 0 to 1")
+    tracer = _runtime.tracer()
+    if rate is not None:
+        _native.set_sample_rate(tracer, float(rate))
     if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise HttpError(400, "the field 'enabled' must be true or false")
-        _runtime.tracer().enabled = body["enabled"]
+        tracer.enabled = body["enabled"]
     return status(request)
 
 
@@ -324,7 +334,7 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
             "POST",
             "/apm/control",
             control,
-            "Turn tracing on or off (histograms and counters are kept)",
+            "Turn tracing on or off, change the sample rate (histograms and counters are kept)",
             {
                 200: ok("the APM status after the change"),
                 400: error("the body is not of the documented shape"),
@@ -334,7 +344,10 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
             body={
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"enabled": {"type": "boolean"}},
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "sample_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                },
             },
         ),
     ]

@@ -114,6 +114,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::Histogram>()?;
     m.add_class::<snapshots::HistogramSnapshot>()?;
     m.add_function(wrap_pyfunction!(snapshots::histogram_snapshots, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::set_sample_rate, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::sample_rate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;

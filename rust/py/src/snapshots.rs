@@ -1,4 +1,5 @@
-//! Plain copies of the native histograms for readers that keep them (the
+//! The running core's sampling probability (`set_sample_rate`,
+//! `sample_rate`: `POST /apm/control`), and plain copies of the native histograms for readers that keep them (the
 //! `/apm/transactions` windows): `histogram_snapshots(tracer)` copies every
 //! operation's merged histogram once, and a `HistogramSnapshot` gives its
 //! statistics and the core's exact `delta` / `merge` of two copies. Only
@@ -7,6 +8,7 @@
 use crate::guard::or_error;
 use crate::tracer::Tracer;
 use pulsetrace_core::histogram::Snapshot;
+use pulsetrace_core::pipeline::Core;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -66,24 +68,47 @@ impl HistogramSnapshot {
     }
 }
 
+/// The core of a configured tracer.
+fn core_of(py: Python<'_>, tracer: &Tracer) -> PyResult<std::sync::Arc<Core>> {
+    if !tracer.ready(py)? {
+        return Err(PyRuntimeError::new_err(
+            "pulsetrace: the tracer is not configured yet",
+        ));
+    }
+    tracer
+        .core
+        .load_full()
+        .ok_or_else(|| PyRuntimeError::new_err("pulsetrace: the tracer has no core"))
+}
+
+/// Change the tail sampler's probability (`PULSETRACE_SAMPLE_RATE`) of the
+/// running core; its histograms and counters stay.
+#[pyfunction]
+pub fn set_sample_rate(py: Python<'_>, tracer: &Tracer, rate: f64) -> PyResult<()> {
+    or_error("set_sample_rate", || {
+        core_of(py, tracer)?
+            .sampler()
+            .set_probability(rate)
+            .map_err(PyValueError::new_err)
+    })
+}
+
+/// The tail sampler's probability in use.
+#[pyfunction]
+pub fn sample_rate(py: Python<'_>, tracer: &Tracer) -> PyResult<f64> {
+    or_error("sample_rate", || {
+        Ok(core_of(py, tracer)?.sampler().probability())
+    })
+}
+
 /// Every operation's cumulative histogram (all status classes merged), as
 /// `latency()` reads them: a list of `(name, kind, target, errors,
 /// HistogramSnapshot)` where `target` is a tuple of `(attribute, value)`.
 /// The copies are made without the GIL.
 #[pyfunction]
-pub fn histogram_snapshots<'py>(
-    py: Python<'py>,
-    tracer: &Tracer,
-) -> PyResult<Bound<'py, PyList>> {
+pub fn histogram_snapshots<'py>(py: Python<'py>, tracer: &Tracer) -> PyResult<Bound<'py, PyList>> {
     or_error("histogram_snapshots", || {
-        if !tracer.ready(py)? {
-            return Err(PyRuntimeError::new_err(
-                "pulsetrace: the tracer is not configured yet",
-            ));
-        }
-        let Some(core) = tracer.core.load_full() else {
-            return Err(PyRuntimeError::new_err("pulsetrace: the tracer has no core"));
-        };
+        let core = core_of(py, tracer)?;
         let rows = py.allow_threads(|| {
             core.sync();
             core.registry.merged_by_target()

@@ -247,6 +247,9 @@ def start_server(
             return None
         if monitoring:
             _register_checks()
+            from pulsetrace.monitoring import apm
+
+            apm.install()  # the traces ring buffer and the windows' copies
         server.start()
         _server = server
         return server.address
@@ -276,6 +279,9 @@ def stop_server() -> None:
         if _server is not None:
             _server.stop()
             _server = None
+            from pulsetrace.monitoring import apm
+
+            apm.uninstall()
 
 
 def _after_fork_in_child() -> None:

@@ -32,7 +32,8 @@ class Clock:
 def clock(monkeypatch):
     c = Clock()
     windows = apm_windows.Windows(clock=c)
-    monkeypatch.setattr(apm, "WINDOWS", windows)  # no thread: the test ticks
+    monkeypatch.setattr(windows, "start", lambda: None)  # no thread: the test ticks
+    monkeypatch.setattr(apm, "WINDOWS", windows)
     monkeypatch.setattr(apm, "_transactions_cache", {})
     yield c
 
@@ -41,8 +42,9 @@ def clock(monkeypatch):
 def client(clock):
     apm.RING.clear()
     with monitoring_server(token=TOKEN) as c:
+        assert apm.RING in pulsetrace._runtime.exporters()
         yield c
-    apm.uninstall()
+    assert apm.RING not in pulsetrace._runtime.exporters()  # detached with the server
     apm.RING.clear()
 
 

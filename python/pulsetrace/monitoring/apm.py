@@ -5,7 +5,8 @@
 Transactions come from the native histograms (windows: copies taken by
 :mod:`pulsetrace.monitoring.apm_windows`); traces and errors from one
 :class:`~pulsetrace.export.ring.RingBufferExporter`, added as one more
-exporter when the monitoring server starts (:func:`install`). Tracing is
+exporter while the monitoring server runs (:func:`install`, from
+``pulsetrace.prometheus.start_server``; :func:`uninstall` when it stops). Tracing is
 switched off and on at run time by the tracer's own switch: the histograms,
 counters and buffered traces stay.
 """
@@ -40,8 +41,10 @@ def install() -> None:
 
 
 def uninstall() -> None:
+    """Detach the ring buffer exporter, stop taking copies (idempotent)."""
     with _install_lock:
-        _runtime.remove_exporter(RING)
+        if RING in _runtime.exporters():
+            _runtime.remove_exporter(RING)
         WINDOWS.stop()
 
 

@@ -401,9 +401,6 @@ def guarded(
 def add_routes(router: Router, host: str, token: Optional[str]) -> None:
     """Add every monitoring endpoint to ``router`` for a server bound to ``host``."""
     loopback = is_loopback(host)
-    from pulsetrace.monitoring import apm
-
-    apm.install()
     for ep in ENDPOINTS:
         router.add(ep.path, guarded(ep, token, loopback), ep.method, inline=ep.inline)
 

@@ -237,6 +237,7 @@ class _Span:
         self.trace_id, self.span_id, self.parent_span_id = trace_id, span_id, None
         self.name, self.kind, self.start_time_unix_nano = "op", "internal", trace_id
         self.duration_ns, self.status, self.status_message = 1000, "unset", ""
+        self.end_time_unix_nano = trace_id + 1000
         self.attributes, self.events, self.keep_reason = {"pad": "x" * size}, [], None
 
 

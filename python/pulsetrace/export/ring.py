@@ -14,7 +14,6 @@ export), so what this exporter serves is what any exporter sends.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -31,40 +30,51 @@ __all__ = ["RingBufferExporter"]
 _FRAME = re.compile(r'File "([^"]*)", line (\d+), in (\S+)')
 
 
+def _size(span: SpanData) -> int:
+    """About the bytes of the span's JSON (without encoding it)."""
+    n = 300 + len(span.name) + len(span.status_message)
+    for k, v in span.attributes.items():
+        n += len(k) + (len(v) if isinstance(v, str) else 24) + 6
+    for e in span.events:
+        n += 80 + sum(len(str(v)) + 24 for v in (e.get("attributes") or {}).values())
+    return n
+
+
 class _Trace:
+    """A buffered trace: its SpanData (converted to JSON only when read)."""
+
     __slots__ = ("bytes", "spans", "trace_id")
 
-    def __init__(self, trace_id: str) -> None:
+    def __init__(self, trace_id: int) -> None:
         self.trace_id = trace_id
-        self.spans: dict[str, dict[str, Any]] = {}
+        self.spans: dict[int, SpanData] = {}
         self.bytes = 0
 
     def summary(self) -> dict[str, Any]:
         spans = list(self.spans.values())
-        ids = set(self.spans)
-        roots = [s for s in spans if s["parent_span_id"] not in ids]
-        root = min(roots or spans, key=lambda s: s["start_time_unix_nano"])
-        start = min(s["start_time_unix_nano"] for s in spans)
-        end = max(s["start_time_unix_nano"] + int(s["duration_ms"] * 1e6) for s in spans)
+        roots = [s for s in spans if s.parent_span_id not in self.spans]
+        root = min(roots or spans, key=lambda s: s.start_time_unix_nano)
+        start = min(s.start_time_unix_nano for s in spans)
+        end = max(s.end_time_unix_nano for s in spans)
         return {
-            "trace_id": self.trace_id,
-            "operation": root["name"],
-            "kind": root["kind"],
+            "trace_id": f"{self.trace_id:032x}",
+            "operation": root.name,
+            "kind": root.kind,
             "start_time_unix_nano": start,
-            "duration_ms": round(max(root["duration_ms"], (end - start) / 1e6), 3),
+            "duration_ms": round(max(root.duration_ns, end - start) / 1e6, 3),
             "spans": len(spans),
-            "error": any(s["status"] == "error" for s in spans),
-            "keep_reason": root.get("keep_reason"),
+            "error": any(s.status == "error" for s in spans),
+            "keep_reason": root.keep_reason,
         }
 
     def tree(self) -> list[dict[str, Any]]:
         """The spans as trees by parent id (children by start time); a span
         whose parent is not in the trace is a root."""
-        nodes = {sid: dict(s, children=[]) for sid, s in self.spans.items()}
+        nodes = {sid: dict(span_to_dict(s), children=[]) for sid, s in self.spans.items()}
         roots: list[dict[str, Any]] = []
-        for node in sorted(nodes.values(), key=lambda s: s["start_time_unix_nano"]):
-            parent = nodes.get(node["parent_span_id"] or "")
-            (parent["children"] if parent is not None else roots).append(node)
+        for sid, s in sorted(self.spans.items(), key=lambda kv: kv[1].start_time_unix_nano):
+            parent = nodes.get(s.parent_span_id) if s.parent_span_id is not None else None
+            (parent["children"] if parent is not None else roots).append(nodes[sid])
         return roots
 
 
@@ -88,7 +98,7 @@ class RingBufferExporter(SpanExporter):
         self.max_bytes = max_bytes
         self.max_error_groups = max_error_groups
         self._lock = threading.Lock()
-        self._traces: OrderedDict[str, _Trace] = OrderedDict()  # oldest first
+        self._traces: OrderedDict[int, _Trace] = OrderedDict()  # oldest first
         self._bytes = 0
         self._evicted = 0
         self._errors: dict[tuple[str, str], dict[str, Any]] = {}
@@ -101,27 +111,26 @@ class RingBufferExporter(SpanExporter):
         with self._lock:
             for trace in batch:
                 for span in trace:
-                    self._add(span_to_dict(span), now)
+                    self._add(span, now)
             self._evict()
         return ExportResult.SUCCESS
 
-    def _add(self, span: dict[str, Any], now: float) -> None:
-        tid = span["trace_id"]
+    def _add(self, span: SpanData, now: float) -> None:
+        tid = span.trace_id
         t = self._traces.get(tid)
         if t is None:
             t = self._traces[tid] = _Trace(tid)
         else:
             self._traces.move_to_end(tid)
-        size = len(json.dumps(span, default=str, separators=(",", ":")))
-        old = t.spans.get(span["span_id"])
+        size = _size(span)
+        old = t.spans.get(span.span_id)
         if old is not None:
-            size_old = len(json.dumps(old, default=str, separators=(",", ":")))
-            t.bytes -= size_old
-            self._bytes -= size_old
-        t.spans[span["span_id"]] = span
+            t.bytes -= _size(old)
+            self._bytes -= _size(old)
+        t.spans[span.span_id] = span
         t.bytes += size
         self._bytes += size
-        if span["status"] == "error":
+        if span.status == "error":
             self._note_error(span, now)
 
     def _evict(self) -> None:
@@ -133,7 +142,7 @@ class RingBufferExporter(SpanExporter):
             self._bytes -= t.bytes
             self._evicted += 1
 
-    def _note_error(self, span: dict[str, Any], now: float) -> None:
+    def _note_error(self, span: SpanData, now: float) -> None:
         etype, location, message = _exception_of(span)
         key = (etype, location)
         group = self._errors.get(key)
@@ -145,15 +154,15 @@ class RingBufferExporter(SpanExporter):
                 "type": etype,
                 "location": location,
                 "message": message,
-                "operation": span["name"],
+                "operation": span.name,
                 "count": 0,
                 "first_seen": now,
                 "last_seen": now,
-                "sample_trace_id": span["trace_id"],
+                "sample_trace_id": f"{span.trace_id:032x}",
             }
         group["count"] += 1
         group["last_seen"] = now
-        group["sample_trace_id"] = span["trace_id"]
+        group["sample_trace_id"] = f"{span.trace_id:032x}"
 
     def force_flush(self, timeout: float = 30.0) -> bool:
         return True
@@ -190,8 +199,12 @@ class RingBufferExporter(SpanExporter):
 
     def trace(self, trace_id: str) -> Optional[dict[str, Any]]:
         """One buffered trace (lowercase hex id) with its span tree, or None."""
+        try:
+            tid = int(trace_id, 16)
+        except ValueError:
+            return None
         with self._lock:
-            t = self._traces.get(trace_id.lower())
+            t = self._traces.get(tid)
             if t is None:
                 return None
             return dict(t.summary(), tree=t.tree())
@@ -219,17 +232,17 @@ class RingBufferExporter(SpanExporter):
             self._errors.clear()
 
 
-def _exception_of(span: dict[str, Any]) -> tuple[str, str, str]:
+def _exception_of(span: SpanData) -> tuple[str, str, str]:
     """(type, location, message) of a failed span: from its last
     ``exception`` event, else its status message."""
-    for event in reversed(span["events"]):
+    for event in reversed(span.events):
         if event.get("name") != "exception":
             continue
         attrs = event.get("attributes") or {}
         etype = str(attrs.get("exception.type") or "Error")
         frames = _FRAME.findall(str(attrs.get("exception.stacktrace") or ""))
-        location = f"{frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else span["name"]
+        location = f"{frames[-1][0]}:{frames[-1][1]} in {frames[-1][2]}" if frames else span.name
         return etype, location, str(attrs.get("exception.message") or "")[:500]
-    attrs = span["attributes"]
+    attrs = span.attributes
     etype = str(attrs.get("error.type") or attrs.get("http.response.status_code") or "error")
-    return etype, span["name"], str(span["status_message"] or "")[:500]
+    return etype, span.name, str(span.status_message or "")[:500]

@@ -70,11 +70,15 @@ class _Trace:
     def tree(self) -> list[dict[str, Any]]:
         """The spans as trees by parent id (children by start time); a span
         whose parent is not in the trace is a root."""
-        nodes = {sid: dict(span_to_dict(s), children=[]) for sid, s in self.spans.items()}
+        nodes: dict[int, dict[str, Any]] = {}
+        children: dict[int, list[dict[str, Any]]] = {}
+        for sid, s in self.spans.items():
+            children[sid] = []
+            nodes[sid] = dict(span_to_dict(s), children=children[sid])
         roots: list[dict[str, Any]] = []
         for sid, s in sorted(self.spans.items(), key=lambda kv: kv[1].start_time_unix_nano):
-            parent = nodes.get(s.parent_span_id) if s.parent_span_id is not None else None
-            (parent["children"] if parent is not None else roots).append(nodes[sid])
+            pid = s.parent_span_id
+            (children[pid] if pid is not None and pid in children else roots).append(nodes[sid])
         return roots
 
 

@@ -111,15 +111,17 @@ def test_an_unknown_window_is_a_json_400(client):
 def test_kept_copies_thin_out_with_age():
     c = Clock()
     w = apm_windows.Windows(clock=c, read=dict)
-    for _ in range(400):
+    for _ in range(500):
         w.tick()
         c.now += 10
     ages = sorted(round(c.now - at) for _, at, _ in w._ticks)
-    # 7 at 10 s, then every 30 s to 330 s, then every 300 s to 3900 s.
+    # 7 at 10 s, then every minute to 6 minutes, then every 10 minutes to 70.
     assert ages[:7] == [10, 20, 30, 40, 50, 60, 70]
-    assert len(ages) < 40 and max(ages) <= 3900 and max(ages) >= 3600
+    assert len(ages) <= 20 and 3600 <= max(ages) <= 4200
+    base, age = w.baseline(300)
+    assert base is not None and 300 <= age <= 360
     base, age = w.baseline(3600)
-    assert base is not None and 3600 <= age <= 3900
+    assert base is not None and 3600 <= age <= 4200
 
 
 def make_app():

@@ -3,10 +3,11 @@ copies of the native histograms taken every ``interval_s`` (10 s by
 default, on one daemon thread), so a window's figures are the core's exact
 difference of two copies (``HistogramSnapshot.delta``), not averages.
 
-Copies kept: every tick for the last 7 ticks, every 3rd tick for the last
-33, every 30th for the last 390 (with 10 s ticks: 1 minute at 10 s, 5
-minutes at 30 s, an hour at 5 minutes). An operation that did not change
-since the previous tick shares that tick's copy. A window's start is the
+Copies kept: every tick for the last 7 ticks, every 6th tick for the last
+36, every 60th for the last 420 (with 10 s ticks: 1 minute at 10 s, 5
+minutes at 1 minute, an hour at 10 minutes): about 18 copies of each
+operation's histogram, fewer when it is idle, since an operation that did
+not change since the previous tick shares that tick's copy. A window's start is the
 newest kept copy at least the window old (so ``window_s`` in a response
 says what it covers); younger than that, the window starts with the agent's
 histograms (everything since they started).
@@ -29,7 +30,7 @@ Key = tuple[str, str, tuple[tuple[str, str], ...]]
 Figures = tuple[int, HistogramSnapshot]
 
 WINDOWS_S = {"1m": 60.0, "5m": 300.0, "1h": 3600.0}
-_KEEP = ((1, 7), (3, 33), (30, 390))  # (every nth tick, for the last k ticks)
+_KEEP = ((1, 7), (6, 36), (60, 420))  # (every nth tick, for the last k ticks)
 
 
 def read_all() -> dict[Key, Figures]:

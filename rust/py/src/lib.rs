@@ -54,6 +54,7 @@ mod ids;
 mod newobj;
 mod pystr;
 mod scrub;
+mod snapshots;
 mod span;
 mod tracer;
 mod wsgi;
@@ -126,6 +127,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::SpanData>()?;
     m.add_class::<batch::Batch>()?;
     m.add_class::<data::Histogram>()?;
+    m.add_class::<snapshots::HistogramSnapshot>()?;
+    m.add_function(wrap_pyfunction!(snapshots::histogram_snapshots, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::set_sample_rate, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::sample_rate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;

@@ -164,7 +164,8 @@ class Tracer:
         name: str,
         *,
         kind: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        # A tuple of (key, value) pairs passed again is converted once.
+        attributes: Optional[Union[Mapping[str, Any], tuple[tuple[str, Any], ...]]] = None,
         parent: Optional[Union[Span, SpanContext]] = None,
         links: Optional[Sequence[Union[Span, SpanContext]]] = None,
         start_time: Optional[int] = None,

@@ -1,8 +1,10 @@
 """Integrations: one module per instrumented library, one registry.
 
-Each module has the same shape: user-facing docs in its docstring,
-``patch()``, ``unpatch()``, ``SUPPORTED`` (the version range), and an
-idempotence marker so patching twice is harmless. A hook only starts and
+Each module has the same shape (:mod:`pulsetrace.contrib._patcher`):
+user-facing docs in its docstring, ``SUPPORTED`` (a PEP 440 range checked
+against the installed version: outside it the library is left unpatched,
+with one warning), the attributes it wraps and with what, and ``patch()`` /
+``unpatch()`` made from them, idempotent. A hook only starts and
 ends spans through the span API; it never calls an exporter and does not
 know how it was switched on.
 
@@ -10,7 +12,8 @@ know how it was switched on.
 ``wrapt.when_imported``: a library is touched only when the application
 imports it, whatever the import order. Third-party packages add
 integrations through the ``pulsetrace.integrations`` entry-point group (an
-entry point names a module with ``patch()``/``unpatch()``).
+entry point names a module with ``patch()``/``unpatch()``; ``patch()``
+returning False means "not patched").
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ import wrapt
 
 from pulsetrace import _diag
 from pulsetrace.config import Config
+from pulsetrace.contrib._patcher import unsupported
 
-__all__ = ["INTEGRATIONS", "Integration", "instrument", "instrumented", "uninstrument"]
+__all__ = [
+    "INTEGRATIONS",
+    "Integration",
+    "instrument",
+    "instrumented",
+    "uninstrument",
+    "unsupported",
+]
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,8 @@ def _third_party() -> list[Integration]:
 def _patch(integration: Integration) -> None:
     try:
         hook = importlib.import_module(integration.hook)
-        hook.patch()
-        _patched[integration.name] = integration.hook
+        if hook.patch() is not False:  # False: an unsupported version, left alone
+            _patched[integration.name] = integration.hook
     except Exception as exc:
         _diag.internal_error(f"contrib.{integration.name}.patch", exc)
 

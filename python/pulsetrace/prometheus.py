@@ -171,6 +171,9 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(sum(_diag.internal_errors().values())))],
         )
     )
+    from pulsetrace import messaging
+
+    extra.extend(messaging.families())  # queue depth, read at most every few seconds
     body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
     return body, content_type
 

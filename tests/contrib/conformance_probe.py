@@ -7,7 +7,7 @@ Scenarios: ``before_import`` (instrumented, then the library imported),
 ``after_import`` (imported, instrumented, patched again, uninstrumented),
 ``toggled`` (instrumented while the environment switches it off).
 Servers the library needs come from the environment (``PROBE_REDIS``,
-``PROBE_POSTGRES``, ``PROBE_MYSQL``: ``host:port``).
+``PROBE_POSTGRES``, ``PROBE_MYSQL``, ``PROBE_RABBITMQ``: ``host:port``).
 """
 
 from __future__ import annotations
@@ -291,6 +291,28 @@ def _sqlalchemy() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return lambda: run("SELECT 1, 'a'"), lambda: run("SELECT * FROM missing")
 
 
+def _pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    import pika
+
+    host, port = _server("PROBE_RABBITMQ")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host=host, port=port))
+    channel = conn.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("probe", auto_delete=True)
+
+    def good() -> Any:
+        channel.basic_publish("", "probe", b"hello")
+        _method, _props, body = channel.basic_get("probe", auto_ack=True)
+        return body.decode()
+
+    def bad() -> Any:  # a missing exchange closes the channel: one per call
+        other = conn.channel()
+        other.confirm_delivery()
+        other.basic_publish("no-such-exchange", "probe", b"hello")
+
+    return good, bad
+
+
 USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "flask": _flask,
     "django": _django,
@@ -306,6 +328,7 @@ USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "psycopg2": _psycopg2,
     "pymysql": _pymysql,
     "sqlalchemy": _sqlalchemy,
+    "pika": _pika,
 }
 
 

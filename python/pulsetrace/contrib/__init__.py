@@ -66,6 +66,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
+    Integration("pika", "pika", "pulsetrace.contrib.pika"),
     Integration("logging", "logging", "pulsetrace.logging"),
 )
 

@@ -161,7 +161,7 @@ def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
     import pulsetrace
-    from pulsetrace import prometheus
+    from pulsetrace import messaging, prometheus
 
     process = {
         name: samples[0][1]
@@ -174,6 +174,7 @@ def _metrics() -> dict[str, Any]:
         "operations": pulsetrace.latency(),
         "counters": pulsetrace.counters(),
         "process": process,
+        "queues": messaging.queues(),
     }
 
 

@@ -313,6 +313,29 @@ def _pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return good, bad
 
 
+def _aio_pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    import aio_pika
+
+    host, port = _server("PROBE_RABBITMQ")
+    url = f"amqp://guest:guest@{host}:{port}/"
+
+    async def run(exchange_name: str) -> Any:
+        async with await aio_pika.connect(url) as conn:
+            channel = await conn.channel()
+            queue = await channel.declare_queue("probe-aio", auto_delete=True)
+            exchange = (
+                await channel.get_exchange(exchange_name, ensure=False)
+                if exchange_name
+                else channel.default_exchange
+            )
+            await exchange.publish(aio_pika.Message(b"hello"), routing_key="probe-aio")
+            message = await queue.get(timeout=5)
+            await message.ack()
+            return message.body.decode()
+
+    return lambda: asyncio.run(run("")), lambda: asyncio.run(run("no-such-exchange"))
+
+
 USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "flask": _flask,
     "django": _django,
@@ -329,6 +352,7 @@ USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "pymysql": _pymysql,
     "sqlalchemy": _sqlalchemy,
     "pika": _pika,
+    "aio_pika": _aio_pika,
 }
 
 

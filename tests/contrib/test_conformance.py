@@ -34,6 +34,7 @@ SERVERS = {
     "psycopg2": ("PROBE_POSTGRES", "postgres_server"),
     "pymysql": ("PROBE_MYSQL", "mysql_server"),
     "pika": ("PROBE_RABBITMQ", "rabbitmq_server"),
+    "aio_pika": ("PROBE_RABBITMQ", "rabbitmq_server"),
 }
 #: The standard library (possibly imported by the interpreter already).
 STDLIB = {"sqlite3", "urllib"}
@@ -54,6 +55,7 @@ SPANS_PER_USE = {
     "pymysql": 2,
     "sqlalchemy": 2,
     "pika": 2,
+    "aio_pika": 2,
 }
 
 

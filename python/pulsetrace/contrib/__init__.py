@@ -67,6 +67,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
     Integration("pika", "pika", "pulsetrace.contrib.pika"),
+    Integration("aio_pika", "aio_pika", "pulsetrace.contrib.aio_pika"),
     Integration("logging", "logging", "pulsetrace.logging"),
 )
 

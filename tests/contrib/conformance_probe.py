@@ -336,6 +336,23 @@ def _aio_pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return lambda: asyncio.run(run("")), lambda: asyncio.run(run("no-such-exchange"))
 
 
+def _celery() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    from celery import Celery
+
+    app = Celery("probe", broker="memory://")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def fail() -> None:
+        raise ValueError("probe")
+
+    # Run in this process (eager): one task run each, no worker.
+    return lambda: add.apply((1, 2)).get(), lambda: fail.apply(throw=True)
+
+
 USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "flask": _flask,
     "django": _django,
@@ -353,6 +370,7 @@ USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "sqlalchemy": _sqlalchemy,
     "pika": _pika,
     "aio_pika": _aio_pika,
+    "celery": _celery,
 }
 
 

@@ -56,6 +56,7 @@ SPANS_PER_USE = {
     "sqlalchemy": 2,
     "pika": 2,
     "aio_pika": 2,
+    "celery": 2,
 }
 
 

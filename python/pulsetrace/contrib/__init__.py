@@ -68,6 +68,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
     Integration("pika", "pika", "pulsetrace.contrib.pika"),
     Integration("aio_pika", "aio_pika", "pulsetrace.contrib.aio_pika"),
+    Integration("celery", "celery", "pulsetrace.contrib.celery"),
     Integration("logging", "logging", "pulsetrace.logging"),
 )
 

@@ -118,7 +118,7 @@ def _from_passive_declare() -> list[dict[str, Any]]:
     names = list(_seen)
     if params is None or not names:
         return []
-    import pika
+    import pika  # type: ignore[import-untyped]  # ships no type hints
 
     conn = _connection[0]
     if conn is None or not conn.is_open:

@@ -107,6 +107,25 @@ def test_a_failing_callback_fails_its_span_and_the_exception_passes(rabbitmq_ser
     process = next(s for s in finished(traced_pika) if s.name == f"process {queue}")
     assert process.status == "error"
     assert process.attributes["error.type"] == "KeyError"
+    # The failure is counted per queue, under the rabbitmq system.
+    assert _series("messaging_process_errors_total", queue) == 1.0
+    assert _series("messaging_process_operations_total", queue) == 1.0
+    assert _series("messaging_client_operations_total", queue) == 1.0
+
+
+def _series(family: str, queue: str) -> float:
+    """The value of ``family``'s series for ``queue`` (messaging_system rabbitmq)."""
+    from pulsetrace import prometheus
+
+    text = prometheus.exposition()[0].decode()
+    (line,) = [
+        line
+        for line in text.splitlines()
+        if line.startswith(family + "{")
+        and f'messaging_destination_name="{queue}"' in line
+        and 'messaging_system="rabbitmq"' in line
+    ]
+    return float(line.rsplit(" ", 1)[1])
 
 
 def test_a_refused_publish_is_an_error_span(rabbitmq_server, traced_pika):

@@ -250,7 +250,7 @@ _HANDLERS = (
 
 
 def _connect() -> None:
-    from celery import signals
+    from celery import signals  # type: ignore[import-untyped]  # ships no type hints
 
     for name, handler in _HANDLERS:
         getattr(signals, name).connect(handler, weak=False)

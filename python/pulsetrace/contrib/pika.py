@@ -85,7 +85,7 @@ def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], span: Any) -> t
     by a copy carrying the span's context."""
     import copy
 
-    import pika
+    import pika  # type: ignore[import-untyped]  # ships no type hints
 
     props = _arg(args, kwargs, 3, "properties")
     new = copy.copy(props) if props is not None else pika.BasicProperties()

@@ -162,3 +162,28 @@ def test_a_failed_task_keeps_its_trace_at_sample_rate_zero(tasks, exporter):
     assert failed.status == "error"
     assert failed.attributes["celery.task.state"] == "FAILURE"
     assert failed.attributes["error.type"] == "ValueError"
+
+
+def test_a_task_sent_through_a_redis_broker_carries_its_context(tasks, exporter, redis_server):
+    """The Redis broker: the send span is a ``redis`` messaging span and the
+    task message stored in the queue's list carries its ``traceparent``."""
+    import json
+
+    import redis
+
+    tasks.app.conf.broker_url = f"redis://{redis_server.host}:{redis_server.port}/3"
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, db=3)
+    client.delete("shop-tasks")
+    try:
+        with pulsetrace.start_span("checkout", kind="server"):
+            result = tasks.add.delay(4, 5)
+        (raw,) = client.lrange("shop-tasks", 0, -1)
+    finally:
+        client.delete("shop-tasks")
+        tasks.app.conf.broker_url = "memory://"
+    send = next(s for s in finished(exporter) if s.name == "publish celery_tasks.add")
+    assert send.attributes["messaging.system"] == "redis"
+    assert send.attributes["messaging.destination.name"] == "shop-tasks"
+    assert send.attributes["messaging.message.id"] == result.id
+    headers = json.loads(raw)["headers"]
+    assert headers["traceparent"].startswith(f"00-{send.trace_id:032x}-{send.span_id:016x}-")

@@ -170,20 +170,28 @@ def test_a_task_sent_through_a_redis_broker_carries_its_context(tasks, exporter,
     import json
 
     import redis
+    from celery import Celery
 
-    tasks.app.conf.broker_url = f"redis://{redis_server.host}:{redis_server.port}/3"
+    app = Celery("orders", broker=f"redis://{redis_server.host}:{redis_server.port}/3")
+    app.conf.task_default_queue = "order-tasks"
+
+    @app.task(name="orders.confirm")
+    def confirm(order: int) -> int:
+        return order
+
     client = redis.Redis(host=redis_server.host, port=redis_server.port, db=3)
-    client.delete("shop-tasks")
+    client.delete("order-tasks")
     try:
         with pulsetrace.start_span("checkout", kind="server"):
-            result = tasks.add.delay(4, 5)
-        (raw,) = client.lrange("shop-tasks", 0, -1)
+            result = confirm.delay(7)
+        (raw,) = client.lrange("order-tasks", 0, -1)
     finally:
-        client.delete("shop-tasks")
-        tasks.app.conf.broker_url = "memory://"
-    send = next(s for s in finished(exporter) if s.name == "publish celery_tasks.add")
+        client.delete("order-tasks")
+        client.close()
+        app.close()
+    send = next(s for s in finished(exporter) if s.name == "publish orders.confirm")
     assert send.attributes["messaging.system"] == "redis"
-    assert send.attributes["messaging.destination.name"] == "shop-tasks"
+    assert send.attributes["messaging.destination.name"] == "order-tasks"
     assert send.attributes["messaging.message.id"] == result.id
     headers = json.loads(raw)["headers"]
     assert headers["traceparent"].startswith(f"00-{send.trace_id:032x}-{send.span_id:016x}-")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -212,3 +213,14 @@ def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]
             [(labels(r), float(r["consumers"])) for r in rows],
         ),
     ]
+
+
+def _after_fork_in_child() -> None:
+    # The parent's connection is the parent's: a child opens its own.
+    global _lock
+    _lock = threading.Lock()
+    _connection[0] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

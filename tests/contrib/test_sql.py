@@ -328,6 +328,16 @@ def test_disabled_tracer_passes_through(driver, conn, exporter):
     assert client_spans(exporter) == []
 
 
+def test_pulsetrace_own_work_is_not_traced(driver, conn, exporter):
+    from pulsetrace._suppress import suppressed
+
+    with suppressed():  # a health check's query, say
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        assert tuple(cur.fetchone()) == (1,)
+    assert client_spans(exporter) == []
+
+
 def test_no_current_span_starts_a_trace_of_its_own(driver, conn, exporter):
     conn.cursor().execute("SELECT 1")
     (span,) = client_spans(exporter)

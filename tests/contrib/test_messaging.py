@@ -313,3 +313,21 @@ def test_queue_depth_grows_while_the_consumer_is_stopped_and_falls_after(
     ch.queue_delete(queue)
     conn.close()
     messaging.reset()
+
+
+def test_publishes_under_pulsetraces_suppression_context_are_not_traced(
+    rabbitmq_server, traced_pika
+):
+    from pulsetrace._suppress import suppressed
+
+    conn = _connect(rabbitmq_server)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queue = _queue(ch)
+    with pulsetrace.start_span("health check"), suppressed():
+        ch.basic_publish("", queue, b"ping")
+    _method, props, _body = ch.basic_get(queue, auto_ack=True)
+    ch.queue_delete(queue)
+    conn.close()
+    assert not (props.headers or {}).get("traceparent")
+    assert [s.name for s in finished(traced_pika)] == ["health check"]

@@ -331,3 +331,37 @@ def test_publishes_under_pulsetraces_suppression_context_are_not_traced(
     conn.close()
     assert not (props.headers or {}).get("traceparent")
     assert [s.name for s in finished(traced_pika)] == ["health check"]
+
+
+def test_select_connection_publish_and_consume_form_one_trace(rabbitmq_server, traced_pika):
+    """The asynchronous adapter (``SelectConnection``, ``pika.channel.Channel``)."""
+    queue = f"select-{uuid.uuid4().hex[:8]}"
+    seen = []
+
+    def on_message(channel, method, properties, body):
+        seen.append(body)
+        channel.basic_ack(method.delivery_tag)
+        channel.connection.close()
+
+    def on_declared(frame, channel):
+        channel.basic_consume(queue, on_message)
+        with pulsetrace.start_span("enqueue", kind="server"):
+            channel.basic_publish("", queue, b"async order")
+
+    def on_channel(channel):
+        channel.queue_declare(queue, auto_delete=True, callback=lambda f: on_declared(f, channel))
+
+    conn = pika.SelectConnection(
+        pika.ConnectionParameters(host=rabbitmq_server.host, port=rabbitmq_server.port),
+        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_close_callback=lambda c, reason: c.ioloop.stop(),
+    )
+    timer = conn.ioloop.call_later(10, conn.ioloop.stop)
+    conn.ioloop.start()
+    conn.ioloop.remove_timeout(timer)
+    assert seen == [b"async order"]
+    spans = {s.name: s for s in finished(traced_pika)}
+    publish, process = spans[f"publish {queue}"], spans[f"process {queue}"]
+    assert publish.parent_span_id == spans["enqueue"].span_id
+    assert process.parent_span_id == publish.span_id
+    assert process.trace_id == spans["enqueue"].trace_id

@@ -359,6 +359,7 @@ def test_select_connection_publish_and_consume_form_one_trace(rabbitmq_server, t
     timer = conn.ioloop.call_later(10, conn.ioloop.stop)
     conn.ioloop.start()
     conn.ioloop.remove_timeout(timer)
+    conn.ioloop.close()  # its wake-up socket pair
     assert seen == [b"async order"]
     spans = {s.name: s for s in finished(traced_pika)}
     publish, process = spans[f"publish {queue}"], spans[f"process {queue}"]

@@ -123,7 +123,7 @@ def _from_passive_declare() -> list[dict[str, Any]]:
 
     conn = _connection[0]
     if conn is None or not conn.is_open:
-        params = params.__class__(
+        params = pika.ConnectionParameters(  # also from URLParameters: the same fields
             host=params.host,
             port=params.port,
             virtual_host=params.virtual_host,
@@ -135,7 +135,10 @@ def _from_passive_declare() -> list[dict[str, Any]]:
         conn = _connection[0] = pika.BlockingConnection(params)
     vhost = str(getattr(params, "virtual_host", "/"))
     out = []
+    deadline = time.monotonic() + 2 * TIMEOUT_S  # a slow broker delays a scrape this much at most
     for name in names:
+        if time.monotonic() > deadline:
+            break
         channel = conn.channel()
         try:
             frame = channel.queue_declare(name, passive=True)

@@ -366,3 +366,20 @@ def test_select_connection_publish_and_consume_form_one_trace(rabbitmq_server, t
     assert publish.parent_span_id == spans["enqueue"].span_id
     assert process.parent_span_id == publish.span_id
     assert process.trace_id == spans["enqueue"].trace_id
+
+
+def test_an_unreachable_management_api_leaves_the_scrape_working_and_is_counted(
+    exporter, monkeypatch
+):
+    from pulsetrace import _diag, messaging, prometheus
+    from servers import free_port
+
+    fresh(rabbitmq_management_url=f"http://guest:guest@127.0.0.1:{free_port()}")
+    messaging.reset()
+    monkeypatch.setattr(messaging, "REFRESH_S", 0.0)
+    text = prometheus.exposition()[0].decode()
+    assert "process_cpu_seconds_total" in text
+    assert "rabbitmq_queue_messages" not in text
+    assert messaging.queues() == []
+    assert _diag.internal_errors().get("messaging.queues", 0) >= 1
+    messaging.reset()

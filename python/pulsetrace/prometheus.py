@@ -171,10 +171,12 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(sum(_diag.internal_errors().values())))],
         )
     )
+    from pulsetrace import messaging
     from pulsetrace.monitoring import metrics_business, metrics_custom
 
     extra.extend(metrics_custom.families())
     extra.extend(metrics_business.families())
+    extra.extend(messaging.families())  # queue depth, read at most every few seconds
     body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
     return body, content_type
 

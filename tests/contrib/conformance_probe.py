@@ -7,7 +7,7 @@ Scenarios: ``before_import`` (instrumented, then the library imported),
 ``after_import`` (imported, instrumented, patched again, uninstrumented),
 ``toggled`` (instrumented while the environment switches it off).
 Servers the library needs come from the environment (``PROBE_REDIS``,
-``PROBE_POSTGRES``, ``PROBE_MYSQL``: ``host:port``).
+``PROBE_POSTGRES``, ``PROBE_MYSQL``, ``PROBE_RABBITMQ``: ``host:port``).
 """
 
 from __future__ import annotations
@@ -291,6 +291,68 @@ def _sqlalchemy() -> tuple[Callable[[], Any], Callable[[], Any]]:
     return lambda: run("SELECT 1, 'a'"), lambda: run("SELECT * FROM missing")
 
 
+def _pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    import pika
+
+    host, port = _server("PROBE_RABBITMQ")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host=host, port=port))
+    channel = conn.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("probe", auto_delete=True)
+
+    def good() -> Any:
+        channel.basic_publish("", "probe", b"hello")
+        _method, _props, body = channel.basic_get("probe", auto_ack=True)
+        return body.decode()
+
+    def bad() -> Any:  # a missing exchange closes the channel: one per call
+        other = conn.channel()
+        other.confirm_delivery()
+        other.basic_publish("no-such-exchange", "probe", b"hello")
+
+    return good, bad
+
+
+def _aio_pika() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    import aio_pika
+
+    host, port = _server("PROBE_RABBITMQ")
+    url = f"amqp://guest:guest@{host}:{port}/"
+
+    async def run(exchange_name: str) -> Any:
+        async with await aio_pika.connect(url) as conn:
+            channel = await conn.channel()
+            queue = await channel.declare_queue("probe-aio", auto_delete=True)
+            exchange = (
+                await channel.get_exchange(exchange_name, ensure=False)
+                if exchange_name
+                else channel.default_exchange
+            )
+            await exchange.publish(aio_pika.Message(b"hello"), routing_key="probe-aio")
+            message = await queue.get(timeout=5)
+            await message.ack()
+            return message.body.decode()
+
+    return lambda: asyncio.run(run("")), lambda: asyncio.run(run("no-such-exchange"))
+
+
+def _celery() -> tuple[Callable[[], Any], Callable[[], Any]]:
+    from celery import Celery
+
+    app = Celery("probe", broker="memory://")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def fail() -> None:
+        raise ValueError("probe")
+
+    # Run in this process (eager): one task run each, no worker.
+    return lambda: add.apply((1, 2)).get(), lambda: fail.apply(throw=True)
+
+
 USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "flask": _flask,
     "django": _django,
@@ -306,6 +368,9 @@ USES: dict[str, Callable[[], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "psycopg2": _psycopg2,
     "pymysql": _pymysql,
     "sqlalchemy": _sqlalchemy,
+    "pika": _pika,
+    "aio_pika": _aio_pika,
+    "celery": _celery,
 }
 
 

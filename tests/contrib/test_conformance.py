@@ -36,6 +36,8 @@ SERVERS = {
     "psycopg": ("PROBE_POSTGRES", "postgres_server"),
     "psycopg2": ("PROBE_POSTGRES", "postgres_server"),
     "pymysql": ("PROBE_MYSQL", "mysql_server"),
+    "pika": ("PROBE_RABBITMQ", "rabbitmq_server"),
+    "aio_pika": ("PROBE_RABBITMQ", "rabbitmq_server"),
 }
 #: The standard library (possibly imported by the interpreter already).
 STDLIB = {"sqlite3", "urllib"}
@@ -55,6 +57,9 @@ SPANS_PER_USE = {
     "psycopg2": 2,
     "pymysql": 2,
     "sqlalchemy": 2,
+    "pika": 2,
+    "aio_pika": 2,
+    "celery": 2,
 }
 
 

@@ -69,6 +69,9 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
+    Integration("pika", "pika", "pulsetrace.contrib.pika"),
+    Integration("aio_pika", "aio_pika", "pulsetrace.contrib.aio_pika"),
+    Integration("celery", "celery", "pulsetrace.contrib.celery"),
     Integration("logging", "logging", "pulsetrace.logging", wraps=False),
 )
 

@@ -161,7 +161,7 @@ def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
     import pulsetrace
-    from pulsetrace import prometheus
+    from pulsetrace import messaging, prometheus
     from pulsetrace.monitoring import metrics_custom
 
     process = {
@@ -176,6 +176,7 @@ def _metrics() -> dict[str, Any]:
         "counters": pulsetrace.counters(),
         "process": process,
         "custom": metrics_custom.to_json(),
+        "queues": messaging.queues(),
     }
 
 

@@ -335,7 +335,7 @@ class Config:
         default=False, metadata=_declare("PULSETRACE_REDIS_OBFUSCATE_KEYS")
     )
     rabbitmq_management_url: Optional[str] = field(
-        default=None, metadata=_declare("RABBITMQ_MANAGEMENT_URL")
+        default=None, repr=False, metadata=_declare("RABBITMQ_MANAGEMENT_URL")
     )
     # Export
     export_interval_ms: float = field(

@@ -310,6 +310,7 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         monitoring_token=_secret(e, "PULSETRACE_MONITORING_TOKEN"),
         database_url=_secret(e, "DATABASE_URL", url=True),
         redis_url=_secret(e, "REDIS_URL", url=True),
+        rabbitmq_management_url=_secret(e, "RABBITMQ_MANAGEMENT_URL", url=True),
         otlp=_otlp.otlp(e),
         **numbers,
     )

@@ -266,6 +266,53 @@ def _diag_level(env: Mapping[str, str]) -> str:
     return level
 
 
+def _secret_or_file(env: Mapping[str, str], var: str, url: bool = False) -> Optional[str]:
+    """A secret from ``var``, or from the file ``var``_FILE names (which
+    wins; its trailing newline dropped). Its value is never logged."""
+    path = raw_value(env, f"{var}_FILE", "unset instead")
+    if path is None:
+        return _secret(env, var, url)
+    try:
+        with open(path.strip(), "rb") as f:
+            data = f.read(MAX_VALUE_LENGTH + 1)
+    except OSError as exc:
+        warn(f"{var}_FILE", path, f"not readable ({exc.strerror})", "unset instead")
+        return None
+    return _secret({var: data.decode("utf-8", "surrogateescape").rstrip("\r\n")}, var, url)
+
+
+def _list(env: Mapping[str, str], var: str) -> tuple[str, ...]:
+    raw = raw_value(env, var, "using none")
+    return tuple(w.strip() for w in (raw or "").split(",") if w.strip())
+
+
+def _alerting(e: Mapping[str, str]) -> dict[str, Any]:
+    """The alerting settings (``pulsetrace.monitoring.alerts``)."""
+    d = _DEFAULT
+    return {
+        "alert_rules": _text(e, "PULSETRACE_ALERT_RULES", "") or None,
+        "alert_dir": _text(e, "PULSETRACE_ALERT_DIR", "") or None,
+        "slack_webhook_url": _secret_or_file(e, "SLACK_WEBHOOK_URL", url=True),
+        "alert_webhook_url": _secret_or_file(e, "ALERT_WEBHOOK_URL", url=True),
+        "alert_webhook_secret": _secret_or_file(e, "ALERT_WEBHOOK_SECRET"),
+        "smtp_host": _text(e, "SMTP_HOST", "") or None,
+        "smtp_username": _text(e, "SMTP_USERNAME", "") or None,
+        "smtp_password": _secret_or_file(e, "SMTP_PASSWORD"),
+        "smtp_certificate": _text(e, "PULSETRACE_SMTP_CERTIFICATE", "") or None,
+        "alert_from_email": _text(e, "ALERT_FROM_EMAIL", "") or None,
+        "critical_alert_emails": _list(e, "CRITICAL_ALERT_EMAILS"),
+        "high_alert_emails": _list(e, "HIGH_ALERT_EMAILS"),
+        "business_team_emails": _list(e, "BUSINESS_TEAM_EMAILS"),
+        "security_team_emails": _list(e, "SECURITY_TEAM_EMAILS"),
+        "dba_team_emails": _list(e, "DBA_TEAM_EMAILS"),
+        "manager_emails": _list(e, "PULSETRACE_MANAGER_EMAILS"),
+        "pagerduty_routing_key": _secret_or_file(e, "PAGERDUTY_ROUTING_KEY"),
+        "pagerduty_url": _text(e, "PULSETRACE_PAGERDUTY_URL", d.pagerduty_url),
+        "sms_webhook_url": _secret_or_file(e, "PULSETRACE_SMS_WEBHOOK_URL", url=True),
+        "phone_webhook_url": _secret_or_file(e, "PULSETRACE_PHONE_WEBHOOK_URL", url=True),
+    }
+
+
 def _text(env: Mapping[str, str], var: str, default: str) -> str:
     raw = raw_value(env, var, _using(default))
     return default if raw is None else raw.strip()
@@ -310,6 +357,7 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         monitoring_token=_secret(e, "PULSETRACE_MONITORING_TOKEN"),
         database_url=_secret(e, "DATABASE_URL", url=True),
         redis_url=_secret(e, "REDIS_URL", url=True),
+        **_alerting(e),
         otlp=_otlp.otlp(e),
         **numbers,
     )

@@ -1,0 +1,202 @@
+"""Alerting: rules over the live histograms, counters, gauges and health
+checks; channels (Slack, a signed webhook, e-mail, PagerDuty, SMS and phone
+webhooks); escalation; state in SQLite that survives restarts.
+
+- :mod:`.rules`: rules and conditions (code, or declarative thresholds);
+- :mod:`.engine`: the elected evaluator and the escalation ladder;
+- :mod:`.store`: the state, and how a step is sent exactly once;
+- :mod:`.channels`: channels and background delivery;
+- :mod:`.api`: the ``/monitoring/*`` endpoints.
+
+``pulsetrace.monitoring.add_alert_rule(...)`` adds a rule to this process's
+manager, created on first use from the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+import threading
+from typing import Any, Callable, Optional, Union
+
+from pulsetrace import _diag
+from pulsetrace.config import Config
+from pulsetrace.monitoring.alerts import rules as _rules
+from pulsetrace.monitoring.alerts.channels import Channel, Email, PagerDuty, Slack, Webhook
+from pulsetrace.monitoring.alerts.engine import Election, Manager
+from pulsetrace.monitoring.alerts.rules import Rule, Snapshot, Threshold, Verdict
+from pulsetrace.monitoring.alerts.store import Store
+
+__all__ = [
+    "Rule",
+    "Snapshot",
+    "Threshold",
+    "Verdict",
+    "add_alert_rule",
+    "manager",
+    "set_gauge",
+    "start",
+]
+
+_lock = threading.Lock()
+_manager: Optional[Manager] = None
+_thread: Optional[threading.Thread] = None
+_stop = threading.Event()
+
+
+def alert_dir(cfg: Config) -> str:
+    """Where the state and the election lock live."""
+    return cfg.alert_dir or os.path.join(
+        tempfile.gettempdir(), f"pulsetrace-alerts-{cfg.service_name}"
+    )
+
+
+def recipients(cfg: Config) -> Callable[[dict[str, Any]], list[str]]:
+    """A notice's e-mail recipients: its severity's team, plus its rule's
+    team (security, dba)."""
+    by_severity = {
+        "critical": cfg.critical_alert_emails,
+        "high": cfg.high_alert_emails,
+        "medium": cfg.high_alert_emails,
+        "warning": cfg.high_alert_emails,
+        "business": cfg.business_team_emails,
+    }
+    by_team = {"security": cfg.security_team_emails, "dba": cfg.dba_team_emails}
+
+    def pick(notice: dict[str, Any]) -> list[str]:
+        out = list(by_severity.get(notice["severity"], ()))
+        out += [a for a in by_team.get(notice.get("team") or "", ()) if a not in out]
+        return out
+
+    return pick
+
+
+def channels_from(cfg: Config) -> dict[str, Channel]:
+    """The channels the configuration sets up, by type."""
+    out: dict[str, Channel] = {}
+    secret = cfg.alert_webhook_secret
+    if cfg.slack_webhook_url:
+        out["slack"] = Slack(cfg.slack_webhook_url)
+    if cfg.alert_webhook_url:
+        out["webhook"] = Webhook("webhook", cfg.alert_webhook_url, secret)
+    if cfg.sms_webhook_url:
+        out["sms"] = Webhook("sms", cfg.sms_webhook_url, secret)
+    if cfg.phone_webhook_url:
+        out["phone"] = Webhook("phone", cfg.phone_webhook_url, secret)
+    if cfg.pagerduty_routing_key:
+        out["pagerduty"] = PagerDuty(cfg.pagerduty_routing_key, cfg.pagerduty_url)
+    if cfg.smtp_host and cfg.alert_from_email:
+        context = ssl.create_default_context(cafile=cfg.smtp_certificate)
+        common = dict(
+            host=cfg.smtp_host,
+            port=cfg.smtp_port,
+            sender=cfg.alert_from_email,
+            username=cfg.smtp_username,
+            password=cfg.smtp_password,
+            context=context,
+        )
+        out["email"] = Email(recipients=recipients(cfg), **common)  # type: ignore[arg-type]
+        if cfg.manager_emails:
+            managers = list(cfg.manager_emails)
+            out["managers"] = Email(  # type: ignore[arg-type]
+                recipients=lambda _n: managers, type="managers", **common
+            )
+    return out
+
+
+def manager() -> Manager:
+    """This process's alert manager (created from the configuration, with
+    the rules of ``PULSETRACE_ALERT_RULES``, on first use)."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            from pulsetrace import _runtime
+
+            cfg = _runtime.config()
+            directory = alert_dir(cfg)
+            m = Manager(
+                Store(os.path.join(directory, "alerts.db")),
+                channels_from(cfg),
+                service=cfg.service_name,
+                link_base=f"http://{cfg.metrics_addr}",
+            )
+            if cfg.alert_rules:
+                try:
+                    for rule in _rules.load(cfg.alert_rules):
+                        m.add(rule)
+                except (OSError, ValueError) as exc:
+                    _diag.log.warning("pulsetrace: PULSETRACE_ALERT_RULES: %s", exc)
+            _manager = m
+        return _manager
+
+
+def add_alert_rule(
+    id: str,
+    name: str,
+    condition: Union[Threshold, Callable[..., Any], dict[str, Any]],
+    severity: str = "high",
+    description: str = "",
+    cooldown: Union[int, float, str] = "10m",
+    channels: Any = (),
+    enabled: bool = True,
+    team: Optional[str] = None,
+    for_: Union[int, float, str] = 0,
+) -> Rule:
+    """Add (or replace) an alert rule; ValueError naming a bad field.
+
+    ``condition``: a callable over a :class:`Snapshot` (or ``(operations,
+    health)``) returning a bool or a :class:`Verdict`, a :class:`Threshold`,
+    or a threshold's fields as a dict. ``cooldown`` and ``for_``: seconds
+    or ``"10m"``. ``channels``: channel types (``slack``, ``webhook``,
+    ``email``, ``pagerduty``, ``sms``, ``phone``, ``managers``) or the
+    ``{type, config, enabled}`` shape (``config`` is ignored: channels are
+    configured once, from the environment); empty means every one
+    configured."""
+    rule = _rules.make_rule(
+        id, name, condition, severity, description, cooldown, channels, enabled, team, for_
+    )
+    manager().add(rule)
+    return rule
+
+
+def set_gauge(name: str, value: float) -> None:
+    """Set a gauge that ``gauge`` conditions read."""
+    manager().gauges[name] = float(value)
+
+
+def start() -> None:
+    """Run the evaluator thread (idempotent); it evaluates only while this
+    process holds the application's election lock."""
+    global _thread
+    with _lock:
+        if _thread is not None and _thread.is_alive():
+            return
+    from pulsetrace import _runtime
+
+    m = manager()
+    cfg = _runtime.config()
+    election = Election(os.path.join(alert_dir(cfg), "evaluator.lock"))
+    interval = cfg.alert_interval_ms / 1000.0
+
+    def run() -> None:
+        while not _stop.wait(interval):
+            try:
+                if election.leader():
+                    m.cycle()
+            except Exception as exc:
+                _diag.internal_error("alert evaluator", exc)
+
+    _stop.clear()
+    _thread = threading.Thread(target=run, name="pulsetrace-alerts", daemon=True)
+    _thread.start()
+
+
+def reset() -> None:
+    """Forget this process's manager and stop its threads (tests, fork)."""
+    global _manager, _thread
+    _stop.set()
+    with _lock:
+        if _manager is not None:
+            _manager.deliverer.stop()
+        _manager, _thread = None, None

@@ -36,8 +36,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                path, _, query = self.path.partition("?")
                 ok_sig = None
-                if self.path in SIGNED:
+                if path in SIGNED:
                     ts = self.headers.get("X-Pulsetrace-Timestamp", "")
                     want = hmac.new(
                         outer.secret.encode(), ts.encode() + b"." + body, hashlib.sha256
@@ -47,19 +48,20 @@ class Receiver:
                     fresh = ts.isdigit() and abs(time.time() - int(ts)) < 300
                     ok_sig = ok_sig and fresh
                 with outer.lock:
-                    failing = outer.fail.get(self.path, 0)
+                    failing = outer.fail.get(path, 0)
                     if failing:
-                        outer.fail[self.path] = failing - 1
+                        outer.fail[path] = failing - 1
                     outer.got.append(
                         {
-                            "path": self.path,
+                            "path": path,
+                            "query": query,
                             "json": json.loads(body),
                             "headers": dict(self.headers),
                             "bad_signature": ok_sig is False,
                             "failed": bool(failing),
                         }
                     )
-                hang = outer.hang.pop(self.path, 0.0)
+                hang = outer.hang.pop(path, 0.0)
                 if hang:
                     outer.got[-1]["hung"] = True
                     time.sleep(hang)

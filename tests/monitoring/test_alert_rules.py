@@ -100,10 +100,13 @@ def test_a_code_condition_sees_operations_and_health(tmp_path, rx):
     m = manager(str(tmp_path / "a.db"), rx, Clock())
     m.health_fn = lambda: {"redis": True}
     m.add(make_rule("code", "Code", cond))
+    # One required parameter (a default does not count): the snapshot.
+    m.add(make_rule("snap", "Snap", lambda snap, op="job": snap.operation(op)["count"] == 1))
     _requests("job", ok=1, errors=0)
     m.cycle()
     assert "job" in seen["names"] and seen["health"] == {"redis": True}
     assert m.store.open_alert("code") is not None
+    assert m.rules["snap"].broken is None and m.store.open_alert("snap") is not None
 
 
 def test_rules_load_from_json_and_yaml(tmp_path):

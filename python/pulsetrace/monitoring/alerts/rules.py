@@ -233,7 +233,9 @@ def _arity(fn: Callable[..., Any]) -> int:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return 1
-    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    # Required positional parameters: ``lambda snap, op=op: ...`` takes one.
+    return sum(1 for p in params if p.kind in positional and p.default is p.empty)
 
 
 def make_rule(

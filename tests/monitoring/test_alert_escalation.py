@@ -197,3 +197,37 @@ def test_a_broken_rule_is_marked_and_the_others_still_fire(tmp_path, rx):
     assert m.rules["bad"].broken == "ZeroDivisionError: division by zero"
     assert m.store.open_alert("err") is not None
     assert m.cycles == 2
+
+
+def test_the_message_links_an_example_kept_trace_when_one_exists(tmp_path, rx):
+    clock, cond = Clock(), Switch()
+    m = manager(str(tmp_path / "a.db"), rx, clock, link_base="http://mon:9464")
+    m.example_trace = {"GET /x": "4bf92f3577b34da6a3ce929d0e0e4736"}.get
+    m.add(_rule(cond))
+    cond.on = True
+    m.cycle()
+    settle(m)
+    (slack,) = rx.of("/slack")
+    link = "http://mon:9464/apm/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+    assert slack["json"]["text"].endswith(f"(example trace: {link})")
+    assert rx.of("/webhook")[0]["json"]["trace_url"] == link
+
+
+def test_an_ack_landing_between_the_evaluators_read_and_its_decision_wins(tmp_path, rx):
+    """Another worker acknowledges while the evaluator holds a stale list
+    of firing alerts: the step is not decided, nothing is sent."""
+    clock, cond = Clock(), Switch()
+    m = manager(str(tmp_path / "a.db"), rx, clock)
+    m.add(_rule(cond))
+    cond.on = True
+    m.cycle()
+    settle(m)
+    stale = m.store.firing()
+    other = manager(str(tmp_path / "a.db"), rx, clock)  # another process's view
+    assert other.acknowledge(stale[0]["id"], "bob")["state"] == "acknowledged"
+    m.store.firing = lambda: stale
+    clock.advance(20)
+    m.escalate(clock())
+    settle(m)
+    assert sorted(rx.paths()) == ["/slack", "/webhook"]
+    assert m.store.get(stale[0]["id"])["step"] == 0

@@ -69,6 +69,9 @@ class Manager:
         self.rules: dict[str, _rules.Rule] = {}
         self.gauges: dict[str, float] = {}
         self.health_fn: Callable[[], dict[str, bool]] = _health_now
+        #: operation -> the id (hex) of an example kept trace of it, or None:
+        #: the alert's message links to ``<link_base>/apm/traces/<id>``.
+        self.example_trace: Optional[Callable[[str], Optional[str]]] = None
         self.history: dict[str, deque[tuple[float, int, int]]] = {}
         self.deliverer = Deliverer(channels, self._delivered, backoff_s)
         self.cycles = 0
@@ -156,6 +159,12 @@ class Manager:
         if last is not None and now - last < rule.cooldown:
             return None
         alert_id = f"{rule.id}-{int(now)}-{uuid.uuid4().hex[:6]}"
+        trace_id = verdict.trace_id
+        if trace_id is None and verdict.operation and self.example_trace is not None:
+            try:
+                trace_id = self.example_trace(verdict.operation)
+            except Exception as exc:
+                _diag.internal_error("alert example trace", exc)
         alert = {
             "id": alert_id,
             "rule_id": rule.id,
@@ -166,7 +175,7 @@ class Manager:
             "value": verdict.value,
             "threshold": verdict.threshold,
             "operation": verdict.operation,
-            "trace_id": verdict.trace_id,
+            "trace_id": trace_id,
             "fired_at": now,
         }
         if not self.store.fire(alert):

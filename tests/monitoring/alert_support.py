@@ -5,13 +5,22 @@ a manager over a SQLite file of the test's own."""
 
 from __future__ import annotations
 
+import datetime
+import email
+import email.policy
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
+
+import aiosmtpd.controller as aiosmtpd_controller
+from cryptography import x509
 
 from pulsetrace.monitoring.alerts import channels as _ch
 from pulsetrace.monitoring.alerts.engine import Manager
@@ -122,3 +131,74 @@ def manager(path: str, rx: Receiver, clock: Clock, **kw: Any) -> Manager:
 def settle(m: Manager) -> None:
     """Wait until every delivery queued so far has its outcome."""
     assert m.deliverer.wait_idle(20.0)
+
+
+# --- a real SMTP server with STARTTLS (aiosmtpd) -------------------------------
+
+
+def _self_signed(tmp_path):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(
+            {
+                "to": list(envelope.rcpt_tos),
+                "from": envelope.mail_from,
+                "tls": session.ssl is not None,
+                "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
+            }
+        )
+        return "250 OK"
+
+
+@contextmanager
+def smtp_server(tmp_path: Any) -> Iterator[tuple[Inbox, int, str]]:
+    """An SMTP server on a free port that requires STARTTLS, with a
+    throwaway self-signed certificate: (inbox, port, the certificate's path)."""
+    from servers import free_port
+
+    cert, key = _self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    inbox = Inbox()
+    ctl = aiosmtpd_controller.Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), tls_context=tls, require_starttls=True
+    )
+    ctl.start()
+    try:
+        yield inbox, ctl.port, cert
+    finally:
+        ctl.stop()

@@ -4,84 +4,19 @@ of the alert's severity; a server without STARTTLS gets nothing."""
 
 from __future__ import annotations
 
-import datetime
-import email
-import email.policy
-import ssl
-
 import aiosmtpd.controller as aiosmtpd_controller
 import pytest
-from alert_support import Clock, Receiver, manager, settle
-from cryptography import x509
+from alert_support import Clock, Inbox, Receiver, manager, settle, smtp_server
 
 from pulsetrace.config import Config
 from pulsetrace.monitoring import alerts
 from pulsetrace.monitoring.alerts.rules import Verdict, make_rule
 
 
-def _self_signed(tmp_path):
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(
-            {
-                "to": list(envelope.rcpt_tos),
-                "from": envelope.mail_from,
-                "tls": session.ssl is not None,
-                "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
-            }
-        )
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp(tmp_path):
-    from servers import free_port
-
-    cert, key = _self_signed(tmp_path)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
-    inbox = Inbox()
-    port = free_port()
-    ctl = aiosmtpd_controller.Controller(
-        inbox, hostname="127.0.0.1", port=port, tls_context=tls, require_starttls=True
-    )
-    ctl.start()
-    yield inbox, port, cert
-    ctl.stop()
+    with smtp_server(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

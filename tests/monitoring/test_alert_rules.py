@@ -181,3 +181,24 @@ def test_add_alert_rule_is_the_public_api(tmp_path, monkeypatch):
         assert (tmp_path / "alerts.db").exists()
     finally:
         alerts.reset()
+
+
+def test_an_operation_first_seen_counts_from_zero_and_no_data_keeps_the_state(tmp_path, rx):
+    fresh()
+    clock = Clock()
+    m = manager(str(tmp_path / "a.db"), rx, clock)
+    cond = Threshold("error_ratio", "POST /pay", threshold=0.5, window="5m", min_count=5)
+    m.add(make_rule("pay", "Payments failing", cond, severity="critical"))
+    m.cycle()  # before the operation's first request
+    clock.advance(1)
+    _requests("POST /pay", ok=2, errors=8)
+    m.cycle()
+    alert = m.store.open_alert("pay")
+    assert alert is not None and alert["value"] == pytest.approx(0.8)
+    # A fresh process (histograms empty): no data is no verdict; the alert stays.
+    fresh()
+    m.history.clear()
+    clock.advance(1)
+    m.cycle()
+    m.cycle()
+    assert m.store.get(alert["id"])["state"] == "firing"

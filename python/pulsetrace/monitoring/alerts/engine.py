@@ -73,6 +73,7 @@ class Manager:
         #: the alert's message links to ``<link_base>/apm/traces/<id>``.
         self.example_trace: Optional[Callable[[str], Optional[str]]] = None
         self.history: dict[str, deque[tuple[float, int, int]]] = {}
+        self._last_snapshot_at: Optional[float] = None
         self.deliverer = Deliverer(channels, self._delivered, backoff_s)
         self.cycles = 0
         self.last_cycle_cpu_s = 0.0
@@ -105,7 +106,11 @@ class Manager:
             h = self.history.get(name)
             if h is None:
                 h = self.history[name] = deque(maxlen=HISTORY)
+                if self._last_snapshot_at is not None:
+                    # Not there at the last snapshot: nothing counted then.
+                    h.append((self._last_snapshot_at, 0, 0))
             h.append((now, count, errors))
+        self._last_snapshot_at = now
         return _rules.Snapshot(now, ops, counters, dict(self.gauges), self.health_fn, self.history)
 
     def cycle(self) -> None:
@@ -140,6 +145,8 @@ class Manager:
             rule.broken = f"{type(exc).__name__}: {exc}"[:300]
             return
         rule.broken, rule.last_verdict = None, verdict
+        if not verdict.known:
+            return
         if not verdict.active:
             rule.active_since = None
             alert = self.store.open_alert(rule.id)

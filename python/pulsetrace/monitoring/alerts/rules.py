@@ -88,6 +88,10 @@ class Verdict:
     threshold: Optional[float] = None
     operation: Optional[str] = None
     trace_id: Optional[str] = None
+    #: False when there is no data to judge (an operation with too few
+    #: samples, a gauge never set, a fresh process): the alert's state is
+    #: left as it is, neither fired nor resolved.
+    known: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class Threshold:
     def __call__(self, snap: Snapshot) -> Verdict:
         value = self.measure(snap)
         if value is None:
-            return Verdict(False, None, self.threshold, self.operation)
+            return Verdict(False, None, self.threshold, self.operation, known=False)
         active = OPS[self.op](float(value), float(self.threshold))
         return Verdict(active, value, self.threshold, self.operation)
 

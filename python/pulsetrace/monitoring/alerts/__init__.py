@@ -88,20 +88,23 @@ def channels_from(cfg: Config) -> dict[str, Channel]:
         out["pagerduty"] = PagerDuty(cfg.pagerduty_routing_key, cfg.pagerduty_url)
     if cfg.smtp_host and cfg.alert_from_email:
         context = ssl.create_default_context(cafile=cfg.smtp_certificate)
-        common = dict(
-            host=cfg.smtp_host,
-            port=cfg.smtp_port,
-            sender=cfg.alert_from_email,
-            username=cfg.smtp_username,
-            password=cfg.smtp_password,
-            context=context,
-        )
-        out["email"] = Email(recipients=recipients(cfg), **common)  # type: ignore[arg-type]
+
+        def email(kind: str, to: Callable[[dict[str, Any]], list[str]]) -> Email:
+            return Email(
+                cfg.smtp_host or "",
+                cfg.smtp_port,
+                cfg.alert_from_email or "",
+                to,
+                cfg.smtp_username,
+                cfg.smtp_password,
+                context,
+                type=kind,
+            )
+
+        out["email"] = email("email", recipients(cfg))
         if cfg.manager_emails:
             managers = list(cfg.manager_emails)
-            out["managers"] = Email(  # type: ignore[arg-type]
-                recipients=lambda _n: managers, type="managers", **common
-            )
+            out["managers"] = email("managers", lambda _notice: managers)
     return out
 
 

@@ -301,7 +301,7 @@ def load(path: str) -> list[Rule]:
         text = f.read()
     if path.endswith((".yaml", ".yml")):
         try:
-            import yaml
+            import yaml  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             raise ValueError(f"{path}: YAML rules need PyYAML installed (or use JSON)") from None
         data = yaml.safe_load(text)

@@ -184,7 +184,7 @@ class Store:
     def alerts(
         self, state: Optional[str] = None, severity: Optional[str] = None, limit: int = 500
     ) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM alerts WHERE 1=1", []
+        sql, args = "SELECT * FROM alerts WHERE 1=1", list[str]()
         if state:
             sql, args = sql + " AND state=?", [*args, state]
         if severity:

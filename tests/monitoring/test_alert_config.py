@@ -75,3 +75,17 @@ def test_unusable_secrets_are_unset_with_a_warning_that_does_not_quote_them(tmp_
     assert "SLACK_WEBHOOK_URL is not a URL" in text
     assert "SMTP_PASSWORD_FILE" in text and "not readable" in text
     assert "credential" not in text
+
+
+def test_an_unusable_alert_directory_is_an_error_naming_it(tmp_path):
+    from pulsetrace.monitoring.alerts.store import Store
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = str(blocker / "alerts.db")
+    try:
+        Store(path)
+    except OSError as exc:
+        assert "cannot open the alert state" in str(exc) and path in str(exc)
+    else:
+        raise AssertionError("no error")

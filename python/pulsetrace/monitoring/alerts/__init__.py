@@ -34,6 +34,7 @@ __all__ = [
     "Threshold",
     "Verdict",
     "add_alert_rule",
+    "add_builtin_rules",
     "manager",
     "set_gauge",
     "start",
@@ -161,6 +162,19 @@ def add_alert_rule(
     )
     manager().add(rule)
     return rule
+
+
+def add_builtin_rules(**thresholds: Any) -> list[Rule]:
+    """Add the built-in rules (:func:`.builtin.builtin_rules`: database
+    connection, critical memory and CPU, high error rate, queue backlog,
+    message processing failures, low campaign success rate)."""
+    from pulsetrace.monitoring.alerts.builtin import builtin_rules
+
+    out = builtin_rules(**thresholds)
+    m = manager()
+    for rule in out:
+        m.add(rule)
+    return out
 
 
 def set_gauge(name: str, value: float) -> None:

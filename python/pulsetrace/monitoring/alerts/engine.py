@@ -98,8 +98,11 @@ class Manager:
         counters = pulsetrace.counters()
         per_name: dict[str, tuple[int, int]] = {}
         for op in ops:
-            c, e = per_name.get(op["name"], (0, 0))
-            per_name[op["name"]] = (c + int(op.get("count", 0)), e + int(op.get("errors", 0)))
+            count, errors = int(op.get("count", 0)), int(op.get("errors", 0))
+            # Each operation, every operation of its kind ("*server"), all ("*").
+            for key in (op["name"], "*" + str(op.get("kind", "")), "*"):
+                c, e = per_name.get(key, (0, 0))
+                per_name[key] = (c + count, e + errors)
         for name, v in counters.items():
             per_name["counter:" + name] = (int(v), 0)
         for name, (count, errors) in per_name.items():

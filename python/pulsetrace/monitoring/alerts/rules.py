@@ -100,8 +100,10 @@ class Threshold:
     ``threshold`` by ``op``.
 
     - ``error_ratio``: errors / requests over ``window`` (seconds);
-    - ``rate``: requests per second over ``window`` (or, with ``counter``
-      set in ``operation``'s place as ``counter:<name>``, a counter's rate);
+    - ``rate``: requests per second over ``window`` (or, with
+      ``counter:<name>`` as the operation, a counter's rate);
+    - for both, the operation ``*`` is every operation of ``span_kind``
+      (``server``, ``consumer``, ...; None: of every kind) together;
     - ``percentile``: ``p50``/``p90``/``p99``/``p999`` of the operation's
       live histogram (seconds), judged once it has ``min_count`` samples;
     - ``gauge``: the value of a gauge set with ``set_gauge``;
@@ -115,8 +117,11 @@ class Threshold:
     window: float = 300.0
     percentile: str = "p99"
     min_count: int = 1
+    span_kind: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.operation == "*" and self.kind not in ("error_ratio", "rate"):
+            raise ValueError("condition operation '*' (every operation) is for error_ratio or rate")
         if self.kind not in KINDS:
             raise ValueError(f"condition kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if not isinstance(self.operation, str) or not self.operation:
@@ -148,10 +153,9 @@ class Threshold:
             if op is None or op.get("count", 0) < self.min_count:
                 return None
             return float(op[self.percentile])
-        if self.operation.startswith("counter:"):
-            key = "counter:" + self.operation[8:]
-        else:
-            key = self.operation
+        key = self.operation
+        if key == "*":
+            key = "*" + (self.span_kind or "")
         past = snap.history.get(key)
         if not past or len(past) < 2:
             return None
@@ -174,6 +178,7 @@ class Threshold:
             "window_s": self.window,
             "percentile": self.percentile,
             "min_count": self.min_count,
+            "span_kind": self.span_kind,
         }
 
 

@@ -53,10 +53,12 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
         self._local = threading.local()
-        self._db().executescript(_SCHEMA)  # idempotent
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._db().executescript(_SCHEMA)  # idempotent
+        except (OSError, sqlite3.Error) as exc:
+            raise OSError(f"pulsetrace: cannot open the alert state {path!r}: {exc}") from None
 
     def _db(self) -> sqlite3.Connection:
         db: Optional[sqlite3.Connection] = getattr(self._local, "db", None)

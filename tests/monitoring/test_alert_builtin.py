@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 from alert_support import Clock, Receiver, manager, settle
-from conftest import fresh
 
 import pulsetrace
 from pulsetrace.monitoring.alerts.builtin import builtin_rules
+
+from conftest import fresh
 
 
 @pytest.fixture

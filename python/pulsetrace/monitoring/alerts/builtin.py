@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from pulsetrace.monitoring.alerts.rules import Rule, Threshold, make_rule
+from pulsetrace.monitoring.alerts.rules import Rule, Threshold, duration, make_rule
 
 Duration = Union[int, float, str]
 
@@ -27,13 +27,14 @@ def builtin_rules(
     min_count: int = 20,
 ) -> list[Rule]:
     """The built-in rules (ids ``builtin.*``)."""
+    seconds = duration(window, "window")
 
     def health(check: str) -> Threshold:
         return Threshold("health", check, threshold=0)
 
     def errors(kind: str, ratio: float) -> Threshold:
         return Threshold(
-            "error_ratio", "*", ratio, window=window, min_count=min_count, span_kind=kind
+            "error_ratio", "*", ratio, window=seconds, min_count=min_count, span_kind=kind
         )
 
     return [

@@ -89,3 +89,28 @@ def test_an_unusable_alert_directory_is_an_error_naming_it(tmp_path):
         assert "cannot open the alert state" in str(exc) and path in str(exc)
     else:
         raise AssertionError("no error")
+
+
+def test_the_evaluator_starts_with_the_first_rule_not_before(tmp_path):
+    import time
+
+    from conftest import fresh
+
+    fresh(alert_dir=str(tmp_path), alert_interval_ms=100)
+    alerts.reset()
+    try:
+        alerts.start()  # what the monitoring server does when it starts
+        assert alerts._thread is None and not (tmp_path / "alerts.db").exists()
+        alerts.add_alert_rule(
+            id="backlog",
+            name="Backlog",
+            condition={"kind": "gauge", "operation": "q", "threshold": 10},
+        )
+        alerts.set_gauge("q", 11)
+        deadline = time.monotonic() + 10
+        while alerts.manager().store.open_alert("backlog") is None:
+            assert time.monotonic() < deadline, "the evaluator never fired the rule"
+            time.sleep(0.05)
+        assert (tmp_path / "evaluator.lock").exists()
+    finally:
+        alerts.reset()

@@ -161,6 +161,8 @@ def add_alert_rule(
         id, name, condition, severity, description, cooldown, channels, enabled, team, for_
     )
     manager().add(rule)
+    if _wanted:
+        start()
     return rule
 
 
@@ -174,6 +176,8 @@ def add_builtin_rules(**thresholds: Any) -> list[Rule]:
     m = manager()
     for rule in out:
         m.add(rule)
+    if _wanted:
+        start()
     return out
 
 
@@ -182,37 +186,51 @@ def set_gauge(name: str, value: float) -> None:
     manager().gauges[name] = float(value)
 
 
+_wanted = False
+
+
 def start() -> None:
-    """Run the evaluator thread (idempotent); it evaluates only while this
-    process holds the application's election lock."""
-    global _thread
-    with _lock:
-        if _thread is not None and _thread.is_alive():
-            return
+    """Run the evaluator thread (idempotent) once there is a rule; it
+    evaluates only while this process holds the application's election
+    lock. (Called when the monitoring server starts; an application without
+    rules gets no thread and no state file.)"""
+    global _thread, _wanted, _stop
     from pulsetrace import _runtime
 
+    with _lock:
+        _wanted = True
+        if _thread is not None and _thread.is_alive():
+            return
+        if _manager is None and not _runtime.config().alert_rules:
+            return  # started by the first add_alert_rule
     m = manager()
     cfg = _runtime.config()
     election = Election(os.path.join(alert_dir(cfg), "evaluator.lock"))
     interval = cfg.alert_interval_ms / 1000.0
 
+    stop = threading.Event()  # this thread's own: reset() ends it
+
     def run() -> None:
-        while not _stop.wait(interval):
+        while not stop.wait(interval):
             try:
                 if election.leader():
                     m.cycle()
             except Exception as exc:
                 _diag.internal_error("alert evaluator", exc)
 
-    _stop.clear()
-    _thread = threading.Thread(target=run, name="pulsetrace-alerts", daemon=True)
-    _thread.start()
+    with _lock:
+        if _thread is not None and _thread.is_alive():
+            return  # another caller started it meanwhile
+        _stop = stop
+        _thread = threading.Thread(target=run, name="pulsetrace-alerts", daemon=True)
+        _thread.start()
 
 
 def reset() -> None:
-    """Forget this process's manager and stop its threads (tests, fork)."""
-    global _manager, _thread
+    """Forget this process's manager and stop its threads (tests)."""
+    global _manager, _thread, _wanted
     _stop.set()
+    _wanted = False
     with _lock:
         if _manager is not None:
             _manager.deliverer.stop()

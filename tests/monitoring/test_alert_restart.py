@@ -157,3 +157,31 @@ def test_one_evaluator_per_application_and_another_takes_over(tmp_path):
         os._exit(0 if here.leader() is False else 1)
     assert os.waitpid(pid, 0)[1] == 0
     assert here.leader() is True and Election(lock).leader() is False
+
+
+LEADER_THEN_FORK = """
+import os, sys, time
+from pulsetrace.monitoring.alerts.engine import Election
+e = Election(sys.argv[1])
+assert e.leader()
+pid = os.fork()
+if pid == 0:  # a worker that outlives the leader
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+"""
+
+
+def test_a_worker_outliving_the_leader_does_not_keep_the_leadership(tmp_path):
+    lock = str(tmp_path / "evaluator.lock")
+    out = subprocess.run(
+        [sys.executable, "-c", LEADER_THEN_FORK, lock], capture_output=True, text=True, timeout=30
+    )
+    worker = int(out.stdout.strip())
+    try:
+        assert Election(lock).leader() is True  # the leader exited; its worker lives on
+    finally:
+        os.kill(worker, signal.SIGKILL)

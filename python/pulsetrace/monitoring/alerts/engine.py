@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -293,12 +294,17 @@ class Election:
         self.path = path
         self._fd: Optional[int] = None
         self._pid = os.getpid()
+        _ELECTIONS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's lock is not this process's."""
+        if self._fd is not None:
+            os.close(self._fd)  # the parent's descriptor keeps its lock
+        self._fd, self._pid = None, os.getpid()
 
     def leader(self) -> bool:
-        if self._pid != os.getpid():  # forked: the lock is the parent's
-            if self._fd is not None:
-                os.close(self._fd)  # the parent's descriptor keeps its lock
-            self._fd, self._pid = None, os.getpid()
+        if self._pid != os.getpid():  # forked without the hook below
+            self._forked()
         if self._fd is not None:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -311,3 +317,16 @@ class Election:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         return True
+
+
+_ELECTIONS: weakref.WeakSet[Election] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A worker forked from the evaluating process must not keep the lock's
+    # descriptor open: the lock would outlive the process that held it.
+    for election in list(_ELECTIONS):
+        election._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -114,3 +114,30 @@ def test_the_evaluator_starts_with_the_first_rule_not_before(tmp_path):
         assert (tmp_path / "evaluator.lock").exists()
     finally:
         alerts.reset()
+
+
+def test_unusable_alerting_values_are_warned_about_and_left_out(tmp_path, caplog):
+    env = {
+        "CRITICAL_ALERT_EMAILS": "oncall@example.com, not-an-address",
+        "ALERT_FROM_EMAIL": "alerts",
+        "PULSETRACE_ALERT_RULES": str(tmp_path / "missing.json"),
+        "PULSETRACE_ALERT_DIR": "relative/dir",
+        "PULSETRACE_PAGERDUTY_URL": "events.pagerduty.com",
+        "PULSETRACE_SMTP_CERTIFICATE": str(tmp_path),
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/a",
+        "SLACK_WEBHOOK_URL_FILE": str(tmp_path / "slack"),
+    }
+    (tmp_path / "slack").write_text("https://hooks.slack.com/services/b\n")
+    with caplog.at_level(logging.WARNING, logger="pulsetrace"):
+        cfg = from_env(env)
+    assert cfg.critical_alert_emails == ("oncall@example.com",)
+    assert cfg.alert_from_email is None and cfg.alert_rules is None and cfg.alert_dir is None
+    assert cfg.pagerduty_url == "https://events.pagerduty.com/v2/enqueue"
+    assert cfg.smtp_certificate is None
+    assert cfg.slack_webhook_url == "https://hooks.slack.com/services/b"
+    text = caplog.text
+    for var in env:
+        if var != "SLACK_WEBHOOK_URL_FILE":  # used: the warning is about both being set
+            assert f"pulsetrace: {var}" in text, var
+    assert "SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set" in text
+    assert "hooks.slack.com" not in text

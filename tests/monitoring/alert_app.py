@@ -1,8 +1,9 @@
-"""The Flask application of the alerting end-to-end test, run as
-``pulsetrace-run python alert_app.py <port>``: every setting comes from the
-environment; the only pulsetrace call moves the alert manager's clock to a
-file the test writes (``ALERT_TEST_CLOCK``), so that the escalation's 15,
-30 and 60 minutes pass at once."""
+"""The Flask application of the alerting end-to-end tests, run as
+``pulsetrace-run python alert_app.py <port>`` or under ``pulsetrace-run
+gunicorn -w 2 alert_app:app``: every setting comes from the environment;
+the only pulsetrace call moves the alert manager's clock to a file the test
+writes (``ALERT_TEST_CLOCK``), so that the escalation's 15, 30 and 60
+minutes pass at once."""
 
 import os
 import sys
@@ -31,9 +32,10 @@ class FileClock:
             return float(f.read())
 
 
-if __name__ == "__main__":
+if os.environ.get("ALERT_TEST_CLOCK"):  # this process's manager (a worker's own)
     from pulsetrace.monitoring import alerts
 
     alerts.manager().clock = FileClock(os.environ["ALERT_TEST_CLOCK"])
-    print("serving", flush=True)
+
+if __name__ == "__main__":
     app.run("127.0.0.1", int(sys.argv[1]), threaded=True)

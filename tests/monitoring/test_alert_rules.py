@@ -39,14 +39,16 @@ def test_error_ratio_over_a_window_fires_and_resolves_on_live_traffic(tmp_path, 
     cond = Threshold("error_ratio", "GET /orders", threshold=0.05, window="5m", min_count=10)
     m.add(make_rule("errors", "Error rate", cond, severity="high"))
     _requests("GET /orders", ok=100, errors=0)
-    m.cycle()  # the window's first sample
+    m.cycle()  # the first evaluation: what was counted before it is a sample
+    assert m.store.open_alert("errors") is None
     clock.advance(1)
     _requests("GET /orders", ok=80, errors=20)
     m.cycle()
     alert = m.store.open_alert("errors")
     assert alert is not None and alert["operation"] == "GET /orders"
-    assert alert["value"] == pytest.approx(0.2) and alert["threshold"] == 0.05
-    assert "0.2 against a threshold of 0.05" in alert["message"]
+    # 20 errors of the window's 200 requests.
+    assert alert["value"] == pytest.approx(0.1) and alert["threshold"] == 0.05
+    assert "0.1 against a threshold of 0.05" in alert["message"]
     # Ten minutes of clean traffic: the window no longer holds the errors.
     for _ in range(10):
         clock.advance(1)
@@ -202,3 +204,13 @@ def test_an_operation_first_seen_counts_from_zero_and_no_data_keeps_the_state(tm
     m.cycle()
     m.cycle()
     assert m.store.get(alert["id"])["state"] == "firing"
+
+
+def test_failures_before_the_first_evaluation_are_judged(tmp_path, rx):
+    fresh()
+    m = manager(str(tmp_path / "a.db"), rx, Clock())
+    cond = Threshold("error_ratio", "GET /pay", threshold=0.05, min_count=5)
+    m.add(make_rule("pay", "Payments failing", cond))
+    _requests("GET /pay", ok=0, errors=20)
+    m.cycle()
+    assert m.store.open_alert("pay")["value"] == 1.0

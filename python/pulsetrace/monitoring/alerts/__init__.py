@@ -209,11 +209,18 @@ def start() -> None:
     interval = cfg.alert_interval_ms / 1000.0
 
     stop = threading.Event()  # this thread's own: reset() ends it
+    served = [False]
 
     def run() -> None:
+        import pulsetrace
+
         while not stop.wait(interval):
             try:
-                if election.leader():
+                # A process stands for election once it has recorded a span:
+                # a pre-fork server's master (which serves no request) never
+                # evaluates; one of its workers does.
+                served[0] = served[0] or bool(pulsetrace.latency())
+                if served[0] and election.leader():
                     m.cycle()
             except Exception as exc:
                 _diag.internal_error("alert evaluator", exc)
@@ -235,3 +242,26 @@ def reset() -> None:
         if _manager is not None:
             _manager.deliverer.stop()
         _manager, _thread = None, None
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker gets an evaluator of its own (standing for election
+    once it serves), with its parent's rules but none of its threads'
+    state."""
+    global _lock, _manager, _thread
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    parent, _manager, _thread = _manager, None, None
+    if not _wanted:
+        return
+    try:
+        m = manager()
+        for rule in parent.rules.values() if parent is not None else ():
+            m.rules.setdefault(rule.id, rule)
+        if parent is not None:
+            m.gauges.update(parent.gauges)
+        start()
+    except Exception as exc:
+        _diag.internal_error("alert evaluator after fork", exc)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -110,9 +110,11 @@ class Manager:
             h = self.history.get(name)
             if h is None:
                 h = self.history[name] = deque(maxlen=HISTORY)
-                if self._last_snapshot_at is not None:
-                    # Not there at the last snapshot: nothing counted then.
-                    h.append((self._last_snapshot_at, 0, 0))
+                # Not there at the last snapshot: nothing was counted then. At
+                # the first one, what the histograms counted since the process
+                # started is judged as one sample (failures before the first
+                # evaluation are not lost).
+                h.append((self._last_snapshot_at or now, 0, 0))
             h.append((now, count, errors))
         self._last_snapshot_at = now
         return _rules.Snapshot(now, ops, counters, dict(self.gauges), self.health_fn, self.history)

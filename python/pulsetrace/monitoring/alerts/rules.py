@@ -233,6 +233,9 @@ class Rule:
             "enabled": self.enabled,
             "condition": shown,
             "broken": self.broken,
+            "last": None
+            if (v := self.last_verdict) is None
+            else {"active": v.active, "known": v.known, "value": v.value},
         }
 
 

@@ -20,11 +20,29 @@ The rule that makes escalation exactly-once per step, whatever crashes:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
+
+from pulsetrace._suppress import suppressed
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _untraced(fn: _F) -> _F:
+    """The store's SQL is pulsetrace's own: never traced by its SQLite hook
+    (whichever thread calls, the application's included)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with suppressed():
+            return fn(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -51,6 +69,7 @@ TEST_STEP = 200
 class Store:
     """One SQLite file; a connection per thread, WAL, short transactions."""
 
+    @_untraced
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
@@ -86,6 +105,7 @@ class Store:
 
     # -- alerts ----------------------------------------------------------------
 
+    @_untraced
     def open_alert(self, rule_id: str) -> Optional[dict[str, Any]]:
         row = (
             self._db()
@@ -98,6 +118,7 @@ class Store:
         )
         return dict(row) if row else None
 
+    @_untraced
     def last_resolved_at(self, rule_id: str) -> Optional[float]:
         row = (
             self._db()
@@ -109,6 +130,7 @@ class Store:
         )
         return row[0] if row else None
 
+    @_untraced
     def fire(self, alert: dict[str, Any]) -> bool:
         """Insert a firing alert unless the rule has an open one."""
         with self._tx() as db:
@@ -123,6 +145,7 @@ class Store:
             _event(db, alert["id"], alert["fired_at"], "fired", alert["message"])
             return True
 
+    @_untraced
     def advance(self, alert_id: str, step: int, channels: list[str], now: float) -> bool:
         """Decide step ``step`` (see the module's rule): True when this call
         moved the alert to it, with its deliveries recorded as pending."""
@@ -142,6 +165,7 @@ class Store:
             _event(db, alert_id, now, "escalated", json.dumps({"step": step, "channels": channels}))
             return True
 
+    @_untraced
     def acknowledge(self, alert_id: str, by: str, now: float) -> Optional[dict[str, Any]]:
         """Acknowledge a firing alert; the alert as it now is (None: no such
         alert). Acknowledging twice keeps the first who and when."""
@@ -157,6 +181,7 @@ class Store:
                 _event(db, alert_id, now, "acknowledged", by)
             return dict(db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone())
 
+    @_untraced
     def resolve(self, alert_id: str, now: float, channels: list[str]) -> bool:
         with self._tx() as db:
             cur = db.execute(
@@ -175,14 +200,17 @@ class Store:
             _event(db, alert_id, now, "resolved", None)
             return True
 
+    @_untraced
     def note(self, alert_id: str, now: float, event: str, detail: Optional[str]) -> None:
         with self._tx() as db:
             _event(db, alert_id, now, event, detail)
 
+    @_untraced
     def get(self, alert_id: str) -> Optional[dict[str, Any]]:
         row = self._db().execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
         return dict(row) if row else None
 
+    @_untraced
     def alerts(
         self, state: Optional[str] = None, severity: Optional[str] = None, limit: int = 500
     ) -> list[dict[str, Any]]:
@@ -194,9 +222,11 @@ class Store:
         rows = self._db().execute(sql + " ORDER BY fired_at DESC LIMIT ?", (*args, limit))
         return [dict(r) for r in rows]
 
+    @_untraced
     def firing(self) -> list[dict[str, Any]]:
         return self.alerts(state="firing", limit=100_000)
 
+    @_untraced
     def history(self, alert_id: str) -> list[dict[str, Any]]:
         rows = self._db().execute(
             "SELECT at, event, detail FROM history WHERE alert_id=? ORDER BY rowid", (alert_id,)
@@ -205,6 +235,7 @@ class Store:
 
     # -- deliveries ------------------------------------------------------------
 
+    @_untraced
     def deliveries(self, alert_id: Optional[str] = None) -> list[dict[str, Any]]:
         if alert_id is None:
             rows = self._db().execute("SELECT * FROM deliveries ORDER BY at, step, channel")
@@ -214,10 +245,12 @@ class Store:
             )
         return [dict(r) for r in rows]
 
+    @_untraced
     def pending(self) -> list[dict[str, Any]]:
         rows = self._db().execute("SELECT * FROM deliveries WHERE status='pending' ORDER BY at")
         return [dict(r) for r in rows]
 
+    @_untraced
     def record_test(self, alert_id: str, channels: list[str], now: float) -> None:
         with self._tx() as db:
             for ch in channels:
@@ -227,6 +260,7 @@ class Store:
                     (alert_id, TEST_STEP, ch, now),
                 )
 
+    @_untraced
     def delivered(
         self, alert_id: str, step: int, channel: str, ok: bool, attempts: int, error: Optional[str]
     ) -> None:
@@ -237,6 +271,7 @@ class Store:
                 ("sent" if ok else "failed", attempts, error, alert_id, step, channel),
             )
 
+    @_untraced
     def counts(self) -> dict[str, int]:
         out = {"firing": 0, "acknowledged": 0, "resolved": 0}
         for state, n in self._db().execute("SELECT state, COUNT(*) FROM alerts GROUP BY state"):

@@ -1,7 +1,7 @@
 # pulsetrace task runner: the README and CI call these targets, nothing else.
 #   make demo   build and run the demo (an instrumented program that prints what it recorded)
 #   make test   build, lint, Rust tests (with loom), Python tests, the abi3 wheel on
-#               CPython 3.9 and 3.13, quick benchmarks
+#               CPython 3.10, 3.11 and 3.13, quick benchmarks
 #   make bench-full   the full benchmark suite (a few minutes)
 
 SHELL := /bin/bash
@@ -16,11 +16,11 @@ RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml C
 .PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
-# integrations), wrk (the overhead benchmark). Installed once, when missing.
-DEB_PACKAGES := redis-server postgresql mariadb-server wrk prometheus prometheus-alertmanager valgrind
+# integrations), RabbitMQ (messaging integrations), wrk (the overhead benchmark). Installed once, when missing.
+DEB_PACKAGES := redis-server postgresql mariadb-server rabbitmq-server wrk prometheus prometheus-alertmanager valgrind
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v mariadbd >/dev/null \
-	    || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v wrk >/dev/null || ! command -v rabbitmq-server >/dev/null || ! command -v promtool >/dev/null \
 	    || ! command -v prometheus-alertmanager >/dev/null || ! command -v valgrind >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing $(DEB_PACKAGES)"; \
@@ -69,11 +69,11 @@ loom:
 py-test: build system-deps
 	$(PY) -m pytest -q
 
-# The abi3 wheel (the extension declares some CPython functions and calling
-# conventions itself) installed and exercised on the oldest and newest CPython
-# it claims, when this machine has them (pyenv's or on PATH); each one missing
-# is reported, not counted as passed.
-ABI3_PYTHONS := 3.9 3.13
+# The abi3 wheel (the extension declares some CPython functions itself)
+# installed and exercised on the oldest and newest CPython it claims and on
+# the development one, when this machine has them (pyenv's or on PATH); each
+# one missing is reported, not counted as passed.
+ABI3_PYTHONS := 3.10 3.11 3.13
 abi3-check: $(VENV)/.installed
 	rm -rf target/abi3-wheel && $(VENV)/bin/maturin build --release --quiet -o target/abi3-wheel
 	@for v in $(ABI3_PYTHONS); do \

@@ -8,6 +8,7 @@ not a skip: these tests are what the integrations are judged by.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -218,3 +219,86 @@ def mysql_server() -> Iterator[Server]:
     finally:
         stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _rabbitmq_env(root: str, ports: dict[str, int]) -> dict[str, str]:
+    """The environment of a private broker under ``root``: its own node
+    name, ports, epmd and Erlang cookie (``HOME``), all on loopback."""
+    return {
+        **os.environ,
+        "HOME": root,
+        "RABBITMQ_NODENAME": f"pulsetrace{ports['amqp']}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(ports["amqp"]),
+        "RABBITMQ_DIST_PORT": str(ports["dist"]),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "ERL_EPMD_PORT": str(ports["epmd"]),
+        "RABBITMQ_MNESIA_BASE": f"{root}/mnesia",
+        "RABBITMQ_LOG_BASE": f"{root}/log",
+        "RABBITMQ_ENABLED_PLUGINS_FILE": f"{root}/plugins",
+        "RABBITMQ_PID_FILE": f"{root}/pid",
+        "RABBITMQ_CONFIG_FILE": f"{root}/rabbitmq.conf",
+    }
+
+
+@contextlib.contextmanager
+def rabbitmq() -> Iterator[Server]:
+    """A RabbitMQ broker (Debian's rabbitmq-server) with the management
+    plugin, AMQP and management API on free loopback ports, stopped (with
+    its epmd) on exit. ``extra``: ``management_url``
+    (``http://guest:guest@127.0.0.1:PORT``)."""
+    binary = require("rabbitmq-server")
+    ports = {name: free_port() for name in ("amqp", "dist", "epmd", "management")}
+    root = tempfile.mkdtemp(prefix="pulsetrace-mq-")
+    os.chmod(root, 0o755)
+    for sub in ("mnesia", "log"):
+        os.mkdir(f"{root}/{sub}")
+    Path(root, "plugins").write_text("[rabbitmq_management].\n")
+    Path(root, "pid").write_text("")
+    Path(root, "rabbitmq.conf").write_text(
+        f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {ports['management']}\n"
+        "vm_memory_high_watermark.relative = 0.9\ndisk_free_limit.absolute = 1MB\n"
+    )
+    if os.geteuid() == 0:  # the server drops to the rabbitmq user
+        pw = pwd.getpwnam("rabbitmq")
+        for dirpath, _dirs, files in os.walk(root):
+            os.chown(dirpath, pw.pw_uid, pw.pw_gid)
+            for name in files:
+                os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
+    env = _rabbitmq_env(root, ports)
+    proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(ports["amqp"], proc, timeout=60)
+        wait_for_port(ports["management"], proc, timeout=30)
+        yield Server(
+            "127.0.0.1",
+            ports["amqp"],
+            proc,
+            {"management_url": f"http://guest:guest@127.0.0.1:{ports['management']}"},
+        )
+    finally:
+        pid = Path(root, "pid").read_text().strip()
+        if pid.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+            # epmd refuses to stop while the node is registered: wait for it to go.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                        break
+                time.sleep(0.1)
+        stop(proc)
+        epmd = which("epmd")
+        if epmd:
+            subprocess.run(
+                [epmd, "-kill"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[Server]:
+    """See :func:`rabbitmq`."""
+    with rabbitmq() as server:
+        yield server

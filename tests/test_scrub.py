@@ -107,8 +107,7 @@ def test_a_failing_scrubber_fails_closed_and_never_raises():
         inject_panic("scrub.text")
         assert scrub_text("a@b.com") == REDACTED
         assert scrub_value(["a@b.com"]) == REDACTED
-        inject_panic("scrub.keyed")
-        assert scrub_value({"m": "a@b.com"}) == REDACTED
+        assert scrub_value({"m": "a@b.com"}) == REDACTED  # a dict: one native call too
     finally:
         inject_panic(None)
     errors = _diag.internal_errors()

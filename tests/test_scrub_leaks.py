@@ -1,13 +1,14 @@
 """Personal data that reached the exported spans before the scrubber, one
 test per leak, and an end-to-end request through a Flask app to a real OTLP
-receiver whose exported bytes hold none of what the request carried.
-
-The log-line half of the end-to-end check belongs with the JSON logs
-(``tests/logging/``): they scrub records with ``pulsetrace.scrub``.
+receiver whose exported bytes, and whose JSON log lines, hold none of what
+the request carried.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import redis
 import requests
 
 import pulsetrace
+import pulsetrace.logging as plog
 from export.otlp_receivers import start_http_receiver
 from pulsetrace.contrib import _sql
 from pulsetrace.contrib import flask as flask_hook
@@ -88,6 +90,13 @@ def make_app(echo: EchoServer, redis_server: Any) -> Any:
         r = redis.Redis(host=redis_server.host, port=redis_server.port)
         r.get(f"session:{TOKEN}")
         r.close()
+        logging.getLogger("contacts").warning(
+            "contact %s reached at %s, card %s",
+            EMAIL,
+            PHONE,
+            CARD,
+            extra={"authorization": f"Bearer {TOKEN}", "query": LEAKED_QUERY},
+        )
         with pulsetrace.start_span("notify", kind="internal") as span:
             try:
                 raise ValueError(f"cannot deliver to {PHONE} ({EMAIL}), card {CARD}")
@@ -126,8 +135,10 @@ def test_end_to_end_a_flask_request_exports_none_of_its_personal_data(hooks, ech
             }
         )
     )
+    logs = io.StringIO()
     try:
         fresh(redis_obfuscate_keys=True)
+        plog.configure(stream=logs)
         pulsetrace.add_exporter(exporter)
         assert request(make_app(echo, redis_server)) == 200
         assert pulsetrace.flush(5)
@@ -143,10 +154,19 @@ def test_end_to_end_a_flask_request_exports_none_of_its_personal_data(hooks, ech
             for s in ss.spans
         ]
     finally:
+        plog.unconfigure()
         pulsetrace.remove_exporter(exporter)
         exporter.shutdown(1)
         receiver.stop()
         pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+    # The log line: written, with its trace, and none of the data.
+    (line,) = [json.loads(x) for x in logs.getvalue().splitlines() if "contact" in x]
+    assert_clean(json.dumps(line))
+    assert line["message"] == (
+        "contact m**********@example.com reached at +55*********21, card ************1111"
+    )
+    assert line["metadata"]["authorization"] == "REDACTED"
+    assert line["trace_id"] == f"{spans[0].trace_id.hex()}"
     # And what each span carries is still there, scrubbed.
     by_name = {s.name: s for s in spans}
     server = attrs(by_name["GET /contacts/<path:who>"])

@@ -7,6 +7,9 @@ Routes (what ``run.py`` drives):
 - ``/json``: a small JSON dict, Flask alone.
 - ``/sqlite``: one ``SELECT`` of a few rows through ``sqlite3`` (an in-memory
   database created when the app is imported, i.e. in the worker).
+- ``/sqlite_connect``: open a connection to a SQLite file (created when the
+  app is imported), one ``SELECT`` of a few rows, close: what an app without
+  a connection pool does on every request.
 - ``/outbound``: one ``requests.get`` to ``BENCH_OUTBOUND_URL`` (a tiny local
   server that ``run.py`` starts; a new connection per call, as a bare
   ``requests.get`` does).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import tempfile
 from typing import Any
 
 from flask import Flask, jsonify
@@ -54,6 +58,16 @@ _db.executemany(
 )
 _db.commit()
 
+# A file for /sqlite_connect (one per worker process: the app is imported there).
+_DB_FILE = os.path.join(tempfile.mkdtemp(prefix="flask-overhead-"), "items.db")
+with sqlite3.connect(_DB_FILE) as _file_db:
+    _file_db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)")
+    _file_db.executemany(
+        "INSERT INTO items (id, name, price) VALUES (?, ?, ?)",
+        [(i, f"item-{i}", i * 1.25) for i in range(1, 21)],
+    )
+_file_db.close()
+
 # Made in the worker (the app is imported there); connects at the first command.
 _redis = (
     redis.Redis(
@@ -80,6 +94,18 @@ def sqlite_route() -> Any:
         rows = cur.fetchall()
     finally:
         cur.close()
+    return jsonify(rows=[{"id": r[0], "name": r[1], "price": r[2]} for r in rows])
+
+
+@app.get("/sqlite_connect")
+def sqlite_connect_route() -> Any:
+    conn = sqlite3.connect(_DB_FILE)
+    try:
+        rows = conn.execute(
+            "SELECT id, name, price FROM items WHERE id <= ? ORDER BY id", (5,)
+        ).fetchall()
+    finally:
+        conn.close()
     return jsonify(rows=[{"id": r[0], "name": r[1], "price": r[2]} for r in rows])
 
 

@@ -3,6 +3,9 @@ process of its own (1,000 operations recorded, a few health checks
 registered), probed on 127.0.0.1 at a fixed rate (default 200 probes/s)
 and then closed-loop at saturation. Prints p50/p99/max per endpoint and
 the saturated requests/s; writes JSON under benchmarks/results/.
+``/apm/transactions`` (since start and over 5 minutes) is probed while a
+thread of the served process keeps recording spans over the same 1,000
+operations (``--load`` spans/s, default 2,000).
 
 Figures, not a test: it exits 0 whatever the numbers.
 
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 
 SERVER = """
-import sys, time
+import sys, threading, time
 import pulsetrace, pulsetrace.health
 from pulsetrace import prometheus
 pulsetrace.configure(monitoring_enabled=True, export_queue_size=1)
@@ -31,6 +34,19 @@ for i in range(1000):
     with pulsetrace.start_span(f"op-{i}"):
         pass
 pulsetrace.flush()
+LOAD = float(sys.argv[1])
+
+def load():
+    i = 0
+    while LOAD > 0:
+        t0 = time.perf_counter()
+        for _ in range(100):
+            with pulsetrace.start_span(f"op-{i % 1000}"):
+                pass
+            i += 1
+        time.sleep(max(0.0, 100 / LOAD - (time.perf_counter() - t0)))
+
+threading.Thread(target=load, daemon=True).start()
 pulsetrace.health.register("custom", lambda: True)
 pulsetrace.health.check_disk()
 pulsetrace.health.check_memory()
@@ -39,6 +55,14 @@ print(addr[1], flush=True)
 sys.stdin.read()
 """
 
+PATHS = [
+    "/health/live",
+    "/health/ready",
+    "/health",
+    "/health/metrics",
+    "/apm/transactions",
+    "/apm/transactions?window=5m",
+]
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -107,15 +131,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--load", type=float, default=2000.0, help="spans/s recorded meanwhile")
+    ap.add_argument("--paths", nargs="*", default=PATHS)
     args = ap.parse_args()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", SERVER, str(args.load)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     report: dict[str, dict[str, float]] = {}
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        for path in ("/health/live", "/health/ready", "/health", "/health/metrics"):
+        for path in args.paths:
             probe(port, path)  # warm
             lat = fixed_rate(port, path, args.rate, args.seconds)
             rps, sat = saturated(port, path, args.clients, args.seconds)
@@ -127,7 +155,7 @@ def main() -> None:
                 "saturated_p99_ms": quantile(sat, 0.99) * 1000,
             }
             report[path] = row
-            print(f"{path:18} " + "  ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
+            print(f"{path:30} " + "  ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()

@@ -13,6 +13,7 @@ pulsetrace.auto``).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
@@ -106,7 +107,7 @@ def latency() -> list[dict[str, Any]]:
 
 def counters() -> dict[str, int]:
     """Every counter of the agent (sampler outcomes, drops, conversions,
-    internal errors), by name."""
+    internal errors, integrations left unpatched for their version), by name."""
     out = dict(_runtime.tracer().counters())
     out["export_failures"] = _runtime.export_failures()
     out.update(_runtime.deliveries())
@@ -122,6 +123,8 @@ def counters() -> dict[str, int]:
 
     out.update(_logging.counters())
     out["internal_errors"] = sum(_diag.internal_errors().values())
+    patcher = sys.modules.get("pulsetrace.contrib._patcher")  # loaded once anything is patched
+    out["integrations_unsupported"] = len(patcher.unsupported()) if patcher else 0
     return out
 
 

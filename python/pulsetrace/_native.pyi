@@ -9,6 +9,7 @@ from pulsetrace.config import Config
 __all__ = [
     "Batch",
     "Histogram",
+    "HistogramSnapshot",
     "RouteNamer",
     "Span",
     "SpanContext",
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "after_fork_in_child",
     "format_traceparent_header",
+    "histogram_snapshots",
     "http_method",
     "http_server_span",
     "http_span_name",
@@ -27,11 +29,13 @@ __all__ = [
     "obfuscate_sql",
     "parse_traceparent_header",
     "redact_query",
+    "sample_rate",
     "scrub_configure",
     "scrub_is_secret_key",
     "scrub_keyed",
     "scrub_text",
     "scrub_value",
+    "set_sample_rate",
     "wsgi_call",
     "wsgi_server_span",
 ]
@@ -155,6 +159,26 @@ class Histogram:
     def reset(self) -> None: ...
 
 @final
+class HistogramSnapshot:
+    @property
+    def count(self) -> int: ...
+    @property
+    def min(self) -> int: ...
+    @property
+    def max(self) -> int: ...
+    @property
+    def mean(self) -> float: ...
+    def value_at_quantile(self, q: float) -> int: ...
+    def delta(self, earlier: HistogramSnapshot) -> HistogramSnapshot: ...
+    def merge(self, other: HistogramSnapshot) -> HistogramSnapshot: ...
+    def encode(self) -> str: ...
+
+def set_sample_rate(tracer: Tracer, rate: float) -> None: ...
+def sample_rate(tracer: Tracer) -> float: ...
+def histogram_snapshots(
+    tracer: Tracer,
+) -> list[tuple[str, str, list[tuple[str, str]], int, HistogramSnapshot]]: ...
+@final
 class Tracer:
     def __new__(
         cls, context_var: Any, on_first_use: Optional[Callable[[], None]] = None
@@ -164,7 +188,8 @@ class Tracer:
         name: str,
         *,
         kind: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        # A tuple of (key, value) pairs passed again is converted once.
+        attributes: Optional[Union[Mapping[str, Any], tuple[tuple[str, Any], ...]]] = None,
         parent: Optional[Union[Span, SpanContext]] = None,
         links: Optional[Sequence[Union[Span, SpanContext]]] = None,
         start_time: Optional[int] = None,

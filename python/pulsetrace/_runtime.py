@@ -25,6 +25,14 @@ from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
 
+#: The ``X-Request-ID`` header of the request a Python server hook serves in
+#: this context, with its trace id: ``(trace_id, value)``, trace id 0 for
+#: the WSGI middleware (set before its native path starts the span) (the log
+#: lines' ``requestId``; Flask's native path is read from Flask's request).
+REQUEST_ID: contextvars.ContextVar[Optional[tuple[int, str]]] = contextvars.ContextVar(
+    "pulsetrace_request_id", default=None
+)
+
 #: The current span (a Span) or remote parent (a SpanContext) of a context.
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "pulsetrace_current_span", default=None

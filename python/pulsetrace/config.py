@@ -334,6 +334,9 @@ class Config:
     redis_obfuscate_keys: bool = field(
         default=False, metadata=_declare("PULSETRACE_REDIS_OBFUSCATE_KEYS")
     )
+    rabbitmq_management_url: Optional[str] = field(
+        default=None, metadata=_declare("RABBITMQ_MANAGEMENT_URL")
+    )
     # Export
     export_interval_ms: float = field(
         default=1_000.0, metadata=_declare("PULSETRACE_EXPORT_INTERVAL_MS", low=10, high=3_600_000)

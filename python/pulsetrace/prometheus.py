@@ -171,6 +171,12 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
             [({}, float(sum(_diag.internal_errors().values())))],
         )
     )
+    from pulsetrace import messaging
+    from pulsetrace.monitoring import metrics_business, metrics_custom
+
+    extra.extend(metrics_custom.families())
+    extra.extend(metrics_business.families())
+    extra.extend(messaging.families())  # queue depth, read at most every few seconds
     body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
     return body, content_type
 
@@ -243,6 +249,9 @@ def start_server(
             return None
         if monitoring:
             _register_checks()
+            from pulsetrace.monitoring import apm
+
+            apm.install()  # the traces ring buffer and the windows' copies
         server.start()
         _server = server
         return server.address
@@ -272,6 +281,9 @@ def stop_server() -> None:
         if _server is not None:
             _server.stop()
             _server = None
+            from pulsetrace.monitoring import apm
+
+            apm.uninstall()
 
 
 def _after_fork_in_child() -> None:

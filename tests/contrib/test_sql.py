@@ -135,6 +135,8 @@ def traced(obj: Any) -> bool:
     """A proxy (sqlite3, psycopg, PyMySQL), or a traced psycopg2 subclass."""
     if isinstance(obj, (dbapi.TracedConnection, dbapi.TracedCursor)):
         return True
+    if isinstance(obj, (sqlite3_hook.TracedConnection, sqlite3_hook.TracedCursor)):
+        return True
     return isinstance(obj, psycopg2_hook._Cursor) or hasattr(obj, "_pulsetrace_db")
 
 
@@ -170,7 +172,12 @@ def conn(driver):
 def create(d: Driver, conn: Any) -> None:
     """The test table, created untraced through the real connection."""
     raw = getattr(conn, "__wrapped__", conn)
-    cur = psycopg2.extensions.cursor(raw) if d.name == "psycopg2" else raw.cursor()
+    if d.name == "psycopg2":
+        cur = psycopg2.extensions.cursor(raw)
+    elif d.name == "sqlite3":
+        cur = sqlite3.Cursor(raw)  # the C type check accepts the traced connection
+    else:
+        cur = raw.cursor()
     assert not traced(cur)
     cur.execute(f"CREATE TABLE {d.table} (id INTEGER PRIMARY KEY, email VARCHAR(100) UNIQUE)")
     cur.execute(f"INSERT INTO {d.table} (id, email) VALUES (1, 'bob@x.com')")
@@ -321,6 +328,16 @@ def test_disabled_tracer_passes_through(driver, conn, exporter):
     assert client_spans(exporter) == []
 
 
+def test_pulsetrace_own_work_is_not_traced(driver, conn, exporter):
+    from pulsetrace._suppress import suppressed
+
+    with suppressed():  # a health check's query, say
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        assert tuple(cur.fetchone()) == (1,)
+    assert client_spans(exporter) == []
+
+
 def test_no_current_span_starts_a_trace_of_its_own(driver, conn, exporter):
     conn.cursor().execute("SELECT 1")
     (span,) = client_spans(exporter)
@@ -343,7 +360,7 @@ def test_sqlite3_connection_shortcuts_are_traced(sqlite_hooked, tmp_path):
     with pulsetrace.start_span("request"):
         conn.executescript("CREATE TABLE t (a TEXT); CREATE TABLE u (b TEXT);")
         cur = conn.execute("INSERT INTO t (a) VALUES ('secret')")
-        assert isinstance(cur, dbapi.TracedCursor) and isinstance(cur, sqlite3.Cursor)
+        assert isinstance(cur, sqlite3_hook.TracedCursor) and isinstance(cur, sqlite3.Cursor)
         conn.executemany("INSERT INTO t (a) VALUES (?)", [("x",), ("y",)])
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
         with conn:
@@ -367,13 +384,48 @@ def test_sqlite3_memory_namespace_backup_and_dbapi2(sqlite_hooked):
     src = sqlite3.dbapi2.connect(":memory:")  # SQLAlchemy's entry point
     dst = sqlite3.connect(":memory:")
     src.execute("CREATE TABLE t (a)")
-    src.backup(dst)  # a proxied target is unwrapped for the C type check
+    src.backup(dst)  # the C type check accepts the traced connection
     assert dst.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
     src.close()
     dst.close()
     spans = client_spans(sqlite_hooked)
     assert len(spans) == 2
     assert {s.attributes["db.namespace"] for s in spans} == {":memory:"}
+
+
+def test_sqlite3_connections_are_real_so_c_type_checks_pass(sqlite_hooked, tmp_path):
+    class AppConnection(sqlite3.Connection):
+        def hello(self):
+            return "hello"
+
+        def execute(self, *args):  # the application's own override stays in charge
+            self.executed = getattr(self, "executed", 0) + 1
+            return super().execute(*args)
+
+    class AppCursor(sqlite3.Cursor):
+        pass
+
+    path = str(tmp_path / "real.db")
+    conn = sqlite3.connect(path, factory=AppConnection)
+    assert isinstance(conn, AppConnection) and conn.hello() == "hello"
+    plain = sqlite3.Cursor(conn)  # the C constructor checks the connection's type
+    plain.execute("CREATE TABLE t (a)")  # a cursor made so is not traced
+    cur = conn.cursor(AppCursor)
+    assert isinstance(cur, AppCursor) and cur.connection is conn
+    assert cur.execute("INSERT INTO t VALUES (1)") is cur
+    conn.commit()
+    positional = sqlite3.connect(path, 5.0, 0, "DEFERRED", True, AppConnection)
+    assert positional.hello() == "hello"
+    assert positional.execute("SELECT a FROM t").fetchall() == [(1,)]
+    assert positional.executed == 1
+    for c in (conn, positional):
+        c.close()
+    spans = client_spans(sqlite_hooked)
+    assert [s.attributes["db.query.text"] for s in spans] == [
+        "INSERT INTO t VALUES (?)",
+        "SELECT a FROM t",
+    ]
+    assert spans[0].attributes["db.response.rows_affected"] == 1
 
 
 def test_connect_imported_by_name_before_patching_is_not_traced(exporter):
@@ -393,12 +445,14 @@ def test_connect_imported_by_name_before_patching_is_not_traced(exporter):
     assert len(client_spans(exporter)) == 1
 
 
-def test_connect_failure_inside_pulsetrace_returns_the_real_connection(sqlite_hooked, monkeypatch):
+def test_connect_failure_inside_pulsetrace_returns_the_real_connection(
+    sqlite_hooked, monkeypatch, tmp_path
+):
     def boom(path):
         raise RuntimeError("injected")
 
     monkeypatch.setattr(sqlite3_hook, "file_namespace", boom)
-    conn = sqlite3.connect(":memory:")
+    conn = sqlite3.connect(str(tmp_path / "new.db"))  # a path not seen before
     assert type(conn) is sqlite3.Connection
     assert conn.execute("SELECT 1").fetchone() == (1,)
     conn.close()
@@ -423,7 +477,8 @@ def test_real_driver_modules_are_patched_not_shadowed():
         (pymysql_hook, "pymysql"),
     ]:
         assert names[module] == (module, hook.__name__)
-        assert hook.SUPPORTED
+        # A PEP 440 range; the standard library's sqlite3 has none to check.
+        assert hook.SUPPORTED if module != "sqlite3" else hook.SUPPORTED is None
 
 
 # -- psycopg 3 ------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Integrations: one module per instrumented library, one registry.
 
-Each module has the same shape: user-facing docs in its docstring,
-``patch()``, ``unpatch()``, ``SUPPORTED`` (the version range), and an
-idempotence marker so patching twice is harmless. A hook only starts and
+Each module has the same shape (:mod:`pulsetrace.contrib._patcher`):
+user-facing docs in its docstring, ``SUPPORTED`` (a PEP 440 range checked
+against the installed version: outside it the library is left unpatched,
+with one warning), the attributes it wraps and with what, and ``patch()`` /
+``unpatch()`` made from them, idempotent. A hook only starts and
 ends spans through the span API; it never calls an exporter and does not
 know how it was switched on.
 
@@ -10,7 +12,8 @@ know how it was switched on.
 ``wrapt.when_imported``: a library is touched only when the application
 imports it, whatever the import order. Third-party packages add
 integrations through the ``pulsetrace.integrations`` entry-point group (an
-entry point names a module with ``patch()``/``unpatch()``).
+entry point names a module with ``patch()``/``unpatch()``; ``patch()``
+returning False means "not patched").
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ import wrapt
 
 from pulsetrace import _diag
 from pulsetrace.config import Config
+from pulsetrace.contrib._patcher import unsupported
 
-__all__ = ["INTEGRATIONS", "Integration", "instrument", "instrumented", "uninstrument"]
+__all__ = [
+    "INTEGRATIONS",
+    "Integration",
+    "instrument",
+    "instrumented",
+    "uninstrument",
+    "unsupported",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class Integration:
     module: str
     #: The pulsetrace module with ``patch()`` / ``unpatch()``.
     hook: str
+    #: Whether the hook wraps the library's calls (a ``_PATCHER`` of
+    #: ``contrib._patcher``); the logging integration installs a handler.
+    wraps: bool = True
 
 
 #: Every built-in integration, in one place.
@@ -55,7 +69,10 @@ INTEGRATIONS: tuple[Integration, ...] = (
     Integration("psycopg2", "psycopg2", "pulsetrace.contrib.psycopg2"),
     Integration("pymysql", "pymysql", "pulsetrace.contrib.pymysql"),
     Integration("sqlalchemy", "sqlalchemy", "pulsetrace.contrib.sqlalchemy"),
-    Integration("logging", "logging", "pulsetrace.logging"),
+    Integration("pika", "pika", "pulsetrace.contrib.pika"),
+    Integration("aio_pika", "aio_pika", "pulsetrace.contrib.aio_pika"),
+    Integration("celery", "celery", "pulsetrace.contrib.celery"),
+    Integration("logging", "logging", "pulsetrace.logging", wraps=False),
 )
 
 _registered: set[str] = set()
@@ -90,8 +107,8 @@ def _third_party() -> list[Integration]:
 def _patch(integration: Integration) -> None:
     try:
         hook = importlib.import_module(integration.hook)
-        hook.patch()
-        _patched[integration.name] = integration.hook
+        if hook.patch() is not False:  # False: an unsupported version, left alone
+            _patched[integration.name] = integration.hook
     except Exception as exc:
         _diag.internal_error(f"contrib.{integration.name}.patch", exc)
 

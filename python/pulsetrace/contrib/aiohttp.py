@@ -29,10 +29,9 @@ from typing import Any
 
 from pulsetrace import _diag
 from pulsetrace.contrib import _client
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=3.8,<4"
-
-_MARK = "__pulsetrace_patched__"
 
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
@@ -98,22 +97,8 @@ async def _request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return response
 
 
-def _session() -> Any:
-    return importlib.import_module("aiohttp.client").ClientSession
-
-
-def patch() -> None:
-    """Instrument every ``aiohttp.ClientSession`` (idempotent)."""
-    session = _session()
-    if getattr(session, _MARK, False):
-        return
-    _client.wrap(session, "_request", _request)
-    setattr(session, _MARK, True)
-
-
-def unpatch() -> None:
-    session = _session()
-    if not getattr(session, _MARK, False):
-        return
-    _client.unwrap(session, "_request")
-    delattr(session, _MARK)
+_PATCHER = Patcher(
+    "aiohttp", SUPPORTED, (Target("aiohttp.client", "ClientSession._request", _request),)
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

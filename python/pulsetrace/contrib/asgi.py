@@ -50,7 +50,7 @@ SCOPE_KEY = "pulsetrace.span"
 #: for the outer one that owns the span: a framework knows its routes best.
 ROUTE_OF_KEY = "pulsetrace.route_of"
 
-_WANTED = (b"host", b"user-agent", b"traceparent", b"tracestate")
+_WANTED = (b"host", b"user-agent", b"traceparent", b"tracestate", b"x-request-id")
 
 
 def route_of(scope: Scope) -> Optional[str]:
@@ -86,7 +86,7 @@ def start_server_span(scope: Scope, tracer: Any) -> Any:
     headers = _headers(scope)
     server = scope.get("server") or (None, None)
     client = scope.get("client")
-    return http_server_span(
+    span = http_server_span(
         tracer,
         scope.get("method"),
         scheme=scope.get("scheme"),
@@ -104,6 +104,10 @@ def start_server_span(scope: Scope, tracer: Any) -> Any:
         traceparent=headers.get(b"traceparent"),
         tracestate=headers.get(b"tracestate"),
     )
+    request_id = headers.get(b"x-request-id")
+    if request_id:
+        _runtime.REQUEST_ID.set((span.trace_id, request_id))
+    return span
 
 
 class _Request:

@@ -23,7 +23,7 @@ gets real subclasses instead); fetching is not timed.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import wrapt
 
@@ -46,15 +46,52 @@ class Switch:
     def __init__(self) -> None:
         self.on = False
 
+    def turn_on(self) -> None:
+        self.on = True
 
-class Database(NamedTuple):
-    """What a connection's spans share, read once at connect time."""
+    def turn_off(self) -> None:
+        self.on = False
 
-    system: str
-    switch: Switch
-    namespace: Optional[str] = None
-    host: Optional[str] = None
-    port: Optional[int] = None
+
+#: A statement span's attributes: ``(key, value)`` pairs in a tuple, which
+#: the native side converts once while the same tuple is passed again.
+Pairs = tuple[tuple[str, Any], ...]
+
+
+class Database:
+    """What a connection's spans share, read once at connect time, and the
+    span name and attributes of the statements it ran (a repeated statement
+    costs one dict lookup, and its attributes are converted once)."""
+
+    __slots__ = ("host", "namespace", "port", "statements", "switch", "system")
+
+    def __init__(
+        self,
+        system: str,
+        switch: Switch,
+        namespace: Optional[str] = None,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> None:
+        self.system, self.switch, self.namespace = system, switch, namespace
+        self.host, self.port = host, port
+        self.statements: dict[str, tuple[str, Pairs]] = {}
+
+    def describe(self, text: Any) -> tuple[str, Pairs]:
+        """(span name, attributes) of a statement's text."""
+        hit = self.statements.get(text) if type(text) is str else None
+        if hit is None:
+            name, attrs = _sql.attributes(text, self.system, self.namespace, self.host, self.port)
+            hit = (name, tuple(attrs.items()))
+            if type(text) is str:
+                if len(self.statements) >= _MAX_STATEMENTS:
+                    self.statements.clear()
+                self.statements[text] = hit
+        return hit
+
+
+#: Statements a connection remembers the attributes of (then it starts afresh).
+_MAX_STATEMENTS = 256
 
 
 def error_code(exc: BaseException, system: str) -> Optional[str]:
@@ -92,8 +129,7 @@ def start(db: Database, statement: Any, context: Any) -> Optional[Started]:
         tracer = _runtime.tracer()
         if not tracer.enabled:
             return None
-        text = text_of(statement, context)
-        name, attrs = _sql.attributes(text, db.system, db.namespace, db.host, db.port)
+        name, attrs = db.describe(text_of(statement, context))
         span = tracer.start_span(name, kind="client", attributes=attrs)
     except Exception as exc:
         _diag.internal_error("dbapi.start", exc)
@@ -109,6 +145,27 @@ def end(started: Started, rows: Any = None, error: Any = None) -> None:
         ACTIVE.reset(token)
     except Exception:  # another context: the flag must not stay set
         ACTIVE.set(False)
+    finish(span, system, rows, error)
+
+
+def statement_span(db: Optional[Database], statement: Any) -> Any:
+    """The span of one statement (str or bytes), or None: not traced (no
+    database, off, inside another SQL span, a failure). Sets no flag: for
+    hooks on the driver's own classes, whose statements cannot nest."""
+    if db is None or not db.switch.on or ACTIVE.get() or SUPPRESSED.get():
+        return None
+    try:
+        # No ``enabled`` check: a disabled tracer's span is a shared no-op.
+        tracer = _runtime._tracer or _runtime.tracer()
+        described = db.statements.get(statement) or db.describe(statement)
+        return tracer.start_span(described[0], kind="client", attributes=described[1])
+    except Exception as exc:
+        _diag.internal_error("dbapi.start", exc)
+        return None
+
+
+def finish(span: Any, system: str, rows: Any = None, error: Any = None) -> None:
+    """End a statement's span (see :func:`end`)."""
     try:
         if isinstance(error, BaseException):
             kind = type(error).__qualname__
@@ -274,7 +331,6 @@ def connect_wrapper(switch: Switch, proxy: Callable[[Any, Any, Any], Any], where
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return proxied(switch, wrapped(*args, **kwargs), proxy, args, kwargs, where)
 
-    wrapper.__pulsetrace__ = True  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -287,22 +343,3 @@ def proxied(switch: Switch, conn: Any, proxy: Any, args: Any, kwargs: Any, where
     except Exception as exc:
         _diag.internal_error(where, exc)
         return conn
-
-
-def _ours(owner: Any, name: str) -> Any:
-    current = vars(owner).get(name)
-    return current if hasattr(getattr(current, "_self_wrapper", None), "__pulsetrace__") else None
-
-
-def wrap(owner: Any, name: str, wrapper: Any) -> None:
-    """Wrap ``owner.name`` (module or class attribute) unless pulsetrace already has."""
-    if _ours(owner, name) is None:
-        wrapt.wrap_function_wrapper(owner, name, wrapper)
-
-
-def unwrap(owner: Any, name: str) -> None:
-    """Restore ``owner.name`` if pulsetrace's wrapper is outermost (a buried one
-    passes through: its switch is off)."""
-    current = _ours(owner, name)
-    if current is not None:
-        setattr(owner, name, current.__wrapped__)

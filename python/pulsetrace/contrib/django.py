@@ -22,17 +22,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import wrapt
 
 from pulsetrace import _diag, _runtime
 from pulsetrace.contrib import _http, asgi, wsgi
+from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=4.2"
 
-_MARK = "__pulsetrace_patched__"
-_TRACED = "__pulsetrace_chain__"
 _SPAN = "_pulsetrace_span"
 _RECORDED = "_pulsetrace_exception"
 _DISPATCH_UID = "pulsetrace.contrib.django"
@@ -133,55 +132,37 @@ def _begin(request: Any) -> Optional[tuple[Any, Any]]:
         return None
 
 
-def _sync_chain(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def traced_chain(request: Any) -> Any:
-        started = _begin(request)
-        if started is None:
-            return chain(request)
-        span, token = started
-        try:
-            response = chain(request)
-        except BaseException as exc:
-            _reset(token)
-            _escaped(span, request, exc)
-            _end(span)
-            raise
-        _reset(token)
-        _finish(span, request, response)
-        return response
-
-    return traced_chain
+def _chain_start(_instance: Any, args: Any, _kwargs: Any) -> Any:
+    request = args[0]
+    started = _begin(request)
+    return None if started is None else (*started, request)
 
 
-def _async_chain(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    async def traced_chain(request: Any) -> Any:
-        started = _begin(request)
-        if started is None:
-            return await chain(request)
-        span, token = started
-        try:
-            response = await chain(request)
-        except BaseException as exc:
-            _reset(token)
-            _escaped(span, request, exc)
-            _end(span)
-            raise
-        _reset(token)
-        _finish(span, request, response)
-        return response
+def _chain_done(state: Any, response: Any) -> None:
+    span, token, request = state
+    _reset(token)
+    _finish(span, request, response)
 
-    return traced_chain
+
+def _chain_fail(state: Any, exc: BaseException) -> None:
+    span, token, request = state
+    _reset(token)
+    _escaped(span, request, exc)
+    _end(span)
+
+
+#: The wrappers of a handler's middleware chain, sync and async.
+_CHAINS = twins(_chain_start, _chain_done, _chain_fail)
 
 
 def _load_middleware(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     result = wrapped(*args, **kwargs)
     try:
         chain = instance._middleware_chain
-        if chain is not None and not getattr(chain, _TRACED, False):
+        traced = isinstance(chain, wrapt.FunctionWrapper) and chain._self_wrapper in _CHAINS
+        if chain is not None and not traced:
             is_async = bool(kwargs.get("is_async", args[0] if args else False))
-            traced = _async_chain(chain) if is_async else _sync_chain(chain)
-            setattr(traced, _TRACED, True)
-            instance._middleware_chain = traced
+            instance._middleware_chain = wrapt.FunctionWrapper(chain, _CHAINS[is_async])
     except Exception as exc:
         _diag.internal_error("django.load_middleware", exc)
     return result
@@ -201,29 +182,29 @@ def _record_exception(sender: Any, request: Any = None, **_: Any) -> None:
         _diag.internal_error("django.exception", inner)
 
 
-def patch() -> None:
-    """Instrument every Django handler built from now on (idempotent)."""
+def _connect_signal() -> None:
     global _active
-    # Django ships no type hints.
-    from django.core.handlers.base import BaseHandler  # type: ignore[import-untyped]
     from django.core.signals import got_request_exception  # type: ignore[import-untyped]
 
-    if getattr(BaseHandler, _MARK, False):
-        return
-    wrapt.wrap_function_wrapper(BaseHandler, "load_middleware", _load_middleware)
     got_request_exception.connect(_record_exception, weak=False, dispatch_uid=_DISPATCH_UID)
-    setattr(BaseHandler, _MARK, True)
     _active = True
 
 
-def unpatch() -> None:
+def _disconnect_signal() -> None:
     global _active
-    from django.core.handlers.base import BaseHandler
     from django.core.signals import got_request_exception
 
-    if not getattr(BaseHandler, _MARK, False):
-        return
     _active = False
-    BaseHandler.load_middleware = BaseHandler.__dict__["load_middleware"].__wrapped__
     got_request_exception.disconnect(dispatch_uid=_DISPATCH_UID)
-    delattr(BaseHandler, _MARK)
+
+
+# Every Django handler built from now on.
+_PATCHER = Patcher(
+    "django",
+    SUPPORTED,
+    (Target("django.core.handlers.base", "BaseHandler.load_middleware", _load_middleware),),
+    on_patch=_connect_signal,
+    on_unpatch=_disconnect_signal,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -28,10 +28,10 @@ import wrapt
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import RouteNamer, TracedWsgiApp, wsgi_call
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=2.2"
 
-_MARK = "__pulsetrace_patched__"
 #: The matched URL rule of the current request, read natively from Flask's
 #: context variable (``_cv_request.get().request.url_rule.rule``; the
 #: ``flask.request`` proxy costs several times more), or None.
@@ -76,30 +76,32 @@ def _record_exception(sender: Any, exception: BaseException, **_: Any) -> None:
         _diag.internal_error("flask.exception", exc)
 
 
-def patch() -> None:
-    """Instrument every Flask app (idempotent)."""
+def _connect() -> None:
     global _route
     import flask
     from flask.globals import _cv_request
 
-    if getattr(flask.Flask, _MARK, False):
-        return
     _route = RouteNamer(_cv_request, ["request", "url_rule", "rule"])
-    wrapt.wrap_function_wrapper(flask.Flask, "wsgi_app", _wsgi_app)
     flask.got_request_exception.connect(_record_exception, weak=False)
-    setattr(flask.Flask, _MARK, True)
 
 
-def unpatch() -> None:
+def _disconnect() -> None:
     import flask
 
-    if not getattr(flask.Flask, _MARK, False):
-        return
     for app in list(_fast):
         if isinstance(vars(app).get("wsgi_app"), TracedWsgiApp):
             del vars(app)["wsgi_app"]
     _fast.clear()
-    wrapper = flask.Flask.__dict__["wsgi_app"]
-    flask.Flask.wsgi_app = wrapper.__wrapped__  # type: ignore[method-assign]  # restores the original
     flask.got_request_exception.disconnect(_record_exception)
-    delattr(flask.Flask, _MARK)
+
+
+# Every Flask app.
+_PATCHER = Patcher(
+    "flask",
+    SUPPORTED,
+    (Target("flask", "Flask.wsgi_app", _wsgi_app),),
+    on_patch=_connect,
+    on_unpatch=_disconnect,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

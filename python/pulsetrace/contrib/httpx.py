@@ -26,14 +26,12 @@ reads the body after the transport returns).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pulsetrace.contrib import _client
+from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=0.23,<0.29"
-
-_MARK = "__pulsetrace_patched__"
 
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
@@ -45,55 +43,31 @@ def _request_of(args: Any, kwargs: Any) -> Any:
     return args[0] if args else kwargs.get("request")
 
 
-def _handle_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+def _start(_instance: Any, args: Any, kwargs: Any) -> Any:
     request = _request_of(args, kwargs)
     call = _client.start("httpx", lambda: (request.method, request.url))
-    if call is None:
-        return wrapped(*args, **kwargs)
-    call.inject(request.headers, restore=True)
-    try:
-        response = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc)
-        raise
+    if call is not None:
+        call.inject(request.headers, restore=True)
+    return call
+
+
+def _done(call: Any, response: Any) -> None:
     call.done(response, _describe_response)
-    return response
 
 
-async def _handle_async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    request = _request_of(args, kwargs)
-    call = _client.start("httpx", lambda: (request.method, request.url))
-    if call is None:
-        return await wrapped(*args, **kwargs)
-    call.inject(request.headers, restore=True)
-    try:
-        response = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc)
-        raise
-    call.done(response, _describe_response)
-    return response
+def _fail(call: Any, exc: BaseException) -> None:
+    call.fail(exc)
 
 
-def _transports() -> tuple[Any, Any]:
-    module = importlib.import_module("httpx")
-    return module.HTTPTransport, module.AsyncHTTPTransport
+_handle_request, _handle_async_request = twins(_start, _done, _fail)
 
-
-def patch() -> None:
-    """Instrument httpx's network transports (idempotent)."""
-    sync, asynchronous = _transports()
-    if getattr(sync, _MARK, False):
-        return
-    _client.wrap(sync, "handle_request", _handle_request)
-    _client.wrap(asynchronous, "handle_async_request", _handle_async_request)
-    setattr(sync, _MARK, True)
-
-
-def unpatch() -> None:
-    sync, asynchronous = _transports()
-    if not getattr(sync, _MARK, False):
-        return
-    _client.unwrap(sync, "handle_request")
-    _client.unwrap(asynchronous, "handle_async_request")
-    delattr(sync, _MARK)
+_PATCHER = Patcher(
+    "httpx",
+    SUPPORTED,
+    (
+        Target("httpx", "HTTPTransport.handle_request", _handle_request),
+        Target("httpx", "AsyncHTTPTransport.handle_async_request", _handle_async_request),
+    ),
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=3.1,<4"
 
-_MARK = "__pulsetrace_patched__"
 _SWITCH = dbapi.Switch()
 
 
@@ -101,30 +101,16 @@ def _connect_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return _proxied(wrapped(*args, **kwargs))
 
 
-_connect_async.__pulsetrace__ = True  # type: ignore[attr-defined]
-
-
-def patch() -> None:
-    """Trace connections made from now on (idempotent)."""
-    import psycopg
-
-    if getattr(psycopg, _MARK, False):
-        return
-    dbapi.wrap(psycopg, "connect", _connect)
-    dbapi.wrap(psycopg.Connection, "connect", _connect)
-    dbapi.wrap(psycopg.AsyncConnection, "connect", _connect_async)
-    _SWITCH.on = True
-    setattr(psycopg, _MARK, True)
-
-
-def unpatch() -> None:
-    """Stop tracing, also on connections made earlier."""
-    import psycopg
-
-    if not getattr(psycopg, _MARK, False):
-        return
-    _SWITCH.on = False
-    dbapi.unwrap(psycopg, "connect")
-    dbapi.unwrap(psycopg.Connection, "connect")
-    dbapi.unwrap(psycopg.AsyncConnection, "connect")
-    delattr(psycopg, _MARK)
+_PATCHER = Patcher(
+    "psycopg",
+    SUPPORTED,
+    (
+        Target("psycopg", "connect", _connect),
+        Target("psycopg", "Connection.connect", _connect),
+        Target("psycopg", "AsyncConnection.connect", _connect_async),
+    ),
+    on_patch=_SWITCH.turn_on,
+    on_unpatch=_SWITCH.turn_off,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -28,10 +28,10 @@ from typing import Any, Optional
 
 from pulsetrace import _diag
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=2.8,<3"
 
-_MARK = "__pulsetrace_patched__"
 _SWITCH = dbapi.Switch()
 _KEY = "_pulsetrace_db"
 #: A connection or cursor class -> its traced subclass.
@@ -134,26 +134,13 @@ def _connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return conn
 
 
-_connect.__pulsetrace__ = True  # type: ignore[attr-defined]
-
-
-def patch() -> None:
-    """Trace connections made from now on (idempotent)."""
-    import psycopg2
-
-    if getattr(psycopg2, _MARK, False):
-        return
-    dbapi.wrap(psycopg2, "connect", _connect)
-    _SWITCH.on = True
-    setattr(psycopg2, _MARK, True)
-
-
-def unpatch() -> None:
-    """Stop tracing, also on connections made earlier."""
-    import psycopg2
-
-    if not getattr(psycopg2, _MARK, False):
-        return
-    _SWITCH.on = False
-    dbapi.unwrap(psycopg2, "connect")
-    delattr(psycopg2, _MARK)
+_PATCHER = Patcher(
+    "psycopg2",
+    SUPPORTED,
+    (Target("psycopg2", "connect", _connect),),
+    distributions=("psycopg2", "psycopg2-binary"),
+    on_patch=_SWITCH.turn_on,
+    on_unpatch=_SWITCH.turn_off,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

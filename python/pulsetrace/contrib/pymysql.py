@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=1.0,<2"
 
-_MARK = "__pulsetrace_patched__"
 _SWITCH = dbapi.Switch()
 _NAMES = ("connect", "Connect")
 
@@ -43,25 +43,13 @@ def _proxy(conn: Any, args: Any, kwargs: Any) -> Any:
 _connect = dbapi.connect_wrapper(_SWITCH, _proxy, "pymysql.connect")
 
 
-def patch() -> None:
-    """Trace connections made from now on (idempotent)."""
-    import pymysql  # type: ignore[import-untyped]  # ships no type hints
-
-    if getattr(pymysql, _MARK, False):
-        return
-    for name in _NAMES:
-        dbapi.wrap(pymysql, name, _connect)
-    _SWITCH.on = True
-    setattr(pymysql, _MARK, True)
-
-
-def unpatch() -> None:
-    """Stop tracing, also on connections made earlier."""
-    import pymysql
-
-    if not getattr(pymysql, _MARK, False):
-        return
-    _SWITCH.on = False
-    for name in _NAMES:
-        dbapi.unwrap(pymysql, name)
-    delattr(pymysql, _MARK)
+_PATCHER = Patcher(
+    "pymysql",
+    SUPPORTED,
+    tuple(Target("pymysql", name, _connect) for name in _NAMES),
+    distributions=("PyMySQL",),
+    on_patch=_SWITCH.turn_on,
+    on_unpatch=_SWITCH.turn_off,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -34,14 +34,12 @@ import contextlib
 import re
 from typing import Any, Optional
 
-import wrapt
-
 from pulsetrace import _diag, _runtime
 from pulsetrace._suppress import SUPPRESSED
+from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=5.0"
 
-_MARK = "__pulsetrace_patched__"
 MAX_QUERY_LENGTH = 1000
 _MAX_KEY_LENGTH = 256
 _MAX_BATCH_NAMES = 128
@@ -214,6 +212,14 @@ def _start(describe: Any, instance: Any, args: Any) -> Any:
         return None
 
 
+def _start_command(instance: Any, args: Any, _kwargs: Any) -> Any:
+    return _start(_command, instance, args)
+
+
+def _start_pipeline(instance: Any, args: Any, _kwargs: Any) -> Any:
+    return _start(_pipeline, instance, args)
+
+
 def _error_type(exc: BaseException) -> str:
     t = type(exc)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
@@ -238,92 +244,39 @@ def _finish(span: Any, exc: Optional[BaseException] = None, result: Any = None) 
         _diag.internal_error("redis.end", err)
 
 
-def _traced(describe: Any, is_pipeline: bool) -> tuple[Any, Any]:
-    """The sync and async wrappers of a command (or pipeline) method. A
-    command that succeeds (nearly every one) ends its span here, without
-    ``_finish``: a frame less on every call."""
-
-    def sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = _start(describe, instance, args)
-        if span is None:
-            return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _finish(span, exc)
-            raise
-        if is_pipeline:
-            _finish(span, None, result)
-            return result
-        try:
-            span.end()
-        except Exception as err:
-            _diag.internal_error("redis.end", err)
-        return result
-
-    async def asynchronous(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = _start(describe, instance, args)
-        if span is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _finish(span, exc)
-            raise
-        if is_pipeline:
-            _finish(span, None, result)
-            return result
-        try:
-            span.end()
-        except Exception as err:
-            _diag.internal_error("redis.end", err)
-        return result
-
-    return sync, asynchronous
-
-
-_sync_command, _async_command = _traced(_command, False)
-_sync_execute, _async_execute = _traced(_pipeline, True)
-
-
-#: (class, method, which wrapper of a module's pair), in redis.client and redis.asyncio.client.
-_METHODS = (
-    ("Redis", "execute_command", 0),
-    ("Pipeline", "immediate_execute_command", 0),
-    ("Pipeline", "execute", 1),
-)
-
-
-def _modules() -> list[tuple[Any, tuple[Any, Any]]]:
-    """Each module (which also carries the marker) with its (command, pipeline) wrappers."""
-    import redis.client
-
-    found = [(redis.client, (_sync_command, _sync_execute))]
+def _command_done(span: Any, _result: Any) -> None:
     try:
-        import redis.asyncio.client as aio
-
-        found.append((aio, (_async_command, _async_execute)))
-    except ImportError:  # a redis-py without asyncio support: sync only
-        pass
-    return found
+        span.end()
+    except Exception as err:
+        _diag.internal_error("redis.end", err)
 
 
-def patch() -> None:
-    """Instrument sync and asyncio redis-py clients (idempotent)."""
-    for module, wrappers in _modules():
-        if getattr(module, _MARK, False):
-            continue
-        for cls, name, which in _METHODS:
-            wrapt.wrap_function_wrapper(getattr(module, cls), name, wrappers[which])
-        setattr(module, _MARK, True)
+def _pipeline_done(span: Any, result: Any) -> None:
+    _finish(span, None, result)
 
 
-def unpatch() -> None:
-    for module, wrappers in _modules():
-        if not getattr(module, _MARK, False):
-            continue
-        for cls, name, which in _METHODS:
-            current = getattr(module, cls).__dict__.get(name)
-            if getattr(current, "_self_wrapper", None) is wrappers[which]:
-                setattr(getattr(module, cls), name, current.__wrapped__)
-        delattr(module, _MARK)
+_sync_command, _async_command = twins(_start_command, _command_done, _finish)
+_sync_execute, _async_execute = twins(_start_pipeline, _pipeline_done, _finish)
+
+
+def _targets(module: str, command: Any, execute: Any, optional: bool) -> tuple[Target, ...]:
+    """The command and pipeline methods of one of redis-py's client modules."""
+    return (
+        Target(module, "Redis.execute_command", command, optional),
+        Target(module, "Pipeline.immediate_execute_command", command, optional),
+        Target(module, "Pipeline.execute", execute, optional),
+    )
+
+
+# Sync and asyncio clients (``redis.asyncio`` is part of the same package;
+# a redis-py without it is traced sync only).
+_PATCHER = Patcher(
+    "redis",
+    SUPPORTED,
+    (
+        *_targets("redis.client", _sync_command, _sync_execute, False),
+        *_targets("redis.asyncio.client", _async_command, _async_execute, True),
+    ),
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -22,14 +22,12 @@ response headers with ``stream=True``.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pulsetrace.contrib import _client
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=2.0,<3"
-
-_MARK = "__pulsetrace_patched__"
 
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
@@ -52,24 +50,8 @@ def _send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return response
 
 
-def _sessions() -> Any:
-    # The module that defines Session (the trigger): complete even while the
-    # ``requests`` package itself is still being imported.
-    return importlib.import_module("requests.sessions")
-
-
-def patch() -> None:
-    """Instrument every ``requests.Session`` (idempotent)."""
-    session = _sessions().Session
-    if getattr(session, _MARK, False):
-        return
-    _client.wrap(session, "send", _send)
-    setattr(session, _MARK, True)
-
-
-def unpatch() -> None:
-    session = _sessions().Session
-    if not getattr(session, _MARK, False):
-        return
-    _client.unwrap(session, "send")
-    delattr(session, _MARK)
+#: ``requests.sessions`` (the trigger) defines Session: complete even while the
+#: ``requests`` package itself is still being imported.
+_PATCHER = Patcher("requests", SUPPORTED, (Target("requests.sessions", "Session.send", _send),))
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

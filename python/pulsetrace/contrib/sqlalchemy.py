@@ -28,11 +28,11 @@ from typing import Any, Optional
 
 from pulsetrace import _diag
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher
 from pulsetrace.contrib.sqlite3 import file_namespace
 
 SUPPORTED = ">=2.0,<3"
 
-_MARK = "__pulsetrace_patched__"
 _KEY = "_pulsetrace_sql_database"
 _SWITCH = dbapi.Switch()
 _SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
@@ -95,28 +95,34 @@ _LISTENERS = (
 )
 
 
-def patch() -> None:
-    """Trace every engine (idempotent)."""
+def _listen() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    if getattr(Engine, _MARK, False):
-        return
     for name, fn in _LISTENERS:
         event.listen(Engine, name, fn)
-    _SWITCH.on = True
-    setattr(Engine, _MARK, True)
+    _SWITCH.turn_on()
 
 
-def unpatch() -> None:
-    """Stop tracing every engine."""
+def _unlisten() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    if not getattr(Engine, _MARK, False):
-        return
-    _SWITCH.on = False
+    _SWITCH.turn_off()
     for name, fn in _LISTENERS:
         if event.contains(Engine, name, fn):
             event.remove(Engine, name, fn)
-    delattr(Engine, _MARK)
+
+
+# No attribute to wrap: listeners on the Engine class cover every engine.
+_PATCHER = Patcher(
+    "sqlalchemy",
+    SUPPORTED,
+    (),
+    distributions=("SQLAlchemy",),
+    on_patch=_listen,
+    on_unpatch=_unlisten,
+    mark=("sqlalchemy.engine", "Engine"),
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -2,47 +2,37 @@
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
 ``PULSETRACE_SQLITE3_ENABLED=false``). ``sqlite3.connect`` and
-``sqlite3.dbapi2.connect`` (what SQLAlchemy calls) return a proxied connection
-(see :mod:`pulsetrace.contrib.dbapi`): cursor ``execute``/``executemany`` and
-the connection shortcuts ``execute``, ``executemany`` and ``executescript`` are
-spans. ``db.system.name`` is ``sqlite``; ``db.namespace`` is the database
-file's basename (``:memory:`` for an in-memory database); there is no server
+``sqlite3.dbapi2.connect`` (what SQLAlchemy calls) return a real
+``sqlite3.Connection`` of a traced subclass (``factory=``; a factory of the
+caller's gets a traced subclass of its own), whose cursors are of a traced
+``sqlite3.Cursor`` subclass: cursor ``execute``/``executemany``/
+``executescript`` and the connection shortcuts (which run on such a cursor)
+are spans. No proxy: ``type()`` checks of the C code (``sqlite3.Cursor(conn)``,
+``backup``) pass, and a statement costs little more than its span.
+``db.system.name`` is ``sqlite``; ``db.namespace`` is the database file's
+basename (``:memory:`` for an in-memory database); there is no server
 address. A failed statement carries ``sqlite_errorcode`` (Python 3.11+) as
 ``db.response.status_code``.
 
-``src.backup(target)`` accepts a proxied target. ``sqlite3.Cursor(conn)``
-checks the exact type: pass ``conn.__wrapped__``. A ``connect`` imported by
-name before patching is not wrapped.
+A ``connect`` imported by name before patching is not wrapped; a cursor made
+by a ``cursor(factory)`` that is not a ``sqlite3.Cursor`` subclass is not
+traced.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any, Optional
 
+from pulsetrace import _diag
 from pulsetrace.contrib import dbapi
+from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = "standard library (Python 3.9+)"
+#: The standard library: no version check.
+SUPPORTED = None
 
-_MARK = "__pulsetrace_patched__"
 _SWITCH = dbapi.Switch()
-
-
-class SqliteConnection(dbapi.TracedConnection):
-    """A sqlite3 connection: its shortcuts create (traced) cursors too."""
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_run("execute", args, kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_run("executemany", args, kwargs)
-
-    def executescript(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_run("executescript", args, kwargs)
-
-    def backup(self, target: Any, *args: Any, **kwargs: Any) -> Any:
-        target = getattr(target, "__wrapped__", target)
-        return self.__wrapped__.backup(target, *args, **kwargs)
 
 
 def file_namespace(path: Any) -> Optional[str]:
@@ -57,36 +47,171 @@ def file_namespace(path: Any) -> Optional[str]:
     return os.path.basename(p.rstrip("/\\")) or p
 
 
-def _proxy(conn: Any, args: Any, kwargs: Any) -> Any:
+class TracedCursor(sqlite3.Cursor):
+    """A cursor whose statements are spans (its connection is traced)."""
+
+    __slots__ = ()
+    connection: TracedConnection  # for type checkers: sqlite3's own read-only attribute
+
+    def execute(self, sql: Any, parameters: Any = (), /) -> Any:
+        db = self.connection._pulsetrace_db
+        span = dbapi.statement_span(db, sql)
+        if span is None:
+            return _execute(self, sql, parameters)
+        try:
+            _execute(self, sql, parameters)
+        except BaseException as exc:
+            dbapi.finish(span, "sqlite", error=exc)
+            raise
+        try:
+            rows = self.rowcount
+            if rows >= 0:
+                span.set_attribute("db.response.rows_affected", rows)
+            span.end()
+        except Exception as exc:
+            _diag.internal_error("sqlite3.end", exc)
+        return self
+
+    def executemany(self, sql: Any, parameters: Any, /) -> Any:
+        span = dbapi.statement_span(self.connection._pulsetrace_db, sql)
+        if span is None:
+            return _executemany(self, sql, parameters)
+        try:
+            _executemany(self, sql, parameters)
+        except BaseException as exc:
+            dbapi.finish(span, "sqlite", error=exc)
+            raise
+        dbapi.finish(span, "sqlite", self)
+        return self
+
+    def executescript(self, sql_script: Any, /) -> Any:
+        span = dbapi.statement_span(self.connection._pulsetrace_db, sql_script)
+        if span is None:
+            return _executescript(self, sql_script)
+        try:
+            _executescript(self, sql_script)
+        except BaseException as exc:
+            dbapi.finish(span, "sqlite", error=exc)
+            raise
+        dbapi.finish(span, "sqlite", self)
+        return self
+
+
+_execute = sqlite3.Cursor.execute
+_executemany = sqlite3.Cursor.executemany
+_executescript = sqlite3.Cursor.executescript
+_cursor = sqlite3.Connection.cursor
+
+
+class TracedConnection(sqlite3.Connection):
+    """A connection whose cursors are :class:`TracedCursor` (subclasses of
+    the caller's cursor class, when one is given)."""
+
+    #: Set right after ``connect`` (a factory's ``__init__`` runs untraced).
+    _pulsetrace_db: Optional[dbapi.Database] = None
+
+    def cursor(self, factory: Any = TracedCursor) -> Any:
+        return _cursor(self, factory if factory is TracedCursor else _cursor_class(factory))
+
+    # The shortcuts run on a traced cursor, as sqlite3's own run on a new cursor.
+    def execute(self, sql: Any, parameters: Any = (), /) -> Any:
+        return _cursor(self, TracedCursor).execute(sql, parameters)
+
+    def executemany(self, sql: Any, parameters: Any, /) -> Any:
+        return _cursor(self, TracedCursor).executemany(sql, parameters)
+
+    def executescript(self, sql_script: Any, /) -> Any:
+        return _cursor(self, TracedCursor).executescript(sql_script)
+
+
+# Named as sqlite3's own classes: reprs and name checks look the same.
+for _cls, _base in ((TracedCursor, sqlite3.Cursor), (TracedConnection, sqlite3.Connection)):
+    _cls.__module__, _cls.__name__, _cls.__qualname__ = (
+        _base.__module__,
+        _base.__name__,
+        _base.__name__,
+    )
+
+#: The traced subclass of each connection and cursor class seen.
+_subclasses: dict[type, type] = {sqlite3.Connection: TracedConnection, sqlite3.Cursor: TracedCursor}
+
+
+def _subclass(base: type, traced: type) -> type:
+    cls = _subclasses.get(base)
+    if cls is None:
+        # Same name and module: reprs and name checks look the same. The
+        # caller's class first: its own overrides win, and reach the traced
+        # methods through super().
+        cls = type(base.__name__, (base, traced), {"__module__": base.__module__})
+        _subclasses[base] = cls
+    return cls
+
+
+def _cursor_class(factory: Any) -> Any:
+    """The traced subclass of a ``cursor(factory)``; a factory that is not a
+    ``sqlite3.Cursor`` class as is (its cursors are not traced)."""
+    if not isinstance(factory, type) or not issubclass(factory, sqlite3.Cursor):
+        return factory
+    if issubclass(factory, TracedCursor):
+        return factory
+    return _subclass(factory, TracedCursor)
+
+
+#: The Database of each database path (a repeated statement is described once).
+_databases: dict[Any, dbapi.Database] = {}
+_MAX_DATABASES = 256
+_FACTORY = 5  # ``factory``'s position in ``connect``'s arguments
+
+
+def _database(path: Any) -> dbapi.Database:
+    db = _databases.get(path) if isinstance(path, str) else None
+    if db is None:
+        db = dbapi.Database("sqlite", _SWITCH, file_namespace(path))
+        if isinstance(path, str):
+            if len(_databases) >= _MAX_DATABASES:
+                _databases.clear()
+            _databases[path] = db
+    return db
+
+
+def _connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    # The common case first, inline (each call saved is ~1,000 instructions on
+    # a connect): a database path seen before, no factory of the caller's.
     path = args[0] if args else kwargs.get("database")
-    db = dbapi.Database("sqlite", _SWITCH, file_namespace(path))
-    return SqliteConnection(conn, db)
+    if type(path) is str and len(args) <= _FACTORY and "factory" not in kwargs:
+        db = _databases.get(path)
+        if db is not None and db.switch.on:
+            conn = wrapped(*args, factory=TracedConnection, **kwargs)
+            conn._pulsetrace_db = db
+            return conn
+    if not _SWITCH.on:
+        return wrapped(*args, **kwargs)
+    try:
+        db = _database(path)
+        positional = len(args) > _FACTORY
+        base = args[_FACTORY] if positional else kwargs.get("factory", sqlite3.Connection)
+        if not isinstance(base, type) or not issubclass(base, sqlite3.Connection):
+            return wrapped(*args, **kwargs)  # a factory function: left alone
+        traced = base if issubclass(base, TracedConnection) else _subclass(base, TracedConnection)
+        if positional:
+            args = (*args[:_FACTORY], traced, *args[_FACTORY + 1 :])
+        else:
+            kwargs["factory"] = traced
+    except Exception as exc:
+        _diag.internal_error("sqlite3.connect", exc)
+        return wrapped(*args, **kwargs)
+    conn = wrapped(*args, **kwargs)
+    conn._pulsetrace_db = db
+    return conn
 
 
-_connect = dbapi.connect_wrapper(_SWITCH, _proxy, "sqlite3.connect")
-
-
-def patch() -> None:
-    """Trace connections made from now on (idempotent)."""
-    import sqlite3
-    import sqlite3.dbapi2
-
-    if getattr(sqlite3, _MARK, False):
-        return
-    dbapi.wrap(sqlite3, "connect", _connect)
-    dbapi.wrap(sqlite3.dbapi2, "connect", _connect)
-    _SWITCH.on = True
-    setattr(sqlite3, _MARK, True)
-
-
-def unpatch() -> None:
-    """Stop tracing, also on connections made earlier."""
-    import sqlite3
-    import sqlite3.dbapi2
-
-    if not getattr(sqlite3, _MARK, False):
-        return
-    _SWITCH.on = False
-    dbapi.unwrap(sqlite3, "connect")
-    dbapi.unwrap(sqlite3.dbapi2, "connect")
-    delattr(sqlite3, _MARK)
+# ``sqlite3.dbapi2.connect`` is what SQLAlchemy calls.
+_PATCHER = Patcher(
+    "sqlite3",
+    SUPPORTED,
+    (Target("sqlite3", "connect", _connect), Target("sqlite3.dbapi2", "connect", _connect)),
+    on_patch=_SWITCH.turn_on,
+    on_unpatch=_SWITCH.turn_off,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

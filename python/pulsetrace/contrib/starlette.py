@@ -25,13 +25,13 @@ import wrapt
 
 from pulsetrace import _diag
 from pulsetrace.contrib import asgi
+from pulsetrace.contrib._patcher import Patcher, Target
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 SUPPORTED = ">=0.37"
 
-_MARK = "__pulsetrace_patched__"
 _METHOD = "build_middleware_stack"
 _active = False
 
@@ -165,13 +165,11 @@ def _patch_fastapi(module: Any) -> None:
         _diag.internal_error("starlette.fastapi", exc)
 
 
-def patch() -> None:
-    """Instrument every Starlette (and FastAPI) app (idempotent)."""
+def _patch_family() -> None:
+    """Subclasses with a ``build_middleware_stack`` of their own, now and later."""
     global _active
     from starlette.applications import Starlette
 
-    if getattr(Starlette, _MARK, False):
-        return
     for cls in _family(Starlette):
         _wrap(cls)
     if "__init_subclass__" not in Starlette.__dict__:
@@ -179,23 +177,31 @@ def patch() -> None:
         # triggers this patch, before it defines FastAPI.
         # Patching a method of a (typed) class.
         Starlette.__init_subclass__ = classmethod(_on_subclass)  # type: ignore[assignment]
-    setattr(Starlette, _MARK, True)
     _active = True
     # FastAPI's own telemetry (recent versions) must defer to pulsetrace's span.
     wrapt.register_post_import_hook(_patch_fastapi, "fastapi.applications")
 
 
-def unpatch() -> None:
+def _unpatch_family() -> None:
     global _active
     from starlette.applications import Starlette
 
-    if not getattr(Starlette, _MARK, False):
-        return
     _active = False
     hook = Starlette.__dict__.get("__init_subclass__")
     if getattr(hook, "__func__", None) is _on_subclass:
         delattr(Starlette, "__init_subclass__")
-    for cls in _family(Starlette):
+    for cls in _family(Starlette)[1:]:  # Starlette's own: the patcher's
         if _ours(cls):
             setattr(cls, _METHOD, cls.__dict__[_METHOD].__wrapped__)
-    delattr(Starlette, _MARK)
+
+
+# Every Starlette (and FastAPI) app.
+_PATCHER = Patcher(
+    "starlette",
+    SUPPORTED,
+    (Target("starlette.applications", f"Starlette.{_METHOD}", _build),),
+    on_patch=_patch_family,
+    on_unpatch=_unpatch_family,
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

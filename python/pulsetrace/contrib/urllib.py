@@ -30,10 +30,10 @@ from typing import Any
 
 from pulsetrace import _diag
 from pulsetrace.contrib import _client
+from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = "Python >=3.9"
-
-_MARK = "__pulsetrace_patched__"
+#: The standard library: no version check.
+SUPPORTED = None
 
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
@@ -101,22 +101,6 @@ def _is_http_error(exc: BaseException) -> bool:
     return isinstance(exc, importlib.import_module("urllib.error").HTTPError)
 
 
-def _opener() -> Any:
-    return importlib.import_module("urllib.request").OpenerDirector
-
-
-def patch() -> None:
-    """Instrument ``urllib.request`` (idempotent)."""
-    opener = _opener()
-    if getattr(opener, _MARK, False):
-        return
-    _client.wrap(opener, "open", _open)
-    setattr(opener, _MARK, True)
-
-
-def unpatch() -> None:
-    opener = _opener()
-    if not getattr(opener, _MARK, False):
-        return
-    _client.unwrap(opener, "open")
-    delattr(opener, _MARK)
+_PATCHER = Patcher("urllib", SUPPORTED, (Target("urllib.request", "OpenerDirector.open", _open),))
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

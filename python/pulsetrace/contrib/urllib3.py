@@ -31,10 +31,9 @@ from typing import Any
 
 from pulsetrace import _diag
 from pulsetrace.contrib import _client
+from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=1.26,<3"
-
-_MARK = "__pulsetrace_patched__"
 
 
 def _describe_response(response: Any) -> tuple[Any, Any]:
@@ -116,25 +115,13 @@ def _pool_urlopen(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return _run(call, wrapped, args, kwargs)
 
 
-def _classes() -> tuple[Any, Any]:
-    pool = importlib.import_module("urllib3.connectionpool").HTTPConnectionPool
-    return importlib.import_module("urllib3.poolmanager").PoolManager, pool
-
-
-def patch() -> None:
-    """Instrument every urllib3 pool and pool manager (idempotent)."""
-    manager, pool = _classes()
-    if getattr(pool, _MARK, False):
-        return
-    _client.wrap(manager, "urlopen", _manager_urlopen)
-    _client.wrap(pool, "urlopen", _pool_urlopen)
-    setattr(pool, _MARK, True)
-
-
-def unpatch() -> None:
-    manager, pool = _classes()
-    if not getattr(pool, _MARK, False):
-        return
-    _client.unwrap(manager, "urlopen")
-    _client.unwrap(pool, "urlopen")
-    delattr(pool, _MARK)
+_PATCHER = Patcher(
+    "urllib3",
+    SUPPORTED,
+    (
+        Target("urllib3.poolmanager", "PoolManager.urlopen", _manager_urlopen),
+        Target("urllib3.connectionpool", "HTTPConnectionPool.urlopen", _pool_urlopen),
+    ),
+)
+patch = _PATCHER.patch
+unpatch = _PATCHER.unpatch

@@ -32,7 +32,20 @@ def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None)
     native request path starts, named and given its attributes by the core
     (``pulsetrace_core::http``). ``path``, if given, is the request's path
     as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``."""
-    return wsgi_server_span(tracer, environ, path)
+    span = wsgi_server_span(tracer, environ, path)
+    _note_request_id(environ, span.trace_id)
+    return span
+
+
+def _note_request_id(environ: Environ, trace_id: int) -> None:
+    """Record the request's ``X-Request-ID`` for the log lines of trace
+    ``trace_id`` (0: the trace the native path is about to start); an
+    environ that raises records none."""
+    try:
+        value = environ.get("HTTP_X_REQUEST_ID")
+    except Exception:
+        value = None
+    _runtime.REQUEST_ID.set((trace_id, value) if isinstance(value, str) and value else None)
 
 
 def traced_call(
@@ -49,6 +62,7 @@ def traced_call(
     is built from the environ and is the current span from the application
     call until the body ends: when it is closed (or exhausted, if the
     application's body has no ``close()``)."""
+    _note_request_id(environ, 0)  # the native path records no header
     return wsgi_call(_runtime.tracer(), app, environ, start_response, route)
 
 

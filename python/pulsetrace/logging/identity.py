@@ -142,8 +142,14 @@ class context:
             _VALUES.set(self._previous)
 
 
-def _header_request_id() -> Optional[str]:
-    """The ``X-Request-ID`` header of the Flask request being served, if any."""
+def _header_request_id(trace_id: int) -> Optional[str]:
+    """The ``X-Request-ID`` header of the request of trace ``trace_id``
+    being served, if any: as the Python server hooks (ASGI, Starlette,
+    Django, the WSGI middleware) recorded it, else Flask's request (its
+    native request path records nothing)."""
+    recorded = _runtime.REQUEST_ID.get()
+    if recorded is not None and recorded[0] in (trace_id, 0):
+        return recorded[1]
     flask_globals = sys.modules.get("flask.globals")
     if flask_globals is None:
         return None
@@ -171,7 +177,7 @@ def current(span: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
     if v.request_id is None and v.request_auto is None:
         # Resolved once per trace (the header), or once the request span
         # itself is the current one.
-        v.request_auto = _header_request_id()
+        v.request_auto = _header_request_id(v.trace_id)
         if v.request_auto is None and type(span) in _SPANS and span.kind == "server":
             v.request_auto = format(span.span_id, "016x")
     return v.request_id or v.request_auto, v.user_id, v.company_id

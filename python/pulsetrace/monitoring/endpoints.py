@@ -162,7 +162,8 @@ def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
     import pulsetrace
-    from pulsetrace import prometheus
+    from pulsetrace import messaging, prometheus
+    from pulsetrace.monitoring import metrics_custom
 
     process = {
         name: samples[0][1]
@@ -175,6 +176,8 @@ def _metrics() -> dict[str, Any]:
         "operations": pulsetrace.latency(),
         "counters": pulsetrace.counters(),
         "process": process,
+        "custom": metrics_custom.to_json(),
+        "queues": messaging.queues(),
     }
 
 
@@ -313,6 +316,39 @@ ENDPOINTS: list[Endpoint] = [
     ),
 ]
 ENDPOINTS += _alerts_api.endpoints(Endpoint)
+
+
+def _apm_rows() -> list[Endpoint]:
+    from pulsetrace.monitoring import apm
+
+    return apm.endpoint_rows(Endpoint, _json, _error)
+
+
+def business_metrics(request: Request) -> Response:
+    from pulsetrace.monitoring import metrics_business
+
+    out = metrics_business.summary()
+    out["timestamp"] = time.time()
+    return json_response(200, out)
+
+
+ENDPOINTS.append(
+    Endpoint(
+        "GET",
+        "/health/business-metrics",
+        business_metrics,
+        "Business metrics: messages, campaigns, contacts, templates, external APIs, auth",
+        {
+            200: {
+                "description": "the business aggregates",
+                "content": {_JSON: {"schema": {"type": "object"}}},
+            }
+        },
+    )
+)
+
+
+ENDPOINTS.extend(_apm_rows())
 
 
 # --- access -------------------------------------------------------------------

@@ -86,6 +86,21 @@ SCHEMAS: dict[str, Any] = {
             },
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "process": {"type": "object", "additionalProperties": _NUMBER},
+            "queues": {
+                "type": "array",
+                "description": "RabbitMQ queues: depth and consumers (pulsetrace.messaging)",
+                "items": {
+                    "type": "object",
+                    "required": ["queue", "vhost", "messages", "messages_ready", "consumers"],
+                    "properties": {
+                        "queue": {"type": "string"},
+                        "vhost": {"type": "string"},
+                        "messages": {"type": "integer"},
+                        "messages_ready": {"type": "integer"},
+                        "consumers": {"type": "integer"},
+                    },
+                },
+            },
         },
     },
 }

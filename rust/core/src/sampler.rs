@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// An attribute rule: keep a trace when one of its spans has `key` (and, if
@@ -165,9 +165,19 @@ pub struct TailSampler {
     thresholds: ArcSwap<Thresholds>,
     /// Whether any threshold is known (skips the lookup until then).
     has_thresholds: AtomicBool,
-    /// The probabilistic policy's rejection threshold (`None`: probability
-    /// 0, the policy keeps nothing).
-    threshold: Option<Threshold>,
+    /// The probabilistic policy's rejection threshold's value (`NO_THRESHOLD`:
+    /// probability 0, the policy keeps nothing); changed at run time by
+    /// [`TailSampler::set_probability`].
+    threshold: AtomicU64,
+    /// The probability in use (`f64` bits).
+    probability: AtomicU64,
+}
+
+/// `TailSampler::threshold` of a policy that keeps nothing.
+const NO_THRESHOLD: u64 = u64::MAX;
+
+fn threshold_bits(p: f64) -> u64 {
+    Threshold::from_probability(p).map_or(NO_THRESHOLD, Threshold::value)
 }
 
 type Thresholds =
@@ -177,7 +187,8 @@ impl TailSampler {
     pub fn new(cfg: SamplerConfig) -> Self {
         TailSampler {
             limiter: Mutex::new(RateLimiter::new(cfg.rate_limit)),
-            threshold: Threshold::from_probability(cfg.probability),
+            threshold: AtomicU64::new(threshold_bits(cfg.probability)),
+            probability: AtomicU64::new(cfg.probability.to_bits()),
             cfg,
             thresholds: ArcSwap::from_pointee(Thresholds::default()),
             has_thresholds: AtomicBool::new(false),
@@ -189,8 +200,25 @@ impl TailSampler {
     }
 
     /// The probabilistic policy's rejection threshold, `None` at probability 0.
+    #[inline]
     pub fn threshold(&self) -> Option<Threshold> {
-        self.threshold
+        Threshold::new(self.threshold.load(Ordering::Relaxed))
+    }
+
+    /// The probabilistic policy's probability in use.
+    pub fn probability(&self) -> f64 {
+        f64::from_bits(self.probability.load(Ordering::Relaxed))
+    }
+
+    /// Change the probabilistic policy's probability at run time (traces
+    /// decided from now on use it; histograms and counters are untouched).
+    pub fn set_probability(&self, p: f64) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("a sampling probability is within [0, 1], not {p}"));
+        }
+        self.threshold.store(threshold_bits(p), Ordering::Relaxed);
+        self.probability.store(p.to_bits(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the probabilistic policy selects the trace of `span`: its
@@ -198,7 +226,7 @@ impl TailSampler {
     /// least the threshold.
     #[inline]
     pub fn selects(&self, span: &SpanRecord) -> bool {
-        match self.threshold {
+        match self.threshold() {
             None => false,
             Some(Threshold::ALWAYS) => true,
             Some(t) => {
@@ -213,7 +241,7 @@ impl TailSampler {
     /// asks for it to be reported (the pipeline counts it).
     #[inline]
     pub fn presumes_randomness(&self, spans: &[SpanRecord]) -> bool {
-        match self.threshold {
+        match self.threshold() {
             Some(t) if t != Threshold::ALWAYS => local_root(spans).is_some_and(|root| {
                 randomness(root.trace_id, root.trace_flags, &root.trace_state).source
                     == Source::TraceIdPresumed
@@ -231,13 +259,13 @@ impl TailSampler {
     /// At probability 1 nothing changes. Runs off the request path.
     #[inline]
     pub fn stamp(&self, span: &mut SpanRecord) {
-        if self.threshold != Some(Threshold::ALWAYS) {
+        if self.threshold() != Some(Threshold::ALWAYS) {
             self.stamp_below_one(span);
         }
     }
 
     fn stamp_below_one(&self, span: &mut SpanRecord) {
-        let selected = match self.threshold {
+        let selected = match self.threshold() {
             Some(t) => {
                 let r = randomness(span.trace_id, span.trace_flags, &span.trace_state).value;
                 t.keeps(r).then_some((t, r))
@@ -432,6 +460,28 @@ mod tests {
         assert!(quarter.selects(&root(0xc0000000000000)));
         assert!(!quarter.selects(&root(0xbfffffffffffff)));
         assert!(s.selects(&root(0xbfffffffffffff)));
+    }
+
+    #[test]
+    fn the_probability_changes_at_run_time() {
+        let s = TailSampler::new(cfg(1.0));
+        let id = 0x4bf92f3577b34da6_0010000000000000;
+        assert_eq!(
+            s.decide(&[root(id)], 1),
+            Decision::Keep(KeepReason::Probabilistic)
+        );
+        s.set_probability(0.5).unwrap();
+        assert_eq!(s.probability(), 0.5);
+        assert_eq!(
+            s.decide(&[root(id)], 1),
+            Decision::Drop(DropReason::SampledOut)
+        );
+        assert!(s.selects(&root(0x0080000000000000)));
+        s.set_probability(0.0).unwrap();
+        assert_eq!(s.threshold(), None);
+        assert!(!s.selects(&root(0x00ffffffffffffff)));
+        assert!(s.set_probability(1.5).is_err() && s.set_probability(f64::NAN).is_err());
+        assert_eq!(s.probability(), 0.0);
     }
 
     #[test]

@@ -56,6 +56,8 @@
 //! an attribute) skips the cache rather than panicking. Limits and counters
 //! are atomics. No mutex.
 
+mod pairs;
+
 use crate::guard;
 use pulsetrace_core::span::{AttrValue, Attributes, Event, Link};
 use pyo3::ffi;
@@ -646,9 +648,9 @@ pub struct Collected {
     pub over: usize,
 }
 
-/// The entries of an attribute mapping (a dict, or any object with
-/// `items()`), converted, in order: at most `max` of them (the others are
-/// counted as dropped, in `over`). The entries are taken first (references
+/// The entries of an attribute mapping (a dict, any object with `items()`,
+/// or a tuple of `(key, value)` pairs: see [`pairs`]), converted, in order:
+/// at most `max` of them (the others are counted as dropped, in `over`). The entries are taken first (references
 /// only: no code of the application runs while a dict is read), then
 /// converted; an entry whose key or value cannot be converted is dropped
 /// (counted), and so is what an exception in the mapping's own `items()`
@@ -688,7 +690,29 @@ fn collect_into(
     let mut inline: [Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>; INLINE_ENTRIES] =
         Default::default();
     let mut heap = Vec::new();
-    if let Ok(d) = mapping.downcast::<PyDict>() {
+    let mut cache = None;
+    if let Ok(t) = mapping.downcast::<PyTuple>() {
+        // `(key, value)` pairs: converted once while the same tuple is reused.
+        if let Some(hit) = pairs::lookup(t, max, limits) {
+            out.attributes = hit;
+            return;
+        }
+        cache = Some((t, pairs::snapshot(counters)));
+        out.over = t.len().saturating_sub(max);
+        let mut n = 0;
+        for item in t.iter().take(max) {
+            match item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
+                Ok(kv) => {
+                    match inline.get_mut(n) {
+                        Some(slot) => *slot = Some(kv),
+                        None => heap.push(kv),
+                    }
+                    n += 1;
+                }
+                Err(_) => AttrCounters::bump(&counters.dropped),
+            }
+        }
+    } else if let Ok(d) = mapping.downcast::<PyDict>() {
         out.over = d.len().saturating_sub(max);
         // Nothing in this loop runs Python code, so the dict cannot change
         // under the iterator.
@@ -730,6 +754,9 @@ fn collect_into(
         if let Some(v) = convert(v, limits, counters) {
             out.attributes.push((k, v));
         }
+    }
+    if let Some((t, before)) = cache {
+        pairs::store(t, max, limits, counters, before, &out.attributes);
     }
 }
 

@@ -19,6 +19,22 @@
 //!
 //! No panic crosses into Python: every entry point runs under a guard
 //! ([`guard`]).
+//!
+//! Calling convention: the wheel is abi3 for CPython >= 3.10, where
+//! `METH_FASTCALL` is in the limited API, so pyo3's own `#[pymethods]` and
+//! `#[pyfunction]`s take the caller's argument vector (vectorcall) with no
+//! argument tuple or keyword dict. The span methods (`Tracer.start_span`,
+//! `Span.set_attribute`, `Span.end`, `Span.__exit__`) and `wsgi_call` are
+//! plain pyo3 methods and functions. Instructions on the request thread,
+//! callgrind (`benchmarks/gate/run.py --repeat 3`, medians, CPython 3.11),
+//! hand-made `METH_FASTCALL` entry points through pyo3's private
+//! `impl_::trampoline` (as built for `abi3-py39`) against these methods
+//! built for `abi3-py310`: a span (`start_span`, 3 `set_attribute`, `end`)
+//! 5,515 and 5,476; a Flask `/json` request 387,303 and 386,868; and, by
+//! the difference of two loop lengths under callgrind, a `with
+//! start_span(..., attributes=...)` block 7,296 and 7,088. That private
+//! internal no longer paid for itself and is gone; the one left is
+//! [`newobj`]'s, which does.
 #![deny(unsafe_code)]
 
 /// Span records are allocated on request threads and freed on the core's
@@ -32,13 +48,13 @@ mod batch;
 mod config;
 mod ctxvar;
 mod data;
-mod fastcall;
 mod guard;
 mod http;
 mod ids;
 mod newobj;
 mod pystr;
 mod scrub;
+mod snapshots;
 mod span;
 mod tracer;
 mod wsgi;
@@ -111,6 +127,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::SpanData>()?;
     m.add_class::<batch::Batch>()?;
     m.add_class::<data::Histogram>()?;
+    m.add_class::<snapshots::HistogramSnapshot>()?;
+    m.add_function(wrap_pyfunction!(snapshots::histogram_snapshots, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::set_sample_rate, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshots::sample_rate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(format_traceparent_header, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
@@ -131,7 +151,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wsgi::TracedResponse>()?;
     m.add_class::<wsgi_app::TracedWsgiApp>()?;
     m.add_class::<wsgi_app::RouteNamer>()?;
-    fastcall::install(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -7,16 +7,15 @@
 //! the binding to the exact pyo3 pinned in `rust/py/Cargo.toml`; pyo3 0.25
 //! has no public way to allocate an instance of a given type object.
 //! Measured against the public path (`Bound::new`, whose lookup checks the
-//! lazy type object on every call): instructions per span, callgrind
-//! (`benchmarks/gate/run.py`'s span case alone, 5 to 6 runs each, CPython
-//! 3.11), median 5,468 (least 5,465) with this module, 5,497 (least 5,493)
-//! with `Bound::new`: about 28 instructions per instance, 0.5% of a span.
-//! Too small for `benchmarks/micro/run.py` to show on a shared machine
-//! (CPU ns per span 1,030 to 1,190 either way), and nothing on a Flask
-//! request beyond its run-to-run noise. It stays because the span's
-//! instruction count may not grow; `Bound::new` is the drop-in replacement
-//! the day that budget allows it or pyo3 exposes an allocation from a
-//! cached type.
+//! lazy type object on every call), built for `abi3-py310`: instructions
+//! per operation on the request thread, callgrind (`benchmarks/gate/run.py
+//! --repeat 3`, medians, CPython 3.11): a span 5,476 with this module,
+//! 5,505 with `Bound::new` (0.5%); a Flask `/json` request 386,868 and
+//! 388,171 (what pulsetrace adds to it: 14,300 and 15,417). Too small for
+//! `benchmarks/micro/run.py` to show on a shared machine. It stays because
+//! the span's instruction count may not grow; `Bound::new` is the drop-in
+//! replacement the day that budget allows it or pyo3 exposes an allocation
+//! from a cached type.
 //!
 //! GIL and locks: runs with the GIL; the type pointer is an atomic. No lock.
 

@@ -35,7 +35,7 @@ use pulsetrace_core::span::{AttrValue, Attributes, Event, Link, SpanKind, SpanRe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -777,11 +777,23 @@ impl Span {
         )
     }
 
-    /// `(exc_type, exc_value, traceback)`, taken as one tuple: parsing three
-    /// optional parameters costs more than the rest of the call.
-    #[pyo3(signature = (*args))]
-    fn __exit__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> bool {
-        self.exit_with(py, args.get_item(1).ok().as_ref())
+    /// End the span; an exception is recorded on it and makes it an error.
+    /// After a panic the span still ends and gives the context back, without
+    /// recording the exception (its argument is what could not be read).
+    fn __exit__(
+        &self,
+        exc_type: &Bound<'_, PyAny>,
+        exc_value: &Bound<'_, PyAny>,
+        traceback: &Bound<'_, PyAny>,
+    ) -> bool {
+        let _ = (exc_type, traceback);
+        let py = exc_value.py();
+        guard(
+            py,
+            "span.exit",
+            || self.exit_with(py, Some(exc_value)),
+            || self.exit_with(py, None),
+        )
     }
 
     fn __repr__(&self) -> String {

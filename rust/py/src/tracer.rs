@@ -217,14 +217,15 @@ impl Tracer {
     ) -> PyResult<Bound<'py, Span>> {
         let py = slf.py();
         let tracer = slf.get();
-        if tracer.state.load(Ordering::Relaxed) != ON && !(tracer.ready(py)? && tracer.is_enabled())
-        {
-            return Ok(tracer.noop_span(slf)?.into_bound(py));
-        }
         guard(
             py,
             "tracer.start_span",
             || {
+                if tracer.state.load(Ordering::Relaxed) != ON
+                    && !(tracer.ready(py)? && tracer.is_enabled())
+                {
+                    return Ok(tracer.noop_span(slf)?.into_bound(py));
+                }
                 let start_mono = match start_time {
                     Some(t) => clock::unix_to_mono_ns(t),
                     None => clock::now_mono_ns(),

@@ -1,0 +1,202 @@
+"""Business metrics: messages, campaigns, contacts, templates, external
+messaging-API calls, authentication events.
+
+Prometheus gets bounded labels only (status, message type, template, API
+and operation names, event kinds; each metric at most ``MAX_SERIES``
+series, the rest counted as overflow). Campaign and company ids, which are
+unbounded, go to the ``business`` log line of each message and to the JSON
+aggregates of ``/health/business-metrics`` (at most ``MAX_ENTITIES``
+campaigns and as many companies; further ones are counted, not kept).
+
+A campaign's success rate is delivered / (delivered + failed) of its
+messages (``sent`` and ``read`` are steps, not outcomes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+from pulsetrace.monitoring.metrics_custom import Counter, Histogram
+
+MAX_SERIES = 200
+MAX_ENTITIES = 1000
+
+MESSAGES = Counter(
+    "pulsetrace_business_messages_total",
+    "messages recorded by status and type",
+    ("status", "message_type"),
+    MAX_SERIES,
+)
+CONTACTS = Counter(
+    "pulsetrace_business_contacts_total",
+    "contacts added (or removed, as a negative change)",
+    ("change",),
+    2,
+)
+TEMPLATES = Counter(
+    "pulsetrace_business_template_uses_total", "message templates used", ("template",), MAX_SERIES
+)
+API_CALLS = Counter(
+    "pulsetrace_business_api_calls_total",
+    "calls to external messaging APIs by outcome",
+    ("api", "operation", "outcome"),
+    MAX_SERIES,
+)
+API_DURATION = Histogram(
+    "pulsetrace_business_api_duration_seconds",
+    "duration of calls to external messaging APIs in seconds",
+    ("api", "operation"),
+    MAX_SERIES,
+)
+AUTH = Counter(
+    "pulsetrace_business_auth_events_total",
+    "authentication events by kind and outcome",
+    ("event", "outcome"),
+    MAX_SERIES,
+)
+ALL = (MESSAGES, CONTACTS, TEMPLATES, API_CALLS, API_DURATION, AUTH)
+
+_lock = threading.Lock()
+_campaigns: dict[str, dict[str, int]] = {}
+_companies: dict[str, dict[str, int]] = {}
+_overflow = {"campaigns": 0, "companies": 0}
+_contacts = {"added": 0, "removed": 0}
+_start = time.time()
+
+
+def _text(what: str, value: Any, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"{what} must be a non-empty str, not {value!r}")
+    return str(value)[:200]
+
+
+def _bump(table: dict[str, dict[str, int]], kind: str, key: str, field: str) -> None:
+    entry = table.get(key)
+    if entry is None:
+        if len(table) >= MAX_ENTITIES:
+            _overflow[kind] += 1
+            return
+        entry = table[key] = {}
+    entry[field] = entry.get(field, 0) + 1
+
+
+def record_message(
+    status: str,
+    message_type: str,
+    campaign_id: Optional[str] = None,
+    company_id: Optional[str] = None,
+) -> None:
+    status_ = _text("status", status)
+    type_ = _text("message_type", message_type)
+    campaign = _text("campaign_id", campaign_id, optional=True)
+    company = _text("company_id", company_id, optional=True)
+    assert status_ is not None and type_ is not None
+    MESSAGES.inc(status=status_, message_type=type_)
+    with _lock:
+        if campaign is not None:
+            _bump(_campaigns, "campaigns", campaign, status_)
+        if company is not None:
+            _bump(_companies, "companies", company, status_)
+    from pulsetrace.logging.api import get_logger
+
+    get_logger("business").info(
+        "message %s (%s)",
+        status_,
+        type_,
+        extra={
+            "metadata": {
+                "metric": "message",
+                "status": status_,
+                "messageType": type_,
+                "campaignId": campaign,
+                "companyId": company,
+            }
+        },
+    )
+
+
+def record_contacts(change: int = 1, company_id: Optional[str] = None) -> None:
+    if isinstance(change, bool) or not isinstance(change, int):
+        raise ValueError(f"change must be an int, not {type(change).__name__}")
+    company = _text("company_id", company_id, optional=True)
+    which = "added" if change >= 0 else "removed"
+    CONTACTS.inc(abs(change), change=which)
+    with _lock:
+        _contacts[which] += abs(change)
+        if company is not None:
+            entry = _companies.get(company)
+            if entry is None and len(_companies) >= MAX_ENTITIES:
+                _overflow["companies"] += 1
+            else:
+                entry = _companies.setdefault(company, {})
+                entry["contacts"] = entry.get("contacts", 0) + change
+
+
+def record_template_use(template: str) -> None:
+    TEMPLATES.inc(template=_text("template", template))
+
+
+def record_api_call(api: str, operation: str, duration_s: float, ok: bool = True) -> None:
+    if not isinstance(ok, bool):
+        raise ValueError(f"ok must be a bool, not {type(ok).__name__}")
+    a, op = _text("api", api), _text("operation", operation)
+    API_DURATION.observe(duration_s, api=a, operation=op)
+    API_CALLS.inc(api=a, operation=op, outcome="success" if ok else "failure")
+
+
+def record_auth_event(event: str, success: bool) -> None:
+    if not isinstance(success, bool):
+        raise ValueError(f"success must be a bool, not {type(success).__name__}")
+    AUTH.inc(event=_text("event", event), outcome="success" if success else "failure")
+
+
+def _success_rate(counts: dict[str, int]) -> Optional[float]:
+    done = counts.get("delivered", 0) + counts.get("failed", 0)
+    return round(counts.get("delivered", 0) / done, 6) if done else None
+
+
+def summary() -> dict[str, Any]:
+    """The JSON aggregates of ``/health/business-metrics``."""
+    with _lock:
+        campaigns = {k: dict(v, success_rate=_success_rate(v)) for k, v in _campaigns.items()}
+        companies = {k: dict(v) for k, v in _companies.items()}
+        contacts = dict(_contacts)
+        overflow = dict(_overflow)
+    hours = max(time.time() - _start, 1.0) / 3600
+    messages: dict[str, float] = {}
+    for labels, v in MESSAGES.series():
+        messages[labels["status"]] = messages.get(labels["status"], 0) + v
+    return {
+        "messages": {"by_status": messages, "success_rate": _success_rate(messages)},  # type: ignore[arg-type]
+        "campaigns": campaigns,
+        "companies": companies,
+        "contacts": dict(
+            contacts, growth_per_hour=round((contacts["added"] - contacts["removed"]) / hours, 6)
+        ),
+        "templates": {lab["template"]: v for lab, v in TEMPLATES.series()},
+        "external_apis": API_DURATION.to_json()["series"],
+        "external_api_calls": [dict(labels=lab, count=v) for lab, v in API_CALLS.series()],
+        "auth_events": [dict(labels=lab, count=v) for lab, v in AUTH.series()],
+        "overflowed": overflow,
+    }
+
+
+def families() -> list[Any]:
+    return [f for m in ALL for f in m.families()]
+
+
+def clear() -> None:
+    """Forget every business figure (for tests)."""
+    with _lock:
+        _campaigns.clear()
+        _companies.clear()
+        _overflow.update(campaigns=0, companies=0)
+        _contacts.update(added=0, removed=0)
+    for m in ALL:
+        with m._lock:
+            m._series.clear()
+            m.overflowed = 0

@@ -1,0 +1,261 @@
+"""Custom metrics: counters, gauges and histograms an application creates
+(:func:`pulsetrace.metrics.create_custom_counter` and the others), exported
+in the Prometheus exposition and in ``/health/metrics``.
+
+Each metric has fixed label names; each distinct set of label values is a
+series, at most ``max_series`` per metric: the values of a further series
+are dropped and counted (``pulsetrace_custom_series_overflowed_total``).
+A histogram's series is a native HDR histogram (2 significant digits):
+values are recorded in thousandths (so 0.001 to 3.6e9 keep their 2
+digits); the exposition shows its count, sum and p50/p90/p99 (a quantile
+label on a gauge family, beside ``<name>_count`` and ``<name>_sum``
+gauges, as a Prometheus summary shows them). A counter's samples are named
+``<name>_total`` (the suffix added when the name lacks it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from typing import Any, Union
+
+from pulsetrace._native import Histogram as _NativeHistogram
+
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_RESERVED = {"quantile", "le", "service_name"}
+_SCALE = 1000.0
+QUANTILES = (0.5, 0.9, 0.99)
+
+Number = Union[int, float]
+_registry_lock = threading.Lock()
+_registry: dict[str, _Metric] = {}
+
+
+def _check_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, not {value!r}")
+    return float(value)
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help: str, label_names: tuple[str, ...], max_series: int):
+        self.name = name
+        self.help = help
+        self.label_names = label_names
+        self.max_series = max_series
+        self.overflowed = 0
+        self._lock = threading.RLock()
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def _key(self, labels: dict[str, Any]) -> tuple[str, ...]:
+        if set(labels) != set(self.label_names):
+            missing = sorted(set(self.label_names) - set(labels))
+            extra = sorted(set(labels) - set(self.label_names))
+            raise ValueError(
+                f"metric {self.name!r} has labels {list(self.label_names)}: "
+                + (f"missing {missing}" if missing else f"unknown {extra}")
+            )
+        key = []
+        for n in self.label_names:
+            v = labels[n]
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise ValueError(
+                    f"label {n!r} of metric {self.name!r} must be a str or int, "
+                    f"not {type(v).__name__}"
+                )
+            key.append(str(v))
+        return tuple(key)
+
+    def _slot(self, key: tuple[str, ...], make: Any) -> Any:
+        """The series of ``key`` (made if there is room), or None: counted."""
+        s = self._series.get(key)
+        if s is None:
+            if len(self._series) >= self.max_series:
+                self.overflowed += 1
+                return None
+            s = self._series[key] = make()
+        return s
+
+    def series(self) -> list[tuple[dict[str, str], Any]]:
+        with self._lock:
+            items = list(self._series.items())
+        return [(dict(zip(self.label_names, k)), v) for k, v in items]
+
+    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        return [(self.name, self.help, self.kind, [(lab, float(v)) for lab, v in self.series()])]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "help": self.help,
+            "series": [dict(labels=lab, value=v) for lab, v in self.series()],
+            "series_overflowed": self.overflowed,
+        }
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def inc(self, value: Number = 1, **labels: Any) -> None:
+        """Add ``value`` (>= 0) to the series of ``labels``."""
+        v = _check_number(value, "a counter's increment")
+        if v < 0:
+            raise ValueError(f"a counter only goes up: cannot add {value!r}")
+        key = self._key(labels)
+        with self._lock:
+            if self._slot(key, float) is not None:
+                self._series[key] += v
+
+
+class Gauge(_Metric):
+    kind = "gauge"
+
+    def set(self, value: Number, **labels: Any) -> None:
+        v = _check_number(value, "a gauge's value")
+        key = self._key(labels)
+        with self._lock:
+            if self._slot(key, float) is not None:
+                self._series[key] = v
+
+    def inc(self, value: Number = 1, **labels: Any) -> None:
+        v = _check_number(value, "a gauge's increment")
+        key = self._key(labels)
+        with self._lock:
+            if self._slot(key, float) is not None:
+                self._series[key] += v
+
+    def dec(self, value: Number = 1, **labels: Any) -> None:
+        self.inc(-_check_number(value, "a gauge's decrement"), **labels)
+
+
+class _HistogramSeries:
+    __slots__ = ("hist", "sum")
+
+    def __init__(self) -> None:
+        self.hist = _NativeHistogram()
+        self.sum = 0.0
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def observe(self, value: Number, **labels: Any) -> None:
+        """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""
+        v = _check_number(value, "an observed value")
+        if not 0 <= v <= 3.6e9:
+            raise ValueError(f"an observed value is between 0 and 3.6e9, not {value!r}")
+        key = self._key(labels)
+        with self._lock:
+            s = self._slot(key, _HistogramSeries)
+            if s is not None:
+                s.hist.record(int(round(v * _SCALE)))
+                s.sum += v
+
+    def _stats(self, s: _HistogramSeries) -> dict[str, float]:
+        h = s.hist
+        out = {"count": float(h.count), "sum": s.sum, "max": h.max / _SCALE}
+        for q in QUANTILES:
+            out[f"p{round(q * 100)}"] = h.value_at_quantile(q) / _SCALE if h.count else 0.0
+        return out
+
+    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        with self._lock:
+            rows = [(lab, self._stats(s)) for lab, s in self.series()]
+        quantiles = [
+            (dict(lab, quantile=str(q)), st[f"p{round(q * 100)}"])
+            for lab, st in rows
+            for q in QUANTILES
+        ]
+        return [
+            (self.name, self.help, "gauge", quantiles),
+            (
+                f"{self.name}_count",
+                f"{self.help} (observations)",
+                "gauge",
+                [(lab, st["count"]) for lab, st in rows],
+            ),
+            (
+                f"{self.name}_sum",
+                f"{self.help} (sum of observations)",
+                "gauge",
+                [(lab, st["sum"]) for lab, st in rows],
+            ),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            rows = [dict(labels=lab, **self._stats(s)) for lab, s in self.series()]
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "help": self.help,
+            "series": rows,
+            "series_overflowed": self.overflowed,
+        }
+
+
+def create(cls: type[_Metric], name: Any, help: Any, label_names: Any, max_series: Any) -> Any:
+    """The metric ``name`` (the same one again for the same type and labels)."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.startswith("pulsetrace_"):
+        raise ValueError(
+            f"a metric name matches [a-zA-Z_:][a-zA-Z0-9_:]* and does not start with "
+            f"'pulsetrace_', not {name!r}"
+        )
+    if not isinstance(help, str):
+        raise ValueError(f"a metric's help is a str, not {type(help).__name__}")
+    if isinstance(label_names, str) or not all(isinstance(n, str) for n in label_names):
+        raise ValueError(f"label_names is a list of str, not {label_names!r}")
+    labels = tuple(label_names)
+    for n in labels:
+        if not _LABEL.match(n) or n.startswith("__") or n in _RESERVED:
+            raise ValueError(f"{n!r} cannot be a label name of metric {name!r}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"metric {name!r} names a label twice: {list(labels)}")
+    if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
+        raise ValueError(f"max_series must be a positive integer, not {max_series!r}")
+    with _registry_lock:
+        found = _registry.get(name)
+        if found is not None:
+            if type(found) is not cls or found.label_names != labels:
+                raise ValueError(
+                    f"metric {name!r} exists as a {found.kind} with labels "
+                    f"{list(found.label_names)}"
+                )
+            return found
+        metric = _registry[name] = cls(name, help, labels, max_series)
+        return metric
+
+
+def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    """Every custom metric's exposition families, and the overflow counter."""
+    with _registry_lock:
+        metrics = list(_registry.values())
+    out = [f for m in metrics for f in m.families()]
+    out.append(
+        (
+            "pulsetrace_custom_series_overflowed_total",
+            "values of custom metrics dropped: their metric already had max_series series",
+            "counter",
+            [({"metric": m.name}, float(m.overflowed)) for m in metrics],
+        )
+    )
+    return out
+
+
+def to_json() -> list[dict[str, Any]]:
+    with _registry_lock:
+        metrics = list(_registry.values())
+    return [m.to_json() for m in metrics]
+
+
+def clear() -> None:
+    """Forget every custom metric (for tests)."""
+    with _registry_lock:
+        _registry.clear()

@@ -137,7 +137,8 @@ def _env(tmp_path, rx, mport, clock_file, smtp_port=None, cert=None):
         MONITORING_ENABLED="true",
         PULSETRACE_METRICS_ADDR=f"127.0.0.1:{mport}",
         PULSETRACE_MONITORING_TOKEN=TOKEN,
-        OTEL_TRACES_EXPORTER="none",
+        OTEL_TRACES_EXPORTER="console",  # kept traces queued: the /apm ring holds them
+        PULSETRACE_EXPORT_INTERVAL_MS="50",  # within 50 ms
         PULSETRACE_ALERT_DIR=str(tmp_path / "state"),
         PULSETRACE_ALERT_RULES=str(_rules(tmp_path)),
         PULSETRACE_ALERT_INTERVAL_MS="100",
@@ -188,6 +189,13 @@ def test_flask_error_rate_alert_escalates_is_acknowledged_and_survives_a_restart
             clock_file.write_text(repr(t0 + 15 * 60))
             _until(lambda: len(rx.paths()) >= 4, "PagerDuty and SMS")
             assert sorted(rx.paths()[2:]) == ["/pagerduty", "/sms"]
+            # A link to an example kept trace of the operation, served by the
+            # monitoring server (by now the failed requests' traces are kept).
+            link = rx.of("/sms")[0]["json"]["trace_url"]
+            assert link.startswith(f"http://127.0.0.1:{mport}/apm/traces/")
+            assert link in rx.of("/sms")[0]["json"]["text"]
+            status, trace = _call(mport, "GET", link.split(str(mport), 1)[1])
+            assert status == 200 and "GET /pay" in json.dumps(trace)
             clock_file.write_text(repr(t0 + 30 * 60))
             _until(lambda: len(rx.paths()) >= 5, "the phone call")
             assert rx.paths()[4] == "/phone"

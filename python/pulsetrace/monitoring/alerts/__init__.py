@@ -125,6 +125,7 @@ def manager() -> Manager:
                 service=cfg.service_name,
                 link_base=f"http://{cfg.metrics_addr}",
             )
+            m.example_trace = example_trace
             if cfg.alert_rules:
                 try:
                     for rule in _rules.load(cfg.alert_rules):
@@ -133,6 +134,16 @@ def manager() -> Manager:
                     _diag.log.warning("pulsetrace: PULSETRACE_ALERT_RULES: %s", exc)
             _manager = m
         return _manager
+
+
+def example_trace(operation: str) -> Optional[str]:
+    """The id of a kept trace of ``operation`` the monitoring server holds
+    (``/apm/traces/{id}``): a failed one first; None when none is held."""
+    from pulsetrace.monitoring import apm
+
+    found = apm.RING.traces(operation=operation, error=True, limit=1)
+    found = found or apm.RING.traces(operation=operation, limit=1)
+    return str(found[0]["trace_id"]) if found else None
 
 
 def add_alert_rule(

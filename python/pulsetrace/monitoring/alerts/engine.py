@@ -172,12 +172,7 @@ class Manager:
         if last is not None and now - last < rule.cooldown:
             return None
         alert_id = f"{rule.id}-{int(now)}-{uuid.uuid4().hex[:6]}"
-        trace_id = verdict.trace_id
-        if trace_id is None and verdict.operation and self.example_trace is not None:
-            try:
-                trace_id = self.example_trace(verdict.operation)
-            except Exception as exc:
-                _diag.internal_error("alert example trace", exc)
+        trace_id = verdict.trace_id or self._example(verdict.operation)
         alert = {
             "id": alert_id,
             "rule_id": rule.id,
@@ -206,8 +201,21 @@ class Manager:
                 chans = self._step_channels(rule, step)
                 if not self.store.advance(alert["id"], step, chans, now):
                     break  # acknowledged, resolved, or decided by another process
+                if not alert["trace_id"]:  # kept traces reach the store after a moment
+                    alert["trace_id"] = self._example(alert["operation"])
+                    if alert["trace_id"]:
+                        self.store.set_trace(alert["id"], alert["trace_id"])
                 for ch in chans:
                     self._send(alert, step, ch)
+
+    def _example(self, operation: Optional[str]) -> Optional[str]:
+        if not operation or self.example_trace is None:
+            return None
+        try:
+            return self.example_trace(operation)
+        except Exception as exc:
+            _diag.internal_error("alert example trace", exc)
+            return None
 
     def _step_channels(self, rule: Optional[_rules.Rule], step: int) -> list[str]:
         wanted = LADDER[step][1]

@@ -201,6 +201,11 @@ class Store:
             return True
 
     @_untraced
+    def set_trace(self, alert_id: str, trace_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE alerts SET trace_id=? WHERE id=?", (trace_id, alert_id))
+
+    @_untraced
     def note(self, alert_id: str, now: float, event: str, detail: Optional[str]) -> None:
         with self._tx() as db:
             _event(db, alert_id, now, event, detail)

@@ -44,6 +44,8 @@ FREE_TEXT = {
     "PULSETRACE_LOGS_FLUENTD_TAG",
     "PULSETRACE_SCRUB_FIELDS",
     "PULSETRACE_MONITORING_TOKEN",
+    "SMTP_HOST",
+    "SMTP_USERNAME",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

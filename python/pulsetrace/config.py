@@ -371,6 +371,67 @@ class Config:
     # The health checks the environment asks for (passwords never shown)
     database_url: Optional[str] = field(default=None, repr=False, metadata=_declare("DATABASE_URL"))
     redis_url: Optional[str] = field(default=None, repr=False, metadata=_declare("REDIS_URL"))
+    # Alerting (python/pulsetrace/monitoring/alerts); secrets never shown,
+    # each also read from a file named by its ``*_FILE`` variable
+    alert_rules: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_ALERT_RULES"))
+    alert_dir: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_ALERT_DIR"))
+    alert_interval_ms: float = field(
+        default=10_000.0, metadata=_declare("PULSETRACE_ALERT_INTERVAL_MS", low=100, high=3_600_000)
+    )
+    slack_webhook_url: Optional[str] = field(
+        default=None, repr=False, metadata=_declare("SLACK_WEBHOOK_URL", "SLACK_WEBHOOK_URL_FILE")
+    )
+    alert_webhook_url: Optional[str] = field(
+        default=None, repr=False, metadata=_declare("ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_URL_FILE")
+    )
+    alert_webhook_secret: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_declare("ALERT_WEBHOOK_SECRET", "ALERT_WEBHOOK_SECRET_FILE"),
+    )
+    smtp_host: Optional[str] = field(default=None, metadata=_declare("SMTP_HOST"))
+    smtp_port: int = field(default=587, metadata=_declare("SMTP_PORT", low=1, high=65_535))
+    smtp_username: Optional[str] = field(default=None, metadata=_declare("SMTP_USERNAME"))
+    smtp_password: Optional[str] = field(
+        default=None, repr=False, metadata=_declare("SMTP_PASSWORD", "SMTP_PASSWORD_FILE")
+    )
+    smtp_certificate: Optional[str] = field(
+        default=None, metadata=_declare("PULSETRACE_SMTP_CERTIFICATE")
+    )
+    alert_from_email: Optional[str] = field(default=None, metadata=_declare("ALERT_FROM_EMAIL"))
+    critical_alert_emails: tuple[str, ...] = field(
+        default=(), metadata=_declare("CRITICAL_ALERT_EMAILS")
+    )
+    high_alert_emails: tuple[str, ...] = field(default=(), metadata=_declare("HIGH_ALERT_EMAILS"))
+    business_team_emails: tuple[str, ...] = field(
+        default=(), metadata=_declare("BUSINESS_TEAM_EMAILS")
+    )
+    security_team_emails: tuple[str, ...] = field(
+        default=(), metadata=_declare("SECURITY_TEAM_EMAILS")
+    )
+    dba_team_emails: tuple[str, ...] = field(default=(), metadata=_declare("DBA_TEAM_EMAILS"))
+    manager_emails: tuple[str, ...] = field(
+        default=(), metadata=_declare("PULSETRACE_MANAGER_EMAILS")
+    )
+    pagerduty_routing_key: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_declare("PAGERDUTY_ROUTING_KEY", "PAGERDUTY_ROUTING_KEY_FILE"),
+    )
+    pagerduty_url: str = field(
+        default="https://events.pagerduty.com/v2/enqueue",
+        metadata=_declare("PULSETRACE_PAGERDUTY_URL"),
+    )
+    sms_webhook_url: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_declare("PULSETRACE_SMS_WEBHOOK_URL", "PULSETRACE_SMS_WEBHOOK_URL_FILE"),
+    )
+    phone_webhook_url: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata=_declare("PULSETRACE_PHONE_WEBHOOK_URL", "PULSETRACE_PHONE_WEBHOOK_URL_FILE"),
+    )
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
 
     def __post_init__(self) -> None:
@@ -382,6 +443,8 @@ class Config:
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
         object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
+        for name in _EMAIL_LISTS:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         _choice("log_level", self.log_level, LOG_LEVELS)
         _choice("diag_log_level", self.diag_log_level, LOG_LEVELS)
         if self.logs_fluentd_addr is not None:
@@ -414,6 +477,16 @@ class Config:
             raise TypeError(f"unknown pulsetrace settings: {', '.join(sorted(unknown))}")
         return _replace(self, **overrides)
 
+
+#: The recipient lists of alert e-mails (by team).
+_EMAIL_LISTS = (
+    "critical_alert_emails",
+    "high_alert_emails",
+    "business_team_emails",
+    "security_team_emails",
+    "dba_team_emails",
+    "manager_emails",
+)
 
 _FIELDS: dict[type, dict[str, Any]] = {
     cls: {f.name: f for f in fields(cls)} for cls in (Config, OtlpConfig)

@@ -266,6 +266,108 @@ def _diag_level(env: Mapping[str, str]) -> str:
     return level
 
 
+def _secret_or_file(env: Mapping[str, str], var: str, url: bool = False) -> Optional[str]:
+    """A secret from ``var``, or from the file ``var``_FILE names (which
+    wins; its trailing newline dropped). Its value is never logged."""
+    path = raw_value(env, f"{var}_FILE", "unset instead")
+    if path is None:
+        return _secret(env, var, url)
+    if env.get(var, "").strip():
+        log.warning("pulsetrace: %s and %s_FILE are both set; using %s_FILE", var, var, var)
+    try:
+        with open(path.strip(), "rb") as f:
+            data = f.read(MAX_VALUE_LENGTH + 1)
+    except OSError as exc:
+        warn(f"{var}_FILE", path, f"not readable ({exc.strerror})", "unset instead")
+        return None
+    return _secret({var: data.decode("utf-8", "surrogateescape").rstrip("\r\n")}, var, url)
+
+
+_EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+$")
+
+
+def _emails(env: Mapping[str, str], var: str) -> tuple[str, ...]:
+    """Comma-separated e-mail addresses; one that is not an address is
+    left out with a warning."""
+    raw = raw_value(env, var, "using none")
+    words = [w.strip() for w in (raw or "").split(",") if w.strip()]
+    bad = [w for w in words if not _EMAIL.match(w)]
+    if bad and raw is not None:
+        warn(var, raw, f"not e-mail addresses ({shown(bad[0])})", "those left out")
+    return tuple(w for w in words if _EMAIL.match(w))
+
+
+def _email(env: Mapping[str, str], var: str) -> Optional[str]:
+    raw = raw_value(env, var, "unset instead")
+    if raw is not None and not _EMAIL.match(raw.strip()):
+        warn(var, raw, "not an e-mail address", "unset instead")
+        return None
+    return raw.strip() if raw else None
+
+
+def _url(env: Mapping[str, str], var: str, default: str) -> str:
+    raw = raw_value(env, var, _using(default))
+    if raw is not None and not re.match(r"https?://[^/\s]+", raw.strip()):
+        _warn(var, raw, "not an http(s):// URL", default)
+        return default
+    return raw.strip() if raw else default
+
+
+def _path(env: Mapping[str, str], var: str, directory: bool) -> Optional[str]:
+    """An absolute path (of a readable file, or a directory to create)."""
+    raw = raw_value(env, var, "unset instead")
+    if raw is None:
+        return None
+    path = raw.strip()
+    if directory and not os.path.isabs(path):
+        warn(var, raw, "not an absolute path", "unset instead")
+        return None
+    if not directory and not os.path.isfile(path):
+        warn(var, raw, "not a file", "unset instead")
+        return None
+    return path
+
+
+def _certificate(env: Mapping[str, str], var: str) -> Optional[str]:
+    """A CA file (PEM), judged as ``OTEL_EXPORTER_OTLP_CERTIFICATE`` is."""
+    from pulsetrace._env.otlp import _parse_certificate
+
+    raw = raw_value(env, var, "using the system's trusted CA certificates")
+    if raw is None:
+        return None
+    path, why = _parse_certificate(raw, False)
+    if why is not None:
+        warn(var, raw, why, "using the system's trusted CA certificates")
+    return path
+
+
+def _alerting(e: Mapping[str, str]) -> dict[str, Any]:
+    """The alerting settings (``pulsetrace.monitoring.alerts``)."""
+    d = _DEFAULT
+    return {
+        "alert_rules": _path(e, "PULSETRACE_ALERT_RULES", directory=False),
+        "alert_dir": _path(e, "PULSETRACE_ALERT_DIR", directory=True),
+        "slack_webhook_url": _secret_or_file(e, "SLACK_WEBHOOK_URL", url=True),
+        "alert_webhook_url": _secret_or_file(e, "ALERT_WEBHOOK_URL", url=True),
+        "alert_webhook_secret": _secret_or_file(e, "ALERT_WEBHOOK_SECRET"),
+        "smtp_host": _text(e, "SMTP_HOST", "") or None,
+        "smtp_username": _text(e, "SMTP_USERNAME", "") or None,
+        "smtp_password": _secret_or_file(e, "SMTP_PASSWORD"),
+        "smtp_certificate": _certificate(e, "PULSETRACE_SMTP_CERTIFICATE"),
+        "alert_from_email": _email(e, "ALERT_FROM_EMAIL"),
+        "critical_alert_emails": _emails(e, "CRITICAL_ALERT_EMAILS"),
+        "high_alert_emails": _emails(e, "HIGH_ALERT_EMAILS"),
+        "business_team_emails": _emails(e, "BUSINESS_TEAM_EMAILS"),
+        "security_team_emails": _emails(e, "SECURITY_TEAM_EMAILS"),
+        "dba_team_emails": _emails(e, "DBA_TEAM_EMAILS"),
+        "manager_emails": _emails(e, "PULSETRACE_MANAGER_EMAILS"),
+        "pagerduty_routing_key": _secret_or_file(e, "PAGERDUTY_ROUTING_KEY"),
+        "pagerduty_url": _url(e, "PULSETRACE_PAGERDUTY_URL", d.pagerduty_url),
+        "sms_webhook_url": _secret_or_file(e, "PULSETRACE_SMS_WEBHOOK_URL", url=True),
+        "phone_webhook_url": _secret_or_file(e, "PULSETRACE_PHONE_WEBHOOK_URL", url=True),
+    }
+
+
 def _text(env: Mapping[str, str], var: str, default: str) -> str:
     raw = raw_value(env, var, _using(default))
     return default if raw is None else raw.strip()
@@ -311,6 +413,7 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         database_url=_secret(e, "DATABASE_URL", url=True),
         redis_url=_secret(e, "REDIS_URL", url=True),
         rabbitmq_management_url=_secret(e, "RABBITMQ_MANAGEMENT_URL", url=True),
+        **_alerting(e),
         otlp=_otlp.otlp(e),
         **numbers,
     )

@@ -31,6 +31,7 @@ from pulsetrace import _diag, _runtime
 from pulsetrace._router import HttpError, Request, Response, Router, json_response
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring import health as _health
+from pulsetrace.monitoring.alerts import api as _alerts_api
 
 _START = time.time()
 _CHECK_NAME = {"type": "string", "minLength": 1, "maxLength": 100}
@@ -314,6 +315,7 @@ ENDPOINTS: list[Endpoint] = [
         },
     ),
 ]
+ENDPOINTS += _alerts_api.endpoints(Endpoint)
 
 
 def _apm_rows() -> list[Endpoint]:
@@ -409,7 +411,8 @@ def add_routes(router: Router, host: str, token: Optional[str]) -> None:
 def register_from_config() -> list[str]:
     """The health checks the configuration asks for (``DATABASE_URL``,
     ``REDIS_URL``) and the ones always on (disk, memory, CPU, the trace
-    exporter; not critical); returns their names."""
+    exporter; not critical); returns their names. Starts the alert
+    evaluator too."""
     from pulsetrace import health as public
 
     cfg = _runtime.config()
@@ -423,4 +426,7 @@ def register_from_config() -> list[str]:
         _diag.log.warning("pulsetrace: %s; that health check is not registered", exc)
     for helper in (public.check_disk, public.check_memory, public.check_cpu, public.check_exporter):
         names.append(helper())
+    from pulsetrace.monitoring import alerts  # the alert evaluator runs with the server
+
+    alerts.start()
     return names

@@ -210,8 +210,11 @@ def text_response(status: int, text: str, *headers: tuple[str, str]) -> Response
 
 
 def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
-    """A JSON response (non-finite numbers become ``null``)."""
-    body = json.dumps(_finite(value), separators=(",", ":"), default=str).encode()
+    """A JSON response (non-finite numbers become ``null``; every string
+    scrubbed: operation names and messages can carry personal data)."""
+    from pulsetrace.scrub import scrub_json
+
+    body = json.dumps(scrub_json(_finite(value)), separators=(",", ":"), default=str).encode()
     return Response(status, [("Content-Type", "application/json"), *headers], body)
 
 

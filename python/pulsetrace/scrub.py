@@ -21,7 +21,7 @@ by ``REDACTED`` (nothing unscrubbed leaves) and the error is counted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pulsetrace import _diag
 from pulsetrace._native import scrub_configure as _configure
@@ -31,7 +31,7 @@ from pulsetrace._native import scrub_value as _scrub_value
 if TYPE_CHECKING:
     from pulsetrace.config import Config
 
-__all__ = ["REDACTED", "configure", "scrub_text", "scrub_value"]
+__all__ = ["REDACTED", "configure", "scrub_json", "scrub_text", "scrub_value"]
 
 REDACTED = "REDACTED"
 
@@ -65,6 +65,20 @@ def scrub_text(s: str) -> str:
     except Exception as exc:
         _diag.internal_error("scrub.scrub_text", exc)
         return REDACTED
+
+
+def scrub_json(v: Any) -> Any:
+    """A JSON-shaped value (what an endpoint or an alert sends) with every
+    string in it, keys included, scrubbed by :func:`scrub_text`; numbers,
+    booleans and the shape stay as they are (no value is redacted for its
+    key's name: the endpoints' own field names are not secrets)."""
+    if isinstance(v, str):
+        return scrub_text(v)
+    if isinstance(v, dict):
+        return {scrub_text(k) if isinstance(k, str) else k: scrub_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [scrub_json(x) for x in v]
+    return v
 
 
 def scrub_value(v: object) -> object:

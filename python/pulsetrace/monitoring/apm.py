@@ -23,6 +23,7 @@ from pulsetrace import _native, _runtime
 from pulsetrace._router import HttpError, Request, Response, json_response
 from pulsetrace.export.ring import RingBufferExporter
 from pulsetrace.monitoring import apm_windows
+from pulsetrace.scrub import scrub_json
 
 RING = RingBufferExporter()
 WINDOWS = apm_windows.Windows()
@@ -99,8 +100,9 @@ def _cached(window: str) -> bytes:
             return body
         _rendering.add(window)
     try:
-        # Every figure is finite: json.dumps without json_response's pass.
-        body = json.dumps(_transactions(window), separators=(",", ":")).encode()
+        # Every figure is finite: json.dumps without json_response's pass
+        # (operation names scrubbed, as json_response does).
+        body = json.dumps(scrub_json(_transactions(window)), separators=(",", ":")).encode()
         with _transactions_lock:
             _transactions_cache[window] = (time.monotonic(), body)
         return body

@@ -34,6 +34,7 @@ from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring.alerts import rules as _rules
 from pulsetrace.monitoring.alerts.channels import Channel, Deliverer
 from pulsetrace.monitoring.alerts.store import RESOLVED_STEP, TEST_STEP, Store
+from pulsetrace.scrub import scrub_text
 
 #: (minutes after the response time, channel types) per escalation step.
 LADDER: tuple[tuple[float, tuple[str, ...]], ...] = (
@@ -259,6 +260,10 @@ class Manager:
         if trace_url:
             text += f" (example trace: {trace_url})"
         rule = self.rules.get(alert["rule_id"])
+        # An operation's name, and so a message, can carry personal data.
+        text, operation = scrub_text(text), alert.get("operation")
+        if isinstance(operation, str):
+            operation = scrub_text(operation)
         return {
             "kind": kind,
             "alert_id": alert["id"],
@@ -270,7 +275,7 @@ class Manager:
             "service": self.service,
             "subject": f"[{head}] {alert['name']} ({self.service})",
             "text": text,
-            "operation": alert.get("operation"),
+            "operation": operation,
             "value": alert.get("value"),
             "threshold": alert.get("threshold"),
             "trace_url": trace_url,

@@ -155,6 +155,10 @@ class Patcher:
         self.on_patch = on_patch
         self.on_unpatch = on_unpatch
         self._lock = threading.RLock()
+        #: Whether this patcher's instrumentation is in place: a plain flag a
+        #: hook can read per call (callbacks wrapped before an unpatch pass
+        #: through once it is False).
+        self.active = False
 
     def _marked(self) -> Any:
         module, path = self.mark
@@ -199,6 +203,7 @@ class Patcher:
                 self._restore()  # all or nothing
                 raise
             setattr(marked, MARK, True)
+            self.active = True
             return True
 
     def unpatch(self) -> None:
@@ -207,6 +212,7 @@ class Patcher:
             marked = self._marked()
             if not getattr(marked, MARK, False):
                 return
+            self.active = False
             if self.on_unpatch is not None:
                 self.on_unpatch()
             self._restore()

@@ -36,8 +36,6 @@ from pulsetrace.propagation import use_context
 
 SUPPORTED = ">=9.0"
 
-_ACTIVE = [False]
-
 
 def _server(exchange: Any) -> Optional[tuple[str, int]]:
     try:
@@ -87,7 +85,7 @@ async def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 def _traced_callback(callback: Any, queue: Any) -> Any:
     async def on_message(message: Any) -> Any:
-        if not _ACTIVE[0]:
+        if not _PATCHER.active:
             return await callback(message)
         span = _amqp.start_process(
             "aio_pika",
@@ -134,14 +132,6 @@ async def _consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return await wrapped(*args, **kwargs)
 
 
-def _on_patch() -> None:
-    _ACTIVE[0] = True
-
-
-def _on_unpatch() -> None:
-    _ACTIVE[0] = False
-
-
 _PATCHER = Patcher(
     "aio_pika",
     SUPPORTED,
@@ -150,8 +140,6 @@ _PATCHER = Patcher(
         Target("aio_pika.queue", "Queue.consume", _consume),
     ),
     distributions=("aio-pika",),
-    on_patch=_on_patch,
-    on_unpatch=_on_unpatch,
 )
 patch = _PATCHER.patch
 unpatch = _PATCHER.unpatch

@@ -147,7 +147,7 @@ def _traced_callback(callback: Any, queue: Any) -> Any:
     """``callback(channel, method, properties, body)`` run inside a CONSUMER span."""
 
     def on_message(channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        if not _ACTIVE[0]:  # unpatched since the consumer was registered
+        if not _PATCHER.active:  # unpatched since the consumer was registered
             return callback(channel, method, properties, body)
         span = _amqp.start_process(
             "pika",
@@ -200,18 +200,6 @@ def _consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
-#: Whether the integration is patched: callbacks wrapped earlier pass through once it is not.
-_ACTIVE = [False]
-
-
-def _on_patch() -> None:
-    _ACTIVE[0] = True
-
-
-def _on_unpatch() -> None:
-    _ACTIVE[0] = False
-
-
 _PATCHER = Patcher(
     "pika",
     SUPPORTED,
@@ -223,8 +211,6 @@ _PATCHER = Patcher(
         ),
         Target("pika.adapters.blocking_connection", "BlockingChannel.basic_consume", _consume),
     ),
-    on_patch=_on_patch,
-    on_unpatch=_on_unpatch,
 )
 patch = _PATCHER.patch
 unpatch = _PATCHER.unpatch

@@ -10,6 +10,7 @@ __all__ = [
     "Batch",
     "Histogram",
     "HistogramSnapshot",
+    "MergedView",
     "RouteNamer",
     "Span",
     "SpanContext",
@@ -17,6 +18,7 @@ __all__ = [
     "TracedResponse",
     "TracedWsgiApp",
     "Tracer",
+    "WorkerState",
     "__version__",
     "after_fork_in_child",
     "format_traceparent_header",
@@ -36,6 +38,7 @@ __all__ = [
     "scrub_text",
     "scrub_value",
     "set_sample_rate",
+    "tracer_state",
     "wsgi_call",
     "wsgi_server_span",
 ]
@@ -172,6 +175,31 @@ class HistogramSnapshot:
     def delta(self, earlier: HistogramSnapshot) -> HistogramSnapshot: ...
     def merge(self, other: HistogramSnapshot) -> HistogramSnapshot: ...
     def encode(self) -> str: ...
+
+def tracer_state(tracer: Tracer) -> bytes: ...
+
+class WorkerState:
+    def __init__(self, data: bytes) -> None: ...
+    @property
+    def count(self) -> int: ...
+    def __len__(self) -> int: ...
+
+class MergedView:
+    def __init__(self, tracer: Tracer) -> None: ...
+    def absorb(self, state: WorkerState) -> None: ...
+    def absorb_tracer(self, tracer: Tracer) -> None: ...
+    def latency(self) -> list[dict[str, Any]]: ...
+    def snapshots(
+        self,
+    ) -> list[tuple[str, str, list[tuple[str, str]], int, HistogramSnapshot]]: ...
+    def render_metrics(
+        self,
+        tracer: Tracer,
+        accept: str = "",
+        extra: Optional[Sequence[_Family]] = None,
+        const_labels: Optional[Mapping[str, str]] = None,
+        counters: Optional[Mapping[str, int]] = None,
+    ) -> tuple[bytes, str]: ...
 
 def set_sample_rate(tracer: Tracer, rate: float) -> None: ...
 def sample_rate(tracer: Tracer) -> float: ...

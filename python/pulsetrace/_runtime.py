@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
@@ -413,6 +413,16 @@ def shutdown_timeout() -> float:
     return (cfg.shutdown_timeout_ms if cfg is not None else Config.shutdown_timeout_ms) / 1000.0
 
 
+_shutdown_hooks: list[Callable[[], None]] = []
+
+
+def on_shutdown(hook: Callable[[], None]) -> None:
+    """Call ``hook`` at the end of :func:`shutdown` (at exit, on SIGTERM),
+    once the last spans are processed (the workers' last published copy)."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
+
+
 def shutdown(timeout: Optional[float] = None) -> bool:
     """Decide every open trace, export it, stop the exporters, within
     ``timeout`` seconds (default :func:`shutdown_timeout`). Idempotent."""
@@ -432,6 +442,8 @@ def shutdown(timeout: Optional[float] = None) -> bool:
         for exporter in tuple(_exporters):
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)
+        for hook in tuple(_shutdown_hooks):
+            hook()
         return time.monotonic() <= deadline
     except Exception as exc:
         _diag.internal_error("shutdown", exc)

@@ -375,6 +375,8 @@ class Config:
     # each also read from a file named by its ``*_FILE`` variable
     alert_rules: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_ALERT_RULES"))
     alert_dir: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_ALERT_DIR"))
+    workers_dir: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_WORKERS_DIR"))
+    app_id: Optional[str] = field(default=None, metadata=_declare("PULSETRACE_APP_ID"))
     alert_interval_ms: float = field(
         default=10_000.0, metadata=_declare("PULSETRACE_ALERT_INTERVAL_MS", low=100, high=3_600_000)
     )

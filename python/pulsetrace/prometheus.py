@@ -177,8 +177,9 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
     extra.extend(metrics_custom.families())
     extra.extend(metrics_business.families())
     extra.extend(messaging.families())  # queue depth, read at most every few seconds
-    body, content_type = _runtime.tracer().render_metrics(accept, extra, labels)
-    return body, content_type
+    from pulsetrace.monitoring import workers
+
+    return workers.render_metrics(accept, extra, labels)  # every worker's histograms
 
 
 def _serve_metrics(request: Request) -> Response:
@@ -224,7 +225,12 @@ def start_server(
     ``monitoring`` (default: ``MONITORING_ENABLED``) the monitoring
     endpoints too, and the health checks the configuration names are
     registered. Returns the bound address, or None (with one warning) if it
-    cannot bind."""
+    cannot bind.
+
+    One process of an application serves (``pulsetrace.monitoring.workers``):
+    in a process that is not elected this returns None and the process
+    publishes its histograms for the one that serves, taking over when that
+    one exits."""
     global _server
     with _server_lock:
         if _server is not None:
@@ -232,6 +238,13 @@ def start_server(
         cfg = _runtime.config()
         if monitoring is None:
             monitoring = cfg.monitoring_enabled
+        from pulsetrace.monitoring import workers
+
+        try:
+            if not workers.claim(addr, monitoring):
+                return None
+        except OSError as exc:  # no usable directory: this process serves alone
+            log.warning("pulsetrace: cannot share metrics between workers (%s)", exc)
         try:
             host, port = parse_addr(addr)
             server = Server(
@@ -274,10 +287,19 @@ def _register_checks() -> None:
         _diag.internal_error("prometheus.health_checks", exc)
 
 
+def serving() -> Optional[tuple[str, int]]:
+    """The address this process serves metrics on, or None."""
+    server = _server
+    return server.address if server is not None else None
+
+
 def stop_server() -> None:
     """Stop the metrics server, if one runs; its port is closed on return."""
     global _server
     with _server_lock:
+        from pulsetrace.monitoring import workers
+
+        workers.release()  # no takeover of a server stopped on purpose
         if _server is not None:
             _server.stop()
             _server = None

@@ -347,6 +347,8 @@ def _alerting(e: Mapping[str, str]) -> dict[str, Any]:
     return {
         "alert_rules": _path(e, "PULSETRACE_ALERT_RULES", directory=False),
         "alert_dir": _path(e, "PULSETRACE_ALERT_DIR", directory=True),
+        "workers_dir": _path(e, "PULSETRACE_WORKERS_DIR", directory=True),
+        "app_id": _text(e, "PULSETRACE_APP_ID", "") or None,
         "slack_webhook_url": _secret_or_file(e, "SLACK_WEBHOOK_URL", url=True),
         "alert_webhook_url": _secret_or_file(e, "ALERT_WEBHOOK_URL", url=True),
         "alert_webhook_secret": _secret_or_file(e, "ALERT_WEBHOOK_SECRET"),

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from pulsetrace import _native, _runtime
 from pulsetrace._router import HttpError, Request, Response, json_response
 from pulsetrace.export.ring import RingBufferExporter
-from pulsetrace.monitoring import apm_windows
+from pulsetrace.monitoring import apm_windows, workers
 from pulsetrace.scrub import scrub_json
 
 RING = RingBufferExporter()
@@ -67,6 +67,7 @@ def status(request: Request) -> Response:
             "exporters": [type(e).__name__ for e in _runtime.exporters()],
             "traces_buffered": ring["ring_traces"],
             "window_interval_s": WINDOWS.interval_s,
+            "workers": workers.processes(),
             "timestamp": time.time(),
         },
     )
@@ -177,9 +178,8 @@ def one_trace(request: Request) -> Response:
 
 
 def metrics(request: Request) -> Response:
-    """Totals per span kind since start, the agent's counters."""
-    import pulsetrace
-
+    """Totals per span kind since start, the agent's counters (every
+    worker's)."""
     kinds: dict[str, dict[str, Any]] = {}
     for (_, kind, _), (errors, snap) in apm_windows.read_all().items():
         k = kinds.setdefault(kind, {"operations": 0, "count": 0, "errors": 0, "max_ms": 0.0})
@@ -197,7 +197,7 @@ def metrics(request: Request) -> Response:
             "timestamp": time.time(),
             "uptime_s": round(uptime, 3),
             "by_kind": kinds,
-            "counters": pulsetrace.counters(),
+            "counters": workers.counters(),
         },
     )
 

@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from pulsetrace import _diag, _runtime
-from pulsetrace._native import HistogramSnapshot, histogram_snapshots
+from pulsetrace import _diag
+from pulsetrace._native import HistogramSnapshot
 from pulsetrace._suppress import suppressed
 
 #: An operation: (name, kind, ((target attribute, value), ...)).
@@ -34,9 +34,12 @@ _KEEP = ((1, 7), (6, 36), (60, 420))  # (every nth tick, for the last k ticks)
 
 
 def read_all() -> dict[Key, Figures]:
-    """Every operation's cumulative figures now."""
+    """Every operation's cumulative figures now, over every worker of the
+    application (:mod:`pulsetrace.monitoring.workers`)."""
+    from pulsetrace.monitoring import workers
+
     out: dict[Key, Figures] = {}
-    for name, kind, target, errors, snap in histogram_snapshots(_runtime.tracer()):
+    for name, kind, target, errors, snap in workers.snapshots():
         out[(name, kind, tuple(target))] = (errors, snap)
     return out
 

@@ -161,9 +161,8 @@ def metrics_json(request: Request) -> Response:
 def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
-    import pulsetrace
     from pulsetrace import messaging, prometheus
-    from pulsetrace.monitoring import metrics_custom
+    from pulsetrace.monitoring import metrics_custom, workers
 
     process = {
         name: samples[0][1]
@@ -173,8 +172,8 @@ def _metrics() -> dict[str, Any]:
     return {
         "service": _runtime.config().service_name,
         "timestamp": time.time(),
-        "operations": pulsetrace.latency(),
-        "counters": pulsetrace.counters(),
+        "operations": workers.latency(),  # every worker's
+        "counters": workers.counters(),
         "process": process,
         "custom": metrics_custom.to_json(),
         "queues": messaging.queues(),

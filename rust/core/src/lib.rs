@@ -15,6 +15,7 @@
 //! - [`scrub`]: personal data and secrets out of exported text.
 //! - [`http`]: HTTP server spans: name and semantic-convention attributes of a request.
 //! - [`sql`]: SQL obfuscation (literals out, structure kept).
+//! - [`state`]: a registry's histograms as bytes (each pre-fork worker's published copy) and back.
 //! - [`access`]: the access log's queue (one entry per SERVER span, off the request path).
 //! - [`clock`]: the monotonic clock and its Unix-time mapping.
 #![deny(unsafe_code)] // allowed in one place: the histogram's lazily allocated rows
@@ -34,5 +35,6 @@ pub mod sampler;
 pub mod scrub;
 pub mod span;
 pub mod sql;
+pub mod state;
 mod sync;
 pub mod target;

@@ -351,6 +351,18 @@ impl Registry {
             .clone()
     }
 
+    /// The `(overflow)` key's histogram of `system` (created if needed).
+    pub(crate) fn overflow_histogram(
+        &self,
+        kind: SpanKind,
+        system: System,
+        class: StatusClass,
+    ) -> Arc<Histogram> {
+        self.overflow[system as usize].slots[slot_index(kind, class)]
+            .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
+            .clone()
+    }
+
     /// The existing histogram of a key without a target, if any (no
     /// creation, no overflow).
     pub fn get(&self, kind: SpanKind, name: &str, class: StatusClass) -> Option<Arc<Histogram>> {

@@ -50,6 +50,7 @@ mod ctxvar;
 mod data;
 mod guard;
 mod http;
+mod merged;
 mod ids;
 mod newobj;
 mod pystr;
@@ -129,6 +130,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::Histogram>()?;
     m.add_class::<snapshots::HistogramSnapshot>()?;
     m.add_function(wrap_pyfunction!(snapshots::histogram_snapshots, m)?)?;
+    m.add_function(wrap_pyfunction!(merged::tracer_state, m)?)?;
+    m.add_class::<merged::WorkerState>()?;
+    m.add_class::<merged::MergedView>()?;
     m.add_function(wrap_pyfunction!(snapshots::set_sample_rate, m)?)?;
     m.add_function(wrap_pyfunction!(snapshots::sample_rate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_traceparent_header, m)?)?;

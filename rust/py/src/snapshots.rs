@@ -9,6 +9,7 @@ use crate::guard::or_error;
 use crate::tracer::Tracer;
 use pulsetrace_core::histogram::Snapshot;
 use pulsetrace_core::pipeline::Core;
+use pulsetrace_core::registry::Merged;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -69,7 +70,7 @@ impl HistogramSnapshot {
 }
 
 /// The core of a configured tracer.
-fn core_of(py: Python<'_>, tracer: &Tracer) -> PyResult<std::sync::Arc<Core>> {
+pub(crate) fn core_of(py: Python<'_>, tracer: &Tracer) -> PyResult<std::sync::Arc<Core>> {
     if !tracer.ready(py)? {
         return Err(PyRuntimeError::new_err(
             "pulsetrace: the tracer is not configured yet",
@@ -113,17 +114,22 @@ pub fn histogram_snapshots<'py>(py: Python<'py>, tracer: &Tracer) -> PyResult<Bo
             core.sync();
             core.registry.merged_by_target()
         });
-        let out = PyList::empty(py);
-        for row in rows {
-            let target: Vec<(&str, &str)> = row
-                .target
-                .view()
-                .labels()
-                .map(|(attr, _, value)| (attr, value))
-                .collect();
-            let snap = Bound::new(py, HistogramSnapshot(row.snapshot))?;
-            out.append((&*row.name, row.kind.as_str(), target, row.errors, snap))?;
-        }
-        Ok(out)
+        snapshot_rows(py, rows)
     })
+}
+
+/// `histogram_snapshots`' rows of `merged_by_target` rows.
+pub(crate) fn snapshot_rows(py: Python<'_>, rows: Vec<Merged>) -> PyResult<Bound<'_, PyList>> {
+    let out = PyList::empty(py);
+    for row in rows {
+        let target: Vec<(&str, &str)> = row
+            .target
+            .view()
+            .labels()
+            .map(|(attr, _, value)| (attr, value))
+            .collect();
+        let snap = Bound::new(py, HistogramSnapshot(row.snapshot))?;
+        out.append((&*row.name, row.kind.as_str(), target, row.errors, snap))?;
+    }
+    Ok(out)
 }

@@ -39,7 +39,7 @@
 //! the tracer has no sampler and no limits of its own.
 
 mod lifecycle;
-mod readers;
+pub(crate) mod readers;
 mod start;
 
 use crate::attrs::{self, AtomicLimits, AttrCounters, Limits};
@@ -345,7 +345,7 @@ impl Tracer {
         const_labels: Option<BTreeMap<String, String>>,
     ) -> PyResult<(Bound<'py, PyBytes>, &'static str)> {
         or_error("tracer.render_metrics", || {
-            self.metrics_text(py, accept, extra, const_labels)
+            self.metrics_text(py, accept, extra, const_labels, None)
         })
     }
 

@@ -335,6 +335,43 @@ impl Histogram {
         }
     }
 
+    /// Adds everything `s` holds (slot counts, exact sum, min, max, clamped
+    /// count), as if its values had been recorded here: merging another
+    /// histogram's copy into this one (the pre-fork workers' view). Errors,
+    /// adding nothing, if the layouts differ.
+    pub fn add(&self, s: &Snapshot) -> Result<(), String> {
+        if s.layout != self.layout {
+            return Err(format!(
+                "cannot add a histogram with a different config: {:?} vs {:?}",
+                s.layout.cfg, self.layout.cfg
+            ));
+        }
+        if s.count() == 0 {
+            return Ok(());
+        }
+        for (lowest, _, c) in s.iter_recorded() {
+            if let Some(slot) = self.rows.slot(self.layout.index_of(lowest)) {
+                slot.fetch_add(c, RELAXED);
+            }
+        }
+        let add = s.sum_ns();
+        let (_, carry) = self
+            .stats
+            .sum_lo
+            .fetch_add(add as u64, RELAXED)
+            .overflowing_add(add as u64);
+        let hi = ((add >> 64) as u64).wrapping_add(u64::from(carry));
+        if hi != 0 {
+            self.stats.sum_hi.fetch_add(hi, RELAXED);
+        }
+        self.update_min_max(s.min());
+        self.update_min_max(s.max());
+        if s.clamped() > 0 {
+            self.stats.clamped.fetch_add(s.clamped(), RELAXED);
+        }
+        Ok(())
+    }
+
     /// The counts of the allocated rows, `read` applied to each counter,
     /// as (index of the first slot, counts up to the end of the last
     /// allocated row). A row allocated while this runs may be left out (its

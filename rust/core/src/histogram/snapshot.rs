@@ -270,12 +270,76 @@ impl Snapshot {
     /// `decode()` reads. (Slot counts above `i64::MAX`, which V2 cannot
     /// represent, are saturated.)
     pub fn to_v2_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.to_v2_bytes())
+    }
+
+    /// The V2 compressed encoding as raw bytes (what
+    /// [`to_v2_base64`](Self::to_v2_base64) encodes in base64).
+    pub fn to_v2_bytes(&self) -> Vec<u8> {
         use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
         let h = self.hdr_with(|c| c.min(i64::MAX as u64));
         let mut bytes = Vec::new();
         let written = V2DeflateSerializer::new().serialize(&h, &mut bytes);
         debug_assert!(written.is_ok(), "V2 encoding failed: {written:?}");
-        base64::engine::general_purpose::STANDARD.encode(bytes)
+        bytes
+    }
+
+    /// Reads the V2 encoding (compressed or not) back: the slot counts and
+    /// the layout (lowest discernible value 1, its highest and significant
+    /// digits). V2 carries neither the exact sum nor the exact min and max,
+    /// nor the clamped count: the caller gives them (as [`to_v2_bytes`]'s
+    /// snapshot had them); a `min`/`max` outside its slot is replaced by the
+    /// slot's edge, as for any snapshot. Errors name what is wrong with the
+    /// bytes.
+    ///
+    /// [`to_v2_bytes`]: Self::to_v2_bytes
+    pub fn from_v2_bytes(
+        bytes: &[u8],
+        sum: u128,
+        min: u64,
+        max: u64,
+        clamped: u64,
+    ) -> Result<Snapshot, String> {
+        use hdrhistogram::serialization::Deserializer;
+        let h: hdrhistogram::Histogram<u64> = Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| format!("not a V2-encoded histogram: {e:?}"))?;
+        if h.low() != 1 {
+            return Err(format!(
+                "a V2 histogram with lowest discernible value {} (pulsetrace's is 1)",
+                h.low()
+            ));
+        }
+        let cfg = HistogramConfig {
+            highest: h.high(),
+            sigfig: h.sigfig(),
+        }
+        .validated()?;
+        let layout = Layout::new(cfg);
+        let mut slots: Vec<(usize, u64)> = Vec::new();
+        for v in h.iter_recorded() {
+            let index = layout.index_of(v.value_iterated_to());
+            if index >= layout.len {
+                return Err(format!("a V2 value {} beyond the range", v.value_iterated_to()));
+            }
+            slots.push((index, v.count_at_value()));
+        }
+        let (Some(&(first, _)), Some(&(last, _))) = (slots.first(), slots.last()) else {
+            return Ok(Snapshot::empty(cfg));
+        };
+        let mut counts = vec![0u64; last + 1 - first];
+        for (index, c) in slots {
+            counts[index - first] = counts[index - first].saturating_add(c);
+        }
+        Ok(Snapshot::from_parts(
+            layout,
+            first,
+            counts,
+            sum,
+            Some(min),
+            Some(max),
+            clamped,
+        ))
     }
 }
 

@@ -8,6 +8,8 @@
 
 use super::Tracer;
 use pulsetrace_core::exposition::{self, ExpositionConfig, ExtraFamily, ExtraKind};
+use pulsetrace_core::pipeline::Core;
+use pulsetrace_core::registry::Registry;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 /// An extra metric family from Python: (name, help, kind, [(labels, value)]).
-pub(super) type PyFamily = (String, String, String, Vec<(HashMap<String, String>, f64)>);
+pub(crate) type PyFamily = (String, String, String, Vec<(HashMap<String, String>, f64)>);
 
 /// `(name, help, kind, samples)` from Python as the core's family; the
 /// labels of a sample sorted (a dict has no order).
@@ -77,40 +79,16 @@ impl Tracer {
 
     pub(super) fn latency_rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let core = self.core(py)?;
-        let rows = py.allow_threads(|| {
-            core.sync();
-            core.registry.merged_by_target()
-        });
-        let out = PyList::empty(py);
-        for row in rows {
-            let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
-            let d = PyDict::new(py);
-            let secs = |ns: u64| ns as f64 / 1e9;
-            d.set_item("name", &*row.name)?;
-            d.set_item("kind", kind.as_str())?;
-            for (attribute, _, value) in row.target.view().labels() {
-                d.set_item(attribute, value)?;
-            }
-            d.set_item("count", s.count())?;
-            d.set_item("errors", errors)?;
-            d.set_item("min", secs(s.min()))?;
-            d.set_item("mean", s.mean() / 1e9)?;
-            d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
-            d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
-            d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
-            d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
-            d.set_item("max", secs(s.max()))?;
-            out.append(d)?;
-        }
-        Ok(out)
+        latency_rows_of(py, &core.registry, Some(&core))
     }
 
-    pub(super) fn metrics_text<'py>(
+    pub(crate) fn metrics_text<'py>(
         &self,
         py: Python<'py>,
         accept: &str,
         extra: Option<Vec<PyFamily>>,
         const_labels: Option<BTreeMap<String, String>>,
+        merged: Option<(&Registry, HashMap<String, u64>)>,
     ) -> PyResult<(Bound<'py, PyBytes>, &'static str)> {
         let mut families = extra
             .unwrap_or_default()
@@ -130,12 +108,25 @@ impl Tracer {
                 counters.push((name, help, v.load(Ordering::Relaxed)));
             }
         }
+        // Another registry (the workers' merged view) with its counters:
+        // the same families, its values.
+        let (registry, values) = match merged {
+            Some((r, values)) => (Some(r), values),
+            None => (None, HashMap::new()),
+        };
+        for (name, _, v) in counters.iter_mut() {
+            if let Some(&m) = values.get(*name) {
+                *v = m;
+            }
+        }
         let body = py.allow_threads(move || {
             let stats = core.stats();
-            families.extend(exposition::health_families(&cfg, &core.registry, &counters));
+            let level = |name: &str, own: usize| values.get(name).map_or(own, |&v| v as usize);
+            let registry = registry.unwrap_or(&core.registry);
+            families.extend(exposition::health_families(&cfg, registry, &counters));
             families.extend(exposition::queue_families(
-                stats.open_traces,
-                stats.export_spans,
+                level("open_traces", stats.open_traces),
+                level("export_queue_spans", stats.export_spans),
                 core.config().buffer.export_queue_spans,
             ));
             let bounds = cfg.bucket_bounds_ns();
@@ -145,7 +136,7 @@ impl Tracer {
             };
             let mut out = String::with_capacity(64 * 1024);
             exposition::render(
-                &core.registry,
+                registry,
                 &exemplars,
                 &families,
                 &cfg,
@@ -179,4 +170,40 @@ impl Tracer {
         d.set_item("export_queue_spans", s.export_spans)?;
         Ok(d)
     }
+}
+
+/// `latency()`'s rows of `registry` (drained first when it is `core`'s).
+pub(crate) fn latency_rows_of<'py>(
+    py: Python<'py>,
+    registry: &Registry,
+    core: Option<&Core>,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = py.allow_threads(|| {
+        if let Some(core) = core {
+            core.sync();
+        }
+        registry.merged_by_target()
+    });
+    let out = PyList::empty(py);
+    for row in rows {
+        let (kind, s, errors) = (row.kind, &row.snapshot, row.errors);
+        let d = PyDict::new(py);
+        let secs = |ns: u64| ns as f64 / 1e9;
+        d.set_item("name", &*row.name)?;
+        d.set_item("kind", kind.as_str())?;
+        for (attribute, _, value) in row.target.view().labels() {
+            d.set_item(attribute, value)?;
+        }
+        d.set_item("count", s.count())?;
+        d.set_item("errors", errors)?;
+        d.set_item("min", secs(s.min()))?;
+        d.set_item("mean", s.mean() / 1e9)?;
+        d.set_item("p50", secs(s.value_at_quantile(0.5)))?;
+        d.set_item("p90", secs(s.value_at_quantile(0.9)))?;
+        d.set_item("p99", secs(s.value_at_quantile(0.99)))?;
+        d.set_item("p999", secs(s.value_at_quantile(0.999)))?;
+        d.set_item("max", secs(s.max()))?;
+        out.append(d)?;
+    }
+    Ok(out)
 }

@@ -1,0 +1,482 @@
+"""One view across pre-fork workers: under gunicorn ``-w N`` (or any
+server that forks workers) the monitoring endpoints and the Prometheus
+exposition show the whole application, not the process that serves them.
+
+How it works:
+
+- **The application.** The first process that starts the monitoring or
+  metrics server picks an application id and puts it in the environment
+  (``PULSETRACE_APP_ID``); the workers it forks inherit it. Its files live
+  in ``<PULSETRACE_WORKERS_DIR>/<service>-<id>/`` (default: a private
+  ``0700`` directory ``pulsetrace-<uid>`` under the system's temporary
+  directory). A new run has a new id, so an earlier run's files are never
+  read. An id the agent set itself is not taken over by a program that
+  merely inherits the environment (a subprocess started with ``exec``
+  starts its own application); an id set by hand (``PULSETRACE_APP_ID=api``)
+  is shared by every process that has it, for applications whose workers
+  each start pulsetrace themselves (then each run needs its own value).
+- **One server.** The process that serves the endpoints is elected with the
+  alert evaluator's file lock (``server.lock`` in that directory): the first
+  process to take it serves until it exits (under ``pulsetrace-run gunicorn``,
+  the master); every other process retries every second and one takes over
+  when the holder dies.
+- **Publishing.** Every process writes a copy of its native histograms
+  (each key's HdrHistogram V2 encoding with its exact sum, min and max:
+  ``pulsetrace_core::state``) and its counters to ``<pid>-<nonce>.snap``
+  about every second, on a daemon thread (never on the request path), and
+  once more at exit; each write goes to a temporary file renamed over the
+  old one, so a reader never sees half a file. While alive a process holds
+  an exclusive lock on its ``<pid>-<nonce>.lock``: the serving process
+  tells live from dead workers by trying that lock.
+- **Merging.** The serving process adds its own live histograms and every
+  other process's last copy into one registry (the core's exact addition:
+  counts, sums, errors add; percentiles are read from the merged
+  histogram). Each process is one file, so a dead worker's last counts stay
+  in the totals, are counted once, and a replacement (a new pid and nonce)
+  starts at zero. Counters add up; levels (open traces, queue fill,
+  registry keys) add up over live processes only. A worker killed with
+  SIGKILL loses what it recorded since its last copy (at most about a
+  second).
+- **A single process** (nothing forked) has no other file: it reads its
+  own histograms as before.
+
+``processes()`` lists what was seen (``/apm/status``'s ``workers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pulsetrace import _diag, _native, _runtime
+from pulsetrace._suppress import suppressed
+
+#: Seconds between two copies a process publishes.
+PUBLISH_INTERVAL_S = 1.0
+#: Seconds a merged view is reused (a probe storm reads the files once).
+VIEW_TTL_S = 0.5
+APP_ID_VAR = "PULSETRACE_APP_ID"
+#: The prefix of an id the agent chose itself (see the module doc).
+_AUTO = "auto-"
+#: Counters that are levels of a process, not counts: only live processes add.
+LEVELS = frozenset(
+    {
+        "metric_keys",
+        "open_spans",
+        "open_traces",
+        "export_queue_spans",
+        "export_queue_traces",
+        "integrations_unsupported",
+    }
+)
+_SUFFIX = ".snap"
+
+_lock = threading.RLock()
+_app_id: Optional[str] = None
+_dir: Optional[str] = None
+_me: Optional[str] = None  # this process's file name, "<pid>-<nonce>"
+_lock_fd: Optional[int] = None
+_thread: Optional[threading.Thread] = None
+_stop = threading.Event()
+#: The server this process stands for: (addr, monitoring), or None.
+_wish: Optional[tuple[str, Optional[bool]]] = None
+_election: Any = None
+_last_fingerprint: Optional[tuple[int, ...]] = None
+
+
+def app_id() -> str:
+    """The application's id (chosen, and put in the environment, on first use)."""
+    global _app_id
+    if _app_id is None:
+        given = _runtime.config().app_id or ""
+        if given and not given.startswith(_AUTO):
+            _app_id = given
+        else:
+            _app_id = _AUTO + secrets.token_hex(8)
+            os.environ[APP_ID_VAR] = _app_id
+    return _app_id
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64] or "_"
+
+
+def _private(path: str) -> str:
+    """Create ``path`` (mode 0700) unless it exists; refuse one that is a
+    link, belongs to another user or is open to others."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise OSError(f"{path} belongs to another user")
+    if st.st_mode & 0o077:
+        raise OSError(f"{path} is open to other users (mode {st.st_mode & 0o777:o})")
+    return path
+
+
+def directory() -> str:
+    """This application's directory (created, private)."""
+    global _dir
+    if _dir is None:
+        cfg = _runtime.config()
+        base = cfg.workers_dir
+        if base is None:
+            base = _private(os.path.join(tempfile.gettempdir(), f"pulsetrace-{os.getuid()}"))
+        else:
+            os.makedirs(base, 0o700, exist_ok=True)
+        _dir = _private(os.path.join(base, f"{_safe(cfg.service_name)}-{_safe(app_id())}"))
+    return _dir
+
+
+# --- publishing ---------------------------------------------------------------
+
+
+def _identity() -> str:
+    """This process's name in the directory, holding its liveness lock."""
+    global _me, _lock_fd
+    if _me is None:
+        me = f"{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(
+            os.path.join(directory(), me + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _me, _lock_fd = me, fd
+    return _me
+
+
+def publish(force: bool = False) -> bool:
+    """Write this process's copy now (skipped when nothing changed since
+    the last one, unless ``force``). Returns whether it wrote."""
+    global _last_fingerprint
+    import pulsetrace
+
+    with _lock:
+        me = _identity()
+        state = _native.tracer_state(_runtime.tracer())
+        counters = pulsetrace.counters()
+        fingerprint = (len(state), hash(state), hash(tuple(sorted(counters.items()))))
+        if not force and fingerprint == _last_fingerprint:
+            return False
+        header = {"pid": os.getpid(), "at": time.time(), "counters": counters}
+        path = os.path.join(directory(), me + _SUFFIX)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+            f.write(state)
+        os.replace(tmp, path)
+        _last_fingerprint = fingerprint
+        return True
+
+
+def _final() -> None:
+    """At exit: the last copy (what this process recorded in its last second)."""
+    if _thread is None:
+        return
+    try:
+        with suppressed():
+            publish(force=True)
+    except Exception as exc:
+        _diag.internal_error("workers.publish_at_exit", exc)
+
+
+def _run(stop: threading.Event) -> None:
+    with suppressed():
+        while True:
+            try:
+                publish()
+            except Exception as exc:
+                _diag.internal_error("workers.publish", exc)
+            try:
+                _stand()
+            except Exception as exc:
+                _diag.internal_error("workers.election", exc)
+            if stop.wait(PUBLISH_INTERVAL_S):
+                return
+
+
+def _start_thread() -> None:
+    global _thread, _stop
+    t = _thread
+    if t is not None and t.is_alive():
+        return
+    _stop = threading.Event()
+    _thread = threading.Thread(target=_run, args=(_stop,), name="pulsetrace-workers", daemon=True)
+    _thread.start()
+
+
+# --- the election -------------------------------------------------------------
+
+
+def _elected() -> bool:
+    global _election
+    if _election is None:
+        from pulsetrace.monitoring.alerts.engine import Election
+
+        _election = Election(os.path.join(directory(), "server.lock"))
+    return bool(_election.leader())
+
+
+def claim(addr: str, monitoring: Optional[bool]) -> bool:
+    """This process wants to serve the application's endpoints on
+    ``addr``: start publishing, and return whether it is the one to serve
+    (elected); if not, it takes over when the serving process exits."""
+    global _wish
+    with _lock:
+        _wish = (addr, monitoring)
+        directory()
+        _identity()
+        _start_thread()
+        return _elected()
+
+
+def release() -> None:
+    """This process no longer wants to serve (``stop_server``)."""
+    global _wish
+    _wish = None
+
+
+def _stand() -> None:
+    """Once a second: if this process wants to serve and is now elected
+    (the previous server exited), start serving."""
+    wish = _wish
+    if wish is None or not _elected():
+        return
+    from pulsetrace import prometheus
+
+    if prometheus.serving() is None:
+        prometheus.start_server(*wish)
+
+
+# --- reading ------------------------------------------------------------------
+
+
+@dataclass
+class _View:
+    merged: Any  # _native.MergedView
+    counters: dict[str, int]
+    processes: list[dict[str, Any]]
+
+
+@dataclass
+class _Seen:
+    key: tuple[int, int]  # (mtime_ns, size) of the file read
+    pid: int
+    at: float
+    counters: dict[str, int]
+    state: Any  # _native.WorkerState
+
+
+_seen: dict[str, _Seen] = {}
+_view_lock = threading.Lock()
+_view: Optional[tuple[float, Optional[_View]]] = None
+
+
+def _alive(name: str) -> bool:
+    """Whether the process ``name`` still holds its liveness lock."""
+    if name == _me:
+        return True
+    try:
+        fd = os.open(os.path.join(directory(), name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _read(name: str) -> Optional[_Seen]:
+    path = os.path.join(directory(), name + _SUFFIX)
+    try:
+        st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size)
+        seen = _seen.get(name)
+        if seen is not None and seen.key == key:
+            return seen
+        with open(path, "rb") as f:
+            data = f.read()
+        head, _, blob = data.partition(b"\n")
+        header = json.loads(head)
+        seen = _Seen(
+            key,
+            int(header["pid"]),
+            float(header["at"]),
+            {str(k): int(v) for k, v in header["counters"].items()},
+            _native.WorkerState(blob),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _diag.internal_error("workers.read", exc)
+        return None
+    _seen[name] = seen
+    return seen
+
+
+def _merge() -> Optional[_View]:
+    """The application's view, or None when no other process published."""
+    import pulsetrace
+
+    if _me is None or _dir is None:
+        return None
+    names = sorted(
+        f[: -len(_SUFFIX)] for f in os.listdir(_dir) if f.endswith(_SUFFIX) and f[0].isdigit()
+    )
+    others = [n for n in names if n != _me]
+    if not others:
+        return None
+    tracer = _runtime.tracer()
+    merged = _native.MergedView(tracer)
+    merged.absorb_tracer(tracer)
+    counters = dict(pulsetrace.counters())
+    now = time.time()
+    processes = [
+        {"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True},
+    ]
+    for name in others:
+        seen = _read(name)
+        if seen is None:
+            continue
+        alive = _alive(name)
+        try:
+            merged.absorb(seen.state)
+        except ValueError as exc:  # recorded with another histogram config
+            _diag.internal_error("workers.absorb", exc)
+            continue
+        for k, v in seen.counters.items():
+            if k not in LEVELS or alive:
+                counters[k] = counters.get(k, 0) + v
+        processes.append(
+            {
+                "pid": seen.pid,
+                "alive": alive,
+                "snapshot_age_s": round(max(0.0, now - seen.at), 3),
+                "serving": False,
+            }
+        )
+    for gone in set(_seen) - set(others):
+        del _seen[gone]
+    return _View(merged, counters, processes)
+
+
+def view() -> Optional[_View]:
+    """The merged view, at most ``VIEW_TTL_S`` old; None when this process
+    is alone (or publishes nothing)."""
+    global _view
+    with _view_lock:
+        now = time.monotonic()
+        if _view is not None and now - _view[0] < VIEW_TTL_S:
+            return _view[1]
+        try:
+            v = _merge()
+        except Exception as exc:  # the endpoints fall back to this process
+            _diag.internal_error("workers.merge", exc)
+            v = None
+        _view = (now, v)
+        return v
+
+
+def snapshots() -> list[Any]:
+    """Rows of ``histogram_snapshots``, over the whole application."""
+    v = view()
+    if v is None:
+        return list(_native.histogram_snapshots(_runtime.tracer()))
+    return list(v.merged.snapshots())
+
+
+def latency() -> list[dict[str, Any]]:
+    """``pulsetrace.latency()``, over the whole application."""
+    import pulsetrace
+
+    v = view()
+    return pulsetrace.latency() if v is None else list(v.merged.latency())
+
+
+def counters() -> dict[str, int]:
+    """``pulsetrace.counters()``, over the whole application."""
+    import pulsetrace
+
+    v = view()
+    return pulsetrace.counters() if v is None else dict(v.counters)
+
+
+def render_metrics(
+    accept: str, extra: list[Any], labels: dict[str, str]
+) -> tuple[bytes, str]:
+    """The tracer's ``render_metrics``, over the whole application."""
+    tracer = _runtime.tracer()
+    v = view()
+    if v is None:
+        body, content_type = tracer.render_metrics(accept, extra, labels)
+    else:
+        body, content_type = v.merged.render_metrics(tracer, accept, extra, labels, v.counters)
+    return bytes(body), str(content_type)
+
+
+def processes() -> list[dict[str, Any]]:
+    """The processes seen: pid, alive, age of its last copy, serving."""
+    v = view()
+    if v is None:
+        return [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
+    return [dict(p) for p in v.processes]
+
+
+def reset() -> None:
+    """Forget this process's application directory, name and reads, and
+    stop publishing (tests; the next ``claim`` starts afresh)."""
+    global _app_id, _dir, _me, _lock_fd, _thread, _view, _wish, _election, _last_fingerprint
+    with _lock:
+        _stop.set()
+        t = _thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5.0)
+        if _lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(_lock_fd)
+        _app_id, _dir, _me, _lock_fd, _thread, _view = None, None, None, None, None, None
+        _wish, _election, _last_fingerprint = None, None, None
+        _seen.clear()
+
+
+# --- fork and exit ------------------------------------------------------------
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker: its own name, lock and thread (standing for the
+    election too, if its parent did); none of its parent's reads."""
+    global _lock, _view_lock, _me, _lock_fd, _thread, _view, _last_fingerprint
+    _lock = threading.RLock()
+    _view_lock = threading.Lock()
+    if _lock_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(_lock_fd)  # the parent's descriptor keeps the parent's lock
+    _me, _lock_fd, _thread, _view, _last_fingerprint = None, None, None, None, None
+    _seen.clear()
+    if _wish is None:
+        return
+    try:
+        _identity()
+        _start_thread()
+    except Exception as exc:
+        _diag.internal_error("workers.fork", exc)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+_runtime.on_shutdown(_final)

@@ -1,0 +1,301 @@
+"""One view across pre-fork workers (``pulsetrace.monitoring.workers``):
+the monitoring endpoints and the Prometheus exposition show the whole
+application's totals, exactly, with a dead worker's counts kept once and a
+replaced worker starting at zero.
+
+- Under real gunicorn ``-w 4`` started with ``pulsetrace-run``: requests
+  spread over the workers, exact totals at ``/apm/transactions``,
+  ``/health/metrics``, ``/apm/metrics`` and in the exposition; a worker
+  killed with SIGKILL (gunicorn replaces it) and more requests: exact
+  totals again.
+- In this process with forked children: two processes' histograms add
+  exactly, a dead one is kept once, a new one starts at zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import fresh
+
+import pulsetrace
+from pulsetrace import prometheus
+from pulsetrace.monitoring import workers
+from servers import free_port
+
+HERE = Path(__file__).resolve().parent
+RUN = str(Path(sys.executable).with_name("pulsetrace-run"))
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _until(cond, what, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        if last is True or (last and not isinstance(last, Exception)):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}: {last!r}")
+
+
+def _prometheus_total(text: str, operation: str) -> int:
+    """``http_server_requests_total`` of ``operation`` in an exposition."""
+    pattern = rf'^http_server_requests_total{{operation="{re.escape(operation)}"[^}}]*}} (\d+)$'
+    found = re.findall(pattern, text, re.M)
+    return sum(int(v) for v in found)
+
+
+def _counts(mport: int, operation: str) -> dict[str, int]:
+    """The operation's total as each endpoint shows it."""
+    _, body = _get(mport, "/apm/transactions?window=all")
+    tx = sum(r["count"] for r in json.loads(body)["operations"] if r["name"] == operation)
+    _, body = _get(mport, "/health/metrics")
+    hm = sum(r["count"] for r in json.loads(body)["operations"] if r["name"] == operation)
+    _, body = _get(mport, "/apm/metrics")
+    server = json.loads(body)["by_kind"].get("server", {}).get("count", 0)
+    out = {"transactions": tx, "health_metrics": hm, "apm_metrics_server": server}
+    for path in ("/health/prometheus", "/metrics"):
+        _, body = _get(mport, path)
+        out[path] = _prometheus_total(body.decode(), operation)
+    return out
+
+
+class Gunicorn:
+    """``pulsetrace-run gunicorn -w 4 workers_app:app`` with the monitoring
+    server on ``mport``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port, self.mport = free_port(), free_port()
+        self.log = tmp_path / "gunicorn.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
+        env.update(
+            MONITORING_ENABLED="true",
+            PROMETHEUS_ENABLED="true",
+            PULSETRACE_METRICS_ADDR=f"127.0.0.1:{self.mport}",
+            PULSETRACE_WORKERS_DIR=str(tmp_path / "workers"),
+            PULSETRACE_ALERT_DIR=str(tmp_path / "alerts"),
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_SERVICE_NAME="workers-test",
+        )
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        args = [gunicorn, "-w", "4", "-b", f"127.0.0.1:{self.port}", "workers_app:app"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [RUN, *args],
+                env=env,
+                cwd=HERE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _until(lambda: _get(self.port, "/ping")[0] == 200, "the application")
+            _until(lambda: _get(self.mport, "/health/live")[0] == 200, "the monitoring server")
+        except BaseException:
+            self.kill()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def work(self, n: int) -> dict[int, int]:
+        """``n`` requests from 8 threads; served requests per worker pid."""
+
+        def one(_: int) -> int:
+            status, body = _get(self.port, "/work")
+            assert status == 200, body
+            return int(json.loads(body)["pid"])
+
+        served: dict[int, int] = {}
+        with ThreadPoolExecutor(8) as pool:
+            for pid in pool.map(one, range(n)):
+                served[pid] = served.get(pid, 0) + 1
+        return served
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def test_gunicorn_workers_totals_are_exact_and_survive_a_killed_worker(tmp_path):
+    pytest.importorskip("gunicorn")
+    app = Gunicorn(tmp_path)
+    try:
+        n, m = 240, 120
+        served = app.work(n)
+        assert len(served) >= 3, f"requests served by {served}"
+        # /apm/metrics counts every SERVER span: the one /ping as well.
+        want = dict.fromkeys(_counts(app.mport, "GET /work"), n)
+        want["apm_metrics_server"] = n + 1
+        _until(
+            lambda: _counts(app.mport, "GET /work") == want,
+            lambda: f"{_counts(app.mport, 'GET /work')} != {want}: {app.output()}",
+        )
+
+        # One worker killed without a chance to publish again: gunicorn
+        # replaces it, and its requests stay in the totals, once.
+        victim = max(served, key=served.get)
+        os.kill(victim, signal.SIGKILL)
+        more = app.work(m)
+        assert victim not in more
+        want = dict.fromkeys(want, n + m)
+        want["apm_metrics_server"] = n + m + 1
+        _until(
+            lambda: _counts(app.mport, "GET /work") == want,
+            lambda: f"{_counts(app.mport, 'GET /work')} != {want}: {app.output()}",
+        )
+
+        _, body = _get(app.mport, "/apm/status")
+        seen = {w["pid"]: w for w in json.loads(body)["workers"]}
+        assert seen[victim]["alive"] is False
+        assert all(seen[pid]["alive"] for pid in more), seen
+        assert sum(w["serving"] for w in seen.values()) == 1
+        # The served requests' pids are workers, not the serving process
+        # (the master, which serves no request).
+        (server,) = [pid for pid, w in seen.items() if w["serving"]]
+        assert server == app.proc.pid and server not in served
+    finally:
+        app.kill()
+
+
+# --- in this process, with forked children -----------------------------------------
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """This process serves the monitoring endpoints with the workers'
+    files under ``tmp_path``; children forked from it publish there."""
+    prometheus.stop_server()
+    workers.reset()
+    fresh(monitoring_enabled=True, workers_dir=str(tmp_path))
+    addr = prometheus.start_server("127.0.0.1:0")
+    assert addr is not None
+    try:
+        yield addr[1]
+    finally:
+        prometheus.stop_server()
+        workers.reset()
+        pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+
+
+def _record(name: str, n: int, errors: int = 0) -> None:
+    for i in range(n):
+        with pulsetrace.start_span(name, kind="server") as span:
+            if i < errors:
+                span.set_status("error", "failed")
+
+
+def _child(name: str, n: int, errors: int, stay: bool) -> tuple[int, int]:
+    """Fork a child that records ``n`` spans and publishes them; with
+    ``stay`` it lives until the returned descriptor is closed. Returns
+    (pid, the parent's end of the pipe)."""
+    r, w = os.pipe()
+    with warnings.catch_warnings():  # newer Pythons warn about forking with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(w)
+            _record(name, n, errors)
+            pulsetrace.flush()
+            workers.publish(force=True)
+            code = 0
+            if stay:
+                os.read(r, 1)
+        finally:
+            os._exit(code)
+    os.close(r)
+    return pid, w
+
+
+def _row(name: str) -> dict:
+    (row,) = [r for r in workers.latency() if r["name"] == name]
+    return row
+
+
+def _fresh_view() -> None:
+    time.sleep(workers.VIEW_TTL_S + 0.05)
+
+
+def test_two_processes_add_exactly_and_a_dead_one_is_kept_once(serving):
+    name = "job"
+    _record(name, 3)
+    alive_pid, alive_w = _child(name, 5, errors=1, stay=True)
+    dead_pid, dead_w = _child(name, 7, errors=2, stay=False)
+    try:
+        assert os.waitpid(dead_pid, 0)[1] == 0
+        _until(lambda: _row(name)["count"] == 15, lambda: workers.processes())
+        row = _row(name)
+        assert (row["count"], row["errors"]) == (15, 3)
+        procs = {p["pid"]: p for p in workers.processes()}
+        assert procs[dead_pid]["alive"] is False and procs[alive_pid]["alive"] is True
+        assert procs[os.getpid()]["serving"] is True
+
+        # Read again, and again: the dead worker's copy is counted once.
+        for _ in range(2):
+            _fresh_view()
+            assert _row(name)["count"] == 15
+        # The exposition shows the same totals.
+        body, _ = prometheus.exposition()
+        assert _prometheus_total(body.decode(), name) == 15
+
+        # A replacement (a new process) starts at zero: nothing added until
+        # it records, then exactly what it recorded.
+        new_pid, new_w = _child(name, 0, errors=0, stay=True)
+        try:
+            _until(lambda: new_pid in {p["pid"] for p in workers.processes()}, "the new child")
+            assert _row(name)["count"] == 15
+        finally:
+            os.close(new_w)
+            os.waitpid(new_pid, 0)
+        _record(name, 2)
+        _fresh_view()
+        assert _row(name)["count"] == 17
+    finally:
+        os.close(alive_w)
+        os.close(dead_w)
+        os.waitpid(alive_pid, 0)
+
+
+def test_a_single_process_reads_its_own_histograms(serving):
+    """Nothing forked: the view is this process's own, as before."""
+    _record("alone", 4)
+    _fresh_view()
+    assert workers.view() is None
+    assert _row("alone")["count"] == 4
+    assert [p["pid"] for p in workers.processes()] == [os.getpid()]
+
+
+def test_a_corrupt_file_is_skipped_and_counted(serving, tmp_path):
+    _record("job", 2)
+    workers.publish(force=True)
+    (app_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (app_dir / "12345-deadbeef.snap").write_bytes(b'{"pid":12345,"at":0,"counters":{}}\nnope')
+    before = pulsetrace.counters()["internal_errors"]
+    _fresh_view()
+    assert _row("job")["count"] == 2
+    assert pulsetrace.counters()["internal_errors"] > before

@@ -227,10 +227,11 @@ def start_server(
     registered. Returns the bound address, or None (with one warning) if it
     cannot bind.
 
-    One process of an application serves (``pulsetrace.monitoring.workers``):
-    in a process that is not elected this returns None and the process
-    publishes its histograms for the one that serves, taking over when that
-    one exits."""
+    The application's server (at ``PULSETRACE_METRICS_ADDR``) is served by
+    one process (``pulsetrace.monitoring.workers``): in a process that is not
+    elected this returns None and the process publishes its histograms for
+    the one that serves, taking over when that one exits. Another address
+    (a worker's own port) is this process's server, as it asks."""
     global _server
     with _server_lock:
         if _server is not None:
@@ -241,7 +242,7 @@ def start_server(
         from pulsetrace.monitoring import workers
 
         try:
-            if not workers.claim(addr, monitoring):
+            if addr == cfg.metrics_addr and not workers.claim(addr, monitoring):
                 return None
         except OSError as exc:  # no usable directory: this process serves alone
             log.warning("pulsetrace: cannot share metrics between workers (%s)", exc)

@@ -14,6 +14,7 @@ replaced worker starting at zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,12 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import fresh
 
 import pulsetrace
 from pulsetrace import prometheus
 from pulsetrace.monitoring import workers
 from servers import free_port
+
+from conftest import fresh
 
 HERE = Path(__file__).resolve().parent
 RUN = str(Path(sys.executable).with_name("pulsetrace-run"))
@@ -190,8 +192,9 @@ def serving(tmp_path):
     files under ``tmp_path``; children forked from it publish there."""
     prometheus.stop_server()
     workers.reset()
-    fresh(monitoring_enabled=True, workers_dir=str(tmp_path))
-    addr = prometheus.start_server("127.0.0.1:0")
+    addr = f"127.0.0.1:{free_port()}"  # the application's: elected
+    fresh(monitoring_enabled=True, workers_dir=str(tmp_path), metrics_addr=addr)
+    addr = prometheus.start_server(addr)
     assert addr is not None
     try:
         yield addr[1]
@@ -299,3 +302,49 @@ def test_a_corrupt_file_is_skipped_and_counted(serving, tmp_path):
     _fresh_view()
     assert _row("job")["count"] == 2
     assert pulsetrace.counters()["internal_errors"] > before
+
+
+def test_a_worker_takes_over_when_the_serving_process_dies(tmp_path):
+    """The serving process killed: a worker is elected and serves the same
+    totals on the same address, the dead server listed as not alive."""
+    mport = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
+    env.update(
+        MONITORING_ENABLED="true",
+        PULSETRACE_METRICS_ADDR=f"127.0.0.1:{mport}",
+        PULSETRACE_WORKERS_DIR=str(tmp_path / "workers"),
+        PULSETRACE_ALERT_DIR=str(tmp_path / "alerts"),
+        OTEL_TRACES_EXPORTER="none",
+    )
+    log = tmp_path / "app.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "workers_fork_app.py"), "25"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def status() -> dict:
+        return json.loads(_get(mport, "/apm/status")[1])
+
+    def total() -> int:
+        ops = json.loads(_get(mport, "/health/metrics")[1])["operations"]
+        return sum(r["count"] for r in ops if r["name"] == "job")
+
+    try:
+        _until(lambda: total() == 50, lambda: log.read_text())
+        (server,) = [w["pid"] for w in status()["workers"] if w["serving"]]
+        assert server == proc.pid
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        _until(lambda: status()["workers"][0]["pid"] != proc.pid, "a new server")
+        assert total() == 50
+        seen = {w["pid"]: w for w in status()["workers"]}
+        assert seen[proc.pid]["alive"] is False and len(seen) == 3
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            proc.wait(10)

@@ -417,9 +417,7 @@ def counters() -> dict[str, int]:
     return pulsetrace.counters() if v is None else dict(v.counters)
 
 
-def render_metrics(
-    accept: str, extra: list[Any], labels: dict[str, str]
-) -> tuple[bytes, str]:
+def render_metrics(accept: str, extra: list[Any], labels: dict[str, str]) -> tuple[bytes, str]:
     """The tracer's ``render_metrics``, over the whole application."""
     tracer = _runtime.tracer()
     v = view()

@@ -143,7 +143,8 @@ impl<'a> Reader<'a> {
 
     fn str(&mut self) -> Result<&'a str, String> {
         let at = self.at;
-        std::str::from_utf8(self.bytes()?).map_err(|_| format!("text that is not UTF-8 at byte {at}"))
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| format!("text that is not UTF-8 at byte {at}"))
     }
 }
 
@@ -264,7 +265,13 @@ mod tests {
         }
         r.record(SpanKind::Server, "GET /a", StatusClass::Http5xx, 42_000);
         let db = TargetRef::new(System::Db, [Some("postgresql"), Some("SELECT"), None]);
-        r.record_target(SpanKind::Client, "SELECT users", db, StatusClass::Ok, 90_000);
+        r.record_target(
+            SpanKind::Client,
+            "SELECT users",
+            db,
+            StatusClass::Ok,
+            90_000,
+        );
         let state = decode(&encode(&r)).unwrap();
         assert_eq!(state.entries.len(), 3);
         assert_eq!(state.count(), 6);
@@ -307,7 +314,10 @@ mod tests {
         assert_eq!(got.sum_ns(), (1..=100u128).map(|i| i * 8_000).sum::<u128>());
         let (all, errors) = merged.merged(SpanKind::Server, "GET /a").unwrap();
         assert_eq!((all.count(), errors), (201, 1));
-        assert_eq!(merged.merged(SpanKind::Internal, "job").unwrap().0.count(), 1);
+        assert_eq!(
+            merged.merged(SpanKind::Internal, "job").unwrap().0.count(),
+            1
+        );
     }
 
     #[test]

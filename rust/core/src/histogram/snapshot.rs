@@ -320,7 +320,10 @@ impl Snapshot {
         for v in h.iter_recorded() {
             let index = layout.index_of(v.value_iterated_to());
             if index >= layout.len {
-                return Err(format!("a V2 value {} beyond the range", v.value_iterated_to()));
+                return Err(format!(
+                    "a V2 value {} beyond the range",
+                    v.value_iterated_to()
+                ));
             }
             slots.push((index, v.count_at_value()));
         }

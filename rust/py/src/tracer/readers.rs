@@ -135,14 +135,7 @@ impl Tracer {
                     .exemplars(e.kind, &e.name, e.target.view(), e.class, &bounds)
             };
             let mut out = String::with_capacity(64 * 1024);
-            exposition::render(
-                registry,
-                &exemplars,
-                &families,
-                &cfg,
-                format,
-                &mut out,
-            );
+            exposition::render(registry, &exemplars, &families, &cfg, format, &mut out);
             out
         });
         Ok((

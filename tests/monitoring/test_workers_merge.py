@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import pulsetrace
-from pulsetrace import prometheus
+from pulsetrace import _diag, prometheus
 from pulsetrace.monitoring import workers
 from servers import free_port
 
@@ -247,6 +247,7 @@ def _fresh_view() -> None:
 def test_two_processes_add_exactly_and_a_dead_one_is_kept_once(serving):
     name = "job"
     _record(name, 3)
+    _diag.internal_error("test", RuntimeError("counted by the parent"))
     alive_pid, alive_w = _child(name, 5, errors=1, stay=True)
     dead_pid, dead_w = _child(name, 7, errors=2, stay=False)
     try:
@@ -257,6 +258,9 @@ def test_two_processes_add_exactly_and_a_dead_one_is_kept_once(serving):
         procs = {p["pid"]: p for p in workers.processes()}
         assert procs[dead_pid]["alive"] is False and procs[alive_pid]["alive"] is True
         assert procs[os.getpid()]["serving"] is True
+
+        # Counters add; what the children inherited at fork is the parent's.
+        assert workers.counters()["internal_errors"] == pulsetrace.counters()["internal_errors"]
 
         # Read again, and again: the dead worker's copy is counted once.
         for _ in range(2):

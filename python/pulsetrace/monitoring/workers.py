@@ -91,6 +91,9 @@ _stop = threading.Event()
 _wish: Optional[tuple[str, Optional[bool]]] = None
 _election: Any = None
 _last_fingerprint: Optional[tuple[int, ...]] = None
+#: In a forked worker: the counters it inherited from its parent (those
+#: kept outside the native core, which starts afresh), not its own counts.
+_inherited: dict[str, int] = {}
 
 
 def app_id() -> str:
@@ -157,16 +160,25 @@ def _identity() -> str:
     return _me
 
 
+def _own_counters() -> dict[str, int]:
+    """This process's counters, without what it inherited at fork."""
+    import pulsetrace
+
+    return {
+        k: v if k in LEVELS else max(0, v - _inherited.get(k, 0))
+        for k, v in pulsetrace.counters().items()
+    }
+
+
 def publish(force: bool = False) -> bool:
     """Write this process's copy now (skipped when nothing changed since
     the last one, unless ``force``). Returns whether it wrote."""
     global _last_fingerprint
-    import pulsetrace
 
     with _lock:
         me = _identity()
         state = _native.tracer_state(_runtime.tracer())
-        counters = pulsetrace.counters()
+        counters = _own_counters()
         fingerprint = (len(state), hash(state), hash(tuple(sorted(counters.items()))))
         if not force and fingerprint == _last_fingerprint:
             return False
@@ -332,7 +344,6 @@ def _read(name: str) -> Optional[_Seen]:
 
 def _merge() -> Optional[_View]:
     """The application's view, or None when no other process published."""
-    import pulsetrace
 
     if _me is None or _dir is None:
         return None
@@ -345,7 +356,7 @@ def _merge() -> Optional[_View]:
     tracer = _runtime.tracer()
     merged = _native.MergedView(tracer)
     merged.absorb_tracer(tracer)
-    counters = dict(pulsetrace.counters())
+    counters = _own_counters()
     now = time.time()
     processes = [
         {"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True},
@@ -470,6 +481,11 @@ def _after_fork_in_child() -> None:
     if _wish is None:
         return
     try:
+        import pulsetrace
+
+        # Counted by the parent, which publishes them itself.
+        _inherited.clear()
+        _inherited.update(pulsetrace.counters())
         _identity()
         _start_thread()
     except Exception as exc:

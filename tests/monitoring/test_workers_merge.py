@@ -352,3 +352,50 @@ def test_a_worker_takes_over_when_the_serving_process_dies(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode is None:
             proc.wait(10)
+
+
+def test_dead_workers_are_folded_into_one_file_counted_once(serving, tmp_path):
+    """The serving process folds dead workers' copies into ``dead.snap``
+    (the number of files stays bounded as workers are replaced); totals do
+    not change, and a folded copy that is still there is not read again."""
+    name = "job"
+    _record(name, 1)
+    gone = []
+    for n in (2, 4):
+        pid, w = _child(name, n, errors=0, stay=False)
+        os.close(w)
+        assert os.waitpid(pid, 0)[1] == 0
+        gone.append(pid)
+    (app_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+
+    def own_files() -> list[str]:
+        pids = {str(pid) for pid in gone}
+        return [p.name for p in app_dir.glob("*.snap") if p.name.split("-")[0] in pids]
+
+    _until(lambda: _row(name)["count"] == 7, lambda: workers.processes())
+    _until(lambda: (_fresh_view(), workers.view(), not own_files())[-1], own_files)
+    header = json.loads((app_dir / "dead.snap").read_bytes().partition(b"\n")[0])
+    assert sorted(d["pid"] for d in header["dead"]) == sorted(gone)
+    _fresh_view()
+    assert _row(name)["count"] == 7
+    procs = {p["pid"]: p for p in workers.processes()}
+    assert [procs[pid]["alive"] for pid in gone] == [False, False]
+
+    # A fold interrupted before the folded files were removed: a file that
+    # dead.snap names is not read again.
+    workers.publish(force=True)
+    mine = next(p for p in app_dir.glob("*.snap") if p.name.startswith(f"{os.getpid()}-"))
+    (app_dir / f"{header['absorbed'][0]}.snap").write_bytes(mine.read_bytes())
+    _fresh_view()
+    assert _row(name)["count"] == 7
+
+    # One more dead worker: folded with the others, once.
+    pid, w = _child(name, 8, errors=0, stay=False)
+    os.close(w)
+    os.waitpid(pid, 0)
+    gone.append(pid)
+    _until(lambda: (_fresh_view(), _row(name)["count"] == 15)[-1], lambda: workers.processes())
+    _until(lambda: (_fresh_view(), workers.view(), not own_files())[-1], own_files)
+    _fresh_view()
+    assert _row(name)["count"] == 15
+    assert len(list(app_dir.glob("*.snap"))) == 2  # this process's and dead.snap

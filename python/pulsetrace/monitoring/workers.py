@@ -183,13 +183,7 @@ def publish(force: bool = False) -> bool:
         if not force and fingerprint == _last_fingerprint:
             return False
         header = {"pid": os.getpid(), "at": time.time(), "counters": counters}
-        path = os.path.join(directory(), me + _SUFFIX)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
-            f.write(state)
-        os.replace(tmp, path)
+        _write(me, header, state)
         _last_fingerprint = fingerprint
         return True
 
@@ -290,11 +284,19 @@ class _Seen:
     at: float
     counters: dict[str, int]
     state: Any  # _native.WorkerState
+    #: dead.snap only: the files it holds (skipped if still there), and
+    #: the dead processes it stands for ({"pid", "at"}).
+    absorbed: frozenset[str] = frozenset()
+    dead: tuple[dict[str, Any], ...] = ()
 
 
 _seen: dict[str, _Seen] = {}
 _view_lock = threading.Lock()
 _view: Optional[tuple[float, Optional[_View]]] = None
+#: The dead workers' copies folded into one file by the serving process.
+_DEAD = "dead"
+#: Dead processes listed by ``processes()`` at most (their counts all stay).
+MAX_DEAD_LISTED = 100
 
 
 def _alive(name: str) -> bool:
@@ -332,6 +334,8 @@ def _read(name: str) -> Optional[_Seen]:
             float(header["at"]),
             {str(k): int(v) for k, v in header["counters"].items()},
             _native.WorkerState(blob),
+            frozenset(str(n) for n in header.get("absorbed", ())),
+            tuple({"pid": int(d["pid"]), "at": float(d["at"])} for d in header.get("dead", ())),
         )
     except FileNotFoundError:
         return None
@@ -342,16 +346,72 @@ def _read(name: str) -> Optional[_Seen]:
     return seen
 
 
+def _write(name: str, header: dict[str, Any], state: bytes) -> None:
+    """``<name>.snap``, replaced atomically (a temporary file renamed)."""
+    path = os.path.join(directory(), name + _SUFFIX)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+        f.write(state)
+    os.replace(tmp, path)
+
+
+def _path(name: str, suffix: str = _SUFFIX) -> str:
+    return os.path.join(directory(), name + suffix)
+
+
+def _add(into: dict[str, int], counters: dict[str, int], alive: bool) -> None:
+    for k, v in counters.items():
+        if k not in LEVELS or alive:
+            into[k] = into.get(k, 0) + v
+
+
+def _compact(old: Optional[_Seen], dead: list[tuple[str, _Seen]]) -> None:
+    """Fold the dead workers' copies into ``dead.snap`` and remove their
+    files. Exactly once: the new ``dead.snap`` names the files it holds
+    (readers skip those while they still exist) before they are removed."""
+    acc = _native.MergedView(_runtime.tracer())
+    counters: dict[str, int] = {}
+    absorbed = []
+    listed: list[dict[str, Any]] = []
+    if old is not None:
+        acc.absorb(old.state)
+        _add(counters, old.counters, False)
+        absorbed = [
+            n for n in old.absorbed if os.path.exists(os.path.join(_dir or "", n + _SUFFIX))
+        ]
+        listed = list(old.dead)
+    for name, seen in dead:
+        acc.absorb(seen.state)
+        _add(counters, seen.counters, False)
+        absorbed.append(name)
+        listed.append({"pid": seen.pid, "at": seen.at})
+    header = {
+        "pid": 0,
+        "at": time.time(),
+        "counters": counters,
+        "absorbed": absorbed,
+        "dead": listed[-MAX_DEAD_LISTED:],
+    }
+    _write(_DEAD, header, acc.encode())
+    for name in absorbed:  # a removal interrupted earlier is finished too
+        for suffix in (_SUFFIX, ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_path(name, suffix))
+
+
 def _merge() -> Optional[_View]:
     """The application's view, or None when no other process published."""
-
     if _me is None or _dir is None:
         return None
     names = sorted(
         f[: -len(_SUFFIX)] for f in os.listdir(_dir) if f.endswith(_SUFFIX) and f[0].isdigit()
     )
-    others = [n for n in names if n != _me]
-    if not others:
+    folded = _read(_DEAD) if os.path.exists(os.path.join(_dir, _DEAD + _SUFFIX)) else None
+    skip = folded.absorbed if folded is not None else frozenset()
+    others = [n for n in names if n != _me and n not in skip]
+    if not others and folded is None:
         return None
     tracer = _runtime.tracer()
     merged = _native.MergedView(tracer)
@@ -361,6 +421,20 @@ def _merge() -> Optional[_View]:
     processes = [
         {"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True},
     ]
+
+    def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
+        age = round(max(0.0, now - at), 3)
+        return {"pid": pid, "alive": alive, "snapshot_age_s": age, "serving": False}
+
+    if folded is not None:
+        try:
+            merged.absorb(folded.state)
+            _add(counters, folded.counters, False)
+            processes += [listed(d["pid"], False, d["at"]) for d in folded.dead]
+        except ValueError as exc:  # recorded with another histogram config
+            _diag.internal_error("workers.absorb", exc)
+            folded = None
+    dead: list[tuple[str, _Seen]] = []
     for name in others:
         seen = _read(name)
         if seen is None:
@@ -371,20 +445,23 @@ def _merge() -> Optional[_View]:
         except ValueError as exc:  # recorded with another histogram config
             _diag.internal_error("workers.absorb", exc)
             continue
-        for k, v in seen.counters.items():
-            if k not in LEVELS or alive:
-                counters[k] = counters.get(k, 0) + v
-        processes.append(
-            {
-                "pid": seen.pid,
-                "alive": alive,
-                "snapshot_age_s": round(max(0.0, now - seen.at), 3),
-                "serving": False,
-            }
-        )
-    for gone in set(_seen) - set(others):
+        _add(counters, seen.counters, alive)
+        processes.append(listed(seen.pid, alive, seen.at))
+        if not alive:
+            dead.append((name, seen))
+    for gone in set(_seen) - set(others) - {_DEAD}:
         del _seen[gone]
+    # Only the elected process folds (one writer of dead.snap).
+    if dead and (folded is not None or _DEAD not in os.listdir(_dir)) and _leading():
+        try:
+            _compact(folded, dead)
+        except (OSError, ValueError) as exc:
+            _diag.internal_error("workers.compact", exc)
     return _View(merged, counters, processes)
+
+
+def _leading() -> bool:
+    return _election is not None and bool(_election.leader())
 
 
 def view() -> Optional[_View]:

@@ -90,6 +90,13 @@ impl MergedView {
         .map_err(PyValueError::new_err)
     }
 
+    /// The absorbed histograms as one state (what `tracer_state` writes):
+    /// the dead workers' copies folded into one.
+    fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = py.allow_threads(|| state::encode(&self.0));
+        PyBytes::new(py, &bytes)
+    }
+
     /// As `Tracer.latency()`, over the absorbed histograms.
     fn latency<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         or_error("merged.latency", || latency_rows_of(py, &self.0, None))

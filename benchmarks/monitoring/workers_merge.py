@@ -14,6 +14,7 @@ whatever the numbers.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import statistics
@@ -57,21 +58,28 @@ def main() -> None:
         workers.claim("127.0.0.1:1", False)  # publishing, no server started
         workers.release()
         publish = _ms(lambda: workers.publish(force=True), args.runs)
+        idle = _ms(workers.publish, args.runs)  # nothing recorded since
         size = os.path.getsize(os.path.join(workers.directory(), workers._identity() + ".snap"))
-        # Three more workers' copies (the same histograms under other names).
+        # Three more live workers' copies (the same histograms under other
+        # names, each with its liveness lock held).
         mine = os.path.join(workers.directory(), workers._identity())
+        held = []
         for i in range(WORKERS - 1):
-            shutil.copy(mine + ".snap", os.path.join(workers.directory(), f"{10**6 + i}-x.snap"))
-        first = _ms(lambda: (workers._seen.clear(), workers._merge()), max(3, args.runs // 4))
+            other = os.path.join(workers.directory(), f"{10**6 + i}-x")
+            shutil.copy(mine + ".snap", other + ".snap")
+            held.append(os.open(other + ".lock", os.O_RDWR | os.O_CREAT, 0o600))
+            fcntl.flock(held[-1], fcntl.LOCK_EX)
+        files = workers._files()
+        first = _ms(lambda: (files.forget(), workers._merge()), max(3, args.runs // 4))
         merge = _ms(workers._merge, args.runs)
         v = workers._merge()
-        assert v is not None, "no merged view"
-        print(v.merged.latency()[0], len(v.processes))
+        assert v is not None and v.merged.latency()[0]["count"] == 20 * WORKERS
         merged_render = _ms(lambda: workers.render_metrics("", [], {}), args.runs)
         own = _ms(lambda: _runtime.tracer().render_metrics("", [], {}), args.runs)
         full = _ms(lambda: prometheus.exposition(), args.runs)
         print(f"{SERIES} operations per process, {WORKERS} processes")
         print(f"publish (encode + counters + write): {publish:.1f} ms, {size / 1024:.0f} KiB")
+        print(f"publish, nothing recorded since:     {idle:.1f} ms")
         print(f"merge, copies read and decoded:      {first:.1f} ms")
         print(f"merge, copies unchanged (cached):    {merge:.1f} ms")
         print(f"exposition from the merged view:     {merged_render:.1f} ms (cached view)")

@@ -23,9 +23,10 @@ How it works:
 - **Publishing.** Every process writes a copy of its native histograms
   (each key's HdrHistogram V2 encoding with its exact sum, min and max:
   ``pulsetrace_core::state``) and its counters to ``<pid>-<nonce>.snap``
-  about every second, on a daemon thread (never on the request path), and
-  once more at exit; each write goes to a temporary file renamed over the
-  old one, so a reader never sees half a file. While alive a process holds
+  about every second when something changed, on a daemon thread (never on
+  the request path), and once more at exit; each write goes to a
+  temporary file renamed over the old one, so a reader never sees half a
+  file. While alive a process holds
   an exclusive lock on its ``<pid>-<nonce>.lock``: the serving process
   tells live from dead workers by trying that lock.
 - **Merging.** The serving process adds its own live histograms and every
@@ -33,8 +34,11 @@ How it works:
   counts, sums, errors add; percentiles are read from the merged
   histogram). Each process is one file, so a dead worker's last counts stay
   in the totals, are counted once, and a replacement (a new pid and nonce)
-  starts at zero. Counters add up; levels (open traces, queue fill,
-  registry keys) add up over live processes only. A worker killed with
+  starts at zero. The serving process folds dead workers' copies into one
+  ``dead.snap`` (``workers_files``), so replaced workers do not pile up
+  files. Counters add up (a forked worker's own, not those it inherited);
+  levels (open traces, queue fill, registry keys) add up over live
+  processes only. A worker killed with
   SIGKILL loses what it recorded since its last copy (at most about a
   second).
 - **A single process** (nothing forked) has no other file: it reads its
@@ -47,18 +51,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import secrets
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from pulsetrace import _diag, _native, _runtime
 from pulsetrace._suppress import suppressed
+from pulsetrace.monitoring.workers_files import LEVELS, Directory, View
 
 #: Seconds between two copies a process publishes.
 PUBLISH_INTERVAL_S = 1.0
@@ -67,22 +70,10 @@ VIEW_TTL_S = 0.5
 APP_ID_VAR = "PULSETRACE_APP_ID"
 #: The prefix of an id the agent chose itself (see the module doc).
 _AUTO = "auto-"
-#: Counters that are levels of a process, not counts: only live processes add.
-LEVELS = frozenset(
-    {
-        "metric_keys",
-        "open_spans",
-        "open_traces",
-        "export_queue_spans",
-        "export_queue_traces",
-        "integrations_unsupported",
-    }
-)
-_SUFFIX = ".snap"
 
 _lock = threading.RLock()
 _app_id: Optional[str] = None
-_dir: Optional[str] = None
+_dir: Optional[Directory] = None
 _me: Optional[str] = None  # this process's file name, "<pid>-<nonce>"
 _lock_fd: Optional[int] = None
 _thread: Optional[threading.Thread] = None
@@ -90,7 +81,8 @@ _stop = threading.Event()
 #: The server this process stands for: (addr, monitoring), or None.
 _wish: Optional[tuple[str, Optional[bool]]] = None
 _election: Any = None
-_last_fingerprint: Optional[tuple[int, ...]] = None
+#: What was last published: (histograms' fingerprint, counters, state).
+_last: Optional[tuple[int, dict[str, int], bytes]] = None
 #: In a forked worker: the counters it inherited from its parent (those
 #: kept outside the native core, which starts afresh), not its own counts.
 _inherited: dict[str, int] = {}
@@ -132,6 +124,10 @@ def _private(path: str) -> str:
 
 def directory() -> str:
     """This application's directory (created, private)."""
+    return _files().path
+
+
+def _files() -> Directory:
     global _dir
     if _dir is None:
         cfg = _runtime.config()
@@ -140,7 +136,8 @@ def directory() -> str:
             base = _private(os.path.join(tempfile.gettempdir(), f"pulsetrace-{os.getuid()}"))
         else:
             os.makedirs(base, 0o700, exist_ok=True)
-        _dir = _private(os.path.join(base, f"{_safe(cfg.service_name)}-{_safe(app_id())}"))
+        name = f"{_safe(cfg.service_name)}-{_safe(app_id())}"
+        _dir = Directory(_private(os.path.join(base, name)))
     return _dir
 
 
@@ -173,18 +170,23 @@ def _own_counters() -> dict[str, int]:
 def publish(force: bool = False) -> bool:
     """Write this process's copy now (skipped when nothing changed since
     the last one, unless ``force``). Returns whether it wrote."""
-    global _last_fingerprint
-
+    global _last
     with _lock:
         me = _identity()
-        state = _native.tracer_state(_runtime.tracer())
         counters = _own_counters()
-        fingerprint = (len(state), hash(state), hash(tuple(sorted(counters.items()))))
-        if not force and fingerprint == _last_fingerprint:
-            return False
+        last = None if force else _last
+        # Compressing every histogram only when something was recorded.
+        fingerprint, state = _native.tracer_state(
+            _runtime.tracer(), None if last is None else last[0]
+        )
+        if state is None and last is not None:
+            if counters == last[1]:
+                return False
+            state = last[2]
+        assert state is not None
         header = {"pid": os.getpid(), "at": time.time(), "counters": counters}
-        _write(me, header, state)
-        _last_fingerprint = fingerprint
+        _files().write(me, header, state)
+        _last = (fingerprint, counters, state)
         return True
 
 
@@ -270,201 +272,22 @@ def _stand() -> None:
 # --- reading ------------------------------------------------------------------
 
 
-@dataclass
-class _View:
-    merged: Any  # _native.MergedView
-    counters: dict[str, int]
-    processes: list[dict[str, Any]]
-
-
-@dataclass
-class _Seen:
-    key: tuple[int, int]  # (mtime_ns, size) of the file read
-    pid: int
-    at: float
-    counters: dict[str, int]
-    state: Any  # _native.WorkerState
-    #: dead.snap only: the files it holds (skipped if still there), and
-    #: the dead processes it stands for ({"pid", "at"}).
-    absorbed: frozenset[str] = frozenset()
-    dead: tuple[dict[str, Any], ...] = ()
-
-
-_seen: dict[str, _Seen] = {}
 _view_lock = threading.Lock()
-_view: Optional[tuple[float, Optional[_View]]] = None
-#: The dead workers' copies folded into one file by the serving process.
-_DEAD = "dead"
-#: Dead processes listed by ``processes()`` at most (their counts all stay).
-MAX_DEAD_LISTED = 100
+_view: Optional[tuple[float, Optional[View]]] = None
 
 
-def _alive(name: str) -> bool:
-    """Whether the process ``name`` still holds its liveness lock."""
-    if name == _me:
-        return True
-    try:
-        fd = os.open(os.path.join(directory(), name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _read(name: str) -> Optional[_Seen]:
-    path = os.path.join(directory(), name + _SUFFIX)
-    try:
-        st = os.stat(path)
-        key = (st.st_mtime_ns, st.st_size)
-        seen = _seen.get(name)
-        if seen is not None and seen.key == key:
-            return seen
-        with open(path, "rb") as f:
-            data = f.read()
-        head, _, blob = data.partition(b"\n")
-        header = json.loads(head)
-        seen = _Seen(
-            key,
-            int(header["pid"]),
-            float(header["at"]),
-            {str(k): int(v) for k, v in header["counters"].items()},
-            _native.WorkerState(blob),
-            frozenset(str(n) for n in header.get("absorbed", ())),
-            tuple({"pid": int(d["pid"]), "at": float(d["at"])} for d in header.get("dead", ())),
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        _diag.internal_error("workers.read", exc)
-        return None
-    _seen[name] = seen
-    return seen
-
-
-def _write(name: str, header: dict[str, Any], state: bytes) -> None:
-    """``<name>.snap``, replaced atomically (a temporary file renamed)."""
-    path = os.path.join(directory(), name + _SUFFIX)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
-        f.write(state)
-    os.replace(tmp, path)
-
-
-def _path(name: str, suffix: str = _SUFFIX) -> str:
-    return os.path.join(directory(), name + suffix)
-
-
-def _add(into: dict[str, int], counters: dict[str, int], alive: bool) -> None:
-    for k, v in counters.items():
-        if k not in LEVELS or alive:
-            into[k] = into.get(k, 0) + v
-
-
-def _compact(old: Optional[_Seen], dead: list[tuple[str, _Seen]]) -> None:
-    """Fold the dead workers' copies into ``dead.snap`` and remove their
-    files. Exactly once: the new ``dead.snap`` names the files it holds
-    (readers skip those while they still exist) before they are removed."""
-    acc = _native.MergedView(_runtime.tracer())
-    counters: dict[str, int] = {}
-    absorbed = []
-    listed: list[dict[str, Any]] = []
-    if old is not None:
-        acc.absorb(old.state)
-        _add(counters, old.counters, False)
-        absorbed = [
-            n for n in old.absorbed if os.path.exists(os.path.join(_dir or "", n + _SUFFIX))
-        ]
-        listed = list(old.dead)
-    for name, seen in dead:
-        acc.absorb(seen.state)
-        _add(counters, seen.counters, False)
-        absorbed.append(name)
-        listed.append({"pid": seen.pid, "at": seen.at})
-    header = {
-        "pid": 0,
-        "at": time.time(),
-        "counters": counters,
-        "absorbed": absorbed,
-        "dead": listed[-MAX_DEAD_LISTED:],
-    }
-    _write(_DEAD, header, acc.encode())
-    for name in absorbed:  # a removal interrupted earlier is finished too
-        for suffix in (_SUFFIX, ".lock"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_path(name, suffix))
-
-
-def _merge() -> Optional[_View]:
+def _merge() -> Optional[View]:
     """The application's view, or None when no other process published."""
     if _me is None or _dir is None:
         return None
-    names = sorted(
-        f[: -len(_SUFFIX)] for f in os.listdir(_dir) if f.endswith(_SUFFIX) and f[0].isdigit()
-    )
-    folded = _read(_DEAD) if os.path.exists(os.path.join(_dir, _DEAD + _SUFFIX)) else None
-    skip = folded.absorbed if folded is not None else frozenset()
-    others = [n for n in names if n != _me and n not in skip]
-    if not others and folded is None:
-        return None
-    tracer = _runtime.tracer()
-    merged = _native.MergedView(tracer)
-    merged.absorb_tracer(tracer)
-    counters = _own_counters()
-    now = time.time()
-    processes = [
-        {"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True},
-    ]
-
-    def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
-        age = round(max(0.0, now - at), 3)
-        return {"pid": pid, "alive": alive, "snapshot_age_s": age, "serving": False}
-
-    if folded is not None:
-        try:
-            merged.absorb(folded.state)
-            _add(counters, folded.counters, False)
-            processes += [listed(d["pid"], False, d["at"]) for d in folded.dead]
-        except ValueError as exc:  # recorded with another histogram config
-            _diag.internal_error("workers.absorb", exc)
-            folded = None
-    dead: list[tuple[str, _Seen]] = []
-    for name in others:
-        seen = _read(name)
-        if seen is None:
-            continue
-        alive = _alive(name)
-        try:
-            merged.absorb(seen.state)
-        except ValueError as exc:  # recorded with another histogram config
-            _diag.internal_error("workers.absorb", exc)
-            continue
-        _add(counters, seen.counters, alive)
-        processes.append(listed(seen.pid, alive, seen.at))
-        if not alive:
-            dead.append((name, seen))
-    for gone in set(_seen) - set(others) - {_DEAD}:
-        del _seen[gone]
-    # Only the elected process folds (one writer of dead.snap).
-    if dead and (folded is not None or _DEAD not in os.listdir(_dir)) and _leading():
-        try:
-            _compact(folded, dead)
-        except (OSError, ValueError) as exc:
-            _diag.internal_error("workers.compact", exc)
-    return _View(merged, counters, processes)
+    return _dir.merge(_me, _own_counters(), _runtime.tracer(), _leading)
 
 
 def _leading() -> bool:
     return _election is not None and bool(_election.leader())
 
 
-def view() -> Optional[_View]:
+def view() -> Optional[View]:
     """The merged view, at most ``VIEW_TTL_S`` old; None when this process
     is alone (or publishes nothing)."""
     global _view
@@ -527,7 +350,7 @@ def processes() -> list[dict[str, Any]]:
 def reset() -> None:
     """Forget this process's application directory, name and reads, and
     stop publishing (tests; the next ``claim`` starts afresh)."""
-    global _app_id, _dir, _me, _lock_fd, _thread, _view, _wish, _election, _last_fingerprint
+    global _app_id, _dir, _me, _lock_fd, _thread, _view, _wish, _election, _last
     with _lock:
         _stop.set()
         t = _thread
@@ -537,8 +360,7 @@ def reset() -> None:
             with contextlib.suppress(OSError):
                 os.close(_lock_fd)
         _app_id, _dir, _me, _lock_fd, _thread, _view = None, None, None, None, None, None
-        _wish, _election, _last_fingerprint = None, None, None
-        _seen.clear()
+        _wish, _election, _last = None, None, None
 
 
 # --- fork and exit ------------------------------------------------------------
@@ -547,14 +369,15 @@ def reset() -> None:
 def _after_fork_in_child() -> None:
     """A forked worker: its own name, lock and thread (standing for the
     election too, if its parent did); none of its parent's reads."""
-    global _lock, _view_lock, _me, _lock_fd, _thread, _view, _last_fingerprint
+    global _lock, _view_lock, _me, _lock_fd, _thread, _view, _last
     _lock = threading.RLock()
     _view_lock = threading.Lock()
     if _lock_fd is not None:
         with contextlib.suppress(OSError):
             os.close(_lock_fd)  # the parent's descriptor keeps the parent's lock
-    _me, _lock_fd, _thread, _view, _last_fingerprint = None, None, None, None, None
-    _seen.clear()
+    _me, _lock_fd, _thread, _view, _last = None, None, None, None, None
+    if _dir is not None:
+        _dir.forget()
     if _wish is None:
         return
     try:

@@ -100,6 +100,26 @@ pub fn encode(registry: &Registry) -> Vec<u8> {
     out
 }
 
+/// A cheap summary of every key's histogram (key count, and each key's
+/// count and sum), equal between two calls when nothing was recorded in
+/// between: a publisher skips [`encode`] (which compresses every key)
+/// while it is unchanged.
+pub fn fingerprint(registry: &Registry) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    let entries = registry.entries();
+    mix(entries.len() as u64);
+    for e in entries {
+        let s = e.histogram.snapshot();
+        mix(s.count());
+        mix(s.sum_ns() as u64);
+    }
+    h
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -330,6 +350,18 @@ mod tests {
         assert_eq!(merged.key_count(), 1);
         let (overflow, _) = merged.merged(SpanKind::Server, OVERFLOW_NAME).unwrap();
         assert_eq!(overflow.count(), 1);
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_a_record_only() {
+        let r = registry();
+        let empty = fingerprint(&r);
+        r.record(SpanKind::Server, "GET /a", StatusClass::Ok, 10);
+        let one = fingerprint(&r);
+        assert_ne!(empty, one);
+        assert_eq!(one, fingerprint(&r));
+        r.record(SpanKind::Server, "GET /a", StatusClass::Ok, 10);
+        assert_ne!(one, fingerprint(&r));
     }
 
     #[test]

@@ -19,16 +19,27 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use std::collections::{BTreeMap, HashMap};
 
-/// This process's histograms (every key with a record) as bytes.
+/// This process's histograms (every key with a record) as bytes, with
+/// their fingerprint: `(fingerprint, bytes)`, or `(fingerprint, None)`
+/// when the fingerprint equals `unless` (nothing recorded since).
 #[pyfunction]
-pub fn tracer_state<'py>(py: Python<'py>, tracer: &Tracer) -> PyResult<Bound<'py, PyBytes>> {
+#[pyo3(signature = (tracer, unless=None))]
+pub fn tracer_state<'py>(
+    py: Python<'py>,
+    tracer: &Tracer,
+    unless: Option<u64>,
+) -> PyResult<(u64, Option<Bound<'py, PyBytes>>)> {
     or_error("tracer_state", || {
         let core = core_of(py, tracer)?;
-        let bytes = py.allow_threads(|| {
+        let (fingerprint, bytes) = py.allow_threads(|| {
             core.sync();
-            state::encode(&core.registry)
+            let f = state::fingerprint(&core.registry);
+            (
+                f,
+                (Some(f) != unless).then(|| state::encode(&core.registry)),
+            )
         });
-        Ok(PyBytes::new(py, &bytes))
+        Ok((fingerprint, bytes.map(|b| PyBytes::new(py, &b))))
     })
 }
 

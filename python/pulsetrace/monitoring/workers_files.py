@@ -1,0 +1,232 @@
+"""The files of an application's workers directory
+(:mod:`pulsetrace.monitoring.workers` describes the design):
+
+- ``<pid>-<nonce>.snap``: one process's copy, a JSON header line (pid,
+  time, counters) then its histograms (``_native.tracer_state``), replaced
+  atomically (written to ``.tmp``, renamed);
+- ``<pid>-<nonce>.lock``: held (``flock``) by that process while it lives;
+- ``dead.snap``: the dead processes' copies folded into one by the serving
+  process; its header also names the files it holds (``absorbed``: readers
+  skip them while they still exist, so a fold interrupted before they were
+  removed counts nothing twice) and lists the dead processes.
+
+:meth:`Directory.merge` reads them into one view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from pulsetrace import _diag, _native
+
+#: Counters that are levels of a process, not counts: only live processes add.
+LEVELS = frozenset(
+    {
+        "metric_keys",
+        "open_spans",
+        "open_traces",
+        "export_queue_spans",
+        "export_queue_traces",
+        "integrations_unsupported",
+    }
+)
+SUFFIX = ".snap"
+#: The dead workers' copies folded into one file by the serving process.
+DEAD = "dead"
+#: Dead processes listed by ``processes()`` at most (their counts all stay).
+MAX_DEAD_LISTED = 100
+
+
+@dataclass
+class View:
+    """The application's histograms, counters and processes."""
+
+    merged: Any  # _native.MergedView
+    counters: dict[str, int]
+    processes: list[dict[str, Any]]
+
+
+@dataclass
+class Seen:
+    """One file as last read."""
+
+    key: tuple[int, int]  # (mtime_ns, size) of the file read
+    pid: int
+    at: float
+    counters: dict[str, int]
+    state: Any  # _native.WorkerState
+    #: dead.snap only: the files it holds, the dead processes ({"pid", "at"}).
+    absorbed: frozenset[str] = frozenset()
+    dead: tuple[dict[str, Any], ...] = ()
+
+
+def add(into: dict[str, int], counters: dict[str, int], alive: bool) -> None:
+    """``counters`` added into ``into`` (levels only from a live process)."""
+    for k, v in counters.items():
+        if k not in LEVELS or alive:
+            into[k] = into.get(k, 0) + v
+
+
+class Directory:
+    """An application's workers directory, with what was read from it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: dict[str, Seen] = {}
+
+    def forget(self) -> None:
+        self._seen.clear()
+
+    def of(self, name: str, suffix: str = SUFFIX) -> str:
+        return os.path.join(self.path, name + suffix)
+
+    def alive(self, name: str) -> bool:
+        """Whether the process ``name`` still holds its liveness lock."""
+        try:
+            fd = os.open(self.of(name, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def read(self, name: str) -> Optional[Seen]:
+        """The file ``name`` (decoded again only when it changed); None if
+        it is gone or unreadable (counted as an internal error)."""
+        try:
+            st = os.stat(self.of(name))
+            key = (st.st_mtime_ns, st.st_size)
+            seen = self._seen.get(name)
+            if seen is not None and seen.key == key:
+                return seen
+            with open(self.of(name), "rb") as f:
+                head, _, blob = f.read().partition(b"\n")
+            header = json.loads(head)
+            seen = Seen(
+                key,
+                int(header["pid"]),
+                float(header["at"]),
+                {str(k): int(v) for k, v in header["counters"].items()},
+                _native.WorkerState(blob),
+                frozenset(str(n) for n in header.get("absorbed", ())),
+                tuple({"pid": int(d["pid"]), "at": float(d["at"])} for d in header.get("dead", ())),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _diag.internal_error("workers.read", exc)
+            return None
+        self._seen[name] = seen
+        return seen
+
+    def write(self, name: str, header: dict[str, Any], state: bytes) -> None:
+        """``<name>.snap``, replaced atomically (a temporary file renamed)."""
+        path = self.of(name)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+            f.write(state)
+        os.replace(tmp, path)
+
+    def fold(self, tracer: Any, old: Optional[Seen], dead: list[tuple[str, Seen]]) -> None:
+        """Fold the dead workers' copies into ``dead.snap``, then remove
+        their files (and those an interrupted fold left)."""
+        acc = _native.MergedView(tracer)
+        counters: dict[str, int] = {}
+        absorbed: list[str] = []
+        listed: list[dict[str, Any]] = []
+        if old is not None:
+            acc.absorb(old.state)
+            add(counters, old.counters, False)
+            absorbed = [n for n in old.absorbed if os.path.exists(self.of(n))]
+            listed = list(old.dead)
+        for name, seen in dead:
+            acc.absorb(seen.state)
+            add(counters, seen.counters, False)
+            absorbed.append(name)
+            listed.append({"pid": seen.pid, "at": seen.at})
+        header = {
+            "pid": 0,
+            "at": time.time(),
+            "counters": counters,
+            "absorbed": absorbed,
+            "dead": listed[-MAX_DEAD_LISTED:],
+        }
+        self.write(DEAD, header, acc.encode())
+        for name in absorbed:
+            for suffix in (SUFFIX, ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.of(name, suffix))
+
+    def merge(
+        self, me: str, own: dict[str, int], tracer: Any, leading: Callable[[], bool]
+    ) -> Optional[View]:
+        """This process's live histograms and counters (``own``) with every
+        other process's copy; None when no other process published. With
+        ``leading()`` (the elected process: one writer), dead workers'
+        copies are folded into ``dead.snap``."""
+        names = sorted(
+            f[: -len(SUFFIX)]
+            for f in os.listdir(self.path)
+            if f.endswith(SUFFIX) and f[0].isdigit()
+        )
+        has_dead = os.path.exists(self.of(DEAD))
+        folded = self.read(DEAD) if has_dead else None
+        skip = folded.absorbed if folded is not None else frozenset()
+        others = [n for n in names if n != me and n not in skip]
+        if not others and folded is None:
+            return None
+        merged = _native.MergedView(tracer)
+        merged.absorb_tracer(tracer)
+        counters = dict(own)
+        now = time.time()
+        processes = [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
+
+        def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
+            age = round(max(0.0, now - at), 3)
+            return {"pid": pid, "alive": alive, "snapshot_age_s": age, "serving": False}
+
+        if folded is not None:
+            try:
+                merged.absorb(folded.state)
+                add(counters, folded.counters, False)
+                processes += [listed(d["pid"], False, d["at"]) for d in folded.dead]
+            except ValueError as exc:  # recorded with another histogram config
+                _diag.internal_error("workers.absorb", exc)
+                folded = None
+        dead: list[tuple[str, Seen]] = []
+        for name in others:
+            seen = self.read(name)
+            if seen is None:
+                continue
+            alive = self.alive(name)
+            try:
+                merged.absorb(seen.state)
+            except ValueError as exc:  # recorded with another histogram config
+                _diag.internal_error("workers.absorb", exc)
+                continue
+            add(counters, seen.counters, alive)
+            processes.append(listed(seen.pid, alive, seen.at))
+            if not alive:
+                dead.append((name, seen))
+        for gone in set(self._seen) - set(others) - {DEAD}:
+            del self._seen[gone]
+        # A dead.snap that cannot be read is never overwritten (its counts
+        # would be lost).
+        if dead and (folded is not None or not has_dead) and leading():
+            try:
+                self.fold(tracer, folded, dead)
+            except (OSError, ValueError) as exc:
+                _diag.internal_error("workers.fold", exc)
+        return View(merged, counters, processes)

@@ -15,6 +15,7 @@ replaced worker starting at zero.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -399,3 +400,31 @@ def test_dead_workers_are_folded_into_one_file_counted_once(serving, tmp_path):
     _fresh_view()
     assert _row(name)["count"] == 15
     assert len(list(app_dir.glob("*.snap"))) == 2  # this process's and dead.snap
+
+
+def test_an_earlier_runs_files_are_never_read(tmp_path):
+    """A run with an id set by hand starts without the files an earlier run
+    of it left; earlier runs' own directories are removed, not those of an
+    application still running."""
+    old = tmp_path / "unknown_service-fixed"
+    old.mkdir(mode=0o700)
+    (old / "111-aaaa.snap").write_bytes(b'{"pid":111,"at":0,"counters":{}}\nstale')
+    (old / "111-aaaa.lock").touch()
+    earlier, running = tmp_path / "unknown_service-auto-1", tmp_path / "other-auto-2"
+    for d in (earlier, running):
+        d.mkdir(mode=0o700)
+        (d / "5-x.lock").touch()
+        os.utime(d, (time.time() - 3600, time.time() - 3600))
+    held = os.open(running / "5-x.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a process of that application lives
+    prometheus.stop_server()
+    workers.reset()
+    try:
+        fresh(workers_dir=str(tmp_path), app_id="fixed")
+        assert workers.directory() == str(old)
+        assert sorted(p.name for p in old.iterdir()) == []
+        assert not earlier.exists() and running.exists()
+    finally:
+        os.close(held)
+        workers.reset()
+        pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)

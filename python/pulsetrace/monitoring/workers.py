@@ -4,17 +4,21 @@ exposition show the whole application, not the process that serves them.
 
 How it works:
 
-- **The application.** The first process that starts the monitoring or
-  metrics server picks an application id and puts it in the environment
-  (``PULSETRACE_APP_ID``); the workers it forks inherit it. Its files live
-  in ``<PULSETRACE_WORKERS_DIR>/<service>-<id>/`` (default: a private
-  ``0700`` directory ``pulsetrace-<uid>`` under the system's temporary
-  directory). A new run has a new id, so an earlier run's files are never
-  read. An id the agent set itself is not taken over by a program that
-  merely inherits the environment (a subprocess started with ``exec``
-  starts its own application); an id set by hand (``PULSETRACE_APP_ID=api``)
-  is shared by every process that has it, for applications whose workers
-  each start pulsetrace themselves (then each run needs its own value).
+- **The application.** The first process that starts the application's
+  metrics server (at ``PULSETRACE_METRICS_ADDR``) picks an application id
+  and puts it in the environment (``PULSETRACE_APP_ID``); the workers it
+  forks inherit it. Its files live in
+  ``<PULSETRACE_WORKERS_DIR>/<service>-<id>/`` (default: a private ``0700``
+  directory ``pulsetrace-<uid>`` under the system's temporary directory). A
+  new run has a new id, so an earlier run's files are never read;
+  directories of earlier runs that no living process holds a lock in are
+  removed when a run starts. An id the agent set itself is not taken over
+  by a program that merely inherits the environment (a subprocess started
+  with ``exec`` starts its own application); an id set by hand
+  (``PULSETRACE_APP_ID=api``) is shared by every process that has it, for
+  applications whose workers each start pulsetrace themselves (the files
+  an earlier run left in its directory are removed when no process of it
+  is left).
 - **One server.** The process that serves the endpoints is elected with the
   alert evaluator's file lock (``server.lock`` in that directory): the first
   process to take it serves until it exits (under ``pulsetrace-run gunicorn``,
@@ -61,7 +65,7 @@ from typing import Any, Optional
 
 from pulsetrace import _diag, _native, _runtime
 from pulsetrace._suppress import suppressed
-from pulsetrace.monitoring.workers_files import LEVELS, Directory, View
+from pulsetrace.monitoring.workers_files import LEVELS, Directory, View, clear_if_stale, sweep
 
 #: Seconds between two copies a process publishes.
 PUBLISH_INTERVAL_S = 1.0
@@ -136,8 +140,13 @@ def _files() -> Directory:
             base = _private(os.path.join(tempfile.gettempdir(), f"pulsetrace-{os.getuid()}"))
         else:
             os.makedirs(base, 0o700, exist_ok=True)
-        name = f"{_safe(cfg.service_name)}-{_safe(app_id())}"
-        _dir = Directory(_private(os.path.join(base, name)))
+        path = os.path.join(base, f"{_safe(cfg.service_name)}-{_safe(app_id())}")
+        existed = os.path.isdir(path)
+        _private(path)
+        if existed:
+            clear_if_stale(path)  # a new run with an id set by hand
+        sweep(base, keep=path)  # earlier runs' directories
+        _dir = Directory(path)
     return _dir
 
 

@@ -43,6 +43,43 @@ DEAD = "dead"
 MAX_DEAD_LISTED = 100
 
 
+def sweep(base: str, keep: str, older_than_s: float = 60.0) -> None:
+    """Remove the directories of earlier runs under ``base`` (an ``auto-``
+    id, no lock held by a living process, untouched for ``older_than_s``);
+    ``keep`` is this run's."""
+    import shutil
+
+    now = time.time()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for e in entries:
+        try:
+            if (
+                e.path != keep
+                and "-auto-" in e.name
+                and e.is_dir(follow_symlinks=False)
+                and now - e.stat(follow_symlinks=False).st_mtime > older_than_s
+                and not Directory(e.path).in_use()
+            ):
+                shutil.rmtree(e.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def clear_if_stale(path: str) -> None:
+    """An application directory reused by a new run (an id set by hand)
+    whose processes are all gone: its files are an earlier run's, removed."""
+    d = Directory(path)
+    if d.in_use():
+        return
+    for f in os.listdir(path):
+        if f.endswith((SUFFIX, ".lock", ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, f))
+
+
 @dataclass
 class View:
     """The application's histograms, counters and processes."""
@@ -99,6 +136,15 @@ class Directory:
         finally:
             os.close(fd)
         return False
+
+    def in_use(self) -> bool:
+        """Whether a living process holds a lock in it (a process's own, or
+        the server's election lock)."""
+        try:
+            locks = [f for f in os.listdir(self.path) if f.endswith(".lock")]
+        except FileNotFoundError:
+            return False
+        return any(self.alive(f[: -len(".lock")]) for f in locks)
 
     def read(self, name: str) -> Optional[Seen]:
         """The file ``name`` (decoded again only when it changed); None if

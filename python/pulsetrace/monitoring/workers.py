@@ -266,16 +266,22 @@ def release() -> None:
     _wish = None
 
 
+#: Seconds before an elected process that could not bind tries again.
+RETRY_S = 30.0
+_retry_at = 0.0
+
+
 def _stand() -> None:
     """Once a second: if this process wants to serve and is now elected
     (the previous server exited), start serving."""
+    global _retry_at
     wish = _wish
-    if wish is None or not _elected():
+    if wish is None or time.monotonic() < _retry_at or not _elected():
         return
     from pulsetrace import prometheus
 
-    if prometheus.serving() is None:
-        prometheus.start_server(*wish)
+    if prometheus.serving() is None and prometheus.start_server(*wish) is None:
+        _retry_at = time.monotonic() + RETRY_S  # cannot bind (warned): not every second
 
 
 # --- reading ------------------------------------------------------------------

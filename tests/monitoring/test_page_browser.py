@@ -127,10 +127,12 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
             )
             tab.on("pageerror", lambda e: console.append(f"page error: {e}"))
 
+            answers = ["wrong-token", TOKEN]  # what the token prompts are answered, in turn
+
             def answer(dialog: Any) -> None:
                 dialogs.append((dialog.type, dialog.message))
-                if dialog.type == "prompt":
-                    dialog.accept(TOKEN)
+                if dialog.type == "prompt" and answers:
+                    dialog.accept(answers.pop(0))
                 else:
                     dialog.dismiss()
 
@@ -171,9 +173,17 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
             expect(tab.locator("#span-detail h3")).to_have_text("load report")
             expect(tab.locator("#span-detail dd").first).not_to_be_empty()
 
-            # The alerts panel: both firing; acknowledging asks for the token once.
+            assert console == [], console  # loaded and polled with no console error
+
+            # The alerts panel: both firing. A refused token is forgotten
+            # (the alert stays firing) and asked again; the right one is
+            # kept for the session: the second acknowledgement asks nothing.
             firing_list = tab.locator("#alerts-firing li.alert")
             expect(firing_list).to_have_count(2, timeout=15_000)
+            alert_item(tab, "firing", "Very slow reports").locator("button.ack").click()
+            expect(tab.locator("#notice")).to_contain_text("The token was refused")
+            _, _, body = served.get("/monitoring/alerts?state=firing", token=TOKEN)
+            assert len(body["alerts"]) == 2
             for rule_name in ("Very slow reports", "Slow reports"):
                 alert_item(tab, "firing", rule_name).locator("button.ack").click()
                 expect(alert_item(tab, "acknowledged", rule_name)).to_have_count(1, timeout=15_000)
@@ -181,7 +191,10 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
                     "acknowledged by live page"
                 )
             expect(firing_list).to_have_count(0)
-            assert [d[0] for d in dialogs] == ["prompt"], dialogs
+            expect(tab.locator("#notice")).to_be_hidden()
+            assert [d[0] for d in dialogs] == ["prompt", "prompt"], dialogs
+            stored = tab.evaluate("sessionStorage.getItem('pulsetrace.monitoring.token')")
+            assert stored == TOKEN
 
             shot = tmp_path / "live-page.png"
             tab.screenshot(path=str(shot), full_page=True)
@@ -197,7 +210,8 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
         "slow-report": ("acknowledged", "live page"),
         "very-slow": ("acknowledged", "live page"),
     }
-    assert console == [], console
+    # No console error but the refused token's 401.
+    assert len(console) == 1 and "status of 401" in console[0], console
     assert shot.stat().st_size > 10_000
 
 

@@ -27,6 +27,7 @@ from servers import require
 TOKEN = "page-token"
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"]
+expect.set_options(timeout=15_000)
 
 
 def make_app() -> flask.Flask:
@@ -121,6 +122,7 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            tab.set_default_timeout(30_000)  # a loaded CI machine: the page polls every 2 s
             tab.on(
                 "console",
                 lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None,
@@ -144,7 +146,7 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
             ops = {"GET /orders": ("7", "0"), "GET /pay": ("3", "3"), "GET /slow": ("2", "0")}
             for name, (count, errors) in ops.items():
                 r = page_row(tab, "operations", name, ".op-name")
-                expect(r.locator(".c-count")).to_have_text(count, timeout=15_000)
+                expect(r.locator(".c-count")).to_have_text(count)
                 expect(r.locator(".c-errors")).to_have_text(errors)
             # A span named like an HTML tag is text, not markup.
             expect(page_row(tab, "operations", HOSTILE, ".op-name")).to_have_count(1)
@@ -179,14 +181,14 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
             # (the alert stays firing) and asked again; the right one is
             # kept for the session: the second acknowledgement asks nothing.
             firing_list = tab.locator("#alerts-firing li.alert")
-            expect(firing_list).to_have_count(2, timeout=15_000)
+            expect(firing_list).to_have_count(2)
             alert_item(tab, "firing", "Very slow reports").locator("button.ack").click()
             expect(tab.locator("#notice")).to_contain_text("The token was refused")
             _, _, body = served.get("/monitoring/alerts?state=firing", token=TOKEN)
             assert len(body["alerts"]) == 2
             for rule_name in ("Very slow reports", "Slow reports"):
                 alert_item(tab, "firing", rule_name).locator("button.ack").click()
-                expect(alert_item(tab, "acknowledged", rule_name)).to_have_count(1, timeout=15_000)
+                expect(alert_item(tab, "acknowledged", rule_name)).to_have_count(1)
                 expect(alert_item(tab, "acknowledged", rule_name)).to_contain_text(
                     "acknowledged by live page"
                 )

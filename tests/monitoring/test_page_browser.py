@@ -148,6 +148,13 @@ def test_the_page_shows_operations_traces_errors_health_and_acknowledges_alerts(
                 r = page_row(tab, "operations", name, ".op-name")
                 expect(r.locator(".c-count")).to_have_text(count)
                 expect(r.locator(".c-errors")).to_have_text(errors)
+            expect(tab.locator("#connection")).to_have_class(re.compile(r"\bok\b"))
+            # Over a window (younger than 5 minutes: everything so far).
+            with tab.expect_response(lambda r: "window=5m" in r.url):
+                tab.select_option("#window", "5m")
+            r = page_row(tab, "operations", "GET /orders", ".op-name")
+            expect(r.locator(".c-count")).to_have_text("7")
+            tab.select_option("#window", "all")
             # A span named like an HTML tag is text, not markup.
             expect(page_row(tab, "operations", HOSTILE, ".op-name")).to_have_count(1)
             expect(page_row(tab, "traces", HOSTILE, ".c-operation")).to_have_count(1)

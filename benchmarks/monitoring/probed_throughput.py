@@ -146,9 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     pairs: list[dict[str, Any]] = []
     try:
-        _, port, _, _ = start_gunicorn(
-            procs, "app", [str(venv_bin("pulsetrace-run"))], app, env
-        )
+        _, port, _, _ = start_gunicorn(procs, "app", [str(venv_bin("pulsetrace-run"))], app, env)
         probe_port = port if args.mounted else int(env["PULSETRACE_METRICS_ADDR"].rsplit(":")[1])
         prober = Prober(probe_port, "/_pulsetrace" if args.mounted else "", args.rate)
         drive(load_name, port, "/json", args.warmup)

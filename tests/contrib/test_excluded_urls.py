@@ -61,7 +61,7 @@ def plain_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 async def plain_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = work()
-    headers = [(b"content-type", b"text/plain"), (b"x-mine", b"1")]
+    headers = [(b"content-type", b"text/plain"), (b"x-mine", b"1"), (b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -176,7 +176,7 @@ def spans_of(servers: dict[str, int], exporter: Any, app: str, path: str) -> lis
     kinds of the spans it made."""
     response = get(servers, app, path)
     head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), (app, path, response[:300])
+    assert head.split(b" ")[1] == b"200", (app, path, response[:300])
     assert body == b"ok", (app, path, response[:300])
     if app not in ("django-wsgi", "django-asgi"):
         assert b"x-mine: 1" in head.lower(), (app, path, head)
@@ -188,7 +188,9 @@ def spans_of(servers: dict[str, int], exporter: Any, app: str, path: str) -> lis
 def server_count(path_route: str) -> int:
     """Requests recorded in the SERVER histograms of operations naming ``path_route``."""
     return sum(
-        r["count"] for r in pulsetrace.latency() if r["kind"] == "server" and path_route in r["name"]
+        r["count"]
+        for r in pulsetrace.latency()
+        if r["kind"] == "server" and path_route in r["name"]
     )
 
 
@@ -239,9 +241,7 @@ def test_an_excluded_request_writes_no_access_line(servers, exporter):
         plog.unconfigure()
 
 
-def test_a_bad_expression_is_a_clear_error_and_the_others_still_work(
-    servers, exporter, caplog
-):
+def test_a_bad_expression_is_a_clear_error_and_the_others_still_work(servers, exporter, caplog):
     from pulsetrace.config import from_env
 
     with pytest.raises(ValueError, match=r"excluded_urls: \"/health/\(live\" is not a valid"):

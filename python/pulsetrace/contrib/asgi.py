@@ -11,9 +11,10 @@ and unhandled exceptions are errors, 4xx are not), and ends the span when
 the last chunk of the response body has been sent, so streaming responses
 are timed whole. A request for an excluded URL (``PULSETRACE_EXCLUDED_URLS``;
 by default ``/health`` and what lies under it) gets no span: it runs
-untouched, under pulsetrace's suppression context. A request the client abandons (the application returns
-without finishing the response, or is cancelled) is ended all the same, not
-marked as an error. ``lifespan`` and ``websocket`` connections pass through
+untouched, under pulsetrace's suppression context. A request the client
+abandons (the application returns without finishing the response, or is
+cancelled) is ended all the same, not marked as an error. ``lifespan`` and
+``websocket`` connections pass through
 untouched.
 
 The span is named after the route template (``GET /users/{id}``) when the

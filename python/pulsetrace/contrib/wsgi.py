@@ -10,8 +10,9 @@ timed whole. Frameworks with routes (Flask, Django) name the span after the
 route template; a bare WSGI app gets the method alone (bounded
 cardinality). A request for an excluded URL (``PULSETRACE_EXCLUDED_URLS``;
 by default ``/health`` and what lies under it) gets no span: its
-application call runs untouched, under pulsetrace's suppression context. Nothing here can break the application: a failure inside
-pulsetrace is counted and the request runs untouched.
+application call runs untouched, under pulsetrace's suppression context.
+Nothing here can break the application: a failure inside pulsetrace is
+counted and the request runs untouched.
 """
 
 from __future__ import annotations

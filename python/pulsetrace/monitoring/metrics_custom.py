@@ -274,7 +274,11 @@ def create(
                 raise ValueError(
                     f"metric {name!r} exists as a {found.kind} with labels "
                     f"{list(found.label_names)}"
-                    + (f" and buckets {list(found.buckets)}" if isinstance(found, Histogram) else "")
+                    + (
+                        f" and buckets {list(found.buckets)}"
+                        if isinstance(found, Histogram)
+                        else ""
+                    )
                 )
             return found
         metric = _registry[name] = cls(name, help, labels, max_series, **extra)

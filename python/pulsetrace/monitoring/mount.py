@@ -160,7 +160,9 @@ def _wsgi_respond(
     return [] if request is not None and request.method == "HEAD" else [body]
 
 
-def _serve_wsgi(environ: dict[str, Any], start_response: Callable[..., Any], path: str) -> Any:
+def _serve_wsgi(
+    environ: dict[str, Any], start_response: Callable[..., Any], path: str
+) -> list[bytes]:
     method = str(environ.get("REQUEST_METHOD") or "GET").upper()
     problem = _body_problem(method, environ.get("CONTENT_LENGTH"))
     if problem is not None:
@@ -237,7 +239,7 @@ def django_urls(prefix: str = DEFAULT_PREFIX) -> list[Any]:
     prefix = _prefix(prefix)
     _start(prefix)
 
-    @csrf_exempt  # type: ignore[misc]
+    @csrf_exempt  # type: ignore[untyped-decorator]
     def pulsetrace_monitoring(request: Any, sub: str = "") -> Any:
         method = request.method.upper()
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -259,9 +261,7 @@ def django_urls(prefix: str = DEFAULT_PREFIX) -> list[Any]:
     pattern = "^" + re.escape(prefix.lstrip("/")) + ("/" if prefix else "") + "(?P<sub>.*)$"
     urls = [re_path(pattern, pulsetrace_monitoring, name="pulsetrace-monitoring")]
     if prefix:
-        urls.insert(
-            0, re_path("^" + re.escape(prefix.lstrip("/")) + "$", pulsetrace_monitoring)
-        )
+        urls.insert(0, re_path("^" + re.escape(prefix.lstrip("/")) + "$", pulsetrace_monitoring))
     return urls
 
 
@@ -274,7 +274,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 async def _read_body(receive: Receive) -> Optional[bytes]:
     """The request body, or None beyond the limit."""
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()

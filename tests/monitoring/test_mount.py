@@ -27,6 +27,17 @@ TOKEN = "mount-t0ken"
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _leave_no_ring_behind():
+    """What the first mount starts (the traces' ring exporter, the windows'
+    thread) is stopped after these tests, as stopping the server does."""
+    yield
+    from pulsetrace.monitoring import apm
+
+    apm.uninstall()
+    mount._started = False
+
+
 @pytest.fixture
 def token(exporter):
     fresh(monitoring_token=TOKEN)

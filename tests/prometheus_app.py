@@ -4,7 +4,8 @@ with ``PROMETHEUS_ENABLED=true`` (pulsetrace serves its metrics on
 
 ``python prometheus_app.py <port>`` serves it with a threaded wsgiref
 server on 127.0.0.1 and prints ``ready <metrics address>`` once listening.
-``/measure?v=`` records v in a custom histogram. ``/slow`` sleeps ``SLOW_S`` and returns its trace id; ``/_truth`` returns,
+``/measure?v=`` records v in a custom histogram. ``/slow`` sleeps
+``SLOW_S`` and returns its trace id; ``/_truth`` returns,
 for each ``/slow``, how long it really slept and the duration of its SERVER
 span as exported (every trace is kept with ``PULSETRACE_SAMPLE_RATE=1``),
 in seconds, so a test can compare the metrics with the truth.

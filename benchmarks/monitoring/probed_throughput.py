@@ -50,6 +50,8 @@ from overhead.procs import (  # noqa: E402
     base_env,
     drive,
     free_port,
+    http_get,
+    process_cpu_s,
     start_gunicorn,
 )
 from overhead.settings import HOST, venv_bin  # noqa: E402
@@ -146,27 +148,50 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     pairs: list[dict[str, Any]] = []
     try:
-        _, port, _, _ = start_gunicorn(procs, "app", [str(venv_bin("pulsetrace-run"))], app, env)
+        master, port, info, _ = start_gunicorn(
+            procs, "app", [str(venv_bin("pulsetrace-run"))], app, env
+        )
         probe_port = port if args.mounted else int(env["PULSETRACE_METRICS_ADDR"].rsplit(":")[1])
-        prober = Prober(probe_port, "/_pulsetrace" if args.mounted else "", args.rate)
+        prefix = "/_pulsetrace" if args.mounted else ""
+        status, body = http_get(probe_port, prefix + "/health/live")
+        if status != 200:
+            raise HarnessError(f"GET {prefix}/health/live: {status} {body[:200]!r}")
+        served_by = json.loads(body).get("pid")
+        role = {master.pid: "the gunicorn master", int(info["pid"]): "the worker"}.get(
+            served_by, "another process"
+        )
+        print(f"  the endpoints are served by pid {served_by} ({role})", flush=True)
+        prober = Prober(probe_port, prefix, args.rate)
         drive(load_name, port, "/json", args.warmup)
         for i in range(args.pairs):
             order = ["unprobed", "probed"] if i % 2 == 0 else ["probed", "unprobed"]
             rps: dict[str, float] = {}
+            cpu: dict[str, tuple[float, int]] = {}
             for state in order:
                 if state == "probed":
                     prober.on.set()
                     time.sleep(0.2)  # the probes running before the load starts
+                cpu0, sent0 = process_cpu_s(served_by), prober.sent
                 r = drive(load_name, port, "/json", args.seconds)
                 prober.on.clear()
+                cpu1, sent1 = process_cpu_s(served_by), prober.sent
+                if cpu0 is not None and cpu1 is not None:
+                    cpu[state] = (cpu1 - cpu0, sent1 - sent0)
                 if r["error_count"]:
                     raise HarnessError(f"{state}: {r['error_count']} errors from the load")
                 rps[state] = r["rps"]
             loss = 1 - rps["probed"] / rps["unprobed"]
-            pairs.append({**rps, "loss": loss, "order": order})
+            pairs.append({**rps, "loss": loss, "order": order, "cpu_s": cpu})
+            extra = ""
+            if len(cpu) == 2 and cpu["probed"][1]:
+                # CPU of the process serving the endpoints, beyond what it
+                # spends unprobed, per probe (noise-robust, unlike req/s).
+                per = (cpu["probed"][0] - cpu["unprobed"][0]) / cpu["probed"][1] * 1e3
+                pairs[-1]["cpu_ms_per_probe"] = per
+                extra = f"  serving process: {per:.2f} ms CPU per probe"
             print(
                 f"  pair {i + 1}: unprobed {rps['unprobed']:8.0f} req/s  "
-                f"probed {rps['probed']:8.0f} req/s  loss {loss:+.2%}",
+                f"probed {rps['probed']:8.0f} req/s  loss {loss:+.2%}{extra}",
                 flush=True,
             )
         prober.stop.set()
@@ -182,6 +207,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"  probes sent {prober.sent}, statuses {dict(sorted(prober.statuses.items()))}, "
         f"p50 {quantile(lat, 0.5) * 1e3:.1f} ms, p99 {quantile(lat, 0.99) * 1e3:.1f} ms"
     )
+    per_probe = [p["cpu_ms_per_probe"] for p in pairs if "cpu_ms_per_probe" in p]
+    if per_probe:
+        med = statistics.median(per_probe)
+        print(
+            f"  CPU per probe (median) {med:.2f} ms: {med * args.rate / 10:.1f}% of one core "
+            f"at {args.rate:g} probes/s"
+        )
     verdict = "met" if median < TARGET_LOSS else "NOT met"
     print(f"  median loss {median:+.2%} (target under {TARGET_LOSS:.0%}: {verdict})")
     RESULTS.mkdir(exist_ok=True)

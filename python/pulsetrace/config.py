@@ -470,6 +470,11 @@ class Config:
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
         object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
+        if isinstance(self.excluded_urls, (str, bytes)):
+            raise ValueError(
+                "pulsetrace setting excluded_urls is a list of regular expressions, "
+                f"not the text {self.excluded_urls!r:.60}"
+            )
         object.__setattr__(self, "excluded_urls", tuple(self.excluded_urls))
         _check_patterns(self.excluded_urls)
         for name in _EMAIL_LISTS:

@@ -246,6 +246,8 @@ def test_a_bad_expression_is_a_clear_error_and_the_others_still_work(servers, ex
 
     with pytest.raises(ValueError, match=r"excluded_urls: \"/health/\(live\" is not a valid"):
         pulsetrace.Config(excluded_urls=("/health/(live",))
+    with pytest.raises(ValueError, match="a list of regular expressions, not the text"):
+        pulsetrace.Config(excluded_urls="^/ping$")  # would be one expression per character
     with caplog.at_level(logging.WARNING, logger="pulsetrace"):
         cfg = from_env({"PULSETRACE_EXCLUDED_URLS": "^/ping/$, /health/(live ,^/work/$"})
     assert cfg.excluded_urls == ("^/ping/$", "^/work/$")

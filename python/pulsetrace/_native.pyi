@@ -7,6 +7,7 @@ from typing import Any, Optional, Union, final
 from pulsetrace.config import Config
 
 __all__ = [
+    "DEFAULT_BUCKETS",
     "Batch",
     "Histogram",
     "HistogramSnapshot",
@@ -23,6 +24,9 @@ __all__ = [
     "after_fork_in_child",
     "format_traceparent_header",
     "histogram_snapshots",
+    "http_exclude_prefix",
+    "http_excluded_problem",
+    "http_is_excluded",
     "http_method",
     "http_server_span",
     "http_span_name",
@@ -44,6 +48,8 @@ __all__ = [
 ]
 
 __version__: str
+#: The bucket bounds (seconds) of pulsetrace's latency histogram families.
+DEFAULT_BUCKETS: list[float]
 
 # An extra metric family for Tracer.render_metrics:
 # (name, help, "counter" | "gauge", [(labels, value), ...]).
@@ -160,6 +166,7 @@ class Histogram:
     def value_at_quantile(self, q: float) -> float: ...
     def encode(self) -> str: ...
     def reset(self) -> None: ...
+    def cumulative_counts(self, bounds: list[int]) -> tuple[list[int], int]: ...
 
 @final
 class HistogramSnapshot:
@@ -299,7 +306,7 @@ def scrub_keyed(key: str, value: str) -> str: ...
 def scrub_is_secret_key(key: str) -> bool: ...
 def wsgi_server_span(
     tracer: Tracer, environ: dict[str, Any], path: Optional[str] = None
-) -> Span: ...
+) -> Optional[Span]: ...
 def http_server_span(
     tracer: Tracer,
     method: Optional[str],
@@ -314,7 +321,10 @@ def http_server_span(
     protocol: Optional[str] = None,
     traceparent: Optional[str] = None,
     tracestate: Optional[str] = None,
-) -> Span: ...
+) -> Optional[Span]: ...
+def http_exclude_prefix(prefix: str) -> None: ...
+def http_excluded_problem(pattern: str) -> Optional[str]: ...
+def http_is_excluded(path: str) -> bool: ...
 def http_span_name(method: Optional[str], route: Optional[str] = None) -> str: ...
 def http_method(method: Optional[str]) -> str: ...
 def http_status_error(code: int) -> Optional[str]: ...

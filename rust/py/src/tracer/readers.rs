@@ -24,7 +24,7 @@ pub(crate) type PyFamily = (String, String, String, Vec<(HashMap<String, String>
 fn family((name, help, kind, samples): PyFamily) -> PyResult<ExtraFamily> {
     let kind = ExtraKind::parse(&kind).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "metric kind must be counter or gauge, not {kind:?}"
+            "metric kind must be counter, gauge or histogram, not {kind:?}"
         ))
     })?;
     let samples = samples

@@ -46,6 +46,7 @@ FREE_TEXT = {
     "PULSETRACE_MONITORING_TOKEN",
     "SMTP_HOST",
     "SMTP_USERNAME",
+    "PULSETRACE_APP_ID",  # any text names the application (made file-safe)
     # Regular expressions: every hostile text of the sweep is a valid one.
     "PULSETRACE_EXCLUDED_URLS",
     "OTEL_PYTHON_EXCLUDED_URLS",

@@ -16,6 +16,7 @@ __all__ = [
     "Span",
     "SpanContext",
     "SpanData",
+    "StateEncoder",
     "TracedResponse",
     "TracedWsgiApp",
     "Tracer",
@@ -42,7 +43,6 @@ __all__ = [
     "scrub_text",
     "scrub_value",
     "set_sample_rate",
-    "tracer_state",
     "wsgi_call",
     "wsgi_server_span",
 ]
@@ -183,7 +183,13 @@ class HistogramSnapshot:
     def merge(self, other: HistogramSnapshot) -> HistogramSnapshot: ...
     def encode(self) -> str: ...
 
-def tracer_state(tracer: Tracer, unless: Optional[int] = None) -> tuple[int, Optional[bytes]]: ...
+@final
+class StateEncoder:
+    def __new__(cls) -> StateEncoder: ...
+    def encode(
+        self, tracer: Tracer, unless: Optional[int] = None
+    ) -> tuple[int, Optional[bytes]]: ...
+
 @final
 class WorkerState:
     def __new__(cls, data: bytes) -> WorkerState: ...

@@ -85,6 +85,8 @@ _stop = threading.Event()
 #: The server this process stands for: (addr, monitoring), or None.
 _wish: Optional[tuple[str, Optional[bool]]] = None
 _election: Any = None
+#: Compresses only the histograms recorded since the last copy.
+_encoder = _native.StateEncoder()
 #: What was last published: (histograms' fingerprint, counters, state).
 _last: Optional[tuple[int, dict[str, int], bytes]] = None
 #: In a forked worker: the counters it inherited from its parent (those
@@ -185,9 +187,7 @@ def publish(force: bool = False) -> bool:
         counters = _own_counters()
         last = None if force else _last
         # Compressing every histogram only when something was recorded.
-        fingerprint, state = _native.tracer_state(
-            _runtime.tracer(), None if last is None else last[0]
-        )
+        fingerprint, state = _encoder.encode(_runtime.tracer(), None if last is None else last[0])
         if state is None and last is not None:
             if counters == last[1]:
                 return False
@@ -384,9 +384,10 @@ def reset() -> None:
 def _after_fork_in_child() -> None:
     """A forked worker: its own name, lock and thread (standing for the
     election too, if its parent did); none of its parent's reads."""
-    global _lock, _view_lock, _me, _lock_fd, _thread, _view, _last
+    global _lock, _view_lock, _encoder, _me, _lock_fd, _thread, _view, _last
     _lock = threading.RLock()
     _view_lock = threading.Lock()
+    _encoder = _native.StateEncoder()  # the parent's may be locked by its thread
     if _lock_fd is not None:
         with contextlib.suppress(OSError):
             os.close(_lock_fd)  # the parent's descriptor keeps the parent's lock

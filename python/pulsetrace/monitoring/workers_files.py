@@ -2,7 +2,7 @@
 (:mod:`pulsetrace.monitoring.workers` describes the design):
 
 - ``<pid>-<nonce>.snap``: one process's copy, a JSON header line (pid,
-  time, counters) then its histograms (``_native.tracer_state``), replaced
+  time, counters) then its histograms (``_native.StateEncoder``), replaced
   atomically (written to ``.tmp``, renamed);
 - ``<pid>-<nonce>.lock``: held (``flock``) by that process while it lives;
 - ``dead.snap``: the dead processes' copies folded into one by the serving

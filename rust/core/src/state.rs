@@ -18,10 +18,12 @@
 //! string), sum (u128), min, max, clamped (u64 each), the V2 bytes (u32
 //! length, bytes). Nothing here is on the request path.
 
-use crate::histogram::{HistogramConfig, Snapshot};
-use crate::registry::{Registry, OVERFLOW_NAME};
+use crate::histogram::{Histogram, HistogramConfig, Snapshot};
+use crate::registry::{Entry, Registry, OVERFLOW_NAME};
 use crate::span::{SpanKind, StatusClass};
 use crate::target::{System, Target, TargetRef, MAX_VALUES};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 4] = b"PTS1";
 
@@ -63,6 +65,40 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Every key of `registry` with a non-empty histogram, as bytes.
 pub fn encode(registry: &Registry) -> Vec<u8> {
+    encode_with(registry, |_, s| s.to_v2_bytes())
+}
+
+/// [`encode`] for a publisher that encodes the same registry again and
+/// again: a key's V2 bytes are reused while its histogram (the same one:
+/// the encoder holds it, so no other can take its address) has the same
+/// count, since a cumulative histogram's slots only grow. Holds the keys
+/// of the last encoding only.
+#[derive(Default)]
+pub struct Encoder {
+    cache: HashMap<usize, (Arc<Histogram>, u64, Vec<u8>)>,
+}
+
+impl Encoder {
+    pub fn encode(&mut self, registry: &Registry) -> Vec<u8> {
+        let mut next = HashMap::with_capacity(self.cache.len());
+        let out = encode_with(registry, |e, s| {
+            let id = Arc::as_ptr(&e.histogram) as usize;
+            let v2 = match self.cache.remove(&id) {
+                Some((_, count, v2)) if count == s.count() => v2,
+                _ => s.to_v2_bytes(),
+            };
+            next.insert(id, (e.histogram.clone(), s.count(), v2.clone()));
+            v2
+        });
+        self.cache = next;
+        out
+    }
+}
+
+fn encode_with(
+    registry: &Registry,
+    mut v2_of: impl FnMut(&Entry, &Snapshot) -> Vec<u8>,
+) -> Vec<u8> {
     let cfg = registry.config();
     let entries: Vec<_> = registry
         .entries()
@@ -93,7 +129,7 @@ pub fn encode(registry: &Registry) -> Vec<u8> {
         out.extend_from_slice(&s.min().to_le_bytes());
         out.extend_from_slice(&s.max().to_le_bytes());
         out.extend_from_slice(&s.clamped().to_le_bytes());
-        let v2 = s.to_v2_bytes();
+        let v2 = v2_of(&e, &s);
         out.extend_from_slice(&(v2.len() as u32).to_le_bytes());
         out.extend_from_slice(&v2);
     }
@@ -350,6 +386,26 @@ mod tests {
         assert_eq!(merged.key_count(), 1);
         let (overflow, _) = merged.merged(SpanKind::Server, OVERFLOW_NAME).unwrap();
         assert_eq!(overflow.count(), 1);
+    }
+
+    #[test]
+    fn the_encoder_reuses_unchanged_keys_and_equals_encode() {
+        let r = registry();
+        let mut enc = Encoder::default();
+        r.record(SpanKind::Server, "GET /a", StatusClass::Ok, 10);
+        r.record(SpanKind::Server, "GET /b", StatusClass::Ok, 20);
+        assert_eq!(enc.encode(&r), encode(&r));
+        r.record(SpanKind::Server, "GET /a", StatusClass::Ok, 30_000);
+        assert_eq!(enc.encode(&r), encode(&r));
+        assert_eq!(enc.cache.len(), 2);
+        // Another registry with keys of the same names and counts (a
+        // reconfigured or forked core): its own histograms are encoded.
+        let other = registry();
+        other.record(SpanKind::Server, "GET /a", StatusClass::Ok, 7);
+        other.record(SpanKind::Server, "GET /a", StatusClass::Ok, 7_000_000);
+        other.record(SpanKind::Server, "GET /b", StatusClass::Ok, 99_999);
+        assert_eq!(enc.encode(&other), encode(&other));
+        assert_eq!(decode(&enc.encode(&other)).unwrap().count(), 3);
     }
 
     #[test]

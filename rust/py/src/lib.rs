@@ -130,7 +130,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::Histogram>()?;
     m.add_class::<snapshots::HistogramSnapshot>()?;
     m.add_function(wrap_pyfunction!(snapshots::histogram_snapshots, m)?)?;
-    m.add_function(wrap_pyfunction!(merged::tracer_state, m)?)?;
+    m.add_class::<merged::StateEncoder>()?;
     m.add_class::<merged::WorkerState>()?;
     m.add_class::<merged::MergedView>()?;
     m.add_function(wrap_pyfunction!(snapshots::set_sample_rate, m)?)?;

@@ -1,5 +1,5 @@
 //! The pre-fork workers' view (`pulsetrace.monitoring.workers`):
-//! `tracer_state(tracer)` is this process's histograms as bytes,
+//! `StateEncoder().encode(tracer)` is this process's histograms as bytes,
 //! `WorkerState(bytes)` one process's published copy read back, and
 //! `MergedView(tracer)` a registry that absorbs states and the live
 //! tracer's histograms and then reads like a tracer (`latency()`,
@@ -12,6 +12,7 @@ use crate::guard::or_error;
 use crate::snapshots::core_of;
 use crate::tracer::readers::{latency_rows_of, PyFamily};
 use crate::tracer::Tracer;
+use parking_lot::Mutex;
 use pulsetrace_core::registry::Registry;
 use pulsetrace_core::state::{self, State};
 use pyo3::exceptions::PyValueError;
@@ -19,28 +20,38 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use std::collections::{BTreeMap, HashMap};
 
-/// This process's histograms (every key with a record) as bytes, with
-/// their fingerprint: `(fingerprint, bytes)`, or `(fingerprint, None)`
-/// when the fingerprint equals `unless` (nothing recorded since).
-#[pyfunction]
-#[pyo3(signature = (tracer, unless=None))]
-pub fn tracer_state<'py>(
-    py: Python<'py>,
-    tracer: &Tracer,
-    unless: Option<u64>,
-) -> PyResult<(u64, Option<Bound<'py, PyBytes>>)> {
-    or_error("tracer_state", || {
-        let core = core_of(py, tracer)?;
-        let (fingerprint, bytes) = py.allow_threads(|| {
-            core.sync();
-            let f = state::fingerprint(&core.registry);
-            (
-                f,
-                (Some(f) != unless).then(|| state::encode(&core.registry)),
-            )
-        });
-        Ok((fingerprint, bytes.map(|b| PyBytes::new(py, &b))))
-    })
+/// Encodes this process's histograms (every key with a record) again and
+/// again, compressing only the keys recorded since its last encoding.
+#[pyclass(frozen, module = "pulsetrace._native", name = "StateEncoder")]
+pub struct StateEncoder(Mutex<state::Encoder>);
+
+#[pymethods]
+impl StateEncoder {
+    #[new]
+    fn new() -> Self {
+        StateEncoder(Mutex::new(state::Encoder::default()))
+    }
+
+    /// `(fingerprint, bytes)`, or `(fingerprint, None)` when the
+    /// fingerprint equals `unless` (nothing recorded since).
+    #[pyo3(signature = (tracer, unless=None))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        tracer: &Tracer,
+        unless: Option<u64>,
+    ) -> PyResult<(u64, Option<Bound<'py, PyBytes>>)> {
+        or_error("state_encoder", || {
+            let core = core_of(py, tracer)?;
+            let (fingerprint, bytes) = py.allow_threads(|| {
+                core.sync();
+                let f = state::fingerprint(&core.registry);
+                let bytes = (Some(f) != unless).then(|| self.0.lock().encode(&core.registry));
+                (f, bytes)
+            });
+            Ok((fingerprint, bytes.map(|b| PyBytes::new(py, &b))))
+        })
+    }
 }
 
 /// One process's published histograms, decoded (ValueError naming what
@@ -101,7 +112,7 @@ impl MergedView {
         .map_err(PyValueError::new_err)
     }
 
-    /// The absorbed histograms as one state (what `tracer_state` writes):
+    /// The absorbed histograms as one state (what `StateEncoder` writes):
     /// the dead workers' copies folded into one.
     fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let bytes = py.allow_threads(|| state::encode(&self.0));

@@ -264,9 +264,8 @@ def django_urls(prefix: str = DEFAULT_PREFIX) -> list[Any]:
         problem = _body_problem(method, headers.get("content-length"))
         moved = _slash(method, request.path) if sub is None else None
         if moved is not None:
-            req, response = None, moved
+            response = moved
         elif problem is not None:
-            req: Optional[Request] = None
             response = problem
         else:
             body = request.body if method in BODY_METHODS else b""

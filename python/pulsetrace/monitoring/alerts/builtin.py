@@ -3,19 +3,48 @@
 
 What a process can see of itself: its health checks (the database of
 ``DATABASE_URL``, memory and CPU with the thresholds given to
-``pulsetrace.health.check_memory``/``check_cpu``), its operations' error
-ratios by span kind, and gauges the application sets
-(``pulsetrace.monitoring.set_gauge``). "Service down" cannot be seen from
-inside the process (Prometheus's ``up`` does).
+``pulsetrace.health.check_memory``/``check_cpu``), its resident memory,
+its operations' error ratios by span kind, 429 responses and latency
+histograms over windows (:mod:`.conditions`), and gauges the application
+sets (``pulsetrace.monitoring.set_gauge``). "Service down" cannot be seen
+from inside the process (Prometheus's ``up`` does).
 """
 
 from __future__ import annotations
 
-from typing import Union
+import os
+from typing import Optional, Union
 
+from pulsetrace.monitoring.alerts.conditions import (
+    LatencyDegradation,
+    RateLimited,
+    SlowQueries,
+    UnusualTraffic,
+)
+from pulsetrace.monitoring.alerts.engine import RSS_GAUGE
 from pulsetrace.monitoring.alerts.rules import Rule, Threshold, duration, make_rule
 
 Duration = Union[int, float, str]
+#: The high-memory warning's level when none is given: this share of the
+#: memory the process may use (its cgroup's limit, else the machine's).
+MEMORY_WARNING_SHARE = 0.8
+
+
+def memory_limit_bytes() -> Optional[int]:
+    """The memory this process may use: its cgroup's limit (v2, then v1)
+    when one is set, else the machine's physical memory; None if unknown."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge v1 value: no limit
+            return int(text)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
 
 
 def builtin_rules(
@@ -25,9 +54,45 @@ def builtin_rules(
     campaign_success_rate: float = 0.90,
     window: Duration = "5m",
     min_count: int = 20,
+    latency_factor: float = 2.0,
+    latency_baseline: Duration = "1h",
+    latency_min_baseline: int = 100,
+    latency_min: Duration = "100ms",
+    slow_query: Duration = "1s",
+    slow_queries: int = 10,
+    memory_warning_bytes: Optional[int] = None,
+    rate_limited: int = 10,
+    traffic_spike: float = 3.0,
+    traffic_drop: float = 0.1,
+    traffic_baseline: Duration = "1h",
+    traffic_min_baseline: int = 100,
 ) -> list[Rule]:
-    """The built-in rules (ids ``builtin.*``)."""
+    """The built-in rules (ids ``builtin.*``); ValueError naming a bad
+    threshold. ``window``: the recent window of every windowed rule;
+    ``min_count``: requests a window needs before its ratio or percentile
+    is judged. See the README's alert section for each threshold."""
     seconds = duration(window, "window")
+    memory = memory_warning_bytes
+    if memory is None:
+        limit = memory_limit_bytes()
+        memory = int(limit * MEMORY_WARNING_SHARE) if limit else None
+    elif isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
+        raise ValueError(f"memory_warning_bytes must be a positive integer, not {memory!r}")
+    degradation = LatencyDegradation(
+        factor=latency_factor,
+        window=seconds,
+        baseline=duration(latency_baseline, "latency_baseline"),
+        min_count=min_count,
+        min_baseline=latency_min_baseline,
+        min_s=duration(latency_min, "latency_min"),
+    )
+    traffic = UnusualTraffic(
+        spike=traffic_spike,
+        drop=traffic_drop,
+        window=seconds,
+        baseline=duration(traffic_baseline, "traffic_baseline"),
+        min_baseline=traffic_min_baseline,
+    )
 
     def health(check: str) -> Threshold:
         return Threshold("health", check, threshold=0)
@@ -94,5 +159,45 @@ def builtin_rules(
             severity="business",
             description="campaign success rate (gauge campaign.success_rate)",
             for_="10m",
+        ),
+        make_rule(
+            "builtin.latency-degradation",
+            "Performance degradation",
+            degradation,
+            severity="high",
+            description="an operation's p99 against its own baseline",
+            for_="5m",
+        ),
+        make_rule(
+            "builtin.slow-queries",
+            "Slow queries",
+            SlowQueries(duration(slow_query, "slow_query"), slow_queries, seconds),
+            severity="medium",
+            team="dba",
+            description="database calls slower than the slow-query duration",
+        ),
+        make_rule(
+            "builtin.high-memory",
+            "High memory use",
+            Threshold("gauge", RSS_GAUGE, threshold=memory or 0),
+            severity="warning",
+            description="resident memory (bytes) above the warning level",
+            for_="5m",
+            enabled=memory is not None,
+        ),
+        make_rule(
+            "builtin.rate-limited",
+            "Rate limit violations",
+            RateLimited(rate_limited, seconds),
+            severity="medium",
+            description="requests refused with 429 (too many requests)",
+        ),
+        make_rule(
+            "builtin.unusual-traffic",
+            "Unusual traffic",
+            traffic,
+            severity="business",
+            description="the request rate against its own baseline",
+            for_="5m",
         ),
     ]

@@ -118,7 +118,6 @@ def manager() -> Manager:
     with _lock:
         if _manager is None:
             from pulsetrace import _runtime
-
             from pulsetrace.monitoring import apm
 
             cfg = _runtime.config()

@@ -195,7 +195,9 @@ class Deliverer:
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"the delivery queue size must be a positive integer, not {queue_size!r}")
+            raise ValueError(
+                f"the delivery queue size must be a positive integer, not {queue_size!r}"
+            )
         self.channels, self._done, self._backoff = channels, done, backoff_s
         self.queue_size = queue_size
         self._cv = threading.Condition()

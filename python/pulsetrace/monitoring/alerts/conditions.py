@@ -30,7 +30,9 @@ from pulsetrace.monitoring.apm_windows import Key
 UNKNOWN = Verdict(False, known=False)
 
 
-def _check(name: str, value: float, low: float, high: float = math.inf, open_low: bool = True) -> None:
+def _check(
+    name: str, value: float, low: float, high: float = math.inf, open_low: bool = True
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if open_low else value >= low) and value <= high
@@ -259,4 +261,3 @@ class UnusualTraffic:
 
 def _server_count(pair: Pair) -> int:
     return sum(pair.count(key) for key in pair.end if key[1] == "server")
-

@@ -33,9 +33,9 @@ from pulsetrace import _diag
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring.alerts import rules as _rules
 from pulsetrace.monitoring.alerts.channels import QUEUE_SIZE, Channel, Deliverer
+from pulsetrace.monitoring.alerts.store import RESOLVED_STEP, TEST_STEP, Store
 from pulsetrace.monitoring.alerts.windowed import View
 from pulsetrace.monitoring.apm_windows import Windows
-from pulsetrace.monitoring.alerts.store import RESOLVED_STEP, TEST_STEP, Store
 from pulsetrace.scrub import scrub_text
 
 #: (minutes after the response time, channel types) per escalation step.

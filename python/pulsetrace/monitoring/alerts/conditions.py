@@ -95,15 +95,28 @@ class LatencyDegradation:
             return UNKNOWN
         # (degraded, ratio, now, before, name): the degraded one first.
         worst: Optional[tuple[bool, float, float, float, str]] = None
-        for key in recent.end:
+        judged = False
+        min_ns = self.min_s * 1e9
+        for key, (_, cumulative) in recent.end.items():
             if key[1] != self.span_kind or recent.count(key) < self.min_count:
+                continue
+            # Not slower than min_s (ever, or over the window): not degraded,
+            # whatever the baseline.
+            if cumulative.max <= min_ns:
+                judged = True
+                self._held.pop(key, None)
+                continue
+            now = window_of(recent, [key]).quantile_s(self.percentile)
+            if now <= self.min_s:
+                judged = True
+                self._held.pop(key, None)
                 continue
             before = self._held.get(key)
             if before is None:
                 if base is None or base.count(key) < self.min_baseline:
                     continue
                 before = window_of(base, [key]).quantile_s(self.percentile)
-            now = window_of(recent, [key]).quantile_s(self.percentile)
+            judged = True
             if before <= 0:
                 continue
             degraded = now > self.factor * before and now > self.min_s
@@ -115,7 +128,8 @@ class LatencyDegradation:
             if worst is None or this[:2] > worst[:2]:
                 worst = this
         if worst is None:
-            return UNKNOWN  # no operation with enough samples to judge
+            # No operation with enough samples to judge, or none can be slow.
+            return Verdict(False) if judged else UNKNOWN
         active, ratio, now, before, name = worst
         detail = (
             f"{self.percentile} {now * 1000:.4g} ms over the last {self.window:g}s,"

@@ -109,16 +109,30 @@ class Manager:
 
         ops = pulsetrace.latency()
         counters = pulsetrace.counters()
+        # Each operation, every operation of its kind ("*server"), all ("*").
         per_name: dict[str, tuple[int, int, int]] = {}
+        per_kind: dict[str, list[int]] = {}
         for op in ops:
-            count, errors = int(op.get("count", 0)), int(op.get("errors", 0))
-            kind = str(op.get("kind", ""))
+            name, kind = op["name"], op["kind"]
+            count, errors = op["count"], op["errors"]
             # 429 responses of the server spans (rate-limit violations).
-            limited = int(op.get("rate_limited", 0)) if kind == "server" else 0
-            # Each operation, every operation of its kind ("*server"), all ("*").
-            for key in (op["name"], "*" + kind, "*"):
-                c, e, r = per_name.get(key, (0, 0, 0))
-                per_name[key] = (c + count, e + errors, r + limited)
+            limited = op.get("rate_limited", 0) if kind == "server" else 0
+            v = per_name.get(name)
+            if v is None:
+                per_name[name] = (count, errors, limited)
+            else:
+                per_name[name] = (v[0] + count, v[1] + errors, v[2] + limited)
+            k = per_kind.get(kind)
+            if k is None:
+                per_kind[kind] = [count, errors, limited]
+            else:
+                k[0], k[1], k[2] = k[0] + count, k[1] + errors, k[2] + limited
+        every = [0, 0, 0]
+        for kind, (count, errors, limited) in per_kind.items():
+            per_name["*" + kind] = (count, errors, limited)
+            every = [every[0] + count, every[1] + errors, every[2] + limited]
+        if ops:
+            per_name["*"] = (every[0], every[1], every[2])
         for name, v in counters.items():
             per_name["counter:" + name] = (int(v), 0, 0)
         for name, (count, errors, limited) in per_name.items():

@@ -70,6 +70,7 @@ class Snapshot:
     history: dict[str, deque[tuple[float, int, int, int]]]
     _health: Optional[dict[str, bool]] = None
     windows: Optional[View] = None
+    _by_name: Optional[dict[str, dict[str, Any]]] = field(default=None, repr=False)
 
     @property
     def health(self) -> dict[str, bool]:
@@ -78,10 +79,13 @@ class Snapshot:
         return self._health
 
     def operation(self, name: str) -> Optional[dict[str, Any]]:
-        for op in self.operations:
-            if op.get("name") == name:
-                return op
-        return None
+        """The first row of ``operations`` named ``name`` (indexed once)."""
+        if self._by_name is None:
+            by_name: dict[str, dict[str, Any]] = {}
+            for op in self.operations:
+                by_name.setdefault(op.get("name"), op)  # type: ignore[arg-type]
+            self._by_name = by_name
+        return self._by_name.get(name)
 
 
 @dataclass

@@ -109,11 +109,12 @@ class View:
         if k in self._pairs:
             return self._pairs[k]
         out: Optional[Pair] = None
+        end_age: Optional[float]
         if ago <= 0:
             end, end_age = self._latest()
         else:
-            found, found_age = self.windows.baseline(ago)
-            end, end_age = found or {}, found_age
+            found, end_age = self.windows.baseline(ago)
+            end = found or {}
         if end_age is not None:
             if whole:
                 start, age = self.windows.at_most(end_age + seconds)

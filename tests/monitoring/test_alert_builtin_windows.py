@@ -6,6 +6,7 @@ operation's own baseline, slow queries, high memory, rate-limit violations
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -60,11 +61,12 @@ def test_latency_degradation_against_each_operations_own_baseline(setup):
         timed("GET /search", 30, ms=search_ms)
         timed("GET /list", 30, ms=list_ms)
         timed("GET /home", 30, ms=400)  # slow, but that is its normal
-        timed("GET /ping", 30, ms=ping_ms)
+        if ping_ms is not None:
+            timed("GET /ping", 30, ms=ping_ms)
 
     # In the first minutes the baselines hold too few requests (under 100):
     # nothing is judged.
-    minutes(m, clock, 10, usual)
+    minutes(m, clock, 10, lambda: usual(ping_ms=None))
     assert m.rules["builtin.latency-degradation"].last_verdict.known is False
     minutes(m, clock, 55, usual)
     assert m.store.alerts() == []
@@ -133,7 +135,8 @@ def test_slow_queries_counts_database_calls_above_the_duration(setup):
     )
     alert = m.store.open_alert("builtin.slow-queries")
     assert alert is not None and alert["value"] == 6 and alert["threshold"] == 5
-    assert alert["operation"] == "SELECT orders (postgresql)"
+    assert alert["operation"] == "SELECT orders"
+    assert "the most SELECT orders (postgresql): 6" in alert["message"]
     assert alert["severity"] == "medium"
     assert m.rules["builtin.slow-queries"].team == "dba"
     # Six minutes of fast queries: the slow ones left the window.
@@ -233,3 +236,19 @@ def test_unusual_traffic_a_spike_then_a_drop_to_nothing(setup):
     drop = m.store.open_alert("builtin.unusual-traffic")
     assert drop is not None and "traffic drop" in drop["message"]
     assert drop["value"] == 0
+
+
+def test_built_in_rules_list_their_thresholds_and_refuse_bad_ones():
+    rules = {r.id: r for r in builtin_rules(latency_factor=4, slow_query="250ms")}
+    shown = json.loads(json.dumps(rules["builtin.latency-degradation"].to_json()))
+    assert shown["condition"]["kind"] == "latency_degradation"
+    assert shown["condition"]["factor"] == 4 and shown["condition"]["baseline"] == 3600
+    assert "_held" not in shown["condition"]
+    slow = rules["builtin.slow-queries"].to_json()["condition"]
+    assert slow == {"kind": "slow_queries", "slower_than_s": 0.25, "count": 10, "window": 300}
+    with pytest.raises(ValueError, match="latency factor must be a number more than 1"):
+        builtin_rules(latency_factor=0.5)
+    with pytest.raises(ValueError, match="latency baseline must be a number .* at most 3600"):
+        builtin_rules(latency_baseline="2h")
+    with pytest.raises(ValueError, match="traffic drop ratio"):
+        builtin_rules(traffic_drop=1.5)

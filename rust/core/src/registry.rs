@@ -625,16 +625,25 @@ mod tests {
             }
         }
         r.record(SpanKind::Server, "GET /a", StatusClass::Http4xx, 1_000); // a 404
-        // Past the bound of 2 keys: the overflow operation counts it.
+                                                                           // Past the bound of 2 keys: the overflow operation counts it.
         r.record(SpanKind::Server, "GET /c", StatusClass::Http4xx, 1_000);
         r.record_rate_limited(SpanKind::Server, "GET /c", none);
         let rows = r.merged_by_target();
         let of = |name: &str| rows.iter().find(|m| &*m.name == name).unwrap();
-        assert_eq!((of("GET /a").snapshot.count(), of("GET /a").rate_limited), (4, 3));
+        assert_eq!(
+            (of("GET /a").snapshot.count(), of("GET /a").rate_limited),
+            (4, 3)
+        );
         assert_eq!(of("GET /b").rate_limited, 1);
         assert_eq!(of(OVERFLOW_NAME).rate_limited, 1);
         // Per kind: a client span of the same name is not the server's.
-        assert_eq!(r.table.find("GET /a", &none).unwrap().rate_limited(SpanKind::Client), 0);
+        assert_eq!(
+            r.table
+                .find("GET /a", &none)
+                .unwrap()
+                .rate_limited(SpanKind::Client),
+            0
+        );
     }
 
     #[test]

@@ -174,10 +174,11 @@ class SlowQueries:
             total += slow
             if slow > worst_n:
                 worst, worst_n = key, slow
-        op = None if worst is None else f"{worst[0]} ({dict(worst[2]).get('db.system.name')})"
         detail = f"queries slower than {self.slower_than_s * 1000:g} ms over {self.window:g}s"
-        if worst is not None and worst_n != total:
-            detail += f" ({worst_n} of them {worst[0]})"
+        if worst is not None:
+            system = dict(worst[2]).get("db.system.name")
+            detail += f", the most {worst[0]} ({system}): {worst_n}"
+        op = None if worst is None else worst[0]  # the span name: its example trace links
         return Verdict(total >= self.count, float(total), float(self.count), op, detail=detail)
 
     def to_json(self) -> dict[str, Any]:

@@ -13,8 +13,10 @@ import pytest
 from alert_spans import answered, timed
 from alert_support import Clock, Receiver, manager, settle
 
-from pulsetrace.monitoring.alerts.builtin import builtin_rules, memory_limit_bytes
-from pulsetrace.monitoring.alerts.engine import RSS_GAUGE
+from pulsetrace.health import check_memory
+from pulsetrace.monitoring import health as _health
+from pulsetrace.monitoring.alerts.builtin import builtin_rules
+from pulsetrace.monitoring.alerts.conditions import memory_limit_bytes
 from pulsetrace.monitoring.checks import _rss_bytes
 
 from conftest import fresh
@@ -167,12 +169,34 @@ def test_high_memory_warns_at_its_own_level(setup):
     assert m.store.open_alert("builtin.high-memory") is None
 
 
-def test_high_memory_level_defaults_below_the_memory_the_process_may_use():
+def test_high_memory_warns_below_the_memory_checks_limit(setup):
+    m, clock, add = setup
+    rss = _rss_bytes()
+    critical = int((rss + 64 * MB) / 0.8)  # the warning's default: 80% of it
+    _health.REGISTRY.clear()
+    check_memory(max_rss_bytes=critical, ttl=0.0)
+    try:
+        add("builtin.high-memory")
+        m.cycle()
+        verdict = m.rules["builtin.high-memory"].last_verdict
+        assert verdict.active is False and verdict.threshold == int(critical * 0.8)
+        block = b"\x01" * (160 * MB)
+        try:
+            m.cycle()
+            minutes(m, clock, 5, lambda: None)
+            alert = m.store.open_alert("builtin.high-memory")
+            assert alert is not None and alert["threshold"] == int(critical * 0.8)
+        finally:
+            del block
+    finally:
+        _health.REGISTRY.clear()
+
+
+def test_high_memory_without_a_memory_limit_warns_below_what_the_process_may_use():
+    _health.REGISTRY.clear()
     (rule,) = [r for r in builtin_rules() if r.id == "builtin.high-memory"]
     limit = memory_limit_bytes()
-    assert rule.enabled and limit
-    assert rule.condition.operation == RSS_GAUGE
-    assert rule.condition.threshold == int(limit * 0.8)
+    assert limit and rule.condition.level_bytes() == int(limit * 0.8)
     with pytest.raises(ValueError, match="memory_warning_bytes must be a positive integer"):
         builtin_rules(memory_warning_bytes=-1)
 

@@ -12,39 +12,18 @@ from inside the process (Prometheus's ``up`` does).
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Union
 
 from pulsetrace.monitoring.alerts.conditions import (
+    HighMemory,
     LatencyDegradation,
     RateLimited,
     SlowQueries,
     UnusualTraffic,
 )
-from pulsetrace.monitoring.alerts.engine import RSS_GAUGE
 from pulsetrace.monitoring.alerts.rules import Rule, Threshold, duration, make_rule
 
 Duration = Union[int, float, str]
-#: The high-memory warning's level when none is given: this share of the
-#: memory the process may use (its cgroup's limit, else the machine's).
-MEMORY_WARNING_SHARE = 0.8
-
-
-def memory_limit_bytes() -> Optional[int]:
-    """The memory this process may use: its cgroup's limit (v2, then v1)
-    when one is set, else the machine's physical memory; None if unknown."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge v1 value: no limit
-            return int(text)
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
 
 
 def builtin_rules(
@@ -61,6 +40,7 @@ def builtin_rules(
     slow_query: Duration = "1s",
     slow_queries: int = 10,
     memory_warning_bytes: Optional[int] = None,
+    memory_warning_share: float = 0.8,
     rate_limited: int = 10,
     traffic_spike: float = 3.0,
     traffic_drop: float = 0.1,
@@ -72,12 +52,6 @@ def builtin_rules(
     ``min_count``: requests a window needs before its ratio or percentile
     is judged. See the README's alert section for each threshold."""
     seconds = duration(window, "window")
-    memory = memory_warning_bytes
-    if memory is None:
-        limit = memory_limit_bytes()
-        memory = int(limit * MEMORY_WARNING_SHARE) if limit else None
-    elif isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
-        raise ValueError(f"memory_warning_bytes must be a positive integer, not {memory!r}")
     degradation = LatencyDegradation(
         factor=latency_factor,
         window=seconds,
@@ -179,11 +153,10 @@ def builtin_rules(
         make_rule(
             "builtin.high-memory",
             "High memory use",
-            Threshold("gauge", RSS_GAUGE, threshold=memory or 0),
+            HighMemory(memory_warning_bytes, memory_warning_share),
             severity="warning",
             description="resident memory (bytes) above the warning level",
             for_="5m",
-            enabled=memory is not None,
         ),
         make_rule(
             "builtin.rate-limited",

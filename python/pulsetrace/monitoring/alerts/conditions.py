@@ -8,6 +8,8 @@ past or look inside its histograms (:mod:`.builtin` makes them rules):
   the window (counted in their histograms);
 - :class:`RateLimited`: 429 responses of each server operation over the
   window;
+- :class:`HighMemory`: resident memory above a warning level below the
+  memory check's limit;
 - :class:`UnusualTraffic`: the server request rate over the window against
   its baseline rate, both ways (a spike, a drop towards zero).
 
@@ -20,9 +22,11 @@ parameters as a threshold does (``to_json``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from pulsetrace.monitoring.alerts.engine import RSS_GAUGE
 from pulsetrace.monitoring.alerts.rules import Snapshot, Threshold, Verdict
 from pulsetrace.monitoring.alerts.windowed import MAX_WINDOW_S, QUANTILES, Pair, window_of
 from pulsetrace.monitoring.apm_windows import Key
@@ -216,6 +220,70 @@ class RateLimited:
 
     def to_json(self) -> dict[str, Any]:
         return _params(self, "rate_limited")
+
+
+def memory_limit_bytes() -> Optional[int]:
+    """The memory this process may use: its cgroup's limit (v2, then v1)
+    when one is set, else the machine's physical memory; None if unknown."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge v1 value: no limit
+            return int(text)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _memory_check_limit() -> Optional[int]:
+    """The ``memory`` health check's limit (``check_memory(max_rss_bytes=)``),
+    if one is registered with a limit (its cached result is read)."""
+    from pulsetrace.monitoring.health import REGISTRY
+
+    if "memory" not in REGISTRY.names():
+        return None
+    try:
+        (result,) = REGISTRY.run(["memory"])
+    except KeyError:  # unregistered meanwhile
+        return None
+    limit = result.details.get("max_rss_bytes")
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+@dataclass(frozen=True)
+class HighMemory:
+    """Resident memory (the gauge ``process.rss_bytes``) above ``level``
+    bytes; without one, above ``share`` of the critical level: the
+    ``memory`` health check's limit when it has one, else the memory the
+    process may use (:func:`memory_limit_bytes`)."""
+
+    level: Optional[int] = None
+    share: float = 0.8
+
+    def __post_init__(self) -> None:
+        n = self.level
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise ValueError(f"memory_warning_bytes must be a positive integer, not {n!r}")
+        _check("memory_warning_share", self.share, 0.0, 1.0)
+
+    def level_bytes(self) -> Optional[int]:
+        if self.level is not None:
+            return self.level
+        limit = _memory_check_limit() or memory_limit_bytes()
+        return int(limit * self.share) if limit else None
+
+    def __call__(self, snap: Snapshot) -> Verdict:
+        rss, level = snap.gauges.get(RSS_GAUGE), self.level_bytes()
+        if rss is None or level is None:
+            return UNKNOWN
+        return Verdict(rss > level, rss, float(level), detail="resident memory in bytes")
+
+    def to_json(self) -> dict[str, Any]:
+        return _params(self, "high_memory")
 
 
 @dataclass(frozen=True)

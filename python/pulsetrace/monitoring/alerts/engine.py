@@ -133,8 +133,8 @@ class Manager:
             every = [every[0] + count, every[1] + errors, every[2] + limited]
         if ops:
             per_name["*"] = (every[0], every[1], every[2])
-        for name, v in counters.items():
-            per_name["counter:" + name] = (int(v), 0, 0)
+        for name, value in counters.items():
+            per_name["counter:" + name] = (int(value), 0, 0)
         for name, (count, errors, limited) in per_name.items():
             h = self.history.get(name)
             if h is None:

@@ -227,11 +227,11 @@ class Deliverer:
         if full:
             if first:
                 _diag.log.warning(
-                    "pulsetrace: the alert delivery queue is full (%d waiting): deliveries"
+                    "pulsetrace: the alert delivery queue is full (%d held): deliveries"
                     " fail until it drains (counted in /monitoring/status)",
                     waiting,
                 )
-            self._record(item, False, 0, f"the delivery queue is full ({waiting} waiting)")
+            self._record(item, False, 0, f"the delivery queue is full ({waiting} held)")
             return
         self._start()
 

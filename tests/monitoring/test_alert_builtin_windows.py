@@ -276,3 +276,37 @@ def test_built_in_rules_list_their_thresholds_and_refuse_bad_ones():
         builtin_rules(latency_baseline="2h")
     with pytest.raises(ValueError, match="traffic drop ratio"):
         builtin_rules(traffic_drop=1.5)
+
+
+def test_rate_limit_violations_from_a_flask_apps_429s(setup):
+    import flask
+
+    from pulsetrace.contrib import flask as flask_hook
+
+    m, clock, add = setup
+    add("builtin.rate-limited", rate_limited=10, window="5m")
+    flask_hook.patch()
+    try:
+        app = flask.Flask("limited")
+        limited = {"now": False}
+
+        @app.post("/campaigns/<cid>/messages")
+        def send(cid):
+            return ("slow down", 429) if limited["now"] else ("queued", 202)
+
+        client = app.test_client()
+
+        def requests(ok, refused):
+            for i in range(ok + refused):
+                limited["now"] = i >= ok
+                client.post(f"/campaigns/{i}/messages")
+
+        requests(ok=40, refused=5)
+        m.cycle()
+        assert m.store.open_alert("builtin.rate-limited") is None
+        minutes(m, clock, 1, lambda: requests(ok=40, refused=6))
+    finally:
+        flask_hook.unpatch()
+    alert = m.store.open_alert("builtin.rate-limited")
+    assert alert is not None and alert["value"] == 11
+    assert alert["operation"] == "POST /campaigns/<cid>/messages"

@@ -130,3 +130,23 @@ def test_a_span_kind_limits_the_percentile_to_those_spans(tmp_path, rx):
 def test_a_window_beyond_the_kept_copies_is_refused_naming_the_bound(window):
     with pytest.raises(ValueError, match="percentile's window is more than 0 and at most 3600s"):
         Threshold("percentile", "GET /x", threshold=1.0, window=window)
+
+
+def test_the_applications_evaluator_reads_the_monitoring_servers_copies(tmp_path):
+    from monitoring_support import monitoring_server
+
+    from pulsetrace.monitoring import alerts, apm
+
+    alerts.reset()
+    try:
+        with monitoring_server(alert_dir=str(tmp_path)):
+            m = alerts.manager()
+            assert m.windows is apm.WINDOWS and apm.WINDOWS.running
+            m.add(p99_rule("p99", "5m"))
+            timed("POST /checkout", 30, ms=700)
+            m.cycle()
+            # The thread takes the copies: the evaluation took none itself.
+            assert m.rules["p99"].last_verdict.value == pytest.approx(0.7, rel=0.02)
+            assert m.store.open_alert("p99") is not None
+    finally:
+        alerts.reset()

@@ -151,12 +151,14 @@ class Manager:
             rss = _rss_bytes()
             if rss is not None:
                 gauges[RSS_GAUGE] = float(rss)
+        ticked = False
         try:
-            self.windows.tick_if_due()
+            ticked = self.windows.tick_if_due()
         except Exception as exc:
             _diag.internal_error("alert windows", exc)
+        view = View(self.windows, ticked)
         return _rules.Snapshot(
-            now, ops, counters, gauges, self.health_fn, self.history, windows=View(self.windows)
+            now, ops, counters, gauges, self.health_fn, self.history, windows=view
         )
 
     def cycle(self) -> None:

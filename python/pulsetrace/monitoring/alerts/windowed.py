@@ -4,8 +4,9 @@ copies kept by :class:`pulsetrace.monitoring.apm_windows.Windows` (the
 copies behind ``/apm/transactions?window=``; the evaluator keeps them going
 itself when the monitoring server's thread does not).
 
-A window ends at the newest kept copy (at most one copy interval old, 10 s
-by default) and starts at the newest copy at least the window older, so
+A window ends now (the copies the evaluation just took, else the
+histograms read for it) and starts at the newest kept copy at least the
+window old, so
 its real length (``seconds``) is at least the window asked for, by up to
 the copies' spacing (a minute for 5 minutes, ten for an hour). Windows are
 bounded by the copies kept: at most :data:`MAX_WINDOW_S`. Younger than a
@@ -81,30 +82,32 @@ class Window:
 
 
 class View:
-    """The windows of one evaluation (cached for its rules)."""
+    """The windows of one evaluation (cached for its rules). ``ticked``:
+    the evaluation has just taken the copies (they are "now")."""
 
-    def __init__(self, windows: Windows) -> None:
+    def __init__(self, windows: Windows, ticked: bool = False) -> None:
         self.windows = windows
+        self._ticked = ticked
         self._pairs: dict[tuple[float, float, bool], Optional[Pair]] = {}
         self._ops: dict[tuple[str, Optional[str], float, float, bool], Optional[Window]] = {}
         self._names: Optional[dict[str, list[Key]]] = None
         self._end: Optional[tuple[Copies, float]] = None
 
     def _latest(self) -> tuple[Copies, float]:
-        """The newest copies and their age (read now if none is kept)."""
+        """The copies now: the newest kept ones if just taken, else read."""
         if self._end is None:
-            figures, age = self.windows.latest()
+            figures, age = self.windows.latest() if self._ticked else (None, None)
             if figures is None or age is None:
                 figures, age = self.windows.read(), 0.0
             self._end = (figures, age)
         return self._end
 
     def pair(self, seconds: float, ago: float = 0.0, whole: bool = False) -> Optional[Pair]:
-        """The window of ``seconds`` ending ``ago`` seconds back (at the
-        newest copy for 0; at the newest copy at least ``ago`` old
-        otherwise). ``whole``: a window that must not start with the
-        histograms: it starts at the oldest copy within ``ago + seconds``
-        (None if there is none older than its end)."""
+        """The window of ``seconds`` ending ``ago`` seconds back (now for
+        0; at the newest copy at least ``ago`` old otherwise). ``whole``: a
+        window that must not start with the histograms: it starts at the
+        oldest copy within ``ago + seconds`` (None if there is none older
+        than its end)."""
         k = (seconds, ago, whole)
         if k in self._pairs:
             return self._pairs[k]

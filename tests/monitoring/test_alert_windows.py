@@ -150,3 +150,41 @@ def test_the_applications_evaluator_reads_the_monitoring_servers_copies(tmp_path
             assert m.store.open_alert("p99") is not None
     finally:
         alerts.reset()
+
+
+def test_a_declarative_rate_limited_condition_counts_429s_over_its_window(tmp_path, rx):
+    from alert_spans import answered
+
+    from pulsetrace.monitoring.alerts.rules import from_dict
+
+    fresh()
+    clock = Clock()
+    m = manager(str(tmp_path / "a.db"), rx, clock)
+    spec = {
+        "id": "throttled",
+        "name": "Clients throttled",
+        "severity": "medium",
+        "condition": {
+            "kind": "rate_limited",
+            "operation": "*",
+            "span_kind": "server",
+            "threshold": 20,
+            "op": ">=",
+            "window": "2m",
+        },
+    }
+    m.add(from_dict(spec, "rule"))
+    answered("GET /a", 429, 12)
+    answered("GET /b", 429, 7)
+    answered("GET /b", 503, 30)
+    m.cycle()
+    assert m.store.open_alert("throttled") is None
+    assert m.rules["throttled"].last_verdict.value == 19
+    clock.advance(1)
+    answered("GET /b", 429, 1)
+    m.cycle()
+    assert m.store.open_alert("throttled")["value"] == 20
+    clock.advance(3)  # the 429s are older than the window
+    m.cycle()
+    assert m.store.open_alert("throttled") is None
+    settle(m)

@@ -7,12 +7,13 @@ it refuses is recorded and shown by ``/monitoring/status``."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
 import pytest
-from alert_support import SECRET, Clock, Receiver, manager, settle
+from alert_support import SECRET, Clock, Receiver, manager, settle, smtp_server
 from monitoring_support import monitoring_server
 
 from pulsetrace.monitoring import alerts
@@ -78,22 +79,47 @@ def _always(rule_id):
     return make_rule(rule_id, f"Rule {rule_id}", lambda s: True, severity="critical")
 
 
-def test_a_dead_channel_does_not_hold_the_other_channels_deliveries(tmp_path, rx, dead):
+@pytest.fixture
+def smtp(tmp_path):
+    with smtp_server(tmp_path) as server:
+        yield server
+
+
+def test_a_dead_channel_does_not_hold_the_other_channels_deliveries(tmp_path, rx, dead, smtp):
+    inbox, port, cert = smtp
     slack = Timed(_ch.Slack(rx.url + "/slack"))
+    tls = ssl.create_default_context(cafile=cert)
+    mail = Timed(
+        _ch.Email(
+            "localhost",
+            port,
+            "alerts@example.com",
+            lambda n: ["oncall@example.com"],
+            None,
+            None,
+            tls,
+        )
+    )
     hook = _ch.Webhook("webhook", dead.url + "/webhook", SECRET)
     hook.timeout_s = 0.3
-    m = manager(str(tmp_path / "a.db"), rx, Clock(), channels={"slack": slack, "webhook": hook})
+    chans = {"slack": slack, "webhook": hook, "email": mail}
+    m = manager(str(tmp_path / "a.db"), rx, Clock(), channels=chans)
     for i in range(4):
         m.add(_always(f"r{i}"))
-    m.cycle()  # four alerts: slack and the webhook alternate in the queue
+    m.cycle()  # four alerts: Slack, the webhook and e-mail in turn in the queue
     settle(m)
-    # Every Slack notice went out before the dead webhook's second attempt:
-    # one attempt found it dead, and from then on neither its retries nor
-    # its other first attempts went before Slack's.
-    assert len(slack.done_at) == 4 and len(dead.accepted) == 4 * _ch.ATTEMPTS
-    assert max(slack.done_at) < sorted(dead.accepted)[1]
+    # Every Slack notice and e-mail went out before the dead webhook's
+    # second attempt: one attempt found it dead, and from then on neither
+    # its retries nor its other first attempts went before the others'.
+    assert len(slack.done_at) == 4 and len(mail.done_at) == 4 and len(inbox.messages) == 4
+    assert len(dead.accepted) == 4 * _ch.ATTEMPTS
+    assert max(slack.done_at + mail.done_at) < sorted(dead.accepted)[1]
     rows = m.store.deliveries()
-    assert {(d["channel"], d["status"]) for d in rows} == {("slack", "sent"), ("webhook", "failed")}
+    assert {(d["channel"], d["status"]) for d in rows} == {
+        ("slack", "sent"),
+        ("email", "sent"),
+        ("webhook", "failed"),
+    }
     failed = [d for d in rows if d["channel"] == "webhook"]
     assert len(failed) == 4 and all(d["attempts"] == _ch.ATTEMPTS for d in failed)
     assert all("timed out" in d["error"] for d in failed)

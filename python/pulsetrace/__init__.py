@@ -100,8 +100,9 @@ def remove_exporter(exporter: SpanExporter) -> None:
 
 def latency() -> list[dict[str, Any]]:
     """Live statistics per operation from the native histograms: dicts with
-    ``name``, ``kind``, ``count``, ``errors``, ``min``, ``mean``, ``p50``,
-    ``p90``, ``p99``, ``p999`` and ``max`` (durations in seconds)."""
+    ``name``, ``kind``, ``count``, ``errors``, ``rate_limited`` (spans
+    answered 429), ``min``, ``mean``, ``p50``, ``p90``, ``p99``, ``p999``
+    and ``max`` (durations in seconds)."""
     return list(_runtime.tracer().latency())
 
 

@@ -188,7 +188,8 @@ def test_a_hanging_check_is_reported_timed_out_within_its_timeout(registry):
             status, _, body = client.get("/health/ready")
             elapsed = time.monotonic() - t0
             assert status == 503 and body["failing"] == ["hangs"]
-            assert 0.45 <= elapsed < 0.5 + 0.5, elapsed
+            # Answered at its timeout, not after the 30 s hang (slack for a loaded machine).
+            assert 0.45 <= elapsed < 0.5 + 3.0, elapsed
             check = {c["name"]: c for c in body["checks"]}["hangs"]
             assert check["status"] == "timeout" and check["error"] == "no answer within 0.5 s"
             # While it hangs it is not started again (one pool thread at most).

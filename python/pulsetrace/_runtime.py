@@ -4,9 +4,13 @@ export thread, started on first use, flushed at exit, renewed after fork.
 The export chain: kept traces wait in the core's one bounded export queue;
 the one export thread sleeps in the core (``Tracer.wait_export``, without
 the GIL) until a batch is ready, and hands each batch (a
-:class:`~pulsetrace.export.SpanBatch`) to every exporter. ``flush`` and
-``shutdown`` run the same hand-over on their own thread, under the same
-lock, so batches reach each exporter one at a time and in order."""
+:class:`~pulsetrace.export.SpanBatch`) to every exporter, which sends it
+there (no exporter has a queue or thread of its own). ``flush`` asks the
+export thread to hand over everything queued and waits for it, within its
+timeout; ``shutdown`` bounds the batch being exported
+(:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the export thread
+and hands what is left over on its own thread, under the same lock, so
+batches reach each exporter one at a time and in order."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Any, Optional
 from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
-from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
+from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, check_exporter
 
 #: The ``X-Request-ID`` header of the request a Python server hook serves in
 #: this context, with its trace id: ``(trace_id, value)``, trace id 0 for
@@ -85,6 +89,15 @@ TRACER = Tracer(CURRENT, _first_use)
 BATCH_SPANS = 4096
 
 
+def batch_spans() -> int:
+    """Spans per batch: ``BATCH_SPANS``, at most half the export queue, so
+    that what an exporter holds (the batch it sends) stays within half the
+    queue's bound too."""
+    cfg = _config
+    size = cfg.export_queue_size if cfg is not None else Config.export_queue_size
+    return max(1, min(BATCH_SPANS, size // 2))
+
+
 class _ExportThread(threading.Thread):
     """The one export thread: sleeps in the core, without the GIL, until a
     batch is ready (``BATCH_SPANS`` spans, or the oldest kept trace waited
@@ -98,6 +111,35 @@ class _ExportThread(threading.Thread):
         self.interval_s = interval_s
         self.stopping = False
         self._pause = threading.Event()
+        # Flushes asked for and done: a flush waits until ``_done`` reaches
+        # the number it was given.
+        self._flushes = threading.Condition(threading.Lock())
+        self._asked = 0
+        self._done = 0
+
+    def flush(self, timeout: float) -> Optional[bool]:
+        """Have this thread hand everything queued now to the exporters and
+        wait for it: True once done, False if ``timeout`` passed first, None
+        if the thread stopped before (the caller hands it over itself)."""
+        with self._flushes:
+            self._asked += 1
+            ticket = self._asked
+        try:
+            self.tracer.kick_export()
+        except Exception as exc:
+            _diag.internal_error("export.kick", exc)
+            return None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._flushes:
+            while self._done < ticket:
+                remaining = deadline - time.monotonic()
+                if not self.is_alive() or self.stopping:
+                    return None
+                if remaining <= 0:
+                    return False
+                # Woken when a flush is done; a stop is seen within 50 ms.
+                self._flushes.wait(min(remaining, 0.05))
+        return True
 
     def stop(self) -> None:
         self.stopping = True
@@ -116,9 +158,18 @@ class _ExportThread(threading.Thread):
                 return
             if self.stopping or wake == "stopped":
                 return  # stopped, or the core was replaced (a new thread follows)
+            with self._flushes:
+                asked = self._asked
+            if asked > self._done:
+                # A flush: everything queued now, then it is told.
+                export_pending(batch_spans())
+                with self._flushes:
+                    self._done = asked
+                    self._flushes.notify_all()
+                continue
             # One batch per wake-up: what is left waits until it is a batch
             # too, or its own delay ran out (so a burst makes few requests).
-            if export_pending(BATCH_SPANS, batches=1) == 0 and wake == "ready":
+            if export_pending(batch_spans(), batches=1) == 0 and wake == "ready":
                 # Traces wait but none could be taken (an error, logged):
                 # pause rather than spin on them.
                 self._pause.wait(self.interval_s)
@@ -200,6 +251,7 @@ def _apply(cfg: Config) -> None:
     TRACER.set_resource(resource(cfg))
     _config = cfg
     _tracer = TRACER
+    _set_final_deadline(None)  # exporting again (after a shutdown)
     if first:
         # A reconfigured core keeps the previous one's export switch.
         _sync_exporting()
@@ -220,6 +272,7 @@ def configure(cfg: Config) -> None:
 
 
 def add_exporter(exporter: SpanExporter) -> None:
+    check_exporter(exporter)
     with _lock:
         tracer()
         # The running export thread finishes its batch first, so traces
@@ -237,7 +290,9 @@ def remove_exporter(exporter: SpanExporter) -> None:
             _exporters.remove(exporter)
         _sync_exporting()
         if not _exporters:
-            _stop_worker()
+            # Not waited for: it may be in the middle of a batch that a slow
+            # receiver holds up (it leaves once that batch is done).
+            _stop_worker(timeout=0)
 
 
 def exporters() -> Sequence[SpanExporter]:
@@ -250,7 +305,7 @@ def _stop_worker(timeout: float = 5.0) -> None:
     _worker = None
     if w is not None:
         w.stop()
-        if w is not threading.current_thread():
+        if w is not threading.current_thread() and timeout > 0:
             w.join(timeout)
 
 
@@ -263,10 +318,26 @@ def _restart_worker() -> None:
 
 
 _export_lock = threading.Lock()
+#: The batch being handed to the exporters, and the deadline a shutdown set
+#: (every batch made after it carries it): guarded by ``_batch_lock``.
+_current_batch: Optional[SpanBatch] = None
+_final_deadline: Optional[float] = None
+_batch_lock = threading.Lock()
+
+
+def _set_final_deadline(deadline: Optional[float]) -> None:
+    """A shutdown began (``deadline``) or is over (None): the batch being
+    exported, and every later one, must be done by ``deadline``."""
+    global _final_deadline
+    with _batch_lock:
+        _final_deadline = deadline
+        batch = _current_batch
+    if batch is not None and deadline is not None:
+        batch.finish_by(deadline)
 
 
 def export_pending(
-    max_spans: int = BATCH_SPANS, timeout: Optional[float] = None, batches: Optional[int] = None
+    max_spans: Optional[int] = None, timeout: Optional[float] = None, batches: Optional[int] = None
 ) -> int:
     """Hand kept traces to every exporter, in batches of about ``max_spans``
     spans: all of them, or the first ``batches``. Returns spans handed over.
@@ -275,20 +346,47 @@ def export_pending(
     t = _tracer
     if t is None or not _exporters:
         return 0
+    if max_spans is None:
+        max_spans = batch_spans()
     if not _export_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
         return 0
+    global _export_owner
+    _export_owner = threading.get_ident()
     try:
         return _export_locked(t, max_spans, batches)
     finally:
+        _export_owner = None
         _export_lock.release()
 
 
+#: The thread holding ``_export_lock`` (its ident), if any.
+_export_owner: Optional[int] = None
+
+
+def _final_hand_over(t: Tracer) -> None:
+    """At shutdown, with the deadline set: everything queued, as one batch,
+    so that an exporter sends all of it at once. When the export thread is
+    still busy with its batch (a slow receiver), this does not wait for it:
+    the two batches go on at the same time, both bound by the deadline."""
+    if _export_owner == threading.get_ident():
+        return  # a signal handler inside this thread's own export: not reentrant
+    held = _export_lock.acquire(timeout=0.05)
+    try:
+        _export_locked(t, sys.maxsize, None)
+    finally:
+        if held:
+            _export_lock.release()
+
+
 def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
+    global _current_batch
     total = 0
     limit = _config.export_max_request_bytes if _config is not None else None
     while batches is None or batches > 0:
         if batches is not None:
             batches -= 1
+        if _final_deadline is not None and isinstance(threading.current_thread(), _ExportThread):
+            return total  # a shutdown began: it hands the rest over itself
         try:
             native = t.drain_batch(max_spans)
         except Exception as exc:
@@ -297,23 +395,34 @@ def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
         if native is None:
             _warn_if_randomness_presumed(t)
             return total
-        batch = SpanBatch(native, limit, _note_oversized)
-        spans = batch.spans
-        total += spans
-        for exporter in tuple(_exporters):
-            try:
-                result = exporter.export(batch)
-            except Exception as exc:
-                _diag.internal_error(f"export.{type(exporter).__name__}", exc)
-                result = ExportResult.FAILURE
-            if result is ExportResult.QUEUED:
-                continue  # the exporter reports each span's outcome itself
-            if result is ExportResult.SUCCESS:
-                record_delivery(spans, 0)
-            else:
-                record_delivery(0, spans)
-                count_export_failure()
+        with _batch_lock:
+            batch = SpanBatch(native, limit, _note_oversized, _final_deadline)
+            _current_batch = batch
+        try:
+            total += _hand_over(batch)
+        finally:
+            with _batch_lock:
+                _current_batch = None
     return total
+
+
+def _hand_over(batch: SpanBatch) -> int:
+    """Give ``batch`` to every exporter in turn, counting the outcomes."""
+    spans = batch.spans
+    for exporter in tuple(_exporters):
+        try:
+            result = exporter.export(batch)
+        except Exception as exc:
+            _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+            result = ExportResult.FAILURE
+        if result is ExportResult.QUEUED:
+            continue  # the exporter reports each span's outcome itself
+        if result is ExportResult.SUCCESS:
+            record_delivery(spans, 0)
+        else:
+            record_delivery(0, spans)
+            count_export_failure()
+    return spans
 
 
 def _note_oversized(spans: int) -> None:
@@ -385,15 +494,24 @@ def deliveries() -> dict[str, int]:
 
 
 def flush(timeout: float = 5.0) -> bool:
-    """Process every ended span now and export what is kept. Traces whose
-    root has not ended stay open. Returns False if the deadline passed."""
+    """Process every ended span now and export what is kept (on the export
+    thread, this one waiting for it). Traces whose root has not ended stay
+    open. Returns False if the deadline passed (what was asked goes on:
+    ``flush(0)`` hands everything over without waiting)."""
     deadline = time.monotonic() + max(timeout, 0.0)
     t = _tracer
     if t is None:
         return True
     try:
         t.process(False)
-        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        w = _worker
+        done = None
+        if w is not None and w is not threading.current_thread():
+            done = w.flush(max(deadline - time.monotonic(), 0.0))
+        if done is None:  # no export thread running: this thread hands over
+            export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        elif not done:
+            return False
         ok = True
         for exporter in tuple(_exporters):
             remaining = deadline - time.monotonic()
@@ -424,11 +542,12 @@ def shutdown(timeout: Optional[float] = None) -> bool:
         timeout = shutdown_timeout()
     deadline = time.monotonic() + max(timeout, 0.0)
     try:
-        _stop_worker(timeout=max(deadline - time.monotonic(), 0.0))
+        # The batch being exported ends by the deadline (a receiver that
+        # fails gets one last attempt, not retries), and so do later ones.
+        _set_final_deadline(deadline)
+        _stop_worker(timeout=0)
         t.shutdown()
-        # With a deadline: a SIGTERM can arrive while this very thread holds
-        # the export lock (inside flush), and the lock is not reentrant.
-        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        _final_hand_over(t)
         for exporter in tuple(_exporters):
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)
@@ -439,10 +558,14 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _worker, _export_lock, _lock, _pid, _delivery_lock
+    global _worker, _export_lock, _lock, _pid, _delivery_lock, _batch_lock, _current_batch
     _pid = os.getpid()
     _lock = threading.RLock()
     _export_lock = threading.Lock()
+    _batch_lock = threading.Lock()
+    _current_batch = None  # the parent's
+    global _export_owner
+    _export_owner = None
     _delivery_lock = threading.Lock()
     _delivery.update(dict.fromkeys(_delivery, 0))  # the child's own, as the core's
     _worker = None

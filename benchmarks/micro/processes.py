@@ -10,7 +10,13 @@ bimodal distribution shows as a gap between the two halves; the per-process
 lines show which processes fell where.
 
     python benchmarks/micro/processes.py [--processes 12] [--rounds 7]
-        [--batch-ms 100] [--variant NAME[:KEY=VALUE,...]]... [--json PATH]
+        [--batch-ms 100] [--clock wall|thread]
+        [--variant NAME[:KEY=VALUE,...]]... [--json PATH]
+
+``--clock thread`` times each batch with the request thread's CPU time
+(``time.thread_time_ns``) instead of the wall clock: on a machine other work
+shares, time the thread spent waiting for a CPU is left out, while what it
+spends stalled on memory (cache lines another core holds) still counts.
 
 A variant is a way of starting the processes, compared in one session:
 processes of every variant alternate (A B A B ...), so drifts of a shared
@@ -50,7 +56,7 @@ def quantiles(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "p25": q[0], "median": q[1], "p75": q[2], "max": max(values)}
 
 
-def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int]) -> None:
+def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int], clock: str) -> None:
     """One process: the span and SDK cases, interleaved, ``rounds`` times."""
     if pin is not None:
         # Before pulsetrace starts its threads: they inherit this mask.
@@ -74,10 +80,16 @@ def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int]) -> None:
         run.timed(fns[n], sizes[n], pool)
         settle.get(n, lambda: None)()
     samples: dict[str, list[float]] = {n: [] for n in names}
+    timer = time.thread_time_ns if clock == "thread" else time.perf_counter_ns
     for r in range(rounds):
         gc.collect()
         for n in names[r % 2 :] + names[: r % 2]:
-            samples[n].append(run.timed(fns[n], sizes[n], pool) / sizes[n])
+            gc.disable()
+            try:
+                elapsed = fns[n](range(sizes[n] // run.POOL), pool, timer)
+            finally:
+                gc.enable()
+            samples[n].append(elapsed / sizes[n])
             settle.get(n, lambda: None)()
     import pulsetrace
 
@@ -108,12 +120,14 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, values
 
 
-def run_one(settings: dict[str, str], rounds: int, batch_ms: float, tmp: Path) -> dict[str, Any]:
+def run_one(
+    settings: dict[str, str], rounds: int, batch_ms: float, clock: str, tmp: Path
+) -> dict[str, Any]:
     out = tmp / "part.json"
     env = dict(os.environ)
     env.update({k: v for k, v in settings.items() if k != "pin"})
     cmd = [sys.executable, __file__, "--child", str(out)]
-    cmd += ["--rounds", str(rounds), "--batch-ms", str(batch_ms)]
+    cmd += ["--rounds", str(rounds), "--batch-ms", str(batch_ms), "--clock", clock]
     if "pin" in settings:
         cmd += ["--pin", settings["pin"]]
     subprocess.run(cmd, check=True, env=env)
@@ -138,20 +152,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--processes", type=int, default=12, help="processes per variant")
     ap.add_argument("--rounds", type=int, default=7, help="rounds per process")
     ap.add_argument("--batch-ms", type=float, default=100.0, help="target batch duration")
+    ap.add_argument(
+        "--clock", choices=("wall", "thread"), default="wall", help="what a batch is timed with"
+    )
     ap.add_argument("--variant", action="append", default=[], help="NAME[:KEY=VALUE,...]")
     ap.add_argument("--json", type=Path, help="where to write the figures")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--pin", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
-        child(args.child, args.rounds, args.batch_ms, args.pin)
+        child(args.child, args.rounds, args.batch_ms, args.pin, args.clock)
         return 0
     if args.processes < 1 or args.rounds < 1:
         raise SystemExit("--processes and --rounds must be at least 1")
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
     print(
         f"the span in {args.processes} processes per variant x {args.rounds} rounds, "
-        f"~{args.batch_ms:g} ms per batch, {os.cpu_count()} CPUs, "
+        f"~{args.batch_ms:g} ms per batch, {args.clock} clock, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.2f}; variants alternate",
         flush=True,
     )
@@ -160,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.processes):
             for name, settings in variants:
-                part = run_one(settings, args.rounds, args.batch_ms, Path(tmp))
+                part = run_one(settings, args.rounds, args.batch_ms, args.clock, Path(tmp))
                 parts[name].append(part)
                 print(
                     f"  {i + 1}/{args.processes} {name}: {part['span_ns']:.0f} ns, "

@@ -5,12 +5,13 @@ The export chain: kept traces wait in the core's one bounded export queue;
 the one export thread sleeps in the core (``Tracer.wait_export``, without
 the GIL) until a batch is ready, and hands each batch (a
 :class:`~pulsetrace.export.SpanBatch`) to every exporter, which sends it
-there (no exporter has a queue or thread of its own). ``flush`` asks the
-export thread to hand over everything queued and waits for it, within its
-timeout; ``shutdown`` bounds the batch being exported
-(:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the export thread
-and hands what is left over on its own thread, under the same lock, so
-batches reach each exporter one at a time and in order."""
+there (no exporter has a queue or thread of its own), one batch at a time
+and in order. ``flush`` asks the export thread to hand over everything
+queued and waits for it, within its timeout. ``shutdown`` bounds the batch
+being exported (:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the
+export thread and hands what is left over on its own thread as one batch:
+at the same time as the export thread's last batch if a slow receiver
+still holds that one up, both within the shutdown's deadline."""
 
 from __future__ import annotations
 
@@ -545,12 +546,17 @@ def shutdown(timeout: Optional[float] = None) -> bool:
         # The batch being exported ends by the deadline (a receiver that
         # fails gets one last attempt, not retries), and so do later ones.
         _set_final_deadline(deadline)
+        worker = _worker
         _stop_worker(timeout=0)
         t.shutdown()
         _final_hand_over(t)
         for exporter in tuple(_exporters):
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)
+        if worker is not None and worker is not threading.current_thread():
+            # Gone before the interpreter finalizes (a thread still inside
+            # the core then could not come back to Python), within the bound.
+            worker.join(max(deadline - time.monotonic(), 0.0))
         return time.monotonic() <= deadline
     except Exception as exc:
         _diag.internal_error("shutdown", exc)

@@ -301,10 +301,10 @@ class OtlpTransport:
             log.debug("pulsetrace: OTLP export failed (%s); retrying in %.2f s", error, delay)
             if wait is not None:
                 last_attempt = wait(delay)
-            if (wait is None or last_attempt) and self._wake.wait(0 if wait else delay):
-                if self._closed.is_set():
-                    why = f"{error} (shut down while waiting to retry)"
-                    return self._fail(retries, why, "", True, said=True)
+            woken = (wait is None or last_attempt) and self._wake.wait(0 if wait else delay)
+            if woken and self._closed.is_set():
+                why = f"{error} (shut down while waiting to retry)"
+                return self._fail(retries, why, "", True, said=True)
             # The wait ran out, or stop_retrying() ended it: one more attempt now.
             retries += 1
 
@@ -314,7 +314,7 @@ class OtlpTransport:
         gone = unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
         what = "cannot reach the OTLP collector at" if gone else "OTLP export failed at"
         then = (
-            "retrying; its spans stay queued while the export queue has room "
+            "retrying; kept traces wait in the export queue meanwhile, while it has room "
             "(PULSETRACE_EXPORT_QUEUE_SIZE)"
             if will_retry
             else "its spans are dropped"

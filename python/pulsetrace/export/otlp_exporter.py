@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace.config import OtlpConfig, environment

@@ -30,6 +30,15 @@ from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, check_exporter
 
+# Re-exported: exporters, the counters and the health checks read them here.
+from pulsetrace.export._outcomes import count_export_failure as count_export_failure
+from pulsetrace.export._outcomes import deliveries as deliveries
+from pulsetrace.export._outcomes import export_failures as export_failures
+from pulsetrace.export._outcomes import note_oversized, reset_deliveries
+from pulsetrace.export._outcomes import oversized_spans as oversized_spans
+from pulsetrace.export._outcomes import record_delivery as record_delivery
+from pulsetrace.export._thread import ExportThread
+
 #: The ``X-Request-ID`` header of the request a Python server hook serves in
 #: this context, with its trace id: ``(trace_id, value)``, trace id 0 for
 #: the WSGI middleware (set before its native path starts the span) (the log
@@ -50,13 +59,7 @@ _tracer: Optional[Tracer] = None
 _starting = False
 _start_failed = False
 _exporters: list[SpanExporter] = []
-_export_failures = 0
-#: Spans exporters reported delivered / not delivered (a span sent to two
-#: exporters counts twice). An exporter reports through its ``export``
-#: result, or (``ExportResult.QUEUED``) itself, once it knows.
-_delivery = {"spans_delivered": 0, "spans_delivery_failed": 0}
-_delivery_lock = threading.Lock()
-_worker: Optional[_ExportThread] = None
+_worker: Optional[ExportThread] = None
 _pid = os.getpid()
 
 
@@ -97,83 +100,6 @@ def batch_spans() -> int:
     cfg = _config
     size = cfg.export_queue_size if cfg is not None else Config.export_queue_size
     return max(1, min(BATCH_SPANS, size // 2))
-
-
-class _ExportThread(threading.Thread):
-    """The one export thread: sleeps in the core, without the GIL, until a
-    batch is ready (``BATCH_SPANS`` spans, or the oldest kept trace waited
-    ``interval_s``, PULSETRACE_EXPORT_INTERVAL_MS) or it is stopped, then
-    hands the kept traces to the exporters. Nothing polls: with no trace
-    kept it does not run at all."""
-
-    def __init__(self, tracer: Tracer, interval_s: float) -> None:
-        super().__init__(name="pulsetrace-export", daemon=True)
-        self.tracer = tracer
-        self.interval_s = interval_s
-        self.stopping = False
-        self._pause = threading.Event()
-        # Flushes asked for and done: a flush waits until ``_done`` reaches
-        # the number it was given.
-        self._flushes = threading.Condition(threading.Lock())
-        self._asked = 0
-        self._done = 0
-
-    def flush(self, timeout: float) -> Optional[bool]:
-        """Have this thread hand everything queued now to the exporters and
-        wait for it: True once done, False if ``timeout`` passed first, None
-        if the thread stopped before (the caller hands it over itself)."""
-        with self._flushes:
-            self._asked += 1
-            ticket = self._asked
-        try:
-            self.tracer.kick_export()
-        except Exception as exc:
-            _diag.internal_error("export.kick", exc)
-            return None
-        deadline = time.monotonic() + max(timeout, 0.0)
-        with self._flushes:
-            while self._done < ticket:
-                remaining = deadline - time.monotonic()
-                if not self.is_alive() or self.stopping:
-                    return None
-                if remaining <= 0:
-                    return False
-                # Woken when a flush is done; a stop is seen within 50 ms.
-                self._flushes.wait(min(remaining, 0.05))
-        return True
-
-    def stop(self) -> None:
-        self.stopping = True
-        self._pause.set()
-        try:
-            self.tracer.kick_export()
-        except Exception as exc:
-            _diag.internal_error("export.kick", exc)
-
-    def run(self) -> None:
-        while not self.stopping:
-            try:
-                wake = self.tracer.wait_export(self.interval_s, BATCH_SPANS)
-            except Exception as exc:
-                _diag.internal_error("export.wait", exc)
-                return
-            if self.stopping or wake == "stopped":
-                return  # stopped, or the core was replaced (a new thread follows)
-            with self._flushes:
-                asked = self._asked
-            if asked > self._done:
-                # A flush: everything queued now, then it is told.
-                export_pending(batch_spans())
-                with self._flushes:
-                    self._done = asked
-                    self._flushes.notify_all()
-                continue
-            # One batch per wake-up: what is left waits until it is a batch
-            # too, or its own delay ran out (so a burst makes few requests).
-            if export_pending(batch_spans(), batches=1) == 0 and wake == "ready":
-                # Traces wait but none could be taken (an error, logged):
-                # pause rather than spin on them.
-                self._pause.wait(self.interval_s)
 
 
 def tracer() -> Tracer:
@@ -247,8 +173,7 @@ def _apply(cfg: Config) -> None:
     TRACER.configure(cfg)
     scrub.configure(cfg)
     # A new configuration counts afresh, as the core's counters do.
-    with _delivery_lock:
-        _delivery.update(dict.fromkeys(_delivery, 0))
+    reset_deliveries()
     TRACER.set_resource(resource(cfg))
     _config = cfg
     _tracer = TRACER
@@ -314,7 +239,12 @@ def _restart_worker() -> None:
     global _worker
     _stop_worker()
     if _exporters and _config is not None:
-        _worker = _ExportThread(TRACER, _config.export_interval_ms / 1000.0)
+        _worker = ExportThread(
+            TRACER,
+            _config.export_interval_ms / 1000.0,
+            batch_spans(),
+            lambda max_spans, batches: export_pending(max_spans, batches=batches),
+        )
         _worker.start()
 
 
@@ -386,7 +316,7 @@ def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
     while batches is None or batches > 0:
         if batches is not None:
             batches -= 1
-        if _final_deadline is not None and isinstance(threading.current_thread(), _ExportThread):
+        if _final_deadline is not None and isinstance(threading.current_thread(), ExportThread):
             return total  # a shutdown began: it hands the rest over itself
         try:
             native = t.drain_batch(max_spans)
@@ -397,7 +327,7 @@ def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
             _warn_if_randomness_presumed(t)
             return total
         with _batch_lock:
-            batch = SpanBatch(native, limit, _note_oversized, _final_deadline)
+            batch = SpanBatch(native, limit, lambda n: note_oversized(n, limit), _final_deadline)
             _current_batch = batch
         try:
             total += _hand_over(batch)
@@ -426,38 +356,6 @@ def _hand_over(batch: SpanBatch) -> int:
     return spans
 
 
-def _note_oversized(spans: int) -> None:
-    """``spans`` spans of a batch were each too large for an OTLP request
-    (PULSETRACE_EXPORT_MAX_REQUEST_BYTES): counted, and the first time
-    logged. The exporters count them as not delivered."""
-    global _oversized_spans
-    first = _oversized_spans == 0
-    _oversized_spans += spans
-    if first:
-        limit = _config.export_max_request_bytes if _config is not None else None
-        _diag.log.warning(
-            "pulsetrace: %d spans were each larger than PULSETRACE_EXPORT_MAX_REQUEST_BYTES "
-            "(%s bytes) once encoded and were dropped (further ones are only counted)",
-            spans,
-            limit,
-        )
-
-
-def count_export_failure() -> None:
-    """An exporter failed to deliver some of a batch (``export_failures``)."""
-    global _export_failures
-    with _delivery_lock:
-        _export_failures += 1
-
-
-_oversized_spans = 0
-
-
-def oversized_spans() -> int:
-    """Spans dropped because each alone exceeded the OTLP request bound."""
-    return _oversized_spans
-
-
 _randomness_warned = False
 
 
@@ -474,24 +372,6 @@ def _warn_if_randomness_presumed(t: Tracer) -> None:
         "Traces started by older tracers may be sampled inconsistently; counted as "
         "sampling_randomness_presumed"
     )
-
-
-def export_failures() -> int:
-    return _export_failures
-
-
-def record_delivery(delivered: int, failed: int) -> None:
-    """An exporter's outcome: ``delivered`` spans reached their destination,
-    ``failed`` did not (refused, lost, timed out)."""
-    with _delivery_lock:
-        _delivery["spans_delivered"] += delivered
-        _delivery["spans_delivery_failed"] += failed
-
-
-def deliveries() -> dict[str, int]:
-    """``spans_delivered`` and ``spans_delivery_failed`` so far."""
-    with _delivery_lock:
-        return dict(_delivery)
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -564,7 +444,7 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _worker, _export_lock, _lock, _pid, _delivery_lock, _batch_lock, _current_batch
+    global _worker, _export_lock, _lock, _pid, _batch_lock, _current_batch
     _pid = os.getpid()
     _lock = threading.RLock()
     _export_lock = threading.Lock()
@@ -572,8 +452,7 @@ def _after_fork_in_child() -> None:
     _current_batch = None  # the parent's
     global _export_owner
     _export_owner = None
-    _delivery_lock = threading.Lock()
-    _delivery.update(dict.fromkeys(_delivery, 0))  # the child's own, as the core's
+    reset_deliveries(after_fork=True)  # the child's own, as the core's
     _worker = None
     t = _tracer
     if t is not None:

@@ -184,6 +184,8 @@ def test_a_slow_collector_gets_every_queued_request_within_the_shutdown_budget(
     before = pulsetrace.counters()
     record(40, "exit", {"note": "n" * 300})  # several requests of ~4 kB
     _runtime.flush(0)
+    # The export thread took the batch: its first request is in flight.
+    assert wait_until(lambda: exp.counters()["otlp_queued_spans"] == 40)
     started = time.monotonic()
     exp.shutdown(3.0)
     assert time.monotonic() - started < 3.5

@@ -40,9 +40,9 @@ import weakref
 from dataclasses import dataclass
 from typing import Optional
 
-from pulsetrace import _diag, _runtime
+from pulsetrace import _diag
 from pulsetrace.config import OtlpConfig, environment
-from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
+from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, _outcomes
 from pulsetrace.export.otlp import INITIAL_BACKOFF_S, MAX_BACKOFF_S, OtlpTransport, SendResult
 
 __all__ = ["OtlpSpanExporter"]
@@ -128,7 +128,7 @@ class OtlpSpanExporter(SpanExporter):
         call from two threads at once (a shutdown's last hand-over)."""
         requests, oversized = batch.otlp_requests()
         if oversized:
-            _runtime.record_delivery(0, oversized)
+            _outcomes.record_delivery(0, oversized)
         spans = sum(n for _, n in requests)
         job = _Job(batch, len(requests))
         with self._cv:
@@ -146,7 +146,7 @@ class OtlpSpanExporter(SpanExporter):
                     batch.finish_by(self._final_deadline)
         if stopped:
             self._lost(spans, len(requests))
-            _runtime.record_delivery(0, spans)
+            _outcomes.record_delivery(0, spans)
         else:
             try:
                 self._send_pending()
@@ -156,7 +156,7 @@ class OtlpSpanExporter(SpanExporter):
                     self._jobs.remove(job)
                     self._cv.notify_all()
         if oversized or stopped:
-            _runtime.count_export_failure()
+            _outcomes.count_export_failure()
         return ExportResult.QUEUED
 
     def counters(self) -> dict[str, int]:
@@ -209,7 +209,7 @@ class OtlpSpanExporter(SpanExporter):
             in_flight = self._held_spans
             self._cv.notify_all()
         if left:
-            _runtime.record_delivery(0, left)
+            _outcomes.record_delivery(0, left)
         if left or in_flight:
             log.warning(
                 "pulsetrace: %d spans were still queued for %s when the shutdown "
@@ -287,9 +287,9 @@ class OtlpSpanExporter(SpanExporter):
                     self._lost(failed, 1, locked=True)
                 self._cv.notify_all()
             if delivered or failed or dropped:
-                _runtime.record_delivery(delivered, failed + dropped)
+                _outcomes.record_delivery(delivered, failed + dropped)
             if failed or dropped:
-                _runtime.count_export_failure()
+                _outcomes.count_export_failure()
 
     def _retry_delay(self, failures: int, result: SendResult) -> float:
         if result.retry_after is not None:

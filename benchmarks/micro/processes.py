@@ -56,6 +56,25 @@ def quantiles(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "p25": q[0], "median": q[1], "p75": q[2], "max": max(values)}
 
 
+def last_cpus() -> dict[str, int]:
+    """The CPU each thread of this process last ran on, by thread name
+    (Linux ``/proc``; empty elsewhere): where the request thread (the main
+    thread) and the core's intake worker (``pulsetrace-core``) sat."""
+    cpus: dict[str, int] = {}
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return cpus
+    for task in tasks.iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpus[name] = int(fields[36])  # field 39, "processor"
+    return cpus
+
+
 def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int], clock: str) -> None:
     """One process: the span and SDK cases, interleaved, ``rounds`` times."""
     if pin is not None:
@@ -80,6 +99,8 @@ def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int], clock: st
         run.timed(fns[n], sizes[n], pool)
         settle.get(n, lambda: None)()
     samples: dict[str, list[float]] = {n: [] for n in names}
+    same_cpu: list[bool] = []
+    main_name = Path("/proc/self/comm").read_text().strip() if Path("/proc/self").is_dir() else ""
     timer = time.thread_time_ns if clock == "thread" else time.perf_counter_ns
     for r in range(rounds):
         gc.collect()
@@ -90,6 +111,10 @@ def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int], clock: st
             finally:
                 gc.enable()
             samples[n].append(elapsed / sizes[n])
+            if n == SPAN:
+                cpus = last_cpus()
+                if main_name in cpus and "pulsetrace-core" in cpus:
+                    same_cpu.append(cpus[main_name] == cpus["pulsetrace-core"])
             settle.get(n, lambda: None)()
     import pulsetrace
 
@@ -99,6 +124,10 @@ def child(out: Path, rounds: int, batch_ms: float, pin: Optional[int], clock: st
         "otel_ns": statistics.median(samples[OTEL]),
         "samples": samples,
         "cpus": sorted(os.sched_getaffinity(0)),
+        # Rounds after which the request thread and the intake worker had
+        # last run on the same CPU (a hint of where they ran, not a proof).
+        "same_cpu_rounds": sum(same_cpu),
+        "rounds_seen": len(same_cpu),
         "hashseed": os.environ.get("PYTHONHASHSEED"),
         "spans_processed_inline": counters.get("spans_processed_inline", 0),
         "spans_processed_ahead": counters.get("spans_processed_ahead", 0),
@@ -142,8 +171,14 @@ def report(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     print("  per-process median      min      p25   median      p75      max")
     print("  ns per span       " + "".join(f"{span[k]:9.0f}" for k in span))
     print("  ratio to the SDK  " + "".join(f"{ratio[k]:9.3f}" for k in ratio))
-    print("  each process (ns per span / ratio): ", end="")
-    print(", ".join(f"{p['span_ns']:.0f}/{p['ratio']:.3f}" for p in parts))
+    print("  each process (ns per span / ratio / rounds with both threads last on one CPU): ")
+    print(
+        "    "
+        + ", ".join(
+            f"{p['span_ns']:.0f}/{p['ratio']:.3f}/{p['same_cpu_rounds']}of{p['rounds_seen']}"
+            for p in parts
+        )
+    )
     return {"span_ns": span, "ratio": ratio, "processes": parts}
 
 

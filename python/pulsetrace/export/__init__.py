@@ -57,9 +57,10 @@ Trace = Sequence[SpanData]
 class ExportResult(enum.Enum):
     """What an exporter did with a batch. SUCCESS: every span delivered;
     FAILURE: none delivered (both counted in ``spans_delivered`` /
-    ``spans_delivery_failed`` for the exporter); QUEUED: taken, to be
-    delivered later by the exporter, which counts each span's outcome itself
-    (``pulsetrace._runtime.record_delivery``) once it knows it."""
+    ``spans_delivery_failed`` for the exporter); QUEUED: the exporter counts
+    each span's outcome itself (``pulsetrace._runtime.record_delivery``) as
+    it learns it (the OTLP exporter: some requests of a batch may be
+    delivered and others not, or answered after a shutdown's deadline)."""
 
     SUCCESS = 0
     FAILURE = 1

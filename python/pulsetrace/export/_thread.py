@@ -60,19 +60,29 @@ class ExportThread(threading.Thread):
                     return None
                 if remaining <= 0:
                     return False
-                # Woken when a flush is done; a stop is seen within 50 ms.
-                self._flushes.wait(min(remaining, 0.05))
+                # Woken when a flush is done, or the thread stops.
+                self._flushes.wait(remaining)
         return True
 
     def stop(self) -> None:
         self.stopping = True
         self._pause.set()
+        with self._flushes:
+            self._flushes.notify_all()
         try:
             self.tracer.kick_export()
         except Exception as exc:
             _diag.internal_error("export.kick", exc)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            with self._flushes:  # a flush waiting for this thread hands over itself
+                self.stopping = True
+                self._flushes.notify_all()
+
+    def _run(self) -> None:
         while not self.stopping:
             try:
                 wake = self.tracer.wait_export(self.interval_s, self.batch_spans)

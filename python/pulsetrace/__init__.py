@@ -114,10 +114,9 @@ def counters() -> dict[str, int]:
     out.update(_runtime.deliveries())
     out["spans_oversized"] = _runtime.oversized_spans()
     for exporter in _runtime.exporters():
-        more = getattr(exporter, "counters", None)
-        if more is not None:
+        if isinstance(exporter, SpanExporter):  # counters() is optional for an application's own
             try:
-                out.update(more())
+                out.update(exporter.counters())
             except Exception as exc:
                 _diag.internal_error("counters", exc)
     from pulsetrace import logging as _logging

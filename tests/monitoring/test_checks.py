@@ -356,3 +356,28 @@ def test_a_check_hanging_forever_does_not_keep_the_application_from_exiting():
     )
     assert out.stdout == "timeout\n"
     assert time.monotonic() - t0 < 5
+
+
+def test_a_hanging_check_never_holds_up_another_one_behind_an_idle_thread():
+    """A pool thread left idle by an earlier run takes the hanging check;
+    the other check gets a thread of its own and passes (it waited behind
+    the hanging one before: an idle thread was counted for both)."""
+    reg = _health.Registry(pool_size=4)
+    release = threading.Event()
+    try:
+        reg.register("warm", lambda: True, critical=True, timeout=2.0, ttl=0)
+        assert reg.run()[0].status == "pass"  # leaves one idle pool thread
+        time.sleep(0.05)
+        reg.clear()
+
+        def hangs():
+            release.wait(30)
+            return True
+
+        reg.register("hangs", hangs, critical=True, timeout=0.5, ttl=0)
+        reg.register("fine", lambda: True, critical=True, timeout=2.0, ttl=0)
+        results = {r.name: r for r in reg.run()}
+        assert results["hangs"].status == "timeout"
+        assert results["fine"].status == "pass", results["fine"]
+    finally:
+        release.set()

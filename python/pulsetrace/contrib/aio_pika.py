@@ -21,7 +21,9 @@ carries a ``traceparent``; spans it starts are its children; an exception
 it raises marks the span failed and propagates unchanged (aio-pika then
 handles it as before). Messages taken with ``Queue.get`` or
 ``Queue.iterator()`` are not traced: the application decides there where
-processing ends.
+processing ends; a batch of them handled as one unit is traced with
+:func:`pulsetrace.messaging.process_batch` (one CONSUMER span linked to
+each message's producer).
 """
 
 from __future__ import annotations
@@ -113,10 +115,19 @@ def _traced_callback(callback: Any, queue: Any) -> Any:
     return on_message
 
 
+def _feeds_iterator(callback: Any) -> bool:
+    from aio_pika.queue import QueueIterator
+
+    return isinstance(getattr(callback, "__self__", None), QueueIterator)
+
+
 async def _consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     try:
         callback = args[0] if args else kwargs.get("callback")
-        if callable(callback):
+        # ``Queue.iterator()`` consumes through its own callback, which only
+        # hands each message to the iterator: processing happens where the
+        # application reads it (a ``process_batch`` span, or its own).
+        if callable(callback) and not _feeds_iterator(callback):
             queue = getattr(instance, "name", None)
             if isinstance(queue, str):
                 messaging.note_queue(queue)

@@ -33,7 +33,9 @@ so the consumer continues the producer's trace, in this process or another.
 Spans the callback starts are its children. An exception the callback
 raises marks the span failed and propagates unchanged. ``basic_get`` and
 the ``BlockingChannel.consume`` generator are not traced (the application
-decides there where processing ends).
+decides there where processing ends); messages read with them and handled
+as one unit are traced with :func:`pulsetrace.messaging.process_batch`
+(one CONSUMER span linked to each message's producer).
 
 Publish and process spans become the series ``messaging_client_*`` and
 ``messaging_process_*`` per destination (rates, durations, errors);

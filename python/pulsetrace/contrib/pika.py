@@ -79,18 +79,30 @@ def _server(params: Any) -> Optional[tuple[str, int]]:
         return None
 
 
-def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], span: Any) -> tuple[Any, Any]:
-    """``args``/``kwargs`` of ``basic_publish`` with the properties replaced
-    by a copy carrying the span's context."""
-    props = _arg(args, kwargs, 3, "properties")
-    if props is None:
-        import pika  # type: ignore[import-untyped]  # ships no type hints
+_PROPERTIES: list[Any] = []
 
-        new = pika.BasicProperties()
+
+def _properties() -> Any:
+    """pika's ``BasicProperties`` (imported once)."""
+    if not _PROPERTIES:
+        from pika.spec import BasicProperties  # type: ignore[import-untyped]  # no type hints
+
+        _PROPERTIES.append(BasicProperties)
+    return _PROPERTIES[0]
+
+
+def _with_headers(
+    args: tuple[Any, ...], kwargs: dict[str, Any], props: Any, span: Any
+) -> tuple[Any, Any]:
+    """``args``/``kwargs`` of ``basic_publish`` with the properties
+    (``props``, found there) replaced by a copy carrying the span's context."""
+    headers = _amqp.headers_with_context(getattr(props, "headers", None), span)
+    if props is None:
+        new = _properties()(headers=headers)
     else:  # a shallow copy (copy.copy goes through __reduce_ex__: slower)
         new = object.__new__(type(props))
         new.__dict__.update(props.__dict__)
-    new.headers = _amqp.headers_with_context(getattr(props, "headers", None), span)
+        new.headers = headers
     if len(args) > 3:
         args = (*args[:3], new, *args[4:])
     else:
@@ -99,13 +111,13 @@ def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], span: Any) -> t
 
 
 def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any, outer: bool) -> Any:
-    if _OUTER.get():
-        return wrapped(*args, **kwargs)
     span = None
     try:
-        props = _arg(args, kwargs, 3, "properties")
-        exchange = _arg(args, kwargs, 0, "exchange")
-        routing_key = _arg(args, kwargs, 1, "routing_key")
+        # basic_publish(exchange, routing_key, body, properties=None, ...)
+        n = len(args)
+        exchange = args[0] if n > 0 else kwargs.get("exchange")
+        routing_key = args[1] if n > 1 else kwargs.get("routing_key")
+        props = args[3] if n > 3 else kwargs.get("properties")
         params = _params(instance)
         if not exchange and isinstance(routing_key, str):
             messaging.note_queue(routing_key, params)  # the default exchange's queue
@@ -113,13 +125,13 @@ def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any, outer: bool) -
             "pika",
             exchange,
             routing_key,
-            _arg(args, kwargs, 2, "body"),
+            args[2] if n > 2 else kwargs.get("body"),
             getattr(props, "message_id", None),
             getattr(props, "correlation_id", None),
             _server(params),
         )
         if span is not None:
-            args, kwargs = _with_headers(args, kwargs, span)
+            args, kwargs = _with_headers(args, kwargs, props, span)
     except Exception as exc:
         _diag.internal_error("pika.publish", exc)
     if span is None:
@@ -142,6 +154,8 @@ def _blocking_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
 
 
 def _channel_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _OUTER.get():  # inside a BlockingChannel publish: traced there
+        return wrapped(*args, **kwargs)
     return _publish(wrapped, instance, args, kwargs, False)
 
 

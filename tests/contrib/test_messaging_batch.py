@@ -197,9 +197,7 @@ def test_an_exception_in_the_batch_fails_its_span_and_passes_through(exporter):
 
 def test_bad_arguments_are_refused_with_an_error_naming_them():
     with pytest.raises(TypeError, match="messages must be a list or tuple"):
-        with messaging.process_batch(
-            (m for m in [{}]), system="rabbitmq", destination="orders"
-        ):
+        with messaging.process_batch((m for m in [{}]), system="rabbitmq", destination="orders"):
             pass
     with pytest.raises(TypeError, match="system and destination must be strings"):
         with messaging.process_batch([], system=None, destination="orders"):  # type: ignore[arg-type]

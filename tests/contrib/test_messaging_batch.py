@@ -168,7 +168,7 @@ def _headers_of_new_traces(n: int) -> list[dict[str, str]]:
 
 def test_links_stay_within_the_spans_link_limit(exporter):
     fresh(max_events=2)
-    batch = _headers_of_new_traces(3) + [{"no": "context"}]
+    batch = [*_headers_of_new_traces(3), {"no": "context"}]
     with pulsetrace.start_span("job") as job:
         with messaging.process_batch(batch, system="kafka", destination="orders"):
             pass

@@ -2,7 +2,8 @@
 a ``Queue.consume`` callback handles a CONSUMER span in the publisher's trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
-``PULSETRACE_AIO_PIKA_ENABLED=false``). Supported: aio-pika 9 and later.
+``PULSETRACE_AIO_PIKA_ENABLED=false``). Supported: aio-pika 9 and later
+(the oldest verified: 9.0.0).
 
 ``Exchange.publish`` is a PRODUCER span ``publish <destination>`` with the
 attributes of the pika integration (:mod:`pulsetrace.contrib.pika`: the
@@ -29,6 +30,7 @@ each message's producer).
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Optional
 
 from pulsetrace import _diag, messaging
@@ -115,6 +117,25 @@ def _traced_callback(callback: Any, queue: Any) -> Any:
     return on_message
 
 
+def _awaitable(callback: Any) -> Any:
+    """``callback`` as a coroutine function: aio-pika's own
+    ``ensure_awaitable`` (9.1 and later; it warns about a plain function as
+    aio-pika does), or, before it, a coroutine that awaits what the callback
+    returns when that is awaitable."""
+    try:
+        from aio_pika.tools import ensure_awaitable
+    except ImportError:
+        pass
+    else:
+        return ensure_awaitable(callback)
+
+    async def call(message: Any) -> Any:
+        result = callback(message)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
 def _feeds_iterator(callback: Any) -> bool:
     from aio_pika.queue import QueueIterator
 
@@ -131,9 +152,7 @@ async def _consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             queue = getattr(instance, "name", None)
             if isinstance(queue, str):
                 messaging.note_queue(queue)
-            from aio_pika.tools import ensure_awaitable
-
-            traced = _traced_callback(ensure_awaitable(callback), queue)
+            traced = _traced_callback(_awaitable(callback), queue)
             if args:
                 args = (traced, *args[1:])
             else:

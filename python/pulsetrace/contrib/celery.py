@@ -3,9 +3,10 @@ the sender's trace; retries and failures are visible on that trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` in the
 application that sends tasks and in the worker (toggle:
-``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.0 and later, with
-a RabbitMQ or Redis broker (any kombu transport works; its name is the
-``messaging.system``).
+``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.3 and later
+(the oldest verified: 5.3.0 with kombu 5.3.0; older Celery does not run a
+worker on Python 3.11), with a RabbitMQ or Redis broker (any kombu
+transport works; its name is the ``messaging.system``).
 
 ``Celery.send_task`` (and so ``delay``/``apply_async``) is a PRODUCER span
 ``publish <task name>``: ``messaging.system`` (``rabbitmq`` for the
@@ -53,7 +54,7 @@ from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _amqp
 from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = ">=5.0"
+SUPPORTED = ">=5.3"
 
 _SYSTEMS = {
     "amqp": "rabbitmq",

@@ -2,9 +2,10 @@
 consumer callback handles a CONSUMER span in the publisher's trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
-``PULSETRACE_PIKA_ENABLED=false``). Supported: pika 1.1 and later, the
-blocking connection (``BlockingChannel``) and the asynchronous ones
-(``SelectConnection`` and the other adapters, ``pika.channel.Channel``).
+``PULSETRACE_PIKA_ENABLED=false``). Supported: pika 1.1 and later (the
+oldest verified: 1.1.0), the blocking connection (``BlockingChannel``) and
+the asynchronous ones (``SelectConnection`` and the other adapters,
+``pika.channel.Channel``).
 
 ``basic_publish`` is a PRODUCER span ``publish <destination>``: the
 destination (``messaging.destination.name``) is the exchange, or the

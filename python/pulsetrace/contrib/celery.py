@@ -3,10 +3,11 @@ the sender's trace; retries and failures are visible on that trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` in the
 application that sends tasks and in the worker (toggle:
-``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.3 and later
-(the oldest verified: 5.3.0 with kombu 5.3.0; older Celery does not run a
-worker on Python 3.11), with a RabbitMQ or Redis broker (any kombu
-transport works; its name is the ``messaging.system``).
+``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.0.5 and later
+(verified: 5.0.5 with kombu 5.0.2 on Python 3.10, 5.3.0 with kombu 5.3.0
+on Python 3.11, where Celery before 5.3 does not run a worker; 5.0.0's
+worker refuses its own ``--without-*`` flags), with a RabbitMQ or Redis
+broker (any kombu transport works; its name is the ``messaging.system``).
 
 ``Celery.send_task`` (and so ``delay``/``apply_async``) is a PRODUCER span
 ``publish <task name>``: ``messaging.system`` (``rabbitmq`` for the
@@ -54,7 +55,7 @@ from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _amqp
 from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = ">=5.3"
+SUPPORTED = ">=5.0.5"
 
 _SYSTEMS = {
     "amqp": "rabbitmq",

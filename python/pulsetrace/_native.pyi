@@ -199,7 +199,7 @@ class Tracer:
         # A tuple of (key, value) pairs passed again is converted once.
         attributes: Optional[Union[Mapping[str, Any], tuple[tuple[str, Any], ...]]] = None,
         parent: Optional[Union[Span, SpanContext]] = None,
-        links: Optional[Sequence[Union[Span, SpanContext]]] = None,
+        links: Optional[Iterable[Union[Span, SpanContext]]] = None,
         start_time: Optional[int] = None,
     ) -> Span: ...
     def current_span(self) -> Optional[Span]: ...

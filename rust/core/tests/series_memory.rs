@@ -5,58 +5,17 @@
 //! their range recorded (the worst case for a range). Prints the figures:
 //! `cargo test -p pulsetrace-core --test series_memory -- --nocapture`.
 #![cfg(not(loom))]
-#![allow(unsafe_code)] // the counting allocator
 
+mod common;
+
+use common::{live, Counting, SERIAL};
 use pulsetrace_core::histogram::HistogramConfig;
 use pulsetrace_core::registry::{ExemplarSample, Registry};
 use pulsetrace_core::span::{SpanKind, StatusClass};
 use pulsetrace_core::target::TargetRef;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Mutex;
-
-/// Bytes live on the heap (requested sizes, no allocator overhead).
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which
-// upholds `GlobalAlloc`'s contract; the counter is only arithmetic on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's contract (non-zero size) is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout` (every
-        // allocation of this process goes through this allocator).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: as in `dealloc`, and `new_size` is the caller's valid size.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// The tests of this file run one at a time: the counter is process-wide.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// `n` log-uniform values over `[lo, lo * 10^decades)`, ascending.
 fn spread(lo: f64, decades: f64, n: u32) -> Vec<u64> {
@@ -76,7 +35,7 @@ fn name(i: usize) -> String {
 fn bytes_per_series(series: usize, values: &[u64], exemplars: bool) -> f64 {
     let names: Vec<String> = (0..series).map(name).collect();
     let r = Registry::new(HistogramConfig::default(), series);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for (i, n) in names.iter().enumerate() {
         for &v in values {
             r.record(SpanKind::Server, n, StatusClass::Http2xx, v);
@@ -94,7 +53,7 @@ fn bytes_per_series(series: usize, values: &[u64], exemplars: bool) -> f64 {
             }
         }
     }
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live();
     assert_eq!(r.key_count(), series);
     (after - before) as f64 / series as f64
 }

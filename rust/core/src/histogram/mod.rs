@@ -62,8 +62,10 @@
 //! rather than kept as a separate counter.
 //!
 //! A [`Histogram::snapshot`] taken while writers run is a consistent-enough
-//! view: each slot is an exact value the slot held during the copy, and
-//! `count` equals the sum of the copied slots. The sum (and the `clamped`
+//! view: each slot's count lies between what the slot held when its copy
+//! started and when it ended (its 32-bit and its 64-bit counter are read one
+//! after the other, and each only grows), and `count` equals the sum of the
+//! copied slots. The sum (and the `clamped`
 //! counter) may be momentarily ahead of or behind the slots by the records in
 //! flight. Min and max are reconciled with the copied slots: if the atomic
 //! min/max does not fall in the lowest/highest non-empty slot, the slot's

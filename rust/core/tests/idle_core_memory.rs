@@ -30,7 +30,7 @@ fn an_idle_core_holds_no_intake_buffer_until_its_first_span() {
     let before = live();
     let core = Core::new(config());
     let idle = live() - before;
-    println!("idle core: {idle} B (the intake would be {intake} B)");
+    eprintln!("idle core: {idle} B (the intake would be {intake} B)");
     assert!(
         (idle as usize) < intake / 2,
         "an idle core holds {idle} B, its intake is {intake} B"

@@ -3,7 +3,7 @@
 //! link, name), the histogram and its counters, and the exemplar ring of a
 //! key whose traces are kept. Latencies are log-uniform with every slot of
 //! their range recorded (the worst case for a range). Prints the figures:
-//! `cargo test -p pulsetrace-core --test series_memory -- --nocapture`.
+//! `cargo test -p pulsetrace-core --test series_memory -- --nocapture` (on stderr).
 #![cfg(not(loom))]
 
 mod common;
@@ -71,7 +71,7 @@ fn a_series_spanning_one_decade_costs_at_most_4_kb() {
         bare = bare.max(bytes_per_series(50, &values, false));
         with_exemplars = with_exemplars.max(bytes_per_series(50, &values, true));
     }
-    println!(
+    eprintln!(
         "one decade (every slot, worst of {} starts): {bare:.0} B per series, \
          {with_exemplars:.0} B with a full exemplar ring",
         DECADE_STARTS.len()
@@ -86,7 +86,7 @@ fn ten_thousand_series_spanning_two_decades_cost_under_60_mb() {
     let values = spread(1e5, 2.0, 2_000); // 100 µs .. 10 ms
     let per_series = bytes_per_series(10_000, &values, true);
     let total_mb = per_series * 10_000.0 / 1e6;
-    println!(
+    eprintln!(
         "two decades (100 µs .. 10 ms, every slot, exemplars): {per_series:.0} B per \
          series, {total_mb:.1} MB for 10,000 series"
     );

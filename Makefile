@@ -16,12 +16,14 @@ RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml C
 .PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
-# integrations), RabbitMQ (messaging integrations), wrk (the overhead benchmark). Installed once, when missing.
-DEB_PACKAGES := redis-server postgresql mariadb-server rabbitmq-server wrk prometheus prometheus-alertmanager valgrind
+# integrations), RabbitMQ (messaging integrations), wrk (the overhead benchmark), Chromium
+# (the live page's browser test, driven by Playwright). Installed once, when missing.
+DEB_PACKAGES := redis-server postgresql mariadb-server rabbitmq-server wrk prometheus prometheus-alertmanager valgrind chromium
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v mariadbd >/dev/null \
 	    || ! command -v wrk >/dev/null || ! command -v rabbitmq-server >/dev/null || ! command -v promtool >/dev/null \
 	    || ! command -v prometheus-alertmanager >/dev/null || ! command -v valgrind >/dev/null \
+	    || ! command -v chromium >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "installing $(DEB_PACKAGES)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

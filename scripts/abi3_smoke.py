@@ -1,6 +1,6 @@
 """The abi3 wheel on the oldest and newest CPython it claims: spans, the
 vectorcall entry points and their argument errors, zero-copy str reads, the
-native WSGI path.
+native WSGI path, the live page's files (package data).
 
 Run by ``make abi3-check`` in a fresh virtual environment per interpreter,
 with the wheel installed (not the source tree). Exits non-zero on the first
@@ -71,6 +71,14 @@ def main() -> None:
     assert g["url.query"] == "token=REDACTED&x=1", g
     assert (g["server.address"], g["server.port"], g["http.response.status_code"]) == ("h", 81, 200)
     assert spans["GET"].trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    from pulsetrace._router import Request
+    from pulsetrace.monitoring import endpoints, page
+
+    served = [e for e in endpoints.ENDPOINTS if e.path in page.FILES]
+    assert sorted(e.path for e in served) == sorted(page.FILES), served
+    for e in served:
+        status, _, content = e.handler(Request("GET", e.path, "", {}))
+        assert status == 200 and len(content) > 100, (e.path, status, content[:100])
     print(f"abi3 wheel on CPython {sys.version.split()[0]}: ok")
 
 

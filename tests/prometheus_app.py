@@ -4,7 +4,8 @@ with ``PROMETHEUS_ENABLED=true`` (pulsetrace serves its metrics on
 
 ``python prometheus_app.py <port>`` serves it with a threaded wsgiref
 server on 127.0.0.1 and prints ``ready <metrics address>`` once listening.
-``/slow`` sleeps ``SLOW_S`` and returns its trace id; ``/_truth`` returns,
+``/measure?v=`` records v in a custom histogram. ``/slow`` sleeps
+``SLOW_S`` and returns its trace id; ``/_truth`` returns,
 for each ``/slow``, how long it really slept and the duration of its SERVER
 span as exported (every trace is kept with ``PULSETRACE_SAMPLE_RATE=1``),
 in seconds, so a test can compare the metrics with the truth.
@@ -19,9 +20,10 @@ import time
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 import pulsetrace
+import pulsetrace.metrics
 from pulsetrace import prometheus
 
 SLOW_S = 0.2
@@ -44,6 +46,18 @@ def slow():
     with _lock:
         _slept[trace_id] = slept
     return jsonify(trace_id=trace_id)
+
+
+#: ``/measure?v=<seconds>`` observes v: a custom histogram for the scrape test.
+measured = pulsetrace.metrics.create_custom_histogram(
+    "app_measured_seconds", "values the tests send", ["source"]
+)
+
+
+@app.route("/measure")
+def measure():
+    measured.observe(float(request.args["v"]), source="test")
+    return "ok"
 
 
 @app.route("/fast")

@@ -66,10 +66,55 @@ def test_counter_gauge_histogram_in_the_exposition():
     assert got[("active_users", (("company_id", "comp_123"),))] == 150
     assert got[("checkout_seconds_count", (("step", "pay"),))] == 100
     assert got[("checkout_seconds_sum", (("step", "pay"),))] == pytest.approx(50.5)
-    p99 = got[("checkout_seconds", (("quantile", "0.99"), ("step", "pay")))]
-    assert p99 == pytest.approx(0.99, rel=0.01)
-    p50 = got[("checkout_seconds", (("quantile", "0.5"), ("step", "pay")))]
-    assert p50 == pytest.approx(0.50, rel=0.01)
+    # A Prometheus histogram: cumulative buckets at pulsetrace's latency bounds.
+    bucket = "checkout_seconds_bucket"
+    assert got[(bucket, (("le", "0.1"), ("step", "pay")))] == 10
+    assert got[(bucket, (("le", "0.5"), ("step", "pay")))] == 50
+    assert got[(bucket, (("le", "1.0"), ("step", "pay")))] == 100
+    assert got[(bucket, (("le", "+Inf"), ("step", "pay")))] == 100
+    les = sorted(float(dict(k[1])["le"]) for k in got if k[0] == bucket)
+    assert les == [*metrics_custom.DEFAULT_BUCKETS, float("inf")]
+    assert not [k for k in got if k[0] == "checkout_seconds"]  # no quantile gauges any more
+
+
+def test_a_histogram_has_the_buckets_it_was_given_and_promtool_accepts_it():
+    from test_prometheus import promtool
+
+    h = metrics.create_custom_histogram(
+        "payload_bytes", "payload size", ["route"], buckets=[1000, 100, 10_000, float("inf")]
+    )
+    for v in (50, 100, 150, 5_000, 20_000):
+        h.observe(v, route="/upload")
+    h.observe(7, route="/ping")
+    body, _ = prometheus.exposition()
+    r = promtool("check", "metrics", stdin=body)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r
+    lines = [ln for ln in body.decode().splitlines() if ln.startswith("payload_bytes")]
+    upload = [ln.split("{")[0] + " " + ln.rsplit(" ", 1)[1] for ln in lines if "/upload" in ln]
+    assert upload == [
+        "payload_bytes_bucket 2",  # le=100
+        "payload_bytes_bucket 3",  # le=1000
+        "payload_bytes_bucket 4",  # le=10000
+        "payload_bytes_bucket 5",  # +Inf
+        "payload_bytes_sum 25300",
+        "payload_bytes_count 5",
+    ]
+    les = [ln.split('le="')[1].split('"')[0] for ln in lines if "/upload" in ln and "le=" in ln]
+    assert les == ["100.0", "1000.0", "10000.0", "+Inf"]
+    # The same name with other buckets is another metric: refused.
+    with pytest.raises(ValueError, match=r"buckets \[100.0, 1000.0, 10000.0\]"):
+        metrics.create_custom_histogram("payload_bytes", "payload size", ["route"], buckets=[1])
+    for bad, why in [
+        ([], "at least one"),
+        (["1"], "is a number"),
+        ([0], "between 0.001 and 3.6e9"),
+        ([float("nan")], "between 0.001 and 3.6e9"),
+        ("1,2", "list of numbers"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            metrics.create_custom_histogram("other_bytes", "x", buckets=bad)
+    with pytest.raises(ValueError, match="only a histogram has buckets"):
+        metrics_custom.create(metrics_custom.Counter, "c_total", "c", (), 10, buckets=[1])
 
 
 def test_wrong_labels_and_values_raise_value_error_at_the_call():

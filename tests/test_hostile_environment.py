@@ -46,6 +46,9 @@ FREE_TEXT = {
     "PULSETRACE_MONITORING_TOKEN",
     "SMTP_HOST",
     "SMTP_USERNAME",
+    # Regular expressions: every hostile text of the sweep is a valid one.
+    "PULSETRACE_EXCLUDED_URLS",
+    "OTEL_PYTHON_EXCLUDED_URLS",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

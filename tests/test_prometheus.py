@@ -891,6 +891,27 @@ def prom(app, tmp_path) -> Iterator[Prometheus]:
         stop(proc)
 
 
+def test_real_prometheus_scrapes_a_custom_histogram_as_a_histogram(app, prom):
+    """A custom histogram (``create_custom_histogram``) is a Prometheus
+    histogram: Prometheus stores its cumulative buckets, sum and count, and
+    ``histogram_quantile`` works on it."""
+    values = [0.003, 0.02, 0.02, 0.3, 4.0, 12.0]
+    for v in values:
+        assert get(f"{app.url}/measure?v={v}")[2] == b"ok"
+    count = 'app_measured_seconds_count{source="test"}'
+    wait_for("the scrape", lambda: prom.query(count) and prom.scalar(count) == 6, 30, prom.proc)
+    buckets = prom.buckets('app_measured_seconds_bucket{source="test"}')
+    assert sorted(buckets) == [*BOUNDS, float("inf")]
+    for le, got in buckets.items():
+        assert got == sum(v <= le for v in values), (le, got)
+    assert prom.scalar('app_measured_seconds_sum{source="test"}') == pytest.approx(sum(values))
+    (meta,) = prom.api("metadata", metric="app_measured_seconds")["app_measured_seconds"]
+    assert meta["type"] == "histogram"
+    median = prom.scalar('histogram_quantile(0.5, app_measured_seconds_bucket{source="test"})')
+    assert median == pytest.approx(bucket_quantile(0.5, buckets))
+    assert 0.01 < median <= 0.025  # the 3rd of 6 values is in the (0.01, 0.025] bucket
+
+
 SLOW = 'operation="GET /slow"'
 SLOW_BUCKETS = f"http_server_request_duration_seconds_bucket{{{SLOW}}}"
 

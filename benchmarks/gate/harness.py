@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--span", type=int, default=1000)
     ap.add_argument("--flask-on", type=int, default=50)
     ap.add_argument("--flask-off", type=int, default=50)
+    ap.add_argument("--sqlite-on", type=int, default=50)
+    ap.add_argument("--sqlite-off", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     gc.disable()  # a collection's timing would depend on everything allocated before
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     importlib.import_module("pulsetrace.auto")  # configured from the scrubbed environment
     import pulsetrace
     from pulsetrace.contrib import flask as flask_hook
+    from pulsetrace.contrib import sqlite3 as sqlite_hook
 
     sys.path.insert(0, str(FLASK_APP))
     app = importlib.import_module("app").app
@@ -58,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return lambda data: None
 
-    def requests(n: int) -> None:
+    def requests(n: int, path: str = "/json") -> None:
         for _ in range(n):
             environ = dict(ENVIRON)
+            environ["PATH_INFO"] = path
             environ["wsgi.input"] = io.BytesIO()
             body = app(environ, start_response)
             for _chunk in body:
@@ -84,10 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         flask_hook.unpatch()
         requests(n)
 
+    def sqlite_on(n: int) -> None:
+        flask_hook.patch()
+        sqlite_hook.patch()
+        requests(n, "/sqlite_connect")
+
+    def sqlite_off(n: int) -> None:
+        flask_hook.unpatch()
+        sqlite_hook.unpatch()
+        requests(n, "/sqlite_connect")
+
     cases: list[tuple[Callable[[int], None], int]] = [
         (spans, args.span),
         (flask_on, args.flask_on),
         (flask_off, args.flask_off),
+        (sqlite_on, args.sqlite_on),
+        (sqlite_off, args.sqlite_off),
     ]
     for fn, _n in cases:  # warm-up: caches filled, the hook's fast path installed
         fn(WARM_UP)

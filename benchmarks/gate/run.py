@@ -15,6 +15,13 @@ not the request path):
   WSGI app with a fixed environ, pulsetrace's hook installed;
   ``flask_json_none`` the same request without the hook (printed, not
   gated), and ``flask_json_added`` the difference: what pulsetrace adds.
+- ``sqlite_connect``: the same app's ``/sqlite_connect`` route (open a SQLite
+  connection, one query, close), the Flask and sqlite3 hooks installed;
+  ``sqlite_connect_none`` without them and ``sqlite_connect_added`` the
+  difference (printed, not gated).
+
+For each route the added share (``added / none``) is printed too: the
+request thread's part of a route's overhead, without the machine's noise.
 
 Start-up and import cost are not counted: ``harness.py`` runs every case in
 batches of N and 2N operations, callgrind collecting only inside each batch
@@ -47,11 +54,11 @@ HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "baseline.json"
 HARNESS = HERE / "harness.py"
 # Iterations per case in the base run (a doubled run adds as many again).
-BASE = {"span": 1000, "flask_on": 50, "flask_off": 50}
+BASE = {"span": 1000, "flask_on": 50, "flask_off": 50, "sqlite_on": 50, "sqlite_off": 50}
 ROUNDS = 3  # pairs of batches per case
 # flask_json_added is a difference of two counts that each move by ~0.5% from
 # run to run (Flask and Werkzeug, not pulsetrace): printed, too noisy to gate.
-GATED = ("span", "flask_json")
+GATED = ("span", "flask_json", "sqlite_connect")
 
 
 def environment() -> dict[str, str]:
@@ -107,6 +114,9 @@ def measure(_: int = 0) -> dict[str, int]:
         "flask_json": per["flask_on"],
         "flask_json_none": per["flask_off"],
         "flask_json_added": per["flask_on"] - per["flask_off"],
+        "sqlite_connect": per["sqlite_on"],
+        "sqlite_connect_none": per["sqlite_off"],
+        "sqlite_connect_added": per["sqlite_on"] - per["sqlite_off"],
     }
 
 
@@ -187,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k}: {v:,} instructions, baseline {base:,}, ratio {ratio:.3f} "
                 f"(more than {args.tolerance:.0%} over)"
             )
+    for route in ("flask_json", "sqlite_connect"):
+        none = counts.get(f"{route}_none")
+        if none:
+            share = counts[f"{route}_added"] / none
+            print(f"  {route}: pulsetrace adds {share:.1%} to the request thread's instructions")
     if failures:
         print("bench-gate: FAILED")
         for f in failures:

@@ -69,6 +69,11 @@ DEFAULT_REDACT_QUERY_PARAMS = (
     "code",
 )
 
+#: The request paths that get no span by default (regular expressions,
+#: searched in the decoded path): ``/health`` and what lies under it, the
+#: probe routes.
+DEFAULT_EXCLUDED_URLS = ("^/health(/.*)?$",)
+
 
 class Setting(NamedTuple):
     """What a field declares: the variables it is read from and, for a
@@ -172,6 +177,24 @@ def _check_text(name: str, value: Any) -> None:
     elif isinstance(value, (tuple, list, frozenset, set)):
         for v in value:
             _check_text(name, v)
+
+
+def pattern_problem(pattern: str) -> Optional[str]:
+    """Why ``pattern`` is not a usable excluded-URL expression, or None (the
+    native core compiles them: its syntax is the one that counts)."""
+    from pulsetrace._native import http_excluded_problem
+
+    return http_excluded_problem(pattern)
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> None:
+    for p in patterns:
+        if not isinstance(p, str):
+            raise ValueError(f"pulsetrace setting excluded_urls holds {p!r}, not a str")
+        if is_text(p):
+            why = pattern_problem(p)
+            if why is not None:
+                raise ValueError(f"pulsetrace setting excluded_urls: {why}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -329,6 +352,10 @@ class Config:
     redact_query_params: tuple[str, ...] = field(
         default=DEFAULT_REDACT_QUERY_PARAMS, metadata=_declare("PULSETRACE_REDACT_QUERY_PARAMS")
     )
+    excluded_urls: tuple[str, ...] = field(
+        default=DEFAULT_EXCLUDED_URLS,
+        metadata=_declare("PULSETRACE_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
+    )
     scrub_mode: str = field(default="mask", metadata=_declare("PULSETRACE_SCRUB_MODE"))
     scrub_fields: tuple[str, ...] = field(default=(), metadata=_declare("PULSETRACE_SCRUB_FIELDS"))
     redis_obfuscate_keys: bool = field(
@@ -443,6 +470,13 @@ class Config:
         object.__setattr__(self, "keep_attributes", rules)
         object.__setattr__(self, "redact_query_params", tuple(self.redact_query_params))
         object.__setattr__(self, "scrub_fields", tuple(self.scrub_fields))
+        if isinstance(self.excluded_urls, (str, bytes)):
+            raise ValueError(
+                "pulsetrace setting excluded_urls is a list of regular expressions, "
+                f"not the text {self.excluded_urls!r:.60}"
+            )
+        object.__setattr__(self, "excluded_urls", tuple(self.excluded_urls))
+        _check_patterns(self.excluded_urls)
         for name in _EMAIL_LISTS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _choice("log_level", self.log_level, LOG_LEVELS)

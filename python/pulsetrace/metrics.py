@@ -59,10 +59,18 @@ def create_custom_gauge(
 
 
 def create_custom_histogram(
-    name: str, help: str, label_names: Sequence[str] = (), max_series: int = DEFAULT_MAX_SERIES
+    name: str,
+    help: str,
+    label_names: Sequence[str] = (),
+    max_series: int = DEFAULT_MAX_SERIES,
+    buckets: Optional[Sequence[float]] = None,
 ) -> Histogram:
-    """A histogram on the native HDR histogram: ``observe(value, **labels)``."""
-    return _custom.create(Histogram, name, help, label_names, max_series)  # type: ignore[no-any-return]
+    """A histogram on the native HDR histogram: ``observe(value, **labels)``,
+    exported as a Prometheus histogram with the bucket bounds ``buckets``
+    (default: pulsetrace's latency bounds, 0.005 to 10, for seconds)."""
+    return _custom.create(  # type: ignore[no-any-return]
+        Histogram, name, help, label_names, max_series, buckets
+    )
 
 
 def record_message(

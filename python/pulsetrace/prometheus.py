@@ -194,8 +194,9 @@ def routes(
     monitoring: bool = False, host: str = "127.0.0.1", token: Optional[str] = None
 ) -> Router:
     """The metrics server's routes: the exposition at ``/metrics`` and ``/``;
-    with ``monitoring``, every monitoring endpoint too (they include those
-    two), behind their access rule for a server bound to ``host``."""
+    with ``monitoring``, every monitoring endpoint instead (``/metrics``
+    among them; ``/`` is then the live page), behind their access rule for
+    a server bound to ``host``."""
     router = Router()
     if monitoring:
         from pulsetrace.monitoring import endpoints

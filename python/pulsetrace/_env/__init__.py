@@ -215,6 +215,29 @@ def _words(env: Mapping[str, str], var: str, default: tuple[str, ...]) -> tuple[
     return tuple(w.strip().lower() for w in raw.split(",") if w.strip())
 
 
+def _excluded_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``PULSETRACE_EXCLUDED_URLS``, else OpenTelemetry's
+    ``OTEL_PYTHON_EXCLUDED_URLS``, else the default: comma-separated
+    regular expressions. One that does not compile is left out with a
+    warning naming the variable and the expression; the others apply."""
+    from pulsetrace.config import pattern_problem
+
+    for var in setting(Config, "excluded_urls").env:
+        raw = raw_value(env, var, "using the default list")
+        if raw is None:
+            continue
+        patterns = [p.strip() for p in raw.split(",") if p.strip()]
+        good = []
+        for p in patterns:
+            why = pattern_problem(p)
+            if why is None:
+                good.append(p)
+            else:
+                log.warning("pulsetrace: %s: %s; that expression left out", var, why)
+        return tuple(good)
+    return _DEFAULT.excluded_urls
+
+
 def _resource(env: Mapping[str, str]) -> dict[str, str]:
     var = "OTEL_RESOURCE_ATTRIBUTES"
     raw = raw_value(env, var, "using no resource attributes")
@@ -403,6 +426,7 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
+        excluded_urls=_excluded_urls(e),
         scrub_mode=choice(e, "PULSETRACE_SCRUB_MODE", d.scrub_mode, SCRUB_MODES),
         scrub_fields=_words(e, "PULSETRACE_SCRUB_FIELDS", d.scrub_fields),
         redis_obfuscate_keys=boolean(e, "PULSETRACE_REDIS_OBFUSCATE_KEYS", d.redis_obfuscate_keys),

@@ -9,9 +9,12 @@ server integration (WSGI, ASGI, Django, Starlette). It continues an incoming
 span is current where the server runs it. It records the response status (5xx
 and unhandled exceptions are errors, 4xx are not), and ends the span when
 the last chunk of the response body has been sent, so streaming responses
-are timed whole. A request the client abandons (the application returns
-without finishing the response, or is cancelled) is ended all the same, not
-marked as an error. ``lifespan`` and ``websocket`` connections pass through
+are timed whole. A request for an excluded URL (``PULSETRACE_EXCLUDED_URLS``;
+by default ``/health`` and what lies under it) gets no span: it runs
+untouched, under pulsetrace's suppression context. A request the client
+abandons (the application returns without finishing the response, or is
+cancelled) is ended all the same, not marked as an error. ``lifespan`` and
+``websocket`` connections pass through
 untouched.
 
 The span is named after the route template (``GET /users/{id}``) when the
@@ -32,6 +35,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import http_server_span
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _http
 
 SUPPORTED = "ASGI 3"
@@ -80,9 +84,10 @@ def _headers(scope: Scope) -> dict[bytes, str]:
 
 
 def start_server_span(scope: Scope, tracer: Any) -> Any:
-    """The SERVER span of an ASGI ``http`` request (not yet current). Its
-    name and attributes are the native core's (``pulsetrace_core::http``),
-    the same as a WSGI request's: this only reads the scope."""
+    """The SERVER span of an ASGI ``http`` request (not yet current), or
+    None for an excluded URL. Its name and attributes are the native
+    core's (``pulsetrace_core::http``), the same as a WSGI request's: this
+    only reads the scope."""
     headers = _headers(scope)
     server = scope.get("server") or (None, None)
     client = scope.get("client")
@@ -105,7 +110,7 @@ def start_server_span(scope: Scope, tracer: Any) -> Any:
         tracestate=headers.get(b"tracestate"),
     )
     request_id = headers.get(b"x-request-id")
-    if request_id:
+    if request_id and span is not None:
         _runtime.REQUEST_ID.set((span.trace_id, request_id))
     return span
 
@@ -212,6 +217,14 @@ async def traced_call(
     try:
         scope[SCOPE_KEY] = None  # a nested app does not try again, even if this fails
         span = start_server_span(scope, tracer)
+    except Exception as exc:
+        _diag.internal_error("asgi.start", exc)
+        await app(scope, receive, send)
+        return
+    if span is None:  # an excluded URL
+        await _untraced(app, scope, receive, send)
+        return
+    try:
         request = _Request(span, scope, send, route_of)
         scope[SCOPE_KEY] = span
         token = _runtime.CURRENT.set(span)
@@ -230,6 +243,16 @@ async def traced_call(
         with contextlib.suppress(ValueError):
             _runtime.CURRENT.reset(token)
         request.end()
+
+
+async def _untraced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """An excluded request: no span, and nothing it calls is traced."""
+    token = SUPPRESSED.set(True)
+    try:
+        await app(scope, receive, send)
+    finally:
+        with contextlib.suppress(ValueError):
+            SUPPRESSED.reset(token)
 
 
 class PulsetraceASGIMiddleware:

@@ -13,8 +13,11 @@ The span is named ``GET /users/<int:pk>/`` from the matched URL pattern
 an unhandled exception is an error (the exception is kept on the span), a
 4xx is not. A streaming response (``StreamingHttpResponse``,
 ``FileResponse``) is timed until its body is finished, when the server
-closes it. An incoming ``traceparent`` is continued. A failure inside
-pulsetrace is counted and the request runs untouched.
+closes it. An incoming ``traceparent`` is continued. A request for an
+excluded URL (``PULSETRACE_EXCLUDED_URLS``; by default ``/health`` and what
+lies under it) gets no span, and its middleware chain runs under
+pulsetrace's suppression context. A failure inside pulsetrace is counted
+and the request runs untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _http, asgi, wsgi
 from pulsetrace.contrib._patcher import Patcher, Target, twins
 
@@ -112,7 +116,9 @@ def _reset(token: Any) -> None:
 
 
 def _begin(request: Any) -> Optional[tuple[Any, Any]]:
-    """The request's span, made current; None when not tracing."""
+    """The request's span, made current; None when not tracing. An
+    excluded URL gets no span (``(None, token)``): the chain runs with
+    pulsetrace's suppression context set by ``token``."""
     if not _active:
         return None
     try:
@@ -120,6 +126,8 @@ def _begin(request: Any) -> Optional[tuple[Any, Any]]:
         if not tracer.enabled:
             return None
         span = _start(request, tracer)
+        if span is None:
+            return None, SUPPRESSED.set(True)
     except Exception as exc:
         _diag.internal_error("django.start", exc)
         return None
@@ -138,14 +146,27 @@ def _chain_start(_instance: Any, args: Any, _kwargs: Any) -> Any:
     return None if started is None else (*started, request)
 
 
+def _unsuppress(token: Any) -> None:
+    try:
+        SUPPRESSED.reset(token)
+    except Exception as exc:
+        _diag.internal_error("django.reset", exc)
+
+
 def _chain_done(state: Any, response: Any) -> None:
     span, token, request = state
+    if span is None:
+        _unsuppress(token)
+        return
     _reset(token)
     _finish(span, request, response)
 
 
 def _chain_fail(state: Any, exc: BaseException) -> None:
     span, token, request = state
+    if span is None:
+        _unsuppress(token)
+        return
     _reset(token)
     _escaped(span, request, exc)
     _end(span)

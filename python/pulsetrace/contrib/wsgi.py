@@ -8,8 +8,11 @@ and unhandled exceptions are errors, 4xx are not), and ends the span when
 the response body has been sent (``close()``), so streaming responses are
 timed whole. Frameworks with routes (Flask, Django) name the span after the
 route template; a bare WSGI app gets the method alone (bounded
-cardinality). Nothing here can break the application: a failure inside
-pulsetrace is counted and the request runs untouched.
+cardinality). A request for an excluded URL (``PULSETRACE_EXCLUDED_URLS``;
+by default ``/health`` and what lies under it) gets no span: its
+application call runs untouched, under pulsetrace's suppression context.
+Nothing here can break the application: a failure inside pulsetrace is
+counted and the request runs untouched.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None)
     """The SERVER span of a WSGI request (not yet current): the one the
     native request path starts, named and given its attributes by the core
     (``pulsetrace_core::http``). ``path``, if given, is the request's path
-    as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``."""
+    as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``.
+    None for an excluded URL (the request gets no span)."""
     span = wsgi_server_span(tracer, environ, path)
-    _note_request_id(environ, span.trace_id)
+    if span is not None:
+        _note_request_id(environ, span.trace_id)
     return span
 
 

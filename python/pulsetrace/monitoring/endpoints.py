@@ -31,6 +31,7 @@ from pulsetrace import _diag, _runtime
 from pulsetrace._router import HttpError, Request, Response, Router, json_response
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring import health as _health
+from pulsetrace.monitoring import page as _page
 from pulsetrace.monitoring.alerts import api as _alerts_api
 
 _START = time.time()
@@ -297,13 +298,6 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET",
-        "/",
-        exposition,
-        "The metrics in the Prometheus text format",
-        {200: _EXPOSITION},
-    ),
-    Endpoint(
-        "GET",
         "/openapi.json",
         openapi,
         "This document",
@@ -316,6 +310,7 @@ ENDPOINTS: list[Endpoint] = [
     ),
 ]
 ENDPOINTS += _alerts_api.endpoints(Endpoint)
+ENDPOINTS += _page.endpoints(Endpoint)  # GET / and its script, style sheet, icon
 
 
 def _apm_rows() -> list[Endpoint]:

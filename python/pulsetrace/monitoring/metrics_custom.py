@@ -7,10 +7,15 @@ series, at most ``max_series`` per metric: the values of a further series
 are dropped and counted (``pulsetrace_custom_series_overflowed_total``).
 A histogram's series is a native HDR histogram (2 significant digits):
 values are recorded in thousandths (so 0.001 to 3.6e9 keep their 2
-digits); the exposition shows its count, sum and p50/p90/p99 (a quantile
-label on a gauge family, beside ``<name>_count`` and ``<name>_sum``
-gauges, as a Prometheus summary shows them). A counter's samples are named
-``<name>_total`` (the suffix added when the name lacks it).
+digits). The exposition shows it as a Prometheus histogram:
+``<name>_bucket{le="..."}`` (cumulative, ``+Inf`` last), ``<name>_sum`` and
+``<name>_count``, the buckets' bounds chosen per metric (``buckets=``; by
+default those of pulsetrace's own latency families, 5 ms to 10 s, for a
+value in seconds). Each bucket is counted from the HDR histogram when the
+exposition is rendered: a value within the histogram's precision (1%) of
+a bound may count at that bound. The JSON endpoints show its count, sum,
+max and p50/p90/p99. A counter's samples are named ``<name>_total`` (the
+suffix added when the name lacks it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 import threading
 from typing import Any, Union
 
+from pulsetrace._native import DEFAULT_BUCKETS
 from pulsetrace._native import Histogram as _NativeHistogram
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -39,6 +45,26 @@ def _check_number(value: Any, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, not {value!r}")
     return float(value)
+
+
+def check_buckets(buckets: Any) -> tuple[float, ...]:
+    """A histogram's bucket bounds: finite numbers from 0.001 to 3.6e9,
+    sorted and each once (``+Inf`` is always added, and may be given);
+    ValueError naming the problem."""
+    if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
+        raise ValueError(f"buckets is a list of numbers, not {buckets!r:.60}")
+    bounds = set()
+    for b in buckets:
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise ValueError(f"a bucket bound is a number, not {b!r:.60}")
+        if b == math.inf:
+            continue
+        if not (math.isfinite(b) and 0.001 <= b <= 3.6e9):
+            raise ValueError(f"a bucket bound is between 0.001 and 3.6e9, not {b!r}")
+        bounds.add(float(b))
+    if not bounds:
+        raise ValueError("a histogram needs at least one finite bucket bound")
+    return tuple(sorted(bounds))
 
 
 class _Metric:
@@ -146,6 +172,19 @@ class _HistogramSeries:
 class Histogram(_Metric):
     kind = "histogram"
 
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        label_names: tuple[str, ...],
+        max_series: int,
+        buckets: tuple[float, ...] = tuple(DEFAULT_BUCKETS),
+    ):
+        super().__init__(name, help, label_names, max_series)
+        self.buckets = buckets
+        self._bounds = [round(b * _SCALE) for b in buckets]
+        self._le = [repr(b) for b in buckets]
+
     def observe(self, value: Number, **labels: Any) -> None:
         """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""
         v = _check_number(value, "an observed value")
@@ -166,28 +205,19 @@ class Histogram(_Metric):
         return out
 
     def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        """One histogram family: per series, a sample per bucket (its
+        ``le`` label, cumulative counts from the HDR histogram, ``+Inf``
+        the count) and one without ``le``, the sum (the native renderer
+        writes them as ``_bucket``, ``_sum`` and ``_count``)."""
+        samples: list[tuple[dict[str, str], float]] = []
         with self._lock:
-            rows = [(lab, self._stats(s)) for lab, s in self.series()]
-        quantiles = [
-            (dict(lab, quantile=str(q)), st[f"p{round(q * 100)}"])
-            for lab, st in rows
-            for q in QUANTILES
-        ]
-        return [
-            (self.name, self.help, "gauge", quantiles),
-            (
-                f"{self.name}_count",
-                f"{self.help} (observations)",
-                "gauge",
-                [(lab, st["count"]) for lab, st in rows],
-            ),
-            (
-                f"{self.name}_sum",
-                f"{self.help} (sum of observations)",
-                "gauge",
-                [(lab, st["sum"]) for lab, st in rows],
-            ),
-        ]
+            rows = [(lab, s, s.sum) for lab, s in self.series()]
+        for lab, s, total in rows:
+            counts, count = s.hist.cumulative_counts(self._bounds)
+            samples.extend((dict(lab, le=le), float(n)) for le, n in zip(self._le, counts))
+            samples.append((dict(lab, le="+Inf"), float(count)))
+            samples.append((lab, total))
+        return [(self.name, self.help, "histogram", samples)]
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
@@ -201,8 +231,16 @@ class Histogram(_Metric):
         }
 
 
-def create(cls: type[_Metric], name: Any, help: Any, label_names: Any, max_series: Any) -> Any:
-    """The metric ``name`` (the same one again for the same type and labels)."""
+def create(
+    cls: type[_Metric],
+    name: Any,
+    help: Any,
+    label_names: Any,
+    max_series: Any,
+    buckets: Any = None,
+) -> Any:
+    """The metric ``name`` (the same one again for the same type, labels and,
+    for a histogram, buckets)."""
     if not isinstance(name, str) or not _NAME.match(name) or name.startswith("pulsetrace_"):
         raise ValueError(
             f"a metric name matches [a-zA-Z_:][a-zA-Z0-9_:]* and does not start with "
@@ -220,16 +258,30 @@ def create(cls: type[_Metric], name: Any, help: Any, label_names: Any, max_serie
         raise ValueError(f"metric {name!r} names a label twice: {list(labels)}")
     if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
         raise ValueError(f"max_series must be a positive integer, not {max_series!r}")
+    extra: dict[str, Any] = {}
+    if cls is Histogram:
+        extra["buckets"] = check_buckets(DEFAULT_BUCKETS if buckets is None else buckets)
+    elif buckets is not None:
+        raise ValueError(f"only a histogram has buckets, not a {cls.kind}")
     with _registry_lock:
         found = _registry.get(name)
         if found is not None:
-            if type(found) is not cls or found.label_names != labels:
+            if (
+                type(found) is not cls
+                or found.label_names != labels
+                or getattr(found, "buckets", None) != extra.get("buckets")
+            ):
                 raise ValueError(
                     f"metric {name!r} exists as a {found.kind} with labels "
                     f"{list(found.label_names)}"
+                    + (
+                        f" and buckets {list(found.buckets)}"
+                        if isinstance(found, Histogram)
+                        else ""
+                    )
                 )
             return found
-        metric = _registry[name] = cls(name, help, labels, max_series)
+        metric = _registry[name] = cls(name, help, labels, max_series, **extra)
         return metric
 
 

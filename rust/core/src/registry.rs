@@ -21,6 +21,11 @@
 //! `(overflow)` operation of the same kind, class and [`System`] (a target
 //! without values, so the bound also bounds the label values), and
 //! `overflowed()` counts the records that did.
+//!
+//! Status classes group HTTP codes by hundreds; one code is counted on its
+//! own, per operation and kind: 429 (too many requests), for rate-limit
+//! alerts ([`Registry::record_rate_limited`], one `Relaxed` counter, so no
+//! label and no key beyond the operation's).
 
 use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::span::{SpanKind, StatusClass};
@@ -104,6 +109,9 @@ pub struct Operation {
     /// The (kind, class) keys made so far, in creation order: set once
     /// each, under the registry's `grow` mutex; read without a lock.
     keys: OnceLock<Box<Key>>,
+    /// Spans answered 429 (too many requests), by span kind: allocated by
+    /// the operation's first (most operations never see one).
+    rate_limited: OnceLock<Box<[AtomicU64; SpanKind::ALL.len()]>>,
     /// Allocates with the operation's first exemplar (kept traces only).
     exemplars: Mutex<Exemplars>,
 }
@@ -114,6 +122,7 @@ impl Operation {
             name: Arc::from(name),
             target,
             keys: OnceLock::new(),
+            rate_limited: OnceLock::new(),
             exemplars: Mutex::new(Vec::new()),
         }
     }
@@ -156,6 +165,13 @@ impl Operation {
     pub fn get(&self, kind: SpanKind, class: StatusClass) -> Option<&Arc<Histogram>> {
         self.key(slot_index(kind, class))
     }
+
+    /// Spans of `kind` answered 429 (too many requests).
+    pub fn rate_limited(&self, kind: SpanKind) -> u64 {
+        self.rate_limited
+            .get()
+            .map_or(0, |c| c[kind as usize].load(Ordering::Relaxed))
+    }
 }
 
 /// One key of the registry and its histogram, as listed by [`Registry::entries`].
@@ -177,6 +193,8 @@ pub struct Merged {
     pub snapshot: Snapshot,
     /// Records of the error classes.
     pub errors: u64,
+    /// Records answered 429 (too many requests).
+    pub rate_limited: u64,
 }
 
 /// FNV-1a: operation names are short and come from the application's own
@@ -377,6 +395,19 @@ impl Registry {
             .record(duration_ns);
     }
 
+    /// Count one span answered 429 (too many requests) for its operation
+    /// (recorded first with [`Registry::record_target`], so the operation
+    /// exists, or its system's overflow operation took it).
+    pub fn record_rate_limited(&self, kind: SpanKind, name: &str, target: TargetRef<'_>) {
+        let op = match self.table.find(name, &target) {
+            Some(op) => op,
+            None => &self.overflow[target.system() as usize],
+        };
+        op.rate_limited
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))))[kind as usize]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The histogram of a key, created if the bound allows, else the overflow
     /// histogram of the same kind, class and system (counted in `overflowed`).
     pub fn histogram_for(
@@ -474,14 +505,15 @@ impl Registry {
                 while j < ops.len() && (ops[j].0, &ops[j].1) == (ops[i].0, &ops[i].1) {
                     j += 1;
                 }
-                if let Some((snapshot, errors)) = merge_classes(ops[i..j].iter().map(|o| o.2), kind)
-                {
+                let same = &ops[i..j];
+                if let Some((snapshot, errors)) = merge_classes(same.iter().map(|o| o.2), kind) {
                     out.push(Merged {
                         kind,
                         name: ops[i].2.name.clone(),
                         target: ops[i].1.clone(),
                         snapshot,
                         errors,
+                        rate_limited: same.iter().map(|o| o.2.rate_limited(kind)).sum(),
                     });
                 }
                 i = j;
@@ -645,6 +677,38 @@ mod tests {
         assert!(r.merged(SpanKind::Internal, "GET /a").is_none());
         assert_eq!(r.operations().len(), 2);
         assert_eq!(r.entries().len(), 3);
+    }
+
+    #[test]
+    fn rate_limited_responses_are_counted_per_operation_and_kind() {
+        let r = Registry::new(small(), 2);
+        let none = TargetRef::NONE;
+        for (name, n) in [("GET /a", 3), ("GET /b", 1)] {
+            for _ in 0..n {
+                r.record(SpanKind::Server, name, StatusClass::Http4xx, 1_000);
+                r.record_rate_limited(SpanKind::Server, name, none);
+            }
+        }
+        r.record(SpanKind::Server, "GET /a", StatusClass::Http4xx, 1_000); // a 404
+                                                                           // Past the bound of 2 keys: the overflow operation counts it.
+        r.record(SpanKind::Server, "GET /c", StatusClass::Http4xx, 1_000);
+        r.record_rate_limited(SpanKind::Server, "GET /c", none);
+        let rows = r.merged_by_target();
+        let of = |name: &str| rows.iter().find(|m| &*m.name == name).unwrap();
+        assert_eq!(
+            (of("GET /a").snapshot.count(), of("GET /a").rate_limited),
+            (4, 3)
+        );
+        assert_eq!(of("GET /b").rate_limited, 1);
+        assert_eq!(of(OVERFLOW_NAME).rate_limited, 1);
+        // Per kind: a client span of the same name is not the server's.
+        assert_eq!(
+            r.table
+                .find("GET /a", &none)
+                .unwrap()
+                .rate_limited(SpanKind::Client),
+            0
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct NativeConfig {
     pub enabled: bool,
     /// Words of the query parameters whose values are redacted.
     pub redact: Vec<String>,
+    /// Regular expressions of the request paths that get no span
+    /// (compiled by `crate::http::set_excluded_urls`).
+    pub excluded_urls: Vec<String>,
 }
 
 fn invalid(name: &str, why: impl std::fmt::Display) -> PyErr {
@@ -179,5 +182,6 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
         head,
         enabled: field(cfg, "enabled")?,
         redact: texts(cfg, "redact_query_params")?,
+        excluded_urls: texts(cfg, "excluded_urls")?,
     })
 }

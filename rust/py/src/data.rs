@@ -193,4 +193,15 @@ impl Histogram {
     fn reset(&self) {
         self.inner.reset();
     }
+
+    /// The number of recorded values at or below each of `bounds` (one
+    /// snapshot, so they are consistent), and the total count: the
+    /// cumulative buckets of a Prometheus histogram (`le`), `+Inf` last.
+    /// A value counts in the bucket of its HDR slot (within the
+    /// histogram's precision of the bound).
+    fn cumulative_counts(&self, bounds: Vec<u64>) -> (Vec<u64>, u64) {
+        let snap = self.inner.snapshot();
+        let counts = bounds.iter().map(|&b| snap.count_le(b)).collect();
+        (counts, snap.count())
+    }
 }

@@ -4,17 +4,28 @@
 //! ASGI, Starlette/FastAPI and Django) both end here, so their spans agree.
 //! Conversion only: every rule is the core's.
 //!
-//! GIL and locks: runs with the GIL. `REDACT` (an `RwLock`) is read per
-//! request and written only by `Tracer.configure`; neither holds it across
-//! Python code, so no thread waits for it.
+//! Excluded URLs: [`excluded`] answers, for a request's decoded path,
+//! whether it gets no span at all (`pulsetrace_core::http::exclude`: the
+//! configuration's expressions, compiled once by `Tracer.configure`, and
+//! the prefixes where the monitoring endpoints are mounted). Both request
+//! paths ask it: `wsgi_environ::start` and [`http_server_span`], which then
+//! return no span.
+//!
+//! GIL and locks: runs with the GIL. `REDACT` and `EXCLUDE` (`RwLock`s) are
+//! read per request and written only by `Tracer.configure` (and, for
+//! `EXCLUDE`, when the endpoints are mounted); none is held across Python
+//! code, so no thread waits for one. `EXCLUDE_SOURCES` (a mutex) is taken
+//! only by those writers.
 
 use crate::attrs::{self, AttrCounters, Limits};
 use crate::guard::{guard, or_error};
 use crate::span::{Span, SpanContext};
 use crate::tracer::Tracer;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use pulsetrace_core::clock;
-use pulsetrace_core::http::{self as core_http, keys as k, Method, Request, ServerSpan, Text};
+use pulsetrace_core::http::{
+    self as core_http, keys as k, BadPattern, Exclusion, Method, Request, ServerSpan, Text,
+};
 use pulsetrace_core::span::{AttrValue, SpanKind};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -28,6 +39,63 @@ static REDACT: RwLock<Vec<String>> = RwLock::new(Vec::new());
 /// `redact_query_params`, set by `Tracer.configure`.
 pub fn set_redacted_params(words: Vec<String>) {
     *REDACT.write() = core_http::redaction_words(words);
+}
+
+/// The excluded URLs, compiled (nothing before the first configuration).
+static EXCLUDE: RwLock<Exclusion> = RwLock::new(Exclusion::empty());
+
+/// What [`EXCLUDE`] is compiled from: the configuration's expressions and
+/// the mounted prefixes.
+static EXCLUDE_SOURCES: Mutex<(Vec<String>, Vec<String>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Replace the configuration's excluded-URL expressions (the mounted
+/// prefixes stay). An expression that does not compile is the error, and
+/// nothing is replaced.
+pub fn set_excluded_urls(patterns: Vec<String>) -> Result<(), BadPattern> {
+    let mut sources = EXCLUDE_SOURCES.lock();
+    let compiled = Exclusion::new(&patterns, &sources.1)?;
+    sources.0 = patterns;
+    *EXCLUDE.write() = compiled;
+    Ok(())
+}
+
+/// Whether a request for `path` (decoded) gets no span.
+#[inline]
+pub(crate) fn excluded(path: &str) -> bool {
+    EXCLUDE.read().excludes(path)
+}
+
+/// Exclude every request at or under `prefix` (where pulsetrace's
+/// monitoring endpoints are mounted in the application), in addition to
+/// the configured expressions. Idempotent.
+#[pyfunction]
+pub fn http_exclude_prefix(prefix: &str) -> PyResult<()> {
+    or_error("http.exclude_prefix", || {
+        let mut sources = EXCLUDE_SOURCES.lock();
+        if sources.1.iter().any(|p| p == prefix) {
+            return Ok(());
+        }
+        sources.1.push(prefix.to_owned());
+        // The expressions compiled before: they compile again.
+        if let Ok(compiled) = Exclusion::new(&sources.0, &sources.1) {
+            *EXCLUDE.write() = compiled;
+        }
+        Ok(())
+    })
+}
+
+/// Why `pattern` is not a usable excluded-URL expression (`"..." is not a
+/// valid regular expression (reason)`), or None.
+#[pyfunction]
+pub fn http_excluded_problem(pattern: &str) -> Option<String> {
+    core_http::exclude::pattern_problem(pattern).map(|b| b.to_string())
+}
+
+/// Whether a request for `path` (decoded, without the query) gets no span
+/// under the current configuration and mounts.
+#[pyfunction]
+pub fn http_is_excluded(path: &str) -> bool {
+    excluded(path)
 }
 
 /// [`core_http::server_span`] with the configured redaction words (read
@@ -289,7 +357,8 @@ fn text_of<'a>(
 /// client's address, `User-Agent`, the protocol version and the incoming
 /// `traceparent`/`tracestate`. The span continues that trace, or starts
 /// one of its own (never a child of the current span). Named `METHOD`;
-/// [`http_span_name`] names it after its route.
+/// [`http_span_name`] names it after its route. None for an excluded URL
+/// ([`excluded`]): the request gets no span.
 #[pyfunction]
 #[pyo3(signature = (tracer, method, scheme=None, host=None, server_name=None, server_port=None,
     path=None, query=None, client=None, user_agent=None, protocol=None, traceparent=None,
@@ -310,10 +379,10 @@ pub fn http_server_span<'py>(
     protocol: Option<&str>,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
-) -> PyResult<Bound<'py, Span>> {
+) -> PyResult<Option<Bound<'py, Span>>> {
     let t = tracer.get();
     if !t.is_enabled() {
-        return Ok(t.noop_span(tracer)?.into_bound(py));
+        return Ok(Some(t.noop_span(tracer)?.into_bound(py)));
     }
     let start_mono = clock::now_mono_ns();
     guard(
@@ -335,11 +404,14 @@ pub fn http_server_span<'py>(
                 protocol,
             };
             let s = server_span(&req);
+            if excluded(&s.path) {
+                return Ok(None);
+            }
             let remote = t.extract_context(traceparent, tracestate);
             let span = new_server_span(py, tracer, &s, remote, start_mono)?;
-            crate::newobj::new_bound(py, span)
+            crate::newobj::new_bound(py, span).map(Some)
         },
-        || Ok(t.noop_span(tracer)?.into_bound(py)),
+        || Ok(Some(t.noop_span(tracer)?.into_bound(py))),
     )
 }
 

@@ -141,6 +141,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(http::http_span_name, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_method, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_status_error, m)?)?;
+    m.add(
+        "DEFAULT_BUCKETS",
+        pulsetrace_core::exposition::DEFAULT_BUCKETS_S.to_vec(),
+    )?;
+    m.add_function(wrap_pyfunction!(http::http_exclude_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_excluded_problem, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_is_excluded, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi_environ::wsgi_server_span, m)?)?;
     m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
     m.add_function(wrap_pyfunction!(scrub::scrub_configure, m)?)?;

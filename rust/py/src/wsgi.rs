@@ -29,13 +29,14 @@
 //! never across Python code (a token is released after the borrow); the
 //! response's and span's locks are `wsgi_response`'s.
 
+use crate::ctxvar::ContextVar;
 use crate::guard::{guard, report};
 use crate::span::Span;
 use crate::tracer::Tracer;
 pub use crate::wsgi_response::TracedResponse;
 use pulsetrace_core::clock;
 use pyo3::prelude::*;
-use pyo3::sync::GILProtected;
+use pyo3::sync::{GILOnceCell, GILProtected};
 use pyo3::types::PyDict;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
@@ -135,6 +136,10 @@ pub fn wsgi_call(
 enum Plan<'py> {
     /// Run the application untouched.
     Untraced,
+    /// An excluded URL (`crate::http::excluded`): no span; the application
+    /// call runs under pulsetrace's suppression context, so that the calls
+    /// it makes are not traced either.
+    Excluded,
     /// Inside an enclosing request's span: the application gets a
     /// `start_response` that names that span.
     Naming(Bound<'py, TracedResponse>),
@@ -183,9 +188,10 @@ fn plan<'py>(
         }
     }
     let span = match crate::wsgi_environ::start(py, tracer, env, None)
-        .and_then(|s| crate::newobj::new_bound(py, s))
+        .and_then(|s| s.map(|s| crate::newobj::new_bound(py, s)).transpose())
     {
-        Ok(s) => s.unbind(),
+        Ok(Some(s)) => s.unbind(),
+        Ok(None) => return Plan::Excluded,
         Err(e) => {
             report(py, "wsgi.start", e);
             return Plan::Untraced;
@@ -216,6 +222,46 @@ fn plan<'py>(
     Plan::Traced(span, response)
 }
 
+/// pulsetrace's suppression context variable
+/// (`pulsetrace._suppress.SUPPRESSED`), looked up on first use.
+static SUPPRESSED: GILOnceCell<ContextVar> = GILOnceCell::new();
+
+/// Run the application call of an excluded request with the suppression
+/// context variable set (the calls it makes are not traced), and reset
+/// after it. If the variable cannot be set (reported), the call runs as it is.
+#[cold]
+#[inline(never)]
+fn suppressed_call<'py>(
+    py: Python<'py>,
+    start_response: &Bound<'py, PyAny>,
+    call: &dyn Fn(&Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<PyObject> {
+    let set = guard(
+        py,
+        "wsgi.suppress",
+        || {
+            let var = SUPPRESSED.get_or_try_init(py, || {
+                let v = py.import("pulsetrace._suppress")?.getattr("SUPPRESSED")?;
+                ContextVar::new(&v)
+            })?;
+            let token = var.set(pyo3::types::PyBool::new(py, true).as_any())?;
+            Ok::<_, PyErr>(Some((var, token)))
+        },
+        || Ok(None),
+    );
+    let set = set.unwrap_or_else(|e| {
+        report(py, "wsgi.suppress", e);
+        None
+    });
+    let result = call(start_response);
+    if let Some((var, token)) = set {
+        if let Err(e) = var.reset(&token) {
+            report(py, "wsgi.suppress", e);
+        }
+    }
+    Ok(result?.unbind())
+}
+
 /// The request path of every WSGI hook: `call(start_response)` runs the
 /// application with the `start_response` it must see.
 pub(crate) fn traced_request<'py>(
@@ -242,6 +288,7 @@ pub(crate) fn traced_request<'py>(
     );
     let (span, response) = match plan {
         Plan::Untraced => return Ok(call(start_response)?.unbind()),
+        Plan::Excluded => return suppressed_call(py, start_response, call),
         Plan::Naming(wrapped) => return Ok(call(wrapped.as_any())?.unbind()),
         Plan::Traced(span, response) => (span, response),
     };

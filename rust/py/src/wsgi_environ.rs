@@ -146,15 +146,16 @@ fn remote_context(
     t.extract_context(Some(traceparent), view(&ts, max, counters).as_deref())
 }
 
-/// The SERVER span of the request `environ` describes (not yet current).
-/// `decoded_path`, if given, is the request's path as a framework decoded
-/// it, in place of `SCRIPT_NAME` and `PATH_INFO`.
+/// The SERVER span of the request `environ` describes (not yet current),
+/// or None for an excluded URL (`crate::http::excluded`). `decoded_path`,
+/// if given, is the request's path as a framework decoded it, in place of
+/// `SCRIPT_NAME` and `PATH_INFO`.
 pub(crate) fn start(
     py: Python<'_>,
     tracer: &Bound<'_, Tracer>,
     environ: &Bound<'_, PyDict>,
     decoded_path: Option<&str>,
-) -> PyResult<Span> {
+) -> PyResult<Option<Span>> {
     let t = tracer.get();
     let start_mono = clock::now_mono_ns();
     let (limits, counters) = t.limits();
@@ -195,16 +196,19 @@ pub(crate) fn start(
         protocol: protocol.as_deref(),
     };
     let s = crate::http::server_span(&req);
+    if crate::http::excluded(&s.path) {
+        return Ok(None);
+    }
     let tp = v(Env::Traceparent);
     let remote = tp.and_then(|tp| remote_context(t, environ, &tp, counters));
-    crate::http::new_server_span(py, tracer, &s, remote, start_mono)
+    crate::http::new_server_span(py, tracer, &s, remote, start_mono).map(Some)
 }
 
 /// The SERVER span of the WSGI request `environ` describes, not yet
 /// current: what the native WSGI path starts, for a framework hook that
 /// manages the span itself (Django). `path`, if given, is the request's
 /// path as the framework decoded it (Django replaces `PATH_INFO` in its
-/// `META` with that), read as it is.
+/// `META` with that), read as it is. None for an excluded URL.
 #[pyfunction]
 #[pyo3(signature = (tracer, environ, path=None))]
 pub fn wsgi_server_span<'py>(
@@ -212,16 +216,19 @@ pub fn wsgi_server_span<'py>(
     tracer: &Bound<'py, Tracer>,
     environ: &Bound<'py, PyDict>,
     path: Option<&str>,
-) -> PyResult<Bound<'py, Span>> {
+) -> PyResult<Option<Bound<'py, Span>>> {
     let t = tracer.get();
     if !t.is_enabled() {
-        return Ok(t.noop_span(tracer)?.into_bound(py));
+        return Ok(Some(t.noop_span(tracer)?.into_bound(py)));
     }
     crate::guard::guard(
         py,
         "wsgi.server_span",
-        || crate::newobj::new_bound(py, start(py, tracer, environ, path)?),
-        || Ok(t.noop_span(tracer)?.into_bound(py)),
+        || match start(py, tracer, environ, path)? {
+            Some(span) => crate::newobj::new_bound(py, span).map(Some),
+            None => Ok(None),
+        },
+        || Ok(Some(t.noop_span(tracer)?.into_bound(py))),
     )
 }
 

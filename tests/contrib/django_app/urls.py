@@ -16,4 +16,8 @@ urlpatterns = [
     path("stream/", views.stream),
     path("astream/", views.astream),
     path("file/", views.file),
+    # tests/contrib/test_excluded_urls.py
+    path("health/live/", views.probe),
+    path("ping/", views.probe),
+    path("work/", views.probe),
 ]

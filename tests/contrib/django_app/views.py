@@ -6,7 +6,13 @@ import asyncio
 import io
 import time
 
-from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 
 import pulsetrace
 
@@ -28,6 +34,14 @@ async def async_user(request, pk):
     with pulsetrace.start_span("load user", kind="internal"):
         await asyncio.sleep(0)
     return JsonResponse({"id": pk})
+
+
+def probe(request):
+    """One SQL statement (a client span, unless the request is excluded)."""
+    import sqlite3
+
+    sqlite3.connect(":memory:").execute("SELECT 1").fetchall()
+    return HttpResponse(b"ok", content_type="text/plain")
 
 
 def item(request, name):

@@ -11,15 +11,32 @@ use crate::registry::Registry;
 pub enum ExtraKind {
     Counter,
     Gauge,
+    /// A Prometheus histogram (an application's custom histogram). Each
+    /// sample with an `le` label is a cumulative bucket count (`le` a
+    /// number, or `+Inf`); the sample of the same labels without `le` is
+    /// the series' sum. Rendered as `_bucket` lines in ascending `le`
+    /// (with `+Inf`, the series' count), `_sum` and `_count`.
+    Histogram,
 }
 
 impl ExtraKind {
-    /// The kind named `"counter"` or `"gauge"`; `None` for anything else.
+    /// The kind named `"counter"`, `"gauge"` or `"histogram"`; `None` for
+    /// anything else.
     pub fn parse(kind: &str) -> Option<ExtraKind> {
         match kind {
             "counter" => Some(ExtraKind::Counter),
             "gauge" => Some(ExtraKind::Gauge),
+            "histogram" => Some(ExtraKind::Histogram),
             _ => None,
+        }
+    }
+
+    /// The kind as the `# TYPE` line names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtraKind::Counter => "counter",
+            ExtraKind::Gauge => "gauge",
+            ExtraKind::Histogram => "histogram",
         }
     }
 }
@@ -175,7 +192,7 @@ pub(super) fn prepare_extra<'a>(
         match merged.last_mut() {
             Some((l, acc)) if key(l) == key(&labels) => {
                 *acc = match f.kind {
-                    ExtraKind::Counter => *acc + v,
+                    ExtraKind::Counter | ExtraKind::Histogram => *acc + v,
                     ExtraKind::Gauge => v,
                 }
             }

@@ -95,10 +95,7 @@ pub fn render(
     }
     for f in extra {
         let p = prepare_extra(f, &consts);
-        let kind = match p.kind {
-            ExtraKind::Counter => "counter",
-            ExtraKind::Gauge => "gauge",
-        };
+        let kind = p.kind.as_str();
         let claimed = sample_names(&p.name, kind);
         if claimed.iter().any(|n| taken.contains(n)) {
             continue;
@@ -291,6 +288,7 @@ impl Renderer<'_> {
         let (kind, suffix) = match f.kind {
             ExtraKind::Counter => ("counter", "_total"),
             ExtraKind::Gauge => ("gauge", ""),
+            ExtraKind::Histogram => return self.extra_histogram(f),
         };
         self.header(&f.name, f.help.unwrap_or(&f.name), kind, None);
         for (labels, v) in &f.samples {
@@ -300,6 +298,68 @@ impl Renderer<'_> {
             }
             self.sample_start(&f.name, suffix, None);
             write_f64(self.out, *v);
+            self.out.push('\n');
+        }
+    }
+
+    /// An extra histogram family (see [`ExtraKind::Histogram`]): its
+    /// samples grouped into series by their labels other than `le`. A
+    /// bucket whose `le` is not a number is skipped; a series without a
+    /// `+Inf` bucket gets one (its largest bucket's count).
+    fn extra_histogram(&mut self, f: &PreparedExtra<'_>) {
+        type Series = (Vec<(f64, f64)>, f64);
+        let mut series: Vec<(Vec<(&str, &str)>, Series)> = Vec::new();
+        for (labels, v) in &f.samples {
+            let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| *v);
+            let rest: Vec<(&str, &str)> = labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect();
+            let i = match series.iter().position(|(l, _)| *l == rest) {
+                Some(i) => i,
+                None => {
+                    series.push((rest, (Vec::new(), 0.0)));
+                    series.len() - 1
+                }
+            };
+            let entry = &mut series[i].1;
+            match le {
+                None => entry.1 += *v,
+                Some(le) => match le.trim().parse::<f64>() {
+                    Ok(b) if !b.is_nan() => entry.0.push((b, *v)),
+                    _ => {}
+                },
+            }
+        }
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        self.header(&f.name, f.help.unwrap_or(&f.name), "histogram", None);
+        for (labels, (mut buckets, sum)) in series {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            buckets.dedup_by(|later, earlier| later.0 == earlier.0);
+            if !buckets.last().is_some_and(|b| b.0 == f64::INFINITY) {
+                let top = buckets.last().map_or(0.0, |b| b.1);
+                buckets.push((f64::INFINITY, top));
+            }
+            let count = buckets.last().map_or(0.0, |b| b.1);
+            self.line.clear();
+            for (k, v) in &labels {
+                push_label(&mut self.line, k, v);
+            }
+            for (b, n) in &buckets {
+                let le = match *b {
+                    b if b == f64::INFINITY => "+Inf".to_string(),
+                    b => format!("{b:?}"),
+                };
+                self.sample_start(&f.name, "_bucket", Some(("le", &le)));
+                write_f64(self.out, *n);
+                self.out.push('\n');
+            }
+            self.sample_start(&f.name, "_sum", None);
+            write_f64(self.out, sum);
+            self.out.push('\n');
+            self.sample_start(&f.name, "_count", None);
+            write_f64(self.out, count);
             self.out.push('\n');
         }
     }

@@ -24,15 +24,15 @@
 //!
 //! The slots are kept in rows of 64 `u32` counters (256 bytes), eight rows'
 //! pointers to a group (64 bytes), and a group or row is allocated by the
-//! first record that lands in it (`rows.rs`): a histogram costs a 120-byte
+//! first record that lands in it (`rows.rs`): a histogram costs a 112-byte
 //! header, a table of one pointer per group, and the groups and rows its
 //! values have touched ([`Histogram::memory_bytes`]). With the default
 //! `highest` of one hour:
 //!
 //! | sigfig | slots  | rows | groups | idle  | per row touched | all rows (dense) |
 //! |--------|--------|------|--------|-------|-----------------|------------------|
-//! | 2      | 4 608  | 72   | 9      | 192 B | 256 B           | 19 200 B         |
-//! | 3      | 33 792 | 528  | 66     | 648 B | 256 B           | 140 040 B        |
+//! | 2      | 4 608  | 72   | 9      | 184 B | 256 B           | 19 192 B         |
+//! | 3      | 33 792 | 528  | 66     | 640 B | 256 B           | 140 032 B        |
 //!
 //! At 2 digits a row is half a bucket (half an octave), so values spanning a
 //! decade fill at most 8 rows in 3 groups (2.4 KB with every slot of the
@@ -236,7 +236,7 @@ impl Layout {
 /// The sum/min/max/clamped counters. Not padded to a cache line of their
 /// own: a histogram is recorded into by the thread draining the intake
 /// (request threads only when the intake is full),
-/// so the padding bought no speed and cost 120 bytes a series.
+/// so the padding bought no speed and cost 128 bytes a series.
 struct Stats {
     sum_lo: AtomicU64,
     sum_hi: AtomicU64,
@@ -342,9 +342,11 @@ impl Histogram {
     /// Cumulative copy of everything recorded since creation, the last
     /// [`reset`](Self::reset) or the last [`take_interval`](Self::take_interval).
     pub fn snapshot(&self) -> Snapshot {
-        let (offset, counts) = self
-            .counts
-            .read(|c| c.load(RELAXED).into(), |c| c.load(RELAXED));
+        let (offset, counts) = self.counts.read(
+            self.layout.len,
+            |c| c.load(RELAXED).into(),
+            |c| c.load(RELAXED),
+        );
         let sum = u128::from(self.stats.sum_hi.load(RELAXED)) << 64
             | u128::from(self.stats.sum_lo.load(RELAXED));
         let min = self.stats.min.load(RELAXED);
@@ -369,6 +371,7 @@ impl Histogram {
         // Skipping empty slots is safe (a record arriving after the load
         // stays for the next interval) and avoids dirtying lines.
         let (offset, counts) = self.counts.read(
+            self.layout.len,
             |c| match c.load(RELAXED) {
                 0 => 0,
                 _ => c.swap(0, RELAXED).into(),
@@ -398,7 +401,7 @@ impl Histogram {
     /// records racing with a reset may be partly kept; use it at quiescent
     /// points (or use `take_interval`).
     pub fn reset(&self) {
-        self.counts.zero();
+        self.counts.zero(self.layout.len);
         self.stats.sum_lo.store(0, RELAXED);
         self.stats.sum_hi.store(0, RELAXED);
         self.stats.min.store(u64::MAX, RELAXED);

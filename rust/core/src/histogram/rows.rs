@@ -202,7 +202,6 @@ pub(super) struct Counts {
     narrow: Rows<AtomicU32>,
     /// Null until a narrow counter reaches [`PROMOTE_AT`]; then set once.
     wide: AtomicPtr<Rows<AtomicU64>>,
-    len: usize,
 }
 
 impl Counts {
@@ -210,7 +209,6 @@ impl Counts {
         Counts {
             narrow: Rows::new(len),
             wide: AtomicPtr::new(ptr::null_mut()),
-            len,
         }
     }
 
@@ -248,7 +246,11 @@ impl Counts {
     #[cold]
     #[inline(never)]
     fn promote(&self) -> &Rows<AtomicU64> {
-        get_or_publish(&self.wide, || Rows::new(self.len))
+        get_or_publish(&self.wide, || Rows {
+            groups: (0..self.narrow.groups.len())
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+        })
     }
 
     /// `read` applied to every counter of the allocated rows, narrow plus
@@ -257,10 +259,10 @@ impl Counts {
     /// out (its records are as if they came after the read).
     pub(super) fn read(
         &self,
+        len: usize,
         read_narrow: impl Fn(&AtomicU32) -> u64,
         read_wide: impl Fn(&AtomicU64) -> u64,
     ) -> (usize, Vec<u64>) {
-        let len = self.len;
         let wide = self.wide();
         let (mut lo, mut hi) = (usize::MAX, 0);
         let starts = self.narrow.allocated(len).map(|(s, r)| (s, r.len()));
@@ -303,12 +305,12 @@ impl Counts {
     }
 
     /// Zeroes every allocated counter (rows stay).
-    pub(super) fn zero(&self) {
-        for (_, row) in self.narrow.allocated(self.len) {
+    pub(super) fn zero(&self, len: usize) {
+        for (_, row) in self.narrow.allocated(len) {
             row.iter().for_each(|c| c.store(0, Ordering::Relaxed));
         }
         if let Some(w) = self.wide() {
-            for (_, row) in w.allocated(self.len) {
+            for (_, row) in w.allocated(len) {
                 row.iter().for_each(|c| c.store(0, Ordering::Relaxed));
             }
         }
@@ -322,8 +324,8 @@ impl Counts {
 
     /// Allocated (narrow, wide) rows.
     pub(super) fn rows_allocated(&self) -> (usize, usize) {
-        let wide = self.wide().map_or(0, |w| w.allocated(self.len).count());
-        (self.narrow.allocated(self.len).count(), wide)
+        let wide = self.wide().map_or(0, |w| w.allocated(usize::MAX).count());
+        (self.narrow.allocated(usize::MAX).count(), wide)
     }
 
     /// Heap bytes: the narrow table and rows, and the wide ones if any.

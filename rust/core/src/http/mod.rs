@@ -38,14 +38,18 @@
 //!   and `network.protocol.version` (`HTTP/1.1` and `1.1` both give `1.1`)
 //!   are set when present and not empty.
 //!
+//! - Excluded URLs (probe routes): no span at all ([`exclude`]).
+//!
 //! Untrusted input: nothing here panics, whatever the bytes (property-tested
 //! in `tests/http_props.rs`), and every output is at most a small constant
 //! times its input. Lengths are bounded afterwards by the span's attribute
 //! limits, like any attribute.
 
+pub mod exclude;
 mod query;
 mod request;
 
+pub use exclude::{BadPattern, Exclusion};
 pub use query::{percent_decode, redact_query, redaction_words, REDACTED};
 pub use request::{
     host_is_usable, method_of, parse_port, server_span, span_name, split_host, Method, Request,

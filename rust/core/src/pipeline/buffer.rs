@@ -172,13 +172,18 @@ impl Core {
     /// (head-sampled out) only does this.
     #[inline]
     pub fn record_metrics(&self, rec: &SpanRecord) {
+        let target = TargetRef::of(rec.kind, &rec.attributes);
         self.registry.record_target(
             rec.kind,
             &rec.name,
-            TargetRef::of(rec.kind, &rec.attributes),
+            target,
             rec.status_class(),
             rec.duration_ns,
         );
+        if rec.http_status == 429 {
+            self.registry
+                .record_rate_limited(rec.kind, &rec.name, target);
+        }
         if let Some(access) = &self.access {
             access.offer(rec);
         }

@@ -106,7 +106,15 @@ impl Tracer {
             head,
             enabled,
             redact,
+            excluded_urls,
         } = crate::config::extract(config)?;
+        // Compiled first: an expression that does not compile (from a
+        // caller that bypassed `Config`'s check) changes nothing.
+        crate::http::set_excluded_urls(excluded_urls).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "pulsetrace config field excluded_urls: {e}"
+            ))
+        })?;
         let new = Arc::new(Core::new(cfg.clone()));
         if let Some(old) = self.core.load().as_ref() {
             new.set_exporting(old.exporting());

@@ -22,7 +22,7 @@ pub(super) type PyFamily = (String, String, String, Vec<(HashMap<String, String>
 fn family((name, help, kind, samples): PyFamily) -> PyResult<ExtraFamily> {
     let kind = ExtraKind::parse(&kind).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "metric kind must be counter or gauge, not {kind:?}"
+            "metric kind must be counter, gauge or histogram, not {kind:?}"
         ))
     })?;
     let samples = samples
@@ -93,6 +93,7 @@ impl Tracer {
             }
             d.set_item("count", s.count())?;
             d.set_item("errors", errors)?;
+            d.set_item("rate_limited", row.rate_limited)?;
             d.set_item("min", secs(s.min()))?;
             d.set_item("mean", s.mean() / 1e9)?;
             d.set_item("p50", secs(s.value_at_quantile(0.5)))?;

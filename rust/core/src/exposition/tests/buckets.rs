@@ -316,3 +316,61 @@ fn renders_are_stable_and_append() {
     let first = lines(&again, "http_server_requests_total");
     assert!(first[0].contains("A /first"), "{first:?}");
 }
+
+/// An extra histogram family (an application's custom histogram): samples
+/// with `le` are cumulative buckets, the one without is the sum; rendered
+/// in ascending `le` with `+Inf` and `_count`, series by label set.
+#[test]
+fn an_extra_histogram_renders_buckets_sum_and_count() {
+    let r = Registry::new(HistogramConfig::default(), 100);
+    let s = |labels: &[(&str, &str)], v: f64| {
+        let l = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (l, v)
+    };
+    let extra = vec![ExtraFamily {
+        name: "payload_bytes".into(),
+        help: "payload size".into(),
+        kind: ExtraKind::Histogram,
+        samples: vec![
+            s(&[("route", "/b"), ("le", "+Inf")], 1.0),
+            s(&[("route", "/a"), ("le", "1000")], 3.0),
+            s(&[("route", "/a"), ("le", "100")], 2.0),
+            s(&[("route", "/a"), ("le", "+Inf")], 5.0),
+            s(&[("route", "/a")], 25300.0),
+            s(&[("route", "/b"), ("le", "100")], 1.0),
+            s(&[("route", "/b"), ("le", "not a number")], 9.0),
+            s(&[("route", "/b")], 7.0),
+        ],
+    }];
+    for f in [Format::Prometheus004, Format::OpenMetrics100] {
+        let out = text(&r, &no_exemplars, &extra, &ExpositionConfig::default(), f);
+        assert!(out.contains("# TYPE payload_bytes histogram\n"), "{out}");
+        assert_eq!(
+            lines(&out, "payload_bytes_bucket"),
+            [
+                r#"payload_bytes_bucket{route="/a",le="100.0"} 2"#,
+                r#"payload_bytes_bucket{route="/a",le="1000.0"} 3"#,
+                r#"payload_bytes_bucket{route="/a",le="+Inf"} 5"#,
+                r#"payload_bytes_bucket{route="/b",le="100.0"} 1"#,
+                r#"payload_bytes_bucket{route="/b",le="+Inf"} 1"#,
+            ]
+        );
+        assert_eq!(
+            lines(&out, "payload_bytes_sum"),
+            [
+                r#"payload_bytes_sum{route="/a"} 25300"#,
+                r#"payload_bytes_sum{route="/b"} 7"#
+            ]
+        );
+        assert_eq!(
+            lines(&out, "payload_bytes_count"),
+            [
+                r#"payload_bytes_count{route="/a"} 5"#,
+                r#"payload_bytes_count{route="/b"} 1"#
+            ]
+        );
+    }
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""What pulsetrace adds to a gunicorn worker, in instructions: every thread of
+the worker process (request thread, pulsetrace's core worker, the export
+thread, gRPC's threads), the server loop and the socket handling included,
+counted by callgrind, so the figure does not move with the machine's load.
+
+    python benchmarks/flask_overhead/instructions.py [--route /json] [--requests 300]
+
+For each configuration (no agent; pulsetrace-run with default settings,
+exporting over OTLP/gRPC to the benchmark's receiver; the same with
+``OTEL_TRACES_EXPORTER=none``) the same one-worker gunicorn server as
+``run.py`` runs under ``valgrind --tool=callgrind --trace-children=yes``
+twice: once serving W + N requests, once W + 3N, one connection at a time.
+The worker's instructions per request are the difference of the two totals
+divided by 2N: start-up, imports and shutdown cancel out; the export of the
+traces kept while serving does not (it scales with the requests).
+
+What this cannot see: cache and branch-predictor effects of the extra code
+(callgrind counts instructions, not cycles), and the scheduler (threads
+taking turns on 2 cores with the load generator). And under valgrind a
+request takes tens of times longer, so work done on a timer (the core
+worker's periodic drain, the export every second) is counted tens of times
+more often per request than in production: the figures with pulsetrace are
+an upper bound. ``run.py`` measures throughput with all of that; this
+measures the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from overhead import procs as P  # noqa: E402
+from overhead.settings import make_configs  # noqa: E402
+
+WARM_UP = 200
+CONFIGS = ("none", "pulsetrace", "pulsetrace_no_export")
+
+
+def serve(
+    processes: P.Processes, launcher: list[str], env: dict[str, str], route: str, n: int, out: Path
+) -> int:
+    """Instructions of the worker process over its whole life, serving
+    ``WARM_UP + n`` requests to ``route``."""
+    port = P.free_port()
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--trace-children=yes",
+        f"--callgrind-out-file={out}/cg.%p",
+        *launcher,
+        *P.gunicorn_cmd(port, "app:app"),
+    ]
+    cmd[cmd.index("--graceful-timeout") + 1] = "120"
+    proc = processes.start("valgrind-gunicorn", cmd, env)
+    deadline = time.monotonic() + 300  # start-up under valgrind is slow
+    pid: Optional[int] = None
+    while pid is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise P.HarnessError(
+                f"gunicorn did not serve:\n{processes.log_tail('valgrind-gunicorn')}"
+            )
+        try:
+            status, body = P.http_get(port, "/_bench/info", timeout=30)
+            if status == 200:
+                pid = int(json.loads(body)["pid"])
+        except (OSError, http.client.HTTPException, ValueError):
+            time.sleep(0.5)
+    conn = http.client.HTTPConnection(P.HOST, port, timeout=60)
+    for _ in range(WARM_UP + n):
+        conn.request("GET", route)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise P.HarnessError(f"{route} answered {resp.status}")
+    conn.close()
+    processes.stop(proc, timeout=180)
+    total = 0
+    for part in out.glob(f"cg.{pid}*"):
+        for line in part.read_text(errors="replace").splitlines():
+            if line.startswith(("totals:", "summary:")):
+                total += int(line.split()[1])
+                break
+    if not total:
+        raise P.HarnessError(f"no callgrind output for the worker {pid} in {out}")
+    return total
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--route", default="/json")
+    ap.add_argument("--requests", type=int, default=300, help="N (the second run serves 3N)")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    args = ap.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("instructions: valgrind is not installed (make system-deps installs it)")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="pulsetrace-instr-") as tmp:
+        processes = P.Processes(Path(tmp))
+        try:
+            env = P.base_env()
+            env["PYTHONHASHSEED"] = "0"
+            _recv, port = P.start_receiver(processes, env, Path(tmp) / "stats.json")
+            configs = make_configs(port)
+            per: dict[str, float] = {}
+            for name in args.configs.split(","):
+                cfg = configs[name]
+                totals = []
+                for n in (args.requests, 3 * args.requests):
+                    out = Path(tmp) / f"{name}-{n}"
+                    out.mkdir()
+                    totals.append(
+                        serve(processes, cfg.launcher, {**env, **cfg.env}, args.route, n, out)
+                    )
+                per[name] = (totals[1] - totals[0]) / (2 * args.requests)
+                print(
+                    f"  {name:22} {per[name]:>12,.0f} instructions per request "
+                    "(worker, all threads)"
+                )
+        finally:
+            processes.stop_all()
+    base = per.get("none")
+    if base:
+        for name, v in per.items():
+            if name != "none":
+                print(
+                    f"  {name}: +{v - base:,.0f} per request, "
+                    f"{(v - base) / base:+.1%} over no agent"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

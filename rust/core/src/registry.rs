@@ -10,7 +10,10 @@
 //! The operations live in an append-only hash table: a fixed array of
 //! buckets, sized from `max_keys` when the registry is made, each the head
 //! of a chain of operations whose names hash there, every link a
-//! `OnceLock` that is set once and never changes. Lookups walk a chain with
+//! `OnceLock` that is set once and never changes. An operation's
+//! histograms are a chain of the same kind (most operations have one to
+//! three (kind, class) keys of the 35 possible: a table of all 35 would cost
+//! more than a decade of latencies does). Lookups walk a chain with
 //! `Acquire` loads only (lock-free, nothing to free while a reader runs);
 //! adding an operation appends one link under a mutex that only creators of
 //! keys take, so it costs the same at 10 keys as at 10,000 (nothing is
@@ -39,8 +42,8 @@ pub const OVERFLOW_NAME: &str = "(overflow)";
 const SLOTS: usize = SpanKind::ALL.len() * StatusClass::COUNT;
 const _: () = assert!(SLOTS <= u8::MAX as usize, "slot indexes are kept as u8");
 
-fn slot_index(kind: SpanKind, class: StatusClass) -> usize {
-    kind as usize * StatusClass::COUNT + class as usize
+fn slot_index(kind: SpanKind, class: StatusClass) -> u8 {
+    (kind as usize * StatusClass::COUNT + class as usize) as u8
 }
 
 /// A recorded duration of a kept trace: links a histogram bucket to a trace
@@ -56,17 +59,59 @@ pub struct ExemplarSample {
 /// Exemplars kept per key: the most recent ones (a ring).
 const EXEMPLARS_PER_KEY: usize = 32;
 
+/// An [`ExemplarSample`] as a ring keeps it: 40 bytes, not the 48 that the
+/// `u128` trace id's alignment makes of the sample.
+#[derive(Clone, Copy)]
+struct StoredExemplar {
+    value_ns: u64,
+    trace_id: [u64; 2],
+    span_id: u64,
+    timestamp_unix_ns: u64,
+}
+
+impl From<ExemplarSample> for StoredExemplar {
+    fn from(e: ExemplarSample) -> Self {
+        StoredExemplar {
+            value_ns: e.value_ns,
+            trace_id: [(e.trace_id >> 64) as u64, e.trace_id as u64],
+            span_id: e.span_id,
+            timestamp_unix_ns: e.timestamp_unix_ns,
+        }
+    }
+}
+
+impl From<StoredExemplar> for ExemplarSample {
+    fn from(e: StoredExemplar) -> Self {
+        ExemplarSample {
+            value_ns: e.value_ns,
+            trace_id: u128::from(e.trace_id[0]) << 64 | u128::from(e.trace_id[1]),
+            span_id: e.span_id,
+            timestamp_unix_ns: e.timestamp_unix_ns,
+        }
+    }
+}
+
 /// The exemplar rings of an operation's keys that have any, by slot index
 /// (most operations have one or two keys: a short list, not an array of all).
-type Exemplars = Vec<(u8, VecDeque<ExemplarSample>)>;
+type Exemplars = Vec<(u8, VecDeque<StoredExemplar>)>;
+
+/// One (kind, class) histogram of an operation, and the next of its chain.
+struct Key {
+    slot: u8,
+    histogram: Arc<Histogram>,
+    next: OnceLock<Box<Key>>,
+}
 
 /// All histograms of one operation name and target.
 pub struct Operation {
     name: Arc<str>,
     target: Target,
-    slots: [OnceLock<Arc<Histogram>>; SLOTS],
-    /// Spans answered 429 (too many requests), by span kind.
-    rate_limited: [AtomicU64; SpanKind::ALL.len()],
+    /// The (kind, class) keys made so far, in creation order: set once
+    /// each, under the registry's `grow` mutex; read without a lock.
+    keys: OnceLock<Box<Key>>,
+    /// Spans answered 429 (too many requests), by span kind: allocated by
+    /// the operation's first (most operations never see one).
+    rate_limited: OnceLock<Box<[AtomicU64; SpanKind::ALL.len()]>>,
     /// Allocates with the operation's first exemplar (kept traces only).
     exemplars: Mutex<Exemplars>,
 }
@@ -76,10 +121,37 @@ impl Operation {
         Operation {
             name: Arc::from(name),
             target,
-            slots: std::array::from_fn(|_| OnceLock::new()),
-            rate_limited: std::array::from_fn(|_| AtomicU64::new(0)),
+            keys: OnceLock::new(),
+            rate_limited: OnceLock::new(),
             exemplars: Mutex::new(Vec::new()),
         }
+    }
+
+    fn key(&self, slot: u8) -> Option<&Arc<Histogram>> {
+        std::iter::successors(self.keys.get(), |k| k.next.get())
+            .find(|k| k.slot == slot)
+            .map(|k| &k.histogram)
+    }
+
+    /// The histogram of `slot`, made by `make` if there is none. Callers
+    /// hold the registry's `grow` mutex (one writer per link).
+    fn key_or_insert(&self, slot: u8, make: impl FnOnce() -> Histogram) -> &Arc<Histogram> {
+        let mut cell = &self.keys;
+        while let Some(k) = cell.get() {
+            if k.slot == slot {
+                return &k.histogram;
+            }
+            cell = &k.next;
+        }
+        &cell
+            .get_or_init(|| {
+                Box::new(Key {
+                    slot,
+                    histogram: Arc::new(make()),
+                    next: OnceLock::new(),
+                })
+            })
+            .histogram
     }
 
     pub fn name(&self) -> &str {
@@ -91,12 +163,14 @@ impl Operation {
     }
 
     pub fn get(&self, kind: SpanKind, class: StatusClass) -> Option<&Arc<Histogram>> {
-        self.slots[slot_index(kind, class)].get()
+        self.key(slot_index(kind, class))
     }
 
     /// Spans of `kind` answered 429 (too many requests).
     pub fn rate_limited(&self, kind: SpanKind) -> u64 {
-        self.rate_limited[kind as usize].load(Ordering::Relaxed)
+        self.rate_limited
+            .get()
+            .map_or(0, |c| c[kind as usize].load(Ordering::Relaxed))
     }
 }
 
@@ -313,11 +387,7 @@ impl Registry {
         duration_ns: u64,
     ) {
         let idx = slot_index(kind, class);
-        if let Some(h) = self
-            .table
-            .find(name, &target)
-            .and_then(|op| op.slots[idx].get())
-        {
+        if let Some(h) = self.table.find(name, &target).and_then(|op| op.key(idx)) {
             h.record(duration_ns);
             return;
         }
@@ -333,7 +403,9 @@ impl Registry {
             Some(op) => op,
             None => &self.overflow[target.system() as usize],
         };
-        op.rate_limited[kind as usize].fetch_add(1, Ordering::Relaxed);
+        op.rate_limited
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))))[kind as usize]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The histogram of a key, created if the bound allows, else the overflow
@@ -346,34 +418,27 @@ impl Registry {
         class: StatusClass,
     ) -> Arc<Histogram> {
         let idx = slot_index(kind, class);
-        if let Some(h) = self
-            .table
-            .find(name, &target)
-            .and_then(|op| op.slots[idx].get())
-        {
+        if let Some(h) = self.table.find(name, &target).and_then(|op| op.key(idx)) {
             return h.clone();
         }
         let _g = self.grow.lock();
+        let make = || Histogram::new(self.cfg);
         if let Some(op) = self.table.find(name, &target) {
-            if let Some(h) = op.slots[idx].get() {
+            if let Some(h) = op.key(idx) {
                 return h.clone();
             }
             if self.reserve_key() {
-                return op.slots[idx]
-                    .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
-                    .clone();
+                return op.key_or_insert(idx, make).clone();
             }
         } else if self.reserve_key() {
             let op = Arc::new(Operation::new(name, target.to_owned_target()));
-            let h = op.slots[idx]
-                .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
-                .clone();
+            let h = op.key_or_insert(idx, make).clone();
             self.table.push(op);
             return h;
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        self.overflow[target.system() as usize].slots[idx]
-            .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
+        self.overflow[target.system() as usize]
+            .key_or_insert(idx, make)
             .clone()
     }
 
@@ -507,14 +572,14 @@ impl Registry {
     ) {
         let idx = slot_index(kind, class);
         let op = match self.table.find(name, &target) {
-            Some(op) if op.slots[idx].get().is_some() => op,
+            Some(op) if op.key(idx).is_some() => op,
             _ => return,
         };
         let mut rings = op.exemplars.lock();
-        let at = match rings.iter().position(|(i, _)| usize::from(*i) == idx) {
+        let at = match rings.iter().position(|(i, _)| *i == idx) {
             Some(at) => at,
             None => {
-                rings.push((idx as u8, VecDeque::new()));
+                rings.push((idx, VecDeque::new()));
                 rings.len() - 1
             }
         };
@@ -522,7 +587,7 @@ impl Registry {
         if ring.len() >= EXEMPLARS_PER_KEY {
             ring.pop_front();
         }
-        ring.push_back(sample);
+        ring.push_back(sample.into());
     }
 
     /// For each upper bound (ascending, nanoseconds), the most recent
@@ -542,13 +607,13 @@ impl Registry {
             return out;
         };
         let rings = op.exemplars.lock();
-        let Some((_, ring)) = rings.iter().find(|(i, _)| usize::from(*i) == idx) else {
+        let Some((_, ring)) = rings.iter().find(|(i, _)| *i == idx) else {
             return out;
         };
-        for e in ring.iter() {
+        for &e in ring.iter() {
             let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
             if b < out.len() {
-                out[b] = Some(*e);
+                out[b] = Some(e.into());
             }
         }
         out

@@ -117,7 +117,7 @@ def test_every_span_counts_even_when_the_intake_overflows(queued):
 # Keys by system: one span name, one row per system it talks to.
 # ---------------------------------------------------------------------------
 
-STATS = {"count", "errors", "min", "mean", "p50", "p90", "p99", "p999", "max"}
+STATS = {"count", "errors", "rate_limited", "min", "mean", "p50", "p90", "p99", "p999", "max"}
 
 
 def keys(rows: list[dict]) -> list[tuple[dict, int, int]]:

@@ -100,6 +100,27 @@ def test_late_spans_follow_their_trace(exporter):
     assert pulsetrace.counters()["spans_late_kept"] == 1
 
 
+def test_a_failed_consumer_run_is_kept_in_a_trace_already_dropped(exporter):
+    """One request sends two tasks: the first task's run ends and is dropped
+    (rate 0); the second fails in its own consumer span of the same trace,
+    and is kept by the error, with the child that failed."""
+    fresh(sample_rate=0.0, adaptive_percentile=0.0)
+    pulsetrace.add_exporter(exporter)
+    producer = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    parent = pulsetrace.extract({"traceparent": producer})
+    with pulsetrace.start_span("process ok", kind="consumer", parent=parent):
+        pass
+    run = pulsetrace.start_span("process broken", kind="consumer", parent=parent)
+    step = pulsetrace.start_span("charge", parent=run)
+    step.set_status("error", "card declined")
+    step.end()
+    run.set_status("error", "task failed")
+    run.end()
+    names = sorted(s.name for s in finished(exporter))
+    assert names == ["charge", "process broken"]
+    assert pulsetrace.counters()["traces_kept_error"] == 1
+
+
 def test_the_export_queue_is_bounded_and_drops_are_counted(queued):
     fresh(export_queue_size=50)
     for _ in range(100):

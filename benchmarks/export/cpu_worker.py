@@ -14,7 +14,7 @@ over OTLP/gRPC to the receiver on 127.0.0.1:PORT. Order of events:
    sent and answered.
 
 CPU time is ``time.process_time()`` (user + system of every thread of the
-process: the application thread, pulsetrace's native worker and its OTLP sender
+process: the application thread, pulsetrace's native worker and its export
 thread, the SDK's export thread, gRPC's own threads). GC stays on, as in an
 application. The buffers are sized to hold all N spans, so nothing is dropped:
 the figure is the cost of spans that were exported.
@@ -68,7 +68,7 @@ def pulsetrace_side(endpoint: str, capacity: int) -> dict[str, Any]:
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
         }
     )
-    exporter = OtlpSpanExporter(otlp, max_queued_spans=capacity + 16 * 4096)
+    exporter = OtlpSpanExporter(otlp)
     pulsetrace.add_exporter(exporter)
     start = pulsetrace.start_span
 
@@ -125,7 +125,6 @@ def pulsetrace_side(endpoint: str, capacity: int) -> dict[str, Any]:
             "protocol": otlp.protocol,
             "endpoint": otlp.endpoint,
             "compression": otlp.compression,
-            "max_queued_spans": exporter.max_queued_spans,
         },
     }
 

@@ -3,11 +3,15 @@ of SERIES histogram series, in a fresh process.
 
     python benchmarks/export/exposition.py --series 10000 --format openmetrics_1.0.0 \\
         --rounds 7 --out /tmp/x.json
+    python benchmarks/export/exposition.py --series 10000 --format openmetrics_1.0.0 \\
+        --spans-per-series 200 --decades 2 --rounds 1 --out /tmp/typical.json
 
 The registry: SERIES / 2 SERVER operations of distinct names, each with an ``ok``
 and an ``error`` span (a histogram series per status class: SERIES series), and
 SPANS_PER_SERIES spans per series with durations spread from 100 µs to 2 s (so
-the buckets are filled), every trace kept (``sample_rate=1.0``: exemplars on
+the buckets are filled; ``--spans-per-series`` and ``--decades`` change both:
+200 spans over 2 decades, 100 µs to 10 ms, touch every histogram row of a
+typical series' range), every trace kept (``sample_rate=1.0``: exemplars on
 every series in OpenMetrics). ``max_metric_keys`` is SERIES + 1000. Recorded on
 the way (the registry's context, not the render): CPU µs per span of the first
 pass, where every span creates its key (overall and over the last tenth of the
@@ -53,7 +57,9 @@ EXPECTED_TYPE = {
 LABELS = {"service_name": "x"}
 
 
-def build(series: int) -> tuple[Any, dict[str, float]]:
+def build(
+    series: int, spans_per_series: int = SPANS_PER_SERIES, decades: Optional[float] = None
+) -> tuple[Any, dict[str, float]]:
     """The tracer with its registry of ``series`` keys, and what recording cost on
     this thread (CPU µs per span): the first pass creates every key, the later
     passes find them."""
@@ -72,15 +78,16 @@ def build(series: int) -> tuple[Any, dict[str, float]]:
     now = time.time_ns()
     k = 0
     cost: dict[str, float] = {}
-    for r in range(SPANS_PER_SERIES):
+    spread = 20_000.0 if decades is None else 10.0**decades  # highest / lowest duration
+    for r in range(spans_per_series):
         c0 = time.thread_time_ns()
         c_last = c0
         for i in range(names):
             if i == names - tenth:
                 c_last = time.thread_time_ns()
             for error in (False, True):
-                # log-spread durations: 100 µs .. ~2 s
-                duration = int(100_000 * 20_000 ** (((k * 7919) % 1000) / 1000))
+                # log-spread durations: 100 µs .. ~2 s (or 100 µs .. 10^decades x that)
+                duration = int(100_000 * spread ** (((k * 7919) % 1000) / 1000))
                 k += 1
                 s = tracer.start_span(
                     f"GET /api/v1/resource{i}/{{id}}",
@@ -133,11 +140,17 @@ def memory_probe(render: Any) -> dict[str, Any]:
     return out
 
 
-def measure(series: int, fmt: str, rounds: int) -> dict[str, Any]:
+def measure(
+    series: int,
+    fmt: str,
+    rounds: int,
+    spans_per_series: int = SPANS_PER_SERIES,
+    decades: Optional[float] = None,
+) -> dict[str, Any]:
     rss_start = proc_status_kib("VmRSS")
     t0 = time.monotonic()
     c0 = time.process_time()
-    tracer, record_cost = build(series)
+    tracer, record_cost = build(series, spans_per_series, decades)
     build_cpu_s = time.process_time() - c0
     build_s = time.monotonic() - t0
     gc.collect()
@@ -152,6 +165,8 @@ def measure(series: int, fmt: str, rounds: int) -> dict[str, Any]:
     body, content_type = render()
     out: dict[str, Any] = {
         "series": series,
+        "spans_per_series": spans_per_series,
+        "decades": decades,
         "format": fmt,
         "rounds": rounds,
         "metric_keys": counters.get("metric_keys"),
@@ -197,9 +212,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--series", type=int, required=True)
     ap.add_argument("--format", choices=sorted(ACCEPT), required=True)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--spans-per-series", type=int, default=SPANS_PER_SERIES)
+    ap.add_argument(
+        "--decades", type=float, help="durations spread over this many decades from 100 µs"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    args.out.write_text(json.dumps(measure(args.series, args.format, args.rounds)))
+    result = measure(args.series, args.format, args.rounds, args.spans_per_series, args.decades)
+    args.out.write_text(json.dumps(result))
     return 0
 
 

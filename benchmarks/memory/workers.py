@@ -9,9 +9,10 @@ read after warm-up.
     python benchmarks/memory/workers.py [--quick|--full] [--requests N] [--json PATH]
 
 Per configuration, a fresh gunicorn: WARMUP requests, then the rest; the
-worker's and the master's VmRSS, and the worker's PSS and private memory
-(``/proc/PID/smaps_rollup``: pages shared with the master count half in PSS
-and not at all in private), at the end and at each tenth (the growth over
+worker's and the master's VmRSS, PSS and private memory, and the worker's
+shared memory (``/proc/PID/smaps_rollup``: pages a worker still shares with
+the master since the fork count half in PSS, not at all in private, and in
+shared), at the end, and the worker's RSS at each tenth (the growth over
 the second half shows a plateau, not a leak). The agent's own memory is the
 worker's RSS over the no-agent worker's. The gRPC library is reported apart:
 pulsetrace with OTLP/gRPC minus pulsetrace with ``OTEL_TRACES_EXPORTER=none``,
@@ -76,12 +77,18 @@ def kib(pid: int, path: str, field: str) -> Optional[int]:
 
 
 def memory(pid: int) -> dict[str, Optional[int]]:
-    clean = kib(pid, "smaps_rollup", "Private_Clean")
-    dirty = kib(pid, "smaps_rollup", "Private_Dirty")
+    """RSS, PSS, and RSS split into private pages and pages shared (with the
+    master, for a worker: what fork left in common and neither wrote since)."""
+
+    def both(a: str, b: str) -> Optional[int]:
+        x, y = kib(pid, "smaps_rollup", a), kib(pid, "smaps_rollup", b)
+        return None if x is None or y is None else x + y
+
     return {
         "rss_kib": kib(pid, "status", "VmRSS"),
         "pss_kib": kib(pid, "smaps_rollup", "Pss"),
-        "private_kib": None if clean is None or dirty is None else clean + dirty,
+        "private_kib": both("Private_Clean", "Private_Dirty"),
+        "shared_kib": both("Shared_Clean", "Shared_Dirty"),
     }
 
 
@@ -292,8 +299,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             w, m = r["worker"], r["master"]
             print(
                 f"  {name:<22} worker RSS {w['rss_kib'] / 1024:6.1f} MiB  PSS "
-                f"{w['pss_kib'] / 1024:6.1f}  private {w['private_kib'] / 1024:6.1f}  | master "
-                f"RSS {m['rss_kib'] / 1024:6.1f} MiB | 2nd-half growth "
+                f"{w['pss_kib'] / 1024:6.1f}  private {w['private_kib'] / 1024:6.1f}  shared "
+                f"{w['shared_kib'] / 1024:6.1f}  | master RSS {m['rss_kib'] / 1024:6.1f} MiB "
+                f"private {m['private_kib'] / 1024:6.1f} | 2nd-half growth "
                 f"{r['second_half_growth_kib'] / 1024:+.1f} MiB, {r['errors']} errors  ({desc})",
                 flush=True,
             )

@@ -100,8 +100,9 @@ def remove_exporter(exporter: SpanExporter) -> None:
 
 def latency() -> list[dict[str, Any]]:
     """Live statistics per operation from the native histograms: dicts with
-    ``name``, ``kind``, ``count``, ``errors``, ``min``, ``mean``, ``p50``,
-    ``p90``, ``p99``, ``p999`` and ``max`` (durations in seconds)."""
+    ``name``, ``kind``, ``count``, ``errors``, ``rate_limited`` (spans
+    answered 429), ``min``, ``mean``, ``p50``, ``p90``, ``p99``, ``p999``
+    and ``max`` (durations in seconds)."""
     return list(_runtime.tracer().latency())
 
 
@@ -113,10 +114,9 @@ def counters() -> dict[str, int]:
     out.update(_runtime.deliveries())
     out["spans_oversized"] = _runtime.oversized_spans()
     for exporter in _runtime.exporters():
-        more = getattr(exporter, "counters", None)
-        if more is not None:
+        if isinstance(exporter, SpanExporter):  # counters() is optional for an application's own
             try:
-                out.update(more())
+                out.update(exporter.counters())
             except Exception as exc:
                 _diag.internal_error("counters", exc)
     from pulsetrace import logging as _logging

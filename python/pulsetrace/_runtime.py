@@ -4,9 +4,14 @@ export thread, started on first use, flushed at exit, renewed after fork.
 The export chain: kept traces wait in the core's one bounded export queue;
 the one export thread sleeps in the core (``Tracer.wait_export``, without
 the GIL) until a batch is ready, and hands each batch (a
-:class:`~pulsetrace.export.SpanBatch`) to every exporter. ``flush`` and
-``shutdown`` run the same hand-over on their own thread, under the same
-lock, so batches reach each exporter one at a time and in order."""
+:class:`~pulsetrace.export.SpanBatch`) to every exporter, which sends it
+there (no exporter has a queue or thread of its own), one batch at a time
+and in order. ``flush`` asks the export thread to hand over everything
+queued and waits for it, within its timeout. ``shutdown`` bounds the batch
+being exported (:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the
+export thread and hands what is left over on its own thread as one batch:
+at the same time as the export thread's last batch if a slow receiver
+still holds that one up, both within the shutdown's deadline."""
 
 from __future__ import annotations
 
@@ -23,7 +28,16 @@ from typing import Any, Callable, Optional
 from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
 from pulsetrace.config import Config, environment
-from pulsetrace.export import ExportResult, SpanBatch, SpanExporter
+from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, check_exporter
+
+# Re-exported: exporters, the counters and the health checks read them here.
+from pulsetrace.export._outcomes import count_export_failure as count_export_failure
+from pulsetrace.export._outcomes import deliveries as deliveries
+from pulsetrace.export._outcomes import export_failures as export_failures
+from pulsetrace.export._outcomes import note_oversized, reset_deliveries
+from pulsetrace.export._outcomes import oversized_spans as oversized_spans
+from pulsetrace.export._outcomes import record_delivery as record_delivery
+from pulsetrace.export._thread import ExportThread
 
 #: The ``X-Request-ID`` header of the request a Python server hook serves in
 #: this context, with its trace id: ``(trace_id, value)``, trace id 0 for
@@ -45,13 +59,7 @@ _tracer: Optional[Tracer] = None
 _starting = False
 _start_failed = False
 _exporters: list[SpanExporter] = []
-_export_failures = 0
-#: Spans exporters reported delivered / not delivered (a span sent to two
-#: exporters counts twice). An exporter reports through its ``export``
-#: result, or (``ExportResult.QUEUED``) itself, once it knows.
-_delivery = {"spans_delivered": 0, "spans_delivery_failed": 0}
-_delivery_lock = threading.Lock()
-_worker: Optional[_ExportThread] = None
+_worker: Optional[ExportThread] = None
 _pid = os.getpid()
 
 
@@ -85,43 +93,13 @@ TRACER = Tracer(CURRENT, _first_use)
 BATCH_SPANS = 4096
 
 
-class _ExportThread(threading.Thread):
-    """The one export thread: sleeps in the core, without the GIL, until a
-    batch is ready (``BATCH_SPANS`` spans, or the oldest kept trace waited
-    ``interval_s``, PULSETRACE_EXPORT_INTERVAL_MS) or it is stopped, then
-    hands the kept traces to the exporters. Nothing polls: with no trace
-    kept it does not run at all."""
-
-    def __init__(self, tracer: Tracer, interval_s: float) -> None:
-        super().__init__(name="pulsetrace-export", daemon=True)
-        self.tracer = tracer
-        self.interval_s = interval_s
-        self.stopping = False
-        self._pause = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping = True
-        self._pause.set()
-        try:
-            self.tracer.kick_export()
-        except Exception as exc:
-            _diag.internal_error("export.kick", exc)
-
-    def run(self) -> None:
-        while not self.stopping:
-            try:
-                wake = self.tracer.wait_export(self.interval_s, BATCH_SPANS)
-            except Exception as exc:
-                _diag.internal_error("export.wait", exc)
-                return
-            if self.stopping or wake == "stopped":
-                return  # stopped, or the core was replaced (a new thread follows)
-            # One batch per wake-up: what is left waits until it is a batch
-            # too, or its own delay ran out (so a burst makes few requests).
-            if export_pending(BATCH_SPANS, batches=1) == 0 and wake == "ready":
-                # Traces wait but none could be taken (an error, logged):
-                # pause rather than spin on them.
-                self._pause.wait(self.interval_s)
+def batch_spans() -> int:
+    """Spans per batch: ``BATCH_SPANS``, at most half the export queue, so
+    that what an exporter holds (the batch it sends) stays within half the
+    queue's bound too."""
+    cfg = _config
+    size = cfg.export_queue_size if cfg is not None else Config.export_queue_size
+    return max(1, min(BATCH_SPANS, size // 2))
 
 
 def tracer() -> Tracer:
@@ -195,11 +173,11 @@ def _apply(cfg: Config) -> None:
     TRACER.configure(cfg)
     scrub.configure(cfg)
     # A new configuration counts afresh, as the core's counters do.
-    with _delivery_lock:
-        _delivery.update(dict.fromkeys(_delivery, 0))
+    reset_deliveries()
     TRACER.set_resource(resource(cfg))
     _config = cfg
     _tracer = TRACER
+    _set_final_deadline(None)  # exporting again (after a shutdown)
     if first:
         # A reconfigured core keeps the previous one's export switch.
         _sync_exporting()
@@ -220,6 +198,7 @@ def configure(cfg: Config) -> None:
 
 
 def add_exporter(exporter: SpanExporter) -> None:
+    check_exporter(exporter)
     with _lock:
         tracer()
         # The running export thread finishes its batch first, so traces
@@ -237,7 +216,9 @@ def remove_exporter(exporter: SpanExporter) -> None:
             _exporters.remove(exporter)
         _sync_exporting()
         if not _exporters:
-            _stop_worker()
+            # Not waited for: it may be in the middle of a batch that a slow
+            # receiver holds up (it leaves once that batch is done).
+            _stop_worker(timeout=0)
 
 
 def exporters() -> Sequence[SpanExporter]:
@@ -250,7 +231,7 @@ def _stop_worker(timeout: float = 5.0) -> None:
     _worker = None
     if w is not None:
         w.stop()
-        if w is not threading.current_thread():
+        if w is not threading.current_thread() and timeout > 0:
             w.join(timeout)
 
 
@@ -258,15 +239,36 @@ def _restart_worker() -> None:
     global _worker
     _stop_worker()
     if _exporters and _config is not None:
-        _worker = _ExportThread(TRACER, _config.export_interval_ms / 1000.0)
+        _worker = ExportThread(
+            TRACER,
+            _config.export_interval_ms / 1000.0,
+            batch_spans(),
+            lambda max_spans, batches: export_pending(max_spans, batches=batches),
+        )
         _worker.start()
 
 
 _export_lock = threading.Lock()
+#: The batch being handed to the exporters, and the deadline a shutdown set
+#: (every batch made after it carries it): guarded by ``_batch_lock``.
+_current_batch: Optional[SpanBatch] = None
+_final_deadline: Optional[float] = None
+_batch_lock = threading.Lock()
+
+
+def _set_final_deadline(deadline: Optional[float]) -> None:
+    """A shutdown began (``deadline``) or is over (None): the batch being
+    exported, and every later one, must be done by ``deadline``."""
+    global _final_deadline
+    with _batch_lock:
+        _final_deadline = deadline
+        batch = _current_batch
+    if batch is not None and deadline is not None:
+        batch.finish_by(deadline)
 
 
 def export_pending(
-    max_spans: int = BATCH_SPANS, timeout: Optional[float] = None, batches: Optional[int] = None
+    max_spans: Optional[int] = None, timeout: Optional[float] = None, batches: Optional[int] = None
 ) -> int:
     """Hand kept traces to every exporter, in batches of about ``max_spans``
     spans: all of them, or the first ``batches``. Returns spans handed over.
@@ -275,20 +277,47 @@ def export_pending(
     t = _tracer
     if t is None or not _exporters:
         return 0
+    if max_spans is None:
+        max_spans = batch_spans()
     if not _export_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
         return 0
+    global _export_owner
+    _export_owner = threading.get_ident()
     try:
         return _export_locked(t, max_spans, batches)
     finally:
+        _export_owner = None
         _export_lock.release()
 
 
+#: The thread holding ``_export_lock`` (its ident), if any.
+_export_owner: Optional[int] = None
+
+
+def _final_hand_over(t: Tracer) -> None:
+    """At shutdown, with the deadline set: everything queued, as one batch,
+    so that an exporter sends all of it at once. When the export thread is
+    still busy with its batch (a slow receiver), this does not wait for it:
+    the two batches go on at the same time, both bound by the deadline."""
+    if _export_owner == threading.get_ident():
+        return  # a signal handler inside this thread's own export: not reentrant
+    held = _export_lock.acquire(timeout=0.05)
+    try:
+        _export_locked(t, sys.maxsize, None)
+    finally:
+        if held:
+            _export_lock.release()
+
+
 def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
+    global _current_batch
     total = 0
     limit = _config.export_max_request_bytes if _config is not None else None
     while batches is None or batches > 0:
         if batches is not None:
             batches -= 1
+        if _final_deadline is not None and isinstance(threading.current_thread(), ExportThread):
+            return total  # a shutdown began: it hands the rest over itself
         try:
             native = t.drain_batch(max_spans)
         except Exception as exc:
@@ -297,55 +326,34 @@ def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
         if native is None:
             _warn_if_randomness_presumed(t)
             return total
-        batch = SpanBatch(native, limit, _note_oversized)
-        spans = batch.spans
-        total += spans
-        for exporter in tuple(_exporters):
-            try:
-                result = exporter.export(batch)
-            except Exception as exc:
-                _diag.internal_error(f"export.{type(exporter).__name__}", exc)
-                result = ExportResult.FAILURE
-            if result is ExportResult.QUEUED:
-                continue  # the exporter reports each span's outcome itself
-            if result is ExportResult.SUCCESS:
-                record_delivery(spans, 0)
-            else:
-                record_delivery(0, spans)
-                count_export_failure()
+        with _batch_lock:
+            batch = SpanBatch(native, limit, lambda n: note_oversized(n, limit), _final_deadline)
+            _current_batch = batch
+        try:
+            total += _hand_over(batch)
+        finally:
+            with _batch_lock:
+                _current_batch = None
     return total
 
 
-def _note_oversized(spans: int) -> None:
-    """``spans`` spans of a batch were each too large for an OTLP request
-    (PULSETRACE_EXPORT_MAX_REQUEST_BYTES): counted, and the first time
-    logged. The exporters count them as not delivered."""
-    global _oversized_spans
-    first = _oversized_spans == 0
-    _oversized_spans += spans
-    if first:
-        limit = _config.export_max_request_bytes if _config is not None else None
-        _diag.log.warning(
-            "pulsetrace: %d spans were each larger than PULSETRACE_EXPORT_MAX_REQUEST_BYTES "
-            "(%s bytes) once encoded and were dropped (further ones are only counted)",
-            spans,
-            limit,
-        )
-
-
-def count_export_failure() -> None:
-    """An exporter failed to deliver some of a batch (``export_failures``)."""
-    global _export_failures
-    with _delivery_lock:
-        _export_failures += 1
-
-
-_oversized_spans = 0
-
-
-def oversized_spans() -> int:
-    """Spans dropped because each alone exceeded the OTLP request bound."""
-    return _oversized_spans
+def _hand_over(batch: SpanBatch) -> int:
+    """Give ``batch`` to every exporter in turn, counting the outcomes."""
+    spans = batch.spans
+    for exporter in tuple(_exporters):
+        try:
+            result = exporter.export(batch)
+        except Exception as exc:
+            _diag.internal_error(f"export.{type(exporter).__name__}", exc)
+            result = ExportResult.FAILURE
+        if result is ExportResult.QUEUED:
+            continue  # the exporter reports each span's outcome itself
+        if result is ExportResult.SUCCESS:
+            record_delivery(spans, 0)
+        else:
+            record_delivery(0, spans)
+            count_export_failure()
+    return spans
 
 
 _randomness_warned = False
@@ -366,34 +374,25 @@ def _warn_if_randomness_presumed(t: Tracer) -> None:
     )
 
 
-def export_failures() -> int:
-    return _export_failures
-
-
-def record_delivery(delivered: int, failed: int) -> None:
-    """An exporter's outcome: ``delivered`` spans reached their destination,
-    ``failed`` did not (refused, lost, timed out)."""
-    with _delivery_lock:
-        _delivery["spans_delivered"] += delivered
-        _delivery["spans_delivery_failed"] += failed
-
-
-def deliveries() -> dict[str, int]:
-    """``spans_delivered`` and ``spans_delivery_failed`` so far."""
-    with _delivery_lock:
-        return dict(_delivery)
-
-
 def flush(timeout: float = 5.0) -> bool:
-    """Process every ended span now and export what is kept. Traces whose
-    root has not ended stay open. Returns False if the deadline passed."""
+    """Process every ended span now and export what is kept (on the export
+    thread, this one waiting for it). Traces whose root has not ended stay
+    open. Returns False if the deadline passed (what was asked goes on:
+    ``flush(0)`` hands everything over without waiting)."""
     deadline = time.monotonic() + max(timeout, 0.0)
     t = _tracer
     if t is None:
         return True
     try:
         t.process(False)
-        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        w = _worker
+        done = None
+        if w is not None and w is not threading.current_thread():
+            done = w.flush(max(deadline - time.monotonic(), 0.0))
+        if done is None:  # no export thread running: this thread hands over
+            export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        elif not done:
+            return False
         ok = True
         for exporter in tuple(_exporters):
             remaining = deadline - time.monotonic()
@@ -434,14 +433,20 @@ def shutdown(timeout: Optional[float] = None) -> bool:
         timeout = shutdown_timeout()
     deadline = time.monotonic() + max(timeout, 0.0)
     try:
-        _stop_worker(timeout=max(deadline - time.monotonic(), 0.0))
+        # The batch being exported ends by the deadline (a receiver that
+        # fails gets one last attempt, not retries), and so do later ones.
+        _set_final_deadline(deadline)
+        worker = _worker
+        _stop_worker(timeout=0)
         t.shutdown()
-        # With a deadline: a SIGTERM can arrive while this very thread holds
-        # the export lock (inside flush), and the lock is not reentrant.
-        export_pending(timeout=max(deadline - time.monotonic(), 0.0))
+        _final_hand_over(t)
         for exporter in tuple(_exporters):
             remaining = max(deadline - time.monotonic(), 0.0)
             exporter.shutdown(remaining)
+        if worker is not None and worker is not threading.current_thread():
+            # Gone before the interpreter finalizes (a thread still inside
+            # the core then could not come back to Python), within the bound.
+            worker.join(max(deadline - time.monotonic(), 0.0))
         for hook in tuple(_shutdown_hooks):
             hook()
         return time.monotonic() <= deadline
@@ -451,12 +456,15 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _worker, _export_lock, _lock, _pid, _delivery_lock
+    global _worker, _export_lock, _lock, _pid, _batch_lock, _current_batch
     _pid = os.getpid()
     _lock = threading.RLock()
     _export_lock = threading.Lock()
-    _delivery_lock = threading.Lock()
-    _delivery.update(dict.fromkeys(_delivery, 0))  # the child's own, as the core's
+    _batch_lock = threading.Lock()
+    _current_batch = None  # the parent's
+    global _export_owner
+    _export_owner = None
+    reset_deliveries(after_fork=True)  # the child's own, as the core's
     _worker = None
     t = _tracer
     if t is not None:

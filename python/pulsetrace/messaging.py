@@ -22,6 +22,10 @@ more interval and is counted (``pulsetrace_agent_errors_total``) and logged
 once; the families are then empty. Publish and consume rates, processing
 durations and failures per queue are the span series
 (``messaging_client_*``, ``messaging_process_*``).
+
+A consumer that handles several messages as one unit wraps that work in
+:func:`process_batch`: one CONSUMER span for the batch, linked to the
+producer of each message instead of continuing one of them.
 """
 
 from __future__ import annotations
@@ -34,12 +38,23 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
-from pulsetrace import _diag, _runtime
-from pulsetrace._suppress import suppressed
+from pulsetrace import _diag, _runtime, propagation
+from pulsetrace._native import Span, SpanContext
+from pulsetrace._suppress import SUPPRESSED, suppressed
+from pulsetrace.contrib import _amqp
 
-__all__ = ["MAX_QUEUES", "REFRESH_S", "families", "note_queue", "queues", "reset"]
+__all__ = [
+    "MAX_QUEUES",
+    "REFRESH_S",
+    "families",
+    "note_queue",
+    "process_batch",
+    "queues",
+    "reset",
+]
 
 #: Queues reported at most (labels are bounded).
 MAX_QUEUES = 100
@@ -216,6 +231,115 @@ def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]
             [(labels(r), float(r["consumers"])) for r in rows],
         ),
     ]
+
+
+def _headers(message: Any) -> Any:
+    """The headers of one message of a batch: a mapping is the headers
+    themselves; pika's ``(method, properties, body)`` triple has them on its
+    properties; other messages (aio-pika's, kombu's, pika's
+    ``BasicProperties``) carry a ``headers`` attribute."""
+    if isinstance(message, Mapping):
+        return message
+    if isinstance(message, tuple) and len(message) == 3:
+        return getattr(message[1], "headers", None)
+    return getattr(message, "headers", None)
+
+
+def _producer_contexts(messages: Any) -> Iterator[SpanContext]:
+    """The producer context of each message that carries one, lazily: the
+    span's link limit stops the iteration once it is reached."""
+    for message in messages:
+        try:
+            headers = _headers(message)
+            context = propagation.extract(headers) if headers else None
+        except Exception as exc:
+            _diag.internal_error("messaging.process_batch", exc)
+            return
+        if context is not None:
+            yield context
+
+
+def _start_batch(messages: Any, count: int, system: str, destination: str) -> Optional[Span]:
+    if SUPPRESSED.get():
+        return None
+    try:
+        tracer = _runtime._tracer or _runtime.tracer()
+        if not tracer.enabled:
+            return None
+        return tracer.start_span(
+            f"process {destination}" if destination else "process",
+            kind="consumer",
+            attributes={
+                "messaging.system": system,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": destination,
+                "messaging.batch.message_count": count,
+            },
+            links=_producer_contexts(messages),
+        )
+    except Exception as exc:
+        _diag.internal_error("messaging.process_batch", exc)
+        return None
+
+
+@contextlib.contextmanager
+def process_batch(messages: Any, *, system: str, destination: str) -> Iterator[Optional[Span]]:
+    """One CONSUMER span ``process <destination>`` around the handling of
+    ``messages`` as one unit::
+
+        from pulsetrace.messaging import process_batch
+
+        batch = [channel.basic_get("orders") for _ in range(10)]
+        batch = [m for m in batch if m[0] is not None]
+        with process_batch(batch, system="rabbitmq", destination="orders"):
+            handle(batch)
+
+    ``messages`` is a list or tuple (any sized collection) whose items are
+    pika's ``(method, properties, body)`` triples (what ``basic_get`` and
+    ``BlockingChannel.consume`` return), messages with a ``headers``
+    attribute (aio-pika's ``IncomingMessage``, kombu's ``Message``) or the
+    headers mappings themselves. The span links to the producer context of
+    each message that carries one (W3C ``traceparent``/``tracestate``
+    headers), at most ``PULSETRACE_MAX_EVENTS`` links (the span's link
+    limit; the rest are dropped and counted); it does not continue any of
+    them: its parent is the current span, if any. Attributes:
+    ``messaging.system``, ``messaging.operation.type=process``,
+    ``messaging.operation.name=process``, ``messaging.destination.name`` and
+    ``messaging.batch.message_count`` (every message, linked or not).
+
+    The span is the current span inside the block and is yielded (None when
+    tracing is off); an exception raised in the block marks it failed and
+    passes through unchanged. Works in ``async`` code as well (a plain
+    ``with`` around awaits). ``system`` must be a non-empty string and
+    ``destination`` a string, else ``TypeError``/``ValueError``; so must
+    ``messages`` have a length (a generator would be consumed by the count).
+    """
+    if not isinstance(system, str) or not isinstance(destination, str):
+        raise TypeError(
+            "process_batch: system and destination must be strings, not "
+            f"{type(system).__name__} and {type(destination).__name__}"
+        )
+    if not system:
+        raise ValueError("process_batch: system must name the messaging system, e.g. 'rabbitmq'")
+    try:
+        count = len(messages)
+    except TypeError:
+        raise TypeError(
+            "process_batch: messages must be a list or tuple of messages (it is counted, "
+            f"then read), not {type(messages).__name__}"
+        ) from None
+    span = _start_batch(messages, count, system[:255], destination[:255])
+    if span is None:
+        yield None
+        return
+    try:
+        with propagation.use_context(span):
+            yield span
+    except BaseException as exc:
+        _amqp.fail(span, exc)
+        raise
+    _amqp.done(span)
 
 
 def _after_fork_in_child() -> None:

@@ -32,5 +32,10 @@ def flaky(self) -> str:
 
 
 @app.task
+def noop() -> None:
+    return None
+
+
+@app.task
 def broken() -> None:
     raise ValueError("no such order")

@@ -1,7 +1,8 @@
-"""Celery against a real RabbitMQ broker and a real worker process: sending
-a task and running it form one trace (PRODUCER -> CONSUMER), a retry shows
-as a second publish and run in the same trace, a failed task's span is an
-error and its trace is kept by the tail sampler even at a sample rate of 0."""
+"""Celery against a real broker (RabbitMQ, and Redis) and a real worker
+process: sending a task and running it form one trace (PRODUCER ->
+CONSUMER), a retry shows as a second publish and run in the same trace, a
+failed task's span is an error and its trace is kept by the worker's tail
+sampler at a sample rate of 0."""
 
 from __future__ import annotations
 
@@ -50,14 +51,26 @@ def _spans(receiver) -> list:
     ]
 
 
+def _broker_url(request, system: str) -> str:
+    """The URL of a real broker of ``system`` (its server started by the session fixture)."""
+    if system == "rabbitmq":
+        server = request.getfixturevalue("rabbitmq_server")
+        return f"amqp://guest:guest@{server.host}:{server.port}//"
+    server = request.getfixturevalue("redis_server")
+    return f"redis://{server.host}:{server.port}/5"
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("system", ["rabbitmq", "redis"])
 def test_tasks_sent_and_run_by_a_worker_form_one_trace_with_retries_and_failures(
-    rabbitmq_server, http_receiver, added, tasks, tmp_path
+    system, request, http_receiver, added, tasks, tmp_path
 ):
+    from celery import Celery
+
     from pulsetrace.export.otlp import config_from_env
     from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-    broker = f"amqp://guest:guest@{rabbitmq_server.host}:{rabbitmq_server.port}//"
+    broker = _broker_url(request, system)
     fresh()
     otlp = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
@@ -66,17 +79,36 @@ def test_tasks_sent_and_run_by_a_worker_form_one_trace_with_retries_and_failures
     exp = OtlpSpanExporter(config_from_env(otlp))
     added.append(exp)
     pulsetrace.add_exporter(exp)
-    tasks.app.conf.broker_url = broker
-    with pulsetrace.start_span("checkout", kind="server") as root:
-        tasks.add.delay(2, 3)
-        tasks.flaky.delay()
-        tasks.broken.delay()
+    # The sending service's own app (tasks sent by name), for this broker only.
+    sender = Celery("shop-web", broker=broker, set_as_current=False)
+    sender.conf.task_default_queue = "shop-tasks"
+    with sender:
+        with pulsetrace.start_span("checkout", kind="server") as root:
+            sender.send_task("celery_tasks.add", (2, 3))
+            sender.send_task("celery_tasks.flaky")
+        with pulsetrace.start_span("audit", kind="server") as quiet:
+            # A trace neither failing nor matched: the worker drops it.
+            sender.send_task("celery_tasks.noop")
+        with pulsetrace.start_span("cancel", kind="server") as failing:
+            sender.send_task("celery_tasks.broken")
     assert pulsetrace.flush(5)
 
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("APM_", "OTEL_", "PULSETRACE_"))
     }
-    env.update(otlp, CELERY_BROKER=broker, PULSETRACE_SAMPLE_RATE="1.0", OTEL_SERVICE_NAME="worker")
+    # The worker keeps no trace by chance (sample rate 0): the checkout
+    # trace is kept by an attribute rule on its tasks, the failing one by
+    # its error alone.
+    env.update(
+        otlp,
+        CELERY_BROKER=broker,
+        PULSETRACE_SAMPLE_RATE="0",
+        PULSETRACE_ADAPTIVE_PERCENTILE="0",
+        PULSETRACE_KEEP_ATTRIBUTES=(
+            "celery.task.name=celery_tasks.add,celery.task.name=celery_tasks.flaky"
+        ),
+        OTEL_SERVICE_NAME="worker",
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     worker = subprocess.Popen(
         [
@@ -123,16 +155,33 @@ def test_tasks_sent_and_run_by_a_worker_form_one_trace_with_retries_and_failures
         by_name.setdefault(s.name, []).append(s)
     assert "process celery_tasks.add" in by_name, (sorted(by_name), out[-3000:])
     trace = root.trace_id.to_bytes(16, "big")
-    # Every span (both processes) is in the trace of the request that sent the tasks.
-    assert {s.trace_id for s in spans} == {trace}, sorted((s.name, s.trace_id.hex()) for s in spans)
+    # Every span (both processes) is in the trace of a request that sent tasks.
+    traces = {t.trace_id.to_bytes(16, "big") for t in (root, quiet, failing)}
+    assert {s.trace_id for s in spans} <= traces, sorted((s.name, s.trace_id.hex()) for s in spans)
+    checkout = [s.name for s in spans if s.trace_id == trace]
+    assert sorted(set(checkout)) == [
+        "checkout",
+        "process celery_tasks.add",
+        "process celery_tasks.flaky",
+        "publish celery_tasks.add",
+        "publish celery_tasks.flaky",
+        "sum",
+    ], checkout
+    # The quiet trace ran (its task came before the failing one) and was
+    # not kept by the worker: only the sender's spans arrived.
+    assert "process celery_tasks.noop" not in by_name
+    assert "publish celery_tasks.noop" in by_name
     (send_add,) = by_name["publish celery_tasks.add"]
     (run_add,) = by_name["process celery_tasks.add"]
     assert send_add.parent_span_id == root.span_id.to_bytes(8, "big")
     assert run_add.parent_span_id == send_add.span_id
     assert by_name["sum"][0].parent_span_id == run_add.span_id
     attrs = {a.key: a.value for a in run_add.attributes}
-    assert attrs["messaging.system"].string_value == "rabbitmq"
+    assert attrs["messaging.system"].string_value == system
     assert attrs["messaging.destination.name"].string_value == "shop-tasks"
+    send_attrs = {a.key: a.value for a in send_add.attributes}
+    assert send_attrs["messaging.system"].string_value == system
+    assert send_attrs["messaging.destination.name"].string_value == "shop-tasks"
     assert attrs["celery.task.state"].string_value == "SUCCESS"
 
     # The retry: the first run asks for it and sends it, the second run is its child.
@@ -146,6 +195,9 @@ def test_tasks_sent_and_run_by_a_worker_form_one_trace_with_retries_and_failures
     assert [e.name for e in first.events] == ["celery.retry"]
 
     (failed,) = by_name["process celery_tasks.broken"]
+    (send_broken,) = by_name["publish celery_tasks.broken"]
+    assert failed.trace_id == failing.trace_id.to_bytes(16, "big")
+    assert failed.parent_span_id == send_broken.span_id
     assert failed.status.code == 2  # STATUS_CODE_ERROR
     attrs = {a.key: a.value.string_value for a in failed.attributes}
     assert attrs["error.type"] == "ValueError"
@@ -166,12 +218,15 @@ def test_a_failed_task_keeps_its_trace_at_sample_rate_zero(tasks, exporter):
 
 def test_a_task_sent_through_a_redis_broker_carries_its_context(tasks, exporter, redis_server):
     """The Redis broker: the send span is a ``redis`` messaging span and the
-    task message stored in the queue's list carries its ``traceparent``."""
+    task message stored in the queue's list carries its ``traceparent``;
+    with the Redis integration on too, kombu's own commands (the push) are
+    not Redis spans, while the application's own Redis calls are."""
     import json
 
     import redis
     from celery import Celery
 
+    contrib.instrument(pulsetrace.Config(), ["redis"])
     app = Celery("orders", broker=f"redis://{redis_server.host}:{redis_server.port}/3")
     app.conf.task_default_queue = "order-tasks"
 
@@ -189,7 +244,14 @@ def test_a_task_sent_through_a_redis_broker_carries_its_context(tasks, exporter,
         client.delete("order-tasks")
         client.close()
         app.close()
-    send = next(s for s in finished(exporter) if s.name == "publish orders.confirm")
+        contrib.uninstrument(["redis"])
+    spans = finished(exporter)
+    send = next(s for s in spans if s.name == "publish orders.confirm")
+    assert sorted(s.name for s in spans if s.trace_id == send.trace_id) == [
+        "checkout",
+        "publish orders.confirm",
+    ]
+    assert [s.name for s in spans if s.name.startswith("LRANGE")], [s.name for s in spans]
     assert send.attributes["messaging.system"] == "redis"
     assert send.attributes["messaging.destination.name"] == "order-tasks"
     assert send.attributes["messaging.message.id"] == result.id

@@ -145,3 +145,47 @@ def test_every_exporter_gets_one_batch_as_spans_or_as_otlp_requests(added):
     assert len(memory.traces()) == 3
     c = pulsetrace.counters()
     assert c["spans_delivered"] - before["spans_delivered"] == 12  # 6 to each exporter
+
+
+def test_the_otlp_exporter_sends_on_the_one_export_thread(http_receiver, added):
+    # One chain: the exporter keeps no queue or thread of its own; its
+    # requests go out on the one export thread.
+    fresh(export_interval_ms=60_000)
+    otlp_exporter(added, http_receiver)
+    for i in range(3):
+        with pulsetrace.start_span(f"one chain {i}"):
+            pass
+    assert pulsetrace.flush(5)
+    assert sorted(names(http_receiver)) == [f"one chain {i}" for i in range(3)]
+    ours = [t.name for t in threading.enumerate() if t.name.startswith("pulsetrace-")]
+    exporting = [n for n in ours if n.startswith(("pulsetrace-export", "pulsetrace-otlp"))]
+    assert exporting == ["pulsetrace-export"], ours
+
+
+def test_every_built_in_exporter_is_a_span_exporter_and_anything_else_is_refused():
+    from pulsetrace.export.otlp_exporter import OtlpSpanExporter as Otlp
+    from pulsetrace.export.ring import RingBufferExporter
+
+    otlp = Otlp(config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}))
+    try:
+        built_in = [
+            pulsetrace.InMemorySpanExporter(),
+            pulsetrace.ConsoleSpanExporter(),
+            RingBufferExporter(),
+            otlp,
+        ]
+        for exp in built_in:
+            assert isinstance(exp, pulsetrace.SpanExporter), exp
+            assert isinstance(exp.counters(), dict)
+    finally:
+        otlp.shutdown(0)
+
+    class NotAnExporter:
+        def export(self, batch: Any) -> pulsetrace.ExportResult:
+            return pulsetrace.ExportResult.SUCCESS
+
+    before = pulsetrace.counters()
+    with pytest.raises(TypeError, match=r"NotAnExporter .*force_flush\(\), shutdown\(\)"):
+        pulsetrace.add_exporter(NotAnExporter())  # type: ignore[arg-type]
+    assert NotAnExporter not in {type(e) for e in pulsetrace._runtime.exporters()}
+    assert pulsetrace.counters()["internal_errors"] == before["internal_errors"]

@@ -1,6 +1,6 @@
-"""Nothing lost that fits the queues: a failing, slow, down or throttling
-collector (HTTP 429/503 with Retry-After) costs time, not spans, while the
-export queue has room; a batch is split into OTLP requests below the
+"""Nothing lost that fits the export queue: a failing, slow, down or
+throttling collector (HTTP 429/503 with Retry-After) costs time, not spans,
+while the export queue has room; a batch is split into OTLP requests below the
 request bound so one oversized span cannot sink its neighbours; at shutdown
 the queued requests go out a few at once within the budget. Real receivers
 (otlp_receivers), spans produced through pulsetrace, counted on arrival."""
@@ -94,21 +94,39 @@ def test_retry_after_keeps_the_batch_queued(
 
 
 def test_only_the_queue_bound_drops_and_the_counters_say_so(added):
-    fresh(export_interval_ms=60_000)
+    # One bounded queue, the core's: a collector that is down holds up the
+    # export thread (retrying its batch), kept traces wait in the export
+    # queue meanwhile, and only what does not fit its bound is dropped.
+    fresh(export_interval_ms=60_000, export_queue_size=50)
     port = closed_port()
-    exp = exporter(added, f"http://127.0.0.1:{port}", max_queued_spans=50)
+    exp = exporter(added, f"http://127.0.0.1:{port}")
     before = pulsetrace.counters()
-    for i in range(4):
+    record(20, "d0")
+    _runtime.flush(0)  # handed over: the export thread takes these 20
+    assert wait_until(lambda: exp.counters()["otlp_queued_spans"] == 20)
+    for i in range(1, 4):
         record(20, f"d{i}")
-        _runtime.flush(0)
-    # 2 requests of 20 fit the bound of 50; the other 2 are dropped.
-    handed, delivered, failed = delta(before, *COUNTED)
-    assert (handed, delivered) == (80, 0)
-    assert failed == 40
+    _runtime.tracer().process(False)  # 60 more: 50 fit the queue, 10 do not
+    c = pulsetrace.counters()
+    assert delta(before, "spans_dropped_export_full", *COUNTED) == (10, 20, 0, 0)
+    assert c["export_queue_spans"] == 50
+    assert c["otlp_spans_lost"] == 0  # the 20 are retried, not lost
     started = time.monotonic()
     exp.shutdown(5)  # a collector refusing connections ends it at once
     assert time.monotonic() - started < 1.5
-    assert delta(before, *COUNTED) == (80, 0, 80)
+    # Every span accounted for: 10 dropped, and the 70 handed over (the
+    # exporter, shut down, takes no more) counted as not delivered.
+    assert wait_until(lambda: delta(before, *COUNTED) == (70, 0, 70)), delta(before, *COUNTED)
+    assert delta(before, "spans_dropped_export_full") == (10,)
+
+
+def wait_until(cond: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_down_then_up_on_the_same_port_loses_nothing(added):
@@ -166,6 +184,8 @@ def test_a_slow_collector_gets_every_queued_request_within_the_shutdown_budget(
     before = pulsetrace.counters()
     record(40, "exit", {"note": "n" * 300})  # several requests of ~4 kB
     _runtime.flush(0)
+    # The export thread took the batch: its first request is in flight.
+    assert wait_until(lambda: exp.counters()["otlp_queued_spans"] == 40)
     started = time.monotonic()
     exp.shutdown(3.0)
     assert time.monotonic() - started < 3.5

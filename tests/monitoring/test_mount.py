@@ -130,6 +130,13 @@ def test_a_wsgi_app_under_werkzeugs_dispatcher(token, exporter):
     assert r.status_code == 200 and r.data == b""
     r = c.post("/ops/apm/control", data=b"x" * 70_000, content_type="application/json")
     assert r.status_code == 413
+    r = c.get("/ops")  # the mount itself: on to /ops/, where the page's relative URLs work
+    assert r.status_code == 308 and r.headers["Location"].endswith("ops/")
+    r = c.get("/ops/")
+    assert r.status_code == 200 and r.content_type.startswith("text/html")
+    assert c.get("/ops/page/app.js").status_code == 200
+    r = c.post("/ops")  # not a page: answered as the root
+    assert r.status_code != 308
     r = c.get("/elsewhere")
     assert r.status_code == 404
     r.close()  # the span ends with the body
@@ -176,8 +183,15 @@ def test_django_urls(token, exporter):
                 HTTP_AUTHORIZATION=f"Bearer {TOKEN}",
             )
             assert r.status_code == 200
-            r = c.get("/_pulsetrace")  # the root: the exposition, as the server's
-            assert r.status_code == 200 and r["Content-Type"].startswith("text/plain")
+            # The prefix itself: on to prefix/, where the live page's relative
+            # URLs (its script, the JSON it polls) resolve under the prefix.
+            r = c.get("/_pulsetrace")
+            assert r.status_code == 308 and r["Location"] == "_pulsetrace/"
+            r = c.get("/_pulsetrace/")
+            assert r.status_code == 200 and r["Content-Type"].startswith("text/html")
+            assert b'src="page/app.js"' in r.content or b"page/app.js" in r.content
+            r = c.get("/_pulsetrace/page/app.js")
+            assert r.status_code == 200 and "javascript" in r["Content-Type"]
             assert server_spans(exporter) == []
     finally:
         django_hook.unpatch()
@@ -210,6 +224,10 @@ def test_fastapi_mount(token, exporter):
             r = c.post("/_pulsetrace/apm/control", json={"enabled": True})
             assert r.status_code == 401
             assert c.get("/hello").json() == {"hello": "world"}
+            r = c.get("/_pulsetrace", follow_redirects=False)
+            assert r.status_code in (307, 308) and r.headers["location"].endswith("/_pulsetrace/")
+            r = c.get("/_pulsetrace/")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         with TestClient(app, client=("192.0.2.1", 50000)) as c:
             assert c.get("/_pulsetrace/apm/transactions").status_code == 401
             r = c.get("/_pulsetrace/apm/transactions", headers={"Authorization": f"Bearer {TOKEN}"})

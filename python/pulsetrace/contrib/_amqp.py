@@ -25,6 +25,8 @@ _MAX_NAME = 255  # AMQP short strings (exchange, queue, routing key) are at most
 
 
 def _text(value: Any) -> str:
+    if type(value) is str and len(value) <= _MAX_NAME:  # the common case, first
+        return value
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value)[:_MAX_NAME] if value is not None else ""
@@ -45,13 +47,13 @@ def _size(body: Any) -> Optional[int]:
 
 def _common(
     attrs: dict[str, Any],
-    routing_key: Any,
+    key: str,
     body: Any,
     message_id: Any,
     correlation_id: Any,
     server: Optional[tuple[str, int]],
 ) -> None:
-    key = _text(routing_key)
+    """The attributes a publish and a delivery share (``key``: the routing key, as text)."""
     if key:
         attrs["messaging.rabbitmq.destination.routing_key"] = key
     size = _size(body)
@@ -82,14 +84,15 @@ def start_publish(
         tracer = _runtime._tracer or _runtime.tracer()
         if not tracer.enabled:
             return None
-        dest = destination(exchange, routing_key)
+        key = _text(routing_key)
+        dest = _text(exchange) or key
         attrs: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
             "messaging.operation.name": "publish",
             "messaging.destination.name": dest,
         }
-        _common(attrs, routing_key, body, message_id, correlation_id, server)
+        _common(attrs, key, body, message_id, correlation_id, server)
         return tracer.start_span(f"publish {dest}", kind="producer", attributes=attrs)
     except Exception as exc:
         _diag.internal_error(f"{system_name}.publish", exc)
@@ -134,7 +137,7 @@ def start_process(
             attrs["messaging.rabbitmq.exchange"] = _text(exchange)
         if isinstance(delivery_tag, int):
             attrs["messaging.rabbitmq.message.delivery_tag"] = delivery_tag
-        _common(attrs, routing_key, body, message_id, correlation_id, None)
+        _common(attrs, _text(routing_key), body, message_id, correlation_id, None)
         parent = propagation.extract(headers) if headers else None
         return tracer.start_span(
             f"process {queue_name}", kind="consumer", attributes=attrs, parent=parent

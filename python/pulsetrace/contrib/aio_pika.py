@@ -2,7 +2,8 @@
 a ``Queue.consume`` callback handles a CONSUMER span in the publisher's trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
-``PULSETRACE_AIO_PIKA_ENABLED=false``). Supported: aio-pika 9 and later.
+``PULSETRACE_AIO_PIKA_ENABLED=false``). Supported: aio-pika 9 and later
+(the oldest verified: 9.0.0).
 
 ``Exchange.publish`` is a PRODUCER span ``publish <destination>`` with the
 attributes of the pika integration (:mod:`pulsetrace.contrib.pika`: the
@@ -21,12 +22,15 @@ carries a ``traceparent``; spans it starts are its children; an exception
 it raises marks the span failed and propagates unchanged (aio-pika then
 handles it as before). Messages taken with ``Queue.get`` or
 ``Queue.iterator()`` are not traced: the application decides there where
-processing ends.
+processing ends; a batch of them handled as one unit is traced with
+:func:`pulsetrace.messaging.process_batch` (one CONSUMER span linked to
+each message's producer).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Optional
 
 from pulsetrace import _diag, messaging
@@ -113,16 +117,42 @@ def _traced_callback(callback: Any, queue: Any) -> Any:
     return on_message
 
 
+def _awaitable(callback: Any) -> Any:
+    """``callback`` as a coroutine function: aio-pika's own
+    ``ensure_awaitable`` (9.1 and later; it warns about a plain function as
+    aio-pika does), or, before it, a coroutine that awaits what the callback
+    returns when that is awaitable."""
+    try:
+        from aio_pika.tools import ensure_awaitable
+    except ImportError:
+        pass
+    else:
+        return ensure_awaitable(callback)
+
+    async def call(message: Any) -> Any:
+        result = callback(message)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
+def _feeds_iterator(callback: Any) -> bool:
+    from aio_pika.queue import QueueIterator
+
+    return isinstance(getattr(callback, "__self__", None), QueueIterator)
+
+
 async def _consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     try:
         callback = args[0] if args else kwargs.get("callback")
-        if callable(callback):
+        # ``Queue.iterator()`` consumes through its own callback, which only
+        # hands each message to the iterator: processing happens where the
+        # application reads it (a ``process_batch`` span, or its own).
+        if callable(callback) and not _feeds_iterator(callback):
             queue = getattr(instance, "name", None)
             if isinstance(queue, str):
                 messaging.note_queue(queue)
-            from aio_pika.tools import ensure_awaitable
-
-            traced = _traced_callback(ensure_awaitable(callback), queue)
+            traced = _traced_callback(_awaitable(callback), queue)
             if args:
                 args = (traced, *args[1:])
             else:

@@ -3,9 +3,11 @@ the sender's trace; retries and failures are visible on that trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` in the
 application that sends tasks and in the worker (toggle:
-``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.0 and later, with
-a RabbitMQ or Redis broker (any kombu transport works; its name is the
-``messaging.system``).
+``PULSETRACE_CELERY_ENABLED=false``). Supported: Celery 5.0.5 and later
+(verified: 5.0.5 with kombu 5.0.2 on Python 3.10, 5.3.0 with kombu 5.3.0
+on Python 3.11, where Celery before 5.3 does not run a worker; 5.0.0's
+worker refuses its own ``--without-*`` flags), with a RabbitMQ or Redis
+broker (any kombu transport works; its name is the ``messaging.system``).
 
 ``Celery.send_task`` (and so ``delay``/``apply_async``) is a PRODUCER span
 ``publish <task name>``: ``messaging.system`` (``rabbitmq`` for the
@@ -32,12 +34,19 @@ reason, and the retry it sends is a ``publish`` span inside it, so the next
 run continues the same trace. Task arguments and results never become
 attributes. ``task.apply()`` (eager) runs are traced the same way, without
 a publish.
+
+On the Redis broker, kombu's own Redis commands (pushing task messages,
+acknowledgements, its Lua scripts) are not traced as the application's
+Redis commands: the publish and process spans stand for them, as on
+RabbitMQ. Redis used otherwise (a result backend, the application's own
+clients) is traced as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 from typing import Any, Optional
 
@@ -46,7 +55,7 @@ from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib import _amqp
 from pulsetrace.contrib._patcher import Patcher, Target
 
-SUPPORTED = ">=5.0"
+SUPPORTED = ">=5.0.5"
 
 _SYSTEMS = {
     "amqp": "rabbitmq",
@@ -240,6 +249,78 @@ def _postrun(task_id: Any = None, state: Any = None, **_kwargs: Any) -> None:
     _amqp.done(span)
 
 
+# -- the Redis broker's own traffic -------------------------------------------
+# kombu's Redis transport talks to Redis through redis-py: its LPUSH, MULTI
+# and Lua-script calls (an EVALSHA answered NOSCRIPT, then loaded) would be
+# traced as the application's Redis commands, each poll a trace of its own
+# and each script load an error. That traffic is the broker's, shown by the
+# publish and process spans (as py-amqp's frames are on RabbitMQ): the client
+# class kombu's channel uses runs its commands under the suppression context.
+
+
+class _QuietPipeline:
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        token = SUPPRESSED.set(True)
+        try:
+            return super().execute(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            SUPPRESSED.reset(token)
+
+    def immediate_execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        token = SUPPRESSED.set(True)
+        try:
+            return super().immediate_execute_command(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            SUPPRESSED.reset(token)
+
+
+class _QuietClient:
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        token = SUPPRESSED.set(True)
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            SUPPRESSED.reset(token)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = super().pipeline(*args, **kwargs)  # type: ignore[misc]
+        try:
+            pipe.__class__ = _quiet(type(pipe), _QuietPipeline)
+        except Exception as exc:
+            _diag.internal_error("celery.redis_broker", exc)
+        return pipe
+
+
+_quiet_classes: dict[tuple[type, type], type] = {}
+
+
+def _quiet(cls: type, mixin: type) -> type:
+    """``cls`` with ``mixin``'s methods first (one class per pair)."""
+    if issubclass(cls, mixin):
+        return cls
+    with _lock:
+        made = _quiet_classes.get((cls, mixin))
+        if made is None:
+            made = _quiet_classes[(cls, mixin)] = type(cls.__name__, (mixin, cls), {})
+    return made
+
+
+def _broker_client(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """kombu's ``redis.Channel._get_client``: the client class (or a
+    ``functools.partial`` of one), made quiet."""
+    client = wrapped(*args, **kwargs)
+    try:
+        if isinstance(client, type):
+            return _quiet(client, _QuietClient)
+        if isinstance(client, functools.partial) and isinstance(client.func, type):
+            return functools.partial(
+                _quiet(client.func, _QuietClient), *client.args, **client.keywords
+            )
+    except Exception as exc:
+        _diag.internal_error("celery.redis_broker", exc)
+    return client
+
+
 _HANDLERS = (
     ("before_task_publish", _before_publish),
     ("task_prerun", _prerun),
@@ -266,7 +347,10 @@ def _disconnect() -> None:
 _PATCHER = Patcher(
     "celery",
     SUPPORTED,
-    (Target("celery.app.base", "Celery.send_task", _send_task),),
+    (
+        Target("celery.app.base", "Celery.send_task", _send_task),
+        Target("kombu.transport.redis", "Channel._get_client", _broker_client, optional=True),
+    ),
     on_patch=_connect,
     on_unpatch=_disconnect,
 )

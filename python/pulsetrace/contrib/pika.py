@@ -2,9 +2,10 @@
 consumer callback handles a CONSUMER span in the publisher's trace.
 
 Switched on by ``import pulsetrace.auto`` or ``pulsetrace-run`` (toggle:
-``PULSETRACE_PIKA_ENABLED=false``). Supported: pika 1.1 and later, the
-blocking connection (``BlockingChannel``) and the asynchronous ones
-(``SelectConnection`` and the other adapters, ``pika.channel.Channel``).
+``PULSETRACE_PIKA_ENABLED=false``). Supported: pika 1.1 and later (the
+oldest verified: 1.1.0), the blocking connection (``BlockingChannel``) and
+the asynchronous ones (``SelectConnection`` and the other adapters,
+``pika.channel.Channel``).
 
 ``basic_publish`` is a PRODUCER span ``publish <destination>``: the
 destination (``messaging.destination.name``) is the exchange, or the
@@ -33,7 +34,9 @@ so the consumer continues the producer's trace, in this process or another.
 Spans the callback starts are its children. An exception the callback
 raises marks the span failed and propagates unchanged. ``basic_get`` and
 the ``BlockingChannel.consume`` generator are not traced (the application
-decides there where processing ends).
+decides there where processing ends); messages read with them and handled
+as one unit are traced with :func:`pulsetrace.messaging.process_batch`
+(one CONSUMER span linked to each message's producer).
 
 Publish and process spans become the series ``messaging_client_*`` and
 ``messaging_process_*`` per destination (rates, durations, errors);
@@ -77,18 +80,30 @@ def _server(params: Any) -> Optional[tuple[str, int]]:
         return None
 
 
-def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], span: Any) -> tuple[Any, Any]:
-    """``args``/``kwargs`` of ``basic_publish`` with the properties replaced
-    by a copy carrying the span's context."""
-    props = _arg(args, kwargs, 3, "properties")
-    if props is None:
-        import pika  # type: ignore[import-untyped]  # ships no type hints
+_PROPERTIES: list[Any] = []
 
-        new = pika.BasicProperties()
+
+def _properties() -> Any:
+    """pika's ``BasicProperties`` (imported once)."""
+    if not _PROPERTIES:
+        from pika.spec import BasicProperties  # type: ignore[import-untyped]  # no type hints
+
+        _PROPERTIES.append(BasicProperties)
+    return _PROPERTIES[0]
+
+
+def _with_headers(
+    args: tuple[Any, ...], kwargs: dict[str, Any], props: Any, span: Any
+) -> tuple[Any, Any]:
+    """``args``/``kwargs`` of ``basic_publish`` with the properties
+    (``props``, found there) replaced by a copy carrying the span's context."""
+    headers = _amqp.headers_with_context(getattr(props, "headers", None), span)
+    if props is None:
+        new = _properties()(headers=headers)
     else:  # a shallow copy (copy.copy goes through __reduce_ex__: slower)
         new = object.__new__(type(props))
         new.__dict__.update(props.__dict__)
-    new.headers = _amqp.headers_with_context(getattr(props, "headers", None), span)
+        new.headers = headers
     if len(args) > 3:
         args = (*args[:3], new, *args[4:])
     else:
@@ -97,13 +112,13 @@ def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], span: Any) -> t
 
 
 def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any, outer: bool) -> Any:
-    if _OUTER.get():
-        return wrapped(*args, **kwargs)
     span = None
     try:
-        props = _arg(args, kwargs, 3, "properties")
-        exchange = _arg(args, kwargs, 0, "exchange")
-        routing_key = _arg(args, kwargs, 1, "routing_key")
+        # basic_publish(exchange, routing_key, body, properties=None, ...)
+        n = len(args)
+        exchange = args[0] if n > 0 else kwargs.get("exchange")
+        routing_key = args[1] if n > 1 else kwargs.get("routing_key")
+        props = args[3] if n > 3 else kwargs.get("properties")
         params = _params(instance)
         if not exchange and isinstance(routing_key, str):
             messaging.note_queue(routing_key, params)  # the default exchange's queue
@@ -111,13 +126,13 @@ def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any, outer: bool) -
             "pika",
             exchange,
             routing_key,
-            _arg(args, kwargs, 2, "body"),
+            args[2] if n > 2 else kwargs.get("body"),
             getattr(props, "message_id", None),
             getattr(props, "correlation_id", None),
             _server(params),
         )
         if span is not None:
-            args, kwargs = _with_headers(args, kwargs, span)
+            args, kwargs = _with_headers(args, kwargs, props, span)
     except Exception as exc:
         _diag.internal_error("pika.publish", exc)
     if span is None:
@@ -140,6 +155,8 @@ def _blocking_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
 
 
 def _channel_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _OUTER.get():  # inside a BlockingChannel publish: traced there
+        return wrapped(*args, **kwargs)
     return _publish(wrapped, instance, args, kwargs, False)
 
 

@@ -12,8 +12,23 @@ is a sequence of traces, each a list of :class:`pulsetrace.SpanData` (what
 the in-memory and console exporters read), and also gives the same spans as
 natively encoded OTLP requests (:meth:`SpanBatch.otlp_requests`, what the
 OTLP exporter sends): each form is built once per batch, only if an
-exporter asks for it. Exporters run on the export thread (or in
-``pulsetrace.flush``), never on a request thread.
+exporter asks for it. Exporters run on the export thread (at shutdown, or
+with no export thread running, on the thread that flushes), never on a
+request thread.
+
+This is the one chain: an exporter sends on the thread that calls
+``export`` and keeps no queue or thread of its own. An exporter that waits
+(a slow or unreachable receiver, retries) holds up that thread only: kept
+traces wait in the core's export queue meanwhile, up to its bound
+(``PULSETRACE_EXPORT_QUEUE_SIZE``; beyond it they are dropped and counted,
+``spans_dropped_export_full``). It waits through :meth:`SpanBatch.wait`, so
+that a shutdown can end its retries (:attr:`SpanBatch.deadline`).
+
+Batches reach an exporter one at a time and in order, with one exception:
+at shutdown, when the export thread is still inside ``export`` (a slow
+receiver), what is left is handed over from the shutting-down thread at the
+same time, both bound by the shutdown's deadline; an exporter must be
+thread-safe for that (the built-in ones are).
 """
 
 from __future__ import annotations
@@ -42,9 +57,10 @@ Trace = Sequence[SpanData]
 class ExportResult(enum.Enum):
     """What an exporter did with a batch. SUCCESS: every span delivered;
     FAILURE: none delivered (both counted in ``spans_delivered`` /
-    ``spans_delivery_failed`` for the exporter); QUEUED: taken, to be
-    delivered later by the exporter, which counts each span's outcome itself
-    (``pulsetrace._runtime.record_delivery``) once it knows it."""
+    ``spans_delivery_failed`` for the exporter); QUEUED: the exporter counts
+    each span's outcome itself (``pulsetrace._runtime.record_delivery``) as
+    it learns it (the OTLP exporter: some requests of a batch may be
+    delivered and others not, or answered after a shutdown's deadline)."""
 
     SUCCESS = 0
     FAILURE = 1
@@ -57,19 +73,55 @@ class SpanBatch(Sequence[Trace]):
     of their own), and the same spans as OTLP requests. Built once per
     batch and shared by every exporter: do not keep it past ``export``."""
 
-    __slots__ = ("_max_request_bytes", "_native", "_on_oversized", "_otlp", "_traces")
+    __slots__ = (
+        "_cond",
+        "_deadline",
+        "_max_request_bytes",
+        "_native",
+        "_on_oversized",
+        "_otlp",
+        "_traces",
+    )
 
     def __init__(
         self,
         native: Batch,
         max_request_bytes: Optional[int] = None,
         on_oversized: Optional[Callable[[int], None]] = None,
+        deadline: Optional[float] = None,
     ) -> None:
         self._native = native
         self._max_request_bytes = max_request_bytes
         self._on_oversized = on_oversized
         self._traces: Optional[list[list[SpanData]]] = None
         self._otlp: Optional[tuple[list[tuple[bytes, int]], int]] = None
+        self._deadline = deadline
+        self._cond = threading.Condition(threading.Lock())
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """When (a :func:`time.monotonic` value) every exporter must be done
+        with this batch: set by a shutdown (``PULSETRACE_SHUTDOWN_TIMEOUT_MS``),
+        then an exporter makes one last attempt, not retries. None: no
+        bound, an exporter may retry as long as its receiver fails."""
+        return self._deadline
+
+    def finish_by(self, deadline: float) -> None:
+        """Bound the time exporters may still spend on this batch (a
+        shutdown began): ends every :meth:`wait` at once."""
+        with self._cond:
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline = deadline
+            self._cond.notify_all()
+
+    def wait(self, seconds: float) -> bool:
+        """An exporter's pause before it tries again: up to ``seconds``, ended
+        early by :meth:`finish_by`. True when the batch has a deadline (no
+        more retries: one last attempt)."""
+        with self._cond:
+            if self._deadline is None and seconds > 0:
+                self._cond.wait(seconds)
+            return self._deadline is not None
 
     @property
     def spans(self) -> int:
@@ -113,12 +165,16 @@ class SpanBatch(Sequence[Trace]):
 
 @runtime_checkable
 class SpanExporter(Protocol):
-    """Where kept traces go: the in-memory, console and OTLP exporters
-    implement it, and so can an application's own."""
+    """Where kept traces go: the in-memory, console, ring buffer
+    (``/apm/traces``) and OTLP exporters implement it, and so can an
+    application's own (``export``, ``force_flush`` and ``shutdown`` are
+    required; subclass it for the default ``counters``)."""
 
     def export(self, batch: SpanBatch, /) -> ExportResult:
         """Take one batch; never raises (an exception is counted as a failed
-        export). Called on the export thread, one batch at a time."""
+        export). Called on the export thread, one batch at a time, and
+        returns once the batch was delivered or given up (a pause before a
+        retry goes through :meth:`SpanBatch.wait`)."""
         ...
 
     def force_flush(self, timeout: float = 30.0) -> bool:
@@ -129,6 +185,25 @@ class SpanExporter(Protocol):
     def shutdown(self, timeout: float = 30.0) -> None:
         """Deliver what it holds within ``timeout`` seconds, then stop."""
         ...
+
+    def counters(self) -> dict[str, int]:
+        """This exporter's own counters, by name (in ``pulsetrace.counters()``)."""
+        return {}
+
+
+#: What an exporter must have: checked once, when it is added.
+REQUIRED = ("export", "force_flush", "shutdown")
+
+
+def check_exporter(exporter: object) -> None:
+    """Raise TypeError, naming what is missing, unless ``exporter`` has the
+    :class:`SpanExporter` methods an exporter must have."""
+    missing = [name for name in REQUIRED if not callable(getattr(exporter, name, None))]
+    if missing:
+        raise TypeError(
+            f"{type(exporter).__name__} is not a span exporter: it has no "
+            f"{', '.join(f'{m}()' for m in missing)} (see pulsetrace.SpanExporter)"
+        )
 
 
 def span_to_dict(span: SpanData) -> dict[str, object]:

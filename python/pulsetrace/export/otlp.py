@@ -72,7 +72,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from pulsetrace import _diag
@@ -179,12 +179,16 @@ class OtlpTransport:
 
     # -- public -------------------------------------------------------------
 
-    def send(self, payload: bytes, deadline: float) -> SendResult:
+    def send(
+        self, payload: bytes, deadline: float, wait: Optional[Callable[[float], bool]] = None
+    ) -> SendResult:
         """Deliver ``payload`` (a serialized ExportTraceServiceRequest) and
         wait for the answer, retrying retryable failures until ``deadline``
-        (a :func:`time.monotonic` value). Never raises."""
+        (a :func:`time.monotonic` value). ``wait(seconds)`` is how a retry
+        waits, if the caller has its own (True: end the retries, one more
+        attempt at once, as :meth:`stop_retrying`). Never raises."""
         try:
-            result = self._send(payload, deadline)
+            result = self._send(payload, deadline, wait)
         except Exception as exc:
             _diag.internal_error("export.otlp.send", exc)
             result = SendResult(ok=False, error=f"internal error: {exc!r}")
@@ -229,9 +233,11 @@ class OtlpTransport:
 
     # -- the retry loop -----------------------------------------------------
 
-    def _send(self, payload: bytes, deadline: float) -> SendResult:
+    def _send(
+        self, payload: bytes, deadline: float, wait: Optional[Callable[[float], bool]]
+    ) -> SendResult:
         last: list[Attempt] = []
-        result = self._send_attempts(payload, deadline, last)
+        result = self._send_attempts(payload, deadline, last, wait)
         if result.ok or not last:
             return result
         attempt = last[-1]
@@ -239,7 +245,13 @@ class OtlpTransport:
             result, retry_after=attempt.retry_after, unreachable=unreachable(attempt)
         )
 
-    def _send_attempts(self, payload: bytes, deadline: float, last: list[Attempt]) -> SendResult:
+    def _send_attempts(
+        self,
+        payload: bytes,
+        deadline: float,
+        last: list[Attempt],
+        wait: Optional[Callable[[float], bool]],
+    ) -> SendResult:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._fail(0, "payload is not bytes", "bad payload", False)
         if self._setup_error is not None:
@@ -247,6 +259,7 @@ class OtlpTransport:
         payload = bytes(payload)
         retries = 0
         error = ""
+        last_attempt = False  # the caller's wait asked for no more retries
         while True:
             if self._closed.is_set():
                 return self._fail(retries, "the transport is shut down", "shutdown", False)
@@ -272,7 +285,7 @@ class OtlpTransport:
                     log.debug("pulsetrace: OTLP export delivered after %d retries", retries)
                 return SendResult(ok=True, retries=retries, rejected_spans=attempt.rejected_spans)
             error = attempt.error or "failed"
-            will_retry = attempt.retryable and not self._no_retry.is_set()
+            will_retry = attempt.retryable and not self._no_retry.is_set() and not last_attempt
             if retries == 0:
                 self._first_failure(attempt, error, will_retry)
             if not will_retry:
@@ -286,7 +299,10 @@ class OtlpTransport:
                 why = f"{error} (a retry in {delay:.2f} s would pass the deadline)"
                 return self._fail(retries, why, attempt.kind, True, said=True)
             log.debug("pulsetrace: OTLP export failed (%s); retrying in %.2f s", error, delay)
-            if self._wake.wait(delay) and self._closed.is_set():
+            if wait is not None:
+                last_attempt = wait(delay)
+            woken = (wait is None or last_attempt) and self._wake.wait(0 if wait else delay)
+            if woken and self._closed.is_set():
                 why = f"{error} (shut down while waiting to retry)"
                 return self._fail(retries, why, "", True, said=True)
             # The wait ran out, or stop_retrying() ended it: one more attempt now.
@@ -298,7 +314,7 @@ class OtlpTransport:
         gone = unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
         what = "cannot reach the OTLP collector at" if gone else "OTLP export failed at"
         then = (
-            "retrying; its spans stay queued while the export queue has room "
+            "retrying; kept traces wait in the export queue meanwhile, while it has room "
             "(PULSETRACE_EXPORT_QUEUE_SIZE)"
             if will_retry
             else "its spans are dropped"

@@ -97,7 +97,46 @@ class Windows:
                     return figures, now - at
         return None, None
 
+    def at_most(self, age_s: float) -> tuple[Optional[dict[Key, Figures]], Optional[float]]:
+        """The oldest kept copies at most ``age_s`` old and their age, or
+        (None, None) if none is (the start of a window as long as the kept
+        copies allow, up to ``age_s``)."""
+        now = self.clock()
+        with self._lock:
+            for _, at, figures in self._ticks:
+                if now - at <= age_s + 1e-9:
+                    return figures, now - at
+        return None, None
+
+    def latest(self) -> tuple[Optional[dict[Key, Figures]], Optional[float]]:
+        """The newest kept copies and their age, or (None, None)."""
+        now = self.clock()
+        with self._lock:
+            if not self._ticks:
+                return None, None
+            _, at, figures = self._ticks[-1]
+        return figures, now - at
+
+    def tick_if_due(self) -> bool:
+        """Take copies now unless the thread takes them or the newest is
+        younger than ``interval_s`` (for a reader that keeps the copies
+        going itself, such as the alert evaluator); True if it did."""
+        if self.running:
+            return False
+        with self._lock:
+            last = self._ticks[-1][1] if self._ticks else None
+        if last is not None and self.clock() - last < self.interval_s - 1e-9:
+            return False
+        self.tick()
+        return True
+
     # --- the thread -------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether this process's thread is taking copies."""
+        t = self._thread
+        return t is not None and t.is_alive()
 
     def start(self) -> None:
         """Start the thread taking copies (idempotent; again after a fork)."""

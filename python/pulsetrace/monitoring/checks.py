@@ -205,6 +205,8 @@ def memory(max_rss_bytes: Optional[int] = None) -> Check:
     def check() -> dict[str, Any]:
         rss = _rss_bytes()
         details: dict[str, Any] = {"rss_bytes": rss}
+        if max_rss_bytes is not None:
+            details["max_rss_bytes"] = max_rss_bytes  # the high-memory alert's reference
         if max_rss_bytes is not None and rss is not None and rss > max_rss_bytes:
             details["status"] = "fail"
             details["error"] = f"resident memory {rss} bytes above {max_rss_bytes}"

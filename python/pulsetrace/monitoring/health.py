@@ -142,15 +142,26 @@ class _Pool:
         self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
+        # Every job is matched with one thread when submitted: an idle one
+        # (``_idle`` counts those not yet promised a job), a new one, or the
+        # next to finish (``_backlog`` counts jobs promised to no thread yet).
+        # A job never waits behind a running check while a thread is free or
+        # can be started: a hanging check cannot hold up another one.
         self._idle = 0
+        self._backlog = 0
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((future, fn))
         with self._lock:
-            start = self._idle == 0 and self._threads < self._size
-            if start:
+            start = False
+            if self._idle > 0:
+                self._idle -= 1
+            elif self._threads < self._size:
                 self._threads += 1
+                start = True
+            else:
+                self._backlog += 1
         if start:
             name = f"pulsetrace-health-{self._threads}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
@@ -158,17 +169,17 @@ class _Pool:
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                self._idle += 1
             future, fn = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # _outcome catches the check's own
+                    future.set_exception(exc)
             with self._lock:
-                self._idle -= 1
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # _outcome catches the check's own
-                future.set_exception(exc)
+                if self._backlog > 0:
+                    self._backlog -= 1  # a queued job is this thread's next
+                else:
+                    self._idle += 1
 
 
 class Registry:

@@ -97,6 +97,18 @@ def _router(remote: Optional[str]) -> Router:
     return routers[1] if remote and endpoints.is_loopback(remote) else routers[2]
 
 
+def _slash(method: str, mount: str) -> Optional[Response]:
+    """At the prefix itself (no trailing slash), a GET or HEAD is sent on to
+    ``prefix/``: the live page loads its script and data by relative URLs,
+    which resolve under the prefix only from there. ``mount``: the path the
+    request reached the mount at (its last segment makes the relative
+    ``Location``, right behind any proxy or outer prefix)."""
+    if method not in ("GET", "HEAD"):
+        return None
+    name = mount.rstrip("/").rsplit("/", 1)[-1]
+    return Response(308, [("Location", f"{name}/" if name else "/")], b"")
+
+
 def handle(request: Request, remote: Optional[str]) -> Response:
     """One request to the mounted endpoints (``request.path`` relative to
     the prefix) from the client at ``remote``."""
@@ -180,7 +192,13 @@ def wsgi_app(prefix: str = DEFAULT_PREFIX) -> Callable[..., Iterable[bytes]]:
     def pulsetrace_monitoring(
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        return _serve_wsgi(environ, start_response, str(environ.get("PATH_INFO") or "/"))
+        path = str(environ.get("PATH_INFO") or "")
+        if not path:
+            method = str(environ.get("REQUEST_METHOD") or "GET").upper()
+            moved = _slash(method, str(environ.get("SCRIPT_NAME") or ""))
+            if moved is not None:
+                return _wsgi_respond(start_response, None, moved)
+        return _serve_wsgi(environ, start_response, path or "/")
 
     return pulsetrace_monitoring
 
@@ -240,17 +258,19 @@ def django_urls(prefix: str = DEFAULT_PREFIX) -> list[Any]:
     _start(prefix)
 
     @csrf_exempt  # type: ignore[untyped-decorator]
-    def pulsetrace_monitoring(request: Any, sub: str = "") -> Any:
+    def pulsetrace_monitoring(request: Any, sub: Optional[str] = None) -> Any:
         method = request.method.upper()
         headers = {k.lower(): v for k, v in request.headers.items()}
         problem = _body_problem(method, headers.get("content-length"))
-        if problem is not None:
-            req: Optional[Request] = None
+        moved = _slash(method, request.path) if sub is None else None
+        if moved is not None:
+            response = moved
+        elif problem is not None:
             response = problem
         else:
             body = request.body if method in BODY_METHODS else b""
             query = request.META.get("QUERY_STRING", "")
-            req = Request(method, "/" + sub, query, headers, body)
+            req = Request(method, "/" + (sub or ""), query, headers, body)
             response = handle(req, request.META.get("REMOTE_ADDR"))
         status, out_headers, body = response
         out = HttpResponse(b"" if method == "HEAD" else body, status=status)
@@ -295,7 +315,7 @@ def _scope_path(scope: Scope) -> str:
     path = scope.get("path") or "/"
     root = scope.get("root_path") or ""
     if root and path.startswith(root):
-        path = path[len(root) :]
+        return path[len(root) :]  # "" at the mount itself
     return path or "/"
 
 
@@ -322,6 +342,8 @@ def asgi_app(prefix: str = DEFAULT_PREFIX) -> Callable[[Scope, Receive, Send], A
             for k, v in scope.get("headers") or ()
         }
         response = _body_problem(method, headers.get("content-length"))
+        if _scope_path(scope) == "" and response is None:
+            response = _slash(method, str(scope.get("path") or ""))
         if response is None and method in BODY_METHODS:
             body = await _read_body(receive)
             if body is None:
@@ -330,7 +352,7 @@ def asgi_app(prefix: str = DEFAULT_PREFIX) -> Callable[[Scope, Receive, Send], A
             body = b""
         if response is None:
             query = bytes(scope.get("query_string") or b"").decode("latin-1")
-            request = Request(method, _scope_path(scope), query, headers, body or b"")
+            request = Request(method, _scope_path(scope) or "/", query, headers, body or b"")
             client = scope.get("client")
             remote = client[0] if client else None
             response = await asyncio.get_running_loop().run_in_executor(

@@ -46,10 +46,12 @@ use std::time::Duration;
 mod buffer;
 mod export;
 mod intake;
+mod lazy_queue;
 use buffer::{shard_of, Mode, Outcome, PaddedShard, Shard, DECIDE_BATCH, SHARDS};
 use export::ExportQueue;
 pub use export::{ExportWake, KeptTrace};
 use intake::Spilled;
+use lazy_queue::LazyQueue;
 
 /// Bounds and timings of the trace buffer and queues.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,7 +165,7 @@ pub struct Core {
     /// `export` lock, so no trace is queued after it was switched off.
     exporting: AtomicBool,
     /// Ended spans not yet processed (see the module docs).
-    intake: ArrayQueue<SpanRecord>,
+    intake: LazyQueue<SpanRecord>,
     /// Held by whoever drains the intake, so spans are processed in the
     /// order they were submitted (a child before its local root).
     intake_drain: Mutex<()>,
@@ -200,7 +202,7 @@ impl Core {
             export_ready: Condvar::new(),
             counters: Counters::default(),
             exporting: AtomicBool::new(true),
-            intake: ArrayQueue::new(cfg.buffer.intake_spans.max(1)),
+            intake: LazyQueue::new(cfg.buffer.intake_spans),
             intake_drain: Mutex::new(()),
             drain_epoch: AtomicU64::new(0),
             deferred: AtomicUsize::new(0),

@@ -10,7 +10,10 @@
 //! The operations live in an append-only hash table: a fixed array of
 //! buckets, sized from `max_keys` when the registry is made, each the head
 //! of a chain of operations whose names hash there, every link a
-//! `OnceLock` that is set once and never changes. Lookups walk a chain with
+//! `OnceLock` that is set once and never changes. An operation's
+//! histograms are a chain of the same kind (most operations have one to
+//! three (kind, class) keys of the 35 possible: a table of all 35 would cost
+//! more than a decade of latencies does). Lookups walk a chain with
 //! `Acquire` loads only (lock-free, nothing to free while a reader runs);
 //! adding an operation appends one link under a mutex that only creators of
 //! keys take, so it costs the same at 10 keys as at 10,000 (nothing is
@@ -18,6 +21,11 @@
 //! `(overflow)` operation of the same kind, class and [`System`] (a target
 //! without values, so the bound also bounds the label values), and
 //! `overflowed()` counts the records that did.
+//!
+//! Status classes group HTTP codes by hundreds; one code is counted on its
+//! own, per operation and kind: 429 (too many requests), for rate-limit
+//! alerts ([`Registry::record_rate_limited`], one `Relaxed` counter, so no
+//! label and no key beyond the operation's).
 
 use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::span::{SpanKind, StatusClass};
@@ -34,8 +42,8 @@ pub const OVERFLOW_NAME: &str = "(overflow)";
 const SLOTS: usize = SpanKind::ALL.len() * StatusClass::COUNT;
 const _: () = assert!(SLOTS <= u8::MAX as usize, "slot indexes are kept as u8");
 
-fn slot_index(kind: SpanKind, class: StatusClass) -> usize {
-    kind as usize * StatusClass::COUNT + class as usize
+fn slot_index(kind: SpanKind, class: StatusClass) -> u8 {
+    (kind as usize * StatusClass::COUNT + class as usize) as u8
 }
 
 /// A recorded duration of a kept trace: links a histogram bucket to a trace
@@ -51,15 +59,59 @@ pub struct ExemplarSample {
 /// Exemplars kept per key: the most recent ones (a ring).
 const EXEMPLARS_PER_KEY: usize = 32;
 
+/// An [`ExemplarSample`] as a ring keeps it: 40 bytes, not the 48 that the
+/// `u128` trace id's alignment makes of the sample.
+#[derive(Clone, Copy)]
+struct StoredExemplar {
+    value_ns: u64,
+    trace_id: [u64; 2],
+    span_id: u64,
+    timestamp_unix_ns: u64,
+}
+
+impl From<ExemplarSample> for StoredExemplar {
+    fn from(e: ExemplarSample) -> Self {
+        StoredExemplar {
+            value_ns: e.value_ns,
+            trace_id: [(e.trace_id >> 64) as u64, e.trace_id as u64],
+            span_id: e.span_id,
+            timestamp_unix_ns: e.timestamp_unix_ns,
+        }
+    }
+}
+
+impl From<StoredExemplar> for ExemplarSample {
+    fn from(e: StoredExemplar) -> Self {
+        ExemplarSample {
+            value_ns: e.value_ns,
+            trace_id: u128::from(e.trace_id[0]) << 64 | u128::from(e.trace_id[1]),
+            span_id: e.span_id,
+            timestamp_unix_ns: e.timestamp_unix_ns,
+        }
+    }
+}
+
 /// The exemplar rings of an operation's keys that have any, by slot index
 /// (most operations have one or two keys: a short list, not an array of all).
-type Exemplars = Vec<(u8, VecDeque<ExemplarSample>)>;
+type Exemplars = Vec<(u8, VecDeque<StoredExemplar>)>;
+
+/// One (kind, class) histogram of an operation, and the next of its chain.
+struct Key {
+    slot: u8,
+    histogram: Arc<Histogram>,
+    next: OnceLock<Box<Key>>,
+}
 
 /// All histograms of one operation name and target.
 pub struct Operation {
     name: Arc<str>,
     target: Target,
-    slots: [OnceLock<Arc<Histogram>>; SLOTS],
+    /// The (kind, class) keys made so far, in creation order: set once
+    /// each, under the registry's `grow` mutex; read without a lock.
+    keys: OnceLock<Box<Key>>,
+    /// Spans answered 429 (too many requests), by span kind: allocated by
+    /// the operation's first (most operations never see one).
+    rate_limited: OnceLock<Box<[AtomicU64; SpanKind::ALL.len()]>>,
     /// Allocates with the operation's first exemplar (kept traces only).
     exemplars: Mutex<Exemplars>,
 }
@@ -69,9 +121,37 @@ impl Operation {
         Operation {
             name: Arc::from(name),
             target,
-            slots: std::array::from_fn(|_| OnceLock::new()),
+            keys: OnceLock::new(),
+            rate_limited: OnceLock::new(),
             exemplars: Mutex::new(Vec::new()),
         }
+    }
+
+    fn key(&self, slot: u8) -> Option<&Arc<Histogram>> {
+        std::iter::successors(self.keys.get(), |k| k.next.get())
+            .find(|k| k.slot == slot)
+            .map(|k| &k.histogram)
+    }
+
+    /// The histogram of `slot`, made by `make` if there is none. Callers
+    /// hold the registry's `grow` mutex (one writer per link).
+    fn key_or_insert(&self, slot: u8, make: impl FnOnce() -> Histogram) -> &Arc<Histogram> {
+        let mut cell = &self.keys;
+        while let Some(k) = cell.get() {
+            if k.slot == slot {
+                return &k.histogram;
+            }
+            cell = &k.next;
+        }
+        &cell
+            .get_or_init(|| {
+                Box::new(Key {
+                    slot,
+                    histogram: Arc::new(make()),
+                    next: OnceLock::new(),
+                })
+            })
+            .histogram
     }
 
     pub fn name(&self) -> &str {
@@ -83,7 +163,14 @@ impl Operation {
     }
 
     pub fn get(&self, kind: SpanKind, class: StatusClass) -> Option<&Arc<Histogram>> {
-        self.slots[slot_index(kind, class)].get()
+        self.key(slot_index(kind, class))
+    }
+
+    /// Spans of `kind` answered 429 (too many requests).
+    pub fn rate_limited(&self, kind: SpanKind) -> u64 {
+        self.rate_limited
+            .get()
+            .map_or(0, |c| c[kind as usize].load(Ordering::Relaxed))
     }
 }
 
@@ -106,6 +193,8 @@ pub struct Merged {
     pub snapshot: Snapshot,
     /// Records of the error classes.
     pub errors: u64,
+    /// Records answered 429 (too many requests).
+    pub rate_limited: u64,
 }
 
 /// FNV-1a: operation names are short and come from the application's own
@@ -298,16 +387,45 @@ impl Registry {
         duration_ns: u64,
     ) {
         let idx = slot_index(kind, class);
-        if let Some(h) = self
-            .table
-            .find(name, &target)
-            .and_then(|op| op.slots[idx].get())
-        {
+        if let Some(h) = self.table.find(name, &target).and_then(|op| op.key(idx)) {
             h.record(duration_ns);
             return;
         }
         self.histogram_for(kind, name, target, class)
             .record(duration_ns);
+    }
+
+    /// Count one span answered 429 (too many requests) for its operation
+    /// (recorded first with [`Registry::record_target`], so the operation
+    /// exists, or its system's overflow operation took it).
+    pub fn record_rate_limited(&self, kind: SpanKind, name: &str, target: TargetRef<'_>) {
+        self.add_rate_limited(kind, name, target, 1);
+    }
+
+    /// Count `n` spans answered 429 at once (another process's counts, see
+    /// [`crate::state`]); as [`Registry::record_rate_limited`].
+    pub fn add_rate_limited(&self, kind: SpanKind, name: &str, target: TargetRef<'_>, n: u64) {
+        let op = match self.table.find(name, &target) {
+            Some(op) if !(name == OVERFLOW_NAME && target.is_empty()) => op,
+            _ => &self.overflow[target.system() as usize],
+        };
+        op.rate_limited
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))))[kind as usize]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every operation's non-zero 429 counts: (kind, name, target, count).
+    pub fn rate_limited_counts(&self) -> Vec<(SpanKind, Arc<str>, Target, u64)> {
+        let mut out = Vec::new();
+        for op in self.table.all().chain(&self.overflow) {
+            for kind in SpanKind::ALL {
+                let n = op.rate_limited(kind);
+                if n > 0 {
+                    out.push((kind, op.name.clone(), op.target.clone(), n));
+                }
+            }
+        }
+        out
     }
 
     /// The histogram of a key, created if the bound allows, else the overflow
@@ -320,34 +438,27 @@ impl Registry {
         class: StatusClass,
     ) -> Arc<Histogram> {
         let idx = slot_index(kind, class);
-        if let Some(h) = self
-            .table
-            .find(name, &target)
-            .and_then(|op| op.slots[idx].get())
-        {
+        if let Some(h) = self.table.find(name, &target).and_then(|op| op.key(idx)) {
             return h.clone();
         }
         let _g = self.grow.lock();
+        let make = || Histogram::new(self.cfg);
         if let Some(op) = self.table.find(name, &target) {
-            if let Some(h) = op.slots[idx].get() {
+            if let Some(h) = op.key(idx) {
                 return h.clone();
             }
             if self.reserve_key() {
-                return op.slots[idx]
-                    .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
-                    .clone();
+                return op.key_or_insert(idx, make).clone();
             }
         } else if self.reserve_key() {
             let op = Arc::new(Operation::new(name, target.to_owned_target()));
-            let h = op.slots[idx]
-                .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
-                .clone();
+            let h = op.key_or_insert(idx, make).clone();
             self.table.push(op);
             return h;
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        self.overflow[target.system() as usize].slots[idx]
-            .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
+        self.overflow[target.system() as usize]
+            .key_or_insert(idx, make)
             .clone()
     }
 
@@ -358,8 +469,9 @@ impl Registry {
         system: System,
         class: StatusClass,
     ) -> Arc<Histogram> {
-        self.overflow[system as usize].slots[slot_index(kind, class)]
-            .get_or_init(|| Arc::new(Histogram::new(self.cfg)))
+        let _g = self.grow.lock();
+        self.overflow[system as usize]
+            .key_or_insert(slot_index(kind, class), || Histogram::new(self.cfg))
             .clone()
     }
 
@@ -426,14 +538,15 @@ impl Registry {
                 while j < ops.len() && (ops[j].0, &ops[j].1) == (ops[i].0, &ops[i].1) {
                     j += 1;
                 }
-                if let Some((snapshot, errors)) = merge_classes(ops[i..j].iter().map(|o| o.2), kind)
-                {
+                let same = &ops[i..j];
+                if let Some((snapshot, errors)) = merge_classes(same.iter().map(|o| o.2), kind) {
                     out.push(Merged {
                         kind,
                         name: ops[i].2.name.clone(),
                         target: ops[i].1.clone(),
                         snapshot,
                         errors,
+                        rate_limited: same.iter().map(|o| o.2.rate_limited(kind)).sum(),
                     });
                 }
                 i = j;
@@ -492,14 +605,14 @@ impl Registry {
     ) {
         let idx = slot_index(kind, class);
         let op = match self.table.find(name, &target) {
-            Some(op) if op.slots[idx].get().is_some() => op,
+            Some(op) if op.key(idx).is_some() => op,
             _ => return,
         };
         let mut rings = op.exemplars.lock();
-        let at = match rings.iter().position(|(i, _)| usize::from(*i) == idx) {
+        let at = match rings.iter().position(|(i, _)| *i == idx) {
             Some(at) => at,
             None => {
-                rings.push((idx as u8, VecDeque::new()));
+                rings.push((idx, VecDeque::new()));
                 rings.len() - 1
             }
         };
@@ -507,7 +620,7 @@ impl Registry {
         if ring.len() >= EXEMPLARS_PER_KEY {
             ring.pop_front();
         }
-        ring.push_back(sample);
+        ring.push_back(sample.into());
     }
 
     /// For each upper bound (ascending, nanoseconds), the most recent
@@ -527,13 +640,13 @@ impl Registry {
             return out;
         };
         let rings = op.exemplars.lock();
-        let Some((_, ring)) = rings.iter().find(|(i, _)| usize::from(*i) == idx) else {
+        let Some((_, ring)) = rings.iter().find(|(i, _)| *i == idx) else {
             return out;
         };
-        for e in ring.iter() {
+        for &e in ring.iter() {
             let b = bounds_ns.partition_point(|&bound| bound < e.value_ns);
             if b < out.len() {
-                out[b] = Some(*e);
+                out[b] = Some(e.into());
             }
         }
         out
@@ -597,6 +710,38 @@ mod tests {
         assert!(r.merged(SpanKind::Internal, "GET /a").is_none());
         assert_eq!(r.operations().len(), 2);
         assert_eq!(r.entries().len(), 3);
+    }
+
+    #[test]
+    fn rate_limited_responses_are_counted_per_operation_and_kind() {
+        let r = Registry::new(small(), 2);
+        let none = TargetRef::NONE;
+        for (name, n) in [("GET /a", 3), ("GET /b", 1)] {
+            for _ in 0..n {
+                r.record(SpanKind::Server, name, StatusClass::Http4xx, 1_000);
+                r.record_rate_limited(SpanKind::Server, name, none);
+            }
+        }
+        r.record(SpanKind::Server, "GET /a", StatusClass::Http4xx, 1_000); // a 404
+                                                                           // Past the bound of 2 keys: the overflow operation counts it.
+        r.record(SpanKind::Server, "GET /c", StatusClass::Http4xx, 1_000);
+        r.record_rate_limited(SpanKind::Server, "GET /c", none);
+        let rows = r.merged_by_target();
+        let of = |name: &str| rows.iter().find(|m| &*m.name == name).unwrap();
+        assert_eq!(
+            (of("GET /a").snapshot.count(), of("GET /a").rate_limited),
+            (4, 3)
+        );
+        assert_eq!(of("GET /b").rate_limited, 1);
+        assert_eq!(of(OVERFLOW_NAME).rate_limited, 1);
+        // Per kind: a client span of the same name is not the server's.
+        assert_eq!(
+            r.table
+                .find("GET /a", &none)
+                .unwrap()
+                .rate_limited(SpanKind::Client),
+            0
+        );
     }
 
     #[test]

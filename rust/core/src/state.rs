@@ -16,7 +16,9 @@
 //! `SpanKind::ALL`, `StatusClass::ALL`, `System::ALL`), the name (u32
 //! length, UTF-8), three optional target values (a byte 0/1, then a
 //! string), sum (u128), min, max, clamped (u64 each), the V2 bytes (u32
-//! length, bytes). Nothing here is on the request path.
+//! length, bytes); then the operations' counts of spans answered 429 (u32
+//! count; per operation: kind, system, name, target values as above, the
+//! count as u64). Nothing here is on the request path.
 
 use crate::histogram::{Histogram, HistogramConfig, Snapshot};
 use crate::registry::{Entry, Registry, OVERFLOW_NAME};
@@ -42,6 +44,8 @@ pub struct StateEntry {
 pub struct State {
     pub config: HistogramConfig,
     pub entries: Vec<StateEntry>,
+    /// Spans answered 429 per operation: (kind, name, target, count).
+    pub rate_limited: Vec<(SpanKind, String, Target, u64)>,
 }
 
 impl State {
@@ -116,15 +120,7 @@ fn encode_with(
         out.push(index(&StatusClass::ALL, e.class));
         out.push(index(&System::ALL, e.target.system()));
         put_str(&mut out, &e.name);
-        for v in e.target.values() {
-            match v {
-                Some(v) => {
-                    out.push(1);
-                    put_str(&mut out, v);
-                }
-                None => out.push(0),
-            }
-        }
+        put_target(&mut out, &e.target);
         out.extend_from_slice(&s.sum_ns().to_le_bytes());
         out.extend_from_slice(&s.min().to_le_bytes());
         out.extend_from_slice(&s.max().to_le_bytes());
@@ -133,7 +129,28 @@ fn encode_with(
         out.extend_from_slice(&(v2.len() as u32).to_le_bytes());
         out.extend_from_slice(&v2);
     }
+    let limited = registry.rate_limited_counts();
+    out.extend_from_slice(&(limited.len() as u32).to_le_bytes());
+    for (kind, name, target, n) in limited {
+        out.push(index(&SpanKind::ALL, kind));
+        out.push(index(&System::ALL, target.system()));
+        put_str(&mut out, &name);
+        put_target(&mut out, &target);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
     out
+}
+
+fn put_target(out: &mut Vec<u8>, target: &Target) {
+    for v in target.values() {
+        match v {
+            Some(v) => {
+                out.push(1);
+                put_str(out, v);
+            }
+            None => out.push(0),
+        }
+    }
 }
 
 /// A cheap summary of every key's histogram (key count, and each key's
@@ -152,6 +169,9 @@ pub fn fingerprint(registry: &Registry) -> u64 {
         let s = e.histogram.snapshot();
         mix(s.count());
         mix(s.sum_ns() as u64);
+    }
+    for (_, _, _, n) in registry.rate_limited_counts() {
+        mix(n);
     }
     h
 }
@@ -197,6 +217,16 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    fn target(&mut self, system: System) -> Result<Target, String> {
+        let mut values: [Option<&str>; MAX_VALUES] = [None; MAX_VALUES];
+        for v in values.iter_mut() {
+            if self.u8()? != 0 {
+                *v = Some(self.str()?);
+            }
+        }
+        Ok(TargetRef::new(system, values).to_owned_target())
+    }
+
     fn str(&mut self) -> Result<&'a str, String> {
         let at = self.at;
         std::str::from_utf8(self.bytes()?)
@@ -228,13 +258,7 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
         let class = pick(&StatusClass::ALL, r.u8()?, "status class")?;
         let system = pick(&System::ALL, r.u8()?, "target system")?;
         let name = r.str()?.to_owned();
-        let mut values: [Option<&str>; MAX_VALUES] = [None; MAX_VALUES];
-        for v in values.iter_mut() {
-            if r.u8()? != 0 {
-                *v = Some(r.str()?);
-            }
-        }
-        let target = TargetRef::new(system, values).to_owned_target();
+        let target = r.target(system)?;
         let (sum, min, max, clamped) = (r.u128()?, r.u64()?, r.u64()?, r.u64()?);
         let snapshot = Snapshot::from_v2_bytes(r.bytes()?, sum, min, max, clamped)?;
         if snapshot.config() != config {
@@ -251,10 +275,23 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
             snapshot,
         });
     }
+    let n = r.u32()? as usize;
+    let mut rate_limited = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let kind = pick(&SpanKind::ALL, r.u8()?, "span kind")?;
+        let system = pick(&System::ALL, r.u8()?, "target system")?;
+        let name = r.str()?.to_owned();
+        let target = r.target(system)?;
+        rate_limited.push((kind, name, target, r.u64()?));
+    }
     if r.at != bytes.len() {
         return Err(format!("{} bytes after the last key", bytes.len() - r.at));
     }
-    Ok(State { config, entries })
+    Ok(State {
+        config,
+        entries,
+        rate_limited,
+    })
 }
 
 impl Registry {
@@ -273,6 +310,9 @@ impl Registry {
         for e in &state.entries {
             self.absorb_key(e.kind, &e.name, &e.target, e.class, &e.snapshot)?;
         }
+        for (kind, name, target, n) in &state.rate_limited {
+            self.add_rate_limited(*kind, name, target.view(), *n);
+        }
         Ok(())
     }
 
@@ -284,6 +324,9 @@ impl Registry {
             if s.count() > 0 {
                 self.absorb_key(e.kind, &e.name, &e.target, e.class, &s)?;
             }
+        }
+        for (kind, name, target, n) in other.rate_limited_counts() {
+            self.add_rate_limited(kind, &name, target.view(), n);
         }
         Ok(())
     }
@@ -374,6 +417,21 @@ mod tests {
             merged.merged(SpanKind::Internal, "job").unwrap().0.count(),
             1
         );
+    }
+
+    #[test]
+    fn rate_limited_counts_add_up() {
+        let (a, b) = (registry(), registry());
+        for r in [&a, &b] {
+            r.record(SpanKind::Server, "GET /a", StatusClass::Http4xx, 10);
+            r.record_rate_limited(SpanKind::Server, "GET /a", TargetRef::NONE);
+        }
+        b.record_rate_limited(SpanKind::Server, "GET /a", TargetRef::NONE);
+        let merged = registry();
+        merged.absorb(&decode(&encode(&a)).unwrap()).unwrap();
+        merged.absorb_registry(&b).unwrap();
+        let rows = merged.merged_by_target();
+        assert_eq!((rows[0].snapshot.count(), rows[0].rate_limited), (2, 3));
     }
 
     #[test]

@@ -271,6 +271,57 @@ proptest! {
     }
 }
 
+/// A count for `record_n`: mostly small, some near and past the 32-bit
+/// counters' limits (promotion to 64-bit), a few huge.
+fn weight() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 1u64..1_000,
+        2 => (1u64 << 24) - 2..(1u64 << 24) + 2,
+        2 => (1u64 << 30)..(1u64 << 32) + 5,
+        1 => (1u64 << 32)..(1u64 << 40),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Counts past 32 bits: the narrow counters hand over to 64-bit ones
+    /// (per histogram, once a counter reaches 2^31) and a reader sees the
+    /// exact counts of the eager 64-bit model, before and after the
+    /// promotion, through snapshots, intervals and V2.
+    #[test]
+    fn counts_past_32_bits_match_the_eager_reference(
+        cfg in small_config(),
+        a in prop::collection::vec((value(), weight()), 1..40),
+        b in prop::collection::vec((value(), weight()), 0..40),
+    ) {
+        let h = Histogram::new(cfg);
+        let mut eager_a =
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, cfg.highest, cfg.sigfig).unwrap();
+        for &(v, n) in &a {
+            h.record_n(v, n);
+            eager_a.record_n(stored(cfg, v), n).unwrap();
+        }
+        let sa = h.snapshot();
+        prop_assert_eq!(sa.to_hdr(), eager_a.clone());
+        prop_assert_eq!(sa.count(), a.iter().map(|&(_, n)| n).sum::<u64>());
+        let mut eager_ab = eager_a.clone();
+        for &(v, n) in &b {
+            h.record_n(v, n);
+            h.record(v);
+            eager_ab.record_n(stored(cfg, v), n + 1).unwrap();
+        }
+        let d = h.snapshot().delta(&sa);
+        prop_assert_eq!(d.count(), b.iter().map(|&(_, n)| n + 1).sum::<u64>());
+        let all = h.take_interval();
+        prop_assert_eq!(all.to_hdr(), eager_ab.clone());
+        prop_assert_eq!(all.to_v2_base64(), eager_v2(&eager_ab));
+        prop_assert_eq!(h.snapshot().count(), 0);
+        h.record(7);
+        prop_assert_eq!(h.snapshot().count(), 1);
+    }
+}
+
 /// Deterministic mixed values for stress tests (xorshift): half in a few hot
 /// slots (so racing writers and readers meet on the same slot), the rest
 /// log-spread, with zeros and values above one hour.

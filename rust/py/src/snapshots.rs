@@ -50,6 +50,13 @@ impl HistogramSnapshot {
         Ok(self.0.value_at_quantile(q))
     }
 
+    /// How many recorded values are at most `value_ns` (within the
+    /// histogram's precision: a value shares its slot with values less
+    /// than one part in 10^sigfig away).
+    fn count_le(&self, value_ns: u64) -> u64 {
+        self.0.count_le(value_ns)
+    }
+
     /// What was recorded between `earlier` and this snapshot of the same
     /// cumulative histogram.
     fn delta(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {

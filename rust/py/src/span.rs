@@ -145,6 +145,30 @@ pub(crate) struct Inner {
     pub token: Option<PyObject>,
 }
 
+impl Inner {
+    /// A span's mutable part as it starts: no attributes, events or links,
+    /// status unset. `ended`: true for the no-op span, which never records.
+    #[inline]
+    pub(crate) fn new(name: Arc<str>, kind: SpanKind, ended: bool) -> Self {
+        Inner {
+            name,
+            kind,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            status: StatusCode::Unset,
+            status_message: String::new(),
+            http_status: 0,
+            dropped_attributes: 0,
+            dropped_events: 0,
+            attribute_bytes: 0,
+            event_bytes: 0,
+            ended,
+            token: None,
+        }
+    }
+}
+
 /// A span. Use it as a context manager (it becomes the current span inside
 /// the block) or call `end()`.
 #[pyclass(frozen, module = "pulsetrace._native", name = "Span")]
@@ -178,22 +202,7 @@ impl Span {
             remote_parent: false,
             start_mono: 0,
             recording: false,
-            inner: Mutex::new(Inner {
-                name: Arc::from(""),
-                kind: SpanKind::Internal,
-                attributes: Vec::new(),
-                events: Vec::new(),
-                links: Vec::new(),
-                status: StatusCode::Unset,
-                status_message: String::new(),
-                http_status: 0,
-                dropped_attributes: 0,
-                dropped_events: 0,
-                attribute_bytes: 0,
-                event_bytes: 0,
-                ended: true,
-                token: None,
-            }),
+            inner: Mutex::new(Inner::new(Arc::from(""), SpanKind::Internal, true)),
         }
     }
 

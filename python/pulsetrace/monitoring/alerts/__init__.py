@@ -3,6 +3,8 @@ checks; channels (Slack, a signed webhook, e-mail, PagerDuty, SMS and phone
 webhooks); escalation; state in SQLite that survives restarts.
 
 - :mod:`.rules`: rules and conditions (code, or declarative thresholds);
+- :mod:`.windowed`: the histograms over a window, for conditions;
+- :mod:`.builtin`, :mod:`.conditions`: the built-in rules;
 - :mod:`.engine`: the elected evaluator and the escalation ladder;
 - :mod:`.store`: the state, and how a step is sent exactly once;
 - :mod:`.channels`: channels and background delivery;
@@ -116,6 +118,7 @@ def manager() -> Manager:
     with _lock:
         if _manager is None:
             from pulsetrace import _runtime
+            from pulsetrace.monitoring import apm
 
             cfg = _runtime.config()
             directory = alert_dir(cfg)
@@ -124,6 +127,8 @@ def manager() -> Manager:
                 channels_from(cfg),
                 service=cfg.service_name,
                 link_base=f"http://{cfg.metrics_addr}",
+                # The monitoring server's copies (/apm/transactions'): one set.
+                windows=apm.WINDOWS,
             )
             m.example_trace = example_trace
             if cfg.alert_rules:
@@ -180,7 +185,10 @@ def add_alert_rule(
 def add_builtin_rules(**thresholds: Any) -> list[Rule]:
     """Add the built-in rules (:func:`.builtin.builtin_rules`: database
     connection, critical memory and CPU, high error rate, queue backlog,
-    message processing failures, low campaign success rate)."""
+    message processing failures, low campaign success rate, performance
+    degradation, slow queries, high memory, rate limit violations,
+    unusual traffic), with the thresholds given (ValueError naming a bad
+    one)."""
     from pulsetrace.monitoring.alerts.builtin import builtin_rules
 
     out = builtin_rules(**thresholds)

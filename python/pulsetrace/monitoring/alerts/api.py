@@ -48,6 +48,9 @@ def status(request: Request) -> Response:
                 "last_cycle_cpu_ms": round(m.last_cycle_cpu_s * 1000, 3),
             },
             "failed_deliveries": failed,
+            # The delivery queue: held, retrying, its bound, deliveries
+            # refused because it was full, channels failing now.
+            "delivery": m.deliverer.stats(),
         },
     )
 
@@ -174,7 +177,8 @@ def endpoints(endpoint: Any) -> list[Any]:
             "GET",
             "/monitoring/status",
             status,
-            "Alerting status: alert counts, broken rules, channels, failed deliveries",
+            "Alerting status: alert counts, broken rules, channels, failed deliveries,"
+            " the delivery queue",
             {200: _obj("the status")},
         ),
         endpoint(

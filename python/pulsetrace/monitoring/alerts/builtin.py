@@ -3,16 +3,24 @@
 
 What a process can see of itself: its health checks (the database of
 ``DATABASE_URL``, memory and CPU with the thresholds given to
-``pulsetrace.health.check_memory``/``check_cpu``), its operations' error
-ratios by span kind, and gauges the application sets
-(``pulsetrace.monitoring.set_gauge``). "Service down" cannot be seen from
-inside the process (Prometheus's ``up`` does).
+``pulsetrace.health.check_memory``/``check_cpu``), its resident memory,
+its operations' error ratios by span kind, 429 responses and latency
+histograms over windows (:mod:`.conditions`), and gauges the application
+sets (``pulsetrace.monitoring.set_gauge``). "Service down" cannot be seen
+from inside the process (Prometheus's ``up`` does).
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
+from pulsetrace.monitoring.alerts.conditions import (
+    HighMemory,
+    LatencyDegradation,
+    RateLimited,
+    SlowQueries,
+    UnusualTraffic,
+)
 from pulsetrace.monitoring.alerts.rules import Rule, Threshold, duration, make_rule
 
 Duration = Union[int, float, str]
@@ -25,9 +33,40 @@ def builtin_rules(
     campaign_success_rate: float = 0.90,
     window: Duration = "5m",
     min_count: int = 20,
+    latency_factor: float = 2.0,
+    latency_baseline: Duration = "1h",
+    latency_min_baseline: int = 100,
+    latency_min: Duration = "100ms",
+    slow_query: Duration = "1s",
+    slow_queries: int = 10,
+    memory_warning_bytes: Optional[int] = None,
+    memory_warning_share: float = 0.8,
+    rate_limited: int = 10,
+    traffic_spike: float = 3.0,
+    traffic_drop: float = 0.1,
+    traffic_baseline: Duration = "1h",
+    traffic_min_baseline: int = 100,
 ) -> list[Rule]:
-    """The built-in rules (ids ``builtin.*``)."""
+    """The built-in rules (ids ``builtin.*``); ValueError naming a bad
+    threshold. ``window``: the recent window of every windowed rule;
+    ``min_count``: requests a window needs before its ratio or percentile
+    is judged. See the README's alert section for each threshold."""
     seconds = duration(window, "window")
+    degradation = LatencyDegradation(
+        factor=latency_factor,
+        window=seconds,
+        baseline=duration(latency_baseline, "latency_baseline"),
+        min_count=min_count,
+        min_baseline=latency_min_baseline,
+        min_s=duration(latency_min, "latency_min"),
+    )
+    traffic = UnusualTraffic(
+        spike=traffic_spike,
+        drop=traffic_drop,
+        window=seconds,
+        baseline=duration(traffic_baseline, "traffic_baseline"),
+        min_baseline=traffic_min_baseline,
+    )
 
     def health(check: str) -> Threshold:
         return Threshold("health", check, threshold=0)
@@ -94,5 +133,44 @@ def builtin_rules(
             severity="business",
             description="campaign success rate (gauge campaign.success_rate)",
             for_="10m",
+        ),
+        make_rule(
+            "builtin.latency-degradation",
+            "Performance degradation",
+            degradation,
+            severity="high",
+            description="an operation's p99 against its own baseline",
+            for_="5m",
+        ),
+        make_rule(
+            "builtin.slow-queries",
+            "Slow queries",
+            SlowQueries(duration(slow_query, "slow_query"), slow_queries, seconds),
+            severity="medium",
+            team="dba",
+            description="database calls slower than the slow-query duration",
+        ),
+        make_rule(
+            "builtin.high-memory",
+            "High memory use",
+            HighMemory(memory_warning_bytes, memory_warning_share),
+            severity="warning",
+            description="resident memory (bytes) above the warning level",
+            for_="5m",
+        ),
+        make_rule(
+            "builtin.rate-limited",
+            "Rate limit violations",
+            RateLimited(rate_limited, seconds),
+            severity="medium",
+            description="requests refused with 429 (too many requests)",
+        ),
+        make_rule(
+            "builtin.unusual-traffic",
+            "Unusual traffic",
+            traffic,
+            severity="business",
+            description="the request rate against its own baseline",
+            for_="5m",
         ),
     ]

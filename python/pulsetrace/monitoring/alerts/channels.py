@@ -2,9 +2,10 @@
 
 Channels are configured once (from the environment, or in code) and rules
 refer to them by type, so rule listings never hold a URL, key or password;
-a channel's ``repr`` shows neither. Every delivery runs on the delivery
-thread under pulsetrace's suppression context: nothing it does is traced,
-so a failing channel cannot feed an alert about itself.
+a channel's ``repr`` shows neither. Every delivery runs on the one
+delivery thread (:class:`Deliverer`) under pulsetrace's suppression
+context: nothing it does is traced, so a failing channel cannot feed an
+alert about itself.
 
 Webhooks (generic, SMS, phone) are signed: ``X-Pulsetrace-Timestamp: <unix
 seconds>`` and ``X-Pulsetrace-Signature: sha256=<hex HMAC-SHA256 of
@@ -17,22 +18,26 @@ import hashlib
 import heapq
 import hmac
 import json
-import queue
 import smtplib
 import ssl
 import threading
 import time
 import urllib.request
+from collections import deque
 from email.message import EmailMessage
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag
 from pulsetrace._suppress import suppressed
 
-TIMEOUT_S = 10.0
+#: How long one attempt may take (connect, send, answer): the most a dead
+#: channel holds the delivery thread before the others go ahead of it.
+TIMEOUT_S = 5.0
 #: Attempts of one delivery, and the waits between them (doubling).
 ATTEMPTS = 4
 FIRST_BACKOFF_S = 1.0
+#: Deliveries held at most (first attempts, retries and the one being
+#: attempted together).
 QUEUE_SIZE = 1000
 
 
@@ -40,6 +45,8 @@ class Channel:
     """Sends one notice (a dict: see ``engine.notice``); raises on failure."""
 
     type = "channel"
+    #: One attempt's time limit (seconds).
+    timeout_s = TIMEOUT_S
 
     def send(self, notice: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -48,12 +55,12 @@ class Channel:
         return f"<{type(self).__name__} {self.type}>"
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
+def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
     req = urllib.request.Request(url, data=body, method="POST")
     for k, v in headers.items():
         req.add_header(k, v)
     req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         resp.read(65536)
         if not 200 <= resp.status < 300:
             raise OSError(f"HTTP {resp.status}")
@@ -78,7 +85,7 @@ class Webhook(Channel):
         headers = {"X-Pulsetrace-Timestamp": ts, "X-Pulsetrace-Delivery": notice["delivery"]}
         if self._secret:
             headers["X-Pulsetrace-Signature"] = sign(self._secret, ts, body)
-        _post(self._url, body, headers)
+        _post(self._url, body, headers, self.timeout_s)
 
 
 class Slack(Channel):
@@ -89,7 +96,7 @@ class Slack(Channel):
 
     def send(self, notice: dict[str, Any]) -> None:
         body = json.dumps({"text": notice["text"]}).encode()
-        _post(self._url, body, {"X-Pulsetrace-Delivery": notice["delivery"]})
+        _post(self._url, body, {"X-Pulsetrace-Delivery": notice["delivery"]}, self.timeout_s)
 
 
 _PD_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "warning": "warning"}
@@ -119,7 +126,7 @@ class PagerDuty(Channel):
             }
             if notice.get("trace_url"):
                 event["links"] = [{"href": notice["trace_url"], "text": "example trace"}]
-        _post(self._url, json.dumps(event).encode(), {})
+        _post(self._url, json.dumps(event).encode(), {}, self.timeout_s)
 
 
 class Email(Channel):
@@ -151,7 +158,7 @@ class Email(Channel):
         msg["Subject"] = notice["subject"]
         msg["X-Pulsetrace-Delivery"] = notice["delivery"]
         msg.set_content(notice["text"])
-        with smtplib.SMTP(self._host, self._port, timeout=TIMEOUT_S) as smtp:
+        with smtplib.SMTP(self._host, self._port, timeout=self.timeout_s) as smtp:
             smtp.ehlo()
             if not smtp.has_extn("starttls"):
                 raise OSError("the SMTP server does not offer STARTTLS")
@@ -166,73 +173,141 @@ Done = Callable[[dict[str, Any], bool, int, Optional[str]], None]
 
 
 class Deliverer:
-    """A bounded queue of deliveries and the one thread that sends them,
-    retrying with doubling backoff; ``done(item, ok, attempts, error)`` is
-    called once per delivery with its final outcome."""
+    """The deliveries held (at most ``queue_size``: first attempts, retries
+    and the one being attempted together) and the one thread that sends them; ``done(item, ok,
+    attempts, error)`` is called once per delivery with its final outcome.
+
+    The thread takes, in this order: the oldest first attempt to a channel
+    whose last attempt did not fail; a retry whose backoff (doubling from
+    ``backoff_s``) has passed; a first attempt to a failing channel. So a
+    dead channel holds the thread for one attempt (at most its
+    ``timeout_s``), and from then on neither its retries nor its new
+    deliveries go before the other channels' first attempts. A delivery
+    submitted while ``queue_size`` are held is not queued: it fails at once
+    ("the delivery queue is full"), counted in ``overflowed``.
+    """
 
     def __init__(
-        self, channels: dict[str, Channel], done: Done, backoff_s: float = FIRST_BACKOFF_S
+        self,
+        channels: dict[str, Channel],
+        done: Done,
+        backoff_s: float = FIRST_BACKOFF_S,
+        queue_size: int = QUEUE_SIZE,
     ) -> None:
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(
+                f"the delivery queue size must be a positive integer, not {queue_size!r}"
+            )
         self.channels, self._done, self._backoff = channels, done, backoff_s
-        self._q: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
-        self._retry: list[tuple[float, int, dict[str, Any]]] = []
+        self.queue_size = queue_size
+        self._cv = threading.Condition()
+        self._fresh: deque[dict[str, Any]] = deque()  # first attempts, oldest first
+        self._retry: list[tuple[float, int, dict[str, Any]]] = []  # (due, seq, item)
+        self._failing: set[str] = set()  # channels whose last attempt failed
         self._seq = 0
+        self._busy = 0  # submitted, final outcome not yet recorded
+        self.overflowed = 0
         self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._busy = 0
         self._thread: Optional[threading.Thread] = None
 
     def submit(self, item: dict[str, Any]) -> None:
-        """Queue ``item`` (``channel``, ``notice``); a full queue is a final
-        failure, recorded at once."""
+        """Queue ``item`` (``channel``, ``notice``); when ``queue_size``
+        deliveries are already held, it is a final failure, recorded at once."""
+        with self._cv:
+            # Waiting, retrying or being attempted: every delivery held.
+            waiting = self._busy
+            full = waiting >= self.queue_size
+            if full:
+                self.overflowed += 1
+                first = self.overflowed == 1
+            else:
+                self._busy += 1
+                self._fresh.append({**item, "attempts": 0})
+                self._cv.notify()
+        if full:
+            if first:
+                _diag.log.warning(
+                    "pulsetrace: the alert delivery queue is full (%d held): deliveries"
+                    " fail until it drains (counted in /monitoring/status)",
+                    waiting,
+                )
+            self._record(item, False, 0, f"the delivery queue is full ({waiting} held)")
+            return
         self._start()
-        with self._idle:
-            self._busy += 1
-        try:
-            self._q.put_nowait({**item, "attempts": 0})
-        except queue.Full:
-            self._finish(item, False, 0, "the delivery queue is full")
+
+    def stats(self) -> dict[str, Any]:
+        """What ``/monitoring/status`` shows of the queue."""
+        with self._cv:
+            return {
+                "waiting": len(self._fresh),
+                "retrying": len(self._retry),
+                "queue_size": self.queue_size,
+                "overflowed": self.overflowed,
+                "failing_channels": sorted(self._failing),
+            }
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._run, name="pulsetrace-alert-delivery", daemon=True
-            )
-            self._thread.start()
+        t = self._thread
+        if t is None or not t.is_alive():
+            with self._cv:
+                t = self._thread
+                if t is None or not t.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._run, name="pulsetrace-alert-delivery", daemon=True
+                    )
+                    self._thread.start()
 
-    def _finish(self, item: dict[str, Any], ok: bool, attempts: int, error: Optional[str]) -> None:
+    def _record(self, item: dict[str, Any], ok: bool, attempts: int, error: Optional[str]) -> None:
         try:
             self._done(item, ok, attempts, error)
         except Exception as exc:
             _diag.internal_error("alert delivery record", exc)
-        with self._idle:
+
+    def _finish(self, item: dict[str, Any], ok: bool, attempts: int, error: Optional[str]) -> None:
+        self._record(item, ok, attempts, error)
+        with self._cv:
             self._busy -= 1
-            self._idle.notify_all()
+            self._cv.notify_all()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until every submitted delivery has its final outcome."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+        with self._cv:
+            return self._cv.wait_for(lambda: self._busy == 0, timeout)
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _next(self, now: float) -> tuple[Optional[dict[str, Any]], Optional[float]]:
+        """The next delivery to attempt (see the class doc), or None and
+        how long until a retry is due (None: until something is queued)."""
+        for i, item in enumerate(self._fresh):
+            if item["channel"] not in self._failing:
+                del self._fresh[i]
+                return item, None
+        if self._retry and self._retry[0][0] <= now:
+            return heapq.heappop(self._retry)[2], None
+        if self._fresh:
+            return self._fresh.popleft(), None
+        return None, (self._retry[0][0] - now if self._retry else None)
 
     def _run(self) -> None:
         with suppressed():
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if self._retry and self._retry[0][0] <= now:
-                    item = heapq.heappop(self._retry)[2]
-                else:
-                    wait = self._retry[0][0] - now if self._retry else 0.5
-                    try:
-                        item = self._q.get(timeout=max(0.0, min(wait, 0.5)))
-                    except queue.Empty:
-                        continue
+            while True:
+                with self._cv:
+                    while True:
+                        if self._stop.is_set():
+                            return
+                        item, wait = self._next(time.monotonic())
+                        if item is not None:
+                            break
+                        self._cv.wait(wait)
                 self._attempt(item)
 
     def _attempt(self, item: dict[str, Any]) -> None:
-        channel = self.channels.get(item["channel"])
+        name = item["channel"]
+        channel = self.channels.get(name)
         item["attempts"] += 1
         if channel is None:
             self._finish(item, False, item["attempts"], "the channel is not configured")
@@ -241,17 +316,22 @@ class Deliverer:
             channel.send(item["notice"])
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
-            if item["attempts"] >= ATTEMPTS:
+            with self._cv:
+                self._failing.add(name)
+                retry = item["attempts"] < ATTEMPTS
+                if retry:
+                    delay = self._backoff * 2 ** (item["attempts"] - 1)
+                    self._seq += 1
+                    heapq.heappush(self._retry, (time.monotonic() + delay, self._seq, item))
+            if not retry:
                 _diag.log.warning(
                     "pulsetrace: alert delivery to %s failed %d times: %s",
-                    item["channel"],
+                    name,
                     item["attempts"],
                     error,
                 )
                 self._finish(item, False, item["attempts"], error)
-                return
-            delay = self._backoff * 2 ** (item["attempts"] - 1)
-            self._seq += 1
-            heapq.heappush(self._retry, (time.monotonic() + delay, self._seq, item))
             return
+        with self._cv:
+            self._failing.discard(name)
         self._finish(item, True, item["attempts"], None)

@@ -32,8 +32,10 @@ from typing import Any, Callable, Optional
 from pulsetrace import _diag
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring.alerts import rules as _rules
-from pulsetrace.monitoring.alerts.channels import Channel, Deliverer
+from pulsetrace.monitoring.alerts.channels import QUEUE_SIZE, Channel, Deliverer
 from pulsetrace.monitoring.alerts.store import RESOLVED_STEP, TEST_STEP, Store
+from pulsetrace.monitoring.alerts.windowed import View
+from pulsetrace.monitoring.apm_windows import Windows
 from pulsetrace.scrub import scrub_text
 
 #: (minutes after the response time, channel types) per escalation step.
@@ -46,6 +48,9 @@ LADDER: tuple[tuple[float, tuple[str, ...]], ...] = (
 #: Samples kept per operation for windowed rates (at the default interval,
 #: an hour).
 HISTORY = 360
+#: The gauge conditions read the process's resident memory from (bytes;
+#: read at each evaluation unless the application sets it).
+RSS_GAUGE = "process.rss_bytes"
 
 
 def step_due(severity: str, step: int) -> float:
@@ -66,6 +71,8 @@ class Manager:
         service: str = "unknown_service",
         link_base: Optional[str] = None,
         backoff_s: float = 1.0,
+        windows: Optional[Windows] = None,
+        queue_size: int = QUEUE_SIZE,
     ) -> None:
         self.store, self.clock, self.service, self.link_base = store, clock, service, link_base
         self.rules: dict[str, _rules.Rule] = {}
@@ -74,9 +81,13 @@ class Manager:
         #: operation -> the id (hex) of an example kept trace of it, or None:
         #: the alert's message links to ``<link_base>/apm/traces/<id>``.
         self.example_trace: Optional[Callable[[str], Optional[str]]] = None
-        self.history: dict[str, deque[tuple[float, int, int]]] = {}
+        self.history: dict[str, deque[tuple[float, int, int, int]]] = {}
+        #: The kept histogram copies that windowed conditions read (the
+        #: monitoring server's, in an application); the evaluation takes
+        #: copies itself when no thread does.
+        self.windows = windows if windows is not None else Windows(clock=lambda: self.clock())
         self._last_snapshot_at: Optional[float] = None
-        self.deliverer = Deliverer(channels, self._delivered, backoff_s)
+        self.deliverer = Deliverer(channels, self._delivered, backoff_s, queue_size)
         self.cycles = 0
         self.last_cycle_cpu_s = 0.0
         self.last_cycle_at: Optional[float] = None
@@ -98,16 +109,33 @@ class Manager:
 
         ops = pulsetrace.latency()
         counters = pulsetrace.counters()
-        per_name: dict[str, tuple[int, int]] = {}
+        # Each operation, every operation of its kind ("*server"), all ("*").
+        per_name: dict[str, tuple[int, int, int]] = {}
+        per_kind: dict[str, list[int]] = {}
         for op in ops:
-            count, errors = int(op.get("count", 0)), int(op.get("errors", 0))
-            # Each operation, every operation of its kind ("*server"), all ("*").
-            for key in (op["name"], "*" + str(op.get("kind", "")), "*"):
-                c, e = per_name.get(key, (0, 0))
-                per_name[key] = (c + count, e + errors)
-        for name, v in counters.items():
-            per_name["counter:" + name] = (int(v), 0)
-        for name, (count, errors) in per_name.items():
+            name, kind = op["name"], op["kind"]
+            count, errors = op["count"], op["errors"]
+            # 429 responses of the server spans (rate-limit violations).
+            limited = op.get("rate_limited", 0) if kind == "server" else 0
+            v = per_name.get(name)
+            if v is None:
+                per_name[name] = (count, errors, limited)
+            else:
+                per_name[name] = (v[0] + count, v[1] + errors, v[2] + limited)
+            k = per_kind.get(kind)
+            if k is None:
+                per_kind[kind] = [count, errors, limited]
+            else:
+                k[0], k[1], k[2] = k[0] + count, k[1] + errors, k[2] + limited
+        every = [0, 0, 0]
+        for kind, (count, errors, limited) in per_kind.items():
+            per_name["*" + kind] = (count, errors, limited)
+            every = [every[0] + count, every[1] + errors, every[2] + limited]
+        if ops:
+            per_name["*"] = (every[0], every[1], every[2])
+        for name, value in counters.items():
+            per_name["counter:" + name] = (int(value), 0, 0)
+        for name, (count, errors, limited) in per_name.items():
             h = self.history.get(name)
             if h is None:
                 h = self.history[name] = deque(maxlen=HISTORY)
@@ -115,10 +143,23 @@ class Manager:
                 # the first one, what the histograms counted since the process
                 # started is judged as one sample (failures before the first
                 # evaluation are not lost).
-                h.append((self._last_snapshot_at or now, 0, 0))
-            h.append((now, count, errors))
+                h.append((self._last_snapshot_at or now, 0, 0, 0))
+            h.append((now, count, errors, limited))
         self._last_snapshot_at = now
-        return _rules.Snapshot(now, ops, counters, dict(self.gauges), self.health_fn, self.history)
+        gauges = dict(self.gauges)
+        if RSS_GAUGE not in gauges:
+            rss = _rss_bytes()
+            if rss is not None:
+                gauges[RSS_GAUGE] = float(rss)
+        ticked = False
+        try:
+            ticked = self.windows.tick_if_due()
+        except Exception as exc:
+            _diag.internal_error("alert windows", exc)
+        view = View(self.windows, ticked)
+        return _rules.Snapshot(
+            now, ops, counters, gauges, self.health_fn, self.history, windows=view
+        )
 
     def cycle(self) -> None:
         """One evaluation of every rule, then escalation. Never raises."""
@@ -293,7 +334,15 @@ def message(rule: _rules.Rule, v: _rules.Verdict) -> str:
         if v.threshold is not None:
             figure += f" against a threshold of {v.threshold:.4g}"
         parts.append(figure)
+    if v.detail:
+        parts.append(v.detail)
     return "; ".join(parts)
+
+
+def _rss_bytes() -> Optional[int]:
+    from pulsetrace.monitoring.checks import _rss_bytes as read
+
+    return read()
 
 
 def _health_now() -> dict[str, bool]:

@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from pulsetrace.monitoring.alerts.windowed import MAX_WINDOW_S, View
+
 SEVERITIES = ("critical", "high", "medium", "warning", "business")
 #: Each severity's response time (seconds): the ladder's later steps start
 #: after it (see ``engine``).
@@ -26,7 +28,7 @@ RESPONSE_S = {"critical": 0.0, "high": 1800.0, "medium": 7200.0, "warning": 7200
 RESPONSE_S["business"] = 14400.0
 CHANNEL_TYPES = ("slack", "webhook", "email", "pagerduty", "sms", "phone", "managers")
 TEAMS = ("security", "dba")
-KINDS = ("error_ratio", "rate", "percentile", "gauge", "health")
+KINDS = ("error_ratio", "rate", "rate_limited", "percentile", "gauge", "health")
 OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
@@ -55,16 +57,20 @@ class Snapshot:
     """What a condition sees: ``operations`` (``pulsetrace.latency()``),
     ``counters`` (``pulsetrace.counters()``), ``gauges`` (name -> value, from
     code), ``health`` (check name -> passed, run only when a rule asks),
-    the evaluation's time and, per operation, ``(time, count, errors)``
-    history for windowed rates."""
+    the evaluation's time, per operation ``(time, count, errors, 429
+    responses)`` history for windowed rates, and ``windows``: the
+    operations' histograms over a window (:mod:`.windowed`; None outside
+    an evaluator)."""
 
     now: float
     operations: list[dict[str, Any]]
     counters: dict[str, int]
     gauges: dict[str, float]
     health_fn: Callable[[], dict[str, bool]]
-    history: dict[str, deque[tuple[float, int, int]]]
+    history: dict[str, deque[tuple[float, int, int, int]]]
     _health: Optional[dict[str, bool]] = None
+    windows: Optional[View] = None
+    _by_name: Optional[dict[str, dict[str, Any]]] = field(default=None, repr=False)
 
     @property
     def health(self) -> dict[str, bool]:
@@ -73,10 +79,13 @@ class Snapshot:
         return self._health
 
     def operation(self, name: str) -> Optional[dict[str, Any]]:
-        for op in self.operations:
-            if op.get("name") == name:
-                return op
-        return None
+        """The first row of ``operations`` named ``name`` (indexed once)."""
+        if self._by_name is None:
+            by_name: dict[str, dict[str, Any]] = {}
+            for op in self.operations:
+                by_name.setdefault(op.get("name"), op)  # type: ignore[arg-type]
+            self._by_name = by_name
+        return self._by_name.get(name)
 
 
 @dataclass
@@ -92,6 +101,9 @@ class Verdict:
     #: samples, a gauge never set, a fresh process): the alert's state is
     #: left as it is, neither fired nor resolved.
     known: bool = True
+    #: What the figure is, in words, for the alert's message ("traffic
+    #: spike: ...").
+    detail: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -102,10 +114,14 @@ class Threshold:
     - ``error_ratio``: errors / requests over ``window`` (seconds);
     - ``rate``: requests per second over ``window`` (or, with
       ``counter:<name>`` as the operation, a counter's rate);
-    - for both, the operation ``*`` is every operation of ``span_kind``
+    - ``rate_limited``: responses with status 429 of the operation's
+      server spans over ``window`` (a count);
+    - for these, the operation ``*`` is every operation of ``span_kind``
       (``server``, ``consumer``, ...; None: of every kind) together;
-    - ``percentile``: ``p50``/``p90``/``p99``/``p999`` of the operation's
-      live histogram (seconds), judged once it has ``min_count`` samples;
+    - ``percentile``: ``p50``/``p90``/``p99``/``p999`` (seconds) of what
+      the operation's histograms (of ``span_kind``; None: every kind)
+      recorded over ``window`` (at most an hour: see :mod:`.windowed`),
+      judged once the window holds ``min_count`` samples;
     - ``gauge``: the value of a gauge set with ``set_gauge``;
     - ``health``: active while the health check ``operation`` fails.
     """
@@ -120,8 +136,10 @@ class Threshold:
     span_kind: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.operation == "*" and self.kind not in ("error_ratio", "rate"):
-            raise ValueError("condition operation '*' (every operation) is for error_ratio or rate")
+        if self.operation == "*" and self.kind not in ("error_ratio", "rate", "rate_limited"):
+            raise ValueError(
+                "condition operation '*' (every operation) is for error_ratio, rate or rate_limited"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"condition kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if not isinstance(self.operation, str) or not self.operation:
@@ -134,6 +152,14 @@ class Threshold:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
             raise ValueError("condition threshold must be a finite number")
         object.__setattr__(self, "window", duration(self.window, "condition window"))
+        if self.kind == "percentile" and not 0 < self.window <= MAX_WINDOW_S:
+            raise ValueError(
+                f"condition window {self.window:g}s: a percentile's window is more than 0"
+                f" and at most {MAX_WINDOW_S:g}s (the histogram copies kept)"
+            )
+        n = self.min_count
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError("condition min_count must be an integer of at least 1")
 
     def __call__(self, snap: Snapshot) -> Verdict:
         value = self.measure(snap)
@@ -149,10 +175,15 @@ class Threshold:
         if self.kind == "gauge":
             return snap.gauges.get(self.operation)
         if self.kind == "percentile":
-            op = snap.operation(self.operation)
-            if op is None or op.get("count", 0) < self.min_count:
+            if snap.windows is None:  # no kept copies: since the process started
+                op = snap.operation(self.operation)
+                if op is None or op.get("count", 0) < self.min_count:
+                    return None
+                return float(op[self.percentile])
+            w = snap.windows.operation(self.operation, self.window, self.span_kind)
+            if w is None or w.count < self.min_count:
                 return None
-            return float(op[self.percentile])
+            return w.quantile_s(self.percentile)
         key = self.operation
         if key == "*":
             key = "*" + (self.span_kind or "")
@@ -164,6 +195,8 @@ class Threshold:
         if oldest is newest:
             oldest = past[-2]
         requests, errors = newest[1] - oldest[1], newest[2] - oldest[2]
+        if self.kind == "rate_limited":
+            return float(newest[3] - oldest[3])
         if self.kind == "rate":
             span = newest[0] - oldest[0]
             return requests / span if span > 0 else None
@@ -220,7 +253,9 @@ class Rule:
     def to_json(self) -> dict[str, Any]:
         """The rule as listed: never a channel's URL, key or password."""
         cond: Any = self.condition
-        shown = cond.to_json() if isinstance(cond, Threshold) else {"kind": "code"}
+        # A built-in condition lists its parameters as a threshold does.
+        to_json = getattr(cond, "to_json", None)
+        shown = to_json() if callable(to_json) else {"kind": "code"}
         return {
             "id": self.id,
             "name": self.name,

@@ -22,30 +22,38 @@
 //!
 //! # Memory
 //!
-//! The slots are kept in rows of 64 `u64` counters (512 bytes), and a row is
-//! allocated by the first record that lands in it: a histogram costs a
-//! 128-byte header, a table of one pointer per row, and the rows its values
-//! have touched ([`Histogram::memory_bytes`]). With the default `highest`
-//! of one hour:
+//! The slots are kept in rows of 64 `u32` counters (256 bytes), eight rows'
+//! pointers to a group (64 bytes), and a group or row is allocated by the
+//! first record that lands in it (`rows.rs`): a histogram costs a 112-byte
+//! header, a table of one pointer per group, and the groups and rows its
+//! values have touched ([`Histogram::memory_bytes`]). With the default
+//! `highest` of one hour:
 //!
-//! | sigfig | slots  | rows | idle    | per row touched | all rows (the old dense cost) |
-//! |--------|--------|------|---------|-----------------|-------------------------------|
-//! | 2      | 4 608  | 72   | 704 B   | 512 B           | 37 568 B                      |
-//! | 3      | 33 792 | 528  | 4 352 B | 512 B           | 274 688 B                     |
+//! | sigfig | slots  | rows | groups | idle  | per row touched | all rows (dense) |
+//! |--------|--------|------|--------|-------|-----------------|------------------|
+//! | 2      | 4 608  | 72   | 9      | 184 B | 256 B           | 19 192 B         |
+//! | 3      | 33 792 | 528  | 66     | 640 B | 256 B           | 140 032 B        |
 //!
 //! At 2 digits a row is half a bucket (half an octave), so values spanning a
-//! decade fill at most 8 rows (4.8 KB with every slot of the decade
-//! recorded) and values spanning two decades at most 15 (8.4 KB). A
+//! decade fill at most 8 rows in 3 groups (2.4 KB with every slot of the
+//! decade recorded) and values spanning two decades at most 15 rows in 4
+//! groups (4.3 KB). A counter that reaches 2^31 moves the histogram's later
+//! records to 64-bit rows of the same layout (`rows.rs`: a busy series pays
+//! twice for the rows it touches, once). What a whole registry series costs
+//! (its key, exemplars) is measured by `tests/series_memory.rs`. A
 //! [`Snapshot`] holds the counts of its lowest to highest non-empty slot.
 //!
 //! # Concurrency contract
 //!
-//! [`Histogram::record`] is an `Acquire` load of the row's pointer, one slot
+//! [`Histogram::record`] is a `Relaxed` load of the 64-bit table's pointer,
+//! `Acquire` loads of the group's and the row's pointers, one slot
 //! `fetch_add`, one `fetch_add` on the sum and a load of min and max (a
 //! read-modify-write only when they change), all `Relaxed`, with no lock. The
-//! first record into a row allocates it and publishes it with one
+//! first record into a group or row allocates it and publishes it with one
 //! `compare_exchange` (a recorder that loses the race frees its block and
-//! uses the winner's); rows stay until the histogram is dropped.
+//! uses the winner's); rows stay until the histogram is dropped. A 32-bit
+//! counter reaching 2^31 publishes the 64-bit table the same way, and every
+//! record is still one `fetch_add` on one counter (`rows.rs`).
 //!
 //! `Relaxed` is enough for the counters because every counter is
 //! independent: nothing is published through them, and the only cross-counter
@@ -54,8 +62,10 @@
 //! rather than kept as a separate counter.
 //!
 //! A [`Histogram::snapshot`] taken while writers run is a consistent-enough
-//! view: each slot is an exact value the slot held during the copy, and
-//! `count` equals the sum of the copied slots. The sum (and the `clamped`
+//! view: each slot's count lies between what the slot held when its copy
+//! started and when it ended (its 32-bit and its 64-bit counter are read one
+//! after the other, and each only grows), and `count` equals the sum of the
+//! copied slots. The sum (and the `clamped`
 //! counter) may be momentarily ahead of or behind the slots by the records in
 //! flight. Min and max are reconciled with the copied slots: if the atomic
 //! min/max does not fall in the lowest/highest non-empty slot, the slot's
@@ -97,7 +107,7 @@
 mod rows;
 
 use crate::sync::{AtomicU64, Ordering};
-use rows::Rows;
+use rows::Counts;
 use std::fmt;
 
 const RELAXED: Ordering = Ordering::Relaxed;
@@ -223,9 +233,10 @@ impl Layout {
     }
 }
 
-/// The sum/min/max/clamped counters, on their own cache line(s) so that the
-/// read-only header (layout, row table) is not invalidated by writers.
-#[repr(align(64))]
+/// The sum/min/max/clamped counters. Not padded to a cache line of their
+/// own: a histogram is recorded into by the thread draining the intake
+/// (request threads only when the intake is full),
+/// so the padding bought no speed and cost 128 bytes a series.
 struct Stats {
     sum_lo: AtomicU64,
     sum_hi: AtomicU64,
@@ -237,7 +248,7 @@ struct Stats {
 /// A concurrent latency histogram; see the [module docs](self).
 pub struct Histogram {
     layout: Layout,
-    rows: Rows,
+    counts: Counts,
     stats: Stats,
 }
 
@@ -246,10 +257,7 @@ impl fmt::Debug for Histogram {
         f.debug_struct("Histogram")
             .field("config", &self.layout.cfg)
             .field("slots", &self.layout.len)
-            .field(
-                "rows_allocated",
-                &self.rows.allocated(self.layout.len).count(),
-            )
+            .field("rows_allocated", &self.counts.rows_allocated())
             .finish_non_exhaustive()
     }
 }
@@ -261,7 +269,7 @@ impl Histogram {
         let layout = Layout::new(cfg);
         Histogram {
             layout,
-            rows: Rows::new(layout.len),
+            counts: Counts::new(layout.len),
             stats: Stats {
                 sum_lo: AtomicU64::new(0),
                 sum_hi: AtomicU64::new(0),
@@ -305,9 +313,7 @@ impl Histogram {
             self.stats.sum_hi.fetch_add(1, RELAXED);
         }
         self.update_min_max(v);
-        if let Some(slot) = self.rows.slot(self.layout.index_of(v)) {
-            slot.fetch_add(1, RELAXED);
-        }
+        self.counts.add(self.layout.index_of(v), 1);
     }
 
     /// Records `n` occurrences of one value (nothing when `n == 0`).
@@ -330,9 +336,7 @@ impl Histogram {
             self.stats.sum_hi.fetch_add(hi, RELAXED);
         }
         self.update_min_max(v);
-        if let Some(slot) = self.rows.slot(self.layout.index_of(v)) {
-            slot.fetch_add(n, RELAXED);
-        }
+        self.counts.add(self.layout.index_of(v), n);
     }
 
     /// Adds everything `s` holds (slot counts, exact sum, min, max, clamped
@@ -350,9 +354,7 @@ impl Histogram {
             return Ok(());
         }
         for (lowest, _, c) in s.iter_recorded() {
-            if let Some(slot) = self.rows.slot(self.layout.index_of(lowest)) {
-                slot.fetch_add(c, RELAXED);
-            }
+            self.counts.add(self.layout.index_of(lowest), c);
         }
         let add = s.sum_ns();
         let (_, carry) = self
@@ -372,38 +374,14 @@ impl Histogram {
         Ok(())
     }
 
-    /// The counts of the allocated rows, `read` applied to each counter,
-    /// as (index of the first slot, counts up to the end of the last
-    /// allocated row). A row allocated while this runs may be left out (its
-    /// records are as if they came after the read).
-    fn read_rows(&self, read: impl Fn(&AtomicU64) -> u64) -> (usize, Vec<u64>) {
-        let len = self.layout.len;
-        let (mut lo, mut hi) = (usize::MAX, 0);
-        for (start, row) in self.rows.allocated(len) {
-            lo = lo.min(start);
-            hi = start + row.len();
-        }
-        if lo == usize::MAX {
-            return (0, Vec::new());
-        }
-        let mut counts = vec![0u64; hi - lo];
-        for (start, row) in self.rows.allocated(len) {
-            if let Some(dst) = start
-                .checked_sub(lo)
-                .and_then(|at| counts.get_mut(at..at + row.len()))
-            {
-                for (c, slot) in dst.iter_mut().zip(row) {
-                    *c = read(slot);
-                }
-            }
-        }
-        (lo, counts)
-    }
-
     /// Cumulative copy of everything recorded since creation, the last
     /// [`reset`](Self::reset) or the last [`take_interval`](Self::take_interval).
     pub fn snapshot(&self) -> Snapshot {
-        let (offset, counts) = self.read_rows(|c| c.load(RELAXED));
+        let (offset, counts) = self.counts.read(
+            self.layout.len,
+            |c| c.load(RELAXED).into(),
+            |c| c.load(RELAXED),
+        );
         let sum = u128::from(self.stats.sum_hi.load(RELAXED)) << 64
             | u128::from(self.stats.sum_lo.load(RELAXED));
         let min = self.stats.min.load(RELAXED);
@@ -425,15 +403,19 @@ impl Histogram {
     /// records land in exactly one interval and writers are never blocked.
     /// Rows stay allocated. Don't mix with cumulative use (see the module docs).
     pub fn take_interval(&self) -> Snapshot {
-        let (offset, counts) = self.read_rows(|c| {
-            // Skipping empty slots is safe (a record arriving after the
-            // load stays for the next interval) and avoids dirtying lines.
-            if c.load(RELAXED) == 0 {
-                0
-            } else {
-                c.swap(0, RELAXED)
-            }
-        });
+        // Skipping empty slots is safe (a record arriving after the load
+        // stays for the next interval) and avoids dirtying lines.
+        let (offset, counts) = self.counts.read(
+            self.layout.len,
+            |c| match c.load(RELAXED) {
+                0 => 0,
+                _ => c.swap(0, RELAXED).into(),
+            },
+            |c| match c.load(RELAXED) {
+                0 => 0,
+                _ => c.swap(0, RELAXED),
+            },
+        );
         let sum = u128::from(self.stats.sum_hi.swap(0, RELAXED)) << 64
             | u128::from(self.stats.sum_lo.swap(0, RELAXED));
         let min = self.stats.min.swap(u64::MAX, RELAXED);
@@ -454,11 +436,7 @@ impl Histogram {
     /// records racing with a reset may be partly kept; use it at quiescent
     /// points (or use `take_interval`).
     pub fn reset(&self) {
-        for (_, row) in self.rows.allocated(self.layout.len) {
-            for c in row {
-                c.store(0, RELAXED);
-            }
-        }
+        self.counts.zero(self.layout.len);
         self.stats.sum_lo.store(0, RELAXED);
         self.stats.sum_hi.store(0, RELAXED);
         self.stats.min.store(u64::MAX, RELAXED);
@@ -469,7 +447,7 @@ impl Histogram {
     /// Heap plus inline size of this histogram: the header, the row table
     /// and the rows allocated so far.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.rows.heap_bytes()
+        std::mem::size_of::<Self>() + self.counts.heap_bytes()
     }
 }
 

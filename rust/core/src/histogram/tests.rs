@@ -326,19 +326,70 @@ fn v2_base64_decodes() {
 
 #[test]
 fn memory_bytes_for_sigfig_2_and_3() {
-    let row = 64 * 8;
+    let (row, group) = (64 * 4, 8 * 8);
+    let header = std::mem::size_of::<Histogram>();
+    assert!(header <= 128, "{header}");
     let h2 = Histogram::new(HistogramConfig::default());
-    assert_eq!(std::mem::size_of::<Histogram>(), 128);
-    // An idle histogram is its header and its row table (72 rows of 64 slots).
-    assert_eq!(h2.memory_bytes(), 128 + 4_608 / 64 * 8);
+    // An idle histogram is its header and its group table (9 groups of 8
+    // rows of 64 slots).
+    assert_eq!(h2.memory_bytes(), header + 9 * 8);
     h2.record(1_000_000);
     h2.record(1_000_001); // same row
-    assert_eq!(h2.memory_bytes(), 128 + 72 * 8 + row);
-    h2.record(10);
-    assert_eq!(h2.memory_bytes(), 128 + 72 * 8 + 2 * row);
+    assert_eq!(h2.memory_bytes(), header + 9 * 8 + group + row);
+    h2.record(1_100_000); // same group, next row
+    assert_eq!(h2.memory_bytes(), header + 9 * 8 + group + 2 * row);
+    h2.record(10); // another group
+    assert_eq!(h2.memory_bytes(), header + 9 * 8 + 2 * group + 3 * row);
     let h3 = Histogram::new(cfg(ONE_HOUR_NS, 3));
-    assert_eq!(h3.memory_bytes(), 128 + 33_792 / 64 * 8);
-    assert_eq!(std::mem::align_of::<Stats>(), 64);
+    assert_eq!(h3.memory_bytes(), header + 33_792 / 512 * 8);
+}
+
+#[test]
+fn a_32_bit_counter_nearing_its_limit_hands_over_to_64_bit_ones() {
+    let h = Histogram::new(HistogramConfig::default());
+    let narrow = h.memory_bytes();
+    // Narrow adds (each below 2^24) up to just below 2^31 in one slot.
+    let step = (1u64 << 24) - 1;
+    let steps = (1u64 << 31) / step;
+    for _ in 0..steps {
+        h.record_n(1_000, step);
+    }
+    assert!(!h.counts.promoted());
+    assert_eq!(h.memory_bytes(), narrow + 64 + 64 * 4, "one 32-bit row");
+    // The add that reaches 2^31 promotes; later ones go to 64-bit rows,
+    // past 2^32 in the same slot, and nothing is lost on either side.
+    for _ in 0..steps + 2 {
+        h.record_n(1_000, step);
+    }
+    assert!(h.counts.promoted());
+    h.record(1_000);
+    h.record(5); // a row the narrow table never had
+    let expected = (2 * steps + 2) * step + 1;
+    assert!(expected > 1 << 32);
+    let s = h.snapshot();
+    assert_eq!(s.count(), expected + 1);
+    assert_eq!(s.count_le(5), 1);
+    assert_eq!(s.to_hdr().count_at(1_000), expected);
+    assert!(h.memory_bytes() > narrow, "the 64-bit table is counted");
+    // An interval takes both tables; records go on into the wide one.
+    let taken = h.take_interval();
+    assert_eq!(taken, s);
+    assert_eq!(h.snapshot().count(), 0);
+    h.record_n(1_000, 3);
+    assert_eq!(h.snapshot().count(), 3);
+    h.reset();
+    assert_eq!(h.snapshot(), Snapshot::empty(HistogramConfig::default()));
+}
+
+#[test]
+fn a_huge_record_n_goes_to_64_bit_counters_at_once() {
+    let h = Histogram::new(HistogramConfig::default());
+    h.record_n(42, 1 << 40);
+    h.record(42);
+    assert!(h.counts.promoted());
+    let s = h.snapshot();
+    assert_eq!(s.count(), (1 << 40) + 1);
+    assert_eq!(s.sum_ns(), 42 * ((1u128 << 40) + 1));
 }
 
 /// Log-uniform values over `[lo, lo * 10^decades)`, `n` of them.
@@ -351,11 +402,11 @@ fn a_series_costs_the_rows_its_values_span() {
     // Every slot of one decade recorded (1 ms .. 10 ms): 425 slots at 2 digits.
     let h = Histogram::new(HistogramConfig::default());
     spread(1e6, 1.0, 10_000).for_each(|v| h.record(v));
-    assert!(h.memory_bytes() <= 4_800, "{}", h.memory_bytes());
-    // Two decades (100 µs .. 10 ms), every slot: under a fifth of the dense 37 KB.
+    assert!(h.memory_bytes() <= 2_800, "{}", h.memory_bytes());
+    // Two decades (100 µs .. 10 ms), every slot: a tenth of the dense 37 KB.
     let h = Histogram::new(HistogramConfig::default());
     spread(1e5, 2.0, 20_000).for_each(|v| h.record(v));
-    assert!(h.memory_bytes() <= 7_900, "{}", h.memory_bytes());
+    assert!(h.memory_bytes() <= 4_600, "{}", h.memory_bytes());
     // take_interval and reset keep the rows; the snapshot holds only the range.
     let before = h.memory_bytes();
     let s = h.take_interval();

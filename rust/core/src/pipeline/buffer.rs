@@ -172,13 +172,18 @@ impl Core {
     /// (head-sampled out) only does this.
     #[inline]
     pub fn record_metrics(&self, rec: &SpanRecord) {
+        let target = TargetRef::of(rec.kind, &rec.attributes);
         self.registry.record_target(
             rec.kind,
             &rec.name,
-            TargetRef::of(rec.kind, &rec.attributes),
+            target,
             rec.status_class(),
             rec.duration_ns,
         );
+        if rec.http_status == 429 {
+            self.registry
+                .record_rate_limited(rec.kind, &rec.name, target);
+        }
         if let Some(access) = &self.access {
             access.offer(rec);
         }
@@ -198,7 +203,14 @@ impl Core {
     ) -> Outcome {
         let id = rec.trace_id;
         let deferred = mode.deferred_epoch();
-        if let Some(kept) = shard.decided.get(id) {
+        let decided = shard.decided.get(id);
+        // A trace decided "drop" can still enter this process again: another
+        // consumer run or request of the same trace (a new local root), and
+        // the spans that fail in it. Those are judged afresh (their trace id
+        // gives the same probabilistic verdict, but an error or a slow run
+        // keeps them), not dropped as late spans of the earlier decision.
+        let judged_afresh = decided == Some(false) && (rec.local_root || rec.is_error());
+        if let Some(kept) = decided.filter(|_| !judged_afresh) {
             if kept {
                 self.counters
                     .spans_late_kept
@@ -465,6 +477,52 @@ mod tests {
         assert!(dropped.drain_export(100).is_empty());
         assert_eq!(count(&dropped.counters.spans_late_dropped), 1);
         assert_eq!(count(&dropped.counters.traces_dropped_sampled_out), 1);
+    }
+
+    #[test]
+    fn a_failed_run_in_an_already_dropped_trace_is_kept() {
+        // One request sends two tasks; the first task's run is dropped, the
+        // second fails: its local root (and its failing child) are kept.
+        let c = core(0.0);
+        let mut first = rec(9, 11, 1);
+        first.local_root = true;
+        c.end_span(first, 1);
+        assert!(c.drain_export(100).is_empty());
+        let mut failing_child = rec(9, 13, 12);
+        failing_child.status = StatusCode::Error;
+        c.end_span(failing_child, 2);
+        c.end_span(rec(9, 14, 12), 3); // a plain child of the failed run: late, dropped
+        let mut second = rec(9, 12, 1);
+        second.local_root = true;
+        second.status = StatusCode::Error;
+        c.end_span(second, 4);
+        let out = c.drain_export(100);
+        assert_eq!(out.len(), 1);
+        let mut ids: Vec<u64> = out[0].spans.iter().map(|s| s.span_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![12, 13]);
+        assert_eq!(out[0].reason, Some(KeepReason::Error));
+        assert_eq!(count(&c.counters.spans_late_dropped), 1);
+        // The trace is kept now: a later run of it follows that decision.
+        let mut third = rec(9, 15, 1);
+        third.local_root = true;
+        c.end_span(third, 5);
+        let out = c.drain_export(100);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].spans[0].span_id, out[0].reason), (15, None));
+    }
+
+    #[test]
+    fn a_run_that_does_not_fail_in_a_dropped_trace_is_dropped_again() {
+        let c = core(0.0);
+        for (span, at) in [(11, 1), (12, 2)] {
+            let mut run = rec(9, span, 1);
+            run.local_root = true;
+            c.end_span(run, at);
+        }
+        assert!(c.drain_export(100).is_empty());
+        assert_eq!(count(&c.counters.traces_dropped_sampled_out), 2);
+        assert_eq!(count(&c.counters.spans_late_dropped), 0);
     }
 
     #[test]

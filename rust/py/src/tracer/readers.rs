@@ -189,6 +189,7 @@ pub(crate) fn latency_rows_of<'py>(
         }
         d.set_item("count", s.count())?;
         d.set_item("errors", errors)?;
+        d.set_item("rate_limited", row.rate_limited)?;
         d.set_item("min", secs(s.min()))?;
         d.set_item("mean", s.mean() / 1e9)?;
         d.set_item("p50", secs(s.value_at_quantile(0.5)))?;

@@ -202,22 +202,7 @@ impl Tracer {
             remote_parent: start.remote_parent,
             start_mono,
             recording: true,
-            inner: Mutex::new(Inner {
-                name,
-                kind,
-                attributes: Vec::new(),
-                events: Vec::new(),
-                links: Vec::new(),
-                status: Default::default(),
-                status_message: String::new(),
-                http_status: 0,
-                dropped_attributes: 0,
-                dropped_events: 0,
-                attribute_bytes: 0,
-                event_bytes: 0,
-                ended: false,
-                token: None,
-            }),
+            inner: Mutex::new(Inner::new(name, kind, false)),
         })
     }
 

@@ -268,6 +268,14 @@ def test_two_processes_add_exactly_and_a_dead_one_is_kept_once(serving):
         # Counters add; what the children inherited at fork is the parent's.
         assert workers.counters()["internal_errors"] == pulsetrace.counters()["internal_errors"]
 
+        # The alert evaluator judges the same application-wide figures.
+        from pulsetrace.monitoring.alerts.engine import Manager
+        from pulsetrace.monitoring.alerts.store import Store
+
+        seen = Manager(Store(":memory:"), {}).snapshot(time.time()).operations
+        (judged,) = [r for r in seen if r["name"] == name]
+        assert (judged["count"], judged["errors"]) == (15, 3)
+
         # Read again, and again: the dead worker's copy is counted once.
         for _ in range(2):
             _fresh_view()

@@ -105,10 +105,13 @@ class Manager:
     # -- evaluation ------------------------------------------------------------
 
     def snapshot(self, now: float) -> _rules.Snapshot:
-        import pulsetrace
+        # The whole application: under a pre-fork server, every worker's
+        # histograms and counters merged (pulsetrace.monitoring.workers); a
+        # single process's own.
+        from pulsetrace.monitoring import workers
 
-        ops = pulsetrace.latency()
-        counters = pulsetrace.counters()
+        ops = workers.latency()
+        counters = workers.counters()
         # Each operation, every operation of its kind ("*server"), all ("*").
         per_name: dict[str, tuple[int, int, int]] = {}
         per_kind: dict[str, list[int]] = {}

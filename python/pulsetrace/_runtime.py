@@ -206,6 +206,10 @@ def add_exporter(exporter: SpanExporter) -> None:
         _stop_worker()
         if exporter not in _exporters:
             _exporters.append(exporter)
+            # Exporters that send over the network last (stable otherwise):
+            # one retrying against a dead collector holds the export thread,
+            # and the others have had the batch by then.
+            _exporters.sort(key=lambda e: bool(getattr(e, "remote", False)))
         _sync_exporting()
         _restart_worker()
 

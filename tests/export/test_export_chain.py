@@ -189,3 +189,31 @@ def test_every_built_in_exporter_is_a_span_exporter_and_anything_else_is_refused
         pulsetrace.add_exporter(NotAnExporter())  # type: ignore[arg-type]
     assert NotAnExporter not in {type(e) for e in pulsetrace._runtime.exporters()}
     assert pulsetrace.counters()["internal_errors"] == before["internal_errors"]
+
+
+def test_a_dead_collector_does_not_keep_a_batch_from_the_other_exporters(added):
+    """The OTLP exporter, added first, retries against a port where nothing
+    listens; the in-memory exporter added after it still gets the batch at
+    once (exporters that send over the network are handed it last)."""
+    from servers import free_port
+
+    fresh(export_interval_ms=50)
+    dead = OtlpSpanExporter(
+        config_from_env(
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            }
+        )
+    )
+    memory = pulsetrace.InMemorySpanExporter()
+    added.extend([dead, memory])
+    pulsetrace.add_exporter(dead)
+    pulsetrace.add_exporter(memory)
+    with pulsetrace.start_span("while the collector is down"):
+        pass
+    deadline = time.monotonic() + 5.0
+    while not memory.spans():
+        assert time.monotonic() < deadline, "the in-memory exporter got nothing"
+        time.sleep(0.01)
+    assert [s.name for s in memory.spans()] == ["while the collector is down"]

@@ -170,6 +170,12 @@ class SpanExporter(Protocol):
     application's own (``export``, ``force_flush`` and ``shutdown`` are
     required; subclass it for the default ``counters``)."""
 
+    #: True for an exporter that sends over the network and may hold the
+    #: export thread while it retries (OTLP): each batch goes to every
+    #: exporter that does not first, so a slow or dead collector does not
+    #: keep a batch from the in-memory, console or ring exporters.
+    remote: bool = False
+
     def export(self, batch: SpanBatch, /) -> ExportResult:
         """Take one batch; never raises (an exception is counted as a failed
         export). Called on the export thread, one batch at a time, and

@@ -74,6 +74,8 @@ class _Request:
 class OtlpSpanExporter(SpanExporter):
     """Sends kept traces over OTLP (gRPC or HTTP/protobuf) with retries."""
 
+    remote = True  # handed each batch after the exporters that do not send
+
     def __init__(
         self, config: Optional[OtlpConfig] = None, max_retry_delay_s: Optional[float] = None
     ) -> None:

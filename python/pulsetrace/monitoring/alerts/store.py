@@ -156,12 +156,7 @@ class Store:
             )
             if cur.rowcount != 1:
                 return False
-            for ch in channels:
-                db.execute(
-                    "INSERT OR IGNORE INTO deliveries (alert_id, step, channel, status, at)"
-                    " VALUES (?, ?, ?, 'pending', ?)",
-                    (alert_id, step, ch, now),
-                )
+            _pending(db, alert_id, step, channels, now)
             _event(db, alert_id, now, "escalated", json.dumps({"step": step, "channels": channels}))
             return True
 
@@ -191,12 +186,7 @@ class Store:
             )
             if cur.rowcount != 1:
                 return False
-            for ch in channels:
-                db.execute(
-                    "INSERT OR IGNORE INTO deliveries (alert_id, step, channel, status, at)"
-                    " VALUES (?, ?, ?, 'pending', ?)",
-                    (alert_id, RESOLVED_STEP, ch, now),
-                )
+            _pending(db, alert_id, RESOLVED_STEP, channels, now)
             _event(db, alert_id, now, "resolved", None)
             return True
 
@@ -286,6 +276,18 @@ class Store:
         ):
             out[f"deliveries_{status}"] = n
         return out
+
+
+def _pending(
+    db: sqlite3.Connection, alert_id: str, step: int, channels: list[str], now: float
+) -> None:
+    """Record one pending delivery per channel for ``step`` of an alert
+    (once: a row that exists already is kept)."""
+    db.executemany(
+        "INSERT OR IGNORE INTO deliveries (alert_id, step, channel, status, at)"
+        " VALUES (?, ?, ?, 'pending', ?)",
+        [(alert_id, step, ch, now) for ch in channels],
+    )
 
 
 def _event(db: sqlite3.Connection, alert_id: str, at: float, event: str, detail: Any) -> None:

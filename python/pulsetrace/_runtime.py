@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
+from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, check_exporter
 
@@ -107,6 +108,17 @@ def tracer() -> Tracer:
     if _tracer is None:
         _first_use()
     return TRACER
+
+
+def hook_tracer() -> Optional[Tracer]:
+    """The tracer a library hook starts its span on, or None when the call
+    must run untraced: pulsetrace's own work (:func:`pulsetrace._suppress.suppressed`)
+    or tracing turned off. May raise on first use (a hook's own ``try``
+    reports it)."""
+    if SUPPRESSED.get():
+        return None
+    t = _tracer or tracer()
+    return t if t.enabled else None
 
 
 def current_config() -> Optional[Config]:

@@ -43,7 +43,7 @@ from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime, propagation
 from pulsetrace._native import Span, SpanContext
-from pulsetrace._suppress import SUPPRESSED, suppressed
+from pulsetrace._suppress import suppressed
 from pulsetrace.contrib import _amqp
 
 __all__ = [
@@ -260,11 +260,9 @@ def _producer_contexts(messages: Any) -> Iterator[SpanContext]:
 
 
 def _start_batch(messages: Any, count: int, system: str, destination: str) -> Optional[Span]:
-    if SUPPRESSED.get():
-        return None
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return None
         return tracer.start_span(
             f"process {destination}" if destination else "process",

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime, propagation
-from pulsetrace._suppress import SUPPRESSED
 
 SYSTEM = "rabbitmq"
 _MAX_NAME = 255  # AMQP short strings (exchange, queue, routing key) are at most 255 bytes
@@ -78,11 +77,9 @@ def start_publish(
 ) -> Any:
     """A PRODUCER span for one publish, or None (tracing off, pulsetrace's
     own work, or a pulsetrace failure: the publish then runs untraced)."""
-    if SUPPRESSED.get():
-        return None
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return None
         key = _text(routing_key)
         dest = _text(exchange) or key
@@ -120,11 +117,9 @@ def start_process(
 ) -> Any:
     """A CONSUMER span for processing one delivery, child of the publisher's
     span when the headers carry its context; or None."""
-    if SUPPRESSED.get():
-        return None
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return None
         queue_name = _text(queue) or destination(exchange, routing_key)
         attrs: dict[str, Any] = {

@@ -51,7 +51,7 @@ import threading
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime, propagation
-from pulsetrace._suppress import SUPPRESSED
+from pulsetrace._suppress import suppressed
 from pulsetrace.contrib import _amqp
 from pulsetrace.contrib._patcher import Patcher, Target
 
@@ -85,11 +85,9 @@ def _system(app: Any) -> str:
 
 
 def _start_send(instance: Any, args: Any, kwargs: Any) -> Any:
-    if SUPPRESSED.get():
-        return None
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return None
         name = str(args[0] if args else kwargs.get("name", ""))[:255]
         span = tracer.start_span(
@@ -168,11 +166,11 @@ def _request_value(request: Any, key: str) -> Optional[Any]:
 
 
 def _prerun(task_id: Any = None, task: Any = None, **_kwargs: Any) -> None:
-    if SUPPRESSED.get() or task_id is None or task is None:
+    if task_id is None or task is None:
         return
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return
         request = task.request
         name = str(getattr(task, "name", "") or "")[:255]
@@ -260,27 +258,18 @@ def _postrun(task_id: Any = None, state: Any = None, **_kwargs: Any) -> None:
 
 class _QuietPipeline:
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        token = SUPPRESSED.set(True)
-        try:
+        with suppressed():
             return super().execute(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            SUPPRESSED.reset(token)
 
     def immediate_execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        token = SUPPRESSED.set(True)
-        try:
+        with suppressed():
             return super().immediate_execute_command(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            SUPPRESSED.reset(token)
 
 
 class _QuietClient:
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        token = SUPPRESSED.set(True)
-        try:
+        with suppressed():
             return super().execute_command(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            SUPPRESSED.reset(token)
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         pipe = super().pipeline(*args, **kwargs)  # type: ignore[misc]

@@ -35,7 +35,6 @@ import re
 from typing import Any, Optional
 
 from pulsetrace import _diag, _runtime
-from pulsetrace._suppress import SUPPRESSED
 from pulsetrace.contrib._patcher import Patcher, Target, twins
 
 SUPPORTED = ">=5.0"
@@ -197,11 +196,9 @@ def _start(describe: Any, instance: Any, args: Any) -> Any:
     """A CLIENT span named and described by ``describe``, or None (tracing off,
     nothing sent, pulsetrace's own work, or a pulsetrace failure: the call
     then runs untraced)."""
-    if SUPPRESSED.get():
-        return None
     try:
-        tracer = _runtime._tracer or _runtime.tracer()
-        if not tracer.enabled:
+        tracer = _runtime.hook_tracer()
+        if tracer is None:
             return None
         described = describe(instance, args)
         if described is None:

@@ -23,18 +23,22 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Any, Union
+import time
+from typing import Any, Optional, Union
 
 from pulsetrace._native import DEFAULT_BUCKETS
 from pulsetrace._native import Histogram as _NativeHistogram
+from pulsetrace.monitoring import metrics_state
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED = {"quantile", "le", "service_name"}
 _SCALE = 1000.0
 QUANTILES = (0.5, 0.9, 0.99)
+AGGREGATES = ("sum", "max", "min", "last")
 
 Number = Union[int, float]
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
 _registry_lock = threading.Lock()
 _registry: dict[str, _Metric] = {}
 
@@ -65,6 +69,17 @@ def check_buckets(buckets: Any) -> tuple[float, ...]:
     if not bounds:
         raise ValueError("a histogram needs at least one finite bucket bound")
     return tuple(sorted(bounds))
+
+
+def check_aggregate(aggregate: Any) -> str:
+    """How a gauge's values in several processes combine; ValueError naming
+    the problem."""
+    if aggregate not in AGGREGATES or not isinstance(aggregate, str):
+        raise ValueError(
+            f"a gauge's aggregate is one of {', '.join(map(repr, AGGREGATES))}, "
+            f"not {aggregate!r:.60}"
+        )
+    return aggregate
 
 
 class _Metric:
@@ -113,7 +128,7 @@ class _Metric:
             items = list(self._series.items())
         return [(dict(zip(self.label_names, k)), v) for k, v in items]
 
-    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    def families(self) -> list[Family]:
         return [(self.name, self.help, self.kind, [(lab, float(v)) for lab, v in self.series()])]
 
     def to_json(self) -> dict[str, Any]:
@@ -141,7 +156,24 @@ class Counter(_Metric):
 
 
 class Gauge(_Metric):
+    """A level. Merged over pre-fork workers by its ``aggregate``: ``sum``
+    (the default: each worker's share of one level), ``max``, ``min`` or
+    ``last`` (the value set most recently, by wall-clock time, in any
+    worker); a dead worker's level is gone with it."""
+
     kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        label_names: tuple[str, ...],
+        max_series: int,
+        aggregate: str = "sum",
+    ):
+        super().__init__(name, help, label_names, max_series)
+        self.aggregate = check_aggregate(aggregate)
+        self.changed: dict[tuple[str, ...], float] = {}  # wall-clock time of each series' value
 
     def set(self, value: Number, **labels: Any) -> None:
         v = _check_number(value, "a gauge's value")
@@ -149,6 +181,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] = v
+                self.changed[key] = time.time()
 
     def inc(self, value: Number = 1, **labels: Any) -> None:
         v = _check_number(value, "a gauge's increment")
@@ -156,6 +189,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] += v
+                self.changed[key] = time.time()
 
     def dec(self, value: Number = 1, **labels: Any) -> None:
         self.inc(-_check_number(value, "a gauge's decrement"), **labels)
@@ -204,7 +238,7 @@ class Histogram(_Metric):
             out[f"p{round(q * 100)}"] = h.value_at_quantile(q) / _SCALE if h.count else 0.0
         return out
 
-    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    def families(self) -> list[Family]:
         """One histogram family: per series, a sample per bucket (its
         ``le`` label, cumulative counts from the HDR histogram, ``+Inf``
         the count) and one without ``le``, the sum (the native renderer
@@ -238,9 +272,10 @@ def create(
     label_names: Any,
     max_series: Any,
     buckets: Any = None,
+    aggregate: Any = None,
 ) -> Any:
     """The metric ``name`` (the same one again for the same type, labels and,
-    for a histogram, buckets)."""
+    for a histogram, buckets, for a gauge, aggregate)."""
     if not isinstance(name, str) or not _NAME.match(name) or name.startswith("pulsetrace_"):
         raise ValueError(
             f"a metric name matches [a-zA-Z_:][a-zA-Z0-9_:]* and does not start with "
@@ -263,6 +298,10 @@ def create(
         extra["buckets"] = check_buckets(DEFAULT_BUCKETS if buckets is None else buckets)
     elif buckets is not None:
         raise ValueError(f"only a histogram has buckets, not a {cls.kind}")
+    if cls is Gauge:
+        extra["aggregate"] = check_aggregate("sum" if aggregate is None else aggregate)
+    elif aggregate is not None:
+        raise ValueError(f"only a gauge has an aggregate, not a {cls.kind}")
     with _registry_lock:
         found = _registry.get(name)
         if found is not None:
@@ -270,6 +309,7 @@ def create(
                 type(found) is not cls
                 or found.label_names != labels
                 or getattr(found, "buckets", None) != extra.get("buckets")
+                or getattr(found, "aggregate", None) != extra.get("aggregate")
             ):
                 raise ValueError(
                     f"metric {name!r} exists as a {found.kind} with labels "
@@ -279,16 +319,21 @@ def create(
                         if isinstance(found, Histogram)
                         else ""
                     )
+                    + (f" and aggregate {found.aggregate!r}" if isinstance(found, Gauge) else "")
                 )
             return found
         metric = _registry[name] = cls(name, help, labels, max_series, **extra)
         return metric
 
 
-def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
-    """Every custom metric's exposition families, and the overflow counter."""
-    with _registry_lock:
-        metrics = list(_registry.values())
+def families(state: Optional[dict[str, Any]] = None) -> list[Family]:
+    """Every custom metric's exposition families, and the overflow counter:
+    this process's, or those of ``state`` (:func:`state`, or several
+    processes' merged by :func:`merge_states`; ValueError if malformed)."""
+    return families_of(_metrics() if state is None else metrics_state.parse(state))
+
+
+def families_of(metrics: list[_Metric]) -> list[Family]:
     out = [f for m in metrics for f in m.families()]
     out.append(
         (
@@ -301,13 +346,38 @@ def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]
     return out
 
 
-def to_json() -> list[dict[str, Any]]:
-    with _registry_lock:
-        metrics = list(_registry.values())
+def to_json(state: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Every custom metric as JSON (``/health/metrics``): this process's,
+    or those of ``state`` as for :func:`families`."""
+    metrics = _metrics() if state is None else metrics_state.parse(state)
     return [m.to_json() for m in metrics]
+
+
+def state() -> dict[str, Any]:
+    """This process's custom metrics, exactly, as a JSON-able value (the
+    format is :mod:`pulsetrace.monitoring.metrics_state`'s)."""
+    return metrics_state.state_of(_metrics())
+
+
+def merge_states(states: list[Any]) -> dict[str, Any]:
+    """The live processes' states (:func:`state`) combined into one: a
+    malformed state is skipped, counted and logged."""
+    return metrics_state.merge(states)
+
+
+def fold_states(states: list[Any]) -> dict[str, Any]:
+    """Dead processes' states combined into one kept for good: as
+    :func:`merge_states`, without the gauges' values."""
+    return metrics_state.merge(states, fold=True)
+
+
+def _metrics() -> list[_Metric]:
+    with _registry_lock:
+        return list(_registry.values())
 
 
 def clear() -> None:
     """Forget every custom metric (for tests)."""
     with _registry_lock:
         _registry.clear()
+

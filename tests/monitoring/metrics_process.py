@@ -1,0 +1,17 @@
+"""One process of a pre-fork application, for the merge tests of custom
+and business metrics: runs the Python code it is given on stdin (with
+``metrics`` = ``pulsetrace.metrics`` and ``time`` in scope), then prints
+``{"custom": metrics_custom.state(), "business": metrics_business.state()}``
+as JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pulsetrace.metrics as metrics
+from pulsetrace.monitoring import metrics_business, metrics_custom
+
+exec(sys.stdin.read(), {"metrics": metrics, "time": time})
+json.dump({"custom": metrics_custom.state(), "business": metrics_business.state()}, sys.stdout)

@@ -173,12 +173,16 @@ def test_gauges_combine_by_their_aggregate_and_a_fold_drops_them():
 
 
 def test_a_gauge_aggregate_is_checked_at_creation():
-    with pytest.raises(ValueError, match="aggregate is one of 'sum', 'max', 'min', 'last', not 'avg'"):
+    with pytest.raises(
+        ValueError, match="aggregate is one of 'sum', 'max', 'min', 'last', not 'avg'"
+    ):
         metrics.create_custom_gauge("g_avg", "g", aggregate="avg")
     with pytest.raises(ValueError, match="only a gauge has an aggregate"):
         metrics_custom.create(metrics_custom.Counter, "c_total", "c", (), 10, aggregate="max")
     metrics.create_custom_gauge("g", "g", aggregate="max")
-    with pytest.raises(ValueError, match="exists as a gauge with labels \\[\\] and aggregate 'max'"):
+    with pytest.raises(
+        ValueError, match="exists as a gauge with labels \\[\\] and aggregate 'max'"
+    ):
         metrics.create_custom_gauge("g", "g", aggregate="min")
 
 
@@ -246,9 +250,7 @@ def test_business_figures_merge_with_success_rates_from_the_merged_counts():
     )
     calls = {c["labels"]["outcome"]: c["count"] for c in out["external_api_calls"]}
     assert calls == {"success": 1, "failure": 1}
-    assert out["auth_events"] == [
-        {"labels": {"event": "login", "outcome": "success"}, "count": 1}
-    ]
+    assert out["auth_events"] == [{"labels": {"event": "login", "outcome": "success"}, "count": 1}]
     assert merged["start"] == min(s["start"] for s in states)
     families = {f[0]: f for f in metrics_business.families(merged)}
     assert families["pulsetrace_business_messages_total"][3] == [
@@ -257,8 +259,9 @@ def test_business_figures_merge_with_success_rates_from_the_merged_counts():
         ({"status": "failed", "message_type": "image"}, 1.0),
     ]
     # Dead processes fold with their counts kept.
-    assert metrics_business.summary(metrics_business.fold_states(states))["campaigns"] == (
-        out["campaigns"]
+    assert (
+        metrics_business.summary(metrics_business.fold_states(states))["campaigns"]
+        == (out["campaigns"])
     )
 
 

@@ -168,7 +168,7 @@ def summary(state: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     if state is None:
         with _lock:
             tables = _tables()
-        metrics = {m.name: m for m in ALL}
+        metrics: dict[str, Any] = {m.name: m for m in ALL}
     else:
         tables = _parse_tables(state)
         metrics = {m.name: m for m in metrics_state.parse(state)}

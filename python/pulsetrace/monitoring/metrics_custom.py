@@ -380,4 +380,3 @@ def clear() -> None:
     """Forget every custom metric (for tests)."""
     with _registry_lock:
         _registry.clear()
-

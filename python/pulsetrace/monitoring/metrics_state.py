@@ -38,7 +38,7 @@ import base64
 import binascii
 import math
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any
 
 from pulsetrace import _diag
 from pulsetrace.monitoring import metrics_custom as mc
@@ -277,9 +277,7 @@ def _add(into: mc._Metric, m: mc._Metric, fold: bool) -> None:
             into._series[key] = cur + v
 
 
-def _gauge(
-    aggregate: str, a: tuple[float, float], b: tuple[float, float]
-) -> tuple[float, float]:
+def _gauge(aggregate: str, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     """Two processes' (value, time it changed) of one gauge series, combined."""
     when = max(a[1], b[1])
     if aggregate == "sum":
@@ -297,4 +295,3 @@ def number(d: dict[str, Any], key: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{key!r} is a finite number, not {v!r:.60}")
     return float(v)
-

@@ -130,6 +130,21 @@ def test_a_native_histogram_adds_another_ones_encoding_exactly():
     with pytest.raises(ValueError, match="different config"):
         a.add_encoded(base64.b64decode(NativeHistogram(3).encode()), 0, 0, 0)
     assert a.count == both.count  # nothing added by a refused encoding
+    # One histogram added to another directly: the same exact merge.
+    c = NativeHistogram()
+    c.add(a)
+    c.add(b)
+    for v in values(2, 500):
+        both.record(int(v * 1000))
+    assert (c.count, c.sum, c.min, c.max, c.encode()) == (
+        both.count,
+        both.sum,
+        both.min,
+        both.max,
+        both.encode(),
+    )
+    with pytest.raises(ValueError, match="different config"):
+        c.add(NativeHistogram(3))
 
 
 def test_gauges_combine_by_their_aggregate_and_a_fold_drops_them():
@@ -284,6 +299,10 @@ def test_one_process_state_renders_as_that_process_does():
     assert got == expected
     # A merge of one state is that state.
     assert metrics_custom.merge_states([own]) == own
+    # A series recorded into since the last state is in the next one.
+    h.observe(5)
+    assert metrics_custom.to_json(metrics_custom.state()) == metrics_custom.to_json()
+    assert by_name(metrics_custom.to_json())["size_bytes"]["series"][0]["count"] == 7
 
 
 def malformed(good: dict[str, Any]) -> list[tuple[Any, str]]:

@@ -323,3 +323,5 @@ def clear() -> None:
         with m._lock:
             m._series.clear()
             m.overflowed = 0
+            if isinstance(m, Histogram):
+                m.encoded.clear()

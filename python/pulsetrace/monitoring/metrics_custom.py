@@ -218,6 +218,8 @@ class Histogram(_Metric):
         self.buckets = buckets
         self._bounds = [round(b * _SCALE) for b in buckets]
         self._le = [repr(b) for b in buckets]
+        # The last state of each series (metrics_state), with its series and count.
+        self.encoded: dict[tuple[str, ...], tuple[_HistogramSeries, int, dict[str, Any]]] = {}
 
     def observe(self, value: Number, **labels: Any) -> None:
         """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""

@@ -74,8 +74,14 @@ def _metric_state(m: mc._Metric) -> dict[str, Any]:
         for k, s in items:
             with m._lock:  # one series at a time: its sum agrees with its counts
                 h = s.hist
-                row = {"v2": h.encode(), "total": h.sum, "min": h.min, "max": h.max, "sum": s.sum}
-            out["series"].append([list(k), row])
+                count, cached = h.count, m.encoded.get(k)
+                if cached is not None and cached[0] is s and cached[1] == count:
+                    row = cached[2]  # nothing recorded since: not encoded again
+                else:
+                    row = {"v2": h.encode(), "total": h.sum, "min": h.min, "max": h.max}
+                    row["sum"] = s.sum
+                    m.encoded[k] = (s, count, row)
+            out["series"].append([list(k), dict(row)])
     return out
 
 
@@ -266,8 +272,7 @@ def _add(into: mc._Metric, m: mc._Metric, fold: bool) -> None:
             if isinstance(into, mc.Gauge) and isinstance(m, mc.Gauge):
                 into.changed[key] = m.changed[key]
         elif isinstance(into, mc.Histogram):
-            h = v.hist
-            cur.hist.add_encoded(base64.b64decode(h.encode()), h.sum, h.min, h.max)
+            cur.hist.add(v.hist)
             cur.sum += v.sum
         elif isinstance(into, mc.Gauge) and isinstance(m, mc.Gauge):
             into._series[key], into.changed[key] = _gauge(

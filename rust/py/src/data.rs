@@ -219,6 +219,16 @@ impl Histogram {
         })
     }
 
+    /// Adds `other`'s records (a copy of them, taken now), as if they had
+    /// been recorded here; ValueError, adding nothing, if the
+    /// configurations differ.
+    fn add(&self, other: &Histogram) -> PyResult<()> {
+        crate::guard::or_error("histogram.add", || {
+            let snap = other.inner.snapshot();
+            self.inner.add(&snap).map_err(PyValueError::new_err)
+        })
+    }
+
     fn reset(&self) {
         self.inner.reset();
     }

@@ -396,3 +396,13 @@ def test_a_malformed_business_state_is_skipped():
     merged = metrics_business.merge_states([good, *bad, good])
     assert metrics_business.summary(merged)["campaigns"]["spring"]["delivered"] == 2
     assert _diag.internal_errors() == {"metrics_custom.merge": 3}
+
+
+def test_a_metric_defined_differently_in_two_processes_keeps_the_first_definition():
+    first = run('metrics.create_custom_counter("jobs_total", "jobs", ["queue"]).inc(queue="a")')
+    other = run('metrics.create_custom_gauge("jobs_total", "jobs", ["queue"]).set(9, queue="a")')
+    same = run('metrics.create_custom_counter("jobs_total", "jobs", ["queue"]).inc(queue="a")')
+    merged = metrics_custom.merge_states([first["custom"], other["custom"], same["custom"]])
+    [jobs] = metrics_custom.to_json(merged)
+    assert (jobs["type"], jobs["series"]) == ("counter", [{"labels": {"queue": "a"}, "value": 2}])
+    assert _diag.internal_errors() == {"metrics_custom.merge": 1}

@@ -10,6 +10,11 @@ campaigns and as many companies; further ones are counted, not kept).
 
 A campaign's success rate is delivered / (delivered + failed) of its
 messages (``sent`` and ``read`` are steps, not outcomes).
+
+Under a pre-fork server each worker's figures (:func:`state`) merge into
+the application's (:func:`merge_states`, :func:`fold_states` for dead
+workers): counts add, success rates are computed again from the merged
+counts, and :func:`summary` / :func:`families` render a merged state.
 """
 
 from __future__ import annotations
@@ -249,7 +254,7 @@ def _merge(states: list[Any], fold: bool) -> dict[str, Any]:
     for i, st in enumerate(states):
         try:
             parsed.append((_parse_tables(st), metrics_state.parse(st)))
-        except ValueError as e:
+        except Exception as e:  # whatever is wrong with it, the others merge
             metrics_state.skipped(i, e)
     out: dict[str, Any] = {
         "campaigns": {},

@@ -16,6 +16,12 @@ exposition is rendered: a value within the histogram's precision (1%) of
 a bound may count at that bound. The JSON endpoints show its count, sum,
 max and p50/p90/p99. A counter's samples are named ``<name>_total`` (the
 suffix added when the name lacks it).
+
+Under a pre-fork server each worker's metrics (:func:`state`) merge into
+the application's (:func:`merge_states`; :func:`fold_states` for dead
+workers), and :func:`families` / :func:`to_json` render a merged state: see
+:mod:`pulsetrace.monitoring.metrics_state` for the rules (a gauge's
+``aggregate``).
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def merge(states: list[Any], fold: bool = False) -> dict[str, Any]:
     for i, st in enumerate(states):
         try:
             parsed.append(parse(st))
-        except ValueError as e:
+        except Exception as e:  # whatever is wrong with it, the others merge
             skipped(i, e)
     return state_of(merge_parsed(parsed, fold))
 

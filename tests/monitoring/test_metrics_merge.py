@@ -406,3 +406,44 @@ def test_a_metric_defined_differently_in_two_processes_keeps_the_first_definitio
     [jobs] = metrics_custom.to_json(merged)
     assert (jobs["type"], jobs["series"]) == ("counter", [{"labels": {"queue": "a"}, "value": 2}])
     assert _diag.internal_errors() == {"metrics_custom.merge": 1}
+
+
+def test_a_forked_worker_starts_at_zero_so_the_parents_figures_count_once():
+    # A pre-fork master that recorded before forking (an application loaded
+    # before the fork): its figures are its own, reported by it once.
+    out = run(
+        """
+        import json, os
+        from pulsetrace.monitoring import metrics_business, metrics_custom
+
+        boots = metrics.create_custom_counter("boots_total", "boots")
+        sizes = metrics.create_custom_histogram("size_bytes", "size", buckets=[10, 100])
+        boots.inc(5)
+        sizes.observe(7)
+        metrics.record_message("delivered", "text", campaign_id="spring")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            boots.inc()
+            sizes.observe(70)
+            metrics.record_message("failed", "text", campaign_id="spring")
+            states = {"custom": metrics_custom.state(), "business": metrics_business.state()}
+            os.write(w, json.dumps(states).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            child = json.loads(f.read())
+        os.waitpid(pid, 0)
+        """
+    )
+    custom = metrics_custom.merge_states([out["custom"], out["child"]["custom"]])
+    got = by_name(metrics_custom.to_json(custom))
+    assert got["boots_total"]["series"][0]["value"] == 6
+    size = got["size_bytes"]["series"][0]
+    assert (size["count"], size["sum"], size["max"]) == (2, 77, 70)
+    business = metrics_business.merge_states([out["business"], out["child"]["business"]])
+    assert metrics_business.summary(business)["campaigns"]["spring"] == {
+        "delivered": 1,
+        "failed": 1,
+        "success_rate": 0.5,
+    }

@@ -19,6 +19,7 @@ counts, and :func:`summary` / :func:`families` render a merged state.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Optional
@@ -330,3 +331,19 @@ def clear() -> None:
             m.overflowed = 0
             if isinstance(m, Histogram):
                 m.encoded.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker's figures start at zero (see metrics_custom's);
+    ``start`` stays the parent's."""
+    global _lock
+    _lock = threading.Lock()
+    _campaigns.clear()
+    _companies.clear()
+    _overflow.update(campaigns=0, companies=0)
+    _contacts.update(added=0, removed=0)
+    for m in ALL:
+        m.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

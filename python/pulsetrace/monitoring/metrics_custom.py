@@ -27,6 +27,7 @@ workers), and :func:`families` / :func:`to_json` render a merged state: see
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -129,6 +130,13 @@ class _Metric:
             s = self._series[key] = make()
         return s
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: no series (what the parent recorded is the
+        parent's), a new lock (the parent's may have been held)."""
+        self._lock = threading.RLock()
+        self._series.clear()
+        self.overflowed = 0
+
     def series(self) -> list[tuple[dict[str, str], Any]]:
         with self._lock:
             items = list(self._series.items())
@@ -181,6 +189,10 @@ class Gauge(_Metric):
         self.aggregate = check_aggregate(aggregate)
         self.changed: dict[tuple[str, ...], float] = {}  # wall-clock time of each series' value
 
+    def reset_after_fork(self) -> None:
+        super().reset_after_fork()
+        self.changed.clear()
+
     def set(self, value: Number, **labels: Any) -> None:
         v = _check_number(value, "a gauge's value")
         key = self._key(labels)
@@ -226,6 +238,10 @@ class Histogram(_Metric):
         self._le = [repr(b) for b in buckets]
         # The last state of each series (metrics_state), with its series and count.
         self.encoded: dict[tuple[str, ...], tuple[_HistogramSeries, int, dict[str, Any]]] = {}
+
+    def reset_after_fork(self) -> None:
+        super().reset_after_fork()
+        self.encoded.clear()
 
     def observe(self, value: Number, **labels: Any) -> None:
         """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""
@@ -388,3 +404,17 @@ def clear() -> None:
     """Forget every custom metric (for tests)."""
     with _registry_lock:
         _registry.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker's metrics start at zero, as its native histograms
+    do: what its parent recorded before the fork is the parent's (which
+    reports it itself), so a merged view counts it once. The metrics stay
+    defined."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for m in _registry.values():
+        m.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -330,7 +330,7 @@ def clear() -> None:
             m._series.clear()
             m.overflowed = 0
             if isinstance(m, Histogram):
-                m.encoded.clear()
+                m._encoded.clear()
 
 
 def _after_fork_in_child() -> None:

@@ -187,11 +187,11 @@ class Gauge(_Metric):
     ):
         super().__init__(name, help, label_names, max_series)
         self.aggregate = check_aggregate(aggregate)
-        self.changed: dict[tuple[str, ...], float] = {}  # wall-clock time of each series' value
+        self._changed: dict[tuple[str, ...], float] = {}  # wall-clock time of each series' value
 
     def reset_after_fork(self) -> None:
         super().reset_after_fork()
-        self.changed.clear()
+        self._changed.clear()
 
     def set(self, value: Number, **labels: Any) -> None:
         v = _check_number(value, "a gauge's value")
@@ -199,7 +199,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] = v
-                self.changed[key] = time.time()
+                self._changed[key] = time.time()
 
     def inc(self, value: Number = 1, **labels: Any) -> None:
         v = _check_number(value, "a gauge's increment")
@@ -207,7 +207,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] += v
-                self.changed[key] = time.time()
+                self._changed[key] = time.time()
 
     def dec(self, value: Number = 1, **labels: Any) -> None:
         self.inc(-_check_number(value, "a gauge's decrement"), **labels)
@@ -237,11 +237,11 @@ class Histogram(_Metric):
         self._bounds = [round(b * _SCALE) for b in buckets]
         self._le = [repr(b) for b in buckets]
         # The last state of each series (metrics_state), with its series and count.
-        self.encoded: dict[tuple[str, ...], tuple[_HistogramSeries, int, dict[str, Any]]] = {}
+        self._encoded: dict[tuple[str, ...], tuple[_HistogramSeries, int, dict[str, Any]]] = {}
 
     def reset_after_fork(self) -> None:
         super().reset_after_fork()
-        self.encoded.clear()
+        self._encoded.clear()
 
     def observe(self, value: Number, **labels: Any) -> None:
         """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""

@@ -65,7 +65,7 @@ def _metric_state(m: mc._Metric) -> dict[str, Any]:
         out["overflowed"] = m.overflowed
         if isinstance(m, mc.Gauge):
             out["aggregate"] = m.aggregate
-            out["series"] = [[list(k), v, m.changed.get(k, 0.0)] for k, v in items]
+            out["series"] = [[list(k), v, m._changed.get(k, 0.0)] for k, v in items]
         elif not isinstance(m, mc.Histogram):
             out["series"] = [[list(k), v] for k, v in items]
     if isinstance(m, mc.Histogram):
@@ -74,13 +74,13 @@ def _metric_state(m: mc._Metric) -> dict[str, Any]:
         for k, s in items:
             with m._lock:  # one series at a time: its sum agrees with its counts
                 h = s.hist
-                count, cached = h.count, m.encoded.get(k)
+                count, cached = h.count, m._encoded.get(k)
                 if cached is not None and cached[0] is s and cached[1] == count:
                     row = cached[2]  # nothing recorded since: not encoded again
                 else:
                     row = {"v2": h.encode(), "total": h.sum, "min": h.min, "max": h.max}
                     row["sum"] = s.sum
-                    m.encoded[k] = (s, count, row)
+                    m._encoded[k] = (s, count, row)
             out["series"].append([list(k), dict(row)])
     return out
 
@@ -184,7 +184,7 @@ def _parse_series(m: mc._Metric, row: Any) -> None:
         m._series[key] = _parse_histogram(row[1])
     elif isinstance(m, mc.Gauge):
         m._series[key] = mc._check_number(row[1], "a gauge's value")
-        m.changed[key] = mc._check_number(row[2], "the time a gauge changed")
+        m._changed[key] = mc._check_number(row[2], "the time a gauge changed")
     else:
         v = mc._check_number(row[1], "a counter's value")
         if v < 0:
@@ -270,13 +270,13 @@ def _add(into: mc._Metric, m: mc._Metric, fold: bool) -> None:
                 continue
             into._series[key] = v
             if isinstance(into, mc.Gauge) and isinstance(m, mc.Gauge):
-                into.changed[key] = m.changed[key]
+                into._changed[key] = m._changed[key]
         elif isinstance(into, mc.Histogram):
             cur.hist.add(v.hist)
             cur.sum += v.sum
         elif isinstance(into, mc.Gauge) and isinstance(m, mc.Gauge):
-            into._series[key], into.changed[key] = _gauge(
-                into.aggregate, (cur, into.changed[key]), (v, m.changed[key])
+            into._series[key], into._changed[key] = _gauge(
+                into.aggregate, (cur, into._changed[key]), (v, m._changed[key])
             )
         else:
             into._series[key] = cur + v

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -360,7 +361,7 @@ def malformed(good: dict[str, Any]) -> list[tuple[Any, str]]:
     ]
 
 
-def test_a_malformed_state_is_refused_clearly_and_the_others_still_merge():
+def test_a_malformed_state_is_refused_clearly_and_the_others_still_merge(caplog):
     code = """
         metrics.create_custom_counter("orders_total", "orders", ["plan"]).inc(2, plan="pro")
         metrics.create_custom_gauge("level", "level").set(1)
@@ -374,8 +375,12 @@ def test_a_malformed_state_is_refused_clearly_and_the_others_still_merge():
     for state, error in bad:
         with pytest.raises(ValueError, match=error):
             metrics_custom.to_json(state)
-    merged = metrics_custom.merge_states([good[0], *[s for s, _ in bad], good[1]])
+    with caplog.at_level(logging.WARNING, logger="pulsetrace"):
+        merged = metrics_custom.merge_states([good[0], *[s for s, _ in bad], good[1]])
     assert merged == expected
+    # Logged once (then at most once a minute), naming the state and its fault.
+    [logged] = [r.getMessage() for r in caplog.records if "metrics_custom.merge" in r.getMessage()]
+    assert "state #1 skipped: a metrics state is a dict with a list 'metrics', not 7" in logged
     assert by_name(metrics_custom.to_json(merged))["orders_total"]["series"][0]["value"] == 4
     assert _diag.internal_errors() == {"metrics_custom.merge": len(bad)}
     assert metrics_custom.fold_states([good[0], bad[0][0]]) == metrics_custom.fold_states([good[0]])

@@ -200,9 +200,10 @@ impl Histogram {
     /// Adds another histogram's records, as if they had been recorded
     /// here: `v2` is its encoding (`encode()`, base64-decoded), `sum`,
     /// `min` and `max` its exact figures, which the encoding does not
-    /// carry (a `min`/`max` outside its slot counts at the slot's edge).
-    /// The core's exact merge; ValueError naming what is wrong with the
-    /// bytes, or a different configuration, adding nothing.
+    /// carry (a `min`/`max` outside its slot counts at the slot's edge;
+    /// how many of its values were clamped is not carried either). The
+    /// core's exact merge; ValueError naming what is wrong with the bytes,
+    /// or a different configuration, adding nothing.
     fn add_encoded(
         &self,
         py: Python<'_>,

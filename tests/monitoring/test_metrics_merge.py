@@ -382,7 +382,7 @@ def test_a_malformed_state_is_refused_clearly_and_the_others_still_merge(caplog)
     [logged] = [r.getMessage() for r in caplog.records if "metrics_custom.merge" in r.getMessage()]
     assert "state #1 skipped: a metrics state is a dict with a list 'metrics', not 7" in logged
     assert by_name(metrics_custom.to_json(merged))["orders_total"]["series"][0]["value"] == 4
-    assert _diag.internal_errors() == {"metrics_custom.merge": len(bad)}
+    assert _diag.internal_errors().get("metrics_custom.merge") == len(bad)
     assert metrics_custom.fold_states([good[0], bad[0][0]]) == metrics_custom.fold_states([good[0]])
 
 
@@ -400,7 +400,7 @@ def test_a_malformed_business_state_is_skipped():
         bad.append(st)
     merged = metrics_business.merge_states([good, *bad, good])
     assert metrics_business.summary(merged)["campaigns"]["spring"]["delivered"] == 2
-    assert _diag.internal_errors() == {"metrics_custom.merge": 3}
+    assert _diag.internal_errors().get("metrics_custom.merge") == 3
 
 
 def test_a_metric_defined_differently_in_two_processes_keeps_the_first_definition():
@@ -410,7 +410,7 @@ def test_a_metric_defined_differently_in_two_processes_keeps_the_first_definitio
     merged = metrics_custom.merge_states([first["custom"], other["custom"], same["custom"]])
     [jobs] = metrics_custom.to_json(merged)
     assert (jobs["type"], jobs["series"]) == ("counter", [{"labels": {"queue": "a"}, "value": 2}])
-    assert _diag.internal_errors() == {"metrics_custom.merge": 1}
+    assert _diag.internal_errors().get("metrics_custom.merge") == 1
 
 
 def test_a_forked_worker_starts_at_zero_so_the_parents_figures_count_once():

@@ -52,10 +52,18 @@ def create_custom_counter(
 
 
 def create_custom_gauge(
-    name: str, help: str, label_names: Sequence[str] = (), max_series: int = DEFAULT_MAX_SERIES
+    name: str,
+    help: str,
+    label_names: Sequence[str] = (),
+    max_series: int = DEFAULT_MAX_SERIES,
+    aggregate: str = "sum",
 ) -> Gauge:
-    """A gauge: ``set(value, **labels)``, ``inc``, ``dec``."""
-    return _custom.create(Gauge, name, help, label_names, max_series)  # type: ignore[no-any-return]
+    """A gauge: ``set(value, **labels)``, ``inc``, ``dec``. Under a pre-fork
+    server the workers' values combine by ``aggregate``: ``"sum"``,
+    ``"max"``, ``"min"`` or ``"last"`` (the most recently changed)."""
+    return _custom.create(  # type: ignore[no-any-return]
+        Gauge, name, help, label_names, max_series, aggregate=aggregate
+    )
 
 
 def create_custom_histogram(

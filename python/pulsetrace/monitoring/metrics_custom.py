@@ -16,25 +16,36 @@ exposition is rendered: a value within the histogram's precision (1%) of
 a bound may count at that bound. The JSON endpoints show its count, sum,
 max and p50/p90/p99. A counter's samples are named ``<name>_total`` (the
 suffix added when the name lacks it).
+
+Under a pre-fork server each worker's metrics (:func:`state`) merge into
+the application's (:func:`merge_states`; :func:`fold_states` for dead
+workers), and :func:`families` / :func:`to_json` render a merged state: see
+:mod:`pulsetrace.monitoring.metrics_state` for the rules (a gauge's
+``aggregate``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
-from typing import Any, Union
+import time
+from typing import Any, Optional, Union
 
 from pulsetrace._native import DEFAULT_BUCKETS
 from pulsetrace._native import Histogram as _NativeHistogram
+from pulsetrace.monitoring import metrics_state
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED = {"quantile", "le", "service_name"}
 _SCALE = 1000.0
 QUANTILES = (0.5, 0.9, 0.99)
+AGGREGATES = ("sum", "max", "min", "last")
 
 Number = Union[int, float]
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
 _registry_lock = threading.Lock()
 _registry: dict[str, _Metric] = {}
 
@@ -65,6 +76,17 @@ def check_buckets(buckets: Any) -> tuple[float, ...]:
     if not bounds:
         raise ValueError("a histogram needs at least one finite bucket bound")
     return tuple(sorted(bounds))
+
+
+def check_aggregate(aggregate: Any) -> str:
+    """How a gauge's values in several processes combine; ValueError naming
+    the problem."""
+    if aggregate not in AGGREGATES or not isinstance(aggregate, str):
+        raise ValueError(
+            f"a gauge's aggregate is one of {', '.join(map(repr, AGGREGATES))}, "
+            f"not {aggregate!r:.60}"
+        )
+    return aggregate
 
 
 class _Metric:
@@ -108,12 +130,19 @@ class _Metric:
             s = self._series[key] = make()
         return s
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: no series (what the parent recorded is the
+        parent's), a new lock (the parent's may have been held)."""
+        self._lock = threading.RLock()
+        self._series.clear()
+        self.overflowed = 0
+
     def series(self) -> list[tuple[dict[str, str], Any]]:
         with self._lock:
             items = list(self._series.items())
         return [(dict(zip(self.label_names, k)), v) for k, v in items]
 
-    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    def families(self) -> list[Family]:
         return [(self.name, self.help, self.kind, [(lab, float(v)) for lab, v in self.series()])]
 
     def to_json(self) -> dict[str, Any]:
@@ -141,7 +170,28 @@ class Counter(_Metric):
 
 
 class Gauge(_Metric):
+    """A level. Merged over pre-fork workers by its ``aggregate``: ``sum``
+    (the default: each worker's share of one level), ``max``, ``min`` or
+    ``last`` (the value set most recently, by wall-clock time, in any
+    worker); a dead worker's level is gone with it."""
+
     kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        label_names: tuple[str, ...],
+        max_series: int,
+        aggregate: str = "sum",
+    ):
+        super().__init__(name, help, label_names, max_series)
+        self.aggregate = check_aggregate(aggregate)
+        self._changed: dict[tuple[str, ...], float] = {}  # wall-clock time of each series' value
+
+    def reset_after_fork(self) -> None:
+        super().reset_after_fork()
+        self._changed.clear()
 
     def set(self, value: Number, **labels: Any) -> None:
         v = _check_number(value, "a gauge's value")
@@ -149,6 +199,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] = v
+                self._changed[key] = time.time()
 
     def inc(self, value: Number = 1, **labels: Any) -> None:
         v = _check_number(value, "a gauge's increment")
@@ -156,6 +207,7 @@ class Gauge(_Metric):
         with self._lock:
             if self._slot(key, float) is not None:
                 self._series[key] += v
+                self._changed[key] = time.time()
 
     def dec(self, value: Number = 1, **labels: Any) -> None:
         self.inc(-_check_number(value, "a gauge's decrement"), **labels)
@@ -184,6 +236,12 @@ class Histogram(_Metric):
         self.buckets = buckets
         self._bounds = [round(b * _SCALE) for b in buckets]
         self._le = [repr(b) for b in buckets]
+        # The last state of each series (metrics_state), with its series and count.
+        self._encoded: dict[tuple[str, ...], tuple[_HistogramSeries, int, dict[str, Any]]] = {}
+
+    def reset_after_fork(self) -> None:
+        super().reset_after_fork()
+        self._encoded.clear()
 
     def observe(self, value: Number, **labels: Any) -> None:
         """Record ``value`` (0 to 3.6e9) in the series of ``labels``."""
@@ -204,7 +262,7 @@ class Histogram(_Metric):
             out[f"p{round(q * 100)}"] = h.value_at_quantile(q) / _SCALE if h.count else 0.0
         return out
 
-    def families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+    def families(self) -> list[Family]:
         """One histogram family: per series, a sample per bucket (its
         ``le`` label, cumulative counts from the HDR histogram, ``+Inf``
         the count) and one without ``le``, the sum (the native renderer
@@ -238,9 +296,10 @@ def create(
     label_names: Any,
     max_series: Any,
     buckets: Any = None,
+    aggregate: Any = None,
 ) -> Any:
     """The metric ``name`` (the same one again for the same type, labels and,
-    for a histogram, buckets)."""
+    for a histogram, buckets, for a gauge, aggregate)."""
     if not isinstance(name, str) or not _NAME.match(name) or name.startswith("pulsetrace_"):
         raise ValueError(
             f"a metric name matches [a-zA-Z_:][a-zA-Z0-9_:]* and does not start with "
@@ -263,6 +322,10 @@ def create(
         extra["buckets"] = check_buckets(DEFAULT_BUCKETS if buckets is None else buckets)
     elif buckets is not None:
         raise ValueError(f"only a histogram has buckets, not a {cls.kind}")
+    if cls is Gauge:
+        extra["aggregate"] = check_aggregate("sum" if aggregate is None else aggregate)
+    elif aggregate is not None:
+        raise ValueError(f"only a gauge has an aggregate, not a {cls.kind}")
     with _registry_lock:
         found = _registry.get(name)
         if found is not None:
@@ -270,6 +333,7 @@ def create(
                 type(found) is not cls
                 or found.label_names != labels
                 or getattr(found, "buckets", None) != extra.get("buckets")
+                or getattr(found, "aggregate", None) != extra.get("aggregate")
             ):
                 raise ValueError(
                     f"metric {name!r} exists as a {found.kind} with labels "
@@ -279,16 +343,21 @@ def create(
                         if isinstance(found, Histogram)
                         else ""
                     )
+                    + (f" and aggregate {found.aggregate!r}" if isinstance(found, Gauge) else "")
                 )
             return found
         metric = _registry[name] = cls(name, help, labels, max_series, **extra)
         return metric
 
 
-def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
-    """Every custom metric's exposition families, and the overflow counter."""
-    with _registry_lock:
-        metrics = list(_registry.values())
+def families(state: Optional[dict[str, Any]] = None) -> list[Family]:
+    """Every custom metric's exposition families, and the overflow counter:
+    this process's, or those of ``state`` (:func:`state`, or several
+    processes' merged by :func:`merge_states`; ValueError if malformed)."""
+    return families_of(_metrics() if state is None else metrics_state.parse(state))
+
+
+def families_of(metrics: list[_Metric]) -> list[Family]:
     out = [f for m in metrics for f in m.families()]
     out.append(
         (
@@ -301,13 +370,51 @@ def families() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]
     return out
 
 
-def to_json() -> list[dict[str, Any]]:
-    with _registry_lock:
-        metrics = list(_registry.values())
+def to_json(state: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Every custom metric as JSON (``/health/metrics``): this process's,
+    or those of ``state`` as for :func:`families`."""
+    metrics = _metrics() if state is None else metrics_state.parse(state)
     return [m.to_json() for m in metrics]
+
+
+def state() -> dict[str, Any]:
+    """This process's custom metrics, exactly, as a JSON-able value (the
+    format is :mod:`pulsetrace.monitoring.metrics_state`'s)."""
+    return metrics_state.state_of(_metrics())
+
+
+def merge_states(states: list[Any]) -> dict[str, Any]:
+    """The live processes' states (:func:`state`) combined into one: a
+    malformed state is skipped, counted and logged."""
+    return metrics_state.merge(states)
+
+
+def fold_states(states: list[Any]) -> dict[str, Any]:
+    """Dead processes' states combined into one kept for good: as
+    :func:`merge_states`, without the gauges' values."""
+    return metrics_state.merge(states, fold=True)
+
+
+def _metrics() -> list[_Metric]:
+    with _registry_lock:
+        return list(_registry.values())
 
 
 def clear() -> None:
     """Forget every custom metric (for tests)."""
     with _registry_lock:
         _registry.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker's metrics start at zero, as its native histograms
+    do: what its parent recorded before the fork is the parent's (which
+    reports it itself), so a merged view counts it once. The metrics stay
+    defined."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for m in _registry.values():
+        m.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

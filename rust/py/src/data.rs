@@ -3,10 +3,11 @@
 //!
 //! GIL and locks: `SpanData` is immutable, built with the GIL from a drained
 //! span. `Histogram` records and reads with atomics only (the core's
-//! lock-free histogram); `encode` releases the GIL. No mutex.
+//! lock-free histogram); `encode` and `add_encoded` release the GIL. No
+//! mutex.
 
 use crate::span::attributes_dict;
-use pulsetrace_core::histogram::{Histogram as CoreHistogram, HistogramConfig};
+use pulsetrace_core::histogram::{Histogram as CoreHistogram, HistogramConfig, Snapshot};
 use pulsetrace_core::sampler::KeepReason;
 use pulsetrace_core::span::SpanRecord;
 use pyo3::exceptions::PyValueError;
@@ -175,6 +176,12 @@ impl Histogram {
         self.inner.snapshot().mean()
     }
 
+    /// The exact sum of the recorded values (clamped ones at the highest).
+    #[getter]
+    fn sum(&self) -> u128 {
+        self.inner.snapshot().sum_ns()
+    }
+
     /// The value at a quantile in [0, 1].
     fn value_at_quantile(&self, q: f64) -> PyResult<u64> {
         crate::guard::or_error("histogram.value_at_quantile", || {
@@ -187,6 +194,39 @@ impl Histogram {
         crate::guard::or_error("histogram.encode", || {
             let snap = self.inner.snapshot();
             Ok(py.allow_threads(move || snap.to_v2_base64()))
+        })
+    }
+
+    /// Adds another histogram's records, as if they had been recorded
+    /// here: `v2` is its encoding (`encode()`, base64-decoded), `sum`,
+    /// `min` and `max` its exact figures, which the encoding does not
+    /// carry (a `min`/`max` outside its slot counts at the slot's edge;
+    /// how many of its values were clamped is not carried either). The
+    /// core's exact merge; ValueError naming what is wrong with the bytes,
+    /// or a different configuration, adding nothing.
+    fn add_encoded(
+        &self,
+        py: Python<'_>,
+        v2: &[u8],
+        sum: u128,
+        min: u64,
+        max: u64,
+    ) -> PyResult<()> {
+        crate::guard::or_error("histogram.add_encoded", || {
+            let snap = py
+                .allow_threads(|| Snapshot::from_v2_bytes(v2, sum, min, max, 0))
+                .map_err(PyValueError::new_err)?;
+            self.inner.add(&snap).map_err(PyValueError::new_err)
+        })
+    }
+
+    /// Adds `other`'s records (a copy of them, taken now), as if they had
+    /// been recorded here; ValueError, adding nothing, if the
+    /// configurations differ.
+    fn add(&self, other: &Histogram) -> PyResult<()> {
+        crate::guard::or_error("histogram.add", || {
+            let snap = other.inner.snapshot();
+            self.inner.add(&snap).map_err(PyValueError::new_err)
         })
     }
 

@@ -48,14 +48,22 @@ CONFIGS = ("none", "pulsetrace", "pulsetrace_no_export")
 
 
 def serve(
-    processes: P.Processes, launcher: list[str], env: dict[str, str], route: str, n: int, out: Path
-) -> int:
-    """Instructions of the worker process over its whole life, serving
-    ``WARM_UP + n`` requests to ``route``."""
+    processes: P.Processes,
+    launcher: list[str],
+    env: dict[str, str],
+    route: str,
+    n: int,
+    out: Path,
+    cache_sim: bool = False,
+) -> dict[str, int]:
+    """Callgrind's events (``Ir``: instructions; with ``cache_sim`` also the
+    simulated cache misses, ``I1mr`` ...) of the worker process over its
+    whole life, serving ``WARM_UP + n`` requests to ``route``."""
     port = P.free_port()
     cmd = [
         "valgrind",
         "--tool=callgrind",
+        *(["--cache-sim=yes"] if cache_sim else []),
         "--trace-children=yes",
         f"--callgrind-out-file={out}/cg.%p",
         *launcher,
@@ -85,13 +93,17 @@ def serve(
             raise P.HarnessError(f"{route} answered {resp.status}")
     conn.close()
     processes.stop(proc, timeout=180)
-    total = 0
+    total: dict[str, int] = {}
     for part in out.glob(f"cg.{pid}*"):
+        events: list[str] = []
         for line in part.read_text(errors="replace").splitlines():
-            if line.startswith(("totals:", "summary:")):
-                total += int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("totals:", "summary:")):
+                for event, value in zip(events, line.split()[1:]):
+                    total[event] = total.get(event, 0) + int(value)
                 break
-    if not total:
+    if not total.get("Ir"):
         raise P.HarnessError(f"no callgrind output for the worker {pid} in {out}")
     return total
 
@@ -101,6 +113,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--route", default="/json")
     ap.add_argument("--requests", type=int, default=300, help="N (the second run serves 3N)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also count simulated L1 misses (instructions: I1mr, data: D1mr, D1mw)",
+    )
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("instructions: valgrind is not installed (make system-deps installs it)")
@@ -113,6 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             _recv, port = P.start_receiver(processes, env, Path(tmp) / "stats.json")
             configs = make_configs(port)
             per: dict[str, float] = {}
+            misses: dict[str, dict[str, float]] = {}
             for name in args.configs.split(","):
                 cfg = configs[name]
                 totals = []
@@ -120,12 +138,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                     out = Path(tmp) / f"{name}-{n}"
                     out.mkdir()
                     totals.append(
-                        serve(processes, cfg.launcher, {**env, **cfg.env}, args.route, n, out)
+                        serve(
+                            processes,
+                            cfg.launcher,
+                            {**env, **cfg.env},
+                            args.route,
+                            n,
+                            out,
+                            args.cache_sim,
+                        )
                     )
-                per[name] = (totals[1] - totals[0]) / (2 * args.requests)
+                each = {
+                    e: (totals[1].get(e, 0) - totals[0].get(e, 0)) / (2 * args.requests)
+                    for e in totals[1]
+                }
+                per[name] = each["Ir"]
+                misses[name] = {e: each[e] for e in ("I1mr", "D1mr", "D1mw") if e in each}
+                shown = "".join(f", {e} {v:,.0f}" for e, v in misses[name].items())
                 print(
                     f"  {name:22} {per[name]:>12,.0f} instructions per request "
-                    "(worker, all threads)"
+                    f"(worker, all threads){shown}"
                 )
         finally:
             processes.stop_all()
@@ -137,6 +169,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     f"  {name}: +{v - base:,.0f} per request, "
                     f"{(v - base) / base:+.1%} over no agent"
                 )
+                for e, m in misses.get(name, {}).items():
+                    m0 = misses["none"][e]
+                    print(f"    {e}: {m - m0:+,.0f} per request ({(m - m0) / m0:+.1%})")
     return 0
 
 

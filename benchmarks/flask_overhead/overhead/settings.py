@@ -118,6 +118,15 @@ def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
             [str(venv_bin("pulsetrace-run"))],
             {**export_env, "OTEL_TRACES_EXPORTER": "none"},
         ),
+        "pulsetrace_no_flask": Config(
+            "pulsetrace_no_flask",
+            "pulsetrace-run gunicorn, PULSETRACE_FLASK_ENABLED=false, no exporter (the agent "
+            "loaded but no request traced; optional, not in a mode: splits the request "
+            "path's share from the rest of the agent)",
+            "pulsetrace",
+            [str(venv_bin("pulsetrace-run"))],
+            {**export_env, "OTEL_TRACES_EXPORTER": "none", "PULSETRACE_FLASK_ENABLED": "false"},
+        ),
         "otel": Config(
             "otel",
             "opentelemetry-instrument gunicorn (distro: SDK, BatchSpanProcessor, OTLP/gRPC)",

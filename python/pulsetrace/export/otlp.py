@@ -51,7 +51,10 @@ False. Retryable failures (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 OUT_OF_RANGE, DATA_LOSS, CANCELLED, RESOURCE_EXHAUSTED when the server sent
 RetryInfo; HTTP 429, 502, 503, 504 and connection errors) are retried with
 exponential backoff and full jitter (0.5 s doubling up to 5 s), or after the
-delay the server asked for, never past the deadline.
+delay the server asked for, never past the deadline; with ``retry=False``
+a send makes one attempt and leaves the retry to its caller (the OTLP
+exporter keeps the request and sends it again on a later wake of the
+export thread, by the same rules).
 
 The first failed attempt of a send is one warning on the ``pulsetrace``
 logger naming the endpoint and the error (a refused or unanswered connection

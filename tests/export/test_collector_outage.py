@@ -84,6 +84,12 @@ def delta(before: dict[str, int], *names: str) -> tuple[int, ...]:
     return tuple(c[n] - before[n] for n in names)
 
 
+def held(exp: OtlpSpanExporter) -> int:
+    """Spans the exporter took and has not sent: pending, or dropped from there."""
+    c = exp.counters()
+    return c["otlp_queued_spans"] + c["otlp_spans_dropped_pending_full"]
+
+
 def wait_until(cond: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -114,13 +120,17 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
                 pass
             ended = time.monotonic()
             sent.append(name)
-            arrived = wait_until(lambda: name in {s.name for s in memory.spans()}, timeout=5.0)
+            arrived = wait_until(
+                lambda name=name: name in {s.name for s in memory.spans()}, timeout=5.0
+            )
             assert arrived, f"{name!r} did not reach the in-memory exporter in 5 s ({kind})"
             took.append(time.monotonic() - ended)
             time.sleep(0.05)
         c = exp.counters()
-        print(f"\n{kind}: in-memory latency median {statistics.median(took):.3f} s, "
-              f"max {max(took):.3f} s; otlp {c}")
+        print(
+            f"\n{kind}: in-memory latency median {statistics.median(took):.3f} s, "
+            f"max {max(took):.3f} s; otlp {c}"
+        )
         # Every batch reached the in-memory exporter within a couple of
         # intervals of being ready, whatever the OTLP exporter's collector did.
         assert statistics.median(took) <= 2 * interval, took
@@ -156,10 +166,8 @@ def test_an_outage_longer_than_the_pending_bound_drops_the_oldest_and_counts_the
             with pulsetrace.start_span(f"b{i} {j}"):
                 pass
         _runtime.flush(0)  # handed over by the export thread, not waited for
-        held = lambda: sum(  # noqa: E731
-            exp.counters()[k] for k in ("otlp_queued_spans", "otlp_spans_dropped_pending_full")
-        )
-        assert wait_until(lambda: held() == 10 * (i + 1), timeout=5.0), exp.counters()
+        want = 10 * (i + 1)
+        assert wait_until(lambda n=want: held(exp) == n, timeout=5.0), exp.counters()
     c = exp.counters()
     # The pending requests hold 30 spans at most: the oldest 50 were
     # dropped, whole requests, and counted (once each) as not delivered.
@@ -229,7 +237,7 @@ def test_the_export_thread_wakes_when_an_exporter_asks_and_sleeps_otherwise(adde
     # calls retry(), on the export thread.
     assert wait_until(lambda: exp.retried, timeout=3.0), "retry() was never called"
     (at,) = exp.retried
-    assert due - 0.005 <= at <= due + 0.5, (at - due)
+    assert due - 0.005 <= at <= due + 0.5, at - due
     assert exp.thread is not None and exp.thread.name == "pulsetrace-export"
     # Asked for nothing more: it sleeps (no wake-up in half a second).
     if Path("/proc/self/task").is_dir():

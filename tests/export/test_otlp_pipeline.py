@@ -431,7 +431,10 @@ def test_receiver_errors_are_counted_and_the_export_queue_stays_bounded(code, gr
     fresh(export_queue_size=queue_size, export_interval_ms=100)
     pending_bound = 150
     otlp(
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "600"},
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "600",
+        },
         max_pending_spans=pending_bound,
     )
     before = pulsetrace.counters()

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import otlp_receivers
 import pytest
-from otlp_receivers import HttpReceiver, free_port, spans_of
+from otlp_receivers import HttpAnswer, HttpReceiver, free_port, spans_of
 
 import pulsetrace
 from pulsetrace import _runtime
@@ -245,3 +245,48 @@ def test_the_export_thread_wakes_when_an_exporter_asks_and_sleeps_otherwise(adde
         time.sleep(0.5)
         assert wakeups(exp.thread) - before <= 1
     assert exp.retried == [at]
+
+
+def test_at_shutdown_the_pending_requests_get_their_last_attempt_at_once(http_receiver, added):
+    fresh(export_interval_ms=60_000)
+    # The first attempt is refused for now, the collector asking for 30 s.
+    http_receiver.script(HttpAnswer(503, headers={"Retry-After": "30"}))
+    exp = otlp_exporter(added, http_receiver.port, timeout_ms=2_000)
+    before = pulsetrace.counters()
+    for i in range(3):
+        for j in range(5):
+            with pulsetrace.start_span(f"s{i} {j}"):
+                pass
+        _runtime.flush(0)
+        want = 5 * (i + 1)
+        assert wait_until(lambda n=want: held(exp) == n, timeout=5.0), exp.counters()
+    assert received(http_receiver) == [] and exp.next_wake() is not None
+    # A shutdown does not wait out the 30 s: every pending request gets its
+    # last attempt now, within the shutdown's bound.
+    started = time.monotonic()
+    exp.shutdown(3.0)
+    assert time.monotonic() - started < 2.0
+    assert sorted(received(http_receiver)) == sorted(
+        f"s{i} {j}" for i in range(3) for j in range(5)
+    )
+    assert delta(before, *COUNTED) == (15, 15, 0)
+    c = exp.counters()
+    assert (c["otlp_spans_sent"], c["otlp_spans_lost"], c["otlp_queued_spans"]) == (15, 0, 0)
+
+
+def test_a_timed_wake_asked_for_outlives_a_restart_of_the_export_thread(added):
+    fresh(export_interval_ms=60_000)
+    exp = AsksForAWake(after=0.5)
+    added.append(exp)
+    pulsetrace.add_exporter(exp)
+    with pulsetrace.start_span("one"):
+        pass
+    assert pulsetrace.flush(5)
+    (due,) = exp.asked
+    # Adding an exporter replaces the export thread: the new one still
+    # wakes at the time asked for.
+    other = pulsetrace.InMemorySpanExporter()
+    added.append(other)
+    pulsetrace.add_exporter(other)
+    assert wait_until(lambda: exp.retried, timeout=3.0), "retry() was never called"
+    assert exp.retried[0] >= due - 0.005

@@ -113,7 +113,9 @@ class ExportThread(threading.Thread):
         return None if at is None else max(at - time.monotonic(), MIN_WAKE_S)
 
     def _run(self) -> None:
-        timeout: Optional[float] = None
+        # A retry asked for before this thread started (it replaced one:
+        # a new exporter, a new configuration) is not forgotten.
+        timeout = self._next_wake()
         while not self.stopping:
             try:
                 wake = self.tracer.wait_export(self.interval_s, self.batch_spans, timeout)

@@ -274,7 +274,7 @@ class OtlpSpanExporter(SpanExporter):
             with self._cv:
                 final = self._final_deadline
                 now = time.monotonic()
-                if not self._pending:
+                if not self._pending or (until is not None and now >= until):
                     return
                 if final is not None:
                     if now >= final:

@@ -30,13 +30,16 @@ from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 from conftest import fresh
 
 COUNTED = ("spans_handed_to_exporters", "spans_delivered", "spans_delivery_failed")
+HTTP, GRPC = "http/protobuf", "grpc"
 
 
-def otlp_exporter(added: list[Any], port: int, timeout_ms: int, **kw: Any) -> OtlpSpanExporter:
+def otlp_exporter(
+    added: list[Any], port: int, timeout_ms: int, protocol: str = HTTP, **kw: Any
+) -> OtlpSpanExporter:
     exp = OtlpSpanExporter(
         config_from_env(
             {
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
                 "OTEL_EXPORTER_OTLP_TIMEOUT": str(timeout_ms),
             }
@@ -48,8 +51,10 @@ def otlp_exporter(added: list[Any], port: int, timeout_ms: int, **kw: Any) -> Ot
     return exp
 
 
-def receiver_on(port: int) -> HttpReceiver:
-    """The collector back: a real OTLP/HTTP receiver on ``port``."""
+def receiver_on(port: int, protocol: str = HTTP) -> Any:
+    """The collector back: a real OTLP receiver on ``port``."""
+    if protocol == GRPC:
+        return otlp_receivers.start_grpc_receiver(port=port)
     ref: list[HttpReceiver] = []
     server = ThreadingHTTPServer(("127.0.0.1", port), otlp_receivers._handler(ref, None))
     server.daemon_threads = True
@@ -75,7 +80,7 @@ def outage(kind: str, port: int) -> Iterator[None]:
         sock.close()
 
 
-def received(receiver: HttpReceiver) -> list[str]:
+def received(receiver: Any) -> list[str]:
     return [name for r in receiver.requests() for name, _, _ in spans_of(r)]
 
 
@@ -99,8 +104,9 @@ def wait_until(cond: Any, timeout: float) -> bool:
     return True
 
 
+@pytest.mark.parametrize("protocol", [HTTP, GRPC])
 @pytest.mark.parametrize("kind", ["refusing", "silent"])
-def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind, added):
+def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind, protocol, added):
     interval = 0.2
     fresh(export_interval_ms=interval * 1000, worker_interval_ms=50)
     port = free_port()
@@ -108,7 +114,7 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
     with outage(kind, port):
         # A silent collector costs the export thread one request timeout
         # per attempt (here one interval), a refusing one nothing.
-        exp = otlp_exporter(added, port, timeout_ms=int(interval * 1000), max_retry_delay_s=1.0)
+        exp = otlp_exporter(added, port, int(interval * 1000), protocol, max_retry_delay_s=1.0)
         added.append(memory)
         pulsetrace.add_exporter(memory)
         before = pulsetrace.counters()
@@ -128,7 +134,7 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
             time.sleep(0.05)
         c = exp.counters()
         print(
-            f"\n{kind}: in-memory latency median {statistics.median(took):.3f} s, "
+            f"\n{kind} {protocol}: in-memory latency median {statistics.median(took):.3f} s, "
             f"max {max(took):.3f} s; otlp {c}"
         )
         # Every batch reached the in-memory exporter within a couple of
@@ -139,7 +145,7 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
         assert c["otlp_spans_retried"] > 0 and c["otlp_queued_spans"] > 0
     # The collector is back. No new trace, no flush: the export thread's
     # timed wake retries the pending requests (backoff at most 1 s here).
-    receiver = receiver_on(port)
+    receiver = receiver_on(port, protocol)
     try:
         assert wait_until(lambda: len(received(receiver)) >= len(sent), timeout=10.0), (
             received(receiver),

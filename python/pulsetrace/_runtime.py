@@ -5,8 +5,9 @@ The export chain: kept traces wait in the core's one bounded export queue;
 the one export thread sleeps in the core (``Tracer.wait_export``, without
 the GIL) until a batch is ready, and hands each batch (a
 :class:`~pulsetrace.export.SpanBatch`) to every exporter, which sends it
-there (no exporter has a queue or thread of its own), one batch at a time
-and in order. ``flush`` asks the export thread to hand over everything
+there (no exporter has a thread of its own), one batch at a time and in
+order; an exporter that keeps a failed request asks for a timed wake of the
+thread to retry it (``retry_due``). ``flush`` asks the export thread to hand over everything
 queued and waits for it, within its timeout. ``shutdown`` bounds the batch
 being exported (:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the
 export thread and hands what is left over on its own thread as one batch:
@@ -219,8 +220,9 @@ def add_exporter(exporter: SpanExporter) -> None:
         if exporter not in _exporters:
             _exporters.append(exporter)
             # Exporters that send over the network last (stable otherwise):
-            # one retrying against a dead collector holds the export thread,
-            # and the others have had the batch by then.
+            # their requests take time even when answered (a silent
+            # collector: up to the request timeout), the others need not
+            # wait for that.
             _exporters.sort(key=lambda e: bool(getattr(e, "remote", False)))
         _sync_exporting()
         _restart_worker()
@@ -260,6 +262,7 @@ def _restart_worker() -> None:
             _config.export_interval_ms / 1000.0,
             batch_spans(),
             lambda max_spans, batches: export_pending(max_spans, batches=batches),
+            retry_due,
         )
         _worker.start()
 
@@ -351,6 +354,32 @@ def _export_locked(t: Tracer, max_spans: int, batches: Optional[int]) -> int:
             with _batch_lock:
                 _current_batch = None
     return total
+
+
+def retry_due() -> Optional[float]:
+    """On the export thread, after each wake-up: every exporter whose
+    ``next_wake`` has passed retries what it kept (``retry``); returns the
+    earliest ``next_wake`` still asked for (a :func:`time.monotonic` value),
+    or None (the thread then sleeps until a batch, a flush or a stop)."""
+    if _final_deadline is not None:
+        return None  # a shutdown sends what is left itself
+    earliest: Optional[float] = None
+    with _export_lock:
+        for exporter in tuple(_exporters):
+            next_wake = getattr(exporter, "next_wake", None)
+            if next_wake is None:
+                continue
+            try:
+                at = next_wake()
+                if at is not None and at <= time.monotonic():
+                    exporter.retry()
+                    at = next_wake()
+            except Exception as exc:
+                _diag.internal_error(f"export.{type(exporter).__name__}.retry", exc)
+                continue
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+    return earliest
 
 
 def _hand_over(batch: SpanBatch) -> int:

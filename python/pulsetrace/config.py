@@ -379,6 +379,10 @@ class Config:
         default=60_000.0,
         metadata=_declare("PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS", low=0, high=3_600_000),
     )
+    otlp_max_pending_spans: int = field(
+        default=20_000,
+        metadata=_declare("PULSETRACE_OTLP_MAX_PENDING_SPANS", low=1, high=1_000_000),
+    )
     prometheus_enabled: bool = field(default=False, metadata=_declare("PROMETHEUS_ENABLED"))
     metrics_addr: str = field(
         default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")

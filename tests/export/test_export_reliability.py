@@ -1,6 +1,7 @@
-"""Nothing lost that fits the export queue: a failing, slow, down or
-throttling collector (HTTP 429/503 with Retry-After) costs time, not spans,
-while the export queue has room; a batch is split into OTLP requests below the
+"""Nothing lost that fits the bounds: a failing, slow, down or throttling
+collector (HTTP 429/503 with Retry-After) costs time, not spans, while the
+OTLP exporter's pending requests have room (beyond it the oldest are dropped
+and counted); a batch is split into OTLP requests below the
 request bound so one oversized span cannot sink its neighbours; at shutdown
 the queued requests go out a few at once within the budget. Real receivers
 (otlp_receivers), spans produced through pulsetrace, counted on arrival."""
@@ -57,10 +58,10 @@ def delta(before: dict[str, int], *names: str) -> tuple[int, ...]:
 
 def test_failing_then_recovering_collector_loses_nothing(http_receiver, added):
     fresh(export_interval_ms=60_000)
-    # Every attempt for the first dozen attempts fail: each request's own
-    # deadline (0.5 s) passes several times over.
+    # The first dozen attempts fail, each one retried after the backoff
+    # (capped at 1 s here, PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS).
     http_receiver.script(*[HttpAnswer(503, delay=0.1) for _ in range(12)])
-    exporter(added, http_receiver.endpoint)
+    exporter(added, http_receiver.endpoint, max_retry_delay_s=1.0)
     before = pulsetrace.counters()
     for i in range(5):
         record(20, f"b{i}")
@@ -93,31 +94,35 @@ def test_retry_after_keeps_the_batch_queued(
     assert waited - 0.2 <= took < waited + 3
 
 
-def test_only_the_queue_bound_drops_and_the_counters_say_so(added):
-    # One bounded queue, the core's: a collector that is down holds up the
-    # export thread (retrying its batch), kept traces wait in the export
-    # queue meanwhile, and only what does not fit its bound is dropped.
-    fresh(export_interval_ms=60_000, export_queue_size=50)
+def test_only_the_bounds_drop_and_a_refusing_collector_ends_the_shutdown_at_once(added):
+    # A collector that is down holds up nothing: the exporter keeps what it
+    # did not take, within its bound (the oldest dropped beyond it, whole
+    # requests, counted); at shutdown a refused connection ends it at once.
+    fresh(export_interval_ms=60_000)
     port = closed_port()
-    exp = exporter(added, f"http://127.0.0.1:{port}")
+    exp = exporter(added, f"http://127.0.0.1:{port}", max_pending_spans=50)
     before = pulsetrace.counters()
-    record(20, "d0")
-    _runtime.flush(0)  # handed over: the export thread takes these 20
-    assert wait_until(lambda: exp.counters()["otlp_queued_spans"] == 20)
-    for i in range(1, 4):
+    for i in range(4):
         record(20, f"d{i}")
-    _runtime.tracer().process(False)  # 60 more: 50 fit the queue, 10 do not
-    c = pulsetrace.counters()
-    assert delta(before, "spans_dropped_export_full", *COUNTED) == (10, 20, 0, 0)
-    assert c["export_queue_spans"] == 50
-    assert c["otlp_spans_lost"] == 0  # the 20 are retried, not lost
+        _runtime.flush(0)  # handed over by the export thread, not waited for
+        want = 20 * (i + 1)
+        assert wait_until(lambda n=want: held(exp) == n), exp.counters()
+    c = exp.counters()
+    assert (c["otlp_queued_spans"], c["otlp_spans_dropped_pending_full"]) == (40, 40)
+    assert c["otlp_spans_lost"] == 0  # the 40 held are retried, not lost
+    assert delta(before, "spans_dropped_export_full", *COUNTED) == (0, 80, 0, 40)
     started = time.monotonic()
     exp.shutdown(5)  # a collector refusing connections ends it at once
     assert time.monotonic() - started < 1.5
-    # Every span accounted for: 10 dropped, and the 70 handed over (the
-    # exporter, shut down, takes no more) counted as not delivered.
-    assert wait_until(lambda: delta(before, *COUNTED) == (70, 0, 70)), delta(before, *COUNTED)
-    assert delta(before, "spans_dropped_export_full") == (10,)
+    # Every span accounted for, once: 40 dropped, the 40 held lost at shutdown.
+    assert delta(before, *COUNTED) == (80, 0, 80)
+    assert exp.counters()["otlp_spans_lost"] == 40
+
+
+def held(exp: OtlpSpanExporter) -> int:
+    """Spans the exporter took and has not sent: pending, or dropped from there."""
+    c = exp.counters()
+    return c["otlp_queued_spans"] + c["otlp_spans_dropped_pending_full"]
 
 
 def wait_until(cond: Any, timeout: float = 5.0) -> bool:

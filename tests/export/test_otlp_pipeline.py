@@ -53,13 +53,14 @@ RUN = shutil.which("pulsetrace-run") or str(Path(sys.executable).with_name("puls
 
 
 @pytest.fixture
-def otlp() -> Iterator[Callable[[dict[str, str]], OtlpSpanExporter]]:
-    """Adds OTLP exporters built from an environment dict; removes and shuts
-    them down afterwards."""
+def otlp() -> Iterator[Callable[..., OtlpSpanExporter]]:
+    """Adds OTLP exporters built from an environment dict (and the
+    exporter's own keyword arguments); removes and shuts them down
+    afterwards."""
     made: list[OtlpSpanExporter] = []
 
-    def add(env: dict[str, str]) -> OtlpSpanExporter:
-        exp = OtlpSpanExporter(config_from_env(env))
+    def add(env: dict[str, str], **kw: Any) -> OtlpSpanExporter:
+        exp = OtlpSpanExporter(config_from_env(env), **kw)
         made.append(exp)
         pulsetrace.add_exporter(exp)
         return exp
@@ -428,8 +429,13 @@ def test_receiver_errors_are_counted_and_the_export_queue_stays_bounded(code, gr
     grpc_receiver.script(*[GrpcAnswer(code)] * 10_000)  # every answer, for ever
     queue_size = 300
     fresh(export_queue_size=queue_size, export_interval_ms=100)
+    pending_bound = 150
     otlp(
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "600"}
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "600",
+        },
+        max_pending_spans=pending_bound,
     )
     before = pulsetrace.counters()
     produced = 0
@@ -445,13 +451,13 @@ def test_receiver_errors_are_counted_and_the_export_queue_stays_bounded(code, gr
             peak_held = max(peak_held, c["otlp_queued_spans"])
             time.sleep(0.02)
     retryable = code == grpc.StatusCode.UNAVAILABLE
-    # A retryable failure keeps its batch on the export thread (retried for
-    # ever here), so flush cannot finish; a permanent one loses it at once.
+    # A retryable failure keeps its requests pending in the exporter (retried
+    # for ever here), so flush cannot finish; a permanent one loses them at once.
     flushed = pulsetrace.flush(2 if retryable else 10)
     c = pulsetrace.counters()
     print(f"\n{code.name}: peak export queue {peak_queue} spans, exporter held {peak_held}")
-    # The exporter holds one batch at most (half the queue).
-    assert peak_queue <= queue_size and peak_held <= queue_size // 2
+    # The export queue and the exporter's pending requests keep their bounds.
+    assert peak_queue <= queue_size and peak_held <= pending_bound
     handed = c["spans_handed_to_exporters"] - before["spans_handed_to_exporters"]
     dropped = c["spans_dropped_export_full"] - before["spans_dropped_export_full"]
     assert dropped > 0 and handed > 0
@@ -461,9 +467,10 @@ def test_receiver_errors_are_counted_and_the_export_queue_stays_bounded(code, gr
     assert grpc_receiver.received == []
     if retryable:
         assert not flushed
-        # Held (bounded by the queue) or dropped because the bound was hit.
-        assert c["otlp_queued_spans"] > 0
-        assert c["otlp_spans_lost"] + c["otlp_queued_spans"] == handed
+        # Held (within the pending bound) or dropped because it was hit.
+        assert c["otlp_queued_spans"] > 0 and c["otlp_spans_dropped_pending_full"] > 0
+        assert c["otlp_spans_lost"] == 0
+        assert c["otlp_queued_spans"] + c["otlp_spans_dropped_pending_full"] == handed
         assert c["otlp_retries"] + c["otlp_spans_retried"] > 0
     else:
         assert flushed

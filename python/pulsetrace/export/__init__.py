@@ -17,12 +17,14 @@ with no export thread running, on the thread that flushes), never on a
 request thread.
 
 This is the one chain: an exporter sends on the thread that calls
-``export`` and keeps no queue or thread of its own. An exporter that waits
-(a slow or unreachable receiver, retries) holds up that thread only: kept
-traces wait in the core's export queue meanwhile, up to its bound
-(``PULSETRACE_EXPORT_QUEUE_SIZE``; beyond it they are dropped and counted,
-``spans_dropped_export_full``). It waits through :meth:`SpanBatch.wait`, so
-that a shutdown can end its retries (:attr:`SpanBatch.deadline`).
+``export``, and keeps no thread of its own. It must not hold that thread
+for a retry: while it sends, kept traces wait in the core's export queue,
+for every exporter. An exporter whose receiver failed keeps what it could
+not send (bounded: the OTLP exporter's ``PULSETRACE_OTLP_MAX_PENDING_SPANS``)
+and tells the export thread when to wake it for a retry
+(:meth:`SpanExporter.next_wake`): the thread then calls
+:meth:`SpanExporter.retry`, even if no new trace came, and sleeps without a
+timeout while no exporter asks for one.
 
 Batches reach an exporter one at a time and in order, with one exception:
 at shutdown, when the export thread is still inside ``export`` (a slow
@@ -115,9 +117,10 @@ class SpanBatch(Sequence[Trace]):
             self._cond.notify_all()
 
     def wait(self, seconds: float) -> bool:
-        """An exporter's pause before it tries again: up to ``seconds``, ended
-        early by :meth:`finish_by`. True when the batch has a deadline (no
-        more retries: one last attempt)."""
+        """A pause within ``export``: up to ``seconds``, ended early by
+        :meth:`finish_by`. True when the batch has a deadline (no more
+        retries: one last attempt). An exporter should rather keep what
+        failed and retry at :meth:`SpanExporter.next_wake`."""
         with self._cond:
             if self._deadline is None and seconds > 0:
                 self._cond.wait(seconds)
@@ -168,20 +171,31 @@ class SpanExporter(Protocol):
     """Where kept traces go: the in-memory, console, ring buffer
     (``/apm/traces``) and OTLP exporters implement it, and so can an
     application's own (``export``, ``force_flush`` and ``shutdown`` are
-    required; subclass it for the default ``counters``)."""
+    required; subclass it for the defaults of ``counters``, ``next_wake``
+    and ``retry``)."""
 
-    #: True for an exporter that sends over the network and may hold the
-    #: export thread while it retries (OTLP): each batch goes to every
-    #: exporter that does not first, so a slow or dead collector does not
-    #: keep a batch from the in-memory, console or ring exporters.
+    #: True for an exporter that sends over the network (OTLP): each batch
+    #: goes to every exporter that does not first, so the time a collector
+    #: takes to answer (up to its request timeout) does not delay the
+    #: batch for the in-memory, console or ring exporters.
     remote: bool = False
 
     def export(self, batch: SpanBatch, /) -> ExportResult:
         """Take one batch; never raises (an exception is counted as a failed
-        export). Called on the export thread, one batch at a time, and
-        returns once the batch was delivered or given up (a pause before a
-        retry goes through :meth:`SpanBatch.wait`)."""
+        export). Called on the export thread, one batch at a time; returns
+        without waiting to retry (what failed is kept for :meth:`retry`)."""
         ...
+
+    def next_wake(self) -> Optional[float]:
+        """When (a :func:`time.monotonic` value) the export thread should
+        call :meth:`retry`, even if no batch comes; None: no need (the
+        default). Read after each of the thread's wake-ups."""
+        return None
+
+    def retry(self) -> None:
+        """Try again what an earlier ``export`` could not deliver (called on
+        the export thread once :meth:`next_wake` has passed); never raises."""
+        return None
 
     def force_flush(self, timeout: float = 30.0) -> bool:
         """Deliver what this exporter holds within ``timeout`` seconds;

@@ -14,6 +14,15 @@ from pulsetrace._native import Tracer
 #: handed over (every batch when ``batches`` is None).
 HandOver = Callable[[int, Optional[int]], int]
 
+#: Has the exporters whose timed wake has come retry, and returns the next
+#: one asked for (a :func:`time.monotonic` value), or None.
+RetryDue = Callable[[], Optional[float]]
+
+#: Shortest sleep before a timed wake: an exporter that asks for a wake in
+#: the past again and again costs a wake-up every this many seconds, not a
+#: spinning thread.
+MIN_WAKE_S = 0.01
+
 
 class ExportThread(threading.Thread):
     """The one export thread: sleeps in the core, without the GIL, until a
@@ -21,17 +30,26 @@ class ExportThread(threading.Thread):
     ``interval_s``, PULSETRACE_EXPORT_INTERVAL_MS), a flush asks for
     everything or it is stopped, then hands the kept traces to the
     exporters (``hand_over(max_spans, batches)``, the runtime's
-    ``export_pending``). Nothing polls: with no trace kept it does not run
-    at all."""
+    ``export_pending``). An exporter that keeps a failed request for
+    later asks for a timed wake (``retry_due``, the exporters'
+    ``next_wake``/``retry``): the sleep ends then too, whether or not a
+    trace came. Nothing polls: with no trace kept and no retry asked for
+    it does not run at all."""
 
     def __init__(
-        self, tracer: Tracer, interval_s: float, batch_spans: int, hand_over: HandOver
+        self,
+        tracer: Tracer,
+        interval_s: float,
+        batch_spans: int,
+        hand_over: HandOver,
+        retry_due: Optional[RetryDue] = None,
     ) -> None:
         super().__init__(name="pulsetrace-export", daemon=True)
         self.tracer = tracer
         self.interval_s = interval_s
         self.batch_spans = batch_spans
         self._hand_over = hand_over
+        self._retry_due = retry_due
         self.stopping = False
         self._pause = threading.Event()
         # Flushes asked for and done: a flush waits until ``_done`` reaches
@@ -82,27 +100,48 @@ class ExportThread(threading.Thread):
                 self.stopping = True
                 self._flushes.notify_all()
 
+    def _next_wake(self) -> Optional[float]:
+        """Retries that are due, then the seconds until the next one asked
+        for (None: sleep until a batch, a flush or a stop)."""
+        if self._retry_due is None:
+            return None
+        try:
+            at = self._retry_due()
+        except Exception as exc:
+            _diag.internal_error("export.retry", exc)
+            return None
+        return None if at is None else max(at - time.monotonic(), MIN_WAKE_S)
+
     def _run(self) -> None:
+        # A retry asked for before this thread started (it replaced one:
+        # a new exporter, a new configuration) is not forgotten.
+        timeout = self._next_wake()
         while not self.stopping:
             try:
-                wake = self.tracer.wait_export(self.interval_s, self.batch_spans)
+                wake = self.tracer.wait_export(self.interval_s, self.batch_spans, timeout)
             except Exception as exc:
                 _diag.internal_error("export.wait", exc)
                 return
             if self.stopping or wake == "stopped":
                 return  # stopped, or the core was replaced (a new thread follows)
+            self._hand_over_for(wake)
+            timeout = self._next_wake()
+
+    def _hand_over_for(self, wake: str) -> None:
+        if wake == "timeout":
+            return  # an exporter's timed wake only: its retry follows
+        with self._flushes:
+            asked = self._asked
+        if asked > self._done:
+            # A flush: everything queued now, then it is told.
+            self._hand_over(self.batch_spans, None)
             with self._flushes:
-                asked = self._asked
-            if asked > self._done:
-                # A flush: everything queued now, then it is told.
-                self._hand_over(self.batch_spans, None)
-                with self._flushes:
-                    self._done = asked
-                    self._flushes.notify_all()
-                continue
-            # One batch per wake-up: what is left waits until it is a batch
-            # too, or its own delay ran out (so a burst makes few requests).
-            if self._hand_over(self.batch_spans, 1) == 0 and wake == "ready":
-                # Traces wait but none could be taken (an error, logged):
-                # pause rather than spin on them.
-                self._pause.wait(self.interval_s)
+                self._done = asked
+                self._flushes.notify_all()
+            return
+        # One batch per wake-up: what is left waits until it is a batch
+        # too, or its own delay ran out (so a burst makes few requests).
+        if self._hand_over(self.batch_spans, 1) == 0 and wake == "ready":
+            # Traces wait but none could be taken (an error, logged):
+            # pause rather than spin on them.
+            self._pause.wait(self.interval_s)

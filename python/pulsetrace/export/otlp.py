@@ -51,7 +51,10 @@ False. Retryable failures (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 OUT_OF_RANGE, DATA_LOSS, CANCELLED, RESOURCE_EXHAUSTED when the server sent
 RetryInfo; HTTP 429, 502, 503, 504 and connection errors) are retried with
 exponential backoff and full jitter (0.5 s doubling up to 5 s), or after the
-delay the server asked for, never past the deadline.
+delay the server asked for, never past the deadline; with ``retry=False``
+a send makes one attempt and leaves the retry to its caller (the OTLP
+exporter keeps the request and sends it again on a later wake of the
+export thread, by the same rules).
 
 The first failed attempt of a send is one warning on the ``pulsetrace``
 logger naming the endpoint and the error (a refused or unanswered connection
@@ -180,15 +183,22 @@ class OtlpTransport:
     # -- public -------------------------------------------------------------
 
     def send(
-        self, payload: bytes, deadline: float, wait: Optional[Callable[[float], bool]] = None
+        self,
+        payload: bytes,
+        deadline: float,
+        wait: Optional[Callable[[float], bool]] = None,
+        *,
+        retry: bool = True,
     ) -> SendResult:
         """Deliver ``payload`` (a serialized ExportTraceServiceRequest) and
         wait for the answer, retrying retryable failures until ``deadline``
         (a :func:`time.monotonic` value). ``wait(seconds)`` is how a retry
         waits, if the caller has its own (True: end the retries, one more
-        attempt at once, as :meth:`stop_retrying`). Never raises."""
+        attempt at once, as :meth:`stop_retrying`). ``retry=False``: one
+        attempt, a retryable failure is returned for the caller to retry
+        later (``retryable``, ``retry_after``). Never raises."""
         try:
-            result = self._send(payload, deadline, wait)
+            result = self._send(payload, deadline, wait, retry)
         except Exception as exc:
             _diag.internal_error("export.otlp.send", exc)
             result = SendResult(ok=False, error=f"internal error: {exc!r}")
@@ -234,10 +244,14 @@ class OtlpTransport:
     # -- the retry loop -----------------------------------------------------
 
     def _send(
-        self, payload: bytes, deadline: float, wait: Optional[Callable[[float], bool]]
+        self,
+        payload: bytes,
+        deadline: float,
+        wait: Optional[Callable[[float], bool]],
+        retry: bool,
     ) -> SendResult:
         last: list[Attempt] = []
-        result = self._send_attempts(payload, deadline, last, wait)
+        result = self._send_attempts(payload, deadline, last, wait, retry)
         if result.ok or not last:
             return result
         attempt = last[-1]
@@ -251,6 +265,7 @@ class OtlpTransport:
         deadline: float,
         last: list[Attempt],
         wait: Optional[Callable[[float], bool]],
+        retry: bool = True,
     ) -> SendResult:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._fail(0, "payload is not bytes", "bad payload", False)
@@ -285,9 +300,10 @@ class OtlpTransport:
                     log.debug("pulsetrace: OTLP export delivered after %d retries", retries)
                 return SendResult(ok=True, retries=retries, rejected_spans=attempt.rejected_spans)
             error = attempt.error or "failed"
-            will_retry = attempt.retryable and not self._no_retry.is_set() and not last_attempt
+            later = attempt.retryable and not self._no_retry.is_set()
+            will_retry = later and retry and not last_attempt
             if retries == 0:
-                self._first_failure(attempt, error, will_retry)
+                self._first_failure(attempt, error, will_retry, later and not retry)
             if not will_retry:
                 return self._fail(retries, error, attempt.kind, attempt.retryable, said=True)
             if attempt.retry_after is not None:
@@ -308,17 +324,22 @@ class OtlpTransport:
             # The wait ran out, or stop_retrying() ended it: one more attempt now.
             retries += 1
 
-    def _first_failure(self, attempt: Attempt, error: str, will_retry: bool) -> None:
+    def _first_failure(
+        self, attempt: Attempt, error: str, will_retry: bool, caller_retries: bool = False
+    ) -> None:
         """Say at once that a send failed (rate limited per kind of failure),
         not only when its retries are over."""
         gone = unreachable(attempt) or attempt.kind == "grpc DEADLINE_EXCEEDED"
         what = "cannot reach the OTLP collector at" if gone else "OTLP export failed at"
-        then = (
-            "retrying; kept traces wait in the export queue meanwhile, while it has room "
-            "(PULSETRACE_EXPORT_QUEUE_SIZE)"
-            if will_retry
-            else "its spans are dropped"
-        )
+        if will_retry:
+            then = "retrying"
+        elif caller_retries:
+            then = (
+                "the request is kept and sent again later, while the exporter's pending "
+                "requests have room (PULSETRACE_OTLP_MAX_PENDING_SPANS)"
+            )
+        else:
+            then = "its spans are dropped"
         self._log_rate_limited(
             attempt.kind or "failure",
             "pulsetrace: %s %s: %s; %s",

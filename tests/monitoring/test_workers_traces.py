@@ -22,7 +22,10 @@ from typing import Any, Optional
 
 import pytest
 from alert_support import SECRET, Receiver
+from test_workers_merge import serving  # noqa: F401 (a fixture)
 
+import pulsetrace
+from pulsetrace.monitoring import apm
 from servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -283,3 +286,31 @@ def test_gunicorn_alert_links_a_trace_the_serving_process_resolves(tmp_path):
     finally:
         app.kill()
         rx.close()
+
+
+# --- in this process, with a forked child ---------------------------------------
+
+
+def test_a_forked_child_publishes_its_own_traces_not_its_parents(serving):  # noqa: F811
+    """The serving process's traces and errors are its own; a child forked
+    from it publishes only what it recorded itself (not the ring it
+    inherited): each error counted once, each trace listed once."""
+    from test_workers_merge import _child, _record
+
+    apm.RING.clear()
+    _record("job", 2, errors=2)
+    pulsetrace.flush()
+    _until(lambda: apm.RING.counters()["ring_traces"] == 2, "the parent's traces")
+    pid, w = _child("job", 3, errors=3, stay=False)
+    os.close(w)
+    assert os.waitpid(pid, 0)[1] == 0
+
+    def counts() -> tuple[int, int]:
+        _, body, _ = _get(serving, "/apm/errors")
+        _, listed, _ = _get(serving, "/apm/traces?limit=1000")
+        errors = sum(g["count"] for g in body["errors"] if g["operation"] == "job")
+        return errors, len([t for t in listed["traces"] if t["operation"] == "job"])
+
+    _until(lambda: counts() == (5, 5), counts)
+    time.sleep(1.0)  # folded, read again
+    assert counts() == (5, 5)

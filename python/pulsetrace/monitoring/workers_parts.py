@@ -7,7 +7,9 @@ A part is registered in every process under one name with three functions:
 
 - ``state()``: this process's state, a JSON-able value; or
   :data:`UNCHANGED` when it has not changed since ``state()`` last returned
-  a value (nothing is encoded or written again then);
+  a value (nothing is encoded or written again then; a new value equal to
+  the last is taken as unchanged too, but a large state should not pay for
+  that comparison);
 - ``merge(states)``: one value from several processes' states (the serving
   process's live state first, then every other process's last published
   one, the dead processes' folded state among them);
@@ -83,8 +85,8 @@ class Part:
 
     def _refresh(self) -> None:
         value = self.state()
-        if value is UNCHANGED:
-            return
+        if value is UNCHANGED or (self._has and value is not self._value and value == self._value):
+            return  # an equal value (a new object: one returned again may have been changed)
         self._has, self._value, self._bytes = True, value, None
         self._gen += 1
 

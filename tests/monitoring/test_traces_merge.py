@@ -6,6 +6,7 @@ seen, the latest sample); every bound holds."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Optional
 
@@ -43,7 +44,7 @@ class _Span:
 def _copy(ring: RingBufferExporter) -> dict[str, Any]:
     got = ring.published(traces_merge.PUBLISH_TRACES, traces_merge.PUBLISH_BYTES)
     assert got is not None
-    return got[1]
+    return json.loads(got[1])
 
 
 def test_a_trace_across_two_processes_reads_as_one_ring_shows_it():
@@ -82,11 +83,11 @@ def test_traces_are_newest_first_filtered_and_bounded():
     assert [t["trace_id"] for t in bounded["traces"]] == [f"{i:032x}" for i in range(6, 2, -1)]
     # What a process publishes is bounded: its newest, at least one.
     got = a.published(2, 10**9)
-    assert got is not None and [t["trace_id"] for t in got[1]["traces"]] == [
+    assert got is not None and [t["trace_id"] for t in json.loads(got[1])["traces"]] == [
         f"{i:032x}" for i in (5, 3)
     ]
     got = a.published(100, 1)
-    assert got is not None and len(got[1]["traces"]) == 1
+    assert got is not None and len(json.loads(got[1])["traces"]) == 1
     # Nothing changed since a version: nothing to publish.
     version = got[0]
     assert a.published(100, 10**9, version) is None

@@ -14,6 +14,7 @@ export), so what this exporter serves is what any exporter sends.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -146,8 +147,8 @@ class _Trace:
         self.bytes = 0
         self.at = 0.0  # when a span of it last arrived
         self.rev = 0  # spans added so far
-        #: The published copy and the ``rev`` it was made at.
-        self.copy: Optional[tuple[int, dict[str, Any]]] = None
+        #: The published copy (JSON) and the ``rev`` it was made at.
+        self.copy: Optional[tuple[int, bytes]] = None
 
     def summary(self) -> dict[str, Any]:
         return summary(f"{self.trace_id:032x}", [_row(s) for s in self.spans.values()])
@@ -161,20 +162,25 @@ class _Trace:
         )
 
 
-def _published(trace_id: int, at: float, size: int, spans: list[SpanData]) -> dict[str, Any]:
+def _published(trace_id: int, at: float, size: int, spans: list[SpanData]) -> bytes:
     out = []
     for s in spans:
         d = span_to_dict(s)
         d["_end"], d["_dur"] = s.end_time_unix_nano, s.duration_ns
         out.append(d)
     hex_id = f"{trace_id:032x}"
-    return {
+    copy = {
         "trace_id": hex_id,
         "at": at,
         "bytes": size,
         "summary": summary(hex_id, [_row(s) for s in spans]),
         "spans": out,
     }
+    return _json(copy)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 class RingBufferExporter(SpanExporter):
@@ -342,13 +348,14 @@ class RingBufferExporter(SpanExporter):
 
     def published(
         self, max_traces: int, max_bytes: int, since: Optional[int] = None
-    ) -> Optional[tuple[int, dict[str, Any]]]:
-        """``(version, copy)``: the newest traces (at most ``max_traces``,
-        and about ``max_bytes`` of span data, at least one) as JSON-ready
-        dicts, newest first, each with its summary and spans (with their
-        end and exact duration, :data:`PRIVATE`), and every error group;
-        None when nothing changed since ``since`` (an earlier version). A
-        trace is converted again only when a span joined it."""
+    ) -> Optional[tuple[int, bytes]]:
+        """``(version, copy)``: a JSON object of the newest traces (at most
+        ``max_traces``, and about ``max_bytes`` of span data, at least one),
+        newest first, each with its summary and spans (with their end and
+        exact duration, :data:`PRIVATE`), of every error group and of the
+        errors not grouped; None when nothing changed since ``since`` (an
+        earlier version). A trace is converted again only when a span
+        joined it."""
         with self._lock:
             if since is not None and since == self._version:
                 return None
@@ -369,7 +376,8 @@ class RingBufferExporter(SpanExporter):
                 copy = (rev, _published(t.trace_id, at, size, spans))
                 t.copy = copy
             traces.append(copy[1])
-        return version, {"traces": traces, "errors": errors, "overflowed": overflowed}
+        tail = _json(errors) + b',"overflowed":' + str(overflowed).encode()
+        return version, b'{"traces":[' + b",".join(traces) + b'],"errors":' + tail + b"}"
 
 
 def _exception_of(span: SpanData) -> tuple[str, str, str]:

@@ -35,6 +35,7 @@ from pulsetrace.export.ring import (
     summary,
     tree,
 )
+from pulsetrace.monitoring.workers_parts import Encoded
 
 #: Traces one process publishes at most (its newest).
 PUBLISH_TRACES = 200
@@ -54,8 +55,8 @@ class Published:
         got = self.ring.published(PUBLISH_TRACES, PUBLISH_BYTES, self.version)
         if got is None:
             return self.unchanged
-        self.version, state = got
-        return state
+        self.version, data = got
+        return Encoded(data)
 
     def after_fork(self) -> None:
         self.ring.reset_after_fork()

@@ -5,7 +5,8 @@ traces and error groups are one part, :mod:`pulsetrace.monitoring.traces_merge`)
 
 A part is registered in every process under one name with three functions:
 
-- ``state()``: this process's state, a JSON-able value; or
+- ``state()``: this process's state, a JSON-able value (or
+  :class:`Encoded`: its JSON, for a state built of pieces encoded once); or
   :data:`UNCHANGED` when it has not changed since ``state()`` last returned
   a value (nothing is encoded or written again then; a new value equal to
   the last is taken as unchanged too, but a large state should not pay for
@@ -37,7 +38,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag
 
-__all__ = ["UNCHANGED", "Part", "get", "publishable", "register_part"]
+__all__ = ["UNCHANGED", "Encoded", "Part", "get", "publishable", "register_part"]
 
 #: ``state()``'s answer when nothing changed since its last value.
 UNCHANGED: Any = type("Unchanged", (), {"__repr__": lambda self: "UNCHANGED"})()
@@ -46,6 +47,22 @@ UNCHANGED: Any = type("Unchanged", (), {"__repr__": lambda self: "UNCHANGED"})()
 #: kept for a process that has).
 STATE, STATES = "state", "states"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Encoded:
+    """A state ``state()`` returns already encoded (JSON bytes): written as
+    it is; decoded only when this process merges its own state. For a large
+    state built from pieces encoded once each."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Encoded) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class Part:
@@ -66,12 +83,18 @@ class Part:
         self._value: Any = None
         self._gen = 0
         self._bytes: Optional[bytes] = None
+        #: The generation whose :class:`Encoded` state was decoded, and it.
+        self._decoded: tuple[int, Any] = (0, None)
 
     def current(self) -> tuple[int, Any]:
         """(generation, this process's state); generation 0: no state yet."""
         with self._lock:
             self._refresh()
-            return self._gen, self._value
+            if not isinstance(self._value, Encoded):
+                return self._gen, self._value
+            if self._decoded[0] != self._gen:
+                self._decoded = (self._gen, json.loads(self._value.data))
+            return self._decoded
 
     def encoded(self) -> Optional[tuple[int, bytes]]:
         """(generation, the state's JSON), None when there is no state."""
@@ -80,7 +103,8 @@ class Part:
             if not self._has:
                 return None
             if self._bytes is None:
-                self._bytes = encode(self._value)
+                v = self._value
+                self._bytes = v.data if isinstance(v, Encoded) else encode(v)
             return self._gen, self._bytes
 
     def _refresh(self) -> None:
@@ -92,7 +116,7 @@ class Part:
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._has, self._value, self._bytes = False, None, None
+        self._has, self._value, self._bytes, self._decoded = False, None, None, (0, None)
         if self.forked is not None:
             try:
                 self.forked()

@@ -28,7 +28,7 @@ from pulsetrace.monitoring import apm_windows, traces_merge, workers
 from pulsetrace.scrub import scrub_json
 
 RING = RingBufferExporter()
-_published = traces_merge.Published(RING, workers.UNCHANGED)
+_published = traces_merge.Published(RING)
 workers.register_part(
     traces_merge.NAME,
     _published,

@@ -35,7 +35,7 @@ from pulsetrace.export.ring import (
     summary,
     tree,
 )
-from pulsetrace.monitoring.workers_parts import Encoded
+from pulsetrace.monitoring.workers_parts import UNCHANGED, Encoded
 
 #: Traces one process publishes at most (its newest).
 PUBLISH_TRACES = 200
@@ -45,16 +45,16 @@ NAME = "traces"
 
 
 class Published:
-    """The ``state()`` of a ring: its copy, or ``UNCHANGED``."""
+    """The ``state()`` of a ring: its copy (JSON), or ``UNCHANGED``."""
 
-    def __init__(self, ring: RingBufferExporter, unchanged: Any) -> None:
-        self.ring, self.unchanged = ring, unchanged
+    def __init__(self, ring: RingBufferExporter) -> None:
+        self.ring = ring
         self.version: Optional[int] = None
 
     def __call__(self) -> Any:
         got = self.ring.published(PUBLISH_TRACES, PUBLISH_BYTES, self.version)
         if got is None:
-            return self.unchanged
+            return UNCHANGED
         self.version, data = got
         return Encoded(data)
 

@@ -8,6 +8,12 @@ it. Errors are grouped as they arrive, by exception type and location (the
 innermost frame of the recorded stack trace), at most ``max_error_groups``
 groups (further new groups are counted in ``error_groups_overflowed``).
 
+:meth:`RingBufferExporter.published` is this ring's copy for the other
+processes of a pre-fork server (each trace encoded once); the summary, span
+tree and filter rules (:func:`summary`, :func:`tree`, :func:`matches`) are
+shared with the merged view of every worker's copies
+(:mod:`pulsetrace.monitoring.traces_merge`).
+
 Span data reaches an exporter already scrubbed (the core's scrubber runs at
 export), so what this exporter serves is what any exporter sends.
 """

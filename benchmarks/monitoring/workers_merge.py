@@ -163,7 +163,8 @@ def main() -> None:
 
         def decode() -> list[object]:
             files._decoded.clear()
-            return [st for name, seen in v.sources for st in files.states(name, seen, part.name)]
+            live, dead, _ = files.part_states(v, part.name)
+            return live + dead
 
         decoded = _ms(decode, args.runs)
         states = [part.current()[1], *decode()]

@@ -112,6 +112,41 @@ def test_a_part_merges_over_processes_and_a_dead_ones_is_folded_once(tally, tmp_
     assert _merged() == 112
 
 
+def test_dead_processes_states_reach_merge_only_folded(tally, tmp_path):
+    """A level (say a gauge) is the live processes' only: the fold leaves it
+    out, also before the dead process's copy is written into dead.snap."""
+
+    def merge(states: list[Any]) -> dict[str, int]:
+        return {k: sum(s[k] for s in states) for k in ("n", "level")}
+
+    def fold(states: list[Any]) -> dict[str, int]:
+        return {"n": sum(s["n"] for s in states), "level": 0}
+
+    workers.register_part("extra", lambda: {"n": TALLY["n"], "level": TALLY["n"]}, merge, fold)
+    TALLY["n"] = 1
+    alive, alive_w = _child(10, stay=True)
+    dead, dead_w = _child(100, stay=False)
+    try:
+        assert os.waitpid(dead, 0)[1] == 0
+        app_dir = _app_dir(tmp_path)
+        # The dead child's own file, not folded yet: the first read sees it
+        # (unless a background read of this process folded it first).
+        _until(
+            lambda: _own_snaps(app_dir, [alive])
+            and (_own_snaps(app_dir, [dead]) or (app_dir / "dead.snap").exists()),
+            "the children's copies",
+        )
+        _fresh_view()
+        assert workers.merged_part("extra") == {"n": 111, "level": 11}
+        _until(lambda: not _own_snaps(app_dir, [dead]), lambda: _own_snaps(app_dir, [dead]))
+        _fresh_view()
+        assert workers.merged_part("extra") == {"n": 111, "level": 11}
+    finally:
+        os.close(alive_w)
+        os.close(dead_w)
+        os.waitpid(alive, 0)
+
+
 def test_a_part_the_folding_process_has_not_registered_is_kept(tally, tmp_path):
     pid, w = _child(5, stay=False, extra=7)
     os.close(w)

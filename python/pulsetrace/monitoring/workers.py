@@ -338,8 +338,10 @@ def view() -> Optional[View]:
 
 def merged_part(name: str) -> Optional[Any]:
     """The part ``name`` (:func:`register_part`) merged over the whole
-    application: this process's live state and every other process's last
-    copy (dead ones' folded), from the view (at most ``VIEW_TTL_S`` old);
+    application: this process's live state, every other live process's
+    last copy and the dead ones' folded into one (by the part's ``fold``:
+    so a part can leave a dead process's levels out), from the view (at
+    most ``VIEW_TTL_S`` old);
     None when this process is alone, or when merging failed (counted):
     callers fall back to their own data. ValueError for an unregistered
     name."""
@@ -352,10 +354,10 @@ def merged_part(name: str) -> Optional[Any]:
             return v.parts[name]
         try:
             gen, own = part.current()
-            states = [own] if gen else []
-            for file, seen in v.sources:
-                states += _dir.states(file, seen, name)
-            value = part.merge(states)
+            live, dead, folded = _dir.part_states(v, name)
+            if not folded:  # dead processes' states reach merge only folded
+                dead = [part.fold(dead)]
+            value = part.merge(([own] if gen else []) + live + dead)
         except Exception as exc:
             _diag.internal_error(f"workers.merge.{name}", exc)
             value = None

@@ -112,8 +112,9 @@ class View:
     merged: Any  # _native.MergedView
     counters: dict[str, int]
     processes: list[dict[str, Any]]
-    #: The files merged (other processes', ``dead.snap``), for their parts.
-    sources: list[tuple[str, Seen]] = field(default_factory=list)
+    #: The files merged (other processes', ``dead.snap``), for their parts:
+    #: (name, as read, whether its process is alive).
+    sources: list[tuple[str, Seen, bool]] = field(default_factory=list)
     #: Parts merged from this view (``workers.merged_part``).
     parts: dict[str, Any] = field(default_factory=dict)
 
@@ -225,6 +226,23 @@ class Directory:
         self._decoded[key] = (gen, states)
         return states
 
+    def part_states(self, v: View, part: str) -> tuple[list[Any], list[Any], bool]:
+        """The states of ``part`` in ``v``'s files: the live processes', the
+        dead ones', and whether the dead ones' are ``dead.snap``'s single
+        folded state (else a dead process was not folded yet, or the part
+        was not registered when they were)."""
+        live: list[Any] = []
+        dead: list[Any] = []
+        folded = True
+        for name, seen, alive in v.sources:
+            got = self.states(name, seen, part)
+            if alive:
+                live += got
+            elif got:
+                dead += got
+                folded = folded and name == DEAD and seen.parts[part][1] == STATE
+        return live, dead, folded and len(dead) <= 1
+
     def fold(
         self,
         tracer: Any,
@@ -316,7 +334,7 @@ class Directory:
         counters = dict(own)
         now = time.time()
         processes = [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
-        sources: list[tuple[str, Seen]] = []
+        sources: list[tuple[str, Seen, bool]] = []
 
         def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
             age = round(max(0.0, now - at), 3)
@@ -327,7 +345,7 @@ class Directory:
                 merged.absorb(folded.state)
                 add(counters, folded.counters, False)
                 processes += [listed(d["pid"], False, d["at"]) for d in folded.dead]
-                sources.append((DEAD, folded))
+                sources.append((DEAD, folded, False))
             except ValueError as exc:  # recorded with another histogram config
                 _diag.internal_error("workers.absorb", exc)
                 folded = None
@@ -344,7 +362,7 @@ class Directory:
                 continue
             add(counters, seen.counters, alive)
             processes.append(listed(seen.pid, alive, seen.at))
-            sources.append((name, seen))
+            sources.append((name, seen, alive))
             if not alive:
                 dead.append((name, seen))
         for gone in set(self._seen) - set(others) - {DEAD}:

@@ -16,7 +16,10 @@ A part is registered in every process under one name with three functions:
   one, the dead processes' folded state among them);
 - ``fold(states)`` (default: ``merge``): one state from dead processes'
   states, written into ``dead.snap`` (it is merged again later, so it must
-  be of the same form as a state).
+  be of the same form as a state). Dead processes' states reach ``merge``
+  only through ``fold`` (also in the moment before the serving process
+  writes them into ``dead.snap``), so a fold that leaves out what only a
+  live process has (a level, such as a gauge) is exact.
 
 A process's parts travel in its ``.snap`` file, between the header line and
 the histograms: one atomic rename carries the whole of a process's state,

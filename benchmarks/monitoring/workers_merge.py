@@ -6,6 +6,15 @@ serving process spends merging four workers' copies (every ``VIEW_TTL_S``
 at most, when an endpoint is read) and rendering the exposition from the
 merged view, against rendering this process's own histograms alone.
 
+Then the kept traces and error groups (``traces_merge``): a ring of 1,000
+traces of 5 spans each (a request with realistic HTTP and SQL attributes,
+about 2.5 KB of JSON a trace); what a worker spends on its published copy
+(the newest ``PUBLISH_TRACES`` traces) when they are all new, when 20 new
+traces arrived since the last copy, and when nothing changed; and what the
+serving process spends decoding four copies, merging them, and listing 100
+summaries. The spans are stand-ins with SpanData's fields (the ring and its
+JSON conversion read nothing else).
+
 Thread CPU time, median of ``--runs``. Figures, not a test: it exits 0
 whatever the numbers.
 
@@ -25,7 +34,7 @@ from typing import Callable
 
 import pulsetrace
 from pulsetrace import _native, _runtime, prometheus
-from pulsetrace.monitoring import workers
+from pulsetrace.monitoring import apm, traces_merge, workers, workers_parts
 
 SERIES = 1000
 WORKERS = 4
@@ -38,6 +47,72 @@ def _ms(fn: Callable[[], object], runs: int) -> float:
         fn()
         out.append((time.thread_time() - t) * 1000)
     return statistics.median(out)
+
+
+class _Span:
+    """SpanData's fields, as the ring reads them."""
+
+    def __init__(self, trace_id: int, span_id: int, parent: object, name: str, **attrs: object):
+        self.trace_id, self.span_id, self.parent_span_id = trace_id, span_id, parent
+        self.name, self.kind = name, "server" if parent is None else "client"
+        self.start_time_unix_nano = 1_700_000_000_000_000_000 + trace_id * 10**7 + span_id
+        self.duration_ns = 3_000_000 // span_id
+        self.end_time_unix_nano = self.start_time_unix_nano + self.duration_ns
+        self.status, self.status_message = "unset", ""
+        self.attributes, self.events, self.keep_reason = attrs, [], "sampled"
+
+
+def _trace(i: int) -> list[_Span]:
+    sql = "SELECT id, name, email, created_at FROM contacts WHERE company_id = ? AND status = ?"
+    root = _Span(
+        i,
+        1,
+        None,
+        "GET /api/contacts/{id}",
+        **{
+            "http.request.method": "GET",
+            "url.path": f"/api/contacts/{i}",
+            "http.route": "/api/contacts/{id}",
+            "http.response.status_code": 200,
+            "server.address": "api.internal",
+            "client.address": "10.0.0.12",
+            "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0",
+            "network.protocol.version": "1.1",
+        },
+    )
+    db = {"db.system": "postgresql", "db.statement": sql, "db.name": "app"}
+    return [
+        root,
+        _Span(i, 2, 1, "SELECT contacts", **db),
+        _Span(i, 3, 1, "SELECT contacts", **db),
+        _Span(i, 4, 1, "GET", **{"url.full": "https://api.example.com/v1/messages?page=2"}),
+        _Span(i, 5, 1, "render", **{"template": "contact.html"}),
+    ]
+
+
+def _traces_part(runs: int) -> dict[str, float]:
+    """The traces part's costs in the publishing worker (module doc)."""
+    ring, part = apm.RING, workers_parts.get(traces_merge.NAME)
+    out: dict[str, float] = {}
+    samples: list[float] = []
+    for _ in range(runs):
+        ring.clear()
+        ring.export([_trace(i) for i in range(1, 1001)])
+        t = time.thread_time()
+        got = part.encoded()
+        samples.append((time.thread_time() - t) * 1000)
+    out["all_new"] = statistics.median(samples)
+    assert got is not None
+    out["kib"] = len(got[1]) / 1024
+    samples = []
+    for r in range(runs):
+        ring.export([_trace(2000 + 20 * r + i) for i in range(20)])
+        t = time.thread_time()
+        part.encoded()
+        samples.append((time.thread_time() - t) * 1000)
+    out["new_20"] = statistics.median(samples)
+    out["unchanged"] = _ms(part.encoded, runs)
+    return out
 
 
 def main() -> None:
@@ -67,6 +142,8 @@ def main() -> None:
         cached = _ms(lambda: workers.publish(force=True), args.runs)
         idle = _ms(workers.publish, args.runs)  # nothing recorded since
         size = os.path.getsize(os.path.join(workers.directory(), workers._identity() + ".snap"))
+        tparts = _traces_part(args.runs)
+        workers.publish(force=True)  # the copy the other "workers" share
         # Three more live workers' copies (the same histograms under other
         # names, each with its liveness lock held).
         mine = os.path.join(workers.directory(), workers._identity())
@@ -82,6 +159,19 @@ def main() -> None:
         v = workers._merge()
         assert v is not None and v.merged.latency()[0]["count"] == 20 * WORKERS
         merged_render = _ms(lambda: workers.render_metrics("", [], {}), args.runs)
+        part = workers_parts.get(traces_merge.NAME)
+
+        def decode() -> list[object]:
+            files._decoded.clear()
+            live, dead, _ = files.part_states(v, part.name)
+            return live + dead
+
+        decoded = _ms(decode, args.runs)
+        states = [part.current()[1], *decode()]
+        merged_traces = _ms(lambda: part.merge(states), args.runs)
+        merged = part.merge(states)
+        assert len(merged["traces"]) == traces_merge.PUBLISH_TRACES
+        listing = _ms(lambda: traces_merge.traces(merged, limit=100), args.runs)
         own = _ms(lambda: _runtime.tracer().render_metrics("", [], {}), args.runs)
         full = _ms(lambda: prometheus.exposition(), args.runs)
         print(f"{SERIES} operations per process, {WORKERS} processes")
@@ -93,6 +183,14 @@ def main() -> None:
         print(f"exposition from the merged view:     {merged_render:.1f} ms (cached view)")
         print(f"exposition of this process alone:    {own:.1f} ms")
         print(f"prometheus.exposition() in full:     {full:.1f} ms")
+        n = traces_merge.PUBLISH_TRACES
+        print(f"traces part: 1000 traces held, the newest {n} published ({tparts['kib']:.0f} KiB)")
+        print(f"  copy, every trace new:              {tparts['all_new']:.1f} ms")
+        print(f"  copy, 20 new traces since:          {tparts['new_20']:.1f} ms")
+        print(f"  copy, nothing new:                  {tparts['unchanged']:.3f} ms")
+        print(f"  serving: {WORKERS - 1} copies decoded:        {decoded:.1f} ms")
+        print(f"  serving: {WORKERS} copies merged:          {merged_traces:.1f} ms")
+        print(f"  serving: 100 summaries listed:      {listing:.2f} ms")
     finally:
         workers.reset()
         shutil.rmtree(base, ignore_errors=True)

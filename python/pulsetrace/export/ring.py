@@ -8,12 +8,19 @@ it. Errors are grouped as they arrive, by exception type and location (the
 innermost frame of the recorded stack trace), at most ``max_error_groups``
 groups (further new groups are counted in ``error_groups_overflowed``).
 
+:meth:`RingBufferExporter.published` is this ring's copy for the other
+processes of a pre-fork server (each trace encoded once); the summary, span
+tree and filter rules (:func:`summary`, :func:`tree`, :func:`matches`) are
+shared with the merged view of every worker's copies
+(:mod:`pulsetrace.monitoring.traces_merge`).
+
 Span data reaches an exporter already scrubbed (the core's scrubber runs at
 export), so what this exporter serves is what any exporter sends.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -40,46 +47,146 @@ def _size(span: SpanData) -> int:
     return n
 
 
+#: A span as the summary reads it: (span id, parent id, name, kind, start,
+#: end, duration in ns, status, keep reason); ids of either form (ints here,
+#: hex strings in a published copy).
+Row = tuple[Any, Any, str, str, int, int, int, str, Any]
+#: A published span's keys that :func:`tree` leaves out (its end and exact
+#: duration, for :func:`summary` over a merged copy).
+PRIVATE = ("_end", "_dur")
+
+
+def _row(s: SpanData) -> Row:
+    return (
+        s.span_id,
+        s.parent_span_id,
+        s.name,
+        s.kind,
+        s.start_time_unix_nano,
+        s.end_time_unix_nano,
+        s.duration_ns,
+        s.status,
+        s.keep_reason,
+    )
+
+
+def published_row(d: dict[str, Any]) -> Row:
+    """The row of a published span (see :meth:`RingBufferExporter.published`)."""
+    return (
+        d["span_id"],
+        d["parent_span_id"],
+        d["name"],
+        d["kind"],
+        d["start_time_unix_nano"],
+        d["_end"],
+        d["_dur"],
+        d["status"],
+        d["keep_reason"],
+    )
+
+
+def summary(trace_id: str, rows: Sequence[Row]) -> dict[str, Any]:
+    """A trace's summary: its root (the earliest span whose parent is not in
+    the trace), start, duration, span count, whether a span failed."""
+    ids = {r[0] for r in rows}
+    roots = [r for r in rows if r[1] not in ids]
+    root = min(roots or rows, key=lambda r: r[4])
+    start = min(r[4] for r in rows)
+    end = max(r[5] for r in rows)
+    return {
+        "trace_id": trace_id,
+        "operation": root[2],
+        "kind": root[3],
+        "start_time_unix_nano": start,
+        "duration_ms": round(max(root[6], end - start) / 1e6, 3),
+        "spans": len(rows),
+        "error": any(r[7] == "error" for r in rows),
+        "keep_reason": root[8],
+    }
+
+
+def tree(spans: Sequence[tuple[Any, Any, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Spans ``(span id, parent id, start, JSON dict)`` as trees by parent id
+    (children by start time); a span whose parent is not in the trace is a
+    root. The dicts are copied (without :data:`PRIVATE` keys)."""
+    nodes: dict[Any, dict[str, Any]] = {}
+    children: dict[Any, list[dict[str, Any]]] = {}
+    for sid, _, _, d in spans:
+        children[sid] = []
+        node = {k: v for k, v in d.items() if k not in PRIVATE}
+        node["children"] = children[sid]
+        nodes[sid] = node
+    roots: list[dict[str, Any]] = []
+    for sid, pid, _, _ in sorted(spans, key=lambda s: s[2]):
+        (children[pid] if pid is not None and pid in children else roots).append(nodes[sid])
+    return roots
+
+
+def matches(
+    s: dict[str, Any],
+    operation: Optional[str] = None,
+    min_duration_ms: Optional[float] = None,
+    error: Optional[bool] = None,
+) -> bool:
+    """Whether a trace's summary passes ``/apm/traces``' filters: its root
+    span's name, its duration, whether a span failed."""
+    return (
+        (operation is None or s["operation"] == operation)
+        and (min_duration_ms is None or s["duration_ms"] >= min_duration_ms)
+        and (error is None or s["error"] == error)
+    )
+
+
+def ordered(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Error groups, the most frequent first (then the latest seen)."""
+    return sorted(groups, key=lambda g: (-g["count"], -g["last_seen"]))
+
+
 class _Trace:
     """A buffered trace: its SpanData (converted to JSON only when read)."""
 
-    __slots__ = ("bytes", "spans", "trace_id")
+    __slots__ = ("at", "bytes", "copy", "rev", "spans", "trace_id")
 
     def __init__(self, trace_id: int) -> None:
         self.trace_id = trace_id
         self.spans: dict[int, SpanData] = {}
         self.bytes = 0
+        self.at = 0.0  # when a span of it last arrived
+        self.rev = 0  # spans added so far
+        #: The published copy (JSON) and the ``rev`` it was made at.
+        self.copy: Optional[tuple[int, bytes]] = None
 
     def summary(self) -> dict[str, Any]:
-        spans = list(self.spans.values())
-        roots = [s for s in spans if s.parent_span_id not in self.spans]
-        root = min(roots or spans, key=lambda s: s.start_time_unix_nano)
-        start = min(s.start_time_unix_nano for s in spans)
-        end = max(s.end_time_unix_nano for s in spans)
-        return {
-            "trace_id": f"{self.trace_id:032x}",
-            "operation": root.name,
-            "kind": root.kind,
-            "start_time_unix_nano": start,
-            "duration_ms": round(max(root.duration_ns, end - start) / 1e6, 3),
-            "spans": len(spans),
-            "error": any(s.status == "error" for s in spans),
-            "keep_reason": root.keep_reason,
-        }
+        return summary(f"{self.trace_id:032x}", [_row(s) for s in self.spans.values()])
 
     def tree(self) -> list[dict[str, Any]]:
-        """The spans as trees by parent id (children by start time); a span
-        whose parent is not in the trace is a root."""
-        nodes: dict[int, dict[str, Any]] = {}
-        children: dict[int, list[dict[str, Any]]] = {}
-        for sid, s in self.spans.items():
-            children[sid] = []
-            nodes[sid] = dict(span_to_dict(s), children=children[sid])
-        roots: list[dict[str, Any]] = []
-        for sid, s in sorted(self.spans.items(), key=lambda kv: kv[1].start_time_unix_nano):
-            pid = s.parent_span_id
-            (children[pid] if pid is not None and pid in children else roots).append(nodes[sid])
-        return roots
+        return tree(
+            [
+                (sid, s.parent_span_id, s.start_time_unix_nano, span_to_dict(s))
+                for sid, s in self.spans.items()
+            ]
+        )
+
+
+def _published(trace_id: int, at: float, size: int, spans: list[SpanData]) -> bytes:
+    out = []
+    for s in spans:
+        d = span_to_dict(s)
+        d["_end"], d["_dur"] = s.end_time_unix_nano, s.duration_ns
+        out.append(d)
+    hex_id = f"{trace_id:032x}"
+    copy = {
+        "trace_id": hex_id,
+        "at": at,
+        "bytes": size,
+        "summary": summary(hex_id, [_row(s) for s in spans]),
+        "spans": out,
+    }
+    return _json(copy)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 class RingBufferExporter(SpanExporter):
@@ -107,6 +214,8 @@ class RingBufferExporter(SpanExporter):
         self._evicted = 0
         self._errors: dict[tuple[str, str], dict[str, Any]] = {}
         self._errors_overflowed = 0
+        #: Changes whenever what :meth:`published` returns may change.
+        self._version = 0
 
     # --- the exporter -----------------------------------------------------
 
@@ -117,6 +226,7 @@ class RingBufferExporter(SpanExporter):
                 for span in trace:
                     self._add(span, now)
             self._evict()
+            self._version += 1
         return ExportResult.SUCCESS
 
     def _add(self, span: SpanData, now: float) -> None:
@@ -132,6 +242,8 @@ class RingBufferExporter(SpanExporter):
             t.bytes -= _size(old)
             self._bytes -= _size(old)
         t.spans[span.span_id] = span
+        t.at = now
+        t.rev += 1
         t.bytes += size
         self._bytes += size
         if span.status == "error":
@@ -190,11 +302,7 @@ class RingBufferExporter(SpanExporter):
             out = []
             for t in held:
                 s = t.summary()
-                if operation is not None and s["operation"] != operation:
-                    continue
-                if min_duration_ms is not None and s["duration_ms"] < min_duration_ms:
-                    continue
-                if error is not None and s["error"] != error:
+                if not matches(s, operation, min_duration_ms, error):
                     continue
                 out.append(s)
                 if len(out) >= limit:
@@ -217,7 +325,7 @@ class RingBufferExporter(SpanExporter):
         """Error groups, the most frequent first."""
         with self._lock:
             groups = [dict(g) for g in self._errors.values()]
-        return sorted(groups, key=lambda g: (-g["count"], -g["last_seen"]))
+        return ordered(groups)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -234,6 +342,48 @@ class RingBufferExporter(SpanExporter):
             self._traces.clear()
             self._bytes = 0
             self._errors.clear()
+            self._version += 1
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: empty, with a new lock (the parent's traces and
+        errors are the parent's; its lock may have been held at fork)."""
+        self._lock = threading.Lock()
+        self.clear()
+
+    # --- a copy for other processes ----------------------------------------
+
+    def published(
+        self, max_traces: int, max_bytes: int, since: Optional[int] = None
+    ) -> Optional[tuple[int, bytes]]:
+        """``(version, copy)``: a JSON object of the newest traces (at most
+        ``max_traces``, and about ``max_bytes`` of span data, at least one),
+        newest first, each with its summary and spans (with their end and
+        exact duration, :data:`PRIVATE`), of every error group and of the
+        errors not grouped; None when nothing changed since ``since`` (an
+        earlier version). A trace is converted again only when a span
+        joined it."""
+        with self._lock:
+            if since is not None and since == self._version:
+                return None
+            version = self._version
+            held: list[tuple[_Trace, int, float, int, list[SpanData]]] = []
+            total = 0
+            for t in reversed(self._traces.values()):
+                if len(held) >= max_traces or (held and total + t.bytes > max_bytes):
+                    break
+                held.append((t, t.rev, t.at, t.bytes, list(t.spans.values())))
+                total += t.bytes
+            errors = [dict(g) for g in self._errors.values()]
+            overflowed = self._errors_overflowed
+        traces = []
+        for t, rev, at, size, spans in held:  # converted outside the exporter's lock
+            copy = t.copy
+            if copy is None or copy[0] != rev:
+                copy = (rev, _published(t.trace_id, at, size, spans))
+                t.copy = copy
+            traces.append(copy[1])
+        tail = _json(errors) + b',"overflowed":' + str(overflowed).encode()
+        return version, b'{"traces":[' + b",".join(traces) + b'],"errors":' + tail + b"}"
 
 
 def _exception_of(span: SpanData) -> tuple[str, str, str]:

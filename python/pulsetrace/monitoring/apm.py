@@ -8,7 +8,9 @@ Transactions come from the native histograms (windows: copies taken by
 exporter while the monitoring server runs (:func:`install`, from
 ``pulsetrace.prometheus.start_server``; :func:`uninstall` when it stops). Tracing is
 switched off and on at run time by the tracer's own switch: the histograms,
-counters and buffered traces stay.
+counters and buffered traces stay. Under a pre-fork server the traces and
+errors are every worker's (:mod:`pulsetrace.monitoring.traces_merge`), as
+the transactions are.
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ from typing import Any, Optional
 from pulsetrace import _native, _runtime
 from pulsetrace._router import HttpError, Request, Response, json_response
 from pulsetrace.export.ring import RingBufferExporter
-from pulsetrace.monitoring import apm_windows, workers
+from pulsetrace.monitoring import apm_windows, traces_merge, workers
 from pulsetrace.scrub import scrub_json
 
 RING = RingBufferExporter()
+_published = traces_merge.Published(RING)
+workers.register_part(
+    traces_merge.NAME,
+    _published,
+    traces_merge.merger(RING),
+    traces_merge.fold,
+    after_fork=_published.after_fork,
+)
 WINDOWS = apm_windows.Windows()
 _START = time.time()
 _install_lock = threading.Lock()
@@ -49,13 +59,56 @@ def uninstall() -> None:
         WINDOWS.stop()
 
 
+# --- kept traces and errors: the whole application's ---------------------------
+
+
+def _merged() -> Optional[dict[str, Any]]:
+    """Every process's traces and errors merged; None when this process is
+    alone (its own ring is the application's)."""
+    return workers.merged_part(traces_merge.NAME)
+
+
+def find_traces(
+    operation: Optional[str] = None,
+    min_duration_ms: Optional[float] = None,
+    error: Optional[bool] = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Summaries of the kept traces held, newest first, filtered."""
+    merged = _merged()
+    if merged is None:
+        return RING.traces(operation, min_duration_ms, error, limit)
+    return traces_merge.traces(merged, operation, min_duration_ms, error, limit)
+
+
+def find_trace(trace_id: str) -> Optional[dict[str, Any]]:
+    """One kept trace with its span tree, or None (the merged view first:
+    a trace that crossed workers has all its spans there; then this
+    process's ring, which holds more than it publishes)."""
+    merged = _merged()
+    found = None if merged is None else traces_merge.trace(merged, trace_id)
+    return found if found is not None else RING.trace(trace_id)
+
+
+def error_groups() -> tuple[list[dict[str, Any]], int]:
+    """The error groups, the most frequent first; the errors overflowed."""
+    merged = _merged()
+    if merged is None:
+        return RING.errors(), RING.counters()["error_groups_overflowed"]
+    return traces_merge.errors(merged), int(merged["overflowed"])
+
+
+def traces_held() -> int:
+    merged = _merged()
+    return RING.counters()["ring_traces"] if merged is None else len(merged["traces"])
+
+
 # --- handlers -----------------------------------------------------------------
 
 
 def status(request: Request) -> Response:
     cfg = _runtime.config()
     tracer = _runtime.tracer()
-    ring = RING.counters()
     return json_response(
         200,
         {
@@ -65,7 +118,7 @@ def status(request: Request) -> Response:
             "sample_rate": _native.sample_rate(tracer),
             "uptime_s": round(time.time() - _START, 3),
             "exporters": [type(e).__name__ for e in _runtime.exporters()],
-            "traces_buffered": ring["ring_traces"],
+            "traces_buffered": traces_held(),
             "window_interval_s": WINDOWS.interval_s,
             "workers": workers.processes(),
             "timestamp": time.time(),
@@ -158,20 +211,20 @@ def traces(request: Request) -> Response:
     limit = _number(q, "limit")
     if limit is not None and (limit != int(limit) or not 1 <= limit <= 1000):
         raise HttpError(400, "limit must be an integer from 1 to 1000")
-    found = RING.traces(
+    found = find_traces(
         operation=q.get("operation"),
         min_duration_ms=_number(q, "min_duration_ms"),
         error=None if error is None else error == "true",
         limit=int(limit) if limit is not None else 100,
     )
-    return json_response(200, {"traces": found, "buffered": RING.counters()["ring_traces"]})
+    return json_response(200, {"traces": found, "buffered": traces_held()})
 
 
 def one_trace(request: Request) -> Response:
     tid = request.params["trace_id"]
     if not _TRACE_ID.match(tid):
         raise HttpError(400, "a trace id is 32 hexadecimal digits")
-    found = RING.trace(tid)
+    found = find_trace(tid)
     if found is None:
         raise HttpError(404, f"no buffered trace {tid.lower()}")
     return json_response(200, found)
@@ -203,15 +256,10 @@ def metrics(request: Request) -> Response:
 
 
 def errors(request: Request) -> Response:
-    groups = RING.errors()
-    c = RING.counters()
+    groups, overflowed = error_groups()
     return json_response(
         200,
-        {
-            "errors": groups,
-            "groups": c["error_groups"],
-            "groups_overflowed": c["error_groups_overflowed"],
-        },
+        {"errors": groups, "groups": len(groups), "groups_overflowed": overflowed},
     )
 
 

@@ -45,8 +45,17 @@ How it works:
   processes only. A worker killed with
   SIGKILL loses what it recorded since its last copy (at most about a
   second).
+- **Parts.** Beside the histograms a process publishes *parts*
+  (:func:`register_part`: a state, how states merge, how dead processes'
+  states fold), such as its kept traces and error groups
+  (:mod:`pulsetrace.monitoring.traces_merge`); :func:`merged_part` reads
+  one over the whole application. They travel in the same ``.snap`` file,
+  so one atomic rename carries a process's whole state and a dead worker
+  is folded (histograms and parts) in one write, counted once
+  (:mod:`pulsetrace.monitoring.workers_parts` says why, and what keeps an
+  unchanged part from being encoded or decoded again).
 - **A single process** (nothing forked) has no other file: it reads its
-  own histograms as before.
+  own histograms (and its own parts) as before.
 
 ``processes()`` lists what was seen (``/apm/status``'s ``workers``).
 """
@@ -65,7 +74,11 @@ from typing import Any, Optional
 
 from pulsetrace import _diag, _native, _runtime
 from pulsetrace._suppress import suppressed
+from pulsetrace.monitoring import workers_parts
 from pulsetrace.monitoring.workers_files import LEVELS, Directory, View, clear_if_stale, sweep
+from pulsetrace.monitoring.workers_parts import UNCHANGED, register_part
+
+__all__ = ["UNCHANGED", "merged_part", "register_part"]
 
 #: Seconds between two copies a process publishes.
 PUBLISH_INTERVAL_S = 1.0
@@ -87,8 +100,9 @@ _wish: Optional[tuple[str, Optional[bool]]] = None
 _election: Any = None
 #: Compresses only the histograms recorded since the last copy.
 _encoder = _native.StateEncoder()
-#: What was last published: (histograms' fingerprint, counters, state).
-_last: Optional[tuple[int, dict[str, int], bytes]] = None
+#: What was last published: (histograms' fingerprint, counters, state,
+#: parts' generations).
+_last: Optional[tuple[int, dict[str, int], bytes, dict[str, int]]] = None
 #: In a forked worker: the counters it inherited from its parent (those
 #: kept outside the native core, which starts afresh), not its own counts.
 _inherited: dict[str, int] = {}
@@ -188,14 +202,17 @@ def publish(force: bool = False) -> bool:
         last = None if force else _last
         # Compressing every histogram only when something was recorded.
         fingerprint, state = _encoder.encode(_runtime.tracer(), None if last is None else last[0])
+        parts = workers_parts.publishable()
+        gens = {n: g for n, (g, _) in parts.items()}
         if state is None and last is not None:
-            if counters == last[1]:
+            if counters == last[1] and gens == last[3]:
                 return False
             state = last[2]
         assert state is not None
         header = {"pid": os.getpid(), "at": time.time(), "counters": counters}
-        _files().write(me, header, state)
-        _last = (fingerprint, counters, state)
+        stored = {n: (g, workers_parts.STATE, b) for n, (g, b) in parts.items()}
+        _files().write(me, header, state, stored)
+        _last = (fingerprint, counters, state, gens)
         return True
 
 
@@ -295,7 +312,7 @@ def _merge() -> Optional[View]:
     """The application's view, or None when no other process published."""
     if _me is None or _dir is None:
         return None
-    return _dir.merge(_me, _own_counters(), _runtime.tracer(), _leading)
+    return _dir.merge(_me, _own_counters(), _runtime.tracer(), _leading, workers_parts.folds())
 
 
 def _leading() -> bool:
@@ -317,6 +334,35 @@ def view() -> Optional[View]:
             v = None
         _view = (now, v)
         return v
+
+
+def merged_part(name: str) -> Optional[Any]:
+    """The part ``name`` (:func:`register_part`) merged over the whole
+    application: this process's live state, every other live process's
+    last copy and the dead ones' folded into one (by the part's ``fold``:
+    so a part can leave a dead process's levels out), from the view (at
+    most ``VIEW_TTL_S`` old);
+    None when this process is alone, or when merging failed (counted):
+    callers fall back to their own data. ValueError for an unregistered
+    name."""
+    part = workers_parts.get(name)
+    v = view()
+    if v is None or _dir is None:
+        return None
+    with _view_lock:
+        if name in v.parts:
+            return v.parts[name]
+        try:
+            gen, own = part.current()
+            live, dead, folded = _dir.part_states(v, name)
+            if not folded:  # dead processes' states reach merge only folded
+                dead = [part.fold(dead)]
+            value = part.merge(([own] if gen else []) + live + dead)
+        except Exception as exc:
+            _diag.internal_error(f"workers.merge.{name}", exc)
+            value = None
+        v.parts[name] = value
+        return value
 
 
 def snapshots() -> list[Any]:
@@ -392,6 +438,7 @@ def _after_fork_in_child() -> None:
         with contextlib.suppress(OSError):
             os.close(_lock_fd)  # the parent's descriptor keeps the parent's lock
     _me, _lock_fd, _thread, _view, _last = None, None, None, None, None
+    workers_parts.after_fork()  # before this child's first copy
     if _dir is not None:
         _dir.forget()
     if _wish is None:

@@ -2,13 +2,17 @@
 (:mod:`pulsetrace.monitoring.workers` describes the design):
 
 - ``<pid>-<nonce>.snap``: one process's copy, a JSON header line (pid,
-  time, counters) then its histograms (``_native.StateEncoder``), replaced
+  time, counters, and each part's generation, kind and length), then its
+  parts' JSON (:mod:`pulsetrace.monitoring.workers_parts`) one after the
+  other, then its histograms (``_native.StateEncoder``), replaced
   atomically (written to ``.tmp``, renamed);
 - ``<pid>-<nonce>.lock``: held (``flock``) by that process while it lives;
 - ``dead.snap``: the dead processes' copies folded into one by the serving
   process; its header also names the files it holds (``absorbed``: readers
   skip them while they still exist, so a fold interrupted before they were
-  removed counts nothing twice) and lists the dead processes.
+  removed counts nothing twice) and lists the dead processes; each part is
+  the dead processes' states folded into one (or kept as a list for a part
+  the folding process had not registered).
 
 :meth:`Directory.merge` reads them into one view.
 """
@@ -20,10 +24,12 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _native
+from pulsetrace.monitoring import workers_parts
+from pulsetrace.monitoring.workers_parts import STATE, STATES
 
 #: Counters that are levels of a process, not counts: only live processes add.
 LEVELS = frozenset(
@@ -81,15 +87,6 @@ def clear_if_stale(path: str) -> None:
 
 
 @dataclass
-class View:
-    """The application's histograms, counters and processes."""
-
-    merged: Any  # _native.MergedView
-    counters: dict[str, int]
-    processes: list[dict[str, Any]]
-
-
-@dataclass
 class Seen:
     """One file as last read."""
 
@@ -101,6 +98,25 @@ class Seen:
     #: dead.snap only: the files it holds, the dead processes ({"pid", "at"}).
     absorbed: frozenset[str] = frozenset()
     dead: tuple[dict[str, Any], ...] = ()
+    parts: dict[str, Stored] = field(default_factory=dict)
+
+
+#: A stored part: (generation, kind, JSON).
+Stored = tuple[int, str, bytes]
+
+
+@dataclass
+class View:
+    """The application's histograms, counters and processes."""
+
+    merged: Any  # _native.MergedView
+    counters: dict[str, int]
+    processes: list[dict[str, Any]]
+    #: The files merged (other processes', ``dead.snap``), for their parts:
+    #: (name, as read, whether its process is alive).
+    sources: list[tuple[str, Seen, bool]] = field(default_factory=list)
+    #: Parts merged from this view (``workers.merged_part``).
+    parts: dict[str, Any] = field(default_factory=dict)
 
 
 def add(into: dict[str, int], counters: dict[str, int], alive: bool) -> None:
@@ -116,9 +132,12 @@ class Directory:
     def __init__(self, path: str) -> None:
         self.path = path
         self._seen: dict[str, Seen] = {}
+        #: (file, part) -> (generation, its states), decoded.
+        self._decoded: dict[tuple[str, str], tuple[int, list[Any]]] = {}
 
     def forget(self) -> None:
         self._seen.clear()
+        self._decoded.clear()
 
     def of(self, name: str, suffix: str = SUFFIX) -> str:
         return os.path.join(self.path, name + suffix)
@@ -158,6 +177,7 @@ class Directory:
             with open(self.of(name), "rb") as f:
                 head, _, blob = f.read().partition(b"\n")
             header = json.loads(head)
+            parts, blob = _parts_of(header.get("parts", {}), blob)
             seen = Seen(
                 key,
                 int(header["pid"]),
@@ -166,6 +186,7 @@ class Directory:
                 _native.WorkerState(blob),
                 frozenset(str(n) for n in header.get("absorbed", ())),
                 tuple({"pid": int(d["pid"]), "at": float(d["at"])} for d in header.get("dead", ())),
+                parts,
             )
         except FileNotFoundError:
             return None
@@ -175,19 +196,64 @@ class Directory:
         self._seen[name] = seen
         return seen
 
-    def write(self, name: str, header: dict[str, Any], state: bytes) -> None:
+    def write(
+        self, name: str, header: dict[str, Any], state: bytes, parts: dict[str, Stored]
+    ) -> None:
         """``<name>.snap``, replaced atomically (a temporary file renamed)."""
         path = self.of(name)
         tmp = path + ".tmp"
+        header = dict(header, parts={n: [g, k, len(b)] for n, (g, k, b) in parts.items()})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+            for _, _, b in parts.values():
+                f.write(b)
             f.write(state)
         os.replace(tmp, path)
 
-    def fold(self, tracer: Any, old: Optional[Seen], dead: list[tuple[str, Seen]]) -> None:
-        """Fold the dead workers' copies into ``dead.snap``, then remove
-        their files (and those an interrupted fold left)."""
+    def states(self, name: str, seen: Seen, part: str) -> list[Any]:
+        """The states of ``part`` in the file ``name`` as ``seen`` (decoded
+        again only when its generation changed); [] when it has none."""
+        stored = seen.parts.get(part)
+        if stored is None:
+            return []
+        gen, kind, raw = stored
+        key = (name, part)
+        have = self._decoded.get(key)
+        if have is not None and have[0] == gen:
+            return have[1]
+        states = workers_parts.decode(kind, raw)
+        self._decoded[key] = (gen, states)
+        return states
+
+    def part_states(self, v: View, part: str) -> tuple[list[Any], list[Any], bool]:
+        """The states of ``part`` in ``v``'s files: the live processes', the
+        dead ones', and whether the dead ones' are ``dead.snap``'s single
+        folded state (else a dead process was not folded yet, or the part
+        was not registered when they were)."""
+        live: list[Any] = []
+        dead: list[Any] = []
+        folded = True
+        for name, seen, alive in v.sources:
+            got = self.states(name, seen, part)
+            if alive:
+                live += got
+            elif got:
+                dead += got
+                folded = folded and name == DEAD and seen.parts[part][1] == STATE
+        return live, dead, folded and len(dead) <= 1
+
+    def fold(
+        self,
+        tracer: Any,
+        old: Optional[Seen],
+        dead: list[tuple[str, Seen]],
+        folds: dict[str, Callable[[list[Any]], Any]],
+    ) -> None:
+        """Fold the dead workers' copies into ``dead.snap`` (each part with
+        its ``folds`` entry), then remove their files (and those an
+        interrupted fold left)."""
+        parts = self._fold_parts(old, dead, folds)
         acc = _native.MergedView(tracer)
         counters: dict[str, int] = {}
         absorbed: list[str] = []
@@ -209,14 +275,44 @@ class Directory:
             "absorbed": absorbed,
             "dead": listed[-MAX_DEAD_LISTED:],
         }
-        self.write(DEAD, header, acc.encode())
+        self.write(DEAD, header, acc.encode(), parts)
         for name in absorbed:
             for suffix in (SUFFIX, ".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.of(name, suffix))
 
+    def _fold_parts(
+        self,
+        old: Optional[Seen],
+        dead: list[tuple[str, Seen]],
+        folds: dict[str, Callable[[list[Any]], Any]],
+    ) -> dict[str, Stored]:
+        """Each part of ``old`` (``dead.snap``) and the ``dead`` files, folded;
+        ValueError when a fold fails (nothing is folded then)."""
+        sources = ([(DEAD, old)] if old is not None else []) + dead
+        names = sorted({p for _, seen in sources for p in seen.parts})
+        gen = time.time_ns()
+        out: dict[str, Stored] = {}
+        for part in names:
+            states = [st for name, seen in sources for st in self.states(name, seen, part)]
+            fold = folds.get(part)
+            if fold is None:
+                out[part] = (gen, STATES, workers_parts.encode(states))
+                continue
+            try:
+                value = fold(states)
+            except Exception as exc:
+                raise ValueError(f"the part {part!r} could not be folded: {exc!r}") from exc
+            out[part] = (gen, STATE, workers_parts.encode(value))
+        return out
+
     def merge(
-        self, me: str, own: dict[str, int], tracer: Any, leading: Callable[[], bool]
+        self,
+        me: str,
+        own: dict[str, int],
+        tracer: Any,
+        leading: Callable[[], bool],
+        folds: Optional[dict[str, Callable[[list[Any]], Any]]] = None,
     ) -> Optional[View]:
         """This process's live histograms and counters (``own``) with every
         other process's copy; None when no other process published. With
@@ -238,6 +334,7 @@ class Directory:
         counters = dict(own)
         now = time.time()
         processes = [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
+        sources: list[tuple[str, Seen, bool]] = []
 
         def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
             age = round(max(0.0, now - at), 3)
@@ -248,6 +345,7 @@ class Directory:
                 merged.absorb(folded.state)
                 add(counters, folded.counters, False)
                 processes += [listed(d["pid"], False, d["at"]) for d in folded.dead]
+                sources.append((DEAD, folded, False))
             except ValueError as exc:  # recorded with another histogram config
                 _diag.internal_error("workers.absorb", exc)
                 folded = None
@@ -264,15 +362,33 @@ class Directory:
                 continue
             add(counters, seen.counters, alive)
             processes.append(listed(seen.pid, alive, seen.at))
+            sources.append((name, seen, alive))
             if not alive:
                 dead.append((name, seen))
         for gone in set(self._seen) - set(others) - {DEAD}:
             del self._seen[gone]
+        for key in [k for k in self._decoded if k[0] not in self._seen]:
+            del self._decoded[key]
         # A dead.snap that cannot be read is never overwritten (its counts
         # would be lost).
         if dead and (folded is not None or not has_dead) and leading():
             try:
-                self.fold(tracer, folded, dead)
+                self.fold(tracer, folded, dead, folds or {})
             except (OSError, ValueError) as exc:
                 _diag.internal_error("workers.fold", exc)
-        return View(merged, counters, processes)
+        return View(merged, counters, processes, sources)
+
+
+def _parts_of(meta: Any, blob: bytes) -> tuple[dict[str, Stored], bytes]:
+    """The parts at the start of ``blob`` as the header's ``parts`` lists
+    them ({name: [generation, kind, length]}), and the rest (histograms)."""
+    if not isinstance(meta, dict):
+        raise ValueError("the header's parts are not an object")
+    parts: dict[str, Stored] = {}
+    at = 0
+    for name, (gen, kind, length) in meta.items():
+        if kind not in (STATE, STATES) or not 0 <= int(length) <= len(blob) - at:
+            raise ValueError(f"the part {name!r} is not of the form the header gives")
+        parts[str(name)] = (int(gen), str(kind), blob[at : at + int(length)])
+        at += int(length)
+    return parts, blob[at:]

@@ -146,8 +146,9 @@ def example_trace(operation: str) -> Optional[str]:
     (``/apm/traces/{id}``): a failed one first; None when none is held."""
     from pulsetrace.monitoring import apm
 
-    found = apm.RING.traces(operation=operation, error=True, limit=1)
-    found = found or apm.RING.traces(operation=operation, limit=1)
+    # Every worker's under a pre-fork server (the id resolves at the server).
+    found = apm.find_traces(operation=operation, error=True, limit=1)
+    found = found or apm.find_traces(operation=operation, limit=1)
     return str(found[0]["trace_id"]) if found else None
 
 

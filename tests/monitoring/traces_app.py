@@ -1,0 +1,67 @@
+"""The Flask application of the pre-fork traces test, run as
+``pulsetrace-run gunicorn -w 4 traces_app:app``: every setting comes from
+the environment. Every response names the worker that served it and the
+request's trace (``X-Pid``, ``X-Trace-Id``). ``/work`` records two nested
+spans under the request's; ``/fail`` and ``/refuse`` raise (two error
+groups); ``/ping`` tells that the application is up. With
+``ALERT_TEST_CLOCK`` the worker's alert manager reads its clock from that
+file (the escalation's minutes pass at once)."""
+
+import os
+import time
+
+from flask import Flask
+
+import pulsetrace
+
+app = Flask(__name__)
+
+
+@app.after_request
+def ids(response):
+    response.headers["X-Pid"] = str(os.getpid())
+    span = pulsetrace.current_span()
+    if span is not None:
+        response.headers["X-Trace-Id"] = f"{span.trace_id:032x}"
+    return response
+
+
+@app.get("/work")
+def work():
+    time.sleep(0.02)  # concurrent requests spread over workers
+    with pulsetrace.start_span("load"):
+        with pulsetrace.start_span("query"):
+            pass
+    return {"pid": os.getpid()}
+
+
+@app.get("/fail")
+def fail():
+    time.sleep(0.02)
+    raise KeyError("card")
+
+
+@app.get("/refuse")
+def refuse():
+    time.sleep(0.02)
+    raise ValueError("refused")
+
+
+@app.get("/ping")
+def ping():
+    return {"pid": os.getpid()}
+
+
+class FileClock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> float:
+        with open(self.path) as f:
+            return float(f.read())
+
+
+if os.environ.get("ALERT_TEST_CLOCK"):  # this worker's manager
+    from pulsetrace.monitoring import alerts
+
+    alerts.manager().clock = FileClock(os.environ["ALERT_TEST_CLOCK"])

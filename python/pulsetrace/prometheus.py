@@ -174,8 +174,9 @@ def exposition(accept: str = "") -> tuple[bytes, str]:
     from pulsetrace import messaging
     from pulsetrace.monitoring import metrics_business, metrics_custom
 
-    extra.extend(metrics_custom.families())
-    extra.extend(metrics_business.families())
+    # Every worker's, merged (this process's own when it is alone).
+    extra.extend(metrics_custom.families(metrics_custom.merged()))
+    extra.extend(metrics_business.families(metrics_business.merged()))
     extra.extend(messaging.families())  # queue depth, read at most every few seconds
     from pulsetrace.monitoring import workers
 

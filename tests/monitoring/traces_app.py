@@ -3,7 +3,10 @@
 the environment. Every response names the worker that served it and the
 request's trace (``X-Pid``, ``X-Trace-Id``). ``/work`` records two nested
 spans under the request's; ``/fail`` and ``/refuse`` raise (two error
-groups); ``/ping`` tells that the application is up. With
+groups); ``/order/<campaign>/<status>`` records custom and business
+metrics (a counter, a histogram, a gauge set to 1 in every worker that
+served one, and a message of the campaign); ``/ping`` tells that the
+application is up. With
 ``ALERT_TEST_CLOCK`` the worker's alert manager reads its clock from that
 file (the escalation's minutes pass at once)."""
 
@@ -13,8 +16,12 @@ import time
 from flask import Flask
 
 import pulsetrace
+from pulsetrace import metrics
 
 app = Flask(__name__)
+ORDERS = metrics.create_custom_counter("orders", "orders taken", ["kind"])
+VALUES = metrics.create_custom_histogram("order_value", "an order's value", ["kind"])
+SERVING = metrics.create_custom_gauge("serving_workers", "workers that served an order")
 
 
 @app.after_request
@@ -45,6 +52,16 @@ def fail():
 def refuse():
     time.sleep(0.02)
     raise ValueError("refused")
+
+
+@app.get("/order/<campaign>/<status>")
+def order(campaign, status):
+    time.sleep(0.02)
+    ORDERS.inc(kind="web")
+    VALUES.observe(len(campaign) + (2.5 if status == "delivered" else 0.5), kind="web")
+    SERVING.set(1)
+    metrics.record_message(status, "sms", campaign_id=campaign)
+    return {"pid": os.getpid()}
 
 
 @app.get("/ping")

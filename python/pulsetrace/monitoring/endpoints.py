@@ -176,7 +176,7 @@ def _metrics() -> dict[str, Any]:
         "operations": workers.latency(),  # every worker's
         "counters": workers.counters(),
         "process": process,
-        "custom": metrics_custom.to_json(),
+        "custom": metrics_custom.to_json(metrics_custom.merged()),  # every worker's
         "queues": messaging.queues(),
     }
 
@@ -321,7 +321,7 @@ def _apm_rows() -> list[Endpoint]:
 def business_metrics(request: Request) -> Response:
     from pulsetrace.monitoring import metrics_business
 
-    out = metrics_business.summary()
+    out = metrics_business.summary(metrics_business.merged())  # every worker's
     out["timestamp"] = time.time()
     return json_response(200, out)
 

@@ -418,3 +418,27 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def merged() -> Optional[dict[str, Any]]:
+    """The whole application's custom metrics (every worker's, merged), or
+    None when this process is alone or the merge failed: callers then
+    render this process's own (``families()``, ``to_json()``)."""
+    from pulsetrace.monitoring import workers
+
+    return workers.merged_part(PART)
+
+
+#: The name of the custom metrics' part in the workers' files
+#: (:mod:`pulsetrace.monitoring.workers`: each process publishes its state,
+#: the serving process merges them).
+PART = "custom"
+
+
+def _register() -> None:
+    from pulsetrace.monitoring import workers
+
+    workers.register_part(PART, state, merge_states, fold_states)
+
+
+_register()

@@ -288,6 +288,11 @@ def test_queue_depth_grows_while_the_consumer_is_stopped_and_falls_after(
     expected = {"rabbitmq_queue_messages": 5.0, "rabbitmq_queue_consumers": 0.0}
     assert scrape() == 5.0
     assert scrape("rabbitmq_queue_consumers") == 0.0
+    # The built-in queue-backlog rule reads the deepest queue when the
+    # application sets no gauge of its own.
+    from pulsetrace.monitoring.alerts.builtin import derived_gauges
+
+    assert derived_gauges()["queue.backlog"] == 5.0
 
     consumer = _connect(rabbitmq_server)
     cch = consumer.channel()

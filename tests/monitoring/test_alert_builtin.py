@@ -86,3 +86,42 @@ def test_builtin_thresholds_are_the_applications(tmp_path, rx):
     m.cycle()
     assert set(_open(m)) == {"builtin.queue-backlog"}
     settle(m)
+
+
+def test_the_campaign_success_rule_reads_the_business_metrics_when_no_gauge_is_set(tmp_path, rx):
+    from pulsetrace import metrics
+    from pulsetrace.monitoring import metrics_business
+    from pulsetrace.monitoring.alerts.builtin import derived_gauges
+
+    fresh()
+    metrics_business.clear()
+    clock = Clock()
+    m = manager(str(tmp_path / "a.db"), rx, clock)
+    m.derive_gauges = derived_gauges
+    m.add(next(r for r in builtin_rules() if r.id == "builtin.campaign-success"))
+    m.health_fn = dict
+    # "spring" succeeds; "fall" fails half its messages, but is judged only
+    # once it has 20 of them (delivered or failed).
+    for _ in range(40):
+        metrics.record_message("delivered", "sms", campaign_id="spring")
+    for i in range(19):
+        metrics.record_message("delivered" if i % 2 else "failed", "sms", campaign_id="fall")
+    metrics.record_message("queued", "sms", campaign_id="fall")  # neither: not counted
+    assert derived_gauges()["campaign.success_rate"] == 1.0
+    for _ in range(12):
+        clock.advance(1)
+        m.cycle()
+    assert _open(m) == {}
+    metrics.record_message("failed", "sms", campaign_id="fall")
+    assert derived_gauges()["campaign.success_rate"] == pytest.approx(0.45)
+    for _ in range(12):
+        clock.advance(1)
+        m.cycle()
+    (alert,) = _open(m).values()
+    assert alert["rule_id"] == "builtin.campaign-success"
+    assert alert["value"] == pytest.approx(0.45)
+    # The application's own gauge, when it sets one, is the one judged.
+    m.gauges["campaign.success_rate"] = 0.99
+    assert m.snapshot(clock()).gauges["campaign.success_rate"] == 0.99
+    metrics_business.clear()
+    settle(m)

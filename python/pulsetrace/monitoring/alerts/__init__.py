@@ -131,6 +131,9 @@ def manager() -> Manager:
                 windows=apm.WINDOWS,
             )
             m.example_trace = example_trace
+            from pulsetrace.monitoring.alerts.builtin import derived_gauges
+
+            m.derive_gauges = derived_gauges
             if cfg.alert_rules:
                 try:
                     for rule in _rules.load(cfg.alert_rules):

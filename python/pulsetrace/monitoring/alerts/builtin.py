@@ -5,8 +5,11 @@ What a process can see of itself: its health checks (the database of
 ``DATABASE_URL``, memory and CPU with the thresholds given to
 ``pulsetrace.health.check_memory``/``check_cpu``), its resident memory,
 its operations' error ratios by span kind, 429 responses and latency
-histograms over windows (:mod:`.conditions`), and gauges the application
-sets (``pulsetrace.monitoring.set_gauge``). "Service down" cannot be seen
+histograms over windows (:mod:`.conditions`), and gauges: those the
+application sets (``pulsetrace.monitoring.set_gauge``), and where it sets
+none, :func:`derived_gauges` from what pulsetrace records itself (the
+queue backlog from the queue depths it reads, the campaign success rate
+from the business metrics of every worker). "Service down" cannot be seen
 from inside the process (Prometheus's ``up`` does).
 """
 
@@ -24,6 +27,42 @@ from pulsetrace.monitoring.alerts.conditions import (
 from pulsetrace.monitoring.alerts.rules import Rule, Threshold, duration, make_rule
 
 Duration = Union[int, float, str]
+
+#: Messages of a campaign, delivered or failed, before its success rate
+#: is judged (a campaign's first failures alone do not fire the rule).
+MIN_CAMPAIGN_MESSAGES = 20
+QUEUE_BACKLOG, CAMPAIGN_SUCCESS = "queue.backlog", "campaign.success_rate"
+
+
+def derived_gauges() -> dict[str, float]:
+    """The gauges the built-in rules read, from what pulsetrace records
+    (each used only where the application sets no such gauge itself):
+
+    - ``queue.backlog``: the most messages ready in one queue, of those
+      pulsetrace reads (:func:`pulsetrace.messaging.queues`; none: absent);
+    - ``campaign.success_rate``: the lowest success rate (delivered over
+      delivered and failed, since the figures started) among the campaigns
+      with at least :data:`MIN_CAMPAIGN_MESSAGES` such messages, over every
+      worker of the application (``record_message(..., campaign_id=...)``;
+      none: absent).
+    """
+    from pulsetrace import messaging
+    from pulsetrace.monitoring import metrics_business
+
+    out: dict[str, float] = {}
+    ready = [int(q.get("messages_ready") or 0) for q in messaging.queues()]
+    if ready:
+        out[QUEUE_BACKLOG] = float(max(ready))
+    campaigns = metrics_business.summary(metrics_business.merged())["campaigns"]
+    rates = [
+        c["success_rate"]
+        for c in campaigns.values()
+        if c.get("success_rate") is not None
+        and c.get("delivered", 0) + c.get("failed", 0) >= MIN_CAMPAIGN_MESSAGES
+    ]
+    if rates:
+        out[CAMPAIGN_SUCCESS] = float(min(rates))
+    return out
 
 
 def builtin_rules(
@@ -113,9 +152,9 @@ def builtin_rules(
         make_rule(
             "builtin.queue-backlog",
             "Queue backlog",
-            Threshold("gauge", "queue.backlog", threshold=queue_backlog),
+            Threshold("gauge", QUEUE_BACKLOG, threshold=queue_backlog),
             severity="high",
-            description="messages waiting (gauge queue.backlog)",
+            description="messages ready in the deepest queue (gauge queue.backlog)",
             for_="5m",
         ),
         make_rule(
@@ -129,9 +168,9 @@ def builtin_rules(
         make_rule(
             "builtin.campaign-success",
             "Low campaign success rate",
-            Threshold("gauge", "campaign.success_rate", campaign_success_rate, op="<"),
+            Threshold("gauge", CAMPAIGN_SUCCESS, campaign_success_rate, op="<"),
             severity="business",
-            description="campaign success rate (gauge campaign.success_rate)",
+            description="the lowest campaign's success rate (gauge campaign.success_rate)",
             for_="10m",
         ),
         make_rule(

@@ -81,6 +81,10 @@ class Manager:
         #: operation -> the id (hex) of an example kept trace of it, or None:
         #: the alert's message links to ``<link_base>/apm/traces/<id>``.
         self.example_trace: Optional[Callable[[str], Optional[str]]] = None
+        #: Gauges from what pulsetrace records (the application's own,
+        #: ``gauges``, take precedence): ``builtin.derived_gauges`` in an
+        #: application.
+        self.derive_gauges: Optional[Callable[[], dict[str, float]]] = None
         self.history: dict[str, deque[tuple[float, int, int, int]]] = {}
         #: The kept histogram copies that windowed conditions read (the
         #: monitoring server's, in an application); the evaluation takes
@@ -150,6 +154,12 @@ class Manager:
             h.append((now, count, errors, limited))
         self._last_snapshot_at = now
         gauges = dict(self.gauges)
+        if self.derive_gauges is not None:
+            try:
+                for gauge, level in self.derive_gauges().items():
+                    gauges.setdefault(gauge, level)  # the application's own first
+            except Exception as exc:
+                _diag.internal_error("alert gauges", exc)
         if RSS_GAUGE not in gauges:
             rss = _rss_bytes()
             if rss is not None:

@@ -105,6 +105,12 @@ def test_gunicorn_custom_and_business_metrics_of_every_worker_and_of_a_killed_on
         assert _sample(text, "order_value_count", 'kind="web"') == len(done)
         assert _sample(text, "serving_workers") == len(pids)
         delivered = sum(s == "delivered" for _, s, _ in done)
+        # Each worker's own process figures, in /apm/status.
+        _, status, _ = _get(app.mport, "/apm/status")
+        rows = {w["pid"]: w for w in status["workers"]}
+        assert pids <= set(rows) and rows[app.proc.pid]["serving"]
+        for pid in pids | {app.proc.pid}:
+            assert rows[pid]["rss_bytes"] > 10_000_000 and rows[pid]["cpu_seconds"] > 0, rows
         messages = _sample(text, "pulsetrace_business_messages_total", 'status="delivered"')
         assert messages == delivered
 

@@ -189,7 +189,9 @@ def disk(path: str = "/", min_free_bytes: int = 0, min_free_ratio: float = 0.05)
     return check
 
 
-def _rss_bytes() -> Optional[int]:
+def rss_bytes() -> Optional[int]:
+    """This process's resident memory in bytes (its peak where /proc is
+    missing)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -203,7 +205,7 @@ def memory(max_rss_bytes: Optional[int] = None) -> Check:
     """The process's resident memory; fails above ``max_rss_bytes``."""
 
     def check() -> dict[str, Any]:
-        rss = _rss_bytes()
+        rss = rss_bytes()
         details: dict[str, Any] = {"rss_bytes": rss}
         if max_rss_bytes is not None:
             details["max_rss_bytes"] = max_rss_bytes  # the high-memory alert's reference

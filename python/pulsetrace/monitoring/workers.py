@@ -192,6 +192,19 @@ def _own_counters() -> dict[str, int]:
     }
 
 
+def process_figures() -> dict[str, float]:
+    """This process's CPU time (user and system, seconds) and resident
+    memory (bytes), as ``processes()`` lists them."""
+    from pulsetrace.monitoring.checks import rss_bytes
+
+    t = os.times()
+    out = {"cpu_seconds": round(t.user + t.system, 3)}
+    rss = rss_bytes()
+    if rss is not None:
+        out["rss_bytes"] = float(rss)
+    return out
+
+
 def publish(force: bool = False) -> bool:
     """Write this process's copy now (skipped when nothing changed since
     the last one, unless ``force``). Returns whether it wrote."""
@@ -209,7 +222,12 @@ def publish(force: bool = False) -> bool:
                 return False
             state = last[2]
         assert state is not None
-        header = {"pid": os.getpid(), "at": time.time(), "counters": counters}
+        header = {
+            "pid": os.getpid(),
+            "at": time.time(),
+            "counters": counters,
+            "process": process_figures(),
+        }
         stored = {n: (g, workers_parts.STATE, b) for n, (g, b) in parts.items()}
         _files().write(me, header, state, stored)
         _last = (fingerprint, counters, state, gens)
@@ -401,11 +419,18 @@ def render_metrics(accept: str, extra: list[Any], labels: dict[str, str]) -> tup
 
 
 def processes() -> list[dict[str, Any]]:
-    """The processes seen: pid, alive, age of its last copy, serving."""
+    """The processes seen: pid, alive, age of its last copy, serving, and
+    ``cpu_seconds`` and ``rss_bytes`` (as of its last copy; the serving
+    process's now; none for a dead process)."""
     v = view()
     if v is None:
-        return [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
-    return [dict(p) for p in v.processes]
+        rows = [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
+    else:
+        rows = [dict(p) for p in v.processes]
+    for row in rows:
+        if row["serving"]:
+            row.update(process_figures())  # now; the others' as of their last copy
+    return rows
 
 
 def reset() -> None:

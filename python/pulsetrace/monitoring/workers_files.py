@@ -99,6 +99,8 @@ class Seen:
     absorbed: frozenset[str] = frozenset()
     dead: tuple[dict[str, Any], ...] = ()
     parts: dict[str, Stored] = field(default_factory=dict)
+    #: The process's CPU seconds and resident bytes at that copy.
+    process: dict[str, float] = field(default_factory=dict)
 
 
 #: A stored part: (generation, kind, JSON).
@@ -187,6 +189,11 @@ class Directory:
                 frozenset(str(n) for n in header.get("absorbed", ())),
                 tuple({"pid": int(d["pid"]), "at": float(d["at"])} for d in header.get("dead", ())),
                 parts,
+                {
+                    str(k): float(v)
+                    for k, v in header.get("process", {}).items()
+                    if k in ("cpu_seconds", "rss_bytes")
+                },
             )
         except FileNotFoundError:
             return None
@@ -336,9 +343,12 @@ class Directory:
         processes = [{"pid": os.getpid(), "alive": True, "snapshot_age_s": 0.0, "serving": True}]
         sources: list[tuple[str, Seen, bool]] = []
 
-        def listed(pid: int, alive: bool, at: float) -> dict[str, Any]:
+        def listed(
+            pid: int, alive: bool, at: float, process: Optional[dict[str, float]] = None
+        ) -> dict[str, Any]:
             age = round(max(0.0, now - at), 3)
-            return {"pid": pid, "alive": alive, "snapshot_age_s": age, "serving": False}
+            row = {"pid": pid, "alive": alive, "snapshot_age_s": age, "serving": False}
+            return dict(row, **(process or {}))
 
         if folded is not None:
             try:
@@ -361,7 +371,7 @@ class Directory:
                 _diag.internal_error("workers.absorb", exc)
                 continue
             add(counters, seen.counters, alive)
-            processes.append(listed(seen.pid, alive, seen.at))
+            processes.append(listed(seen.pid, alive, seen.at, seen.process))
             sources.append((name, seen, alive))
             if not alive:
                 dead.append((name, seen))

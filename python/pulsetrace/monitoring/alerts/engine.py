@@ -353,9 +353,9 @@ def message(rule: _rules.Rule, v: _rules.Verdict) -> str:
 
 
 def _rss_bytes() -> Optional[int]:
-    from pulsetrace.monitoring.checks import _rss_bytes as read
+    from pulsetrace.monitoring.checks import rss_bytes
 
-    return read()
+    return rss_bytes()
 
 
 def _health_now() -> dict[str, bool]:

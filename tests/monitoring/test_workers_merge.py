@@ -23,12 +23,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import prefork
 import pytest
 
 import pulsetrace
@@ -43,25 +42,11 @@ RUN = str(Path(sys.executable).with_name("pulsetrace-run"))
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    status, body, _ = prefork.get(port, path)
+    return status, body
 
 
-def _until(cond, what, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-        except (OSError, ValueError, KeyError) as exc:
-            last = exc
-        if last is True or (last and not isinstance(last, Exception)):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}: {last!r}")
+_until = prefork.until
 
 
 def _prometheus_total(text: str, operation: str) -> int:
@@ -86,43 +71,12 @@ def _counts(mport: int, operation: str) -> dict[str, int]:
     return out
 
 
-class Gunicorn:
+class Gunicorn(prefork.Gunicorn):
     """``pulsetrace-run gunicorn -w 4 workers_app:app`` with the monitoring
-    server on ``mport``."""
+    server (and the exposition) on ``mport``."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port, self.mport = free_port(), free_port()
-        self.log = tmp_path / "gunicorn.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
-        env.update(
-            MONITORING_ENABLED="true",
-            PROMETHEUS_ENABLED="true",
-            PULSETRACE_METRICS_ADDR=f"127.0.0.1:{self.mport}",
-            PULSETRACE_WORKERS_DIR=str(tmp_path / "workers"),
-            PULSETRACE_ALERT_DIR=str(tmp_path / "alerts"),
-            OTEL_TRACES_EXPORTER="none",
-            OTEL_SERVICE_NAME="workers-test",
-        )
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        args = [gunicorn, "-w", "4", "-b", f"127.0.0.1:{self.port}", "workers_app:app"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [RUN, *args],
-                env=env,
-                cwd=HERE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _until(lambda: _get(self.port, "/ping")[0] == 200, "the application")
-            _until(lambda: _get(self.mport, "/health/live")[0] == 200, "the monitoring server")
-        except BaseException:
-            self.kill()
-            raise
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        super().__init__(tmp_path, "workers_app:app", "workers-test", PROMETHEUS_ENABLED="true")
 
     def work(self, n: int) -> dict[int, int]:
         """``n`` requests from 8 threads; served requests per worker pid."""
@@ -137,10 +91,6 @@ class Gunicorn:
             for pid in pool.map(one, range(n)):
                 served[pid] = served.get(pid, 0) + 1
         return served
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 def test_gunicorn_workers_totals_are_exact_and_survive_a_killed_worker(tmp_path):

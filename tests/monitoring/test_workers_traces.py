@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
+import prefork
 import pytest
 from alert_support import SECRET, Receiver
 from test_workers_merge import serving  # noqa: F401 (a fixture)
@@ -34,71 +32,23 @@ RUN = str(Path(sys.executable).with_name("pulsetrace-run"))
 
 def _get(port: int, path: str) -> tuple[int, Any, dict[str, str]]:
     """(status, JSON body or None, headers)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            status, body, headers = r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        status, body, headers = e.code, e.read(), dict(e.headers)
+    status, body, headers = prefork.get(port, path)
     try:
         return status, json.loads(body), headers
     except ValueError:
         return status, None, headers
 
 
-def _until(cond, what, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-        except (OSError, ValueError, KeyError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}: {last!r}")
+_until = prefork.until
 
 
-class Gunicorn:
+class Gunicorn(prefork.Gunicorn):
     """``pulsetrace-run gunicorn -w 4 traces_app:app``, every trace kept,
     the monitoring server on ``mport``."""
 
     def __init__(self, tmp_path: Path, **env_extra: str) -> None:
-        self.port = free_port()
-        self.mport = int(env_extra.pop("mport", free_port()))
-        self.log = tmp_path / "gunicorn.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
-        env.update(
-            MONITORING_ENABLED="true",
-            PULSETRACE_METRICS_ADDR=f"127.0.0.1:{self.mport}",
-            PULSETRACE_WORKERS_DIR=str(tmp_path / "workers"),
-            PULSETRACE_ALERT_DIR=str(tmp_path / "alerts"),
-            PULSETRACE_SAMPLE_RATE="1.0",
-            PULSETRACE_EXPORT_INTERVAL_MS="50",
-            OTEL_TRACES_EXPORTER="none",
-            OTEL_SERVICE_NAME="traces-test",
-        )
-        env.update(env_extra)
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        args = [gunicorn, "-w", "4", "-b", f"127.0.0.1:{self.port}", "traces_app:app"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [RUN, *args],
-                env=env,
-                cwd=HERE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _until(lambda: _get(self.port, "/ping")[0] == 200, "the application")
-            _until(lambda: _get(self.mport, "/health/live")[0] == 200, "the monitoring server")
-        except BaseException:
-            self.kill()
-            raise
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        env = dict(PULSETRACE_SAMPLE_RATE="1.0", PULSETRACE_EXPORT_INTERVAL_MS="50")
+        super().__init__(tmp_path, "traces_app:app", "traces-test", **env, **env_extra)
 
     def requests(self, paths: list[str]) -> list[tuple[str, int, str]]:
         """Each path requested (8 threads): (path, worker pid, trace id)."""
@@ -110,10 +60,6 @@ class Gunicorn:
 
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(one, paths))
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 def _mix(n: int) -> list[str]:

@@ -17,7 +17,7 @@ from pulsetrace.health import check_memory
 from pulsetrace.monitoring import health as _health
 from pulsetrace.monitoring.alerts.builtin import builtin_rules
 from pulsetrace.monitoring.alerts.conditions import memory_limit_bytes
-from pulsetrace.monitoring.checks import _rss_bytes
+from pulsetrace.monitoring.checks import rss_bytes
 
 from conftest import fresh
 
@@ -149,7 +149,7 @@ def test_slow_queries_counts_database_calls_above_the_duration(setup):
 
 def test_high_memory_warns_at_its_own_level(setup):
     m, clock, add = setup
-    level = _rss_bytes() + 96 * MB
+    level = rss_bytes() + 96 * MB
     add("builtin.high-memory", memory_warning_bytes=level)
     m.cycle()
     minutes(m, clock, 6, lambda: None)
@@ -171,7 +171,7 @@ def test_high_memory_warns_at_its_own_level(setup):
 
 def test_high_memory_warns_below_the_memory_checks_limit(setup):
     m, clock, add = setup
-    rss = _rss_bytes()
+    rss = rss_bytes()
     critical = int((rss + 64 * MB) / 0.8)  # the warning's default: 80% of it
     _health.REGISTRY.clear()
     check_memory(max_rss_bytes=critical, ttl=0.0)

@@ -6,18 +6,23 @@ The Prometheus exposition and the monitoring endpoints are served from here
 (``prometheus.start_server``, ``pulsetrace.monitoring.endpoints``).
 
 Its own work is never traced: it is built on plain sockets and
-``selectors``, which no pulsetrace hook wraps, and handlers get a
+``select.epoll`` (``select.poll`` elsewhere), which no pulsetrace hook wraps, and handlers get a
 ``Request``, not a WSGI environ, so nothing here becomes a span.
 
 Concurrency design:
 
 - One I/O thread owns every socket. It accepts, reads request heads,
-  writes responses and closes, all non-blocking through one selector: an
+  writes responses and closes, all non-blocking through one ``epoll``: an
   idle or slow client costs a descriptor and a small buffer, never a thread.
+  A probe costs this thread little: its request is read as soon as its
+  connection is accepted when it has arrived, and deadlines are kept in
+  two queues in the order they were set (one per delay), not a heap.
 - A fixed pool of ``workers`` threads runs the handlers (rendering the
   exposition happens there, never on the I/O thread); only a route added
   as ``inline`` (O(1), such as the liveness probe) is answered on the I/O
-  thread, so that it never waits behind handlers that wait. A complete request
+  thread, so that it never waits behind handlers that wait, and so is a
+  route's ``quick`` answer (a rendering still fresh: a probe storm costs
+  no hand-over to the pool). A complete request
   is handed to the pool through a queue; the response comes back through a
   deque and a wake-up socket, and the I/O thread writes it.
 - Deadlines are per connection, not per read: the whole request head must
@@ -47,7 +52,7 @@ Concurrency design:
 Bounds: ``1 + workers`` threads, all started with the server; at most
 ``max_connections + 5`` descriptors (the connections, one more accepted
 just before an older one is closed to make room, the listening socket, the
-selector, the wake-up pair), plus what the handlers open; a connection
+``epoll``, the wake-up pair), plus what the handlers open; a connection
 buffers at most ``max_head_bytes`` of request head and ``max_body_bytes``
 of body.
 """
@@ -55,15 +60,13 @@ of body.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import queue
-import selectors
+import select
 import socket
 import threading
 import time
 from collections import deque
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from pulsetrace import _diag
 from pulsetrace._router import Request, Response, Router, json_error, text_response
@@ -86,11 +89,38 @@ _RECV = 65536
 _READ, _HANDLE, _WRITE, _LINGER = range(4)
 
 
+#: Poll events (the same bits for ``epoll`` and ``poll``).
+_IN, _OUT = select.POLLIN, select.POLLOUT
+
+
+class _Poller:
+    """The descriptors watched: ``epoll`` where the system has it,
+    ``poll`` elsewhere (plain calls: no selector objects per event)."""
+
+    def __init__(self) -> None:
+        self._epoll = hasattr(select, "epoll")
+        self._p: Any = select.epoll() if self._epoll else select.poll()
+        self.register = self._p.register
+        self.modify = self._p.modify
+        self.unregister = self._p.unregister
+
+    def poll(self, timeout: Optional[float]) -> list[tuple[int, int]]:
+        """``(fd, events)`` ready within ``timeout`` seconds (None: no limit)."""
+        if self._epoll:
+            return self._p.poll(-1 if timeout is None else timeout)  # type: ignore[no-any-return]
+        return self._p.poll(None if timeout is None else timeout * 1000)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._epoll:
+            self._p.close()
+
+
 class _Conn:
-    __slots__ = ("buf", "deadline", "events", "need", "out", "phase", "request", "sock")
+    __slots__ = ("buf", "deadline", "events", "fd", "need", "out", "phase", "request", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.buf = bytearray()
         self.phase = _READ
         self.deadline = float("inf")
@@ -155,26 +185,35 @@ class Server:
         self.name = name
         self._listener = _bind(host, port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._family = self._listener.family
         try:
-            self._selector = selectors.DefaultSelector()
+            self._poller = _Poller()
             self._wake_r, self._wake_w = socket.socketpair()
         except BaseException:
             self._listener.close()
-            if hasattr(self, "_selector"):
-                self._selector.close()
+            if hasattr(self, "_poller"):
+                self._poller.close()
             raise
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
+        # fd -> what it is: the listening socket, the wake-up socket or a
+        # connection.
+        self._fds: dict[int, object] = {
+            self._listener.fileno(): _LISTENER,
+            self._wake_r.fileno(): _WAKER,
+        }
+        for fd in self._fds:
+            self._poller.register(fd, _IN)
         self._conns: set[_Conn] = set()
         # Insertion-ordered: the first is the oldest (the next to evict).
         self._reading: dict[_Conn, None] = {}
         self._lingering: dict[_Conn, None] = {}
-        # (deadline, tie-breaker, connection); entries of a connection that
-        # has moved on (another deadline) or closed are skipped when popped.
-        self._deadlines: list[tuple[float, int, _Conn]] = []
-        self._tie = itertools.count()
+        # (deadline, connection) in the order they were set, one queue per
+        # delay (the head and response deadline, the linger), so each is
+        # sorted; entries of a connection that has moved on (another
+        # deadline) or closed are dropped when they reach the front.
+        self._delays = (read_timeout, min(LINGER_S, read_timeout))
+        self._timers: tuple[deque[tuple[float, _Conn]], ...] = (deque(), deque())
         self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, bytes]] = deque()
         self._stopping = False
@@ -210,49 +249,57 @@ class Server:
         for conn in self._conns:
             conn.sock.close()
         self._conns.clear()
-        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+        for closable in (self._poller, self._listener, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 closable.close()
 
     # --- the I/O thread -------------------------------------------------
 
     def _serve(self) -> None:
+        fds = self._fds
         try:
             while not self._stopping:
-                timeout = None
-                if self._deadlines:
-                    timeout = max(0.0, self._deadlines[0][0] - time.monotonic())
-                for key, _ in self._selector.select(timeout):
-                    if key.data is _LISTENER:
+                now = time.monotonic()
+                nxt = self._expire(now)
+                try:
+                    ready = self._poller.poll(None if nxt is None else max(0.0, nxt - now))
+                except InterruptedError:
+                    continue
+                for fd, _ in ready:
+                    what = fds.get(fd)
+                    if what is _LISTENER:
                         self._accept()
-                    elif key.data is _WAKER:
+                    elif what is _WAKER:
                         self._finish_handled()
-                    else:
+                    elif isinstance(what, _Conn):
                         try:
-                            self._on_ready(key.data)
+                            self._on_ready(what)
                         except Exception as exc:  # a bug costs one connection
                             _diag.internal_error(f"{self.name}.connection", exc)
-                            self._close(key.data)
-                self._expire(time.monotonic())
+                            self._close(what)
         except Exception as exc:  # a bug here must not go unnoticed or spin
             _diag.internal_error(f"{self.name}.serve", exc)
         finally:
             self._close_all()
 
-    def _schedule(self, conn: _Conn, delay: float) -> None:
-        conn.deadline = time.monotonic() + delay
-        heapq.heappush(self._deadlines, (conn.deadline, next(self._tie), conn))
+    def _schedule(self, conn: _Conn, which: int) -> None:
+        """Set the connection's deadline: ``which`` 0 is the head's and the
+        response's (``read_timeout``), 1 the linger's."""
+        conn.deadline = time.monotonic() + self._delays[which]
+        self._timers[which].append((conn.deadline, conn))
 
     def _accept(self) -> None:
+        listener = self._listener
         for _ in range(512):  # then serve the others before accepting more
             try:
-                sock, _ = self._listener.accept()
+                fd, _ = listener._accept()  # the descriptor: no family lookups
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: count, back off
                 _diag.internal_error(f"{self.name}.accept", exc)
                 time.sleep(0.01)
                 return
+            sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
             if len(self._conns) >= self.max_connections and not self._make_room():
                 self._refuse(sock)
@@ -260,8 +307,15 @@ class Server:
             conn = _Conn(sock)
             self._conns.add(conn)
             self._reading[conn] = None
-            self._watch(conn, selectors.EVENT_READ)
-            self._schedule(conn, self.read_timeout)
+            self._watch(conn, _IN)
+            self._schedule(conn, 0)
+            # The request usually follows the connection at once: read it
+            # now rather than after one more wait for the poller.
+            try:
+                self._on_ready(conn)
+            except Exception as exc:  # a bug costs one connection
+                _diag.internal_error(f"{self.name}.connection", exc)
+                self._close(conn)
 
     def _make_room(self) -> bool:
         """Close the oldest lingering connection, else the oldest one still
@@ -365,8 +419,16 @@ class Server:
 
     def _handle(self, conn: _Conn, request: Request) -> None:
         conn.request, conn.need, conn.buf = None, 0, bytearray()
-        if self.router.is_inline(request):  # O(1): answered here, never queued
-            self._respond(conn, self._render(request))
+        # An inline route, or a quick answer (a rendering still fresh): O(1),
+        # answered here, never queued.
+        try:
+            now = self.router.answer_now(request)
+            data = None if now is None else encode(request, now)
+        except Exception as exc:
+            _diag.internal_error(f"{self.name}.encode", exc)
+            data = encode(None, text_response(500, "internal error\n"))
+        if data is not None:
+            self._respond(conn, data)
             return
         self._reading.pop(conn, None)
         self._unwatch(conn)
@@ -391,7 +453,7 @@ class Server:
         self._reading.pop(conn, None)
         conn.phase = _WRITE
         conn.out = memoryview(data)
-        self._schedule(conn, self.read_timeout)
+        self._schedule(conn, 0)
         self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
@@ -404,7 +466,7 @@ class Server:
             return
         conn.out = conn.out[n:]
         if conn.out:
-            self._watch(conn, selectors.EVENT_WRITE)
+            self._watch(conn, _OUT)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -412,31 +474,44 @@ class Server:
             self._close(conn)
             return
         conn.phase = _LINGER
-        self._schedule(conn, min(LINGER_S, self.read_timeout))
+        self._schedule(conn, 1)
         self._lingering[conn] = None
-        self._watch(conn, selectors.EVENT_READ)
+        self._watch(conn, _IN)
 
-    def _expire(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, _, conn = heapq.heappop(heap)
-            if conn not in self._conns or conn.deadline != deadline:
-                continue  # closed, or moved on to a later phase
-            if conn.phase == _READ:
-                self._send_now(conn.sock, _TIMEOUT)
-            self._close(conn)
+    def _expire(self, now: float) -> Optional[float]:
+        """Close the connections past their deadline; returns the next
+        deadline (None: none)."""
+        nxt: Optional[float] = None
+        conns = self._conns
+        for timers in self._timers:
+            while timers:
+                deadline, conn = timers[0]
+                if conn not in conns or conn.deadline != deadline:
+                    timers.popleft()  # closed, or moved on to a later phase
+                elif deadline <= now:
+                    timers.popleft()
+                    if conn.phase == _READ:
+                        self._send_now(conn.sock, _TIMEOUT)
+                    self._close(conn)
+                else:
+                    if nxt is None or deadline < nxt:
+                        nxt = deadline
+                    break
+        return nxt
 
     def _watch(self, conn: _Conn, events: int) -> None:
         if conn.events == 0:
-            self._selector.register(conn.sock, events, conn)
+            self._poller.register(conn.fd, events)
+            self._fds[conn.fd] = conn
         elif conn.events != events:
-            self._selector.modify(conn.sock, events, conn)
+            self._poller.modify(conn.fd, events)
         conn.events = events
 
     def _unwatch(self, conn: _Conn) -> None:
         if conn.events:
-            self._selector.unregister(conn.sock)
             conn.events = 0
+            self._fds.pop(conn.fd, None)
+            self._poller.unregister(conn.fd)
 
     def _close(self, conn: _Conn) -> None:
         self._conns.discard(conn)
@@ -449,8 +524,9 @@ class Server:
     def _close_all(self) -> None:
         for conn in list(self._conns):
             self._close(conn)
-        self._deadlines.clear()
-        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+        for timers in self._timers:
+            timers.clear()
+        for closable in (self._poller, self._listener, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 closable.close()
 

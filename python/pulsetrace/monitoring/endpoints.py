@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 import threading
 import time
@@ -55,6 +56,9 @@ class Endpoint:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     body: Optional[dict[str, Any]] = None  # the JSON body's schema
     inline: bool = False  # O(1): answered on the server's I/O thread
+    #: A rendering still fresh, or None (the handler runs): answered on the
+    #: server's I/O thread, O(1), never waiting (``Router.add``'s ``quick``).
+    quick: Optional[Callable[[Request], Optional[Response]]] = None
 
     @property
     def mutating(self) -> bool:
@@ -72,20 +76,28 @@ def _report(results: list[_health.Result]) -> tuple[int, dict[str, Any]]:
 
 
 def health(request: Request) -> Response:
-    status, out = _report(_health.REGISTRY.run())
+    return _health_response(_health.REGISTRY.run())
+
+
+def _health_response(results: list[_health.Result]) -> Response:
+    status, out = _report(results)
     return json_response(status, out)
 
 
 def live(request: Request) -> Response:
     """The process answers: no dependency is consulted."""
-    return json_response(
-        200, {"status": "pass", "pid": os.getpid(), "uptime_s": round(time.time() - _START, 3)}
-    )
+    # Numbers and a constant: nothing for the scrubber (json_response's pass).
+    out = {"status": "pass", "pid": os.getpid(), "uptime_s": round(time.time() - _START, 3)}
+    body = json.dumps(out, separators=(",", ":")).encode()
+    return Response(200, [("Content-Type", "application/json")], body)
 
 
 def ready(request: Request) -> Response:
     """503 while a critical check does not pass."""
-    results = _health.REGISTRY.run()
+    return _ready_response(_health.REGISTRY.run())
+
+
+def _ready_response(results: list[_health.Result]) -> Response:
     failing = [r.name for r in results if r.critical and not r.ok]
     out = {
         "status": "fail" if failing else "pass",
@@ -93,6 +105,43 @@ def ready(request: Request) -> Response:
         "checks": [r.to_json() for r in results],
     }
     return json_response(503 if failing else 200, out)
+
+
+#: How long a rendering of /health or /health/ready is reused while the
+#: checks' cached results are the same ones (only ``timestamp`` ages).
+HEALTH_RENDER_TTL_S = 1.0
+#: path -> (monotonic time, configuration, results, response).
+_health_renders: dict[str, tuple[float, Any, list[_health.Result], Response]] = {}
+
+
+def _from_cached_checks(
+    path: str, render: Callable[[list[_health.Result]], Response]
+) -> Callable[[Request], Optional[Response]]:
+    """The quick answer of /health or /health/ready: rendered from the
+    checks' cached results while each is younger than its TTL (a rendering
+    reused for ``HEALTH_RENDER_TTL_S`` while they are the same results);
+    None when a check is due, which the handler then runs."""
+
+    def quick(request: Request) -> Optional[Response]:
+        results = _health.REGISTRY.cached()
+        if results is None:
+            return None
+        cfg = _runtime.config()
+        now = time.monotonic()
+        memo = _health_renders.get(path)
+        if (
+            memo is not None
+            and now - memo[0] < HEALTH_RENDER_TTL_S
+            and memo[1] is cfg
+            and len(memo[2]) == len(results)
+            and all(a is b for a, b in zip(memo[2], results))
+        ):
+            return memo[3]
+        response = render(results)
+        _health_renders[path] = (now, cfg, results, response)
+        return response
+
+    return quick
 
 
 def one_check(request: Request) -> Response:
@@ -159,6 +208,14 @@ def metrics_json(request: Request) -> Response:
     return Response(200, [("Content-Type", "application/json")], body)
 
 
+def metrics_json_cached(request: Request) -> Optional[Response]:
+    """/health/metrics' snapshot while it is fresh, else None."""
+    at, body = _metrics_cache
+    if time.monotonic() - at >= METRICS_TTL_S:
+        return None
+    return Response(200, [("Content-Type", "application/json")], body)
+
+
 def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
@@ -221,7 +278,14 @@ _REPORT = {200: _json("Report", "every check passed (or only non-critical ones f
 _REPORT[503] = _json("Report", "a critical check failed")
 
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/health", health, "Overall health with each check's result", dict(_REPORT)),
+    Endpoint(
+        "GET",
+        "/health",
+        health,
+        "Overall health with each check's result",
+        dict(_REPORT),
+        quick=_from_cached_checks("/health", _health_response),
+    ),
     Endpoint(
         "GET",
         "/health/live",
@@ -241,6 +305,7 @@ ENDPOINTS: list[Endpoint] = [
             503: _json("Ready", "a critical check fails"),
         },
         public=True,
+        quick=_from_cached_checks("/health/ready", _ready_response),
     ),
     Endpoint(
         "GET",
@@ -280,6 +345,7 @@ ENDPOINTS: list[Endpoint] = [
         metrics_json,
         "The application's metrics as JSON",
         {200: _json("Metrics", "per-operation latency statistics, counters, process figures")},
+        quick=metrics_json_cached,
     ),
     Endpoint(
         "GET",
@@ -370,36 +436,71 @@ def guarded(
 ) -> Callable[[Request], Response]:
     """The endpoint's handler behind its access rule, run under pulsetrace's
     suppression context."""
-    needs_token = endpoint.mutating or not (loopback or endpoint.public)
-    expected = token.encode() if token else None
-    challenge = ("WWW-Authenticate", "Bearer")
+    admit = _access_rule(endpoint, token, loopback)
 
     def handle(request: Request) -> Response:
-        if needs_token:
-            if expected is None:
-                raise HttpError(
-                    401,
-                    "this endpoint needs a token and none is configured "
-                    "(set PULSETRACE_MONITORING_TOKEN)",
-                    challenge,
-                )
-            given = _token_of(request)
-            if given is None:
-                raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
-            # The header's bytes as sent (the server decodes heads as latin-1).
-            if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
-                raise HttpError(401, "wrong token", challenge)
+        admit(request)
         with suppressed():
             return endpoint.handler(request)
 
     return handle
 
 
+def guarded_quick(
+    endpoint: Endpoint, token: Optional[str], loopback: bool
+) -> Optional[Callable[[Request], Optional[Response]]]:
+    """The endpoint's quick answer behind its access rule (None if it has none)."""
+    quick = endpoint.quick
+    if quick is None:
+        return None
+    admit = _access_rule(endpoint, token, loopback)
+
+    def answer(request: Request) -> Optional[Response]:
+        admit(request)
+        return quick(request)
+
+    return answer
+
+
+def _access_rule(
+    endpoint: Endpoint, token: Optional[str], loopback: bool
+) -> Callable[[Request], None]:
+    """Raises the 401 ``HttpError`` for a request the endpoint refuses."""
+    needs_token = endpoint.mutating or not (loopback or endpoint.public)
+    expected = token.encode() if token else None
+    challenge = ("WWW-Authenticate", "Bearer")
+
+    def admit(request: Request) -> None:
+        if not needs_token:
+            return
+        if expected is None:
+            raise HttpError(
+                401,
+                "this endpoint needs a token and none is configured "
+                "(set PULSETRACE_MONITORING_TOKEN)",
+                challenge,
+            )
+        given = _token_of(request)
+        if given is None:
+            raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
+        # The header's bytes as sent (the server decodes heads as latin-1).
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
+            raise HttpError(401, "wrong token", challenge)
+
+    return admit
+
+
 def add_routes(router: Router, host: str, token: Optional[str]) -> None:
     """Add every monitoring endpoint to ``router`` for a server bound to ``host``."""
     loopback = is_loopback(host)
     for ep in ENDPOINTS:
-        router.add(ep.path, guarded(ep, token, loopback), ep.method, inline=ep.inline)
+        router.add(
+            ep.path,
+            guarded(ep, token, loopback),
+            ep.method,
+            inline=ep.inline,
+            quick=guarded_quick(ep, token, loopback),
+        )
 
 
 def register_from_config() -> list[str]:

@@ -276,6 +276,22 @@ class Registry:
                 out.append(self._timed_out(entry, started, f"internal error: {exc!r}"[:200]))
         return out
 
+    def cached(self) -> Optional[list[Result]]:
+        """Every check's result, as ``run()`` would return them, while each
+        is cached and younger than its TTL (nothing to run, nothing to
+        wait for); None otherwise. Never blocks on a check."""
+        with self._lock:
+            entries = list(self._entries.values())
+        now = time.monotonic()
+        out = []
+        for entry in entries:
+            at = entry.cached_at  # before the result: a run ending meanwhile looks older
+            result = entry.result
+            if result is None or now - at >= entry.ttl:
+                return None
+            out.append(result)
+        return out
+
     def _start(self, entry: _Entry, now: float, fresh: bool) -> tuple[Any, float]:
         """The cached result, or the future of a run (started now, or the
         one in flight) and when that run started."""

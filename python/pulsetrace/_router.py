@@ -156,22 +156,18 @@ class Router:
         error and the handler answers instead."""
         method = "GET" if request.method == "HEAD" else request.method
         key = (method, request.path)
-        if key in self._inline:
-            return self.handle(request)
         quick = self._quick.get(key)
-        if quick is None:
-            return None
-        try:
-            found = quick(request)
-            if found is None:
-                return None
-            status, headers, body = found
-            return Response(int(status), headers, body)
-        except HttpError as err:
-            return json_error(err.status, err.message, *err.headers)
-        except Exception as exc:
-            _diag.internal_error(f"server.quick{request.path[:100]}", exc)
-            return None
+        found = None
+        if quick is not None:
+            try:
+                found = quick(request)
+            except HttpError as err:
+                return json_error(err.status, err.message, *err.headers)
+            except Exception as exc:
+                _diag.internal_error(f"server.quick{request.path[:100]}", exc)
+        if found is None and key in self._inline:
+            return self.handle(request)
+        return found
 
     def paths(self) -> list[str]:
         return list(self._exact) + [p for p, _, _ in self._patterns]

@@ -60,6 +60,7 @@ of body.
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import select
 import socket
@@ -80,6 +81,9 @@ MAX_BODY_BYTES = 65536
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: How long a closed response lingers to absorb what the client still sends.
 LINGER_S = 1.0
+#: Lingering connections of complete requests are closed in batches this far
+#: apart (seconds).
+_LINGER_STEP = 0.25
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
 _RECV = 65536
@@ -116,7 +120,18 @@ class _Poller:
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "events", "fd", "need", "out", "phase", "request", "sock")
+    __slots__ = (
+        "buf",
+        "complete",
+        "deadline",
+        "events",
+        "fd",
+        "need",
+        "out",
+        "phase",
+        "request",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -129,6 +144,8 @@ class _Conn:
         # While a body is read: the request (its head) and the body's length.
         self.request: Optional[Request] = None
         self.need = 0
+        # The request was read to its end and the client sent nothing more.
+        self.complete = False
 
 
 _LISTENER = object()
@@ -212,8 +229,9 @@ class Server:
         # delay (the head and response deadline, the linger), so each is
         # sorted; entries of a connection that has moved on (another
         # deadline) or closed are dropped when they reach the front.
-        self._delays = (read_timeout, min(LINGER_S, read_timeout))
-        self._timers: tuple[deque[tuple[float, _Conn]], ...] = (deque(), deque())
+        linger = min(LINGER_S, read_timeout)
+        self._delays = (read_timeout, linger, linger)
+        self._timers: tuple[deque[tuple[float, _Conn]], ...] = (deque(), deque(), deque())
         self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, bytes]] = deque()
         self._stopping = False
@@ -284,38 +302,44 @@ class Server:
 
     def _schedule(self, conn: _Conn, which: int) -> None:
         """Set the connection's deadline: ``which`` 0 is the head's and the
-        response's (``read_timeout``), 1 the linger's."""
-        conn.deadline = time.monotonic() + self._delays[which]
-        self._timers[which].append((conn.deadline, conn))
+        response's (``read_timeout``), 1 the linger's, 2 the linger's of a
+        complete request, rounded up to ``_LINGER_STEP`` so that those
+        connections are closed in batches."""
+        deadline = time.monotonic() + self._delays[which]
+        if which == 2:
+            deadline = math.ceil(deadline / _LINGER_STEP) * _LINGER_STEP
+        conn.deadline = deadline
+        self._timers[which].append((deadline, conn))
 
     def _accept(self) -> None:
-        listener = self._listener
-        for _ in range(512):  # then serve the others before accepting more
-            try:
-                fd, _ = listener._accept()  # the descriptor: no family lookups
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and the like: count, back off
-                _diag.internal_error(f"{self.name}.accept", exc)
-                time.sleep(0.01)
-                return
-            sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
-            sock.setblocking(False)
-            if len(self._conns) >= self.max_connections and not self._make_room():
-                self._refuse(sock)
-                continue
-            conn = _Conn(sock)
-            self._conns.add(conn)
-            self._reading[conn] = None
-            self._watch(conn, _IN)
-            self._schedule(conn, 0)
-            # The request usually follows the connection at once: read it
-            # now rather than after one more wait for the poller.
-            try:
-                self._on_ready(conn)
-            except Exception as exc:  # a bug costs one connection
-                _diag.internal_error(f"{self.name}.connection", exc)
-                self._close(conn)
+        """One connection (the listening socket stays ready while more wait:
+        a burst is accepted one per turn of the loop, between the others)."""
+        try:
+            fd, _ = self._listener._accept()  # the descriptor: no family lookups
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and the like: count, back off
+            _diag.internal_error(f"{self.name}.accept", exc)
+            time.sleep(0.01)
+            return
+        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+        sock.setblocking(False)
+        if len(self._conns) >= self.max_connections and not self._make_room():
+            self._refuse(sock)
+            return
+        conn = _Conn(sock)
+        self._conns.add(conn)
+        self._reading[conn] = None
+        self._schedule(conn, 0)
+        # The request usually follows the connection at once: read it now,
+        # and watch the connection only when it has not arrived.
+        try:
+            self._on_ready(conn)
+            if conn.phase == _READ and conn in self._conns:
+                self._watch(conn, _IN)
+        except Exception as exc:  # a bug costs one connection
+            _diag.internal_error(f"{self.name}.connection", exc)
+            self._close(conn)
 
     def _make_room(self) -> bool:
         """Close the oldest lingering connection, else the oldest one still
@@ -369,6 +393,7 @@ class Server:
         if conn.request is not None:
             conn.buf += data
             if len(conn.buf) >= conn.need:
+                conn.complete = len(conn.buf) == conn.need
                 self._handle(conn, conn.request._replace(body=bytes(conn.buf[: conn.need])))
             return
         start = max(0, len(conn.buf) - 3)
@@ -402,7 +427,15 @@ class Server:
             if need > len(rest):
                 conn.request, conn.need, conn.buf = request, need, bytearray(rest)
                 return
+            conn.complete = len(rest) == need
             request = request._replace(body=bytes(rest[:need]))
+        else:  # a body (unread) or more bytes: not complete
+            headers = request.headers
+            conn.complete = (
+                not rest
+                and "transfer-encoding" not in headers
+                and headers.get("content-length", "0").strip() in ("", "0")
+            )
         self._handle(conn, request)
 
     def _body_length(self, request: Request) -> Union[int, Response]:
@@ -453,7 +486,6 @@ class Server:
         self._reading.pop(conn, None)
         conn.phase = _WRITE
         conn.out = memoryview(data)
-        self._schedule(conn, 0)
         self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
@@ -466,7 +498,9 @@ class Server:
             return
         conn.out = conn.out[n:]
         if conn.out:
-            self._watch(conn, _OUT)
+            if conn.events != _OUT:  # the client must take it within the deadline
+                self._schedule(conn, 0)
+                self._watch(conn, _OUT)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -474,9 +508,15 @@ class Server:
             self._close(conn)
             return
         conn.phase = _LINGER
-        self._schedule(conn, 1)
         self._lingering[conn] = None
-        self._watch(conn, _IN)
+        if conn.complete:
+            # Nothing more is coming: no need to read the client's close;
+            # the connection is closed with others at the linger's end.
+            self._schedule(conn, 2)
+            self._unwatch(conn)
+        else:  # read and discard what the client still sends
+            self._schedule(conn, 1)
+            self._watch(conn, _IN)
 
     def _expire(self, now: float) -> Optional[float]:
         """Close the connections past their deadline; returns the next
@@ -517,8 +557,10 @@ class Server:
         self._conns.discard(conn)
         self._reading.pop(conn, None)
         self._lingering.pop(conn, None)
-        with contextlib.suppress(KeyError, ValueError, OSError):
+        try:
             self._unwatch(conn)
+        except (KeyError, ValueError, OSError):  # already gone from the poller
+            conn.events = 0
         conn.sock.close()
 
     def _close_all(self) -> None:

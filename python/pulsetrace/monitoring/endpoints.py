@@ -110,8 +110,8 @@ def _ready_response(results: list[_health.Result]) -> Response:
 #: How long a rendering of /health or /health/ready is reused while the
 #: checks' cached results are the same ones (only ``timestamp`` ages).
 HEALTH_RENDER_TTL_S = 1.0
-#: path -> (monotonic time, configuration, results, response).
-_health_renders: dict[str, tuple[float, Any, list[_health.Result], Response]] = {}
+#: path -> (reused until (monotonic), configuration, registry version, response).
+_health_renders: dict[str, tuple[float, Any, int, Response]] = {}
 
 
 def _from_cached_checks(
@@ -123,22 +123,18 @@ def _from_cached_checks(
     None when a check is due, which the handler then runs."""
 
     def quick(request: Request) -> Optional[Response]:
-        results = _health.REGISTRY.cached()
-        if results is None:
-            return None
+        registry = _health.REGISTRY
         cfg = _runtime.config()
         now = time.monotonic()
         memo = _health_renders.get(path)
-        if (
-            memo is not None
-            and now - memo[0] < HEALTH_RENDER_TTL_S
-            and memo[1] is cfg
-            and len(memo[2]) == len(results)
-            and all(a is b for a, b in zip(memo[2], results))
-        ):
+        if memo is not None and now < memo[0] and memo[1] is cfg and memo[2] == registry.version:
             return memo[3]
+        cached = registry.cached()
+        if cached is None:
+            return None
+        version, until, results = cached
         response = render(results)
-        _health_renders[path] = (now, cfg, results, response)
+        _health_renders[path] = (min(until, now + HEALTH_RENDER_TTL_S), cfg, version, response)
         return response
 
     return quick
@@ -294,6 +290,7 @@ ENDPOINTS: list[Endpoint] = [
         {200: _json("Live", "the process is alive")},
         public=True,
         inline=True,
+        quick=live,  # always answers: no hand-over, no suppression context
     ),
     Endpoint(
         "GET",

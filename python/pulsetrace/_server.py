@@ -67,7 +67,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from pulsetrace import _diag
 from pulsetrace._router import Request, Response, Router, json_error, text_response
@@ -107,12 +107,13 @@ class _Poller:
         self.register = self._p.register
         self.modify = self._p.modify
         self.unregister = self._p.unregister
+        #: ``(fd, events)`` ready within a timeout in seconds (-1: no limit).
+        self.poll: Callable[[float], list[tuple[int, int]]] = (
+            self._p.poll if self._epoll else self._poll_ms
+        )
 
-    def poll(self, timeout: Optional[float]) -> list[tuple[int, int]]:
-        """``(fd, events)`` ready within ``timeout`` seconds (None: no limit)."""
-        if self._epoll:
-            return self._p.poll(-1 if timeout is None else timeout)  # type: ignore[no-any-return]
-        return self._p.poll(None if timeout is None else timeout * 1000)  # type: ignore[no-any-return]
+    def _poll_ms(self, timeout: float) -> list[tuple[int, int]]:
+        return self._p.poll(None if timeout < 0 else timeout * 1000)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._epoll:
@@ -133,14 +134,14 @@ class _Conn:
         "sock",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.SocketType) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = bytearray()
         self.phase = _READ
-        self.deadline = float("inf")
+        self.deadline = _NEVER
         self.events = 0
-        self.out = memoryview(b"")
+        self.out = _NOTHING
         # While a body is read: the request (its head) and the body's length.
         self.request: Optional[Request] = None
         self.need = 0
@@ -148,6 +149,8 @@ class _Conn:
         self.complete = False
 
 
+_NEVER = float("inf")
+_NOTHING = memoryview(b"")
 _LISTENER = object()
 _WAKER = object()
 
@@ -234,6 +237,8 @@ class Server:
         self._timers: tuple[deque[tuple[float, _Conn]], ...] = (deque(), deque(), deque())
         self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, bytes]] = deque()
+        # (path, method, accept-encoding) -> (response, its bytes).
+        self._encoded: dict[tuple[str, str, Optional[str]], tuple[Response, bytes]] = {}
         self._stopping = False
         self._threads = [threading.Thread(target=self._serve, name=name, daemon=True)]
         self._threads += [
@@ -275,12 +280,13 @@ class Server:
 
     def _serve(self) -> None:
         fds = self._fds
+        poll = self._poller.poll
         try:
             while not self._stopping:
                 now = time.monotonic()
                 nxt = self._expire(now)
                 try:
-                    ready = self._poller.poll(None if nxt is None else max(0.0, nxt - now))
+                    ready = poll(-1 if nxt is None else max(0.0, nxt - now))
                 except InterruptedError:
                     continue
                 for fd, _ in ready:
@@ -315,14 +321,16 @@ class Server:
         """One connection (the listening socket stays ready while more wait:
         a burst is accepted one per turn of the loop, between the others)."""
         try:
-            fd, _ = self._listener._accept()  # the descriptor: no family lookups
+            # The descriptor (what socket.accept wraps): no family lookups.
+            fd, _ = self._listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # EMFILE and the like: count, back off
             _diag.internal_error(f"{self.name}.accept", exc)
             time.sleep(0.01)
             return
-        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+        # The plain socket type: no Python-level wrapper to run per probe.
+        sock = socket.SocketType(self._family, socket.SOCK_STREAM, 0, fd)
         sock.setblocking(False)
         if len(self._conns) >= self.max_connections and not self._make_room():
             self._refuse(sock)
@@ -354,14 +362,14 @@ class Server:
             return True
         return False
 
-    def _refuse(self, sock: socket.socket) -> None:
+    def _refuse(self, sock: socket.SocketType) -> None:
         with contextlib.suppress(OSError):
             sock.recv(_RECV)  # what has arrived, so that the close is not a reset
         self._send_now(sock, _BUSY)
         sock.close()
 
     @staticmethod
-    def _send_now(sock: socket.socket, data: bytes) -> None:
+    def _send_now(sock: socket.SocketType, data: bytes) -> None:
         with contextlib.suppress(OSError):
             sock.send(data)
 
@@ -456,7 +464,7 @@ class Server:
         # answered here, never queued.
         try:
             now = self.router.answer_now(request)
-            data = None if now is None else encode(request, now)
+            data = None if now is None else self._encode_reused(request, now)
         except Exception as exc:
             _diag.internal_error(f"{self.name}.encode", exc)
             data = encode(None, text_response(500, "internal error\n"))
@@ -481,6 +489,20 @@ class Server:
                 except Exception as exc:  # a bug costs one connection
                     _diag.internal_error(f"{self.name}.connection", exc)
                     self._close(conn)
+
+    def _encode_reused(self, request: Request, response: Response) -> bytes:
+        """``encode(request, response)``, once for a rendering reused (the
+        same response to the same kind of request: method, accepted
+        encodings)."""
+        key = (request.path, request.method, request.headers.get("accept-encoding"))
+        memo = self._encoded.get(key)
+        if memo is not None and memo[0] is response:
+            return memo[1]
+        data = encode(request, response)
+        if len(self._encoded) >= 64:  # bounded whatever clients send
+            self._encoded.clear()
+        self._encoded[key] = (response, data)
+        return data
 
     def _respond(self, conn: _Conn, data: bytes) -> None:
         self._reading.pop(conn, None)

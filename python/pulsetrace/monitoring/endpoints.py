@@ -436,7 +436,8 @@ def guarded(
     admit = _access_rule(endpoint, token, loopback)
 
     def handle(request: Request) -> Response:
-        admit(request)
+        if admit is not None:
+            admit(request)
         with suppressed():
             return endpoint.handler(request)
 
@@ -451,6 +452,8 @@ def guarded_quick(
     if quick is None:
         return None
     admit = _access_rule(endpoint, token, loopback)
+    if admit is None:
+        return quick
 
     def answer(request: Request) -> Optional[Response]:
         admit(request)
@@ -461,15 +464,15 @@ def guarded_quick(
 
 def _access_rule(
     endpoint: Endpoint, token: Optional[str], loopback: bool
-) -> Callable[[Request], None]:
-    """Raises the 401 ``HttpError`` for a request the endpoint refuses."""
-    needs_token = endpoint.mutating or not (loopback or endpoint.public)
+) -> Optional[Callable[[Request], None]]:
+    """Raises the 401 ``HttpError`` for a request the endpoint refuses;
+    None when it needs no token."""
+    if not (endpoint.mutating or not (loopback or endpoint.public)):
+        return None
     expected = token.encode() if token else None
     challenge = ("WWW-Authenticate", "Bearer")
 
     def admit(request: Request) -> None:
-        if not needs_token:
-            return
         if expected is None:
             raise HttpError(
                 401,

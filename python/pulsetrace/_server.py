@@ -60,17 +60,16 @@ of body.
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
-import select
 import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional, Union
+from typing import Optional, Union
 
 from pulsetrace import _diag
 from pulsetrace._router import Request, Response, Router, json_error, text_response
+from pulsetrace._server_io import HANDLE, IN, LINGER, OUT, READ, WRITE, Conn, Deadlines, Poller
 from pulsetrace._wire import BadRequest, encode, parse_head
 
 #: Requests whose head is larger than this get 431.
@@ -84,73 +83,14 @@ LINGER_S = 1.0
 #: Lingering connections of complete requests are closed in batches this far
 #: apart (seconds).
 _LINGER_STEP = 0.25
+#: Deadlines (``Deadlines``' queues): the head's and the response's, the
+#: linger's, the linger's of a complete request (batched).
+_IO, _LINGERING, _DONE = range(3)
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
 _RECV = 65536
 
 
-# Connection phases.
-_READ, _HANDLE, _WRITE, _LINGER = range(4)
-
-
-#: Poll events (the same bits for ``epoll`` and ``poll``).
-_IN, _OUT = select.POLLIN, select.POLLOUT
-
-
-class _Poller:
-    """The descriptors watched: ``epoll`` where the system has it,
-    ``poll`` elsewhere (plain calls: no selector objects per event)."""
-
-    def __init__(self) -> None:
-        self._epoll = hasattr(select, "epoll")
-        self._p: Any = select.epoll() if self._epoll else select.poll()
-        self.register = self._p.register
-        self.modify = self._p.modify
-        self.unregister = self._p.unregister
-        #: ``(fd, events)`` ready within a timeout in seconds (-1: no limit).
-        self.poll: Callable[[float], list[tuple[int, int]]] = (
-            self._p.poll if self._epoll else self._poll_ms
-        )
-
-    def _poll_ms(self, timeout: float) -> list[tuple[int, int]]:
-        return self._p.poll(None if timeout < 0 else timeout * 1000)  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        if self._epoll:
-            self._p.close()
-
-
-class _Conn:
-    __slots__ = (
-        "buf",
-        "complete",
-        "deadline",
-        "events",
-        "fd",
-        "need",
-        "out",
-        "phase",
-        "request",
-        "sock",
-    )
-
-    def __init__(self, sock: socket.SocketType) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.buf = bytearray()
-        self.phase = _READ
-        self.deadline = _NEVER
-        self.events = 0
-        self.out = _NOTHING
-        # While a body is read: the request (its head) and the body's length.
-        self.request: Optional[Request] = None
-        self.need = 0
-        # The request was read to its end and the client sent nothing more.
-        self.complete = False
-
-
-_NEVER = float("inf")
-_NOTHING = memoryview(b"")
 _LISTENER = object()
 _WAKER = object()
 
@@ -207,7 +147,7 @@ class Server:
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._family = self._listener.family
         try:
-            self._poller = _Poller()
+            self._poller = Poller()
             self._wake_r, self._wake_w = socket.socketpair()
         except BaseException:
             self._listener.close()
@@ -223,20 +163,19 @@ class Server:
             self._wake_r.fileno(): _WAKER,
         }
         for fd in self._fds:
-            self._poller.register(fd, _IN)
-        self._conns: set[_Conn] = set()
+            self._poller.register(fd, IN)
+        self._conns: set[Conn] = set()
         # Insertion-ordered: the first is the oldest (the next to evict).
-        self._reading: dict[_Conn, None] = {}
-        self._lingering: dict[_Conn, None] = {}
+        self._reading: dict[Conn, None] = {}
+        self._lingering: dict[Conn, None] = {}
         # (deadline, connection) in the order they were set, one queue per
         # delay (the head and response deadline, the linger), so each is
         # sorted; entries of a connection that has moved on (another
         # deadline) or closed are dropped when they reach the front.
         linger = min(LINGER_S, read_timeout)
-        self._delays = (read_timeout, linger, linger)
-        self._timers: tuple[deque[tuple[float, _Conn]], ...] = (deque(), deque(), deque())
-        self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
-        self._done: deque[tuple[_Conn, bytes]] = deque()
+        self._deadlines = Deadlines((read_timeout, linger, linger), (0.0, 0.0, _LINGER_STEP))
+        self._jobs: queue.SimpleQueue[Optional[tuple[Conn, Request]]] = queue.SimpleQueue()
+        self._done: deque[tuple[Conn, bytes]] = deque()
         # (path, method, accept-encoding) -> (response, its bytes).
         self._encoded: dict[tuple[str, str, Optional[str]], tuple[Response, bytes]] = {}
         self._stopping = False
@@ -295,7 +234,7 @@ class Server:
                         self._accept()
                     elif what is _WAKER:
                         self._finish_handled()
-                    elif isinstance(what, _Conn):
+                    elif isinstance(what, Conn):
                         try:
                             self._on_ready(what)
                         except Exception as exc:  # a bug costs one connection
@@ -305,17 +244,6 @@ class Server:
             _diag.internal_error(f"{self.name}.serve", exc)
         finally:
             self._close_all()
-
-    def _schedule(self, conn: _Conn, which: int) -> None:
-        """Set the connection's deadline: ``which`` 0 is the head's and the
-        response's (``read_timeout``), 1 the linger's, 2 the linger's of a
-        complete request, rounded up to ``_LINGER_STEP`` so that those
-        connections are closed in batches."""
-        deadline = time.monotonic() + self._delays[which]
-        if which == 2:
-            deadline = math.ceil(deadline / _LINGER_STEP) * _LINGER_STEP
-        conn.deadline = deadline
-        self._timers[which].append((deadline, conn))
 
     def _accept(self) -> None:
         """One connection (the listening socket stays ready while more wait:
@@ -335,16 +263,16 @@ class Server:
         if len(self._conns) >= self.max_connections and not self._make_room():
             self._refuse(sock)
             return
-        conn = _Conn(sock)
+        conn = Conn(sock)
         self._conns.add(conn)
         self._reading[conn] = None
-        self._schedule(conn, 0)
+        self._deadlines.set(conn, _IO)
         # The request usually follows the connection at once: read it now,
         # and watch the connection only when it has not arrived.
         try:
             self._on_ready(conn)
-            if conn.phase == _READ and conn in self._conns:
-                self._watch(conn, _IN)
+            if conn.phase == READ and conn in self._conns:
+                self._watch(conn, IN)
         except Exception as exc:  # a bug costs one connection
             _diag.internal_error(f"{self.name}.connection", exc)
             self._close(conn)
@@ -373,13 +301,13 @@ class Server:
         with contextlib.suppress(OSError):
             sock.send(data)
 
-    def _on_ready(self, conn: _Conn) -> None:
-        if conn.phase == _WRITE:
+    def _on_ready(self, conn: Conn) -> None:
+        if conn.phase == WRITE:
             self._write(conn)
             return
         # A head is read no further than its limit (and its blank line), a
         # body no further than its length.
-        if conn.phase == _LINGER:
+        if conn.phase == LINGER:
             size = _RECV
         elif conn.request is not None:
             size = max(1, min(_RECV, conn.need - len(conn.buf)))
@@ -393,11 +321,11 @@ class Server:
             data = b""
         if not data:
             self._close(conn)
-        elif conn.phase == _READ:
+        elif conn.phase == READ:
             self._read(conn, data)
-        # _LINGER: discard.
+        # LINGER: discard.
 
-    def _read(self, conn: _Conn, data: bytes) -> None:
+    def _read(self, conn: Conn, data: bytes) -> None:
         if conn.request is not None:
             conn.buf += data
             if len(conn.buf) >= conn.need:
@@ -458,7 +386,7 @@ class Server:
             return json_error(413, f"request body larger than {self.max_body_bytes} bytes")
         return need
 
-    def _handle(self, conn: _Conn, request: Request) -> None:
+    def _handle(self, conn: Conn, request: Request) -> None:
         conn.request, conn.need, conn.buf = None, 0, bytearray()
         # An inline route, or a quick answer (a rendering still fresh): O(1),
         # answered here, never queued.
@@ -473,7 +401,7 @@ class Server:
             return
         self._reading.pop(conn, None)
         self._unwatch(conn)
-        conn.phase = _HANDLE
+        conn.phase = HANDLE
         conn.deadline = float("inf")
         self._jobs.put((conn, request))
 
@@ -504,13 +432,13 @@ class Server:
         self._encoded[key] = (response, data)
         return data
 
-    def _respond(self, conn: _Conn, data: bytes) -> None:
+    def _respond(self, conn: Conn, data: bytes) -> None:
         self._reading.pop(conn, None)
-        conn.phase = _WRITE
+        conn.phase = WRITE
         conn.out = memoryview(data)
         self._write(conn)
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: Conn) -> None:
         try:
             n = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
@@ -520,48 +448,37 @@ class Server:
             return
         conn.out = conn.out[n:]
         if conn.out:
-            if conn.events != _OUT:  # the client must take it within the deadline
-                self._schedule(conn, 0)
-                self._watch(conn, _OUT)
+            if conn.events != OUT:  # the client must take it within the deadline
+                self._deadlines.set(conn, _IO)
+                self._watch(conn, OUT)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close(conn)
             return
-        conn.phase = _LINGER
+        conn.phase = LINGER
         self._lingering[conn] = None
         if conn.complete:
             # Nothing more is coming: no need to read the client's close;
             # the connection is closed with others at the linger's end.
-            self._schedule(conn, 2)
+            self._deadlines.set(conn, _DONE)
             self._unwatch(conn)
         else:  # read and discard what the client still sends
-            self._schedule(conn, 1)
-            self._watch(conn, _IN)
+            self._deadlines.set(conn, _LINGERING)
+            self._watch(conn, IN)
 
     def _expire(self, now: float) -> Optional[float]:
         """Close the connections past their deadline; returns the next
         deadline (None: none)."""
-        nxt: Optional[float] = None
-        conns = self._conns
-        for timers in self._timers:
-            while timers:
-                deadline, conn = timers[0]
-                if conn not in conns or conn.deadline != deadline:
-                    timers.popleft()  # closed, or moved on to a later phase
-                elif deadline <= now:
-                    timers.popleft()
-                    if conn.phase == _READ:
-                        self._send_now(conn.sock, _TIMEOUT)
-                    self._close(conn)
-                else:
-                    if nxt is None or deadline < nxt:
-                        nxt = deadline
-                    break
+        expired, nxt = self._deadlines.due(now, self._conns)
+        for conn in expired:
+            if conn.phase == READ:
+                self._send_now(conn.sock, _TIMEOUT)
+            self._close(conn)
         return nxt
 
-    def _watch(self, conn: _Conn, events: int) -> None:
+    def _watch(self, conn: Conn, events: int) -> None:
         if conn.events == 0:
             self._poller.register(conn.fd, events)
             self._fds[conn.fd] = conn
@@ -569,13 +486,13 @@ class Server:
             self._poller.modify(conn.fd, events)
         conn.events = events
 
-    def _unwatch(self, conn: _Conn) -> None:
+    def _unwatch(self, conn: Conn) -> None:
         if conn.events:
             conn.events = 0
             self._fds.pop(conn.fd, None)
             self._poller.unregister(conn.fd)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         self._conns.discard(conn)
         self._reading.pop(conn, None)
         self._lingering.pop(conn, None)
@@ -588,8 +505,7 @@ class Server:
     def _close_all(self) -> None:
         for conn in list(self._conns):
             self._close(conn)
-        for timers in self._timers:
-            timers.clear()
+        self._deadlines.clear()
         for closable in (self._poller, self._listener, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 closable.close()

@@ -16,7 +16,7 @@ import pulsetrace
 import pulsetrace.health
 from pulsetrace import _runtime
 from pulsetrace._router import HttpError, Request, Response, Router, json_response
-from pulsetrace.monitoring import apm, endpoints
+from pulsetrace.monitoring import apm, endpoints, reuse
 from pulsetrace.monitoring import health as _health
 
 TOKEN = "probe-token"
@@ -55,7 +55,7 @@ def test_fresh_renderings_are_answered_while_every_handler_thread_waits(monkeypa
 
 
 def test_a_storm_of_health_probes_costs_one_rendering(monkeypatch):
-    monkeypatch.setattr(endpoints, "HEALTH_RENDER_TTL_S", 60.0)
+    monkeypatch.setattr(reuse, "HEALTH_RENDER_TTL_S", 60.0)
     renders = []
     summary = _health.summary
     monkeypatch.setattr(_health, "summary", lambda results: renders.append(1) or summary(results))
@@ -70,7 +70,7 @@ def test_a_storm_of_health_probes_costs_one_rendering(monkeypatch):
 
 
 def test_health_shows_a_result_no_older_than_the_checks_ttl(monkeypatch):
-    monkeypatch.setattr(endpoints, "HEALTH_RENDER_TTL_S", 60.0)
+    monkeypatch.setattr(reuse, "HEALTH_RENDER_TTL_S", 60.0)
     healthy = [True]
     with monitoring_server(token=TOKEN) as client:
         pulsetrace.health.register("db", lambda: healthy[0], ttl=0.5)
@@ -93,7 +93,7 @@ def test_health_shows_a_result_no_older_than_the_checks_ttl(monkeypatch):
 
 
 def test_health_shows_a_check_registered_or_removed_at_once(monkeypatch):
-    monkeypatch.setattr(endpoints, "HEALTH_RENDER_TTL_S", 60.0)
+    monkeypatch.setattr(reuse, "HEALTH_RENDER_TTL_S", 60.0)
     with monitoring_server() as client:
         pulsetrace.health.register("db", lambda: True, ttl=60.0)
         for _ in range(2):
@@ -138,7 +138,7 @@ def test_beyond_loopback_a_fresh_rendering_still_needs_the_token(monkeypatch):
     monkeypatch.setattr(apm, "TRANSACTIONS_TTL_S", 60.0)
     monkeypatch.setattr(apm, "STATUS_TTL_S", 60.0)
     monkeypatch.setattr(endpoints, "METRICS_TTL_S", 60.0)
-    monkeypatch.setattr(endpoints, "HEALTH_RENDER_TTL_S", 60.0)
+    monkeypatch.setattr(reuse, "HEALTH_RENDER_TTL_S", 60.0)
     with monitoring_server(host="0.0.0.0", token=TOKEN) as client:
         pulsetrace.health.register("db", lambda: True, ttl=60.0)
         paths = ["/apm/transactions", "/apm/status", "/health/metrics", "/health"]

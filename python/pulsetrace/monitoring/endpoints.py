@@ -32,6 +32,7 @@ from pulsetrace._router import HttpError, Request, Response, Router, json_respon
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring import health as _health
 from pulsetrace.monitoring import page as _page
+from pulsetrace.monitoring import reuse
 from pulsetrace.monitoring.alerts import api as _alerts_api
 
 _START = time.time()
@@ -108,39 +109,6 @@ def _ready_response(results: list[_health.Result]) -> Response:
         "checks": [r.to_json() for r in results],
     }
     return json_response(503 if failing else 200, out)
-
-
-#: How long a rendering of /health or /health/ready is reused while the
-#: checks' cached results are the same ones (only ``timestamp`` ages).
-HEALTH_RENDER_TTL_S = 1.0
-#: path -> (reused until (monotonic), configuration, registry version, response).
-_health_renders: dict[str, tuple[float, Any, int, Response]] = {}
-
-
-def _from_cached_checks(
-    path: str, render: Callable[[list[_health.Result]], Response]
-) -> Callable[[Request], Optional[Response]]:
-    """The quick answer of /health or /health/ready: rendered from the
-    checks' cached results while each is younger than its TTL (a rendering
-    reused for ``HEALTH_RENDER_TTL_S`` while they are the same results);
-    None when a check is due, which the handler then runs."""
-
-    def quick(request: Request) -> Optional[Response]:
-        registry = _health.REGISTRY
-        cfg = _runtime.config()
-        now = time.monotonic()
-        memo = _health_renders.get(path)
-        if memo is not None and now < memo[0] and memo[1] is cfg and memo[2] == registry.version:
-            return memo[3]
-        cached = registry.cached()
-        if cached is None:
-            return None
-        version, until, results = cached
-        response = render(results)
-        _health_renders[path] = (min(until, now + HEALTH_RENDER_TTL_S), cfg, version, response)
-        return response
-
-    return quick
 
 
 def one_check(request: Request) -> Response:
@@ -283,7 +251,7 @@ ENDPOINTS: list[Endpoint] = [
         health,
         "Overall health with each check's result",
         dict(_REPORT),
-        quick=_from_cached_checks("/health", _health_response),
+        quick=reuse.from_cached_checks("/health", _health_response),
     ),
     Endpoint(
         "GET",
@@ -305,7 +273,7 @@ ENDPOINTS: list[Endpoint] = [
             503: _json("Ready", "a critical check fails"),
         },
         public=True,
-        quick=_from_cached_checks("/health/ready", _ready_response),
+        quick=reuse.from_cached_checks("/health/ready", _ready_response),
     ),
     Endpoint(
         "GET",

@@ -15,11 +15,18 @@ before and after; per probe = (probed CPU - unprobed CPU) / probes. The
 report gives the median over rounds per endpoint, in microseconds, and the
 serving process's threads that spent it.
 
+With ``--py-spy DIR``, the first probed round of each endpoint is also
+sampled by py-spy (``requirements-dev.txt``; it needs ptrace rights on the
+serving process) while the serving process holds the GIL: one raw profile
+(folded stacks, ``thread;frame;... count``) per endpoint in ``DIR``, where
+its Python time goes.
+
 Figures, not a test: it exits 0 whatever the numbers.
 
     python benchmarks/monitoring/probe_cost.py                 # 3 rounds x 4 s
     python benchmarks/monitoring/probe_cost.py --rounds 5 --seconds 6
     python benchmarks/monitoring/probe_cost.py --paths /health/live /health
+    python benchmarks/monitoring/probe_cost.py --py-spy /tmp/profiles
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -143,7 +152,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--app-rate", type=float, default=200.0, help="app requests/s meanwhile")
     ap.add_argument("--paths", nargs="*", default=PATHS)
     ap.add_argument("--json", type=Path, default=RESULTS / "probe_cost.json")
+    ap.add_argument("--py-spy", type=Path, help="write a py-spy profile per endpoint here")
     args = ap.parse_args(argv)
+    spy = None
+    if args.py_spy is not None:
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+        if spy is None:
+            print("probe_cost: --py-spy needs py-spy (pip install -r requirements-dev.txt)")
+            return 1
+        args.py_spy.mkdir(parents=True, exist_ok=True)
 
     log_dir = Path(tempfile.mkdtemp(prefix="pt-probe-cost-"))
     procs = Processes(log_dir)
@@ -178,13 +197,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         per: dict[str, list[float]] = defaultdict(list)
         threads: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         statuses: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for path in args.paths:
                 a = thread_cpu_ns(served_by)
                 time.sleep(args.seconds)
                 b = thread_cpu_ns(served_by)
+                profiler = None
+                if args.py_spy is not None and r == 0 and spy is not None:
+                    out = args.py_spy / (path.strip("/").replace("/", "_") + ".txt")
+                    cmd = [spy, "record", "--pid", str(served_by), "--gil", "--nonblocking"]
+                    cmd += ["--rate", "1000", "--duration", str(max(1, int(args.seconds)))]
+                    cmd += ["--format", "raw"]
+                    profiler = subprocess.Popen(
+                        [*cmd, "--output", str(out)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 n, st = probe_at(metrics_port, path, args.rate, args.seconds)
                 c = thread_cpu_ns(served_by)
+                if profiler is not None:
+                    profiler.wait(30)
                 for k, v in st.items():
                     statuses[path][k] += v
                 idle = sum(b.values()) - sum(a.values())

@@ -12,8 +12,7 @@ For each endpoint, in rounds: ``--seconds`` without probes, then
 connection per probe, as a load balancer does). The serving process's CPU
 is read from ``/proc/<pid>/task/*/schedstat`` (nanoseconds, every thread)
 before and after; per probe = (probed CPU - unprobed CPU) / probes. The
-report gives the median over rounds per endpoint, in microseconds, and the
-serving process's threads that spent it.
+report gives the median over rounds per endpoint, in microseconds.
 
 With ``--py-spy DIR``, the first probed round of each endpoint is also
 sampled by py-spy (``requirements-dev.txt``; it needs ptrace rights on the
@@ -72,21 +71,17 @@ PATHS = [
 RESULTS = HERE.parent / "results"
 
 
-def thread_cpu_ns(pid: int) -> dict[str, int]:
-    """CPU nanoseconds per thread name (threads of one name summed)."""
-    out: dict[str, int] = defaultdict(int)
+def cpu_ns(pid: int) -> int:
+    """CPU nanoseconds of the process's threads (those alive: the serving
+    process's threads live as long as it does)."""
+    total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
+                total += int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        # pulsetrace-metrics-worker-3 -> pulsetrace-metrics-worker-*
-        base = name.rstrip("0123456789")
-        out[base + "*" if base != name else name] += ns
-    return dict(out)
+    return total
 
 
 def probe(port: int, path: str) -> int:
@@ -195,13 +190,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             probe(metrics_port, path)
         time.sleep(2.0)
         per: dict[str, list[float]] = defaultdict(list)
-        threads: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         statuses: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         for r in range(args.rounds):
             for path in args.paths:
-                a = thread_cpu_ns(served_by)
+                a = cpu_ns(served_by)
                 time.sleep(args.seconds)
-                b = thread_cpu_ns(served_by)
+                b = cpu_ns(served_by)
                 profiler = None
                 if args.py_spy is not None and r == 0 and spy is not None:
                     out = args.py_spy / (path.strip("/").replace("/", "_") + ".txt")
@@ -214,34 +208,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                         stderr=subprocess.DEVNULL,
                     )
                 n, st = probe_at(metrics_port, path, args.rate, args.seconds)
-                c = thread_cpu_ns(served_by)
+                c = cpu_ns(served_by)
                 if profiler is not None:
                     profiler.wait(30)
                 for k, v in st.items():
                     statuses[path][k] += v
-                idle = sum(b.values()) - sum(a.values())
-                busy = sum(c.values()) - sum(b.values())
-                per[path].append((busy - idle) / n / 1e3)
-                for name in c:
-                    d = (c[name] - b.get(name, 0)) - (b.get(name, 0) - a.get(name, 0))
-                    threads[path][name] += d / n / 1e3 / args.rounds
+                per[path].append(((c - b) - (b - a)) / n / 1e3)
         load.stop.set()
     except HarnessError as exc:
         print(f"probe_cost: harness failed: {exc}", file=sys.stderr)
         return 1
     finally:
         procs.stop_all()
-    print(f"  {'endpoint':24} {'µs CPU/probe':>13} {'(rounds)':>26}  where (µs/probe)")
+    print(f"  {'endpoint':24} {'µs CPU/probe':>13}  (rounds)")
     for path in args.paths:
         med = statistics.median(per[path])
-        top = sorted(threads[path].items(), key=lambda kv: -kv[1])[:3]
-        where = ", ".join(f"{name} {us:.0f}" for name, us in top if us >= 5)
         rounds = " ".join(f"{x:.0f}" for x in per[path])
-        print(f"  {path:24} {med:13.0f} {rounds:>26}  {where}")
+        print(f"  {path:24} {med:13.0f}  ({rounds})")
         report[path] = {
             "us_per_probe_median": med,
             "us_per_probe_rounds": per[path],
-            "threads_us_per_probe": dict(threads[path]),
             "statuses": dict(statuses[path]),
         }
     loadavg = os.getloadavg()[0]

@@ -188,7 +188,15 @@ def transactions_cached(request: Request) -> Optional[Response]:
     at, body = _transactions_cache.get(window, (float("-inf"), b""))
     if time.monotonic() - at >= TRANSACTIONS_TTL_S:
         return None
-    return Response(200, [("Content-Type", "application/json")], body)
+    response = _responses.get(window)
+    if response is None or response.body is not body:  # the same object: encoded once
+        response = _responses[window] = Response(200, _JSON_TYPE, body)
+    return response
+
+
+#: window -> the response of its cached rendering.
+_responses: dict[str, Response] = {}
+_JSON_TYPE = (("Content-Type", "application/json"),)
 
 
 _rendering: set[str] = set()

@@ -177,10 +177,17 @@ def metrics_json(request: Request) -> Response:
 
 def metrics_json_cached(request: Request) -> Optional[Response]:
     """/health/metrics' snapshot while it is fresh, else None."""
+    global _metrics_response
     at, body = _metrics_cache
     if time.monotonic() - at >= METRICS_TTL_S:
         return None
-    return Response(200, [("Content-Type", "application/json")], body)
+    response = _metrics_response
+    if response is None or response.body is not body:  # the same object: encoded once
+        response = _metrics_response = Response(200, _JSON_TYPE, body)
+    return response
+
+
+_metrics_response: Optional[Response] = None
 
 
 def _metrics() -> dict[str, Any]:

@@ -109,7 +109,7 @@ def traces_held() -> int:
 #: How long a rendering of /apm/status is reused while tracing's switch,
 #: sample rate, exporters and configuration stay the same (its counts and
 #: ``workers`` are then at most this old).
-STATUS_TTL_S = 0.5
+STATUS_TTL_S = 1.0
 #: (monotonic time, what it depends on, response) of the last rendering.
 _status_render: Optional[tuple[float, tuple[Any, ...], Response]] = None
 

@@ -91,6 +91,9 @@ class Response(NamedTuple):
 
 
 Handler = Callable[[Request], Union[Response, tuple[int, Iterable[tuple[str, str]], bytes]]]
+#: Answers a request from what is already computed (O(1), never waiting),
+#: or returns None when the handler has to run.
+Quick = Callable[[Request], Optional[Response]]
 
 
 def _split(path: str) -> tuple[str, ...]:
@@ -105,16 +108,31 @@ class Router:
         self._exact: dict[str, dict[str, Handler]] = {}
         self._patterns: list[tuple[str, tuple[str, ...], dict[str, Handler]]] = []
         self._inline: set[tuple[str, str]] = set()
+        # (method, exact path) -> the route's quick answer.
+        self._quick: dict[tuple[str, str], Quick] = {}
 
-    def add(self, path: str, handler: Handler, method: str = "GET", inline: bool = False) -> None:
+    def add(
+        self,
+        path: str,
+        handler: Handler,
+        method: str = "GET",
+        inline: bool = False,
+        quick: Optional[Quick] = None,
+    ) -> None:
         """Route ``method`` on ``path`` (starting with ``/``; a segment
         ``{name}`` matches any one segment) to ``handler``. An ``inline``
         handler (an exact path; O(1), never waiting on anything) is run
         by the server as soon as the request is read, not queued behind
         the handlers that may wait (a liveness probe behind readiness
-        probes waiting for a hung database)."""
+        probes waiting for a hung database). ``quick`` (an exact path):
+        answers from what is already computed, O(1) and never waiting
+        (a rendering still fresh), or returns None; the server asks it
+        as soon as the request is read and queues the request for
+        ``handler`` only when it has no answer."""
         if not path.startswith("/"):
             raise ValueError(f"a route's path starts with '/', not {path!r}")
+        if (inline or quick is not None) and "{" in path:
+            raise ValueError(f"an inline or quick route has an exact path, not {path!r}")
         method = method.upper()
         if "{" in path:
             found = [ms for pattern, _, ms in self._patterns if pattern == path]
@@ -127,13 +145,29 @@ class Router:
             raise ValueError(f"the path {path!r} is already routed for {method}")
         methods[method] = handler
         if inline:
-            if "{" in path:
-                raise ValueError(f"an inline route has an exact path, not {path!r}")
             self._inline.add((method, path))
+        if quick is not None:
+            self._quick[(method, path)] = quick
 
-    def is_inline(self, request: Request) -> bool:
+    def answer_now(self, request: Request) -> Optional[Response]:
+        """The response the server sends without queueing the request: an
+        inline route's, or a quick answer; None when the request goes to
+        the handlers. A quick answer that fails counts as an internal
+        error and the handler answers instead."""
         method = "GET" if request.method == "HEAD" else request.method
-        return (method, request.path) in self._inline
+        key = (method, request.path)
+        quick = self._quick.get(key)
+        found = None
+        if quick is not None:
+            try:
+                found = quick(request)
+            except HttpError as err:
+                return json_error(err.status, err.message, *err.headers)
+            except Exception as exc:
+                _diag.internal_error(f"server.quick{request.path[:100]}", exc)
+        if found is None and key in self._inline:
+            return self.handle(request)
+        return found
 
     def paths(self) -> list[str]:
         return list(self._exact) + [p for p, _, _ in self._patterns]

@@ -6,18 +6,23 @@ The Prometheus exposition and the monitoring endpoints are served from here
 (``prometheus.start_server``, ``pulsetrace.monitoring.endpoints``).
 
 Its own work is never traced: it is built on plain sockets and
-``selectors``, which no pulsetrace hook wraps, and handlers get a
+``select.epoll`` (``select.poll`` elsewhere), which no pulsetrace hook wraps, and handlers get a
 ``Request``, not a WSGI environ, so nothing here becomes a span.
 
 Concurrency design:
 
 - One I/O thread owns every socket. It accepts, reads request heads,
-  writes responses and closes, all non-blocking through one selector: an
+  writes responses and closes, all non-blocking through one ``epoll``: an
   idle or slow client costs a descriptor and a small buffer, never a thread.
+  A probe costs this thread little: its request is read as soon as its
+  connection is accepted when it has arrived, and deadlines are kept in
+  two queues in the order they were set (one per delay), not a heap.
 - A fixed pool of ``workers`` threads runs the handlers (rendering the
   exposition happens there, never on the I/O thread); only a route added
   as ``inline`` (O(1), such as the liveness probe) is answered on the I/O
-  thread, so that it never waits behind handlers that wait. A complete request
+  thread, so that it never waits behind handlers that wait, and so is a
+  route's ``quick`` answer (a rendering still fresh: a probe storm costs
+  no hand-over to the pool). A complete request
   is handed to the pool through a queue; the response comes back through a
   deque and a wake-up socket, and the I/O thread writes it.
 - Deadlines are per connection, not per read: the whole request head must
@@ -47,7 +52,7 @@ Concurrency design:
 Bounds: ``1 + workers`` threads, all started with the server; at most
 ``max_connections + 5`` descriptors (the connections, one more accepted
 just before an older one is closed to make room, the listening socket, the
-selector, the wake-up pair), plus what the handlers open; a connection
+``epoll``, the wake-up pair), plus what the handlers open; a connection
 buffers at most ``max_head_bytes`` of request head and ``max_body_bytes``
 of body.
 """
@@ -55,10 +60,7 @@ of body.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import queue
-import selectors
 import socket
 import threading
 import time
@@ -67,6 +69,7 @@ from typing import Optional, Union
 
 from pulsetrace import _diag
 from pulsetrace._router import Request, Response, Router, json_error, text_response
+from pulsetrace._server_io import HANDLE, IN, LINGER, OUT, READ, WRITE, Conn, Deadlines, Poller
 from pulsetrace._wire import BadRequest, encode, parse_head
 
 #: Requests whose head is larger than this get 431.
@@ -77,28 +80,15 @@ MAX_BODY_BYTES = 65536
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: How long a closed response lingers to absorb what the client still sends.
 LINGER_S = 1.0
+#: Lingering connections of complete requests are closed in batches this far
+#: apart (seconds).
+_LINGER_STEP = 0.25
+#: Deadlines (``Deadlines``' queues): the head's and the response's, the
+#: linger's, the linger's of a complete request (batched).
+_IO, _LINGERING, _DONE = range(3)
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
 _RECV = 65536
-
-
-# Connection phases.
-_READ, _HANDLE, _WRITE, _LINGER = range(4)
-
-
-class _Conn:
-    __slots__ = ("buf", "deadline", "events", "need", "out", "phase", "request", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.phase = _READ
-        self.deadline = float("inf")
-        self.events = 0
-        self.out = memoryview(b"")
-        # While a body is read: the request (its head) and the body's length.
-        self.request: Optional[Request] = None
-        self.need = 0
 
 
 _LISTENER = object()
@@ -155,28 +145,39 @@ class Server:
         self.name = name
         self._listener = _bind(host, port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._family = self._listener.family
         try:
-            self._selector = selectors.DefaultSelector()
+            self._poller = Poller()
             self._wake_r, self._wake_w = socket.socketpair()
         except BaseException:
             self._listener.close()
-            if hasattr(self, "_selector"):
-                self._selector.close()
+            if hasattr(self, "_poller"):
+                self._poller.close()
             raise
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
-        self._conns: set[_Conn] = set()
+        # fd -> what it is: the listening socket, the wake-up socket or a
+        # connection.
+        self._fds: dict[int, object] = {
+            self._listener.fileno(): _LISTENER,
+            self._wake_r.fileno(): _WAKER,
+        }
+        for fd in self._fds:
+            self._poller.register(fd, IN)
+        self._conns: set[Conn] = set()
         # Insertion-ordered: the first is the oldest (the next to evict).
-        self._reading: dict[_Conn, None] = {}
-        self._lingering: dict[_Conn, None] = {}
-        # (deadline, tie-breaker, connection); entries of a connection that
-        # has moved on (another deadline) or closed are skipped when popped.
-        self._deadlines: list[tuple[float, int, _Conn]] = []
-        self._tie = itertools.count()
-        self._jobs: queue.SimpleQueue[Optional[tuple[_Conn, Request]]] = queue.SimpleQueue()
-        self._done: deque[tuple[_Conn, bytes]] = deque()
+        self._reading: dict[Conn, None] = {}
+        self._lingering: dict[Conn, None] = {}
+        # (deadline, connection) in the order they were set, one queue per
+        # delay (the head and response deadline, the linger), so each is
+        # sorted; entries of a connection that has moved on (another
+        # deadline) or closed are dropped when they reach the front.
+        linger = min(LINGER_S, read_timeout)
+        self._deadlines = Deadlines((read_timeout, linger, linger), (0.0, 0.0, _LINGER_STEP))
+        self._jobs: queue.SimpleQueue[Optional[tuple[Conn, Request]]] = queue.SimpleQueue()
+        self._done: deque[tuple[Conn, bytes]] = deque()
+        # (path, method, accept-encoding) -> (response, its bytes).
+        self._encoded: dict[tuple[str, str, Optional[str]], tuple[Response, bytes]] = {}
         self._stopping = False
         self._threads = [threading.Thread(target=self._serve, name=name, daemon=True)]
         self._threads += [
@@ -210,58 +211,71 @@ class Server:
         for conn in self._conns:
             conn.sock.close()
         self._conns.clear()
-        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+        for closable in (self._poller, self._listener, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 closable.close()
 
     # --- the I/O thread -------------------------------------------------
 
     def _serve(self) -> None:
+        fds = self._fds
+        poll = self._poller.poll
         try:
             while not self._stopping:
-                timeout = None
-                if self._deadlines:
-                    timeout = max(0.0, self._deadlines[0][0] - time.monotonic())
-                for key, _ in self._selector.select(timeout):
-                    if key.data is _LISTENER:
+                now = time.monotonic()
+                nxt = self._expire(now)
+                try:
+                    ready = poll(-1 if nxt is None else max(0.0, nxt - now))
+                except InterruptedError:
+                    continue
+                for fd, _ in ready:
+                    what = fds.get(fd)
+                    if what is _LISTENER:
                         self._accept()
-                    elif key.data is _WAKER:
+                    elif what is _WAKER:
                         self._finish_handled()
-                    else:
+                    elif isinstance(what, Conn):
                         try:
-                            self._on_ready(key.data)
+                            self._on_ready(what)
                         except Exception as exc:  # a bug costs one connection
                             _diag.internal_error(f"{self.name}.connection", exc)
-                            self._close(key.data)
-                self._expire(time.monotonic())
+                            self._close(what)
         except Exception as exc:  # a bug here must not go unnoticed or spin
             _diag.internal_error(f"{self.name}.serve", exc)
         finally:
             self._close_all()
 
-    def _schedule(self, conn: _Conn, delay: float) -> None:
-        conn.deadline = time.monotonic() + delay
-        heapq.heappush(self._deadlines, (conn.deadline, next(self._tie), conn))
-
     def _accept(self) -> None:
-        for _ in range(512):  # then serve the others before accepting more
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and the like: count, back off
-                _diag.internal_error(f"{self.name}.accept", exc)
-                time.sleep(0.01)
-                return
-            sock.setblocking(False)
-            if len(self._conns) >= self.max_connections and not self._make_room():
-                self._refuse(sock)
-                continue
-            conn = _Conn(sock)
-            self._conns.add(conn)
-            self._reading[conn] = None
-            self._watch(conn, selectors.EVENT_READ)
-            self._schedule(conn, self.read_timeout)
+        """One connection (the listening socket stays ready while more wait:
+        a burst is accepted one per turn of the loop, between the others)."""
+        try:
+            # The descriptor (what socket.accept wraps): no family lookups.
+            fd, _ = self._listener._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and the like: count, back off
+            _diag.internal_error(f"{self.name}.accept", exc)
+            time.sleep(0.01)
+            return
+        # The plain socket type: no Python-level wrapper to run per probe.
+        sock = socket.SocketType(self._family, socket.SOCK_STREAM, 0, fd)
+        sock.setblocking(False)
+        if len(self._conns) >= self.max_connections and not self._make_room():
+            self._refuse(sock)
+            return
+        conn = Conn(sock)
+        self._conns.add(conn)
+        self._reading[conn] = None
+        self._deadlines.set(conn, _IO)
+        # The request usually follows the connection at once: read it now,
+        # and watch the connection only when it has not arrived.
+        try:
+            self._on_ready(conn)
+            if conn.phase == READ and conn in self._conns:
+                self._watch(conn, IN)
+        except Exception as exc:  # a bug costs one connection
+            _diag.internal_error(f"{self.name}.connection", exc)
+            self._close(conn)
 
     def _make_room(self) -> bool:
         """Close the oldest lingering connection, else the oldest one still
@@ -276,24 +290,24 @@ class Server:
             return True
         return False
 
-    def _refuse(self, sock: socket.socket) -> None:
+    def _refuse(self, sock: socket.SocketType) -> None:
         with contextlib.suppress(OSError):
             sock.recv(_RECV)  # what has arrived, so that the close is not a reset
         self._send_now(sock, _BUSY)
         sock.close()
 
     @staticmethod
-    def _send_now(sock: socket.socket, data: bytes) -> None:
+    def _send_now(sock: socket.SocketType, data: bytes) -> None:
         with contextlib.suppress(OSError):
             sock.send(data)
 
-    def _on_ready(self, conn: _Conn) -> None:
-        if conn.phase == _WRITE:
+    def _on_ready(self, conn: Conn) -> None:
+        if conn.phase == WRITE:
             self._write(conn)
             return
         # A head is read no further than its limit (and its blank line), a
         # body no further than its length.
-        if conn.phase == _LINGER:
+        if conn.phase == LINGER:
             size = _RECV
         elif conn.request is not None:
             size = max(1, min(_RECV, conn.need - len(conn.buf)))
@@ -307,14 +321,15 @@ class Server:
             data = b""
         if not data:
             self._close(conn)
-        elif conn.phase == _READ:
+        elif conn.phase == READ:
             self._read(conn, data)
-        # _LINGER: discard.
+        # LINGER: discard.
 
-    def _read(self, conn: _Conn, data: bytes) -> None:
+    def _read(self, conn: Conn, data: bytes) -> None:
         if conn.request is not None:
             conn.buf += data
             if len(conn.buf) >= conn.need:
+                conn.complete = len(conn.buf) == conn.need
                 self._handle(conn, conn.request._replace(body=bytes(conn.buf[: conn.need])))
             return
         start = max(0, len(conn.buf) - 3)
@@ -348,7 +363,15 @@ class Server:
             if need > len(rest):
                 conn.request, conn.need, conn.buf = request, need, bytearray(rest)
                 return
+            conn.complete = len(rest) == need
             request = request._replace(body=bytes(rest[:need]))
+        else:  # a body (unread) or more bytes: not complete
+            headers = request.headers
+            conn.complete = (
+                not rest
+                and "transfer-encoding" not in headers
+                and headers.get("content-length", "0").strip() in ("", "0")
+            )
         self._handle(conn, request)
 
     def _body_length(self, request: Request) -> Union[int, Response]:
@@ -363,14 +386,22 @@ class Server:
             return json_error(413, f"request body larger than {self.max_body_bytes} bytes")
         return need
 
-    def _handle(self, conn: _Conn, request: Request) -> None:
+    def _handle(self, conn: Conn, request: Request) -> None:
         conn.request, conn.need, conn.buf = None, 0, bytearray()
-        if self.router.is_inline(request):  # O(1): answered here, never queued
-            self._respond(conn, self._render(request))
+        # An inline route, or a quick answer (a rendering still fresh): O(1),
+        # answered here, never queued.
+        try:
+            now = self.router.answer_now(request)
+            data = None if now is None else self._encode_reused(request, now)
+        except Exception as exc:
+            _diag.internal_error(f"{self.name}.encode", exc)
+            data = encode(None, text_response(500, "internal error\n"))
+        if data is not None:
+            self._respond(conn, data)
             return
         self._reading.pop(conn, None)
         self._unwatch(conn)
-        conn.phase = _HANDLE
+        conn.phase = HANDLE
         conn.deadline = float("inf")
         self._jobs.put((conn, request))
 
@@ -387,14 +418,27 @@ class Server:
                     _diag.internal_error(f"{self.name}.connection", exc)
                     self._close(conn)
 
-    def _respond(self, conn: _Conn, data: bytes) -> None:
+    def _encode_reused(self, request: Request, response: Response) -> bytes:
+        """``encode(request, response)``, once for a rendering reused (the
+        same response to the same kind of request: method, accepted
+        encodings)."""
+        key = (request.path, request.method, request.headers.get("accept-encoding"))
+        memo = self._encoded.get(key)
+        if memo is not None and memo[0] is response:
+            return memo[1]
+        data = encode(request, response)
+        if len(self._encoded) >= 64:  # bounded whatever clients send
+            self._encoded.clear()
+        self._encoded[key] = (response, data)
+        return data
+
+    def _respond(self, conn: Conn, data: bytes) -> None:
         self._reading.pop(conn, None)
-        conn.phase = _WRITE
+        conn.phase = WRITE
         conn.out = memoryview(data)
-        self._schedule(conn, self.read_timeout)
         self._write(conn)
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: Conn) -> None:
         try:
             n = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
@@ -404,53 +448,65 @@ class Server:
             return
         conn.out = conn.out[n:]
         if conn.out:
-            self._watch(conn, selectors.EVENT_WRITE)
+            if conn.events != OUT:  # the client must take it within the deadline
+                self._deadlines.set(conn, _IO)
+                self._watch(conn, OUT)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close(conn)
             return
-        conn.phase = _LINGER
-        self._schedule(conn, min(LINGER_S, self.read_timeout))
+        conn.phase = LINGER
         self._lingering[conn] = None
-        self._watch(conn, selectors.EVENT_READ)
+        if conn.complete:
+            # Nothing more is coming: no need to read the client's close;
+            # the connection is closed with others at the linger's end.
+            self._deadlines.set(conn, _DONE)
+            self._unwatch(conn)
+        else:  # read and discard what the client still sends
+            self._deadlines.set(conn, _LINGERING)
+            self._watch(conn, IN)
 
-    def _expire(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, _, conn = heapq.heappop(heap)
-            if conn not in self._conns or conn.deadline != deadline:
-                continue  # closed, or moved on to a later phase
-            if conn.phase == _READ:
+    def _expire(self, now: float) -> Optional[float]:
+        """Close the connections past their deadline; returns the next
+        deadline (None: none)."""
+        expired, nxt = self._deadlines.due(now, self._conns)
+        for conn in expired:
+            if conn.phase == READ:
                 self._send_now(conn.sock, _TIMEOUT)
             self._close(conn)
+        return nxt
 
-    def _watch(self, conn: _Conn, events: int) -> None:
+    def _watch(self, conn: Conn, events: int) -> None:
         if conn.events == 0:
-            self._selector.register(conn.sock, events, conn)
+            self._poller.register(conn.fd, events)
+            self._fds[conn.fd] = conn
         elif conn.events != events:
-            self._selector.modify(conn.sock, events, conn)
+            self._poller.modify(conn.fd, events)
         conn.events = events
 
-    def _unwatch(self, conn: _Conn) -> None:
+    def _unwatch(self, conn: Conn) -> None:
         if conn.events:
-            self._selector.unregister(conn.sock)
             conn.events = 0
+            self._fds.pop(conn.fd, None)
+            self._poller.unregister(conn.fd)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         self._conns.discard(conn)
         self._reading.pop(conn, None)
         self._lingering.pop(conn, None)
-        with contextlib.suppress(KeyError, ValueError, OSError):
+        try:
             self._unwatch(conn)
+        except (KeyError, ValueError, OSError):  # already gone from the poller
+            conn.events = 0
         conn.sock.close()
 
     def _close_all(self) -> None:
         for conn in list(self._conns):
             self._close(conn)
         self._deadlines.clear()
-        for closable in (self._selector, self._listener, self._wake_r, self._wake_w):
+        for closable in (self._poller, self._listener, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 closable.close()
 

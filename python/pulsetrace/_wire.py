@@ -12,6 +12,8 @@ from pulsetrace._router import Request, Response, text_response
 
 #: Bodies at least this large are gzip-compressed for clients that accept it.
 GZIP_MIN_BYTES = 1024
+#: Status code -> reason phrase (a dict: no enum lookup per response).
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
@@ -34,8 +36,11 @@ def encode(request: Optional[Request], response: Response) -> bytes:
     when the client accepts it and the body is large enough."""
     status, headers, body = response
     headers = list(headers)
-    names = {k.lower() for k, _ in headers}
-    if request is not None and len(body) >= GZIP_MIN_BYTES and "content-encoding" not in names:
+    if (
+        request is not None
+        and len(body) >= GZIP_MIN_BYTES
+        and all(k.lower() != "content-encoding" for k, _ in headers)
+    ):
         headers.append(("Vary", "Accept-Encoding"))
         if _accepts_gzip(request.headers.get("accept-encoding", "")):
             # Level 1: a fraction of the rendering's cost; zlib releases the
@@ -43,10 +48,7 @@ def encode(request: Optional[Request], response: Response) -> bytes:
             gz = zlib.compressobj(1, zlib.DEFLATED, 31)
             body = gz.compress(body) + gz.flush()
             headers.append(("Content-Encoding", "gzip"))
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
+    reason = _REASONS.get(status, "")
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     lines.append(f"Content-Length: {len(body)}")

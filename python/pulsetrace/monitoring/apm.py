@@ -106,9 +106,43 @@ def traces_held() -> int:
 # --- handlers -----------------------------------------------------------------
 
 
-def status(request: Request) -> Response:
-    cfg = _runtime.config()
+#: How long a rendering of /apm/status is reused while tracing's switch,
+#: sample rate, exporters and configuration stay the same (its counts and
+#: ``workers`` are then at most this old).
+STATUS_TTL_S = 1.0
+#: (monotonic time, what it depends on, response) of the last rendering.
+_status_render: Optional[tuple[float, tuple[Any, ...], Response]] = None
+
+
+def _status_key() -> tuple[Any, ...]:
     tracer = _runtime.tracer()
+    return (
+        _runtime.config(),
+        tracer,
+        tracer.enabled,
+        _native.sample_rate(tracer),
+        tuple(_runtime.exporters()),
+    )
+
+
+def status_cached(request: Request) -> Optional[Response]:
+    """/apm/status' last rendering while it is fresh and what it depends
+    on is unchanged, else None."""
+    memo = _status_render
+    if memo is None or time.monotonic() - memo[0] >= STATUS_TTL_S or memo[1] != _status_key():
+        return None
+    return memo[2]
+
+
+def status(request: Request) -> Response:
+    global _status_render
+    key = _status_key()
+    response = _status(*key[:2])
+    _status_render = (time.monotonic(), key, response)
+    return response
+
+
+def _status(cfg: Any, tracer: Any) -> Response:
     return json_response(
         200,
         {
@@ -139,6 +173,30 @@ def transactions(request: Request) -> Response:
     if window != "all" and window not in apm_windows.WINDOWS_S:
         raise HttpError(400, f"window must be one of 1m, 5m, 1h or all, not {window[:20]!r}")
     return Response(200, [("Content-Type", "application/json")], _cached(window))
+
+
+def transactions_cached(request: Request) -> Optional[Response]:
+    """The window's rendering while it is at most ``TRANSACTIONS_TTL_S``
+    old, else None (the handler validates the query and renders)."""
+    q = request.query
+    if not q:
+        window = "all"
+    elif q.startswith("window=") and "&" not in q:
+        window = q[7:]
+    else:
+        return None
+    at, body = _transactions_cache.get(window, (float("-inf"), b""))
+    if time.monotonic() - at >= TRANSACTIONS_TTL_S:
+        return None
+    response = _responses.get(window)
+    if response is None or response.body is not body:  # the same object: encoded once
+        response = _responses[window] = Response(200, _JSON_TYPE, body)
+    return response
+
+
+#: window -> the response of its cached rendering.
+_responses: dict[str, Response] = {}
+_JSON_TYPE = (("Content-Type", "application/json"),)
 
 
 _rendering: set[str] = set()
@@ -306,6 +364,7 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
             status,
             "Whether tracing is on, sampling, buffers",
             {200: ok("the APM status")},
+            quick=status_cached,
         ),
         endpoint(
             "GET",
@@ -321,6 +380,7 @@ def endpoint_rows(endpoint: Any, json_schema: Any, error: Any) -> list[Any]:
                     "schema": {"type": "string", "enum": ["1m", "5m", "1h", "all"]},
                 }
             ],
+            quick=transactions_cached,
         ),
         endpoint(
             "GET",

@@ -32,6 +32,7 @@ from pulsetrace._router import HttpError, Request, Response, Router, json_respon
 from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring import health as _health
 from pulsetrace.monitoring import page as _page
+from pulsetrace.monitoring import reuse
 from pulsetrace.monitoring.alerts import api as _alerts_api
 
 _START = time.time()
@@ -55,6 +56,9 @@ class Endpoint:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     body: Optional[dict[str, Any]] = None  # the JSON body's schema
     inline: bool = False  # O(1): answered on the server's I/O thread
+    #: A rendering still fresh, or None (the handler runs): answered on the
+    #: server's I/O thread, O(1), never waiting (``Router.add``'s ``quick``).
+    quick: Optional[Callable[[Request], Optional[Response]]] = None
 
     @property
     def mutating(self) -> bool:
@@ -72,20 +76,32 @@ def _report(results: list[_health.Result]) -> tuple[int, dict[str, Any]]:
 
 
 def health(request: Request) -> Response:
-    status, out = _report(_health.REGISTRY.run())
+    return _health_response(_health.REGISTRY.run())
+
+
+def _health_response(results: list[_health.Result]) -> Response:
+    status, out = _report(results)
     return json_response(status, out)
 
 
 def live(request: Request) -> Response:
     """The process answers: no dependency is consulted."""
-    return json_response(
-        200, {"status": "pass", "pid": os.getpid(), "uptime_s": round(time.time() - _START, 3)}
-    )
+    # Numbers and a constant: nothing for the scrubber (json_response's
+    # pass), and JSON as json.dumps writes it (a float's repr).
+    uptime = round(time.time() - _START, 3)
+    body = b'{"status":"pass","pid":%d,"uptime_s":%r}' % (os.getpid(), uptime)
+    return Response(200, _JSON_TYPE, body)
+
+
+_JSON_TYPE = (("Content-Type", "application/json"),)
 
 
 def ready(request: Request) -> Response:
     """503 while a critical check does not pass."""
-    results = _health.REGISTRY.run()
+    return _ready_response(_health.REGISTRY.run())
+
+
+def _ready_response(results: list[_health.Result]) -> Response:
     failing = [r.name for r in results if r.critical and not r.ok]
     out = {
         "status": "fail" if failing else "pass",
@@ -159,6 +175,21 @@ def metrics_json(request: Request) -> Response:
     return Response(200, [("Content-Type", "application/json")], body)
 
 
+def metrics_json_cached(request: Request) -> Optional[Response]:
+    """/health/metrics' snapshot while it is fresh, else None."""
+    global _metrics_response
+    at, body = _metrics_cache
+    if time.monotonic() - at >= METRICS_TTL_S:
+        return None
+    response = _metrics_response
+    if response is None or response.body is not body:  # the same object: encoded once
+        response = _metrics_response = Response(200, _JSON_TYPE, body)
+    return response
+
+
+_metrics_response: Optional[Response] = None
+
+
 def _metrics() -> dict[str, Any]:
     """The native histograms' statistics per operation, the agent's
     counters, process figures."""
@@ -221,7 +252,14 @@ _REPORT = {200: _json("Report", "every check passed (or only non-critical ones f
 _REPORT[503] = _json("Report", "a critical check failed")
 
 ENDPOINTS: list[Endpoint] = [
-    Endpoint("GET", "/health", health, "Overall health with each check's result", dict(_REPORT)),
+    Endpoint(
+        "GET",
+        "/health",
+        health,
+        "Overall health with each check's result",
+        dict(_REPORT),
+        quick=reuse.from_cached_checks("/health", _health_response),
+    ),
     Endpoint(
         "GET",
         "/health/live",
@@ -230,6 +268,7 @@ ENDPOINTS: list[Endpoint] = [
         {200: _json("Live", "the process is alive")},
         public=True,
         inline=True,
+        quick=live,  # always answers: no hand-over, no suppression context
     ),
     Endpoint(
         "GET",
@@ -241,6 +280,7 @@ ENDPOINTS: list[Endpoint] = [
             503: _json("Ready", "a critical check fails"),
         },
         public=True,
+        quick=reuse.from_cached_checks("/health/ready", _ready_response),
     ),
     Endpoint(
         "GET",
@@ -280,6 +320,7 @@ ENDPOINTS: list[Endpoint] = [
         metrics_json,
         "The application's metrics as JSON",
         {200: _json("Metrics", "per-operation latency statistics, counters, process figures")},
+        quick=metrics_json_cached,
     ),
     Endpoint(
         "GET",
@@ -370,36 +411,74 @@ def guarded(
 ) -> Callable[[Request], Response]:
     """The endpoint's handler behind its access rule, run under pulsetrace's
     suppression context."""
-    needs_token = endpoint.mutating or not (loopback or endpoint.public)
-    expected = token.encode() if token else None
-    challenge = ("WWW-Authenticate", "Bearer")
+    admit = _access_rule(endpoint, token, loopback)
 
     def handle(request: Request) -> Response:
-        if needs_token:
-            if expected is None:
-                raise HttpError(
-                    401,
-                    "this endpoint needs a token and none is configured "
-                    "(set PULSETRACE_MONITORING_TOKEN)",
-                    challenge,
-                )
-            given = _token_of(request)
-            if given is None:
-                raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
-            # The header's bytes as sent (the server decodes heads as latin-1).
-            if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
-                raise HttpError(401, "wrong token", challenge)
+        if admit is not None:
+            admit(request)
         with suppressed():
             return endpoint.handler(request)
 
     return handle
 
 
+def guarded_quick(
+    endpoint: Endpoint, token: Optional[str], loopback: bool
+) -> Optional[Callable[[Request], Optional[Response]]]:
+    """The endpoint's quick answer behind its access rule (None if it has none)."""
+    quick = endpoint.quick
+    if quick is None:
+        return None
+    admit = _access_rule(endpoint, token, loopback)
+    if admit is None:
+        return quick
+
+    def answer(request: Request) -> Optional[Response]:
+        admit(request)
+        return quick(request)
+
+    return answer
+
+
+def _access_rule(
+    endpoint: Endpoint, token: Optional[str], loopback: bool
+) -> Optional[Callable[[Request], None]]:
+    """Raises the 401 ``HttpError`` for a request the endpoint refuses;
+    None when it needs no token."""
+    if not (endpoint.mutating or not (loopback or endpoint.public)):
+        return None
+    expected = token.encode() if token else None
+    challenge = ("WWW-Authenticate", "Bearer")
+
+    def admit(request: Request) -> None:
+        if expected is None:
+            raise HttpError(
+                401,
+                "this endpoint needs a token and none is configured "
+                "(set PULSETRACE_MONITORING_TOKEN)",
+                challenge,
+            )
+        given = _token_of(request)
+        if given is None:
+            raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
+        # The header's bytes as sent (the server decodes heads as latin-1).
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
+            raise HttpError(401, "wrong token", challenge)
+
+    return admit
+
+
 def add_routes(router: Router, host: str, token: Optional[str]) -> None:
     """Add every monitoring endpoint to ``router`` for a server bound to ``host``."""
     loopback = is_loopback(host)
     for ep in ENDPOINTS:
-        router.add(ep.path, guarded(ep, token, loopback), ep.method, inline=ep.inline)
+        router.add(
+            ep.path,
+            guarded(ep, token, loopback),
+            ep.method,
+            inline=ep.inline,
+            quick=guarded_quick(ep, token, loopback),
+        )
 
 
 def register_from_config() -> list[str]:

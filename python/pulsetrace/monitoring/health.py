@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import itertools
 import os
 import queue
 import threading
@@ -190,6 +191,10 @@ class Registry:
         self._entries: dict[str, _Entry] = {}
         self._pool_size = pool_size
         self._pool: Optional[_Pool] = None
+        # A new number whenever a check is added or removed or a result
+        # is stored (``next`` on a count is atomic).
+        self._changes = itertools.count(1)
+        self.version = 0
 
     def register(
         self,
@@ -217,10 +222,12 @@ class Registry:
         entry = _Entry(name, check, bool(critical), float(timeout), float(ttl))
         with self._lock:
             self._entries[name] = entry
+            self.version = next(self._changes)
 
     def unregister(self, name: str) -> bool:
         """Remove the check ``name``; False if there was none."""
         with self._lock:
+            self.version = next(self._changes)
             return self._entries.pop(name, None) is not None
 
     def names(self) -> list[str]:
@@ -230,6 +237,7 @@ class Registry:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.version = next(self._changes)
 
     def _executor(self) -> _Pool:
         with self._lock:
@@ -276,6 +284,27 @@ class Registry:
                 out.append(self._timed_out(entry, started, f"internal error: {exc!r}"[:200]))
         return out
 
+    def cached(self) -> Optional[tuple[int, float, list[Result]]]:
+        """``(version, until, results)``: every check's result, as ``run()``
+        would return them, while each is cached and younger than its TTL
+        (nothing to run, nothing to wait for), and until when (monotonic)
+        they all are; None otherwise. Never blocks on a check. The same
+        ``version`` later means the same results."""
+        version = self.version  # before the results: a change meanwhile makes it older
+        with self._lock:
+            entries = list(self._entries.values())
+        now = time.monotonic()
+        until = float("inf")
+        out = []
+        for entry in entries:
+            at = entry.cached_at  # before the result: a run ending meanwhile looks older
+            result = entry.result
+            if result is None or now - at >= entry.ttl:
+                return None
+            until = min(until, at + entry.ttl)
+            out.append(result)
+        return version, until, out
+
     def _start(self, entry: _Entry, now: float, fresh: bool) -> tuple[Any, float]:
         """The cached result, or the future of a run (started now, or the
         one in flight) and when that run started."""
@@ -295,6 +324,7 @@ class Registry:
         with entry.lock:
             entry.result = result
             entry.cached_at = time.monotonic()
+            self.version = next(self._changes)
         return result
 
     @staticmethod

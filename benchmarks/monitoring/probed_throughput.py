@@ -24,6 +24,7 @@ process handling, load generator).
     python benchmarks/monitoring/probed_throughput.py              # 5 pairs x 5 s
     python benchmarks/monitoring/probed_throughput.py --pairs 3 --seconds 3
     python benchmarks/monitoring/probed_throughput.py --mounted
+    python benchmarks/monitoring/probed_throughput.py --pin auto --pairs 10
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "flask_overhead"))
 
 from overhead.procs import (  # noqa: E402
+    PIN,
     HarnessError,
     Processes,
     base_env,
+    choose_pin,
     drive,
     free_port,
     http_get,
@@ -139,7 +142,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--rate", type=float, default=RATE, help="probes per second (default 50)")
     ap.add_argument("--mounted", action="store_true", help="probe the endpoints mounted in the app")
     ap.add_argument("--json", type=Path, default=RESULTS / "probed_throughput.json")
+    ap.add_argument(
+        "--pin",
+        default="off",
+        help="auto: gunicorn (worker and the serving master) on the last CPU, wrk and the "
+        "prober on the others, so the probes' cost falls on the worker's CPU and the load "
+        "generator's noise does not; or SERVER/LOAD CPU lists; off (default)",
+    )
     args = ap.parse_args(argv)
+    PIN.clear()
+    PIN.update(choose_pin(args.pin))
+    if PIN:
+        os.sched_setaffinity(0, {int(c) for c in PIN["load"].split(",")})  # the prober
+        print(f"pinned: gunicorn on CPU {PIN['server']}, wrk and the prober on CPU {PIN['load']}")
 
     load_name = "wrk" if shutil.which("wrk") else "python"
     log_dir = Path(tempfile.mkdtemp(prefix="pt-probed-"))

@@ -95,6 +95,25 @@ def http_receiver() -> Iterator[Any]:
     r.stop()
 
 
+def export_over_http(receiver: Any, added: list[Any]) -> Any:
+    """A pulsetrace OTLP/HTTP exporter to ``receiver``, added (and put in
+    ``added``, the fixture that removes it afterwards)."""
+    from pulsetrace.export.otlp import config_from_env
+    from pulsetrace.export.otlp_exporter import OtlpSpanExporter
+
+    exp = OtlpSpanExporter(
+        config_from_env(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+        )
+    )
+    added.append(exp)
+    pulsetrace.add_exporter(exp)
+    return exp
+
+
 @pytest.fixture
 def added() -> Iterator[list[Any]]:
     """Exporters a test adds, the only ones while it runs (exporters other

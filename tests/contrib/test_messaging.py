@@ -21,7 +21,7 @@ import pytest
 import pulsetrace
 from pulsetrace import contrib
 
-from conftest import finished, fresh
+from conftest import export_over_http, finished, fresh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
@@ -175,20 +175,8 @@ def test_flask_request_to_a_consumer_in_another_process_is_one_exported_trace(
 
     import flask
 
-    from pulsetrace.export.otlp import config_from_env
-    from pulsetrace.export.otlp_exporter import OtlpSpanExporter
-
     fresh()
-    exp = OtlpSpanExporter(
-        config_from_env(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            }
-        )
-    )
-    added.append(exp)
-    pulsetrace.add_exporter(exp)
+    export_over_http(http_receiver, added)
     contrib.instrument(pulsetrace.Config(), ["flask", "pika"])
     try:
         setup = _connect(rabbitmq_server)

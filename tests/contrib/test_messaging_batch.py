@@ -20,7 +20,7 @@ import pytest
 import pulsetrace
 from pulsetrace import contrib, messaging, propagation
 
-from conftest import finished, fresh
+from conftest import export_over_http, finished, fresh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
@@ -45,20 +45,8 @@ def _otlp_spans(receiver, wanted: set[str]) -> dict:
 def test_a_basic_get_batch_is_one_span_linked_to_each_producer_at_an_otlp_receiver(
     rabbitmq_server, http_receiver, added
 ):
-    from pulsetrace.export.otlp import config_from_env
-    from pulsetrace.export.otlp_exporter import OtlpSpanExporter
-
     fresh()
-    exp = OtlpSpanExporter(
-        config_from_env(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            }
-        )
-    )
-    added.append(exp)
-    pulsetrace.add_exporter(exp)
+    export_over_http(http_receiver, added)
     contrib.instrument(pulsetrace.Config(), ["pika"])
     try:
         conn = pika.BlockingConnection(

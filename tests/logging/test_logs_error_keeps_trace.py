@@ -14,10 +14,8 @@ import pytest
 
 import pulsetrace
 import pulsetrace.logging as plog
-from pulsetrace.export.otlp import config_from_env
-from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-from conftest import fresh
+from conftest import export_over_http, fresh
 
 # The receivers live beside the export tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
@@ -28,16 +26,7 @@ log = logging.getLogger("payments")
 @pytest.fixture
 def receiver(http_receiver, added):
     fresh(sample_rate=0.0, export_interval_ms=60_000)
-    exp = OtlpSpanExporter(
-        config_from_env(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            }
-        )
-    )
-    added.append(exp)
-    pulsetrace.add_exporter(exp)
+    export_over_http(http_receiver, added)
     buf = io.StringIO()
     plog.configure(stream=buf)
     yield http_receiver, buf

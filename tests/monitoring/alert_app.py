@@ -5,9 +5,9 @@ the only pulsetrace call moves the alert manager's clock to a file the test
 writes (``ALERT_TEST_CLOCK``), so that the escalation's 15, 30 and 60
 minutes pass at once."""
 
-import os
 import sys
 
+import file_clock
 from flask import Flask
 
 app = Flask(__name__)
@@ -23,19 +23,7 @@ def pay():
     return {"error": "card declined"}, 500
 
 
-class FileClock:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self) -> float:
-        with open(self.path) as f:
-            return float(f.read())
-
-
-if os.environ.get("ALERT_TEST_CLOCK"):  # this process's manager (a worker's own)
-    from pulsetrace.monitoring import alerts
-
-    alerts.manager().clock = FileClock(os.environ["ALERT_TEST_CLOCK"])
+file_clock.install_from_env()  # this process's manager (a worker's own)
 
 if __name__ == "__main__":
     app.run("127.0.0.1", int(sys.argv[1]), threaded=True)

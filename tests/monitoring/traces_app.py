@@ -13,6 +13,7 @@ file (the escalation's minutes pass at once)."""
 import os
 import time
 
+import file_clock
 from flask import Flask
 
 import pulsetrace
@@ -69,16 +70,4 @@ def ping():
     return {"pid": os.getpid()}
 
 
-class FileClock:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __call__(self) -> float:
-        with open(self.path) as f:
-            return float(f.read())
-
-
-if os.environ.get("ALERT_TEST_CLOCK"):  # this worker's manager
-    from pulsetrace.monitoring import alerts
-
-    alerts.manager().clock = FileClock(os.environ["ALERT_TEST_CLOCK"])
+file_clock.install_from_env()  # this process's manager (a worker's own)

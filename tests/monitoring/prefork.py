@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +46,28 @@ def until(cond: Callable[[], Any], what: Any, timeout: float = 30.0) -> Any:
             return last
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what() if callable(what) else what}: {last!r}")
+
+
+def fork_child(work: Callable[[], None], stay: bool) -> tuple[int, int]:
+    """Fork a child that runs ``work`` (it records and publishes) and
+    exits; with ``stay`` it lives until the returned descriptor is closed.
+    Returns (pid, the parent's end of the pipe)."""
+    r, w = os.pipe()
+    with warnings.catch_warnings():  # newer Pythons warn about forking with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(w)
+            work()
+            code = 0
+            if stay:
+                os.read(r, 1)
+        finally:
+            os._exit(code)
+    os.close(r)
+    return pid, w
 
 
 class Gunicorn:

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,24 +170,13 @@ def _child(name: str, n: int, errors: int, stay: bool) -> tuple[int, int]:
     """Fork a child that records ``n`` spans and publishes them; with
     ``stay`` it lives until the returned descriptor is closed. Returns
     (pid, the parent's end of the pipe)."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():  # newer Pythons warn about forking with threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(w)
-            _record(name, n, errors)
-            pulsetrace.flush()
-            workers.publish(force=True)
-            code = 0
-            if stay:
-                os.read(r, 1)
-        finally:
-            os._exit(code)
-    os.close(r)
-    return pid, w
+
+    def work() -> None:
+        _record(name, n, errors)
+        pulsetrace.flush()
+        workers.publish(force=True)
+
+    return prefork.fork_child(work, stay)
 
 
 def _row(name: str) -> dict:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import prefork
 import pytest
 from test_workers_merge import _fresh_view, _until, serving  # noqa: F401 (a fixture)
 
@@ -45,25 +45,14 @@ def _child(n: int, stay: bool, extra: Optional[int] = None) -> tuple[int, int]:
     """Fork a child whose tally is ``n`` (and, with ``extra``, that
     registers a part this process has not); it publishes, and with
     ``stay`` lives until the returned descriptor is closed."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():  # newer Pythons warn about forking with threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(w)
-            TALLY["n"] = n
-            if extra is not None:
-                workers.register_part("extra", lambda: {"n": extra}, _sum)
-            workers.publish(force=True)
-            code = 0
-            if stay:
-                os.read(r, 1)
-        finally:
-            os._exit(code)
-    os.close(r)
-    return pid, w
+
+    def work() -> None:
+        TALLY["n"] = n
+        if extra is not None:
+            workers.register_part("extra", lambda: {"n": extra}, _sum)
+        workers.publish(force=True)
+
+    return prefork.fork_child(work, stay)
 
 
 def _merged(name: str = "tally") -> Optional[int]:

@@ -11,8 +11,13 @@ probes. Rounds are interleaved in pairs whose order alternates (unprobed
 then probed, probed then unprobed, ...), so that a drift of the machine
 weighs on both alike. Per pair the loss is ``1 - probed / unprobed`` req/s;
 the report gives each pair's figures, the median loss and the target
-(under 2%). With ``--mounted`` the endpoints are mounted in the application
-itself (``pulsetrace.monitoring.mount.wsgi_app`` under ``/_pulsetrace``,
+(under 2%). With ``--control`` each pair is followed by a control pair in
+which neither run is probed: its "loss" is the measurement's own noise (the
+same interleaving, the same machine, no probes), printed beside the
+result, so that a loss smaller than that noise is read as such.
+
+With ``--mounted`` the endpoints are mounted in the application itself
+(``pulsetrace.monitoring.mount.wsgi_app`` under ``/_pulsetrace``,
 werkzeug's DispatcherMiddleware) and probed there, through the same
 gunicorn worker: the worst case, each probe taking the worker from the
 application.
@@ -25,6 +30,7 @@ process handling, load generator).
     python benchmarks/monitoring/probed_throughput.py --pairs 3 --seconds 3
     python benchmarks/monitoring/probed_throughput.py --mounted
     python benchmarks/monitoring/probed_throughput.py --pin auto --pairs 10
+    python benchmarks/monitoring/probed_throughput.py --pairs 10 --control
 """
 
 from __future__ import annotations
@@ -141,6 +147,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="warm-up before the pairs, s")
     ap.add_argument("--rate", type=float, default=RATE, help="probes per second (default 50)")
     ap.add_argument("--mounted", action="store_true", help="probe the endpoints mounted in the app")
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="after each pair, a control pair with no probes in either run (the noise)",
+    )
     ap.add_argument("--json", type=Path, default=RESULTS / "probed_throughput.json")
     ap.add_argument(
         "--pin",
@@ -174,6 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         + (" (mounted in the app)" if args.mounted else " (monitoring server)")
     )
     pairs: list[dict[str, Any]] = []
+    controls: list[float] = []
     try:
         master, port, info, _ = start_gunicorn(
             procs, "app", [str(venv_bin("pulsetrace-run"))], app, env
@@ -189,24 +201,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         print(f"  the endpoints are served by pid {served_by} ({role})", flush=True)
         prober = Prober(probe_port, prefix, args.rate)
+
+        def run_state(probed: bool) -> tuple[float, Optional[tuple[float, int]]]:
+            """One load run: its req/s and the serving process's CPU
+            seconds and probes sent meanwhile."""
+            if probed:
+                prober.on.set()
+                time.sleep(0.2)  # the probes running before the load starts
+            cpu0, sent0 = process_cpu_s(served_by), prober.sent
+            r = drive(load_name, port, "/json", args.seconds)
+            prober.on.clear()
+            cpu1, sent1 = process_cpu_s(served_by), prober.sent
+            if r["error_count"]:
+                state = "probed" if probed else "unprobed"
+                raise HarnessError(f"{state}: {r['error_count']} errors from the load")
+            if cpu0 is None or cpu1 is None:
+                return r["rps"], None
+            return r["rps"], (cpu1 - cpu0, sent1 - sent0)
+
         drive(load_name, port, "/json", args.warmup)
         for i in range(args.pairs):
             order = ["unprobed", "probed"] if i % 2 == 0 else ["probed", "unprobed"]
             rps: dict[str, float] = {}
             cpu: dict[str, tuple[float, int]] = {}
             for state in order:
-                if state == "probed":
-                    prober.on.set()
-                    time.sleep(0.2)  # the probes running before the load starts
-                cpu0, sent0 = process_cpu_s(served_by), prober.sent
-                r = drive(load_name, port, "/json", args.seconds)
-                prober.on.clear()
-                cpu1, sent1 = process_cpu_s(served_by), prober.sent
-                if cpu0 is not None and cpu1 is not None:
-                    cpu[state] = (cpu1 - cpu0, sent1 - sent0)
-                if r["error_count"]:
-                    raise HarnessError(f"{state}: {r['error_count']} errors from the load")
-                rps[state] = r["rps"]
+                r, cpu_state = run_state(state == "probed")
+                if cpu_state is not None:
+                    cpu[state] = cpu_state
+                rps[state] = r
+            if args.control:
+                # The same two runs in the same order, neither probed.
+                a, _ = run_state(False)
+                b, _ = run_state(False)
+                noise = 1 - (b / a if order[0] == "unprobed" else a / b)
+                controls.append(noise)
             loss = 1 - rps["probed"] / rps["unprobed"]
             pairs.append({**rps, "loss": loss, "order": order, "cpu_s": cpu})
             extra = ""
@@ -218,7 +246,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 extra = f"  serving process: {per:.2f} ms CPU per probe"
             print(
                 f"  pair {i + 1}: unprobed {rps['unprobed']:8.0f} req/s  "
-                f"probed {rps['probed']:8.0f} req/s  loss {loss:+.2%}{extra}",
+                f"probed {rps['probed']:8.0f} req/s  loss {loss:+.2%}{extra}"
+                + (f"  control {controls[-1]:+.2%}" if args.control else ""),
                 flush=True,
             )
         prober.stop.set()
@@ -248,6 +277,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
     verdict = "met" if median < TARGET_LOSS else "NOT met"
     print(f"  median loss {median:+.2%} (target under {TARGET_LOSS:.0%}: {verdict})")
+    if controls:
+        spread = statistics.median(abs(c) for c in controls)
+        print(
+            "  control pairs (no probes in either run): "
+            f"median {statistics.median(controls):+.2%}, median |noise| {spread:.2%}, "
+            f"range {min(controls):+.2%} to {max(controls):+.2%}"
+        )
     RESULTS.mkdir(exist_ok=True)
     args.json.write_text(
         json.dumps(
@@ -256,6 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "median_loss": median,
                 "probes": {"sent": prober.sent, "statuses": prober.statuses},
                 "mounted": args.mounted,
+                "control_losses": controls,
                 "loadgen": load_name,
             },
             indent=2,

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use pulsetrace_core::http::{
-    keys, method_of, redact_query, server_span, split_host, Method, Request, Text, Value,
+    keys, method_of, parse_port, redact_query, server_span, split_host, Method, Request, Text,
+    Value,
 };
 
 fn latin1(bytes: &[u8]) -> String {
@@ -21,6 +22,15 @@ fn opt_text() -> impl Strategy<Value = Option<String>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A port is one to five ASCII digits naming 1..=65535, nothing else
+    /// (no sign, no space): the standard parser's answer on such text.
+    #[test]
+    fn a_port_is_digits_naming_one_to_65535(s in "[0-9+ a-]{0,7}") {
+        let digits = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+        let expected = s.parse::<u16>().ok().filter(|&p| digits && p > 0);
+        prop_assert_eq!(parse_port(&s), expected);
+    }
 
     #[test]
     fn any_request_gives_a_bounded_span(

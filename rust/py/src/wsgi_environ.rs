@@ -10,7 +10,7 @@ use crate::attrs::{self, AttrCounters};
 use crate::span::{Span, SpanContext};
 use crate::tracer::Tracer;
 use pulsetrace_core::clock;
-use pulsetrace_core::http::{host_is_usable, parse_port, Request, Text};
+use pulsetrace_core::http::{parse_port, Request, Text};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyString};
@@ -29,13 +29,15 @@ const ENV_KEYS: [&str; 13] = [
     "HTTP_USER_AGENT",
     "SERVER_PROTOCOL",
     "HTTP_TRACEPARENT",
-    // Read only when needed (no usable Host header; a traceparent).
+    // Used only without a usable Host header, but one dict lookup costs
+    // less than finding out whether it is needed.
     "SERVER_NAME",
+    // Read only when needed (a traceparent).
     "HTTP_TRACESTATE",
 ];
 
 /// How many of [`ENV_KEYS`] every request reads.
-const ENV_ALWAYS: usize = 11;
+const ENV_ALWAYS: usize = 12;
 
 #[derive(Clone, Copy)]
 enum Env {
@@ -171,11 +173,7 @@ pub(crate) fn start(
         v(Env::RemoteAddr),
     );
     let (user_agent, protocol) = (v(Env::UserAgent), v(Env::Protocol));
-    let server_name_value = match host_is_usable(host.as_deref()) {
-        true => None,
-        false => env_value(environ, Env::ServerName),
-    };
-    let server_name = view(&server_name_value, max, counters);
+    let server_name = v(Env::ServerName);
     let req = Request {
         method: method.as_deref(),
         scheme: scheme.as_deref(),

@@ -52,8 +52,8 @@ mod request;
 pub use exclude::{BadPattern, Exclusion};
 pub use query::{percent_decode, redact_query, redaction_words, REDACTED};
 pub use request::{
-    host_is_usable, method_of, parse_port, server_span, span_name, split_host, Method, Request,
-    ServerSpan, Text, Value, KNOWN_METHODS,
+    method_of, parse_port, server_span, span_name, split_host, Method, Request, ServerSpan, Text,
+    Value, KNOWN_METHODS,
 };
 
 /// The attribute keys of a server span.

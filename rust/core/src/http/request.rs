@@ -160,10 +160,18 @@ fn percent_decode_bytes(b: &[u8]) -> Cow<'_, [u8]> {
 
 /// A port number: ASCII digits, 1 to 65535.
 pub fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 5 {
         return None;
     }
-    s.parse::<u16>().ok().filter(|&p| p > 0)
+    // At most five digits: no overflow of a u32.
+    let mut n: u32 = 0;
+    for b in s.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    u16::try_from(n).ok().filter(|&p| p > 0)
 }
 
 /// A `Host` header split into name and port: `example.com:8080`,
@@ -172,8 +180,10 @@ pub fn parse_port(s: &str) -> Option<u16> {
 /// an empty name, a port that is not a number in 1..=65535). An empty port
 /// (`example.com:`) is no port, as RFC 3986 allows.
 pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    // Byte searches: the delimiters are ASCII, and a byte loop over a
+    // short header is a fraction of a `char` pattern search's code.
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        let end = rest.find(']')?;
+        let end = byte_position(rest, b']')?;
         let after = &rest[end + 1..];
         let port = match after {
             "" => "",
@@ -181,8 +191,8 @@ pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
         };
         (&rest[..end], port)
     } else {
-        match host.split_once(':') {
-            Some((name, port)) => (name, port),
+        match byte_position(host, b':') {
+            Some(i) => (&host[..i], &host[i + 1..]),
             None => (host, ""),
         }
     };
@@ -195,11 +205,10 @@ pub fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     Some((name, Some(parse_port(port)?)))
 }
 
-/// Whether `host` (a `Host` header) names the server: when it does not,
-/// [`server_span`] uses the server's own name and port, which a caller may
-/// then read only when needed.
-pub fn host_is_usable(host: Option<&str>) -> bool {
-    present(host).and_then(split_host).is_some()
+/// Where the ASCII byte `b` first occurs in `s` (a char boundary, `b`
+/// being ASCII).
+fn byte_position(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
 }
 
 /// The facts of one request, as the server integration read them.
@@ -313,8 +322,8 @@ pub fn server_span<'a>(req: &Request<'a>, redact: &[String]) -> ServerSpan<'a> {
         Some((name, port)) => (Some(name), port.or(server_port)),
         None => (present(req.server_name), server_port),
     };
-    let protocol = present(req.protocol).map(|p| match p.split_once('/') {
-        Some((_, v)) => v,
+    let protocol = present(req.protocol).map(|p| match byte_position(p, b'/') {
+        Some(i) => &p[i + 1..],
         None => p,
     });
     ServerSpan {

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use pulsetrace_core::http::{
-    keys, method_of, parse_port, redact_query, server_span, split_host, Method, Request, Text,
-    Value,
+    keys, method_of, parse_port, redact_query, server_span, split_host, status_code, Method,
+    Request, Text, Value,
 };
 
 fn latin1(bytes: &[u8]) -> String {
@@ -22,6 +22,15 @@ fn opt_text() -> impl Strategy<Value = Option<String>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A status line's code is its first three characters when they are
+    /// digits naming 100..=999, whatever follows (or nothing).
+    #[test]
+    fn a_status_code_is_three_leading_digits(s in "[0-9+ a-]{0,3}(.{0,12})") {
+        let head = s.get(..3).filter(|h| h.bytes().all(|b| b.is_ascii_digit()));
+        let expected = head.and_then(|h| h.parse::<u16>().ok()).filter(|&c| c >= 100);
+        prop_assert_eq!(status_code(&s), expected);
+    }
 
     /// A port is one to five ASCII digits naming 1..=65535, nothing else
     /// (no sign, no space): the standard parser's answer on such text.

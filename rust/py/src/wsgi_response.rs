@@ -182,9 +182,10 @@ impl TracedResponse {
     /// The status line's code: recorded, and a 5xx makes the span an error.
     fn record_status(&self, status: &Bound<'_, PyAny>) {
         let span = self.span.get();
-        let code = status.downcast::<PyString>().ok().and_then(|s| {
-            crate::pystr::utf8(s).and_then(|t| t.get(..3).and_then(|c| c.parse::<u16>().ok()))
-        });
+        let code = status
+            .downcast::<PyString>()
+            .ok()
+            .and_then(|s| crate::pystr::utf8(s).and_then(pulsetrace_core::http::status_code));
         let Some(code) = code else {
             return;
         };

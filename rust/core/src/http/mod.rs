@@ -72,6 +72,19 @@ pub mod keys {
     pub const PROTOCOL_VERSION: &str = "network.protocol.version";
 }
 
+/// The code of a WSGI status line (`"200 OK"`): its first three
+/// characters, when they are ASCII digits (100 to 999; the reason phrase is
+/// not read).
+pub fn status_code(line: &str) -> Option<u16> {
+    match line.as_bytes() {
+        [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            let code = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+            (code >= 100).then_some(code)
+        }
+        _ => None,
+    }
+}
+
 /// A response status that makes a server span an error (5xx; a 4xx is the
 /// client's), with the status message it gets.
 pub fn status_error(code: u16) -> Option<String> {

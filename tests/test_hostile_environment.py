@@ -50,6 +50,10 @@ FREE_TEXT = {
     # Regular expressions: every hostile text of the sweep is a valid one.
     "PULSETRACE_EXCLUDED_URLS",
     "OTEL_PYTHON_EXCLUDED_URLS",
+    "OTEL_PYTHON_FLASK_EXCLUDED_URLS",
+    "OTEL_PYTHON_DJANGO_EXCLUDED_URLS",
+    "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS",
+    "OTEL_PYTHON_STARLETTE_EXCLUDED_URLS",
 }
 #: Valid values that turn tracing off: not set in a sweep that must trace.
 OFF_SWITCHES = {("APM_ENABLED", "zero")}

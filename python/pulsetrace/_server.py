@@ -1,6 +1,7 @@
 """pulsetrace's small HTTP server: a ``Router``'s routes
 (``pulsetrace._router``) served from a plain socket server that bad clients
-cannot wear down (the wire format: ``pulsetrace._wire``).
+cannot wear down (the wire format: ``pulsetrace._wire``; reading a request off a connection:
+``pulsetrace._server_framing``).
 
 The Prometheus exposition and the monitoring endpoints are served from here
 (``prometheus.start_server``, ``pulsetrace.monitoring.endpoints``).
@@ -65,19 +66,20 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Optional, Union
+from typing import Optional
 
 from pulsetrace import _diag
-from pulsetrace._router import Request, Response, Router, json_error, text_response
+from pulsetrace._router import Request, Response, Router, text_response
+from pulsetrace._server_framing import (
+    BODY_METHODS,
+    MAX_BODY_BYTES,
+    MAX_HEAD_BYTES,
+    RECV,
+    Framer,
+)
 from pulsetrace._server_io import HANDLE, IN, LINGER, OUT, READ, WRITE, Conn, Deadlines, Poller
-from pulsetrace._wire import BadRequest, encode, parse_head
+from pulsetrace._wire import encode
 
-#: Requests whose head is larger than this get 431.
-MAX_HEAD_BYTES = 8192
-#: Requests whose body is larger than this get 413.
-MAX_BODY_BYTES = 65536
-#: The methods whose body is read (when a route takes the method).
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: How long a closed response lingers to absorb what the client still sends.
 LINGER_S = 1.0
 #: Lingering connections of complete requests are closed in batches this far
@@ -88,7 +90,6 @@ _LINGER_STEP = 0.25
 _IO, _LINGERING, _DONE = range(3)
 #: The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
 BACKLOG = 1024
-_RECV = 65536
 
 
 _LISTENER = object()
@@ -141,7 +142,7 @@ class Server:
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
         # The methods whose body is read: those a route takes with a body.
-        self._body_methods = BODY_METHODS & router.methods()
+        self._framer = Framer(max_head_bytes, max_body_bytes, BODY_METHODS & router.methods())
         self.name = name
         self._listener = _bind(host, port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
@@ -292,7 +293,7 @@ class Server:
 
     def _refuse(self, sock: socket.SocketType) -> None:
         with contextlib.suppress(OSError):
-            sock.recv(_RECV)  # what has arrived, so that the close is not a reset
+            sock.recv(RECV)  # what has arrived, so that the close is not a reset
         self._send_now(sock, _BUSY)
         sock.close()
 
@@ -305,16 +306,8 @@ class Server:
         if conn.phase == WRITE:
             self._write(conn)
             return
-        # A head is read no further than its limit (and its blank line), a
-        # body no further than its length.
-        if conn.phase == LINGER:
-            size = _RECV
-        elif conn.request is not None:
-            size = max(1, min(_RECV, conn.need - len(conn.buf)))
-        else:
-            size = self.max_head_bytes + 4 - len(conn.buf)
         try:
-            data = conn.sock.recv(size)
+            data = conn.sock.recv(self._framer.want(conn))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -326,65 +319,11 @@ class Server:
         # LINGER: discard.
 
     def _read(self, conn: Conn, data: bytes) -> None:
-        if conn.request is not None:
-            conn.buf += data
-            if len(conn.buf) >= conn.need:
-                conn.complete = len(conn.buf) == conn.need
-                self._handle(conn, conn.request._replace(body=bytes(conn.buf[: conn.need])))
-            return
-        start = max(0, len(conn.buf) - 3)
-        conn.buf += data
-        end = conn.buf.find(b"\r\n\r\n", start)
-        if end < 0:
-            end = conn.buf.find(b"\n\n", max(0, start - 1))
-        if end < 0:
-            if len(conn.buf) > self.max_head_bytes:
-                self._respond(conn, _too_large(self.max_head_bytes))
-            return
-        if end > self.max_head_bytes:
-            self._respond(conn, _too_large(self.max_head_bytes))
-            return
-        head = bytes(conn.buf[:end])
-        rest = conn.buf[end + (4 if conn.buf[end : end + 4] == b"\r\n\r\n" else 2) :]
-        conn.buf = bytearray()
-        try:
-            request = parse_head(head)
-        except BadRequest as bad:
-            self._respond(conn, encode(None, bad.response))
-            return
-        except Exception:  # undecodable beyond repair
-            self._respond(conn, encode(None, text_response(400, "bad request\n")))
-            return
-        if request.method in self._body_methods:
-            need = self._body_length(request)
-            if isinstance(need, Response):
-                self._respond(conn, encode(request, need))
-                return
-            if need > len(rest):
-                conn.request, conn.need, conn.buf = request, need, bytearray(rest)
-                return
-            conn.complete = len(rest) == need
-            request = request._replace(body=bytes(rest[:need]))
-        else:  # a body (unread) or more bytes: not complete
-            headers = request.headers
-            conn.complete = (
-                not rest
-                and "transfer-encoding" not in headers
-                and headers.get("content-length", "0").strip() in ("", "0")
-            )
-        self._handle(conn, request)
-
-    def _body_length(self, request: Request) -> Union[int, Response]:
-        """The declared length of the request's body, or the error response."""
-        if "transfer-encoding" in request.headers:
-            return json_error(411, "a request body needs Content-Length (chunked is not accepted)")
-        raw = request.headers.get("content-length", "0").strip()
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-            return json_error(400, f"bad Content-Length: {raw[:30]!r}")
-        need = int(raw)
-        if need > self.max_body_bytes:
-            return json_error(413, f"request body larger than {self.max_body_bytes} bytes")
-        return need
+        got = self._framer.feed(conn, data)
+        if isinstance(got, bytes):
+            self._respond(conn, got)
+        elif got is not None:
+            self._handle(conn, got)
 
     def _handle(self, conn: Conn, request: Request) -> None:
         conn.request, conn.need, conn.buf = None, 0, bytearray()
@@ -531,10 +470,6 @@ class Server:
         except Exception as exc:
             _diag.internal_error(f"{self.name}.encode", exc)
             return encode(None, text_response(500, "internal error\n"))
-
-
-def _too_large(limit: int) -> bytes:
-    return encode(None, text_response(431, f"request head larger than {limit} bytes\n"))
 
 
 _BUSY = encode(None, text_response(503, "server busy, retry later\n", ("Retry-After", "1")))

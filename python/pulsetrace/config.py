@@ -73,6 +73,9 @@ DEFAULT_REDACT_QUERY_PARAMS = (
 #: searched in the decoded path): ``/health`` and what lies under it, the
 #: probe routes.
 DEFAULT_EXCLUDED_URLS = ("^/health(/.*)?$",)
+#: The frameworks whose OpenTelemetry variable ``OTEL_PYTHON_<NAME>_EXCLUDED_URLS``
+#: gives them a list of their own (the native core's, checked by the tests).
+EXCLUSION_FRAMEWORKS = ("FLASK", "DJANGO", "FASTAPI", "STARLETTE")
 
 
 class Setting(NamedTuple):
@@ -187,14 +190,33 @@ def pattern_problem(pattern: str) -> Optional[str]:
     return http_excluded_problem(pattern)
 
 
-def _check_patterns(patterns: tuple[str, ...]) -> None:
+def _check_patterns(patterns: tuple[str, ...], name: str = "excluded_urls") -> None:
     for p in patterns:
         if not isinstance(p, str):
-            raise ValueError(f"pulsetrace setting excluded_urls holds {p!r}, not a str")
+            raise ValueError(f"pulsetrace setting {name} holds {p!r}, not a str")
         if is_text(p):
             why = pattern_problem(p)
             if why is not None:
-                raise ValueError(f"pulsetrace setting excluded_urls: {why}")
+                raise ValueError(f"pulsetrace setting {name}: {why}")
+
+
+def _framework_lists(cfg: Config) -> Mapping[str, tuple[str, ...]]:
+    from pulsetrace._native import http_exclusion_frameworks
+
+    known = http_exclusion_frameworks()
+    out = {}
+    for name, patterns in dict(cfg.framework_excluded_urls).items():
+        what = f"framework_excluded_urls[{name!r}]"
+        if name not in known:
+            raise ValueError(f"pulsetrace setting {what}: not one of {', '.join(known)}")
+        if isinstance(patterns, (str, bytes)):
+            raise ValueError(
+                f"pulsetrace setting {what} is a list of regular expressions, "
+                f"not the text {patterns!r:.60}"
+            )
+        out[name] = tuple(patterns)
+        _check_patterns(out[name], what)
+    return MappingProxyType(out)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -356,6 +378,12 @@ class Config:
         default=DEFAULT_EXCLUDED_URLS,
         metadata=_declare("PULSETRACE_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
     )
+    #: A framework's own list, in place of ``excluded_urls`` for its requests
+    #: (keys: ``http_exclusion_frameworks()``, the variable's ``<NAME>``).
+    framework_excluded_urls: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata=_declare(*(f"OTEL_PYTHON_{n}_EXCLUDED_URLS" for n in EXCLUSION_FRAMEWORKS)),
+    )
     scrub_mode: str = field(default="mask", metadata=_declare("PULSETRACE_SCRUB_MODE"))
     scrub_fields: tuple[str, ...] = field(default=(), metadata=_declare("PULSETRACE_SCRUB_FIELDS"))
     redis_obfuscate_keys: bool = field(
@@ -483,6 +511,7 @@ class Config:
             )
         object.__setattr__(self, "excluded_urls", tuple(self.excluded_urls))
         _check_patterns(self.excluded_urls)
+        object.__setattr__(self, "framework_excluded_urls", _framework_lists(self))
         for name in _EMAIL_LISTS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _choice("log_level", self.log_level, LOG_LEVELS)

@@ -279,3 +279,95 @@ def test_an_excluded_request_continues_no_trace_and_leaves_the_next_one_traced(s
     for app in ("flask", "wsgi", "asgi", "django-wsgi"):
         assert spans_of(servers, exporter, app, "/health/live/") == []
         assert spans_of(servers, exporter, app, "/work/") == ["client", "server"], app
+
+
+#: Each framework integration's application here, by the name of its list
+#: (``OTEL_PYTHON_<NAME>_EXCLUDED_URLS``).
+FRAMEWORK_APPS = {
+    "flask": ("flask",),
+    "django": ("django-wsgi", "django-asgi"),
+    "fastapi": ("fastapi",),
+    "starlette": ("starlette",),
+}
+
+
+def configure_from(env: dict[str, str]) -> None:
+    from pulsetrace.config import from_env
+
+    cfg = from_env(env)
+    fresh(excluded_urls=cfg.excluded_urls, framework_excluded_urls=cfg.framework_excluded_urls)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORK_APPS))
+def test_a_framework_variable_replaces_the_common_list_for_that_framework_only(
+    servers, exporter, framework
+):
+    configure_from(
+        {
+            "OTEL_PYTHON_EXCLUDED_URLS": "^/ping/?$,^/health/",
+            f"OTEL_PYTHON_{framework.upper()}_EXCLUDED_URLS": "^/work/?$",
+        }
+    )
+    mine = FRAMEWORK_APPS[framework]
+    for app in ALL_APPS:
+        # Twice: Flask's first request takes the class-level hook, the next
+        # ones the native bound method it installs.
+        for _ in range(2):
+            if app in mine:
+                assert spans_of(servers, exporter, app, "/work/") == [], app
+                assert spans_of(servers, exporter, app, "/ping/") == ["client", "server"], app
+            else:
+                assert spans_of(servers, exporter, app, "/ping/") == [], app
+                assert spans_of(servers, exporter, app, "/work/") == ["client", "server"], app
+        # The framework's list replaces the whole common list.
+        expected = ["client", "server"] if app in mine else []
+        assert spans_of(servers, exporter, app, "/health/live/") == expected, app
+
+
+@pytest.mark.parametrize("framework", ["flask", "django"])
+def test_pulsetrace_variable_wins_over_a_framework_variable(servers, exporter, framework):
+    configure_from(
+        {
+            "PULSETRACE_EXCLUDED_URLS": "^/ping/?$",
+            f"OTEL_PYTHON_{framework.upper()}_EXCLUDED_URLS": "^/work/?$",
+            "OTEL_PYTHON_EXCLUDED_URLS": "^/work/?$",
+        }
+    )
+    for app in FRAMEWORK_APPS[framework] + ("wsgi",):
+        for _ in range(2):
+            assert spans_of(servers, exporter, app, "/ping/") == [], app
+            assert spans_of(servers, exporter, app, "/work/") == ["client", "server"], app
+
+
+def test_framework_variables_are_read_in_order_of_precedence(caplog):
+    from pulsetrace._native import http_exclusion_frameworks
+    from pulsetrace.config import DEFAULT_EXCLUDED_URLS, EXCLUSION_FRAMEWORKS, from_env
+
+    # The variables pulsetrace reads are the frameworks the core keeps lists for.
+    assert [n.lower() for n in EXCLUSION_FRAMEWORKS] == http_exclusion_frameworks()
+    cfg = from_env({"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "^/a$,^/b$"})
+    assert cfg.excluded_urls == DEFAULT_EXCLUDED_URLS
+    assert dict(cfg.framework_excluded_urls) == {"fastapi": ("^/a$", "^/b$")}
+    cfg = from_env(
+        {"OTEL_PYTHON_EXCLUDED_URLS": "^/c$", "OTEL_PYTHON_STARLETTE_EXCLUDED_URLS": "^/d$"}
+    )
+    assert (cfg.excluded_urls, dict(cfg.framework_excluded_urls)) == (
+        ("^/c$",),
+        {"starlette": ("^/d$",)},
+    )
+    cfg = from_env({"PULSETRACE_EXCLUDED_URLS": "^/e$", "OTEL_PYTHON_DJANGO_EXCLUDED_URLS": "x"})
+    assert (cfg.excluded_urls, dict(cfg.framework_excluded_urls)) == (("^/e$",), {})
+    with caplog.at_level(logging.WARNING, logger="pulsetrace"):
+        cfg = from_env({"OTEL_PYTHON_FLASK_EXCLUDED_URLS": "^/ok$,(bad"})
+    assert dict(cfg.framework_excluded_urls) == {"flask": ("^/ok$",)}
+    (warning,) = [r.getMessage() for r in caplog.records if "EXCLUDED_URLS" in r.getMessage()]
+    assert "OTEL_PYTHON_FLASK_EXCLUDED_URLS" in warning and '"(bad"' in warning
+
+
+def test_a_bad_framework_list_in_code_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"framework_excluded_urls\['bottle'\]: not one of flask"):
+        pulsetrace.Config(framework_excluded_urls={"bottle": ("^/x$",)})
+    with pytest.raises(ValueError, match=r"\['flask'\] is a list of regular expressions, not"):
+        pulsetrace.Config(framework_excluded_urls={"flask": "^/x$"})
+    with pytest.raises(ValueError, match=r"\['django'\]: \"\(x\" is not a valid regular"):
+        pulsetrace.Config(framework_excluded_urls={"django": ("(x",)})

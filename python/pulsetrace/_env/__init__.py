@@ -215,27 +215,46 @@ def _words(env: Mapping[str, str], var: str, default: tuple[str, ...]) -> tuple[
     return tuple(w.strip().lower() for w in raw.split(",") if w.strip())
 
 
-def _excluded_urls(env: Mapping[str, str]) -> tuple[str, ...]:
-    """``PULSETRACE_EXCLUDED_URLS``, else OpenTelemetry's
-    ``OTEL_PYTHON_EXCLUDED_URLS``, else the default: comma-separated
-    regular expressions. One that does not compile is left out with a
-    warning naming the variable and the expression; the others apply."""
+def _patterns(env: Mapping[str, str], var: str) -> Optional[tuple[str, ...]]:
+    """The comma-separated regular expressions of ``var``, or None when it
+    is unset. One that does not compile is left out with a warning naming
+    the variable and the expression; the others apply."""
     from pulsetrace.config import pattern_problem
 
-    for var in setting(Config, "excluded_urls").env:
-        raw = raw_value(env, var, "using the default list")
-        if raw is None:
-            continue
-        patterns = [p.strip() for p in raw.split(",") if p.strip()]
-        good = []
-        for p in patterns:
-            why = pattern_problem(p)
-            if why is None:
-                good.append(p)
-            else:
-                log.warning("pulsetrace: %s: %s; that expression left out", var, why)
-        return tuple(good)
-    return _DEFAULT.excluded_urls
+    raw = raw_value(env, var, "using the next variable or the default list")
+    if raw is None:
+        return None
+    good = []
+    for p in (p.strip() for p in raw.split(",")):
+        why = pattern_problem(p) if p else ""
+        if why is None:
+            good.append(p)
+        elif why:
+            log.warning("pulsetrace: %s: %s; that expression left out", var, why)
+    return tuple(good)
+
+
+def _excluded_urls(env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields ``excluded_urls`` and ``framework_excluded_urls``. Which
+    list a framework's requests get, first found: ``PULSETRACE_EXCLUDED_URLS``
+    (pulsetrace's own, for every framework), the framework's
+    ``OTEL_PYTHON_<NAME>_EXCLUDED_URLS`` (as OpenTelemetry's
+    instrumentations read it), ``OTEL_PYTHON_EXCLUDED_URLS``, the default."""
+    own_var, otel_var = setting(Config, "excluded_urls").env
+    own = _patterns(env, own_var)
+    if own is not None:
+        return {"excluded_urls": own, "framework_excluded_urls": {}}
+    frameworks = {}
+    for var in setting(Config, "framework_excluded_urls").env:
+        found = _patterns(env, var)
+        if found is not None:
+            name = var.removeprefix("OTEL_PYTHON_").removesuffix("_EXCLUDED_URLS").lower()
+            frameworks[name] = found
+    common = _patterns(env, otel_var)
+    return {
+        "excluded_urls": _DEFAULT.excluded_urls if common is None else common,
+        "framework_excluded_urls": frameworks,
+    }
 
 
 def _resource(env: Mapping[str, str]) -> dict[str, str]:
@@ -428,7 +447,7 @@ def read(env: Optional[Mapping[str, str]] = None) -> Config:
         keep_errors=boolean(e, "PULSETRACE_KEEP_ERRORS", d.keep_errors),
         keep_attributes=_rules(e, "PULSETRACE_KEEP_ATTRIBUTES"),
         redact_query_params=_words(e, "PULSETRACE_REDACT_QUERY_PARAMS", d.redact_query_params),
-        excluded_urls=_excluded_urls(e),
+        **_excluded_urls(e),
         scrub_mode=choice(e, "PULSETRACE_SCRUB_MODE", d.scrub_mode, SCRUB_MODES),
         scrub_fields=_words(e, "PULSETRACE_SCRUB_FIELDS", d.scrub_fields),
         redis_obfuscate_keys=boolean(e, "PULSETRACE_REDIS_OBFUSCATE_KEYS", d.redis_obfuscate_keys),

@@ -83,9 +83,10 @@ def _headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def start_server_span(scope: Scope, tracer: Any) -> Any:
+def start_server_span(scope: Scope, tracer: Any, integration: Optional[str] = None) -> Any:
     """The SERVER span of an ASGI ``http`` request (not yet current), or
-    None for an excluded URL. Its name and attributes are the native
+    None for an excluded URL (the excluded URLs of ``integration``, the
+    framework hook that asks, if any). Its name and attributes are the native
     core's (``pulsetrace_core::http``), the same as a WSGI request's: this
     only reads the scope."""
     headers = _headers(scope)
@@ -108,6 +109,7 @@ def start_server_span(scope: Scope, tracer: Any) -> Any:
         protocol=scope.get("http_version"),
         traceparent=headers.get(b"traceparent"),
         tracestate=headers.get(b"tracestate"),
+        integration=integration,
     )
     request_id = headers.get(b"x-request-id")
     if request_id and span is not None:
@@ -197,10 +199,16 @@ class _Request:
 
 
 async def traced_call(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, route_of: RouteOf = route_of
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    route_of: RouteOf = route_of,
+    integration: Optional[str] = None,
 ) -> None:
     """Run ``app`` for one ASGI connection, inside a SERVER span if it is an
-    HTTP request not already traced further out."""
+    HTTP request not already traced further out. ``integration`` names the
+    framework hook whose excluded URLs apply (None: the common list)."""
     if scope.get("type") != "http":
         await app(scope, receive, send)
         return
@@ -216,7 +224,7 @@ async def traced_call(
         return
     try:
         scope[SCOPE_KEY] = None  # a nested app does not try again, even if this fails
-        span = start_server_span(scope, tracer)
+        span = start_server_span(scope, tracer, integration)
     except Exception as exc:
         _diag.internal_error("asgi.start", exc)
         await app(scope, receive, send)

@@ -14,8 +14,9 @@ an unhandled exception is an error (the exception is kept on the span), a
 4xx is not. A streaming response (``StreamingHttpResponse``,
 ``FileResponse``) is timed until its body is finished, when the server
 closes it. An incoming ``traceparent`` is continued. A request for an
-excluded URL (``PULSETRACE_EXCLUDED_URLS``; by default ``/health`` and what
-lies under it) gets no span, and its middleware chain runs under
+excluded URL (``PULSETRACE_EXCLUDED_URLS``, else
+``OTEL_PYTHON_DJANGO_EXCLUDED_URLS``, else ``OTEL_PYTHON_EXCLUDED_URLS``; by
+default ``/health`` and what lies under it) gets no span, and its middleware chain runs under
 pulsetrace's suppression context. A failure inside pulsetrace is counted
 and the request runs untouched.
 """
@@ -48,10 +49,10 @@ def _start(request: Any, tracer: Any) -> Any:
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):
         # Under ASGI the request is read from its scope, as any ASGI app's.
-        return asgi.start_server_span(scope, tracer)
+        return asgi.start_server_span(scope, tracer, "django")
     # Django's META is the environ, with PATH_INFO replaced by the decoded
     # path: the path is read from ``request.path`` instead.
-    return wsgi.start_server_span(request.META, tracer, request.path)
+    return wsgi.start_server_span(request.META, tracer, request.path, "django")
 
 
 def _route(request: Any) -> Optional[str]:

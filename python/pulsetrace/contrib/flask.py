@@ -16,6 +16,10 @@ documents WSGI middleware goes: later requests run Flask's ``wsgi_app``
 inside the span with no Python frame of pulsetrace's in between. It is not
 installed when the application (or a subclass's own ``wsgi_app``) already
 put something there; ``unpatch()`` removes it.
+
+Excluded URLs: ``OTEL_PYTHON_FLASK_EXCLUDED_URLS``, when set, replaces
+``OTEL_PYTHON_EXCLUDED_URLS`` (and the default) for Flask's requests;
+``PULSETRACE_EXCLUDED_URLS`` holds for every framework and wins over both.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pulsetrace._native import RouteNamer, TracedWsgiApp, wsgi_call
 from pulsetrace.contrib._patcher import Patcher, Target
 
 SUPPORTED = ">=2.2"
+#: Whose excluded URLs apply (``OTEL_PYTHON_FLASK_EXCLUDED_URLS``).
+_INTEGRATION = "flask"
 
 #: The matched URL rule of the current request, read natively from Flask's
 #: context variable (``_cv_request.get().request.url_rule.rule``; the
@@ -50,7 +56,9 @@ def _install_fast_path(app: Any) -> None:
         wrapper = inspect.getattr_static(type(app), "wsgi_app", None)
         if not isinstance(wrapper, wrapt.FunctionWrapper) or wrapper._self_wrapper is not _wsgi_app:
             return  # a subclass defines its own wsgi_app: keep the class path
-        attrs["wsgi_app"] = TracedWsgiApp(_runtime.tracer(), wrapper.__wrapped__, app, _route)
+        attrs["wsgi_app"] = TracedWsgiApp(
+            _runtime.tracer(), wrapper.__wrapped__, app, _route, _INTEGRATION
+        )
         _fast.add(app)
     except Exception as exc:
         _diag.internal_error("flask.fast_path", exc)
@@ -62,7 +70,7 @@ def _wsgi_app(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if instance is not None and not isinstance(instance, type):
         _install_fast_path(instance)
     # wsgi.traced_call's body, inlined.
-    return wsgi_call(_runtime.tracer(), wrapped, args[0], args[1], _route)
+    return wsgi_call(_runtime.tracer(), wrapped, args[0], args[1], _route, _INTEGRATION)
 
 
 def _record_exception(sender: Any, exception: BaseException, **_: Any) -> None:

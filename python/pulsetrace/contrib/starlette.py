@@ -10,7 +10,10 @@ matches no route is named after its method alone. The span is the outermost
 layer of the application, so it also sees the 500 that Starlette sends for an
 unhandled exception, and the exception itself (recorded on the span); a 4xx
 is not an error. Streaming responses are timed until their last chunk has
-been sent.
+been sent. Excluded URLs: ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` (a FastAPI
+application) or ``OTEL_PYTHON_STARLETTE_EXCLUDED_URLS`` (any other), when
+set, replaces ``OTEL_PYTHON_EXCLUDED_URLS`` and the default;
+``PULSETRACE_EXCLUDED_URLS`` holds for every framework and wins over both.
 
 The application object is not referenced by pulsetrace, so it is freed when
 the application drops it. An application whose middleware stack was built
@@ -19,6 +22,7 @@ before ``patch()`` (one that has already served a request) is not traced.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 import wrapt
@@ -38,13 +42,25 @@ _active = False
 
 class _Middleware(asgi.PulsetraceASGIMiddleware):
     """The middleware added to every application's stack; it steps aside
-    once ``unpatch()`` has run, for applications built before that."""
+    once ``unpatch()`` has run, for applications built before that.
+    ``integration``: ``fastapi`` or ``starlette``, whose excluded URLs apply."""
+
+    def __init__(self, app: asgi.ASGIApp, route_of: asgi.RouteOf, integration: str) -> None:
+        super().__init__(app, route_of)
+        self.integration = integration
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if _active:
-            await asgi.traced_call(self.app, scope, receive, send, self.route_of)
+            await asgi.traced_call(self.app, scope, receive, send, self.route_of, self.integration)
         else:
             await self.app(scope, receive, send)
+
+
+def _integration(app: Any) -> str:
+    """``fastapi`` for a FastAPI application, else ``starlette``."""
+    fastapi = sys.modules.get("fastapi.applications")
+    cls = getattr(fastapi, "FastAPI", None)
+    return "fastapi" if cls is not None and isinstance(app, cls) else "starlette"
 
 
 def _path(route: Any) -> Optional[str]:
@@ -108,7 +124,7 @@ def _build(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if isinstance(stack, asgi.PulsetraceASGIMiddleware):
         return stack
     try:
-        return _Middleware(stack, route_of)
+        return _Middleware(stack, route_of, _integration(instance))
     except Exception as exc:
         _diag.internal_error("starlette.build", exc)
         return stack

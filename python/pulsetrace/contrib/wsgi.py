@@ -30,13 +30,16 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-def start_server_span(environ: Environ, tracer: Any, path: Optional[str] = None) -> Any:
+def start_server_span(
+    environ: Environ, tracer: Any, path: Optional[str] = None, integration: Optional[str] = None
+) -> Any:
     """The SERVER span of a WSGI request (not yet current): the one the
     native request path starts, named and given its attributes by the core
     (``pulsetrace_core::http``). ``path``, if given, is the request's path
     as a framework decoded it, in place of ``SCRIPT_NAME`` + ``PATH_INFO``.
-    None for an excluded URL (the request gets no span)."""
-    span = wsgi_server_span(tracer, environ, path)
+    None for an excluded URL (the request gets no span; the excluded URLs
+    of ``integration``, the framework hook that asks, if any)."""
+    span = wsgi_server_span(tracer, environ, path, integration)
     if span is not None:
         _note_request_id(environ, span.trace_id)
     return span

@@ -40,6 +40,11 @@ WINDOWS = apm_windows.Windows()
 _START = time.time()
 _install_lock = threading.Lock()
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+#: A query parameter's number, written as the OpenAPI document's ``number``
+#: and ``integer`` are (ASCII digits; Python's ``float`` and ``int`` also
+#: read ``1_0``, `` 5``, ``+5``, ``٣`` and ``inf``, which they are not).
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def install() -> None:
@@ -246,13 +251,16 @@ def _only(q: dict[str, str], allowed: set[str]) -> None:
         raise HttpError(400, f"unknown query parameter {sorted(unknown)[0][:50]!r}")
 
 
-def _number(q: dict[str, str], name: str) -> Optional[float]:
+def _number(q: dict[str, str], name: str, integer: bool = False) -> Optional[float]:
     if name not in q:
         return None
+    kind = "an integer" if integer else "a number"
     try:
-        value = float(q[name])
-    except ValueError:
-        raise HttpError(400, f"{name} must be a number, not {q[name][:30]!r}") from None
+        if not (_INTEGER if integer else _NUMBER).fullmatch(q[name]):
+            raise ValueError(q[name])
+        value = float(int(q[name]) if integer else q[name])
+    except (ValueError, OverflowError):
+        raise HttpError(400, f"{name} must be {kind}, not {q[name][:30]!r}") from None
     if not value >= 0 or value == float("inf"):
         raise HttpError(400, f"{name} must be a finite number >= 0, not {q[name][:30]!r}")
     return value
@@ -266,8 +274,8 @@ def traces(request: Request) -> Response:
         raise HttpError(400, f"error must be true or false, not {error[:20]!r}")
     if len(q.get("operation", "")) > 200:
         raise HttpError(400, "operation is at most 200 characters")
-    limit = _number(q, "limit")
-    if limit is not None and (limit != int(limit) or not 1 <= limit <= 1000):
+    limit = _number(q, "limit", integer=True)
+    if limit is not None and not 1 <= limit <= 1000:
         raise HttpError(400, "limit must be an integer from 1 to 1000")
     found = find_traces(
         operation=q.get("operation"),

@@ -12,6 +12,8 @@ Access (``PULSETRACE_MONITORING_TOKEN``):
 - The token is compared in constant time; a refusal is 401 with a JSON
   error and ``WWW-Authenticate: Bearer``.
 
+(The rules: ``pulsetrace.monitoring.access``.)
+
 Handlers run under pulsetrace's suppression context (nothing they call is
 traced), on the server's handler threads; health checks run on their own
 bounded pool (``pulsetrace.monitoring.health``).
@@ -19,8 +21,6 @@ bounded pool (``pulsetrace.monitoring.health``).
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import os
 import threading
 import time
@@ -29,10 +29,10 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
 from pulsetrace._router import HttpError, Request, Response, Router, json_response
-from pulsetrace._suppress import suppressed
 from pulsetrace.monitoring import health as _health
 from pulsetrace.monitoring import page as _page
 from pulsetrace.monitoring import reuse
+from pulsetrace.monitoring.access import guarded, guarded_quick, is_loopback
 from pulsetrace.monitoring.alerts import api as _alerts_api
 
 _START = time.time()
@@ -384,88 +384,6 @@ ENDPOINTS.append(
 
 
 ENDPOINTS.extend(_apm_rows())
-
-
-# --- access -------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a bind address) is reachable only from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _token_of(request: Request) -> Optional[str]:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip()
-
-
-def guarded(
-    endpoint: Endpoint, token: Optional[str], loopback: bool
-) -> Callable[[Request], Response]:
-    """The endpoint's handler behind its access rule, run under pulsetrace's
-    suppression context."""
-    admit = _access_rule(endpoint, token, loopback)
-
-    def handle(request: Request) -> Response:
-        if admit is not None:
-            admit(request)
-        with suppressed():
-            return endpoint.handler(request)
-
-    return handle
-
-
-def guarded_quick(
-    endpoint: Endpoint, token: Optional[str], loopback: bool
-) -> Optional[Callable[[Request], Optional[Response]]]:
-    """The endpoint's quick answer behind its access rule (None if it has none)."""
-    quick = endpoint.quick
-    if quick is None:
-        return None
-    admit = _access_rule(endpoint, token, loopback)
-    if admit is None:
-        return quick
-
-    def answer(request: Request) -> Optional[Response]:
-        admit(request)
-        return quick(request)
-
-    return answer
-
-
-def _access_rule(
-    endpoint: Endpoint, token: Optional[str], loopback: bool
-) -> Optional[Callable[[Request], None]]:
-    """Raises the 401 ``HttpError`` for a request the endpoint refuses;
-    None when it needs no token."""
-    if not (endpoint.mutating or not (loopback or endpoint.public)):
-        return None
-    expected = token.encode() if token else None
-    challenge = ("WWW-Authenticate", "Bearer")
-
-    def admit(request: Request) -> None:
-        if expected is None:
-            raise HttpError(
-                401,
-                "this endpoint needs a token and none is configured "
-                "(set PULSETRACE_MONITORING_TOKEN)",
-                challenge,
-            )
-        given = _token_of(request)
-        if given is None:
-            raise HttpError(401, "missing Authorization: Bearer <token>", challenge)
-        # The header's bytes as sent (the server decodes heads as latin-1).
-        if not hmac.compare_digest(given.encode("latin-1", "replace"), expected):
-            raise HttpError(401, "wrong token", challenge)
-
-    return admit
 
 
 def add_routes(router: Router, host: str, token: Optional[str]) -> None:

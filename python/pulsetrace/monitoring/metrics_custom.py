@@ -354,7 +354,7 @@ def families(state: Optional[dict[str, Any]] = None) -> list[Family]:
     """Every custom metric's exposition families, and the overflow counter:
     this process's, or those of ``state`` (:func:`state`, or several
     processes' merged by :func:`merge_states`; ValueError if malformed)."""
-    return families_of(_metrics() if state is None else metrics_state.parse(state))
+    return families_of(_metrics() if state is None else metrics_state.parsed(state))
 
 
 def families_of(metrics: list[_Metric]) -> list[Family]:
@@ -373,7 +373,7 @@ def families_of(metrics: list[_Metric]) -> list[Family]:
 def to_json(state: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
     """Every custom metric as JSON (``/health/metrics``): this process's,
     or those of ``state`` as for :func:`families`."""
-    metrics = _metrics() if state is None else metrics_state.parse(state)
+    metrics = _metrics() if state is None else metrics_state.parsed(state)
     return [m.to_json() for m in metrics]
 
 

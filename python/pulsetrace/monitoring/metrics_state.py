@@ -30,18 +30,32 @@ other's series. The merged view keeps at most ``max_series`` series per
 metric: each further series adds one to the metric's overflow count. A
 malformed state is skipped whole, counted and logged (``_diag``: place
 ``metrics_custom.merge``), and the others merge.
+
+Rebuilding a state's metrics (decoding every histogram) is most of a
+merge's cost, so :func:`parsed` keeps what a versioned state
+(``workers_parts.Published``: one process's copy, named by file, part and
+generation) rebuilds to: a copy unchanged since the last merge is not
+rebuilt again, a changed copy has a new version and is. The kept metrics
+are only read (a merge copies what it adds to), and only those of the
+states met in the last merge and the last fold are kept. The merged state
+is versioned too, with its metrics kept, so rendering it rebuilds nothing;
+a merge of the very copies the last merge had (every version the same)
+returns that merge's state.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import math
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 from pulsetrace import _diag
 from pulsetrace.monitoring import metrics_custom as mc
+from pulsetrace.monitoring.workers_parts import Published
 
 _KINDS = ("counter", "gauge", "histogram")
 _U64 = 1 << 64
@@ -210,16 +224,79 @@ def _parse_histogram(d: Any) -> mc._HistogramSeries:
     return s
 
 
+class _Kept:
+    """The metrics versioned states rebuild to (module doc): those of the
+    last merge, of the last fold, and of the last merged state."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_use: dict[str, dict[Any, list[mc._Metric]]] = {"merge": {}, "fold": {}}
+        self.merged: tuple[Any, list[mc._Metric]] = ((), [])
+        #: The versions the last merge had, and its state.
+        self.last: tuple[Any, Any] = (None, None)
+        self.serials = itertools.count(1)
+
+    def find(self, version: Any) -> Any:
+        with self.lock:
+            if self.merged[0] == version:
+                return self.merged[1]
+            for kept in self.by_use.values():
+                got = kept.get(version)
+                if got is not None:
+                    return got
+        return None
+
+
+_kept = _Kept()
+
+
+def parsed(state: Any) -> list[mc._Metric]:
+    """:func:`parse`, kept for a versioned state (module doc): the metrics
+    returned are shared, to be read only."""
+    version = state.version if isinstance(state, Published) else None
+    got = None if version is None else _kept.find(version)
+    return parse(state) if got is None else got
+
+
+def forget() -> None:
+    """Drop every kept rebuild (the next merge rebuilds every state)."""
+    with _kept.lock:
+        _kept.by_use = {"merge": {}, "fold": {}}
+        _kept.merged = ((), [])
+        _kept.last = (None, None)
+
+
 def merge(states: list[Any], fold: bool = False) -> dict[str, Any]:
     """``states`` combined (see the module doc); with ``fold``, without the
-    gauges' values."""
-    parsed = []
+    gauges' values. The result is versioned (its metrics kept) unless folded."""
+    inputs = None
+    if not fold and all(isinstance(st, Published) for st in states):
+        inputs = tuple(st.version for st in states)
+        with _kept.lock:
+            if _kept.last[0] == inputs:
+                return _kept.last[1]  # type: ignore[no-any-return]
+    metrics: list[list[mc._Metric]] = []
+    used: dict[Any, list[mc._Metric]] = {}
     for i, st in enumerate(states):
         try:
-            parsed.append(parse(st))
+            got = parsed(st)
         except Exception as e:  # whatever is wrong with it, the others merge
             skipped(i, e)
-    return state_of(merge_parsed(parsed, fold))
+            continue
+        metrics.append(got)
+        if isinstance(st, Published):
+            used[st.version] = got
+    merged = merge_parsed(metrics, fold)
+    out = state_of(merged)
+    with _kept.lock:
+        _kept.by_use["fold" if fold else "merge"] = used
+        if fold:
+            return out
+        version = ("merged", next(_kept.serials))
+        _kept.merged = (version, merged)
+        out = Published(out, version)
+        _kept.last = (inputs, out)
+    return out
 
 
 def skipped(i: int, e: Exception) -> None:
@@ -228,8 +305,8 @@ def skipped(i: int, e: Exception) -> None:
 
 
 def merge_parsed(parsed: list[list[mc._Metric]], fold: bool = False) -> list[mc._Metric]:
-    """The metrics of several processes (:func:`parse` results, which this
-    consumes) combined."""
+    """The metrics of several processes (:func:`parse` results, only read:
+    what is added is copied) combined."""
     merged: dict[str, mc._Metric] = {}
     for metrics in parsed:
         for m in metrics:
@@ -268,6 +345,8 @@ def _add(into: mc._Metric, m: mc._Metric, fold: bool) -> None:
             if len(into._series) >= into.max_series:
                 into.overflowed += 1
                 continue
+            if isinstance(v, mc._HistogramSeries):  # a copy: ``m`` is only read
+                v = _copy(v)
             into._series[key] = v
             if isinstance(into, mc.Gauge) and isinstance(m, mc.Gauge):
                 into._changed[key] = m._changed[key]
@@ -280,6 +359,13 @@ def _add(into: mc._Metric, m: mc._Metric, fold: bool) -> None:
             )
         else:
             into._series[key] = cur + v
+
+
+def _copy(s: mc._HistogramSeries) -> mc._HistogramSeries:
+    out = mc._HistogramSeries()
+    out.hist.add(s.hist)
+    out.sum = s.sum
+    return out
 
 
 def _gauge(aggregate: str, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 from pulsetrace import _diag, _runtime
 from pulsetrace._native import http_exclude_prefix
 from pulsetrace._router import Request, Response, Router, json_error
-from pulsetrace._server import BODY_METHODS, MAX_BODY_BYTES
+from pulsetrace._server_framing import BODY_METHODS, MAX_BODY_BYTES
 
 DEFAULT_PREFIX = "/_pulsetrace"
 
@@ -84,6 +84,7 @@ def _router(remote: Optional[str]) -> Router:
     from anywhere."""
     global _routers
     from pulsetrace.monitoring import endpoints
+    from pulsetrace.monitoring.access import is_loopback
 
     token = _runtime.config().monitoring_token
     routers = _routers
@@ -94,7 +95,7 @@ def _router(remote: Optional[str]) -> Router:
             endpoints.add_routes(r, host, token)
             built.append(r)
         routers = _routers = (token, built[0], built[1])
-    return routers[1] if remote and endpoints.is_loopback(remote) else routers[2]
+    return routers[1] if remote and is_loopback(remote) else routers[2]
 
 
 def _slash(method: str, mount: str) -> Optional[Response]:

@@ -372,6 +372,7 @@ def merged_part(name: str) -> Optional[Any]:
             return v.parts[name]
         try:
             gen, own = part.current()
+            own = workers_parts.published(own, ("self", os.getpid(), part.serial, gen))
             live, dead, folded = _dir.part_states(v, name)
             if not folded:  # dead processes' states reach merge only folded
                 dead = [part.fold(dead)]

@@ -229,7 +229,7 @@ class Directory:
         have = self._decoded.get(key)
         if have is not None and have[0] == gen:
             return have[1]
-        states = workers_parts.decode(kind, raw)
+        states = workers_parts.decode(kind, raw, (self.path, name, part, gen))
         self._decoded[key] = (gen, states)
         return states
 

@@ -30,10 +30,15 @@ in one write, and so counted exactly once. The cost of sharing a file is
 kept small: a part unchanged since the last copy is neither encoded again
 by its publisher (its bytes are kept) nor decoded again by a reader (each
 part carries a generation number, and readers keep what they decoded).
+A state read from a copy is :class:`Published`: its ``version`` names that
+copy (file, part, generation), so a part's ``merge`` can keep what it
+builds from a state (its metrics rebuilt, say) for as long as the copy is
+unchanged, and build it again when the version changes.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -41,7 +46,15 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag
 
-__all__ = ["UNCHANGED", "Encoded", "Part", "get", "publishable", "register_part"]
+__all__ = [
+    "UNCHANGED",
+    "Encoded",
+    "Part",
+    "Published",
+    "get",
+    "publishable",
+    "register_part",
+]
 
 #: ``state()``'s answer when nothing changed since its last value.
 UNCHANGED: Any = type("Unchanged", (), {"__repr__": lambda self: "UNCHANGED"})()
@@ -50,6 +63,7 @@ UNCHANGED: Any = type("Unchanged", (), {"__repr__": lambda self: "UNCHANGED"})()
 #: kept for a process that has).
 STATE, STATES = "state", "states"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_serials = itertools.count(1)
 
 
 class Encoded:
@@ -68,6 +82,25 @@ class Encoded:
     __hash__ = None  # type: ignore[assignment]
 
 
+class Published(dict):  # type: ignore[type-arg]
+    """A state (a JSON object) as read from one process's copy, never
+    changed after: ``version`` names the copy (the process's file, the
+    part, its generation, the state's place in it), so equal versions mean
+    the same state. A new copy is a new object with a new version."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, state: dict[str, Any], version: tuple[Any, ...]) -> None:
+        super().__init__(state)
+        self.version = version
+
+
+def published(state: Any, version: tuple[Any, ...]) -> Any:
+    """``state`` as :class:`Published` with ``version`` (a state that is not
+    a JSON object is returned as it is: it has no version)."""
+    return Published(state, version) if isinstance(state, dict) else state
+
+
 class Part:
     """One registered part, with this process's last state and its bytes."""
 
@@ -81,6 +114,8 @@ class Part:
     ) -> None:
         self.name, self.state, self.merge, self.fold = name, state, merge, fold
         self.forked = forked
+        #: Unique to this registration (its states' versions name it).
+        self.serial = next(_serials)
         self._lock = threading.Lock()
         self._has = False
         self._value: Any = None
@@ -200,15 +235,19 @@ def encode(value: Any) -> bytes:
         raise ValueError(f"a part's state is not JSON: {exc}") from None
 
 
-def decode(kind: str, raw: bytes) -> list[Any]:
+def decode(kind: str, raw: bytes, version: tuple[Any, ...] = ()) -> list[Any]:
     """The states stored as ``raw`` (one, or a list when ``kind`` is
-    :data:`STATES`)."""
+    :data:`STATES`); with ``version`` (the copy's), each :class:`Published`
+    with it and its place in the list."""
     value = json.loads(raw)
     if kind == STATES:
         if not isinstance(value, list):
             raise ValueError("a list of states expected")
-        return value
-    return [value]
+    else:
+        value = [value]
+    if version:
+        value = [published(v, (*version, i)) for i, v in enumerate(value)]
+    return value
 
 
 def after_fork() -> None:

@@ -16,6 +16,7 @@
 //! fields); takes no lock.
 
 use crate::attrs::Limits;
+use crate::http::ExcludedUrls;
 use pulsetrace_core::head::HeadSampler;
 use pulsetrace_core::histogram::{HistogramConfig, ONE_HOUR_NS};
 use pulsetrace_core::pipeline::{BufferConfig, CoreConfig};
@@ -32,9 +33,9 @@ pub struct NativeConfig {
     pub enabled: bool,
     /// Words of the query parameters whose values are redacted.
     pub redact: Vec<String>,
-    /// Regular expressions of the request paths that get no span
-    /// (compiled by `crate::http::set_excluded_urls`).
-    pub excluded_urls: Vec<String>,
+    /// Regular expressions of the request paths that get no span, common
+    /// and per framework (compiled by `crate::http::set_excluded_urls`).
+    pub excluded_urls: ExcludedUrls,
 }
 
 fn invalid(name: &str, why: impl std::fmt::Display) -> PyErr {
@@ -182,6 +183,34 @@ pub fn extract(cfg: &Bound<'_, PyAny>) -> PyResult<NativeConfig> {
         head,
         enabled: field(cfg, "enabled")?,
         redact: texts(cfg, "redact_query_params")?,
-        excluded_urls: texts(cfg, "excluded_urls")?,
+        excluded_urls: ExcludedUrls {
+            common: texts(cfg, "excluded_urls")?,
+            own: framework_lists(cfg)?,
+        },
     })
+}
+
+/// `framework_excluded_urls`: a mapping of a framework's name to its list.
+fn framework_lists(
+    cfg: &Bound<'_, PyAny>,
+) -> PyResult<Vec<(pulsetrace_core::http::Integration, Vec<String>)>> {
+    const NAME: &str = "framework_excluded_urls";
+    let map = cfg
+        .getattr(NAME)
+        .map_err(|_| invalid(NAME, "missing (the native side has no defaults)"))?;
+    let items = map.call_method0("items").map_err(|e| invalid(NAME, e))?;
+    let mut out = Vec::new();
+    for item in items.try_iter().map_err(|e| invalid(NAME, e))? {
+        let (key, list): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+            item?.extract().map_err(|e| invalid(NAME, e))?;
+        let key = text(&key, NAME)?;
+        let integration = crate::http::integration(Some(&key)).map_err(|e| invalid(NAME, e))?;
+        let patterns = list
+            .try_iter()
+            .map_err(|e| invalid(NAME, e))?
+            .map(|p| text(&p?, NAME))
+            .collect::<PyResult<Vec<_>>>()?;
+        out.push((integration, patterns));
+    }
+    Ok(out)
 }

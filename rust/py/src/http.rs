@@ -4,12 +4,15 @@
 //! ASGI, Starlette/FastAPI and Django) both end here, so their spans agree.
 //! Conversion only: every rule is the core's.
 //!
-//! Excluded URLs: [`excluded`] answers, for a request's decoded path,
-//! whether it gets no span at all (`pulsetrace_core::http::exclude`: the
-//! configuration's expressions, compiled once by `Tracer.configure`, and
-//! the prefixes where the monitoring endpoints are mounted). Both request
-//! paths ask it: `wsgi_environ::start` and [`http_server_span`], which then
-//! return no span.
+//! Excluded URLs: [`excluded`] answers, for a request's decoded path and
+//! the integration it comes through, whether it gets no span at all
+//! (`pulsetrace_core::http::exclude`: the configuration's expressions, the
+//! common list and each framework's own, compiled once by
+//! `Tracer.configure`, and the prefixes where the monitoring endpoints are
+//! mounted). Both request paths ask it: `wsgi_environ::start` and
+//! [`http_server_span`], which then return no span. A framework hook names
+//! itself (`integration="flask"`, [`integration`]); the generic WSGI and
+//! ASGI middlewares name none.
 //!
 //! GIL and locks: runs with the GIL. `REDACT` and `EXCLUDE` (`RwLock`s) are
 //! read per request and written only by `Tracer.configure` (and, for
@@ -24,7 +27,8 @@ use crate::tracer::Tracer;
 use parking_lot::{Mutex, RwLock};
 use pulsetrace_core::clock;
 use pulsetrace_core::http::{
-    self as core_http, keys as k, BadPattern, Exclusion, Method, Request, ServerSpan, Text,
+    self as core_http, keys as k, BadPattern, Exclusion, Integration, Method, Request, ServerSpan,
+    Text,
 };
 use pulsetrace_core::span::{AttrValue, SpanKind};
 use pyo3::prelude::*;
@@ -44,25 +48,70 @@ pub fn set_redacted_params(words: Vec<String>) {
 /// The excluded URLs, compiled (nothing before the first configuration).
 static EXCLUDE: RwLock<Exclusion> = RwLock::new(Exclusion::empty());
 
+/// The configuration's excluded-URL expressions: the common list, and the
+/// frameworks that have their own.
+#[derive(Clone, Debug, Default)]
+pub struct ExcludedUrls {
+    pub common: Vec<String>,
+    pub own: Vec<(Integration, Vec<String>)>,
+}
+
+impl ExcludedUrls {
+    const fn new() -> Self {
+        ExcludedUrls {
+            common: Vec::new(),
+            own: Vec::new(),
+        }
+    }
+
+    fn compile(&self, prefixes: &[String]) -> Result<Exclusion, BadPattern> {
+        Exclusion::with_own(&self.common, &self.own, prefixes)
+    }
+}
+
 /// What [`EXCLUDE`] is compiled from: the configuration's expressions and
 /// the mounted prefixes.
-static EXCLUDE_SOURCES: Mutex<(Vec<String>, Vec<String>)> = Mutex::new((Vec::new(), Vec::new()));
+static EXCLUDE_SOURCES: Mutex<(ExcludedUrls, Vec<String>)> =
+    Mutex::new((ExcludedUrls::new(), Vec::new()));
 
 /// Replace the configuration's excluded-URL expressions (the mounted
 /// prefixes stay). An expression that does not compile is the error, and
 /// nothing is replaced.
-pub fn set_excluded_urls(patterns: Vec<String>) -> Result<(), BadPattern> {
+pub fn set_excluded_urls(urls: ExcludedUrls) -> Result<(), BadPattern> {
     let mut sources = EXCLUDE_SOURCES.lock();
-    let compiled = Exclusion::new(&patterns, &sources.1)?;
-    sources.0 = patterns;
+    let compiled = urls.compile(&sources.1)?;
+    sources.0 = urls;
     *EXCLUDE.write() = compiled;
     Ok(())
 }
 
-/// Whether a request for `path` (decoded) gets no span.
+/// Whether a request for `path` (decoded) that comes through `integration`
+/// gets no span.
 #[inline]
-pub(crate) fn excluded(path: &str) -> bool {
-    EXCLUDE.read().excludes(path)
+pub(crate) fn excluded(integration: Integration, path: &str) -> bool {
+    EXCLUDE.read().excludes_for(integration, path)
+}
+
+/// The integration a hook names (`"flask"`, ...; None: the generic WSGI
+/// and ASGI paths). An unknown name is a `ValueError` listing the known ones.
+pub(crate) fn integration(name: Option<&str>) -> PyResult<Integration> {
+    let Some(name) = name else {
+        return Ok(Integration::Generic);
+    };
+    Integration::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = Integration::FRAMEWORKS.iter().map(|i| i.name()).collect();
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "pulsetrace: unknown server integration {name:?} (known: {})",
+            known.join(", ")
+        ))
+    })
+}
+
+/// The names of the frameworks that may have an excluded-URL list of their
+/// own (`pulsetrace.config` keys them so).
+#[pyfunction]
+pub fn http_exclusion_frameworks() -> Vec<&'static str> {
+    Integration::FRAMEWORKS.iter().map(|i| i.name()).collect()
 }
 
 /// Exclude every request at or under `prefix` (where pulsetrace's
@@ -77,7 +126,7 @@ pub fn http_exclude_prefix(prefix: &str) -> PyResult<()> {
         }
         sources.1.push(prefix.to_owned());
         // The expressions compiled before: they compile again.
-        if let Ok(compiled) = Exclusion::new(&sources.0, &sources.1) {
+        if let Ok(compiled) = sources.0.compile(&sources.1) {
             *EXCLUDE.write() = compiled;
         }
         Ok(())
@@ -91,11 +140,13 @@ pub fn http_excluded_problem(pattern: &str) -> Option<String> {
     core_http::exclude::pattern_problem(pattern).map(|b| b.to_string())
 }
 
-/// Whether a request for `path` (decoded, without the query) gets no span
-/// under the current configuration and mounts.
+/// Whether a request for `path` (decoded, without the query) that comes
+/// through `integration` (None: no framework of its own) gets no span under
+/// the current configuration and mounts.
 #[pyfunction]
-pub fn http_is_excluded(path: &str) -> bool {
-    excluded(path)
+#[pyo3(signature = (path, integration=None))]
+pub fn http_is_excluded(path: &str, integration: Option<&str>) -> PyResult<bool> {
+    Ok(excluded(self::integration(integration)?, path))
 }
 
 /// [`core_http::server_span`] with the configured redaction words (read
@@ -358,11 +409,12 @@ fn text_of<'a>(
 /// `traceparent`/`tracestate`. The span continues that trace, or starts
 /// one of its own (never a child of the current span). Named `METHOD`;
 /// [`http_span_name`] names it after its route. None for an excluded URL
-/// ([`excluded`]): the request gets no span.
+/// ([`excluded`], with the list of `integration`, the framework hook's
+/// name): the request gets no span.
 #[pyfunction]
 #[pyo3(signature = (tracer, method, scheme=None, host=None, server_name=None, server_port=None,
     path=None, query=None, client=None, user_agent=None, protocol=None, traceparent=None,
-    tracestate=None))]
+    tracestate=None, integration=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn http_server_span<'py>(
     py: Python<'py>,
@@ -379,11 +431,13 @@ pub fn http_server_span<'py>(
     protocol: Option<&str>,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
+    integration: Option<&str>,
 ) -> PyResult<Option<Bound<'py, Span>>> {
     let t = tracer.get();
     if !t.is_enabled() {
         return Ok(Some(t.noop_span(tracer)?.into_bound(py)));
     }
+    let integration = self::integration(integration)?;
     let start_mono = clock::now_mono_ns();
     guard(
         py,
@@ -404,7 +458,7 @@ pub fn http_server_span<'py>(
                 protocol,
             };
             let s = server_span(&req);
-            if excluded(&s.path) {
+            if excluded(integration, &s.path) {
                 return Ok(None);
             }
             let remote = t.extract_context(traceparent, tracestate);

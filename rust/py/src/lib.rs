@@ -152,6 +152,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(http::http_exclude_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_excluded_problem, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_is_excluded, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_exclusion_frameworks, m)?)?;
     m.add_function(wrap_pyfunction!(wsgi_environ::wsgi_server_span, m)?)?;
     m.add_function(wrap_pyfunction!(guard::inject_panic, m)?)?;
     m.add_function(wrap_pyfunction!(scrub::scrub_configure, m)?)?;

@@ -35,6 +35,7 @@ use crate::span::Span;
 use crate::tracer::Tracer;
 pub use crate::wsgi_response::TracedResponse;
 use pulsetrace_core::clock;
+use pulsetrace_core::http::Integration;
 use pyo3::prelude::*;
 use pyo3::sync::{GILOnceCell, GILProtected};
 use pyo3::types::PyDict;
@@ -116,9 +117,10 @@ pub(crate) fn fail(py: Python<'_>, span: &Span, err: &PyErr) {
 
 /// Run a WSGI application for one request inside a SERVER span. `namer`,
 /// if given, is called with the span when the response starts (to name it
-/// after the route).
+/// after the route); `integration` is the framework hook's name, whose
+/// excluded URLs apply (`crate::http::integration`; None: the common list).
 #[pyfunction]
-#[pyo3(signature = (tracer, app, environ, start_response, namer=None))]
+#[pyo3(signature = (tracer, app, environ, start_response, namer=None, integration=None))]
 pub fn wsgi_call(
     py: Python<'_>,
     tracer: &Bound<'_, Tracer>,
@@ -126,10 +128,18 @@ pub fn wsgi_call(
     environ: &Bound<'_, PyAny>,
     start_response: &Bound<'_, PyAny>,
     namer: Option<&Bound<'_, PyAny>>,
+    integration: Option<&str>,
 ) -> PyResult<PyObject> {
-    traced_request(py, tracer, environ, start_response, namer, &|sr| {
-        app.call1((environ, sr))
-    })
+    let integration = crate::http::integration(integration)?;
+    traced_request(
+        py,
+        tracer,
+        environ,
+        start_response,
+        namer,
+        integration,
+        &|sr| app.call1((environ, sr)),
+    )
 }
 
 /// What pulsetrace does around one application call.
@@ -156,6 +166,7 @@ fn plan<'py>(
     env: &Bound<'py, PyDict>,
     start_response: &Bound<'py, PyAny>,
     namer: Option<&Bound<'py, PyAny>>,
+    integration: Integration,
 ) -> Plan<'py> {
     let t = tracer.get();
     // Inside the application call of this request's SERVER span (a generic
@@ -187,7 +198,7 @@ fn plan<'py>(
             restore_context(outer_span);
         }
     }
-    let span = match crate::wsgi_environ::start(py, tracer, env, None)
+    let span = match crate::wsgi_environ::start(py, tracer, env, None, integration)
         .and_then(|s| s.map(|s| crate::newobj::new_bound(py, s)).transpose())
     {
         Ok(Some(s)) => s.unbind(),
@@ -263,13 +274,15 @@ fn suppressed_call<'py>(
 }
 
 /// The request path of every WSGI hook: `call(start_response)` runs the
-/// application with the `start_response` it must see.
+/// application with the `start_response` it must see; the excluded URLs
+/// are `integration`'s.
 pub(crate) fn traced_request<'py>(
     py: Python<'py>,
     tracer: &Bound<'py, Tracer>,
     environ: &Bound<'py, PyAny>,
     start_response: &Bound<'py, PyAny>,
     namer: Option<&Bound<'py, PyAny>>,
+    integration: Integration,
     call: &dyn Fn(&Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<PyObject> {
     let t = tracer.get();
@@ -283,7 +296,7 @@ pub(crate) fn traced_request<'py>(
     let plan = guard(
         py,
         "wsgi.start",
-        || plan(py, tracer, env, start_response, namer),
+        || plan(py, tracer, env, start_response, namer, integration),
         || Plan::Untraced,
     );
     let (span, response) = match plan {

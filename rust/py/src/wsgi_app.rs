@@ -20,6 +20,7 @@
 use crate::ctxvar::ContextVar;
 use crate::tracer::Tracer;
 use crate::wsgi::traced_request;
+use pulsetrace_core::http::Integration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -63,7 +64,8 @@ impl RouteNamer {
 
 /// `func` bound to `instance` (a method, as `instance.attr` would give),
 /// whose WSGI calls `(environ, start_response)` run inside a SERVER span;
-/// any other call goes to the method untouched. Holds its instance like a
+/// any other call goes to the method untouched. `integration` names the
+/// framework whose excluded URLs apply (`crate::http::integration`). Holds its instance like a
 /// bound method does, and takes part in garbage collection, so an
 /// application that keeps it in its own `__dict__` is still freed when
 /// dropped.
@@ -73,24 +75,27 @@ pub struct TracedWsgiApp {
     func: PyObject,
     instance: PyObject,
     namer: Option<PyObject>,
+    integration: Integration,
 }
 
 #[pymethods]
 impl TracedWsgiApp {
     #[new]
-    #[pyo3(signature = (tracer, func, instance, namer=None))]
+    #[pyo3(signature = (tracer, func, instance, namer=None, integration=None))]
     fn new(
         tracer: Py<Tracer>,
         func: PyObject,
         instance: PyObject,
         namer: Option<PyObject>,
-    ) -> Self {
-        TracedWsgiApp {
+        integration: Option<&str>,
+    ) -> PyResult<Self> {
+        Ok(TracedWsgiApp {
             tracer,
             func,
             instance,
             namer,
-        }
+            integration: crate::http::integration(integration)?,
+        })
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -118,6 +123,7 @@ impl TracedWsgiApp {
             &environ,
             &start_response,
             namer,
+            self.integration,
             &|sr| func.call1((instance, &environ, sr)),
         )
     }

@@ -10,7 +10,7 @@ use crate::attrs::{self, AttrCounters};
 use crate::span::{Span, SpanContext};
 use crate::tracer::Tracer;
 use pulsetrace_core::clock;
-use pulsetrace_core::http::{parse_port, Request, Text};
+use pulsetrace_core::http::{parse_port, Integration, Request, Text};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyString};
@@ -149,14 +149,15 @@ fn remote_context(
 }
 
 /// The SERVER span of the request `environ` describes (not yet current),
-/// or None for an excluded URL (`crate::http::excluded`). `decoded_path`,
-/// if given, is the request's path as a framework decoded it, in place of
-/// `SCRIPT_NAME` and `PATH_INFO`.
+/// or None for an excluded URL (`crate::http::excluded`, with the list of
+/// `integration`). `decoded_path`, if given, is the request's path as a
+/// framework decoded it, in place of `SCRIPT_NAME` and `PATH_INFO`.
 pub(crate) fn start(
     py: Python<'_>,
     tracer: &Bound<'_, Tracer>,
     environ: &Bound<'_, PyDict>,
     decoded_path: Option<&str>,
+    integration: Integration,
 ) -> PyResult<Option<Span>> {
     let t = tracer.get();
     let start_mono = clock::now_mono_ns();
@@ -194,7 +195,7 @@ pub(crate) fn start(
         protocol: protocol.as_deref(),
     };
     let s = crate::http::server_span(&req);
-    if crate::http::excluded(&s.path) {
+    if crate::http::excluded(integration, &s.path) {
         return Ok(None);
     }
     let tp = v(Env::Traceparent);
@@ -206,23 +207,26 @@ pub(crate) fn start(
 /// current: what the native WSGI path starts, for a framework hook that
 /// manages the span itself (Django). `path`, if given, is the request's
 /// path as the framework decoded it (Django replaces `PATH_INFO` in its
-/// `META` with that), read as it is. None for an excluded URL.
+/// `META` with that), read as it is. None for an excluded URL (the list
+/// of `integration`, the hook's name).
 #[pyfunction]
-#[pyo3(signature = (tracer, environ, path=None))]
+#[pyo3(signature = (tracer, environ, path=None, integration=None))]
 pub fn wsgi_server_span<'py>(
     py: Python<'py>,
     tracer: &Bound<'py, Tracer>,
     environ: &Bound<'py, PyDict>,
     path: Option<&str>,
+    integration: Option<&str>,
 ) -> PyResult<Option<Bound<'py, Span>>> {
     let t = tracer.get();
     if !t.is_enabled() {
         return Ok(Some(t.noop_span(tracer)?.into_bound(py)));
     }
+    let integration = crate::http::integration(integration)?;
     crate::guard::guard(
         py,
         "wsgi.server_span",
-        || match start(py, tracer, environ, path)? {
+        || match start(py, tracer, environ, path, integration)? {
             Some(span) => crate::newobj::new_bound(py, span).map(Some),
             None => Ok(None),
         },

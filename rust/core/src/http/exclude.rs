@@ -12,6 +12,12 @@
 //!   `/_pulsetraceX`).
 //! - The default (`pulsetrace.config`, where every default is declared)
 //!   is `^/health(/.*)?$`: `/health` and what lies under it.
+//! - A framework integration ([`Integration`]: Flask, Django, FastAPI,
+//!   Starlette) may have a list of its own (OpenTelemetry's
+//!   `OTEL_PYTHON_<NAME>_EXCLUDED_URLS`); it replaces the common list for
+//!   that integration's requests. Which variable wins is configuration
+//!   (`pulsetrace._env`); here each integration has one compiled list,
+//!   picked by index, so a request pays the same one match.
 //! - The expressions are compiled once, when the configuration is applied
 //!   ([`Exclusion::new`]); a request pays one match over its path (a few
 //!   hundred instructions for the default).
@@ -43,10 +49,55 @@ impl fmt::Display for BadPattern {
 
 impl std::error::Error for BadPattern {}
 
+/// The server integration a request comes through: the generic WSGI and
+/// ASGI paths, or a framework that may have a list of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Integration {
+    #[default]
+    Generic = 0,
+    Flask = 1,
+    Django = 2,
+    FastApi = 3,
+    Starlette = 4,
+}
+
+impl Integration {
+    /// The integrations that may have a list of their own, in index order.
+    pub const FRAMEWORKS: [Integration; 4] = [
+        Integration::Flask,
+        Integration::Django,
+        Integration::FastApi,
+        Integration::Starlette,
+    ];
+    const COUNT: usize = 5;
+
+    /// The name the configuration keys the list by (`flask`; `OTEL_PYTHON_FLASK_EXCLUDED_URLS`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Integration::Generic => "generic",
+            Integration::Flask => "flask",
+            Integration::Django => "django",
+            Integration::FastApi => "fastapi",
+            Integration::Starlette => "starlette",
+        }
+    }
+
+    /// The integration named `name` (as [`Integration::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Integration::Generic]
+            .into_iter()
+            .chain(Self::FRAMEWORKS)
+            .find(|i| i.name() == name)
+    }
+}
+
 /// The compiled exclusion: immutable, shared by every request.
 #[derive(Clone, Debug, Default)]
 pub struct Exclusion {
-    set: Option<RegexSet>,
+    /// Per [`Integration`] (by index): its own list, or a copy of the
+    /// common one (a `RegexSet` clone shares the compiled program).
+    sets: [Option<RegexSet>; Integration::COUNT],
     /// Mounted prefixes, each starting with `/` and without a trailing `/`.
     prefixes: Vec<String>,
 }
@@ -98,38 +149,34 @@ impl Exclusion {
     /// Nothing excluded (usable in a `static`).
     pub const fn empty() -> Self {
         Exclusion {
-            set: None,
+            sets: [None, None, None, None, None],
             prefixes: Vec::new(),
         }
     }
 
-    /// Compile `patterns` and keep `prefixes`; the first expression that
-    /// does not compile is the error (and nothing is built).
+    /// Compile `patterns`, one list for every integration, and keep
+    /// `prefixes`; the first expression that does not compile is the error
+    /// (and nothing is built).
     pub fn new<P: AsRef<str>, Q: AsRef<str>>(
         patterns: &[P],
         prefixes: &[Q],
     ) -> Result<Self, BadPattern> {
-        for p in patterns {
-            if let Some(bad) = pattern_problem(p.as_ref()) {
-                return Err(bad);
-            }
+        Self::with_own(patterns, &[] as &[(Integration, &[P])], prefixes)
+    }
+
+    /// [`Exclusion::new`], where each integration of `own` has its list
+    /// instead of `patterns` (a later entry for the same integration wins).
+    pub fn with_own<P: AsRef<str>, L: AsRef<[P]>, Q: AsRef<str>>(
+        patterns: &[P],
+        own: &[(Integration, L)],
+        prefixes: &[Q],
+    ) -> Result<Self, BadPattern> {
+        let common = compile(patterns)?;
+        let mut sets: [Option<RegexSet>; Integration::COUNT] =
+            std::array::from_fn(|_| common.clone());
+        for (integration, list) in own {
+            sets[*integration as usize] = compile(list.as_ref())?;
         }
-        let set = match patterns.is_empty() {
-            true => None,
-            false => Some(
-                regex::RegexSetBuilder::new(patterns.iter().map(AsRef::as_ref))
-                    .size_limit(SIZE_LIMIT.saturating_mul(patterns.len()))
-                    .build()
-                    .map_err(|e| BadPattern {
-                        pattern: patterns
-                            .iter()
-                            .map(AsRef::as_ref)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        reason: one_line(&e.to_string()),
-                    })?,
-            ),
-        };
         let mut normal: Vec<String> = prefixes
             .iter()
             .filter_map(|p| normal_prefix(p.as_ref()))
@@ -137,14 +184,14 @@ impl Exclusion {
         normal.sort();
         normal.dedup();
         Ok(Exclusion {
-            set,
+            sets,
             prefixes: normal,
         })
     }
 
-    /// Nothing is excluded.
+    /// Nothing is excluded, for any integration.
     pub fn is_empty(&self) -> bool {
-        self.set.is_none() && self.prefixes.is_empty()
+        self.sets.iter().all(Option::is_none) && self.prefixes.is_empty()
     }
 
     /// The mounted prefixes (normalised).
@@ -152,17 +199,49 @@ impl Exclusion {
         &self.prefixes
     }
 
-    /// Whether a request for `path` (decoded, without the query) is
-    /// excluded.
+    /// Whether a request for `path` (decoded, without the query) that
+    /// comes through no framework of its own is excluded.
     #[inline]
     pub fn excludes(&self, path: &str) -> bool {
-        if let Some(set) = &self.set {
+        self.excludes_for(Integration::Generic, path)
+    }
+
+    /// Whether a request for `path` (decoded, without the query) that
+    /// comes through `integration` is excluded.
+    #[inline]
+    pub fn excludes_for(&self, integration: Integration, path: &str) -> bool {
+        if let Some(set) = &self.sets[integration as usize] {
             if set.is_match(path) {
                 return true;
             }
         }
         self.prefixes.iter().any(|p| under(path, p))
     }
+}
+
+/// `patterns` compiled into one set (None when there are none); the first
+/// that does not compile is the error.
+fn compile<P: AsRef<str>>(patterns: &[P]) -> Result<Option<RegexSet>, BadPattern> {
+    for p in patterns {
+        if let Some(bad) = pattern_problem(p.as_ref()) {
+            return Err(bad);
+        }
+    }
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    regex::RegexSetBuilder::new(patterns.iter().map(AsRef::as_ref))
+        .size_limit(SIZE_LIMIT.saturating_mul(patterns.len()))
+        .build()
+        .map(Some)
+        .map_err(|e| BadPattern {
+            pattern: patterns
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(","),
+            reason: one_line(&e.to_string()),
+        })
 }
 
 /// `path` is `prefix` or lies under it.
@@ -229,6 +308,49 @@ mod tests {
         let e = Exclusion::new(NONE, NONE).unwrap();
         assert!(e.is_empty());
         assert!(!e.excludes("/health"));
+    }
+
+    #[test]
+    fn an_integration_with_its_own_list_uses_it_and_the_others_the_common_one() {
+        let own = [(Integration::Flask, vec!["^/flask-only$"])];
+        let e = Exclusion::with_own(&["^/common$"], &own, &["/_pulsetrace"]).unwrap();
+        assert!(e.excludes_for(Integration::Flask, "/flask-only"));
+        assert!(!e.excludes_for(Integration::Flask, "/common"));
+        for i in [
+            Integration::Generic,
+            Integration::Django,
+            Integration::FastApi,
+        ] {
+            assert!(e.excludes_for(i, "/common"), "{i:?}");
+            assert!(!e.excludes_for(i, "/flask-only"), "{i:?}");
+        }
+        // The mounted prefixes hold for every integration.
+        assert!(e.excludes_for(Integration::Flask, "/_pulsetrace/health"));
+        assert!(e.excludes("/_pulsetrace"));
+        // An empty own list excludes nothing of the common list.
+        let none: [(Integration, Vec<&str>); 1] = [(Integration::Django, vec![])];
+        let e = Exclusion::with_own(&["^/common$"], &none, NONE).unwrap();
+        assert!(!e.excludes_for(Integration::Django, "/common"));
+        assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn a_bad_expression_in_an_own_list_is_the_error() {
+        let own = [(Integration::Starlette, vec!["(x"])];
+        let err = Exclusion::with_own(&["^/ok$"], &own, NONE).unwrap_err();
+        assert_eq!(err.pattern, "(x");
+    }
+
+    #[test]
+    fn integrations_are_named_as_the_configuration_keys_them() {
+        for i in Integration::FRAMEWORKS {
+            assert_eq!(Integration::from_name(i.name()), Some(i));
+        }
+        assert_eq!(
+            Integration::from_name("fastapi"),
+            Some(Integration::FastApi)
+        );
+        assert_eq!(Integration::from_name("Flask"), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub mod exclude;
 mod query;
 mod request;
 
-pub use exclude::{BadPattern, Exclusion};
+pub use exclude::{BadPattern, Exclusion, Integration};
 pub use query::{percent_decode, redact_query, redaction_words, REDACTED};
 pub use request::{
     method_of, parse_port, server_span, span_name, split_host, Method, Request, ServerSpan, Text,

@@ -200,7 +200,9 @@ import json, os, sys, time
 import pulsetrace
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0, export_interval_ms=50)
+pulsetrace.configure(
+    pulsetrace.Config(), sample_rate=1.0, export_interval_ms=50, shutdown_timeout_ms=200
+)
 exp = OtlpSpanExporter()  # the environment's OTLP settings
 pulsetrace.add_exporter(exp)
 for i in range(10):
@@ -231,7 +233,6 @@ def test_a_forked_child_starts_with_nothing_in_flight(protocol, tmp_path: Path):
     receiver.silence.go_silent()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
     env.update(OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-    env.update(PULSETRACE_SHUTDOWN_TIMEOUT_MS="200")  # the parent's exit
     try:
         proc = subprocess.run(
             [sys.executable, "-c", FORK_APP], capture_output=True, text=True, timeout=60, env=env

@@ -27,7 +27,10 @@ sent, then again a few at once.
 
 Requests in flight and pending together are bounded
 (``PULSETRACE_OTLP_MAX_PENDING_SPANS`` spans; a request is not sent beside
-others when that would pass it): what does not fit is dropped, oldest
+others when that would pass it). While the collector answers, only slower
+than spans come, a batch that does not fit waits for answers to make room
+(at most one request timeout; later batches wait in the core's export
+queue meanwhile). During an outage, what does not fit is dropped, oldest
 pending first, whole requests, and counted
 (``otlp_spans_dropped_pending_full``). A request the receiver refused for
 good is lost and counted (``otlp_spans_lost``); ``otlp_spans_sent`` counts
@@ -175,6 +178,7 @@ class OtlpSpanExporter(SpanExporter):
             _outcomes.record_delivery(0, oversized)
             _outcomes.count_export_failure()
         spans = sum(n for _, n in requests)
+        self._wait_for_room(spans)
         with self._cv:
             stopped = self._stopped
             if not stopped:
@@ -292,6 +296,31 @@ class OtlpSpanExporter(SpanExporter):
         if self._final_deadline is None or deadline < self._final_deadline:
             self._final_deadline = deadline
         self._cv.notify_all()
+
+    def _wait_for_room(self, spans: int) -> None:
+        """A collector that answers, only slower than spans come: wait for
+        its answers to make room for ``spans`` more within the pending bound,
+        so that what comes meanwhile waits in the core's export queue (as it
+        did while a request was sent on the export thread) rather than the
+        oldest pending spans being dropped. No wait during an outage (a
+        request failed: catching up), at a shutdown, or with nothing in
+        flight; at most one request timeout."""
+        give_up = time.monotonic() + self.config.timeout_ms / 1000.0
+        while True:
+            with self._cv:
+                held = self._pending_spans + self._in_flight_spans
+                if (
+                    held + spans <= self.max_pending_spans
+                    or not self._flights
+                    or self._catching_up
+                    or self._final_deadline is not None
+                ):
+                    return
+                now = time.monotonic()
+                if now >= give_up:
+                    return
+                self._cv.wait(give_up - now)  # woken by an answer
+            self._send_due()
 
     def _may_send_locked(self, req: _Request) -> bool:
         """With ``self._cv`` held: whether ``req`` may go beside the

@@ -189,9 +189,12 @@ class HttpConnections:
         once it is answered, failed or timed out (on this thread when the
         transport is closed). Returns how to cancel it."""
         job = _Job(payload, time.monotonic() + timeout, closed, done)
+        if self._pid != os.getpid():
+            # A forked child: the parent's sender threads are not here, and
+            # one of them may have held the lock at the fork.
+            self._jobs_cv = threading.Condition(threading.Lock())
+            self._reset_senders()
         with self._jobs_cv:
-            if self._pid != os.getpid():
-                self._reset_senders()  # a forked child: the parent's threads are not here
             if not self._closed:
                 self._jobs.append(job)
                 if self._waiting > len(self._jobs) - 1:

@@ -3,48 +3,43 @@ Collector, as natively encoded ``ExportTraceServiceRequest`` bytes (each
 batch's :meth:`~pulsetrace.export.SpanBatch.otlp_requests`, encoded once per
 batch whatever the number of OTLP exporters).
 
-It never holds the thread that hands it a batch (pulsetrace's one export
-thread), neither for an answer nor for a retry. A request is sent without
-waiting for its answer (gRPC: grpcio's future API; HTTP/protobuf: a sender
-thread per request in flight, :mod:`pulsetrace.export.otlp_http`), in order,
-at most ``PULSETRACE_OTLP_MAX_IN_FLIGHT`` at once (2 by default); later
-requests wait in the exporter's pending requests, and an answer wakes the
-export thread to send them (:func:`pulsetrace.export._thread.wake`). So a
-collector that accepts connections and answers late, or never (until
+A request is sent without waiting for its answer (gRPC: grpcio's future
+API; HTTP/protobuf: a sender thread per request in flight,
+:mod:`pulsetrace.export.otlp_http`), in order, at most
+``PULSETRACE_OTLP_MAX_IN_FLIGHT`` at once (2); later ones wait in the
+exporter's pending requests, and an answer wakes the export thread to send
+them (:func:`pulsetrace.export._thread.wake`). So a collector that accepts
+connections and answers late, or never (each attempt ends after
 ``OTEL_EXPORTER_OTLP_TIMEOUT``), does not stop the export thread from
-taking batches: the core's export queue keeps draining into the pending
-requests.
+taking batches: the core's export queue keeps draining.
 
 A request that failed in a way worth retrying (a timeout among them) goes
 back, in its place, to the head of the pending requests, and is sent again
-once its backoff has passed (exponential backoff from 0.5 s up to 5 s with
-full jitter, or the delay the receiver asked for with ``Retry-After`` /
-RetryInfo, at most ``PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS``), before any
-later request: the export thread wakes for it (:meth:`OtlpSpanExporter.next_wake`,
-:meth:`OtlpSpanExporter.retry`) even when no new trace comes. After a
-failure requests go one at a time, in order, until the pending ones are
-sent, then again a few at once.
+once its backoff has passed (0.5 s doubling up to 5 s, full jitter, or the
+receiver's ``Retry-After`` / RetryInfo, at most
+``PULSETRACE_EXPORT_MAX_RETRY_DELAY_MS``), before any later request, on a
+timed wake of the export thread (:meth:`OtlpSpanExporter.next_wake`,
+:meth:`OtlpSpanExporter.retry`); requests then go one at a time until the
+pending ones are sent.
 
-Requests in flight and pending together are bounded
-(``PULSETRACE_OTLP_MAX_PENDING_SPANS`` spans; a request is not sent beside
+Requests in flight and pending together hold at most
+``PULSETRACE_OTLP_MAX_PENDING_SPANS`` spans (a request is not sent beside
 others when that would pass it). While the collector answers, only slower
 than spans come, a batch that does not fit waits for answers to make room
-(at most one request timeout; later batches wait in the core's export
-queue meanwhile). During an outage, what does not fit is dropped, oldest
-pending first, whole requests, and counted
-(``otlp_spans_dropped_pending_full``). A request the receiver refused for
-good is lost and counted (``otlp_spans_lost``); ``otlp_spans_sent`` counts
-what was delivered. Each span's outcome is also reported to pulsetrace's
-``spans_delivered`` / ``spans_delivery_failed`` counters, once.
+(at most one request timeout; the core's export queue holds what comes
+meanwhile); during an outage the oldest pending requests are dropped and
+counted (``otlp_spans_dropped_pending_full``). A request refused for good
+is lost (``otlp_spans_lost``); ``otlp_spans_sent`` counts what was
+delivered, and each span's outcome goes to ``spans_delivered`` /
+``spans_delivery_failed`` once.
 
-At shutdown (a deadline on the batch, or this exporter's own
-:meth:`OtlpSpanExporter.shutdown`) the pending requests go out a few at
-once (``SHUTDOWN_PARALLEL``), one attempt each, within the shutdown's
-bound; what is left when it runs out, pending or in flight (cancelled), is
-counted as lost and logged in one warning, and a collector that refuses
-connections ends it at once. After a fork, the child has its own lock,
-counters and pending requests (none), nothing in flight, and its own
-connections (never the parent's).
+At shutdown (a deadline on the batch, or :meth:`OtlpSpanExporter.shutdown`)
+the pending requests go out a few at once (``SHUTDOWN_PARALLEL``), one
+attempt each, within the shutdown's bound; what is left then, pending or in
+flight (cancelled), is counted as lost and logged in one warning; a
+collector that refuses connections ends it at once. After a fork, the child
+has its own lock, counters and connections, and nothing pending or in
+flight.
 """
 
 from __future__ import annotations
@@ -57,7 +52,6 @@ import random
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from pulsetrace import _diag
@@ -73,24 +67,17 @@ log = logging.getLogger("pulsetrace")
 SHUTDOWN_PARALLEL = 4
 
 
-@dataclass
 class _Request:
-    seq: int  # its place in the order requests are sent in
-    payload: bytes
-    spans: int
+    """An encoded request, its spans and its place in the order requests are
+    sent in; while in flight, how to cancel it, and whether its outcome is
+    counted (``settled``: answered, or cancelled at a shutdown's deadline)."""
 
+    __slots__ = ("cancel", "cancelled", "payload", "seq", "settled", "spans")
 
-class _Flight:
-    """A request sent and not answered yet. ``settled``: its outcome is
-    counted (answered, or cancelled at a shutdown's deadline)."""
-
-    __slots__ = ("cancel", "cancelled", "req", "settled")
-
-    def __init__(self, req: _Request) -> None:
-        self.req = req
+    def __init__(self, seq: int, payload: bytes, spans: int) -> None:
+        self.seq, self.payload, self.spans = seq, payload, spans
         self.cancel: Optional[Callable[[], object]] = None
-        self.cancelled = False
-        self.settled = False
+        self.cancelled = self.settled = False
 
 
 class OtlpSpanExporter(SpanExporter):
@@ -140,7 +127,7 @@ class OtlpSpanExporter(SpanExporter):
         self._pending_spans = 0
         self._seq = 0
         #: Requests sent and not answered yet, and their spans.
-        self._flights: list[_Flight] = []
+        self._flights: list[_Request] = []
         self._in_flight_spans = 0
         #: Failed attempts in a row, and when the head may be sent again.
         self._failures = 0
@@ -343,7 +330,7 @@ class OtlpSpanExporter(SpanExporter):
         from when the head is due; at a shutdown, until its deadline, each
         failure final. ``until``: no attempt lasts past it (a flush's
         timeout)."""
-        started: list[tuple[_Flight, float]] = []
+        started: list[tuple[_Request, float]] = []
         with self._cv:
             if self._pid != os.getpid():
                 # Forked: the parent's gRPC channel or kept-alive HTTP
@@ -365,33 +352,31 @@ class OtlpSpanExporter(SpanExporter):
                 req = self._pending.popleft()
                 self._pending_spans -= req.spans
                 self._in_flight_spans += req.spans
-                flight = _Flight(req)
-                self._flights.append(flight)
+                req.cancel, req.settled = None, False  # a new attempt
+                self._flights.append(req)
                 deadline = now + timeout
                 for bound in (final, until):
                     if bound is not None:
                         deadline = min(deadline, bound)
-                started.append((flight, deadline))
-        for flight, deadline in started:
-            done = functools.partial(self._answered, flight)
-            cancel = transport.start(flight.req.payload, deadline, done)
+                started.append((req, deadline))
+        for req, deadline in started:
+            cancel = transport.start(req.payload, deadline, functools.partial(self._answered, req))
             with self._cv:
-                flight.cancel = cancel
-                late = flight.cancelled  # a shutdown cancelled it meanwhile
+                req.cancel = cancel
+                late = req.cancelled  # a shutdown cancelled it meanwhile
             if late and cancel is not None:
                 cancel()
 
-    def _answered(self, flight: _Flight, result: SendResult) -> None:
-        """The outcome of ``flight``'s one attempt (on whichever thread the
+    def _answered(self, req: _Request, result: SendResult) -> None:
+        """The outcome of ``req``'s attempt (on whichever thread the
         transport reports it), counted; a failure worth retrying goes back
         to its place among the pending requests."""
-        req = flight.req
         delivered = failed = dropped = 0
         with self._cv:
-            if flight.settled:
+            if req.settled:
                 return  # cancelled at a shutdown's deadline, counted then
-            flight.settled = True
-            self._flights.remove(flight)
+            req.settled = True
+            self._flights.remove(req)
             self._in_flight_spans -= req.spans
             final = self._final_deadline
             if result.ok:
@@ -446,12 +431,12 @@ class OtlpSpanExporter(SpanExporter):
         cancel them."""
         spans = 0
         cancels: list[Callable[[], object]] = []
-        for flight in self._flights:
-            flight.settled = flight.cancelled = True
-            spans += flight.req.spans
-            self._lost(flight.req.spans, 1, locked=True)
-            if flight.cancel is not None:
-                cancels.append(flight.cancel)
+        for req in self._flights:
+            req.settled = req.cancelled = True
+            spans += req.spans
+            self._lost(req.spans, 1, locked=True)
+            if req.cancel is not None:
+                cancels.append(req.cancel)
         self._flights.clear()
         self._in_flight_spans = 0
         self._cv.notify_all()

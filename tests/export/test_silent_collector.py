@@ -143,6 +143,9 @@ for i in range(40):
         pass
     time.sleep(0.01)
 time.sleep(0.3)  # the requests are out, unanswered
+for i in range(10):  # and these still in the export queue
+    with pulsetrace.start_span(f"last {i}"):
+        pass
 started = time.monotonic()
 ok = pulsetrace.shutdown(float(sys.argv[1]))
 took = time.monotonic() - started
@@ -154,9 +157,10 @@ print(json.dumps({
 """
 
 
+@pytest.mark.parametrize("pending_full", [False, True], ids=["room", "pending-full"])
 @pytest.mark.parametrize("protocol", [HTTP, GRPC])
 def test_shutdown_with_a_silent_collector_returns_within_its_bound_every_span_counted(
-    protocol, tmp_path: Path
+    protocol, pending_full, tmp_path: Path
 ):
     receiver = start_receiver(protocol)
     receiver.silence.go_silent()
@@ -165,6 +169,11 @@ def test_shutdown_with_a_silent_collector_returns_within_its_bound_every_span_co
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSETRACE_", "OTEL_"))}
     # The default request timeout (10 s): far longer than the shutdown's bound.
     env.update(OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    if pending_full:
+        # No failure yet (the first answer is 10 s away) and the pending
+        # bound reached: the export thread waits for room when the
+        # shutdown begins, and the shutdown does not wait with it.
+        env.update(PULSETRACE_OTLP_MAX_PENDING_SPANS="15")
     bound = 1.0
     try:
         proc = subprocess.run(
@@ -189,9 +198,9 @@ def test_shutdown_with_a_silent_collector_returns_within_its_bound_every_span_co
     assert "pulsetrace-export" not in out["threads"], out["threads"]
     # Every span accounted for when it returns: none was answered, so every
     # one (pending, or in flight and cancelled) is counted as lost.
-    assert c["spans_handed_to_exporters"] == 40, c
-    assert (c["spans_delivered"], c["spans_delivery_failed"]) == (0, 40), c
-    assert (c["otlp_spans_lost"], c["otlp_queued_spans"], c["otlp_spans_sent"]) == (40, 0, 0), c
+    assert c["spans_handed_to_exporters"] == 50, c
+    assert (c["spans_delivered"], c["spans_delivery_failed"]) == (0, 50), c
+    assert (c["otlp_spans_lost"], c["otlp_queued_spans"], c["otlp_spans_sent"]) == (50, 0, 0), c
     assert proc.stderr.count("more were sent and not yet answered: cancelled") == 1, proc.stderr
 
 

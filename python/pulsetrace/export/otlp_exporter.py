@@ -165,6 +165,9 @@ class OtlpSpanExporter(SpanExporter):
             _outcomes.record_delivery(0, oversized)
             _outcomes.count_export_failure()
         spans = sum(n for _, n in requests)
+        if batch.deadline is not None:
+            with self._cv:
+                self._finish_by_locked(batch.deadline)  # a shutdown: no waiting
         self._wait_for_room(spans)
         with self._cv:
             stopped = self._stopped
@@ -173,8 +176,6 @@ class OtlpSpanExporter(SpanExporter):
                     self._seq += 1
                     self._pending.append(_Request(self._seq, payload, n))
                 self._pending_spans += spans
-                if batch.deadline is not None:
-                    self._finish_by_locked(batch.deadline)
         if stopped:
             self._lost(spans, len(requests))
             _outcomes.record_delivery(0, spans)

@@ -112,8 +112,9 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
     port = free_port()
     memory = pulsetrace.InMemorySpanExporter()
     with outage(kind, port):
-        # A silent collector costs the export thread one request timeout
-        # per attempt (here one interval), a refusing one nothing.
+        # Each attempt at a silent collector ends after one request timeout
+        # (here one interval), at a refusing one at once; neither holds the
+        # export thread (requests are sent without waiting for answers).
         exp = otlp_exporter(added, port, int(interval * 1000), protocol, max_retry_delay_s=1.0)
         added.append(memory)
         pulsetrace.add_exporter(memory)

@@ -179,9 +179,10 @@ class SpanExporter(Protocol):
     and ``retry``)."""
 
     #: True for an exporter that sends over the network (OTLP): each batch
-    #: goes to every exporter that does not first, so the time a collector
-    #: takes to answer (up to its request timeout) does not delay the
-    #: batch for the in-memory, console or ring exporters.
+    #: goes to every exporter that does not first, so the time it takes to
+    #: hand the batch over (the OTLP exporter may wait for room within its
+    #: pending bound) does not delay it for the in-memory, console or ring
+    #: exporters.
     remote: bool = False
 
     def export(self, batch: SpanBatch, /) -> ExportResult:

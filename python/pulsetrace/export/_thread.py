@@ -3,6 +3,7 @@ with the configuration in use and stops it, and :mod:`pulsetrace.export`)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -25,6 +26,15 @@ MIN_WAKE_S = 0.01
 
 #: The export thread running in this process, if any (for :func:`wake`).
 _running: Optional[ExportThread] = None
+
+
+def _forget_running() -> None:
+    global _running
+    _running = None  # a forked child: the parent's thread is not here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_running)
 
 
 def wake() -> None:

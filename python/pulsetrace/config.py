@@ -411,6 +411,9 @@ class Config:
         default=20_000,
         metadata=_declare("PULSETRACE_OTLP_MAX_PENDING_SPANS", low=1, high=1_000_000),
     )
+    otlp_max_in_flight: int = field(
+        default=2, metadata=_declare("PULSETRACE_OTLP_MAX_IN_FLIGHT", low=1, high=64)
+    )
     prometheus_enabled: bool = field(default=False, metadata=_declare("PROMETHEUS_ENABLED"))
     metrics_addr: str = field(
         default="127.0.0.1:9464", metadata=_declare("PULSETRACE_METRICS_ADDR")

@@ -11,6 +11,7 @@ import datetime
 import gzip
 import ipaddress
 import os
+import select
 import signal
 import socket
 import ssl
@@ -104,6 +105,67 @@ def status_details(code: int, message: str, retry_delay_s: Optional[float]) -> b
     return status_pb2.Status(code=code, message=message, details=details).SerializeToString()
 
 
+# -- silence ----------------------------------------------------------------------
+
+
+class Silence:
+    """A receiver's silent mode: while silent it accepts connections and
+    reads requests but neither answers nor records them; once told to
+    answer again, a request whose client is still waiting is answered (and
+    recorded) as usual, one whose client gave up (its deadline passed,
+    connection closed) is dropped unrecorded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._silent = False
+        self._stopping = False
+        self._released = threading.Event()
+        self.held = 0  # requests that arrived while silent
+        self.dropped = 0  # of which dropped: their client had gone
+
+    def go_silent(self) -> None:
+        with self._lock:
+            self._silent = True
+            self._released.clear()
+
+    def answer_again(self) -> None:
+        with self._lock:
+            self._silent = False
+            self._released.set()
+
+    def release_all(self) -> None:
+        """At stop: every held request ends, unanswered."""
+        with self._lock:
+            self._stopping = True
+            self._released.set()
+
+    def hold(self, gone: Callable[[], bool]) -> bool:
+        """In a request handler, before it answers: waits while silent.
+        True when the request is not to be answered (its client gone)."""
+        with self._lock:
+            if not self._silent:
+                return False
+            self.held += 1
+        while not self._released.wait(0.02):
+            if gone():
+                break
+        drop = self._stopping or gone()
+        if drop:
+            with self._lock:
+                self.dropped += 1
+        return drop
+
+
+def peer_closed(conn: socket.socket) -> bool:
+    """The client closed (or reset) a connection that waits for an answer:
+    it sends nothing more on it before the answer, so readable means EOF."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 # -- gRPC receiver ----------------------------------------------------------------
 
 
@@ -134,6 +196,7 @@ class GrpcReceiver:
     answers: list[GrpcAnswer] = field(default_factory=list)
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    silence: Silence = field(default_factory=Silence)
 
     @property
     def endpoint(self) -> str:
@@ -156,6 +219,7 @@ class GrpcReceiver:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        self.silence.release_all()
         self.server.stop(None).wait(5)
 
 
@@ -165,6 +229,8 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
 
     def Export(self, request: ExportRequest, context: Any) -> ExportResponse:
         r = self._receiver()
+        if r.silence.hold(lambda: not context.is_active()):
+            context.abort(grpc.StatusCode.CANCELLED, "the client gave up")
         with r.lock:
             r.calls += 1
             answer = r.answers.pop(0) if r.answers else GrpcAnswer()
@@ -244,6 +310,7 @@ class HttpReceiver:
         self.answers: list[HttpAnswer] = []
         self.calls = 0
         self.connections: set[tuple[str, int]] = set()
+        self.silence = Silence()
         self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -265,6 +332,7 @@ class HttpReceiver:
             return [r.request for r in self.received]
 
     def stop(self) -> None:
+        self.silence.release_all()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
@@ -284,6 +352,9 @@ def _handler(
             r = receiver_ref[0]
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if r.silence.hold(lambda: peer_closed(self.connection)):
+                self.close_connection = True
+                return
             with r.lock:
                 r.calls += 1
                 r.connections.add(self.client_address)
@@ -497,6 +568,7 @@ __all__ = [
     "GrpcReceiver",
     "HttpAnswer",
     "HttpReceiver",
+    "Silence",
     "closed_port",
     "code_pb2",
     "free_port",

@@ -112,8 +112,9 @@ def test_an_outage_delays_no_exporter_and_the_pending_spans_follow_in_order(kind
     port = free_port()
     memory = pulsetrace.InMemorySpanExporter()
     with outage(kind, port):
-        # A silent collector costs the export thread one request timeout
-        # per attempt (here one interval), a refusing one nothing.
+        # Each attempt at a silent collector ends after one request timeout
+        # (here one interval), at a refusing one at once; neither holds the
+        # export thread (requests are sent without waiting for answers).
         exp = otlp_exporter(added, port, int(interval * 1000), protocol, max_retry_delay_s=1.0)
         added.append(memory)
         pulsetrace.add_exporter(memory)
@@ -265,7 +266,12 @@ def test_at_shutdown_the_pending_requests_get_their_last_attempt_at_once(http_re
                 pass
         _runtime.flush(0)
         want = 5 * (i + 1)
-        assert wait_until(lambda n=want: held(exp) == n, timeout=5.0), exp.counters()
+        # Held, and the first request's answer in (so that no later one
+        # is sent beside it before the collector has asked for 30 s).
+        assert wait_until(
+            lambda n=want: held(exp) == n and exp.counters()["otlp_requests_in_flight"] == 0,
+            timeout=5.0,
+        ), exp.counters()
     assert received(http_receiver) == [] and exp.next_wake() is not None
     # A shutdown does not wait out the 30 s: every pending request gets its
     # last attempt now, within the shutdown's bound.

@@ -147,19 +147,27 @@ def test_every_exporter_gets_one_batch_as_spans_or_as_otlp_requests(added):
     assert c["spans_delivered"] - before["spans_delivered"] == 12  # 6 to each exporter
 
 
-def test_the_otlp_exporter_sends_on_the_one_export_thread(http_receiver, added):
-    # One chain: the exporter keeps no queue or thread of its own; its
-    # requests go out on the one export thread.
+def test_the_otlp_exporter_sends_on_no_more_threads_than_requests_in_flight(http_receiver, added):
+    # One chain: batches reach the exporter on the one export thread; it
+    # keeps no queue of its own beyond its bounded pending requests, and
+    # over HTTP a request waits for its answer on a sender thread, at most
+    # PULSETRACE_OTLP_MAX_IN_FLIGHT (2) of them whatever the number of
+    # requests.
     fresh(export_interval_ms=60_000)
     otlp_exporter(added, http_receiver)
-    for i in range(3):
-        with pulsetrace.start_span(f"one chain {i}"):
-            pass
+    want = []
+    for b in range(6):
+        for i in range(3):
+            with pulsetrace.start_span(f"one chain {b} {i}"):
+                pass
+            want.append(f"one chain {b} {i}")
+        pulsetrace._runtime.flush(0)  # a batch of its own, not waited for
     assert pulsetrace.flush(5)
-    assert sorted(names(http_receiver)) == [f"one chain {i}" for i in range(3)]
+    assert sorted(names(http_receiver)) == sorted(want)
     ours = [t.name for t in threading.enumerate() if t.name.startswith("pulsetrace-")]
-    exporting = [n for n in ours if n.startswith(("pulsetrace-export", "pulsetrace-otlp"))]
-    assert exporting == ["pulsetrace-export"], ours
+    assert ours.count("pulsetrace-export") == 1, ours
+    senders = [n for n in ours if n.startswith("pulsetrace-otlp")]
+    assert senders and set(senders) == {"pulsetrace-otlp-http"} and len(senders) <= 2, ours
 
 
 def test_every_built_in_exporter_is_a_span_exporter_and_anything_else_is_refused():

@@ -16,15 +16,19 @@ exporter asks for it. Exporters run on the export thread (at shutdown, or
 with no export thread running, on the thread that flushes), never on a
 request thread.
 
-This is the one chain: an exporter sends on the thread that calls
-``export``, and keeps no thread of its own. It must not hold that thread
-for a retry: while it sends, kept traces wait in the core's export queue,
-for every exporter. An exporter whose receiver failed keeps what it could
-not send (bounded: the OTLP exporter's ``PULSETRACE_OTLP_MAX_PENDING_SPANS``)
-and tells the export thread when to wake it for a retry
-(:meth:`SpanExporter.next_wake`): the thread then calls
-:meth:`SpanExporter.retry`, even if no new trace came, and sleeps without a
-timeout while no exporter asks for one.
+This is the one chain: an exporter takes its batches on the thread that
+calls ``export`` and keeps no unbounded queue of its own. It must not hold
+that thread, neither for an answer nor for a retry: while it does, kept
+traces wait in the core's export queue, for every exporter (and what does
+not fit there is dropped). The OTLP exporter sends without waiting for the
+answers (a few requests in flight at once, their answers on grpcio's or a
+sender thread, which wake the export thread:
+:func:`pulsetrace.export._thread.wake`). An exporter whose receiver failed
+keeps what it could not send (bounded: the OTLP exporter's
+``PULSETRACE_OTLP_MAX_PENDING_SPANS``, in flight included) and tells the
+export thread when to wake it for a retry (:meth:`SpanExporter.next_wake`):
+the thread then calls :meth:`SpanExporter.retry`, even if no new trace
+came, and sleeps without a timeout while no exporter asks for one.
 
 Batches reach an exporter one at a time and in order, with one exception:
 at shutdown, when the export thread is still inside ``export`` (a slow
@@ -175,9 +179,10 @@ class SpanExporter(Protocol):
     and ``retry``)."""
 
     #: True for an exporter that sends over the network (OTLP): each batch
-    #: goes to every exporter that does not first, so the time a collector
-    #: takes to answer (up to its request timeout) does not delay the
-    #: batch for the in-memory, console or ring exporters.
+    #: goes to every exporter that does not first, so the time it takes to
+    #: hand the batch over (the OTLP exporter may wait for room within its
+    #: pending bound) does not delay it for the in-memory, console or ring
+    #: exporters.
     remote: bool = False
 
     def export(self, batch: SpanBatch, /) -> ExportResult:

@@ -3,6 +3,7 @@ with the configuration in use and stops it, and :mod:`pulsetrace.export`)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -23,6 +24,32 @@ RetryDue = Callable[[], Optional[float]]
 #: spinning thread.
 MIN_WAKE_S = 0.01
 
+#: The export thread running in this process, if any (for :func:`wake`).
+_running: Optional[ExportThread] = None
+
+
+def _forget_running() -> None:
+    global _running
+    _running = None  # a forked child: the parent's thread is not here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_running)
+
+
+def wake() -> None:
+    """Have the export thread look at the exporters' ``next_wake`` again now
+    (an exporter's request ended off that thread, and it has more to send
+    or a retry to time). Does nothing when no export thread runs; never
+    raises."""
+    thread = _running
+    if thread is None or thread.stopping:
+        return
+    try:
+        thread.tracer.kick_export()
+    except Exception as exc:
+        _diag.internal_error("export.kick", exc)
+
 
 class ExportThread(threading.Thread):
     """The one export thread: sleeps in the core, without the GIL, until a
@@ -34,7 +61,9 @@ class ExportThread(threading.Thread):
     later asks for a timed wake (``retry_due``, the exporters'
     ``next_wake``/``retry``): the sleep ends then too, whether or not a
     trace came. Nothing polls: with no trace kept and no retry asked for
-    it does not run at all."""
+    it does not run at all. An exporter that sends without waiting for
+    the answer has the thread look at ``next_wake`` again when a request
+    ends (:func:`wake`)."""
 
     def __init__(
         self,
@@ -93,9 +122,13 @@ class ExportThread(threading.Thread):
             _diag.internal_error("export.kick", exc)
 
     def run(self) -> None:
+        global _running
+        _running = self
         try:
             self._run()
         finally:
+            if _running is self:
+                _running = None
             with self._flushes:  # a flush waiting for this thread hands over itself
                 self.stopping = True
                 self._flushes.notify_all()
@@ -132,6 +165,8 @@ class ExportThread(threading.Thread):
             return  # an exporter's timed wake only: its retry follows
         with self._flushes:
             asked = self._asked
+        if wake == "kicked" and asked <= self._done:
+            return  # woken to look at the exporters' next_wake (wake()): it follows
         if asked > self._done:
             # A flush: everything queued now, then it is told.
             self._hand_over(self.batch_spans, None)

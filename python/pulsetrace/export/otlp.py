@@ -42,11 +42,15 @@ Usage (on pulsetrace's export thread, never on a request thread)::
 
     transport = OtlpTransport(config_from_env())
     result = transport.send(request_bytes, deadline=time.monotonic() + 10)
+    cancel = transport.start(request_bytes, deadline, done)  # not waited for
     transport.counters()  # requests_sent, requests_failed, retries, ...
     transport.stop_retrying()  # at shutdown: one attempt per send from now on
     transport.shutdown()
 
-``send`` never raises: every failure is a :class:`SendResult` with ``ok``
+``send`` waits for the answer; ``start`` makes one attempt and returns at
+once, ``done(result)`` being called when the answer comes (gRPC: grpcio's
+future API; HTTP: a sender thread, see :mod:`pulsetrace.export.otlp_http`).
+Neither raises: every failure is a :class:`SendResult` with ``ok``
 False. Retryable failures (gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 OUT_OF_RANGE, DATA_LOSS, CANCELLED, RESOURCE_EXHAUSTED when the server sent
 RetryInfo; HTTP 429, 502, 503, 504 and connection errors) are retried with
@@ -65,28 +69,19 @@ failure; the send's final outcome is logged at DEBUG.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import http.client
 import logging
 import random
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 from pulsetrace import _diag
 from pulsetrace.config import GRPC, OtlpConfig
-from pulsetrace.export.otlp_wire import (
-    Attempt,
-    grpc_error_attempt,
-    http_answer_attempt,
-    partial_success,
-    unreachable,
-)
+from pulsetrace.export.otlp_grpc import GrpcChannel
+from pulsetrace.export.otlp_http import HttpConnections
+from pulsetrace.export.otlp_wire import Attempt, unreachable
 
 __all__ = ["OtlpConfig", "OtlpTransport", "SendResult", "config_from_env"]
 
@@ -102,14 +97,9 @@ def config_from_env(env: Optional[Mapping[str, str]] = None) -> OtlpConfig:
     return _otlp_env.otlp(env)
 
 
-EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 _LOG_INTERVAL_S = 60.0
-# Headers the transport sets itself; configured ones of these names are ignored.
-_HTTP_OWN_HEADERS = frozenset(
-    "content-type content-encoding content-length transfer-encoding connection host".split()
-)
 
 
 @dataclass(frozen=True)
@@ -144,7 +134,8 @@ def _user_agent() -> str:
 class OtlpTransport:
     """Sends encoded ``ExportTraceServiceRequest`` bytes over gRPC or
     HTTP/protobuf, as ``config`` says. Thread-safe; ``send`` blocks (run it
-    on an export thread). Nothing here raises into the caller."""
+    on an export thread), ``start`` does not. Nothing here raises into the
+    caller."""
 
     def __init__(self, config: OtlpConfig) -> None:
         self.config = config
@@ -159,17 +150,14 @@ class OtlpTransport:
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._setup_error: Optional[str] = None
-        self._grpc: Any = None
-        self._channel: Any = None
-        self._export: Any = None
-        self._http_idle: list[http.client.HTTPConnection] = []
+        self._grpc: Optional[GrpcChannel] = None
+        self._http: Optional[HttpConnections] = None
         self._timeout_s = max(config.timeout_ms, 1.0) / 1000.0
-        self._user_agent = _user_agent()
         try:
             if config.protocol == GRPC:
-                self._setup_grpc()
+                self._grpc = GrpcChannel(config, _user_agent(), MAX_BACKOFF_S)
             else:
-                self._setup_http()
+                self._http = HttpConnections(config, _user_agent())
         except Exception as exc:
             if isinstance(exc, OSError) and exc.filename:
                 why = f"{exc.strerror or exc}: {exc.filename!r}"
@@ -202,6 +190,55 @@ class OtlpTransport:
         except Exception as exc:
             _diag.internal_error("export.otlp.send", exc)
             result = SendResult(ok=False, error=f"internal error: {exc!r}")
+        self._count(result, payload)
+        return result
+
+    def start(
+        self, payload: bytes, deadline: float, done: Callable[[SendResult], None]
+    ) -> Optional[Callable[[], object]]:
+        """Send ``payload`` without waiting for the answer: one attempt, as
+        ``send(payload, deadline, retry=False)``, whose result is handed to
+        ``done`` once known, exactly once, on another thread (gRPC: one of
+        grpcio's; HTTP: a sender thread), or on this one if the attempt
+        cannot start. Returns a callable that cancels the attempt (its
+        result then says so), or None. Never raises; neither does it let
+        an exception of ``done`` out."""
+
+        def finished(attempt: Attempt) -> None:
+            try:
+                result = self._one_attempt_result(attempt)
+            except Exception as exc:
+                _diag.internal_error("export.otlp.start", exc)
+                result = SendResult(ok=False, error=f"internal error: {exc!r}")
+            self._count(result, payload)
+            try:
+                done(result)
+            except Exception as exc:
+                _diag.internal_error("export.otlp.done", exc)
+
+        try:
+            early = self._before_attempt(payload, deadline)
+            if early is not None:
+                self._count(early, payload)
+                done(early)
+                return None
+            payload = bytes(payload)
+            timeout = min(self._timeout_s, deadline - time.monotonic())
+            if self._grpc is not None:
+                return self._grpc.start(payload, timeout, self._closed.is_set, finished)
+            assert self._http is not None
+            return self._http.start(payload, timeout, self._closed.is_set, finished)
+        except Exception as exc:
+            _diag.internal_error("export.otlp.start", exc)
+            result = SendResult(ok=False, error=f"internal error: {exc!r}")
+            self._count(result, payload)
+            try:
+                done(result)
+            except Exception as exc:
+                _diag.internal_error("export.otlp.done", exc)
+            return None
+
+    def _count(self, result: SendResult, payload: Any) -> None:
         with self._lock:
             c = self._counters
             c["retries"] += result.retries
@@ -211,7 +248,6 @@ class OtlpTransport:
                 c["bytes_sent"] += len(payload)
             else:
                 c["requests_failed"] += 1
-        return result
 
     def counters(self) -> dict[str, int]:
         """requests_sent, requests_failed, retries, bytes_sent (request bytes
@@ -231,13 +267,10 @@ class OtlpTransport:
         self._closed.set()
         self._wake.set()
         try:
-            with self._lock:
-                idle, self._http_idle = self._http_idle, []
-                channel, self._channel = self._channel, None
-            for conn in idle:
-                conn.close()
-            if channel is not None:
-                channel.close()
+            if self._grpc is not None:
+                self._grpc.close()
+            if self._http is not None:
+                self._http.close()
         except Exception as exc:
             _diag.internal_error("export.otlp.shutdown", exc)
 
@@ -267,10 +300,9 @@ class OtlpTransport:
         wait: Optional[Callable[[float], bool]],
         retry: bool = True,
     ) -> SendResult:
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            return self._fail(0, "payload is not bytes", "bad payload", False)
-        if self._setup_error is not None:
-            return self._fail(0, self._setup_error, "setup", False)
+        early = self._before_attempt(payload, None)
+        if early is not None:
+            return early
         payload = bytes(payload)
         retries = 0
         error = ""
@@ -283,19 +315,14 @@ class OtlpTransport:
                 why = f"{error} (deadline passed)" if error else "deadline passed before sending"
                 return self._fail(retries, why, "deadline", True)
             timeout = min(self._timeout_s, remaining)
-            if self.config.protocol == GRPC:
-                attempt = self._grpc_attempt(payload, timeout)
+            if self._grpc is not None:
+                attempt = self._grpc.attempt(payload, timeout, self._closed.is_set)
             else:
-                attempt = self._http_attempt(payload, timeout)
+                assert self._http is not None
+                attempt = self._http.attempt(payload, timeout, self._closed.is_set)
             last[:] = [attempt]
             if attempt.ok:
-                if attempt.rejected_spans or attempt.partial_error:
-                    self._log_rate_limited(
-                        "partial success",
-                        "pulsetrace: the OTLP receiver rejected %d spans: %s",
-                        attempt.rejected_spans,
-                        attempt.partial_error or "(no message)",
-                    )
+                self._partial(attempt)
                 if retries:
                     log.debug("pulsetrace: OTLP export delivered after %d retries", retries)
                 return SendResult(ok=True, retries=retries, rejected_spans=attempt.rejected_spans)
@@ -323,6 +350,43 @@ class OtlpTransport:
                 return self._fail(retries, why, "", True, said=True)
             # The wait ran out, or stop_retrying() ended it: one more attempt now.
             retries += 1
+
+    def _before_attempt(self, payload: Any, deadline: Optional[float]) -> Optional[SendResult]:
+        """The failure of a send that cannot be attempted, or None."""
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            return self._fail(0, "payload is not bytes", "bad payload", False)
+        if self._setup_error is not None:
+            return self._fail(0, self._setup_error, "setup", False)
+        if deadline is not None:
+            if self._closed.is_set():
+                return self._fail(0, "the transport is shut down", "shutdown", False)
+            if deadline <= time.monotonic():
+                return self._fail(0, "deadline passed before sending", "deadline", True)
+        return None
+
+    def _one_attempt_result(self, attempt: Attempt) -> SendResult:
+        """What one attempt of :meth:`start` comes to (as ``send`` with
+        ``retry=False``): the failure said at once, rate limited."""
+        if attempt.ok:
+            self._partial(attempt)
+            return SendResult(ok=True, rejected_spans=attempt.rejected_spans)
+        error = attempt.error or "failed"
+        later = attempt.retryable and not self._no_retry.is_set()
+        if attempt.kind != "cancelled":
+            self._first_failure(attempt, error, False, later)
+        result = self._fail(0, error, attempt.kind, attempt.retryable, said=True)
+        return dataclasses.replace(
+            result, retry_after=attempt.retry_after, unreachable=unreachable(attempt)
+        )
+
+    def _partial(self, attempt: Attempt) -> None:
+        if attempt.rejected_spans or attempt.partial_error:
+            self._log_rate_limited(
+                "partial success",
+                "pulsetrace: the OTLP receiver rejected %d spans: %s",
+                attempt.rejected_spans,
+                attempt.partial_error or "(no message)",
+            )
 
     def _first_failure(
         self, attempt: Attempt, error: str, will_retry: bool, caller_retries: bool = False
@@ -385,155 +449,3 @@ class OtlpTransport:
             msg += " (and %d more like this in the last minute)"
             args = (*args, suppressed)
         log.warning(msg, *args)
-
-    # -- gRPC ---------------------------------------------------------------
-
-    def _setup_grpc(self) -> None:
-        try:
-            import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
-        except ImportError as exc:
-            raise RuntimeError(
-                "grpcio is not installed: pip install grpcio, "
-                "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-            ) from exc
-
-        self._grpc = grpc
-        endpoint = self.config.endpoint
-        if "://" in endpoint:
-            u = urlsplit(endpoint)
-            port = u.port or (443 if u.scheme.lower() == "https" else 80)
-            host = u.hostname or "localhost"
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        else:
-            target = endpoint
-        options = [
-            ("grpc.primary_user_agent", self._user_agent),
-            # Reconnect soon after a collector comes back (default: up to 2 min).
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
-            ("grpc.max_send_message_length", -1),
-        ]
-        if self.config.insecure:
-            channel = grpc.insecure_channel(target, options=options)
-        else:
-            roots = None
-            if self.config.certificate:
-                with open(self.config.certificate, "rb") as f:
-                    roots = f.read()
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel
-        # Bytes in, bytes out: the request is already encoded, the answer is
-        # read with the few lines of wire-format parsing in otlp_wire.
-        self._export = channel.unary_unary(
-            EXPORT_METHOD, request_serializer=None, response_deserializer=None
-        )
-        self._metadata = tuple(
-            (k, v.encode() if k.endswith("-bin") else v) for k, v in self.config.headers.items()
-        )
-        self._compression = (
-            grpc.Compression.Gzip
-            if self.config.compression == "gzip"
-            else grpc.Compression.NoCompression
-        )
-
-    def _grpc_attempt(self, payload: bytes, timeout: float) -> Attempt:
-        grpc = self._grpc
-        export = self._export
-        if export is None or self._channel is None:
-            return Attempt(ok=False, error="the transport is shut down", kind="shutdown")
-        try:
-            response, _call = export.with_call(
-                payload,
-                timeout=timeout,
-                metadata=self._metadata or None,
-                compression=self._compression,
-            )
-        except grpc.RpcError as exc:
-            return grpc_error_attempt(exc, self._closed.is_set())
-        except ValueError as exc:  # a closed channel
-            return Attempt(ok=False, error=f"gRPC: {exc}", kind="grpc error")
-        rejected, message = partial_success(response or b"")
-        return Attempt(ok=True, rejected_spans=rejected, partial_error=message)
-
-    # -- HTTP/protobuf ------------------------------------------------------
-
-    def _setup_http(self) -> None:
-        u = urlsplit(self.config.endpoint)
-        self._https = u.scheme.lower() == "https"
-        self._host = u.hostname or "localhost"
-        self._port = u.port or (443 if self._https else 80)
-        self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        self._ssl: Optional[ssl.SSLContext] = None
-        if self._https:
-            self._ssl = ssl.create_default_context(cafile=self.config.certificate or None)
-        headers = {"user-agent": self._user_agent}
-        headers.update((k, v) for k, v in self.config.headers.items() if k not in _HTTP_OWN_HEADERS)
-        headers["content-type"] = "application/x-protobuf"
-        if self.config.compression == "gzip":
-            headers["content-encoding"] = "gzip"
-        self._http_headers = headers
-
-    def _connection(self, timeout: float, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._http_idle and not fresh:
-                conn = self._http_idle.pop()
-                conn.timeout = timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
-                return conn, True
-        if self._https:
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=self._ssl
-            ), False
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
-
-    def _http_attempt(self, payload: bytes, timeout: float, fresh: bool = False) -> Attempt:
-        body = payload
-        if self.config.compression == "gzip":
-            body = gzip.compress(payload, compresslevel=6, mtime=0)
-        started = time.monotonic()
-        conn, reused = self._connection(timeout, fresh)
-
-        def within_timeout() -> None:
-            # Socket timeouts are per operation: shrink them as time passes,
-            # so that the attempt as a whole keeps to ``timeout``.
-            left = timeout - (time.monotonic() - started)
-            if conn.sock is not None:
-                conn.sock.settimeout(max(left, 0.001))
-
-        try:
-            conn.request("POST", self._path, body=body, headers=self._http_headers)
-            within_timeout()
-            response = conn.getresponse()
-            within_timeout()
-            data = response.read()
-        except ssl.SSLCertVerificationError as exc:
-            conn.close()
-            return Attempt(ok=False, error=f"TLS: {exc.verify_message or exc}", kind="tls")
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            left = timeout - (time.monotonic() - started)
-            timed_out = isinstance(exc, (socket.timeout, TimeoutError))
-            if reused and left > 0 and not timed_out and not self._closed.is_set():
-                # A kept-alive connection the server had closed: once more on
-                # a new one, at once (not counted as a retry).
-                return self._http_attempt(payload, left, fresh=True)
-            return self._connection_error(exc)
-        with self._lock:
-            keep = not response.will_close and not self._closed.is_set()
-            if keep:
-                self._http_idle.append(conn)
-        if not keep:
-            conn.close()
-        return http_answer_attempt(response, data)
-
-    def _connection_error(self, exc: BaseException) -> Attempt:
-        kind = type(exc).__name__
-        text = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else str(exc) or kind
-        return Attempt(
-            ok=False,
-            error=f"HTTP connection to {self._host}:{self._port} failed: {text}",
-            kind=f"connection {kind}",
-            retryable=not self._closed.is_set(),
-        )

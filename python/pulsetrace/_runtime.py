@@ -4,10 +4,12 @@ export thread, started on first use, flushed at exit, renewed after fork.
 The export chain: kept traces wait in the core's one bounded export queue;
 the one export thread sleeps in the core (``Tracer.wait_export``, without
 the GIL) until a batch is ready, and hands each batch (a
-:class:`~pulsetrace.export.SpanBatch`) to every exporter, which sends it
-there (no exporter has a thread of its own), one batch at a time and in
-order; an exporter that keeps a failed request asks for a timed wake of the
-thread to retry it (``retry_due``). ``flush`` asks the export thread to hand over everything
+:class:`~pulsetrace.export.SpanBatch`) to every exporter, one batch at a
+time and in order. The OTLP exporter sends a batch without waiting for the
+collector's answer (a gRPC future, or one of its HTTP sender threads; at
+most ``PULSETRACE_OTLP_MAX_IN_FLIGHT`` requests at once), and an answer
+wakes the export thread; an exporter that keeps a failed request asks for a
+timed wake of the thread to retry it (``retry_due``). ``flush`` asks the export thread to hand over everything
 queued and waits for it, within its timeout. ``shutdown`` bounds the batch
 being exported (:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the
 export thread and hands what is left over on its own thread as one batch:

@@ -9,8 +9,9 @@ time and in order. The OTLP exporter sends a batch without waiting for the
 collector's answer (a gRPC future, or one of its HTTP sender threads; at
 most ``PULSETRACE_OTLP_MAX_IN_FLIGHT`` requests at once), and an answer
 wakes the export thread; an exporter that keeps a failed request asks for a
-timed wake of the thread to retry it (``retry_due``). ``flush`` asks the export thread to hand over everything
-queued and waits for it, within its timeout. ``shutdown`` bounds the batch
+timed wake of the thread to retry it (``retry_due``). ``flush`` asks the
+export thread to hand over everything queued and waits for it, within its
+timeout. ``shutdown`` bounds the batch
 being exported (:meth:`~pulsetrace.export.SpanBatch.finish_by`), stops the
 export thread and hands what is left over on its own thread as one batch:
 at the same time as the export thread's last batch if a slow receiver

@@ -143,3 +143,7 @@ def test_the_test_endpoint_is_a_dry_run_unless_asked_to_deliver(tmp_path, rx):
         assert m.store.alerts() == []  # a test notice is not an alert
         assert client.post("/monitoring/test/nope", token=TOKEN)[0] == 404
         assert client.post("/monitoring/test/errors")[0] == 401
+        # Only the document's spelling: no notice goes out on a near miss.
+        status, _, body = client.post("/monitoring/test/errors?deliver=TRUE", token=TOKEN)
+        assert status == 400 and "deliver" in body["error"]
+        assert len(rx.paths()) == 2

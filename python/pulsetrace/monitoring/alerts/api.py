@@ -96,9 +96,10 @@ def test_rule(request: Request) -> Response:
     """Evaluate a rule now: what it sees and what would be sent; with
     ``?deliver=true`` a test notice goes to its first step's channels."""
     q = request.query_params()
-    deliver = q.get("deliver", "false").lower()
+    # Exactly as the OpenAPI document's enum writes it.
+    deliver = q.get("deliver", "false")
     if deliver not in ("true", "false"):
-        raise HttpError(400, "deliver must be true or false")
+        raise HttpError(400, "deliver must be true or false (lower case)")
     m = _manager()
     rule = m.rules.get(request.params["ruleId"])
     if rule is None:

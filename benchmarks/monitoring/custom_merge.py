@@ -32,10 +32,10 @@ import fcntl
 import os
 import random
 import shutil
-import statistics
 import tempfile
-import time
-from typing import Callable
+
+# The merge benchmark's timing: median thread CPU ms over runs.
+from metrics_merge import _ms
 
 import pulsetrace
 import pulsetrace.metrics as metrics
@@ -44,16 +44,6 @@ from pulsetrace.monitoring import metrics_custom, metrics_state, workers
 SERIES = 1000
 VALUES = 200
 WORKERS = 4
-
-
-def _ms(fn: Callable[[], object], runs: int, before: Callable[[], object]) -> float:
-    out = []
-    for _ in range(runs):
-        before()
-        t = time.thread_time()
-        fn()
-        out.append((time.thread_time() - t) * 1000)
-    return statistics.median(out)
 
 
 def main() -> None:

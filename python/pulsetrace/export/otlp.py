@@ -204,23 +204,25 @@ class OtlpTransport:
         result then says so), or None. Never raises; neither does it let
         an exception of ``done`` out."""
 
-        def finished(attempt: Attempt) -> None:
-            try:
-                result = self._one_attempt_result(attempt)
-            except Exception as exc:
-                _diag.internal_error("export.otlp.start", exc)
-                result = SendResult(ok=False, error=f"internal error: {exc!r}")
+        def hand_over(result: SendResult) -> None:
             self._count(result, payload)
             try:
                 done(result)
             except Exception as exc:
                 _diag.internal_error("export.otlp.done", exc)
 
+        def finished(attempt: Attempt) -> None:
+            try:
+                result = self._one_attempt_result(attempt)
+            except Exception as exc:
+                _diag.internal_error("export.otlp.start", exc)
+                result = SendResult(ok=False, error=f"internal error: {exc!r}")
+            hand_over(result)
+
         try:
             early = self._before_attempt(payload, deadline)
             if early is not None:
-                self._count(early, payload)
-                done(early)
+                hand_over(early)
                 return None
             payload = bytes(payload)
             timeout = min(self._timeout_s, deadline - time.monotonic())
@@ -230,12 +232,7 @@ class OtlpTransport:
             return self._http.start(payload, timeout, self._closed.is_set, finished)
         except Exception as exc:
             _diag.internal_error("export.otlp.start", exc)
-            result = SendResult(ok=False, error=f"internal error: {exc!r}")
-            self._count(result, payload)
-            try:
-                done(result)
-            except Exception as exc:
-                _diag.internal_error("export.otlp.done", exc)
+            hand_over(SendResult(ok=False, error=f"internal error: {exc!r}"))
             return None
 
     def _count(self, result: SendResult, payload: Any) -> None:

@@ -25,13 +25,13 @@ import _sqlite3
 import os
 import sqlite3
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
-from pulsetrace._suppress import SUPPRESSED
+from pulsetrace._suppress import is_suppressed
 from pulsetrace.contrib import dbapi
 from pulsetrace.contrib._patcher import Patcher, Target
-from pulsetrace.contrib.dbapi import ACTIVE
+from pulsetrace.contrib.dbapi import is_active
 
 #: The standard library: no version check.
 SUPPORTED = None
@@ -51,37 +51,56 @@ def file_namespace(path: Any) -> Optional[str]:
     return os.path.basename(p.rstrip("/\\")) or p
 
 
+_execute = sqlite3.Cursor.execute
+_executemany = sqlite3.Cursor.executemany
+_executescript = sqlite3.Cursor.executescript
+_cursor = sqlite3.Connection.cursor
+#: The tracer's own method (it configures the tracer on first use).
+_start_span = _runtime.TRACER.start_span
+
+
+def _traced_execute(on_connection: bool) -> Callable[..., Any]:
+    """``execute`` of a traced cursor, or (``on_connection``) of a traced
+    connection: on a new traced cursor, as sqlite3's own shortcut. One body
+    for both, and no Python call between the method and the span (the
+    checks of :func:`dbapi.statement_span`, inline): a call costs about
+    1,000 instructions, and this code runs cold between requests."""
+
+    def execute(self: Any, sql: Any, parameters: Any = (), /) -> Any:
+        cur = _cursor(self, TracedCursor) if on_connection else self
+        db = cur.connection._pulsetrace_db
+        if db is None or not db.switch.on or is_active() or is_suppressed():
+            return _execute(cur, sql, parameters)
+        try:
+            name, attrs = db.statements.get(sql) or db.describe(sql)
+            span = _start_span(name, kind="client", attributes=attrs)
+        except Exception as exc:
+            _diag.internal_error("dbapi.start", exc)
+            return _execute(cur, sql, parameters)
+        try:
+            _execute(cur, sql, parameters)
+        except BaseException as exc:
+            dbapi.finish(span, "sqlite", error=exc)
+            raise
+        try:
+            rows = cur.rowcount
+            if rows >= 0:
+                span.set_attribute("db.response.rows_affected", rows)
+            span.end()
+        except Exception as exc:
+            _diag.internal_error("sqlite3.end", exc)
+        return cur
+
+    return execute
+
+
 class TracedCursor(sqlite3.Cursor):
     """A cursor whose statements are spans (its connection is traced)."""
 
     __slots__ = ()
     connection: TracedConnection  # for type checkers: sqlite3's own read-only attribute
 
-    def execute(self, sql: Any, parameters: Any = (), /) -> Any:
-        # dbapi.statement_span, inline: a Python call less on every statement
-        # (the most frequent one), which runs cold between requests.
-        db = self.connection._pulsetrace_db
-        if db is None or not db.switch.on or ACTIVE.get() or SUPPRESSED.get():
-            return _execute(self, sql, parameters)
-        try:
-            name, attrs = db.statements.get(sql) or db.describe(sql)
-            span = _start_span(name, kind="client", attributes=attrs)
-        except Exception as exc:
-            _diag.internal_error("dbapi.start", exc)
-            return _execute(self, sql, parameters)
-        try:
-            _execute(self, sql, parameters)
-        except BaseException as exc:
-            dbapi.finish(span, "sqlite", error=exc)
-            raise
-        try:
-            rows = self.rowcount
-            if rows >= 0:
-                span.set_attribute("db.response.rows_affected", rows)
-            span.end()
-        except Exception as exc:
-            _diag.internal_error("sqlite3.end", exc)
-        return self
+    execute = _traced_execute(on_connection=False)
 
     def executemany(self, sql: Any, parameters: Any, /) -> Any:
         span = dbapi.statement_span(self.connection._pulsetrace_db, sql)
@@ -108,15 +127,6 @@ class TracedCursor(sqlite3.Cursor):
         return self
 
 
-_execute = sqlite3.Cursor.execute
-_executemany = sqlite3.Cursor.executemany
-_executescript = sqlite3.Cursor.executescript
-_cursor = sqlite3.Connection.cursor
-_cursor_execute = TracedCursor.execute
-#: The tracer's own method (it configures the tracer on first use).
-_start_span = _runtime.TRACER.start_span
-
-
 class TracedConnection(sqlite3.Connection):
     """A connection whose cursors are :class:`TracedCursor` (subclasses of
     the caller's cursor class, when one is given). No instance dict, as
@@ -131,8 +141,7 @@ class TracedConnection(sqlite3.Connection):
         return _cursor(self, factory if factory is TracedCursor else _cursor_class(factory))
 
     # The shortcuts run on a traced cursor, as sqlite3's own run on a new cursor.
-    def execute(self, sql: Any, parameters: Any = (), /) -> Any:
-        return _cursor_execute(_cursor(self, TracedCursor), sql, parameters)
+    execute = _traced_execute(on_connection=True)
 
     def executemany(self, sql: Any, parameters: Any, /) -> Any:
         return _cursor(self, TracedCursor).executemany(sql, parameters)

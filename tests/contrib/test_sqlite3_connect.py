@@ -117,3 +117,17 @@ def test_a_connect_wrapped_before_pulsetrace_is_still_called(exporter, monkeypat
         sqlite3_hook.unpatch()
     assert len(calls) == 3
     assert statements(exporter) == ["SELECT ?"] * 3
+
+
+def test_a_connection_made_from_a_traced_connections_class_runs_untraced(hooked, tmp_path):
+    path = str(tmp_path / "clone.db")
+    first = sqlite3.connect(path)
+    clone = type(first)(path)  # what code that copies a connection's class does
+    assert clone.execute(SQL).fetchone() == (1,)
+    assert clone.cursor().execute(SQL).fetchone() == (1,)
+    clone.executescript("CREATE TABLE t (a);")
+    clone.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    first.execute(SQL)
+    for c in (first, clone):
+        c.close()
+    assert statements(hooked) == ["SELECT ?"]

@@ -59,6 +59,13 @@ _cursor = sqlite3.Connection.cursor
 _start_span = _runtime.TRACER.start_span
 
 
+def _database_of(cursor: Any) -> Optional[dbapi.Database]:
+    """The Database of a traced cursor's connection; None for a connection
+    that ``connect`` did not make (``type(conn)(path)`` leaves the slot of
+    :class:`_Connection` unset): its statements are not traced."""
+    return getattr(cursor.connection, "_pulsetrace_db", None)
+
+
 def _traced_execute(on_connection: bool) -> Callable[..., Any]:
     """``execute`` of a traced cursor, or (``on_connection``) of a traced
     connection: on a new traced cursor, as sqlite3's own shortcut. One body
@@ -68,7 +75,10 @@ def _traced_execute(on_connection: bool) -> Callable[..., Any]:
 
     def execute(self: Any, sql: Any, parameters: Any = (), /) -> Any:
         cur = _cursor(self, TracedCursor) if on_connection else self
-        db = cur.connection._pulsetrace_db
+        try:
+            db = cur.connection._pulsetrace_db
+        except AttributeError:  # a connection not made by connect (see _database_of)
+            db = None
         if db is None or not db.switch.on or is_active() or is_suppressed():
             return _execute(cur, sql, parameters)
         try:
@@ -103,7 +113,7 @@ class TracedCursor(sqlite3.Cursor):
     execute = _traced_execute(on_connection=False)
 
     def executemany(self, sql: Any, parameters: Any, /) -> Any:
-        span = dbapi.statement_span(self.connection._pulsetrace_db, sql)
+        span = dbapi.statement_span(_database_of(self), sql)
         if span is None:
             return _executemany(self, sql, parameters)
         try:
@@ -115,7 +125,7 @@ class TracedCursor(sqlite3.Cursor):
         return self
 
     def executescript(self, sql_script: Any, /) -> Any:
-        span = dbapi.statement_span(self.connection._pulsetrace_db, sql_script)
+        span = dbapi.statement_span(_database_of(self), sql_script)
         if span is None:
             return _executescript(self, sql_script)
         try:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, scrub
 from pulsetrace._native import Tracer
-from pulsetrace._suppress import SUPPRESSED
+from pulsetrace._suppress import is_suppressed
 from pulsetrace.config import Config, environment
 from pulsetrace.export import ExportResult, SpanBatch, SpanExporter, check_exporter
 
@@ -119,7 +119,7 @@ def hook_tracer() -> Optional[Tracer]:
     must run untraced: pulsetrace's own work (:func:`pulsetrace._suppress.suppressed`)
     or tracing turned off. May raise on first use (a hook's own ``try``
     reports it)."""
-    if SUPPRESSED.get():
+    if is_suppressed():
         return None
     t = _tracer or tracer()
     return t if t.enabled else None

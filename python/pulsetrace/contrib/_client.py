@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import wrapt
 
 from pulsetrace import _diag, _runtime
-from pulsetrace._suppress import SUPPRESSED
+from pulsetrace._suppress import is_suppressed
 from pulsetrace.contrib import _http
 
 #: True while an outbound HTTP span is current: a client called by another
@@ -28,6 +28,8 @@ from pulsetrace.contrib import _http
 ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pulsetrace_outbound_http", default=False
 )
+#: ``ACTIVE.get``, bound once (see :data:`pulsetrace._suppress.is_suppressed`).
+is_active = ACTIVE.get
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 USERINFO = f"{_http.REDACTED}:{_http.REDACTED}@"
@@ -196,7 +198,7 @@ def start(where: str, describe: Callable[[], tuple[Any, Any]]) -> Optional[Call]
     """Start the CLIENT span of one request, ``describe()`` → (method, url).
     None: pass the request through (tracing off, already inside an outbound
     span, pulsetrace's own work, or an internal error)."""
-    if ACTIVE.get() or SUPPRESSED.get():
+    if is_active() or is_suppressed():
         return None
     try:
         tracer = _runtime.tracer()

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -130,3 +131,14 @@ def added() -> Iterator[list[Any]]:
     for exp in others:
         pulsetrace.add_exporter(exp)
     pulsetrace.configure(pulsetrace.Config(), sample_rate=1.0)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
+    """Poll ``check`` until it returns something true or ``timeout`` seconds
+    pass; its last value (false on a timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)

@@ -27,7 +27,7 @@ from pulsetrace import _runtime
 from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-from conftest import fresh
+from conftest import fresh, wait_until
 
 COUNTED = ("spans_handed_to_exporters", "spans_delivered", "spans_delivery_failed")
 HTTP, GRPC = "http/protobuf", "grpc"
@@ -93,15 +93,6 @@ def held(exp: OtlpSpanExporter) -> int:
     """Spans the exporter took and has not sent: pending, or dropped from there."""
     c = exp.counters()
     return c["otlp_queued_spans"] + c["otlp_spans_dropped_pending_full"]
-
-
-def wait_until(cond: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 @pytest.mark.parametrize("protocol", [HTTP, GRPC])

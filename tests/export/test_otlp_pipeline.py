@@ -43,7 +43,7 @@ import pulsetrace
 from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-from conftest import fresh
+from conftest import fresh, wait_until
 
 HTTP = "http/protobuf"
 KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
@@ -236,15 +236,6 @@ def assert_not_slowed(baseline: Timings, measured: Timings, what: str) -> None:
     for got, bound in ((measured.spans, 1e-3), (measured.request, 2e-3)):
         assert max(got) < 0.1, f"an application call took {max(got) * 1e3:.0f} ms: {us(got)}"
         assert statistics.mean(got) < bound, us(got)
-
-
-def wait_until(check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 # -- a TCP relay that counts what the client sends (gRPC compression) -------------

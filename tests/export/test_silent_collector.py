@@ -25,7 +25,7 @@ import pulsetrace
 from pulsetrace.export.otlp import config_from_env
 from pulsetrace.export.otlp_exporter import OtlpSpanExporter
 
-from conftest import fresh
+from conftest import fresh, wait_until
 
 HTTP, GRPC = "http/protobuf", "grpc"
 COUNTED = (
@@ -49,15 +49,6 @@ def received(receiver: Any) -> list[str]:
 def delta(before: dict[str, int], *names: str) -> tuple[int, ...]:
     c = pulsetrace.counters()
     return tuple(c[n] - before[n] for n in names)
-
-
-def wait_until(cond: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.parametrize("protocol", [HTTP, GRPC])

@@ -16,6 +16,7 @@ the transactions are.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -205,6 +206,19 @@ _JSON_TYPE = (("Content-Type", "application/json"),)
 
 
 _rendering: set[str] = set()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker renders its own transactions: a lock a thread of its
+    parent held at the fork (rendering) would otherwise stay held for ever."""
+    global _transactions_lock, _install_lock
+    _transactions_lock = threading.Lock()
+    _install_lock = threading.Lock()
+    _transactions_cache.clear()
+    _rendering.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cached(window: str) -> bytes:

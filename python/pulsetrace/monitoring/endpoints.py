@@ -175,6 +175,17 @@ def metrics_json(request: Request) -> Response:
     return Response(200, [("Content-Type", "application/json")], body)
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker renders its own metrics: a lock a thread of its
+    parent held at the fork (rendering) would otherwise stay held for ever."""
+    global _metrics_lock, _metrics_cache
+    _metrics_lock = threading.Lock()
+    _metrics_cache = (float("-inf"), b"")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def metrics_json_cached(request: Request) -> Optional[Response]:
     """/health/metrics' snapshot while it is fresh, else None."""
     global _metrics_response

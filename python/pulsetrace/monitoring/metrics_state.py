@@ -49,6 +49,7 @@ import base64
 import binascii
 import itertools
 import math
+import os
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -248,6 +249,16 @@ class _Kept:
 
 
 _kept = _Kept()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker keeps its own rebuilds: its parent's lock may have
+    been held at the fork by a thread that does not exist here."""
+    global _kept
+    _kept = _Kept()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def parsed(state: Any) -> list[mc._Metric]:

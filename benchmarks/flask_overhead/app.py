@@ -31,6 +31,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 from typing import Any
 
 from flask import Flask, jsonify
@@ -49,6 +50,14 @@ OUTBOUND_URL = os.environ.get("BENCH_OUTBOUND_URL", "http://127.0.0.1:1/")
 REDIS_KEY = "bench:key"
 
 app = Flask(__name__)
+
+# BENCH_IDLE_THREAD=1 (run.py's none_threaded): one thread that only waits. A
+# worker process with a second thread pays for it on every request, whatever
+# that thread does: glibc's malloc then locks its arena, and blocking system
+# calls become cancellation points. Every agent with a thread of its own pays
+# this too; the configuration shows how much of a loss it is.
+if os.environ.get("BENCH_IDLE_THREAD") == "1":
+    threading.Thread(target=threading.Event().wait, name="bench-idle", daemon=True).start()
 
 _db = sqlite3.connect(":memory:", check_same_thread=False)
 _db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)")

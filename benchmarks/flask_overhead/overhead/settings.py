@@ -89,6 +89,13 @@ def make_configs(receiver_port: Optional[int]) -> dict[str, Config]:
         export_env["OTEL_TRACES_EXPORTER"] = "none"
     return {
         "none": Config("none", "plain gunicorn, no agent", "none"),
+        "none_threaded": Config(
+            "none_threaded",
+            "plain gunicorn, no agent, one idle thread in the worker (optional, not in a "
+            "mode: what any second thread costs a single-threaded worker, before any agent)",
+            "none",
+            env={"BENCH_IDLE_THREAD": "1"},
+        ),
         "pulsetrace": Config(
             "pulsetrace",
             "pulsetrace-run gunicorn, default settings (PULSETRACE_SAMPLE_RATE unset: 0.1)",

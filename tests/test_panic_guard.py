@@ -54,6 +54,16 @@ def ok_app(environ: Any, start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
+class Statement:
+    rowcount = 3
+
+
+def client_call() -> Any:
+    """A statement through a native ClientCall (what the sqlite3 hook runs)."""
+    call = _native.ClientCall(_runtime.TRACER, lambda t, s, p: (s, p), "rows", lambda s, e: None)
+    return call.call(Statement(), "SELECT 1", (1,), "SELECT", (("db.system.name", "sqlite"),))
+
+
 def in_span(call: Callable[[pulsetrace.Span], Any]) -> Any:
     """``call(span)`` inside a span with one attribute."""
     with pulsetrace.start_span("op", attributes={"kept": 1}) as span:
@@ -107,6 +117,8 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[Any], bool]]] = {
     ),
     "tracer.current_span": (lambda: in_span(injected_headers), lambda h: h == {}),
     "histogram.record": (recorded_count, lambda count: count == 0),
+    "client.start": (client_call, lambda r: r == ("SELECT 1", (1,))),
+    "client.end": (client_call, lambda r: r == ("SELECT 1", (1,))),
     "wsgi.start": (lambda: request(ok_app), lambda r: r == OK_RESPONSE),
     "wsgi.status": (lambda: request(ok_app), lambda r: r == OK_RESPONSE),
     "wsgi.restore": (lambda: request(ok_app), lambda r: r == OK_RESPONSE),

@@ -9,6 +9,7 @@ from pulsetrace.config import Config
 __all__ = [
     "DEFAULT_BUCKETS",
     "Batch",
+    "ClientCall",
     "Histogram",
     "HistogramSnapshot",
     "MergedView",
@@ -375,6 +376,25 @@ class TracedWsgiApp:
     def __name__(self) -> str: ...
     @property
     def __qualname__(self) -> str: ...
+
+@final
+class ClientCall:
+    def __new__(
+        cls,
+        tracer: Tracer,
+        method: Callable[[Any, Any, Any], Any],
+        rows_key: str,
+        on_error: Callable[[Span, BaseException], object],
+    ) -> ClientCall: ...
+    def call(
+        self,
+        target: Any,
+        statement: Any,
+        parameters: Any,
+        name: str,
+        attributes: Any,
+        /,
+    ) -> Any: ...
 
 @final
 class RouteNamer:

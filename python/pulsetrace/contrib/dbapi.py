@@ -38,6 +38,8 @@ ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar(
 #: ``ACTIVE.get``, bound once (see :data:`pulsetrace._suppress.is_suppressed`).
 is_active = ACTIVE.get
 _KEYWORDS = ("query", "sql", "operation", "statement", "procname")
+#: Where a statement's ``rowcount`` goes, when it is a non-negative int.
+ROWS_AFFECTED = "db.response.rows_affected"
 
 
 class Switch:
@@ -184,7 +186,7 @@ def finish(span: Any, system: str, rows: Any = None, error: Any = None) -> None:
         else:
             rowcount = getattr(rows, "rowcount", -1)
             if type(rowcount) is int and rowcount >= 0:
-                span.set_attribute("db.response.rows_affected", rowcount)
+                span.set_attribute(ROWS_AFFECTED, rowcount)
     except Exception as exc:
         _diag.internal_error("dbapi.end", exc)
     try:

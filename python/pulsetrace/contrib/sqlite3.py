@@ -28,6 +28,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._native import ClientCall
 from pulsetrace._suppress import is_suppressed
 from pulsetrace.contrib import dbapi
 from pulsetrace.contrib._patcher import Patcher, Target
@@ -55,8 +56,17 @@ _execute = sqlite3.Cursor.execute
 _executemany = sqlite3.Cursor.executemany
 _executescript = sqlite3.Cursor.executescript
 _cursor = sqlite3.Connection.cursor
-#: The tracer's own method (it configures the tracer on first use).
-_start_span = _runtime.TRACER.start_span
+
+
+def _failed(span: Any, exc: BaseException) -> None:
+    dbapi.finish(span, "sqlite", error=exc)
+
+
+#: ``_execute`` in its span, natively: the span started, the statement run,
+#: its row count set, the span ended, in one call (a failure goes to
+#: :func:`dbapi.finish`, like every SQL hook's). The tracer configures itself
+#: on first use.
+_traced = ClientCall(_runtime.TRACER, _execute, dbapi.ROWS_AFFECTED, _failed).call
 
 
 def _database_of(cursor: Any) -> Optional[dbapi.Database]:
@@ -83,23 +93,10 @@ def _traced_execute(on_connection: bool) -> Callable[..., Any]:
             return _execute(cur, sql, parameters)
         try:
             name, attrs = db.statements.get(sql) or db.describe(sql)
-            span = _start_span(name, kind="client", attributes=attrs)
         except Exception as exc:
             _diag.internal_error("dbapi.start", exc)
             return _execute(cur, sql, parameters)
-        try:
-            _execute(cur, sql, parameters)
-        except BaseException as exc:
-            dbapi.finish(span, "sqlite", error=exc)
-            raise
-        try:
-            rows = cur.rowcount
-            if rows >= 0:
-                span.set_attribute("db.response.rows_affected", rows)
-            span.end()
-        except Exception as exc:
-            _diag.internal_error("sqlite3.end", exc)
-        return cur
+        return _traced(cur, sql, parameters, name, attrs)
 
     return execute
 

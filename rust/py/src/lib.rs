@@ -123,6 +123,7 @@ fn after_fork_in_child() {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     m.add_class::<tracer::Tracer>()?;
+    m.add_class::<tracer::call::ClientCall>()?;
     m.add_class::<span::Span>()?;
     m.add_class::<span::SpanContext>()?;
     m.add_class::<data::SpanData>()?;

@@ -38,6 +38,7 @@
 //! configuration comes whole from Python ([`crate::config`]): until then
 //! the tracer has no sampler and no limits of its own.
 
+pub(crate) mod call;
 mod lifecycle;
 pub(crate) mod readers;
 mod start;

@@ -80,8 +80,9 @@ def _traced_execute(on_connection: bool) -> Callable[..., Any]:
     """``execute`` of a traced cursor, or (``on_connection``) of a traced
     connection: on a new traced cursor, as sqlite3's own shortcut. One body
     for both, and no Python call between the method and the span (the
-    checks of :func:`dbapi.statement_span`, inline): a Python call costs
-    about 500 instructions, and this code runs cold between requests."""
+    checks of :func:`dbapi.statement_span`, inline; the span itself is
+    :data:`_traced`, native): a Python call costs about 500 instructions,
+    and this code runs cold between requests."""
 
     def execute(self: Any, sql: Any, parameters: Any = (), /) -> Any:
         cur = _cursor(self, TracedCursor) if on_connection else self

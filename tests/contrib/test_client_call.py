@@ -82,3 +82,14 @@ def test_attributes_are_converted_as_start_span_converts_them(exporter):
     assert runs == ["SELECT 1"]
     (span,) = finished(exporter)
     assert span.attributes == {"k": str(value), "n": 2, "rows": 1}
+
+
+@pytest.mark.parametrize(
+    ("rowcount", "expected"),
+    [(3, 3), (0, 0), (-1, None), (True, None), (2.0, None), ("3", None), (2**70, None)],
+)
+def test_the_row_count_rule_every_sql_hook_shares(rowcount, expected):
+    # dbapi.finish (psycopg, psycopg2, PyMySQL, sqlite3's executemany) and
+    # ClientCall (sqlite3's execute) both read it here.
+    assert _native.sql_row_count(Target(rowcount)) == expected
+    assert _native.sql_row_count(None) is None

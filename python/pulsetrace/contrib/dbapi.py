@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import wrapt
 
 from pulsetrace import _diag, _runtime
+from pulsetrace._native import sql_row_count
 from pulsetrace._suppress import is_suppressed
 from pulsetrace.contrib import _sql
 
@@ -38,7 +39,8 @@ ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar(
 #: ``ACTIVE.get``, bound once (see :data:`pulsetrace._suppress.is_suppressed`).
 is_active = ACTIVE.get
 _KEYWORDS = ("query", "sql", "operation", "statement", "procname")
-#: Where a statement's ``rowcount`` goes, when it is a non-negative int.
+#: Where a statement's row count goes (``_native.sql_row_count``: a
+#: non-negative int ``rowcount``).
 ROWS_AFFECTED = "db.response.rows_affected"
 
 
@@ -184,8 +186,8 @@ def finish(span: Any, system: str, rows: Any = None, error: Any = None) -> None:
         elif error is not None:
             span.set_status("error", str(error))
         else:
-            rowcount = getattr(rows, "rowcount", -1)
-            if type(rowcount) is int and rowcount >= 0:
+            rowcount = sql_row_count(rows)
+            if rowcount is not None:
                 span.set_attribute(ROWS_AFFECTED, rowcount)
     except Exception as exc:
         _diag.internal_error("dbapi.end", exc)

@@ -124,6 +124,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     m.add_class::<tracer::Tracer>()?;
     m.add_class::<tracer::call::ClientCall>()?;
+    m.add_function(wrap_pyfunction!(tracer::call::sql_row_count, m)?)?;
     m.add_class::<span::Span>()?;
     m.add_class::<span::SpanContext>()?;
     m.add_class::<data::SpanData>()?;

@@ -120,15 +120,9 @@ impl ClientCall {
         Ok(Some(span))
     }
 
-    /// The row count (a non-negative int `target.rowcount`), and the end.
+    /// The row count ([`rows_of`]), and the end.
     fn end(&self, py: Python<'_>, span: &Span, target: &Bound<'_, PyAny>) {
-        let rows = target
-            .getattr(pyo3::intern!(py, "rowcount"))
-            .ok()
-            .filter(|r| r.is_exact_instance_of::<PyInt>())
-            .and_then(|r| r.extract::<i64>().ok())
-            .filter(|&r| r >= 0);
-        if let Some(rows) = rows {
+        if let Some(rows) = rows_of(target) {
             let (limits, counters) = span.tracer.get().limits();
             let mut inner = span.inner.lock();
             Span::set_one(
@@ -151,4 +145,24 @@ impl ClientCall {
             report(py, "client.error", e);
         }
     }
+}
+
+/// What a statement's span reports as its row count: `target.rowcount`
+/// when it is an int (not a bool) and not negative (DB-API's -1: unknown).
+/// The one place this is decided, for every SQL hook.
+fn rows_of(target: &Bound<'_, PyAny>) -> Option<i64> {
+    target
+        .getattr(pyo3::intern!(target.py(), "rowcount"))
+        .ok()
+        .filter(|r| r.is_exact_instance_of::<PyInt>())
+        .and_then(|r| r.extract::<i64>().ok())
+        .filter(|&r| r >= 0)
+}
+
+/// The row count a statement's span reports for `target` (the cursor, or
+/// whatever has its `rowcount`), or None: what `ClientCall` sets, for the
+/// hooks that end their spans in Python.
+#[pyfunction]
+pub fn sql_row_count(target: &Bound<'_, PyAny>) -> Option<i64> {
+    rows_of(target)
 }

@@ -18,8 +18,9 @@ from pulsetrace.monitoring import endpoints, openapi
 TOKEN = "fuzz-token"
 DOCUMENT = openapi.document(endpoints.ENDPOINTS)
 # Bad input is answered 4xx; 413 is the answer to a body beyond the bound
-# (a negative case may be a list of thousands of names).
-REJECTED = ["400", "401", "404", "405", "413", "415"]
+# (a negative case may be a list of thousands of names), 431 to a request
+# line beyond the head's bound (a negative case may be a query of kilobytes).
+REJECTED = ["400", "401", "404", "405", "413", "415", "431"]
 CONFIG = SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REJECTED}}}
 )

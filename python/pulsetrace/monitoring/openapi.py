@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pulsetrace._server_framing import MAX_HEAD_BYTES
+
 if TYPE_CHECKING:
     from pulsetrace.monitoring.endpoints import Endpoint
 
@@ -111,6 +113,14 @@ _UNAUTHORIZED = {
 }
 
 
+#: What the monitoring server answers, whatever the endpoint, to a request
+#: whose line and headers pass its bound (``pulsetrace._server_framing``).
+_HEAD_TOO_LARGE = {
+    "description": f"request line and headers larger than {MAX_HEAD_BYTES} bytes",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
 def document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.0 document of ``endpoints``."""
     from pulsetrace import __version__
@@ -133,6 +143,7 @@ def document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         if not ep.public:
             op["security"] = [{"bearer": []}] if ep.mutating else [{}, {"bearer": []}]
             op["responses"]["401"] = _UNAUTHORIZED
+        op["responses"]["431"] = _HEAD_TOO_LARGE
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.0.3",

@@ -28,7 +28,9 @@ others when that would pass it). While the collector answers, only slower
 than spans come, a batch that does not fit waits for answers to make room
 (at most one request timeout; the core's export queue holds what comes
 meanwhile); during an outage the oldest pending requests are dropped and
-counted (``otlp_spans_dropped_pending_full``). A request refused for good
+counted (``otlp_spans_dropped_pending_full``): not one in flight, which the
+collector may have received already (an older request being retried at that
+moment is kept, and the next pending one goes instead). A request refused for good
 is lost (``otlp_spans_lost``); ``otlp_spans_sent`` counts what was
 delivered, and each span's outcome goes to ``spans_delivered`` /
 ``spans_delivery_failed`` once.

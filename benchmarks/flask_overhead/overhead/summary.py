@@ -26,8 +26,15 @@ def check_instrumented(cfg: Config, info: dict[str, Any], routes: list[str]) -> 
     if cfg.agent == "none" and (pt or ot):
         problems.append("an agent is loaded")
     if cfg.agent == "pulsetrace":
-        if not pt or not pt.get("enabled") or "flask" not in pt.get("integrations", []):
-            problems.append("pulsetrace is not active with its flask integration")
+        # A configuration that switches the Flask hook off says so in its environment.
+        flask_wanted = cfg.env.get("PULSETRACE_FLASK_ENABLED", "true") != "false"
+        if not pt or not pt.get("enabled"):
+            problems.append("pulsetrace is not active")
+        elif ("flask" in pt.get("integrations", [])) != flask_wanted:
+            problems.append(
+                "pulsetrace's flask integration is "
+                + ("not active" if flask_wanted else "active though switched off")
+            )
         if ot:
             problems.append("OpenTelemetry instrumentation is loaded too")
         want = float(cfg.env.get("PULSETRACE_SAMPLE_RATE", "0.1"))

@@ -52,6 +52,20 @@ def body() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@app.get("/")
+def index() -> Any:
+    """What the service is, and which gunicorn worker answered (the
+    monitoring endpoints show every worker's requests together)."""
+    routes = sorted(
+        f"{m} {r.rule}"
+        for r in app.url_map.iter_rules()
+        if r.endpoint != "static"
+        for m in sorted(r.methods or ())
+        if m not in ("HEAD", "OPTIONS")
+    )
+    return jsonify(service="messaging-demo", worker_pid=os.getpid(), routes=routes)
+
+
 # --- contacts -------------------------------------------------------------------
 
 

@@ -209,7 +209,7 @@ load generator sending a few requests a second, {how_long}.
   business metrics   {mon}/health/business-metrics
   alerts             {mon}/monitoring/alerts
   Prometheus         {mon}/metrics
-  the service        {app}/contacts  {app}/campaigns  {app}/templates
+  the service        {app}/  (its routes)  {app}/contacts  {app}/campaigns
                      curl -X POST -H 'Content-Type: application/json' \\
                           -d '{{"contact_id": 1, "template": "welcome"}}' {app}/messages
 {token_line}

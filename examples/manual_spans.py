@@ -64,7 +64,10 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     pulsetrace.flush(timeout=5)
 
-    print(f"pulsetrace manual spans: {n} requests in {elapsed:.2f} s (sample_rate={config.sample_rate})\n")
+    print(
+        f"pulsetrace manual spans: {n} requests in {elapsed:.2f} s "
+        f"(sample_rate={config.sample_rate})\n"
+    )
     print("Latency per operation (native HDR histograms):")
     print(
         f"  {'kind':8} {'operation':18} {'count':>6} {'errors':>6} "

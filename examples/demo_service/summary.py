@@ -44,6 +44,20 @@ def _operations(port: int) -> list[str]:
     return lines
 
 
+def _span_reason(port: int, trace_id: str) -> str:
+    """The keep reason a span of the trace carries. (A trace that came back
+    into the process that started it, the service calling its provider stub
+    in another thread, was decided when the provider's span ended: the
+    spans that ended after it joined the kept trace without a reason.)"""
+    pending = list(get(port, f"/apm/traces/{trace_id}").get("tree") or [])
+    while pending:
+        span = pending.pop()
+        if span.get("keep_reason"):
+            return str(span["keep_reason"])
+        pending.extend(span.get("children") or [])
+    return "unknown"
+
+
 def _traces(port: int) -> list[str]:
     listed = get(port, "/apm/traces?limit=1000")["traces"]
     # A trace that crossed two processes (the service calling its provider
@@ -51,8 +65,11 @@ def _traces(port: int) -> list[str]:
     # a part that only joined a trace decided elsewhere has no keep reason.
     reasons: dict[str, str] = {}
     for t in listed:
-        if t["keep_reason"] or t["trace_id"] not in reasons:
-            reasons[t["trace_id"]] = t["keep_reason"] or reasons.get(t["trace_id"], "joined")
+        if t["keep_reason"]:
+            reasons[t["trace_id"]] = t["keep_reason"]
+    for t in listed:
+        if t["trace_id"] not in reasons:
+            reasons[t["trace_id"]] = _span_reason(port, t["trace_id"])
     by_reason = Counter(reasons.values())
     lines = [
         f"kept traces: {len(reasons)} ("
@@ -63,8 +80,9 @@ def _traces(port: int) -> list[str]:
     examples = [t for t in sends if t["error"]][:1] + [t for t in sends if not t["error"]][:1]
     for t in examples:
         lines.append(
-            f"  e.g. {t['operation']} {t['duration_ms']:.1f} ms, kept: {reasons[t['trace_id']]}: "
-            f"http://127.0.0.1:{port}/apm/traces/{t['trace_id']}"
+            f"  e.g. {'a failed ' if t['error'] else ''}{t['operation']} "
+            f"(trace of {t['duration_ms']:.1f} ms, "
+            f"kept: {reasons[t['trace_id']]}): http://127.0.0.1:{port}/apm/traces/{t['trace_id']}"
         )
     return lines
 
@@ -77,7 +95,9 @@ def _health(port: int) -> str:
 
 def _business(port: int) -> str:
     messages = get(port, "/health/business-metrics")["messages"]
-    counts = ", ".join(f"{k} {int(v)}" for k, v in messages["by_status"].items())
+    order = {"sent": 0, "delivered": 1, "read": 2, "failed": 3}
+    by_status = sorted(messages["by_status"].items(), key=lambda kv: (order.get(kv[0], 9), kv[0]))
+    counts = ", ".join(f"{k} {int(v)}" for k, v in by_status)
     rate = messages.get("success_rate")
     rate_text = f" (delivery success rate {rate:.1%})" if isinstance(rate, (int, float)) else ""
     return f"messages: {counts}{rate_text}"

@@ -106,7 +106,9 @@ class LoadGenerator:
             self.call("POST", "/webhooks/read", {"message_id": message})
 
     def _mix(self, rng: random.Random) -> list[tuple[float, Callable[[], None]]]:
-        company = lambda: rng.choice(["comp_acme", "comp_globex"])  # noqa: E731
+        def company() -> str:
+            return rng.choice(["comp_acme", "comp_globex"])
+
         return [
             (30, lambda: self._send_message(rng)),
             (18, lambda: self.call("GET", f"/contacts?company={company()}&limit=20")),

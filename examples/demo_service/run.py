@@ -176,7 +176,12 @@ class Service:
             os.killpg(group, signal.SIGKILL)
 
 
-def wait_until_up(service: Service, port: int, mport: int, timeout: float = 60.0) -> None:
+def wait_until_up(
+    service: Service, port: int, mport: int, stop: threading.Event, timeout: float = 60.0
+) -> bool:
+    """Until the service and the monitoring server answer (True), or
+    ``stop`` is set (False); RuntimeError when the service exits first or
+    does not answer in time."""
     deadline = time.monotonic() + timeout
     while not (answers(port, "/provider/health") and answers(mport, "/health/live")):
         if not service.alive():
@@ -187,7 +192,9 @@ def wait_until_up(service: Service, port: int, mport: int, timeout: float = 60.0
             raise RuntimeError(
                 f"the service did not answer within {timeout:.0f} s:\n{service.tail()}"
             )
-        time.sleep(0.2)
+        if stop.wait(0.2):
+            return False
+    return True
 
 
 def banner(port: int, mport: int, token: str, token_made: bool, log: Path, seconds: float) -> str:
@@ -241,26 +248,24 @@ def main() -> int:
         return 2
 
 
-def run(port: int, mport: int, seconds: float, rate: float) -> int:
-    token = os.environ.get("PULSETRACE_MONITORING_TOKEN") or ""
-    token_made = not token
-    if token_made:
-        token = secrets.token_urlsafe(18)
-    workdir = Path(tempfile.mkdtemp(prefix="pulsetrace-demo-"))
-    db = workdir / "messages.db"
-    store.create(str(db))
+def service_env(workdir: Path, port: int, mport: int, token: str) -> dict[str, str]:
+    """The service's environment: the user's, the demo's defaults where the
+    user set nothing, and what the demo needs."""
     env = {**{k: v for k, v in DEMO_DEFAULTS.items() if not os.environ.get(k)}, **os.environ}
     env.update(
         MONITORING_ENABLED="true",
         PULSETRACE_METRICS_ADDR=f"127.0.0.1:{mport}",
         PULSETRACE_MONITORING_TOKEN=token,
         DEMO_PORT=str(port),
-        DEMO_DB=str(db),
+        DEMO_DB=str(workdir / "messages.db"),
     )
     env.setdefault("PULSETRACE_WORKERS_DIR", str(workdir / "workers"))
     env.setdefault("PULSETRACE_ALERT_DIR", str(workdir / "alerts"))
-    env.pop("PULSETRACE_APP_ID", None)
+    env.pop("PULSETRACE_APP_ID", None)  # this run is an application of its own
+    return env
 
+
+def run(port: int, mport: int, seconds: float, rate: float) -> int:
     stop = threading.Event()
     reason = ["DEMO_SECONDS"]
 
@@ -270,14 +275,23 @@ def run(port: int, mport: int, seconds: float, rate: float) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    token = os.environ.get("PULSETRACE_MONITORING_TOKEN") or ""
+    token_made = not token
+    if token_made:
+        token = secrets.token_urlsafe(18)
+    workdir = Path(tempfile.mkdtemp(prefix="pulsetrace-demo-"))
     log = workdir / "service.log"
     service: Optional[Service] = None
     load: Optional[LoadGenerator] = None
     code = 0
     try:
+        env = service_env(workdir, port, mport, token)
+        store.create(env["DEMO_DB"])
         print(f"demo: starting the service on 127.0.0.1:{port} ...", flush=True)
         service = Service(port, env, log)
-        wait_until_up(service, port, mport)
+        if not wait_until_up(service, port, mport, stop):
+            print(f"demo: stopping ({reason[0]})", flush=True)
+            return 0
         print(banner(port, mport, token, token_made, log, seconds), flush=True)
         load = LoadGenerator(port, rate=rate)
         load.start()
@@ -289,9 +303,8 @@ def run(port: int, mport: int, seconds: float, rate: float) -> int:
                 print(f"demo: the service stopped by itself:\n{service.tail()}", file=sys.stderr)
                 return 1
             if now >= next_report:
-                print(
-                    f"  {now - started:4.0f} s  {summary.statuses_line(load.statuses)}", flush=True
-                )
+                line = summary.statuses_line(load.statuses)
+                print(f"  {now - started:4.0f} s  {line}", flush=True)
                 next_report += 10
             if seconds and now - started >= seconds:
                 break
@@ -311,8 +324,8 @@ def run(port: int, mport: int, seconds: float, rate: float) -> int:
             load.stop()
         if service is not None:
             stopping = time.monotonic()
-        service.stop()
-        print(f"demo: the service has stopped ({time.monotonic() - stopping:.1f} s)")
+            service.stop()
+            print(f"demo: the service has stopped ({time.monotonic() - stopping:.1f} s)")
         shutil.rmtree(workdir, ignore_errors=True)
     return code
 

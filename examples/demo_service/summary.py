@@ -71,11 +71,8 @@ def _traces(port: int) -> list[str]:
         if t["trace_id"] not in reasons:
             reasons[t["trace_id"]] = _span_reason(port, t["trace_id"])
     by_reason = Counter(reasons.values())
-    lines = [
-        f"kept traces: {len(reasons)} ("
-        + ", ".join(f"{r} {n}" for r, n in by_reason.most_common())
-        + ")"
-    ]
+    why = ", ".join(f"{r} {n}" for r, n in by_reason.most_common())
+    lines = [f"kept traces: {len(reasons)}" + (f" ({why})" if why else "")]
     sends = [t for t in listed if t["operation"] == "POST /messages"]
     examples = [t for t in sends if t["error"]][:1] + [t for t in sends if not t["error"]][:1]
     for t in examples:
@@ -100,7 +97,7 @@ def _business(port: int) -> str:
     counts = ", ".join(f"{k} {int(v)}" for k, v in by_status)
     rate = messages.get("success_rate")
     rate_text = f" (delivery success rate {rate:.1%})" if isinstance(rate, (int, float)) else ""
-    return f"messages: {counts}{rate_text}"
+    return f"messages: {counts or 'none yet'}{rate_text}"
 
 
 def _alerts(port: int) -> list[str]:

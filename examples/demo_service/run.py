@@ -40,7 +40,7 @@ import summary
 from load import LoadGenerator
 
 HERE = Path(__file__).resolve().parent
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK = ("127.0.0.1", "localhost")
 #: Defaults the demo picks for the service (each one only when not set).
 DEMO_DEFAULTS = {
     "OTEL_SERVICE_NAME": "messaging-demo",
@@ -64,22 +64,22 @@ def setting_port(name: str, default: int) -> int:
     return int(raw)
 
 
-def metrics_addr() -> tuple[str, int]:
+def metrics_port() -> int:
+    """The port of ``PULSETRACE_METRICS_ADDR``, whose host must be loopback."""
     raw = os.environ.get("PULSETRACE_METRICS_ADDR") or "127.0.0.1:9464"
     host, _, port = raw.rpartition(":")
     if host not in LOOPBACK:
         raise DemoError(
-            f"PULSETRACE_METRICS_ADDR={raw!r}: the demo binds loopback only "
-            "(127.0.0.1:<port>); the live page has no token check for reads there"
+            f"PULSETRACE_METRICS_ADDR={raw!r}: the demo listens on loopback only "
+            "(set it to 127.0.0.1:<port>)"
         )
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise DemoError(f"PULSETRACE_METRICS_ADDR={raw!r}: the port is not a number (1 to 65535)")
-    return host.strip("[]").replace("localhost", "127.0.0.1"), int(port)
+    return int(port)
 
 
 def require_free(host: str, port: int, variable: str) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
+    with socket.socket() as s:
         # As the servers do: connections of an earlier run in TIME_WAIT do
         # not make the port busy; a listener does.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,6 +116,10 @@ class Service:
         for tool, package in ((run, "pulsetrace"), (gunicorn, "gunicorn")):
             if not tool.exists():
                 raise DemoError(f"{tool} not found: install {package} into this Python first")
+        # --threads: a send waits for the provider stub, served by the same
+        # workers. --preload: the master imports the application, so the
+        # process serving the monitoring endpoints has its health checks and
+        # alert rules (the workers inherit them).
         self.args = [
             str(run),
             str(gunicorn),
@@ -227,7 +231,7 @@ load generator sending a few requests a second, {how_long}.
 def main() -> int:
     try:
         port = setting_port("DEMO_PORT", 8000)
-        mhost, mport = metrics_addr()
+        mport = metrics_port()
         raw_seconds = os.environ.get("DEMO_SECONDS") or "0"
         raw_rate = os.environ.get("DEMO_RATE") or "6"
         try:
@@ -241,7 +245,7 @@ def main() -> int:
         if port == mport:
             raise DemoError(f"DEMO_PORT and PULSETRACE_METRICS_ADDR both use port {port}")
         require_free("127.0.0.1", port, "DEMO_PORT")
-        require_free(mhost, mport, "PULSETRACE_METRICS_ADDR")
+        require_free("127.0.0.1", mport, "PULSETRACE_METRICS_ADDR")
         return run(port, mport, seconds, rate)
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)

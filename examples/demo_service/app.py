@@ -40,7 +40,6 @@ app = Flask("messaging-demo")
 log = observability.log
 _port = os.environ.get("DEMO_PORT", "8000")
 PROVIDER_URL = f"http://127.0.0.1:{_port}/provider/v1/messages"
-_provider = requests.Session()  # one per process, after the fork on first use
 
 
 def error(status: int, message: str) -> tuple[Response, int]:
@@ -190,7 +189,7 @@ def send(contact_id: int, template: str, campaign_id: Any = None) -> tuple[dict[
     )
     started = time.perf_counter()
     try:
-        reply = _provider.post(
+        reply = requests.post(
             PROVIDER_URL,
             json={"to": contact["phone"], "type": kind, "text": text},
             timeout=PROVIDER_TIMEOUT_S,

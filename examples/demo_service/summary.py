@@ -74,7 +74,10 @@ def _traces(port: int) -> list[str]:
     why = ", ".join(f"{r} {n}" for r, n in by_reason.most_common())
     lines = [f"kept traces: {len(reasons)}" + (f" ({why})" if why else "")]
     sends = [t for t in listed if t["operation"] == "POST /messages"]
-    examples = [t for t in sends if t["error"]][:1] + [t for t in sends if not t["error"]][:1]
+    # A failed send, and a successful one (the one with most spans: a send
+    # with its SQL statements and its call to the provider).
+    fine = sorted((t for t in sends if not t["error"]), key=lambda t: -int(t["spans"]))
+    examples = [t for t in sends if t["error"]][:1] + fine[:1]
     for t in examples:
         lines.append(
             f"  e.g. {'a failed ' if t['error'] else ''}{t['operation']} "

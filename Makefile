@@ -1,5 +1,6 @@
 # pulsetrace task runner: the README and CI call these targets, nothing else.
-#   make demo   build and run the demo (an instrumented program that prints what it recorded)
+#   make demo   build and run the demo service (a messaging app under pulsetrace-run gunicorn,
+#               a load generator, the live page) until Ctrl-C; DEMO_SECONDS=N stops it after N s
 #   make test   build, lint, Rust tests (with loom), Python tests, the abi3 wheel on
 #               CPython 3.10, 3.11 and 3.13, quick benchmarks
 #   make bench-full   the full benchmark suite (a few minutes)
@@ -47,7 +48,7 @@ $(VENV)/.built: $(VENV)/.installed $(RUST_SOURCES)
 build: $(VENV)/.built
 
 demo: build
-	$(PY) examples/demo.py
+	$(PY) examples/demo_service/run.py
 
 # mypy --strict checks the package ([tool.mypy] in pyproject.toml); stubtest
 # checks _native.pyi against the built extension (so lint needs the build).

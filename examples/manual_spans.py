@@ -1,11 +1,13 @@
-"""pulsetrace demo: a small instrumented service that handles a few hundred
-simulated requests (database, cache and outbound calls as child spans, some
-slow, some failing) and prints what pulsetrace recorded: live latency per
-operation from the native histograms, the traces the tail sampler kept and
-why, and the agent's counters.
+"""The span API on its own, without a server: a few hundred simulated
+requests made of manual spans (a SERVER span with database, cache and
+outbound CLIENT children, some slow, some failing), then what pulsetrace
+recorded: live latency per operation from the native histograms, the traces
+the tail sampler kept and why, and the agent's counters.
 
-Run with ``make demo``. Environment variables from the README apply, e.g.
-``PULSETRACE_SAMPLE_RATE=0.05 make demo``.
+Run with ``.venv/bin/python examples/manual_spans.py`` (after ``make build``).
+Environment variables from the README apply, e.g.
+``PULSETRACE_SAMPLE_RATE=0.05 .venv/bin/python examples/manual_spans.py``.
+``make demo`` runs the demo service instead (``examples/demo_service``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     pulsetrace.flush(timeout=5)
 
-    print(f"pulsetrace demo: {n} requests in {elapsed:.2f} s (sample_rate={config.sample_rate})\n")
+    print(
+        f"pulsetrace manual spans: {n} requests in {elapsed:.2f} s "
+        f"(sample_rate={config.sample_rate})\n"
+    )
     print("Latency per operation (native HDR histograms):")
     print(
         f"  {'kind':8} {'operation':18} {'count':>6} {'errors':>6} "

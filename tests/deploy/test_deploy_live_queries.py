@@ -110,7 +110,9 @@ def prometheus_config(work: Path, metrics_port: int) -> Path:
     config["alerting"]["alertmanagers"][0]["static_configs"] = [
         {"targets": [f"127.0.0.1:{closed}"]}
     ]
-    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] == "pulsetrace"]
+    config["scrape_configs"] = [
+        j for j in config["scrape_configs"] if j["job_name"] == "pulsetrace"
+    ]
     path = work / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     (work / "targets" / "pulsetrace.yml").write_text(
@@ -171,7 +173,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             time.sleep(1.2)
         wait_until(
             "the recorded p99 of every route",
-            lambda: len(s.values("operation:http_server_request_duration_seconds:p99_5m", "operation"))
+            lambda: len(
+                s.values("operation:http_server_request_duration_seconds:p99_5m", "operation")
+            )
             >= 5
             and s.values("service:pulsetrace_business_messages_failed:ratio_rate15m", "job"),
             s,
@@ -233,7 +237,9 @@ def test_every_metric_an_expression_reads_is_one_pulsetrace_exposes(stack):
 
 def test_the_core_series_return_the_app_s_traffic(stack):
     # Request rate per route and for the service.
-    rate = stack.values(f'operation:http_server_requests:rate5m{{service_name="{SERVICE}"}}', "operation")
+    rate = stack.values(
+        f'operation:http_server_requests:rate5m{{service_name="{SERVICE}"}}', "operation"
+    )
     assert {ORDERS, "GET /query", "GET /call", "GET /fail", "GET /business"} <= set(rate)
     assert all(v > 0 for v in rate.values()), rate
     assert stack.values("service:http_server_requests:rate5m", "service_name")[SERVICE] > 0
@@ -245,7 +251,9 @@ def test_the_core_series_return_the_app_s_traffic(stack):
     assert 0 < service_ratio < 1
     # p50 and p99 per route: a latency, under the test's own timeout.
     for q in ("p50", "p99"):
-        latency = stack.values(f"operation:http_server_request_duration_seconds:{q}_5m", "operation")
+        latency = stack.values(
+            f"operation:http_server_request_duration_seconds:{q}_5m", "operation"
+        )
         assert 0 < latency[ORDERS] < 5 and 0 < latency["GET /call"] < 5, latency
     # Dependencies: the SQL query, the outbound HTTP call.
     db = stack.values("operation:db_client_operation_duration_seconds:p99_5m", "operation")
@@ -253,7 +261,9 @@ def test_the_core_series_return_the_app_s_traffic(stack):
     http = stack.values("server:http_client_request_duration_seconds:p99_5m", "server_address")
     assert 0 < http["127.0.0.1"] < 5, http
     # Business: each /business records one delivered and one failed message.
-    failed = stack.values("service:pulsetrace_business_messages_failed:ratio_rate15m", "service_name")
+    failed = stack.values(
+        "service:pulsetrace_business_messages_failed:ratio_rate15m", "service_name"
+    )
     assert failed[SERVICE] == pytest.approx(0.5)
     api = stack.values("api:pulsetrace_business_api_calls_failed:ratio_rate15m", "api")
     assert api["evolution"] == pytest.approx(0.5)

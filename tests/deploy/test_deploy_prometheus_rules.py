@@ -82,7 +82,9 @@ def test_a_misspelled_series_fails_the_unit_tests(tmp_path):
 def test_promtool_refuses_a_rule_file_that_does_not_parse(tmp_path):
     copy = _copy(tmp_path)
     (copy / "rules" / "broken.yml").write_text(
-        yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "a:b", "expr": "rate(x[5m]"}]}]})
+        yaml.safe_dump(
+            {"groups": [{"name": "x", "rules": [{"record": "a:b", "expr": "rate(x[5m]"}]}]}
+        )
     )
     r = run(tool("promtool"), "check", "config", str(copy / "prometheus.yml"))
     assert r.returncode != 0

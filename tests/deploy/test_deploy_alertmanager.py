@@ -51,6 +51,8 @@ def test_each_severity_goes_to_its_receiver():
     assert route("severity=warning", "alertname=PulsetraceHighLatency") == "team-warnings"
     assert route("severity=warning", "category=business") == "business-team"
     assert route("severity=warning", "team=dba") == "dba-team"
+    # Escalation: a critical alert unresolved for 30 minutes reaches the managers.
+    assert route("severity=critical", "escalation=managers") == "managers"
     # Escalation: critical pages within seconds and repeats; warnings wait,
     # grouped, and repeat slowly.
     tree = load_yaml(CONFIG)["route"]
@@ -125,7 +127,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Recorder, subprocess.Pop
     (secrets / "alert_webhook_token").write_text("hook-token-123\n")
     config = work / "alertmanager.yml"
     text = config.read_text()
-    assert text.count(PLACEHOLDER_WEBHOOK) == 1
+    assert text.count(PLACEHOLDER_WEBHOOK) == 2  # on-call and managers
     config.write_text(text.replace(PLACEHOLDER_WEBHOOK, f"{recorder.url}/hook"))
     port = free_port()
     proc = subprocess.Popen(

@@ -98,7 +98,8 @@ def test_every_alert_has_a_severity_a_category_a_summary_and_a_runbook():
         assert rule["annotations"]["summary"].strip(), rule["alert"]
         assert len(rule["annotations"]["runbook"].split()) >= 5, rule["alert"]
     # The alert categories of the stack: availability, errors, latency,
-    # dependencies, business, and the agent itself.
+    # dependencies, business, the agent itself, and the escalation of a
+    # critical alert left unresolved.
     assert {r["labels"]["category"] for r in rules} == {
         "availability",
         "errors",
@@ -106,6 +107,7 @@ def test_every_alert_has_a_severity_a_category_a_summary_and_a_runbook():
         "dependencies",
         "business",
         "agent",
+        "escalation",
     }
     # A warning and a critical of one alert share their labels but severity
     # (what Alertmanager's inhibition compares).

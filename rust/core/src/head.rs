@@ -157,6 +157,10 @@ pub struct StartParent<'a> {
     pub foreign: bool,
     /// The context came from another process.
     pub remote: bool,
+    /// The context is that of a span of this process still open (it went
+    /// out on a call that came back here: [`crate::inflight`]): a child of
+    /// it is not a local root, though its parent is remote.
+    pub open_here: bool,
 }
 
 /// Where a new span sits in its trace, with the head sampler's decision.
@@ -200,7 +204,7 @@ impl HeadSampler {
                     parent_span_id: p.span_id,
                     flags: d.flags,
                     trace_state: d.trace_state.unwrap_or_else(|| p.trace_state.to_owned()),
-                    local_root: p.remote,
+                    local_root: p.remote && !p.open_here,
                     remote_parent: p.remote,
                     randomness_presumed: d.randomness_presumed,
                 }
@@ -342,6 +346,7 @@ mod tests {
             trace_state: "k=v",
             foreign: false,
             remote: false,
+            open_here: false,
         };
         let s = on.start(Some(local), || unreachable!("a child draws no trace id"));
         assert_eq!((s.trace_id, s.parent_span_id, s.flags), (7, 9, 0x03));
@@ -355,6 +360,14 @@ mod tests {
         };
         let s = on.start(Some(remote), || unreachable!());
         assert!(s.local_root && s.remote_parent);
+        // A remote parent that is a span of this process still open (a call
+        // that came back here): its parent is remote, but it is no local root.
+        let back = StartParent {
+            open_here: true,
+            ..remote
+        };
+        let s = on.start(Some(back), || unreachable!());
+        assert!(!s.local_root && s.remote_parent);
         // The sampler's own tracestate replaces the parent's.
         let ratio = head("traceidratio", 0.5);
         let s = ratio.start(

@@ -26,6 +26,7 @@ pub mod exposition;
 pub mod head;
 pub mod histogram;
 pub mod http;
+pub mod inflight;
 pub mod otlp;
 pub mod pipeline;
 pub mod probability;

@@ -31,6 +31,7 @@ use crate::guard::guard;
 use crate::tracer::Tracer;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
+use pulsetrace_core::inflight::IN_FLIGHT;
 use pulsetrace_core::span::{AttrValue, Attributes, Event, Link, SpanKind, SpanRecord, StatusCode};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -59,6 +60,9 @@ pub(crate) struct Inner {
     /// What the events and links are charged, together.
     pub event_bytes: usize,
     pub ended: bool,
+    /// Its context went out on a call and is listed in
+    /// `pulsetrace_core::inflight` until it ends.
+    pub propagated: bool,
     pub token: Option<PyObject>,
 }
 
@@ -81,6 +85,7 @@ impl Inner {
             attribute_bytes: 0,
             event_bytes: 0,
             ended,
+            propagated: false,
             token: None,
         }
     }
@@ -260,6 +265,9 @@ impl Span {
             return;
         }
         inner.ended = true;
+        if inner.propagated {
+            IN_FLIGHT.remove(self.span_id);
+        }
         let rec = SpanRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,

@@ -11,6 +11,7 @@ use super::{attributes_dict, Span, SpanContext};
 use crate::attrs;
 use crate::guard::guard;
 use pulsetrace_core::clock;
+use pulsetrace_core::inflight::IN_FLIGHT;
 use pulsetrace_core::propagation::format_traceparent;
 use pulsetrace_core::span::{Event, Link, StatusCode};
 use pyo3::exceptions::PyValueError;
@@ -86,8 +87,17 @@ impl Span {
     }
 
     /// The `traceparent` header that makes this span the parent downstream.
+    /// Read to go out on a call: until the span ends, a request that comes
+    /// back into this process with it is not a new local root of the trace
+    /// (`pulsetrace_core::inflight`).
     #[getter]
     fn traceparent(&self) -> String {
+        if self.recording {
+            let mut inner = self.inner.lock();
+            if !inner.ended && !inner.propagated {
+                inner.propagated = IN_FLIGHT.insert(self.span_id);
+            }
+        }
         format_traceparent(self.trace_id, self.span_id, self.trace_flags)
     }
 

@@ -12,6 +12,7 @@ use crate::ids;
 use crate::span::{Inner, Span, SpanContext};
 use parking_lot::Mutex;
 use pulsetrace_core::head::StartParent;
+use pulsetrace_core::inflight::IN_FLIGHT;
 use pulsetrace_core::span::SpanKind;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -165,6 +166,7 @@ impl Tracer {
                         trace_state: &span_parent.trace_state,
                         foreign: false,
                         remote: false,
+                        open_here: false,
                     })
                 } else if let Ok(c) = p.downcast::<SpanContext>() {
                     context_parent = c.get();
@@ -175,6 +177,10 @@ impl Tracer {
                         trace_state: &context_parent.trace_state,
                         foreign: true,
                         remote: context_parent.is_remote,
+                        // Looked up only for a remote context (a request
+                        // that carried a traceparent).
+                        open_here: context_parent.is_remote
+                            && IN_FLIGHT.contains(context_parent.span_id),
                     })
                 } else {
                     return Err(PyTypeError::new_err(

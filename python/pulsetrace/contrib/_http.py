@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from pulsetrace import _runtime
 from pulsetrace._native import http_method as _http_method
+from pulsetrace._native import http_response_status as _http_response_status
 from pulsetrace._native import http_span_name as _http_span_name
-from pulsetrace._native import http_status_error as _http_status_error
 from pulsetrace._native import redact_query as _redact_query
 
 REDACTED = "REDACTED"
@@ -45,8 +45,6 @@ def redact_query(query: str) -> str:
 
 
 def set_status(span: Any, code: int) -> None:
-    """Record the response status: 5xx marks the span as an error, 4xx does not."""
-    span.set_attribute("http.response.status_code", code)
-    message = _http_status_error(code)
-    if message is not None:
-        span.set_status("error", message)
+    """Record the response status: 5xx marks the span as an error (keeping
+    the message of an exception already recorded on it), 4xx does not."""
+    _http_response_status(span, code)

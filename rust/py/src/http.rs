@@ -487,11 +487,20 @@ pub fn http_method(method: Option<&str>) -> &'static str {
     core_http::method_of(method.filter(|m| !m.is_empty())).as_str()
 }
 
-/// The status message of a response status that makes a server span an
-/// error (`HTTP 503`), or None.
+/// Record a response's status code on a server span: the attribute, and
+/// for a 5xx the error status (`Span::record_response_status`: an error
+/// the span already explains keeps its message). A code outside 0..65535
+/// is ignored.
 #[pyfunction]
-pub fn http_status_error(code: i64) -> Option<String> {
-    u16::try_from(code).ok().and_then(core_http::status_error)
+pub fn http_response_status(span: &Bound<'_, Span>, code: i64) {
+    if let Ok(code) = u16::try_from(code) {
+        guard(
+            span.py(),
+            "http.response_status",
+            || span.get().record_response_status(code),
+            || (),
+        );
+    }
 }
 
 /// The query string with the values of sensitive parameters replaced by

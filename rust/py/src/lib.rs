@@ -146,7 +146,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(http::http_server_span, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_span_name, m)?)?;
     m.add_function(wrap_pyfunction!(http::http_method, m)?)?;
-    m.add_function(wrap_pyfunction!(http::http_status_error, m)?)?;
+    m.add_function(wrap_pyfunction!(http::http_response_status, m)?)?;
     m.add(
         "DEFAULT_BUCKETS",
         pulsetrace_core::exposition::DEFAULT_BUCKETS_S.to_vec(),

@@ -204,6 +204,39 @@ impl Span {
         }
     }
 
+    /// A response's status code: recorded as `http.response.status_code`,
+    /// and a 5xx makes the span an error with the message `HTTP 503`,
+    /// unless its status is final (ok) or it already is an error with a
+    /// message of its own (an exception the framework recorded says more
+    /// than the code). The one rule of every server integration: the
+    /// native WSGI path and, through `http_response_status`, the Python
+    /// ones.
+    pub(crate) fn record_response_status(&self, code: u16) {
+        let (limits, counters) = self.limits(self.tracer.get());
+        let mut inner = self.inner.lock();
+        if inner.ended {
+            return;
+        }
+        Span::set_one(
+            &mut inner,
+            crate::http::keys().status.clone(),
+            AttrValue::Int(i64::from(code)),
+            &limits,
+            counters,
+        );
+        let unexplained = match inner.status {
+            StatusCode::Unset => true,
+            StatusCode::Error => inner.status_message.is_empty(),
+            StatusCode::Ok => false,
+        };
+        if unexplained {
+            if let Some(message) = pulsetrace_core::http::status_error(code) {
+                inner.status = StatusCode::Error;
+                inner.status_message = message;
+            }
+        }
+    }
+
     /// Add an event within the count limit and the events' budget;
     /// otherwise it is dropped and counted.
     pub(crate) fn push_event(

@@ -13,14 +13,11 @@
 //! docs).
 
 use crate::guard::{guard, report};
-use crate::http::keys;
 use crate::span::Span;
 use crate::wsgi_app::RouteNamer;
 use crate::wsgi_route::name_after_route;
 use parking_lot::Mutex;
 use pulsetrace_core::clock;
-use pulsetrace_core::http::status_error;
-use pulsetrace_core::span::{AttrValue, StatusCode};
 use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -179,30 +176,15 @@ impl TracedResponse {
         }
     }
 
-    /// The status line's code: recorded, and a 5xx makes the span an error.
+    /// The status line's code: recorded as the span's response status
+    /// (`Span::record_response_status`).
     fn record_status(&self, status: &Bound<'_, PyAny>) {
-        let span = self.span.get();
         let code = status
             .downcast::<PyString>()
             .ok()
             .and_then(|s| crate::pystr::utf8(s).and_then(pulsetrace_core::http::status_code));
-        let Some(code) = code else {
-            return;
-        };
-        let (limits, counters) = span.tracer.get().limits();
-        let mut inner = span.inner.lock();
-        if !inner.ended {
-            Span::set_one(
-                &mut inner,
-                keys().status.clone(),
-                AttrValue::Int(i64::from(code)),
-                &limits,
-                counters,
-            );
-            if let Some(message) = status_error(code).filter(|_| inner.status != StatusCode::Ok) {
-                inner.status = StatusCode::Error;
-                inner.status_message = message;
-            }
+        if let Some(code) = code {
+            self.span.get().record_response_status(code);
         }
     }
 }

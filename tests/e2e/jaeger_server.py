@@ -34,6 +34,9 @@ extensions:
   jaeger_query:
     storage:
       traces: memstore
+    # On by default in Jaeger v2: its own traces to localhost:4317, which
+    # may be anything on this machine (and it waits for them at exit).
+    enable_tracing: false
     http:
       endpoint: 127.0.0.1:{query}
     grpc:

@@ -57,7 +57,7 @@ tmp=$(mktemp "$bin.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 started=$SECONDS
 # -mod=readonly: go.mod and go.sum are used as committed, never rewritten.
-(cd "$here" && go build -mod=readonly -trimpath -o "$tmp" "$package")
+(cd "$here" && go build -mod=readonly -o "$tmp" "$package")
 chmod 755 "$tmp"
 mv "$tmp" "$bin"
 trap - EXIT

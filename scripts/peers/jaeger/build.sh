@@ -32,6 +32,11 @@ if [ -x "$bin" ]; then
   exit 0
 fi
 
+# The go.dev install puts go in /usr/local/go/bin, which a non-login shell
+# (CI's) may not have on PATH.
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  PATH=/usr/local/go/bin:$PATH
+fi
 if ! command -v go >/dev/null; then
   cat >&2 <<EOF
 error: building Jaeger $version (for tests/e2e/test_jaeger.py) needs the Go
@@ -57,9 +62,15 @@ tmp=$(mktemp "$bin.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 started=$SECONDS
 # -mod=readonly: go.mod and go.sum are used as committed, never rewritten.
-(cd "$here" && go build -mod=readonly -o "$tmp" "$package")
+# Go's output (a line per module downloaded) is shown only when it fails.
+log=$(mktemp)
+trap 'rm -f "$tmp" "$log"' EXIT
+if ! (cd "$here" && go build -mod=readonly -o "$tmp" "$package") 2>"$log"; then
+  cat "$log" >&2
+  echo "error: building Jaeger $version failed (go build $package in $here)" >&2
+  exit 1
+fi
 chmod 755 "$tmp"
 mv "$tmp" "$bin"
-trap - EXIT
 echo "built Jaeger $version in $((SECONDS - started)) s" >&2
 echo "$bin"

@@ -322,8 +322,9 @@ def test_a_failing_request_is_an_error_in_jaeger(app: Shop, jaeger: Jaeger) -> N
         time.sleep(0.1)
     traces = found()
     assert len(traces) == 1, f"{traces}\n{app.logs()}"
-    spans = traces[0]
-    assert len(spans) == 2, spans  # the SERVER span and its SQL span
+    # The SERVER span and its SQL span.
+    spans = jaeger.wait_for_trace(traces[0][0].trace_id, 2)
+    assert len(spans) == 2, spans
     server = only(spans, "the SERVER span", kind="server")
     assert server.parent_id == "" and server.service == app.name
     assert semantic(server) == {

@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH):/usr/sbin:/sbin
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps
+.PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps jaeger
 
 # Debian packages the tests run for real: Redis, PostgreSQL, MariaDB (SQL
 # integrations), RabbitMQ (messaging integrations), wrk (the overhead benchmark), Chromium
@@ -69,7 +69,12 @@ rust-test: system-deps
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom $(CARGO) test --locked --release -p pulsetrace-core --test loom_histogram
 
-py-test: build system-deps
+# Jaeger v2 for tests/e2e/test_jaeger.py, built from its Go module (pinned
+# in scripts/peers/jaeger) once, into ~/.cache/pulsetrace/bin; needs Go.
+jaeger:
+	scripts/peers/jaeger/build.sh >/dev/null
+
+py-test: build system-deps jaeger
 	$(PY) -m pytest -q
 
 # The abi3 wheel (the extension declares some CPython functions itself)

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "scripts" / "peers" / "jaeger" / "build.sh"
@@ -149,7 +149,14 @@ class Jaeger:
     """One Jaeger process; ``restart`` gives a new one on the same ports
     (its memory storage starts empty)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: Optional[Callable[[dict[str, int]], str]] = None,
+        env: Optional[dict[str, str]] = None,
+    ) -> None:
+        """``config``: the configuration's text for the ports chosen (default:
+        the tests' own, ``CONFIG``); ``env``: variables added to Jaeger's."""
         self.binary = binary()
         if not os.access(self.binary, os.X_OK):
             raise RuntimeError(
@@ -157,13 +164,13 @@ class Jaeger:
                 f"(scripts/peers/jaeger/build.sh; it needs the Go toolchain)"
             )
         self.folder = folder
-        self.ports = {
-            name: free_port() for name in ("otlp_grpc", "otlp_http", "query", "query_grpc")
-        }
+        names = ("otlp_grpc", "otlp_http", "query", "query_grpc", "metrics", "health")
+        self.ports = {name: free_port() for name in names}
         while len(set(self.ports.values())) < len(self.ports):
             self.ports = {name: free_port() for name in self.ports}
         self.config = folder / "jaeger.yaml"
-        self.config.write_text(CONFIG.format(**self.ports))
+        self.config.write_text(config(self.ports) if config else CONFIG.format(**self.ports))
+        self.env = {**os.environ, **(env or {})}
         self.log = folder / "jaeger.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
@@ -193,6 +200,7 @@ class Jaeger:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         # Ready: the query API answers and both receivers accept connections.

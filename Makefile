@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH):/usr/sbin:/sbin
 
-RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) rust/py/hot_symbols.txt Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: all demo test build lint rust-test loom py-test abi3-check bench bench-gate bench-full clean system-deps jaeger
 

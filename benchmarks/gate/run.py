@@ -48,11 +48,13 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "baseline.json"
 HARNESS = HERE / "harness.py"
+#: The request path's functions the linker places together (rust/py/build.rs).
+HOT_SYMBOLS = HERE.parent.parent / "rust" / "py" / "hot_symbols.txt"
 # Iterations per case in the base run (a doubled run adds as many again).
 BASE = {"span": 1000, "flask_on": 50, "flask_off": 50, "sqlite_on": 50, "sqlite_off": 50}
 ROUNDS = 3  # pairs of batches per case
@@ -140,6 +142,23 @@ def setup() -> dict[str, str]:
     }
 
 
+def hot_symbols_placed() -> Optional[tuple[int, int]]:
+    """How many of the functions ``rust/py/hot_symbols.txt`` lists the built
+    extension has (placed together by the linker), and how many it lists;
+    None when that cannot be read."""
+    nm = shutil.which("nm")
+    if nm is None or not HOT_SYMBOLS.exists():
+        return None
+    import pulsetrace._native as native
+
+    out = subprocess.run([nm, "--defined-only", native.__file__], capture_output=True, text=True)
+    have = {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+    listed = [
+        ln.strip() for ln in HOT_SYMBOLS.read_text().splitlines() if ln.strip() and ln[0] != "#"
+    ]
+    return sum(name in have for name in listed), len(listed)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--update", action="store_true", help="write the measured counts as baseline")
@@ -196,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(
                 f"{k}: {v:,} instructions, baseline {base:,}, ratio {ratio:.3f} "
                 f"(more than {args.tolerance:.0%} over)"
+            )
+    placed = hot_symbols_placed()
+    if placed is not None:
+        found, listed = placed
+        print(f"  request path: {found} of the {listed} functions listed are placed together")
+        if found < 0.9 * listed:
+            print(
+                "  note: rust/py/hot_symbols.txt is stale (another toolchain or dependency "
+                "set): python scripts/hot_symbols.py rewrites it; commit it"
             )
     for route in ("flask_json", "sqlite_connect"):
         none = counts.get(f"{route}_none")

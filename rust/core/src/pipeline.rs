@@ -36,6 +36,7 @@ use crate::histogram::HistogramConfig;
 use crate::registry::Registry;
 use crate::sampler::{SamplerConfig, TailSampler};
 use crate::span::SpanRecord;
+use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -180,7 +181,7 @@ pub struct Core {
     certified: AtomicU64,
     /// What a request thread could not hand over without waiting; taken by
     /// the next drain. Allocated on first use.
-    spill: OnceLock<ArrayQueue<Spilled>>,
+    spill: ArcSwapOption<ArrayQueue<Spilled>>,
     /// A producer already asked the worker to drain the intake.
     intake_wake_sent: AtomicBool,
     /// The worker thread, woken with `unpark` (lock-free: an atomic and a
@@ -207,7 +208,7 @@ impl Core {
             drain_epoch: AtomicU64::new(0),
             deferred: AtomicUsize::new(0),
             certified: AtomicU64::new(0),
-            spill: OnceLock::new(),
+            spill: ArcSwapOption::const_empty(),
             intake_wake_sent: AtomicBool::new(false),
             worker: OnceLock::new(),
             stop: AtomicBool::new(false),

@@ -594,7 +594,10 @@ impl Registry {
     }
 
     /// Remember a duration of a kept trace as an exemplar of its key (only
-    /// for keys that exist; kept traces are rare, the lock is uncontended).
+    /// for keys that exist). Exemplars are samples: when another thread
+    /// holds the key's ring (another trace decided at the same moment),
+    /// this one is left out rather than waited for, since a request thread
+    /// may be the one deciding.
     pub fn record_exemplar(
         &self,
         kind: SpanKind,
@@ -608,7 +611,9 @@ impl Registry {
             Some(op) if op.key(idx).is_some() => op,
             _ => return,
         };
-        let mut rings = op.exemplars.lock();
+        let Some(mut rings) = op.exemplars.try_lock() else {
+            return;
+        };
         let at = match rings.iter().position(|(i, _)| *i == idx) {
             Some(at) => at,
             None => {

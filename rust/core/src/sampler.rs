@@ -20,7 +20,6 @@ use crate::probability::{Source, Threshold};
 use crate::registry::Registry;
 use crate::span::{AttrValue, SpanKind, SpanRecord};
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,48 +119,65 @@ impl Decision {
     }
 }
 
-/// Token bucket, refilled by elapsed monotonic time.
+/// The rate limit on kept traces: a token bucket of `max(rate, 1)` tokens
+/// refilled at `rate` per second, held in one atomic (the generic cell rate
+/// algorithm: the time at which the bucket would be full again), so that a
+/// request thread deciding a trace never waits for another thread.
 #[derive(Debug)]
 struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last_ns: u64,
+    /// Nanoseconds per token; 0: no limit.
+    interval_ns: u64,
+    /// A full bucket, in nanoseconds of tokens.
+    capacity_ns: u64,
+    /// When the bucket is full again (0: it is full).
+    full_at: AtomicU64,
 }
 
 impl RateLimiter {
     fn new(rate: f64) -> Self {
+        let interval_ns = if rate > 0.0 {
+            (1e9 / rate).round().clamp(1.0, 1e18) as u64
+        } else {
+            0
+        };
         RateLimiter {
-            rate,
-            tokens: rate.max(1.0),
-            last_ns: 0,
+            interval_ns,
+            capacity_ns: (rate.max(1.0) * interval_ns as f64).min(1e18) as u64,
+            full_at: AtomicU64::new(0),
         }
     }
 
-    fn try_take(&mut self, now_ns: u64) -> bool {
-        if self.rate <= 0.0 {
+    /// Take a token at `now_ns` (monotonic), if there is one.
+    fn try_take(&self, now_ns: u64) -> bool {
+        if self.interval_ns == 0 {
             return true;
         }
-        if self.last_ns != 0 {
-            let dt = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
-            self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
-        }
-        self.last_ns = now_ns;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let mut full_at = self.full_at.load(Ordering::Relaxed);
+        loop {
+            let next = full_at.max(now_ns).saturating_add(self.interval_ns);
+            if next - now_ns > self.capacity_ns {
+                return false;
+            }
+            match self.full_at.compare_exchange_weak(
+                full_at,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => full_at = seen,
+            }
         }
     }
 }
 
 /// The sampler: shared by every thread that ends a local root. Its state is
-/// the rate limiter (a mutex taken only when a rate limit is set and a trace
-/// is kept) and the adaptive thresholds, read lock-free and refreshed from
+/// the rate limiter (one atomic: no thread waits for another) and the
+/// adaptive thresholds, read lock-free and refreshed from
 /// the histograms off the request path ([`TailSampler::refresh_thresholds`]).
 pub struct TailSampler {
     cfg: SamplerConfig,
-    limiter: Mutex<RateLimiter>,
+    limiter: RateLimiter,
     thresholds: ArcSwap<Thresholds>,
     /// Whether any threshold is known (skips the lookup until then).
     has_thresholds: AtomicBool,
@@ -186,7 +202,7 @@ type Thresholds =
 impl TailSampler {
     pub fn new(cfg: SamplerConfig) -> Self {
         TailSampler {
-            limiter: Mutex::new(RateLimiter::new(cfg.rate_limit)),
+            limiter: RateLimiter::new(cfg.rate_limit),
             threshold: AtomicU64::new(threshold_bits(cfg.probability)),
             probability: AtomicU64::new(cfg.probability.to_bits()),
             cfg,
@@ -327,7 +343,7 @@ impl TailSampler {
     pub fn decide(&self, spans: &[SpanRecord], now_ns: u64) -> Decision {
         match self.policy(spans) {
             Some(r) => {
-                if self.cfg.rate_limit <= 0.0 || self.limiter.lock().try_take(now_ns) {
+                if self.limiter.try_take(now_ns) {
                     Decision::Keep(r)
                 } else {
                     Decision::Drop(DropReason::RateLimited)
@@ -678,6 +694,28 @@ mod tests {
         let mut c = span(3, 1, 0, "a", 1);
         c.attributes.push(("debug".into(), AttrValue::Bool(false)));
         assert!(s.decide(&[c], 1).is_keep());
+    }
+
+    #[test]
+    fn the_rate_limit_holds_under_many_threads_taking_at_once() {
+        let limiter = Arc::new(RateLimiter::new(1000.0));
+        let t0 = 5_000_000_000u64;
+        let taken: usize = (0..8)
+            .map(|_| {
+                let l = Arc::clone(&limiter);
+                std::thread::spawn(move || (0..1000).filter(|_| l.try_take(t0)).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        // A full bucket and nothing more, however the threads interleave.
+        assert_eq!(taken, 1000);
+        // A millisecond later, one token.
+        assert!(limiter.try_take(t0 + 1_000_000));
+        assert!(!limiter.try_take(t0 + 1_000_000));
+        // No limit: every take succeeds.
+        assert!((0..10).all(|_| RateLimiter::new(0.0).try_take(t0)));
     }
 
     #[test]

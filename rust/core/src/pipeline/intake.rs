@@ -43,10 +43,11 @@
 //! - Waking the worker (on the common path too) is a thread `unpark`: an
 //!   atomic and a futex wake, no lock.
 //!
-//! What a request thread may still wait for is held for nanoseconds or one
-//! copy: a decision's rate limiter and exemplar ring, and, for the first
-//! span of a new operation, the registry's growth lock (one copy of the name
-//! map). Keeping the span was preferred to dropping it: processing one
+//! What a request thread may still wait for is one copy: for the first span
+//! of a new operation, the registry's growth lock (one copy of the name
+//! map). A decision's rate limit is one atomic (`sampler`), an exemplar is
+//! left out when its ring is busy (`registry`), and the spill queue is
+//! allocated on first use without a lock ([`Core::spill_queue`]). Keeping the span was preferred to dropping it: processing one
 //! costs about a microsecond, and dropping would lose data exactly when the
 //! service is busiest; the drop is the last resort. Locks a drain takes
 //! where a request thread may try them are held briefly: a shard for one
@@ -66,7 +67,7 @@
 //! decide the trace.
 
 use super::{
-    now_mono_ns, shard_of, ArrayQueue, Core, KeptTrace, Mode, Mutex, Ordering, Outcome, Shard,
+    now_mono_ns, shard_of, Arc, ArrayQueue, Core, KeptTrace, Mode, Mutex, Ordering, Outcome, Shard,
     SpanRecord, DECIDE_BATCH,
 };
 
@@ -187,7 +188,7 @@ impl Core {
         // A read-modify-write, so that a drain bumping the epoch after it
         // also sees the spans pushed (or spilled) before it (module docs).
         let epoch = self.drain_epoch.fetch_add(0, Ordering::AcqRel);
-        let mode = if in_order && self.spill.get().is_none_or(|q| q.is_empty()) {
+        let mode = if in_order && self.spill.load().as_ref().is_none_or(|q| q.is_empty()) {
             Mode::RequestInOrder
         } else {
             Mode::Request(epoch)
@@ -240,10 +241,27 @@ impl Core {
         }
     }
 
+    /// The spill queue, allocated on first use without waiting: threads
+    /// that need it at the same moment each make one, the first to publish
+    /// it wins and the others drop theirs (a lock-based lazy cell would
+    /// make them wait for the winner's allocation).
+    fn spill_queue(&self) -> Arc<ArrayQueue<Spilled>> {
+        if let Some(q) = self.spill.load_full() {
+            return q;
+        }
+        let fresh = Arc::new(ArrayQueue::new(
+            self.intake.capacity().clamp(SPILL_MIN, SPILL_MAX),
+        ));
+        let none: Option<Arc<ArrayQueue<Spilled>>> = None;
+        let before = self.spill.compare_and_swap(&none, Some(Arc::clone(&fresh)));
+        match &*before {
+            Some(won) => Arc::clone(won),
+            None => fresh,
+        }
+    }
+
     fn spill_or_drop(&self, item: Spilled) {
-        let spill = self
-            .spill
-            .get_or_init(|| ArrayQueue::new(self.intake.capacity().clamp(SPILL_MIN, SPILL_MAX)));
+        let spill = self.spill_queue();
         if let Err(item) = spill.push(item) {
             let spans = match item {
                 Spilled::Span(..) => 1,
@@ -272,7 +290,7 @@ impl Core {
         // Spilled spans first: a span queued after one that spilled may be
         // the local root that decides its trace.
         let mut done = 0;
-        if let Some(q) = self.spill.get() {
+        if let Some(q) = self.spill.load_full() {
             for _ in 0..q.len() {
                 match q.pop() {
                     Some(Spilled::Span(rec, seen)) => {
@@ -432,12 +450,12 @@ mod tests {
             c.submit_span(rec(7, 1, 0));
         });
         assert_eq!(count(&c.counters.spans_processed_ahead), 2);
-        assert_eq!(c.spill.get().map(ArrayQueue::len), Some(2));
+        assert_eq!(c.spill.load().as_ref().map(|q| q.len()), Some(2));
         assert!(c.shards[busy].0.lock().open.is_empty(), "nothing placed");
         let (snap, _) = c.registry.merged(SpanKind::Internal, "op").unwrap();
         assert_eq!(snap.count(), 2, "their latency is recorded at once");
         assert_every_trace_whole(&c, Vec::new(), 1);
-        assert_eq!(c.spill.get().map(ArrayQueue::len), Some(0));
+        assert_eq!(c.spill.load().as_ref().map(|q| q.len()), Some(0));
         assert_eq!(count(&c.counters.spans_dropped_intake_full), 0);
     }
 

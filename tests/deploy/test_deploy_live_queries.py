@@ -166,6 +166,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         wait_for_port(prom_port, prom)
         s = Stack(app_url, f"http://127.0.0.1:{prom_port}", prom, app)
+        # Listening is not ready: until its storage is open Prometheus
+        # answers 503 to queries.
+        wait_until("Prometheus to be ready", lambda: get(f"{s.prom_url}/-/ready") == 200, s)
         wait_until("the first scrape", lambda: s.values('up{job="pulsetrace"}', "job"), s)
         # Requests after the first scrape: rate() sees them as increases.
         for _ in range(3):

@@ -21,7 +21,6 @@ extension still has).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "benchmarks" / "gate" / "harness.py"
+GATE = ROOT / "benchmarks" / "gate"
 OUT = ROOT / "rust" / "py" / "hot_symbols.txt"
 HEADER = (
     "# The extension's functions a request runs, hottest first (written by\n"
@@ -77,29 +76,13 @@ def executed(dump: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    scrubbed = ("APM_", "OTEL_", "PULSETRACE_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(scrubbed)}
-    env.update(PYTHONHASHSEED="0", OTEL_TRACES_EXPORTER="none", PYTHONDONTWRITEBYTECODE="1")
+    sys.path.insert(0, str(GATE))
+    import run as gate  # the gate's harness, environment and callgrind options
+
+    batches = {"span": 200, "flask_on": 20, "flask_off": 1, "sqlite_on": 20, "sqlite_off": 1}
+    env = gate.environment()
     with tempfile.TemporaryDirectory(prefix="pulsetrace-hot-") as tmp:
-        out = Path(tmp) / "callgrind"
-        argv = [
-            "valgrind",
-            "--tool=callgrind",
-            "--demangle=no",
-            "--separate-threads=yes",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            "--dump-after=functools_reduce",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            str(HARNESS),
-            "--rounds=1",
-            "--span=200",
-            "--flask-on=20",
-            "--flask-off=1",
-            "--sqlite-on=20",
-            "--sqlite-off=1",
-        ]
+        argv = gate.harness_argv(Path(tmp) / "callgrind", batches, 1, "--demangle=no")
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-3000:])

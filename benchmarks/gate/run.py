@@ -73,23 +73,31 @@ def environment() -> dict[str, str]:
     return env
 
 
+def harness_argv(out: Path, batches: dict[str, int], rounds: int, *options: str) -> list[str]:
+    """The harness under callgrind, collecting inside each batch only (one
+    profile part per batch, written to ``out``.N-T); ``options`` are
+    callgrind's own. Shared with ``scripts/hot_symbols.py``."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        *options,
+        "--separate-threads=yes",
+        "--collect-atstart=no",
+        "--toggle-collect=functools_reduce",
+        "--dump-after=functools_reduce",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        str(HARNESS),
+        f"--rounds={rounds}",
+        *(f"--{k.replace('_', '-')}={v}" for k, v in batches.items()),
+    ]
+
+
 def measure(_: int = 0) -> dict[str, int]:
     """Runs the harness once under callgrind; instructions per operation."""
     with tempfile.TemporaryDirectory(prefix="pulsetrace-gate-") as tmp:
         out = Path(tmp) / "callgrind"
-        argv = [
-            "valgrind",
-            "--tool=callgrind",
-            "--separate-threads=yes",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            "--dump-after=functools_reduce",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            str(HARNESS),
-            f"--rounds={ROUNDS}",
-            *(f"--{k.replace('_', '-')}={v}" for k, v in BASE.items()),
-        ]
+        argv = harness_argv(out, BASE, ROUNDS)
         proc = subprocess.run(argv, env=environment(), capture_output=True, text=True)
         if proc.returncode != 0:
             tail = proc.stderr[-3000:]

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Callable
 
 import pulsetrace
-from pulsetrace import contrib
+from pulsetrace import _diag, contrib
 from pulsetrace.contrib import INTEGRATIONS
 
 MISSING = "<missing>"
@@ -440,6 +440,17 @@ def main() -> None:
         out["patched"] = probe.use()  # imports the library: the lazy hook patches it
         out["wrapped"] = all(wrapped_by_pulsetrace(v, MISSING) for v in probe.attributes().values())
         out["instrumented"] = contrib.instrumented()
+    elif scenario == "hook_first":
+        # The application imports pulsetrace's hook module (to call its
+        # patch() or unpatch() later) before the library: the hook module's
+        # own import of the library fires the lazy hook while it is half run.
+        out["imported_before"] = top in sys.modules
+        out["chosen"] = contrib.instrument(config, [name])
+        importlib.import_module(probe.integration.hook)
+        out["patched"] = probe.use()
+        out["wrapped"] = all(wrapped_by_pulsetrace(v, MISSING) for v in probe.attributes().values())
+        out["instrumented"] = contrib.instrumented()
+        out["internal_errors"] = _diag.internal_errors()
     elif scenario == "after_import":
         importlib.import_module(probe.integration.module)
         out["bare"] = probe.use()

@@ -2,7 +2,9 @@
 interpreter (tests/contrib/conformance_probe.py) against the real library
 and, where it needs one, a real server:
 
-- patched before its library is imported (the lazy hook) and after;
+- patched before its library is imported (the lazy hook) and after, and
+  when the application imports pulsetrace's hook module before the library
+  (whose import, made by the hook module itself, fires the lazy hook);
 - patching twice (``patch()`` and the registry again) keeps the same
   wrappers, and a call is still one span, not two;
 - ``uninstrument`` puts back the very objects that were there (identity);
@@ -96,6 +98,16 @@ def test_patch_before_import(request, name):
     out = run_probe(request, name, "before_import")
     if name not in STDLIB:
         assert not out["imported_before"], "pulsetrace itself imported the library"
+    assert out["chosen"] == [name]
+    assert out["wrapped"]
+    assert out["instrumented"] == [name]
+    assert out["patched"]["spans"] == SPANS_PER_USE[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hook_module_imported_before_the_library(request, name):
+    out = run_probe(request, name, "hook_first")
+    assert out["internal_errors"] == {}
     assert out["chosen"] == [name]
     assert out["wrapped"]
     assert out["instrumented"] == [name]

@@ -28,7 +28,7 @@ import wrapt
 
 from pulsetrace import _diag
 from pulsetrace.config import Config
-from pulsetrace.contrib._patcher import unsupported
+from pulsetrace.contrib._patcher import patch_when_built, unsupported
 
 __all__ = [
     "INTEGRATIONS",
@@ -106,8 +106,30 @@ def _third_party() -> list[Integration]:
 
 def _patch(integration: Integration) -> None:
     try:
+        if integration in INTEGRATIONS and integration.wraps and _executing(integration.hook):
+            # The hook module's own import imported the library (the
+            # application imported pulsetrace's hook module first): it has
+            # no patch() yet; its patcher (every built-in hook has one,
+            # named as its integration) patches as soon as it is built.
+            patch_when_built(integration.name, lambda p: _patch_with(integration, p.patch))
+            return
         hook = importlib.import_module(integration.hook)
-        if hook.patch() is not False:  # False: an unsupported version, left alone
+        _patch_with(integration, hook.patch)
+    except Exception as exc:
+        _diag.internal_error(f"contrib.{integration.name}.patch", exc)
+
+
+def _executing(module_name: str) -> bool:
+    """Whether ``module_name`` is being imported right now (its code is
+    still running, further up this thread's stack)."""
+    module = sys.modules.get(module_name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and bool(getattr(spec, "_initializing", False))
+
+
+def _patch_with(integration: Integration, patch: Callable[[], object]) -> None:
+    try:
+        if patch() is not False:  # False: an unsupported version, left alone
             _patched[integration.name] = integration.hook
     except Exception as exc:
         _diag.internal_error(f"contrib.{integration.name}.patch", exc)

@@ -32,7 +32,7 @@ import wrapt
 
 from pulsetrace import _diag
 
-__all__ = ["Patcher", "Target", "twins", "unsupported"]
+__all__ = ["Patcher", "Target", "patch_when_built", "twins", "unsupported"]
 
 #: The attribute set on the owner of an integration's first target while it is patched.
 MARK = "__pulsetrace_patched__"
@@ -55,6 +55,24 @@ class Target:
 
 _lock = threading.Lock()
 _unsupported: dict[str, str] = {}
+#: Every patcher built so far, by integration name.
+_patchers: dict[str, Patcher] = {}
+#: What to run with an integration's patcher once its module has built it.
+_waiting: dict[str, Callable[[Patcher], None]] = {}
+
+
+def patch_when_built(name: str, then: Callable[[Patcher], None]) -> None:
+    """Run ``then(patcher)`` with the patcher of integration ``name``: now if
+    it exists, else as soon as its module builds it. For a library imported
+    by its own hook module's import (``import pulsetrace.contrib.sqlite3``
+    before ``sqlite3``): the lazy hook fires while that module is half
+    executed, before its ``patch()`` exists."""
+    with _lock:
+        patcher = _patchers.get(name)
+        if patcher is None:
+            _waiting[name] = then
+            return
+    then(patcher)
 
 
 def unsupported() -> dict[str, str]:
@@ -159,6 +177,11 @@ class Patcher:
         #: hook can read per call (callbacks wrapped before an unpatch pass
         #: through once it is False).
         self.active = False
+        with _lock:
+            _patchers[name] = self
+            then = _waiting.pop(name, None)
+        if then is not None:
+            then(self)
 
     def _marked(self) -> Any:
         module, path = self.mark

@@ -73,10 +73,12 @@ def environment() -> dict[str, str]:
     return env
 
 
-def harness_argv(out: Path, batches: dict[str, int], rounds: int, *options: str) -> list[str]:
-    """The harness under callgrind, collecting inside each batch only (one
-    profile part per batch, written to ``out``.N-T); ``options`` are
-    callgrind's own. Shared with ``scripts/hot_symbols.py``."""
+def batched_callgrind(out: Path, program: list[str], *options: str) -> list[str]:
+    """A Python program (a script and its arguments) under callgrind,
+    collecting only inside each batch it runs through ``functools.reduce``
+    (one profile part per batch, written to ``out``.N-T); ``options`` are
+    callgrind's own. Shared with ``scripts/hot_symbols.py`` and
+    ``benchmarks/micro/sql_client.py``."""
     return [
         "valgrind",
         "--tool=callgrind",
@@ -87,10 +89,18 @@ def harness_argv(out: Path, batches: dict[str, int], rounds: int, *options: str)
         "--dump-after=functools_reduce",
         f"--callgrind-out-file={out}",
         sys.executable,
+        *program,
+    ]
+
+
+def harness_argv(out: Path, batches: dict[str, int], rounds: int, *options: str) -> list[str]:
+    """The gate's harness under callgrind (:func:`batched_callgrind`)."""
+    program = [
         str(HARNESS),
         f"--rounds={rounds}",
         *(f"--{k.replace('_', '-')}={v}" for k, v in batches.items()),
     ]
+    return batched_callgrind(out, program, *options)
 
 
 def measure(_: int = 0) -> dict[str, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import os
 import shutil
 import sqlite3
@@ -162,6 +163,16 @@ def harness(n: int) -> None:
     os._exit(0)
 
 
+def _gate() -> Any:
+    """The gate's module (``benchmarks/gate/run.py``), for its callgrind command."""
+    path = Path(__file__).resolve().parent.parent / "gate" / "run.py"
+    spec = importlib.util.spec_from_file_location("pulsetrace_bench_gate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def callgrind(n: int) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (make system-deps installs it)")
@@ -170,19 +181,7 @@ def callgrind(n: int) -> None:
         out = Path(tmp) / "cg"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PULSETRACE_"))}
         env.update(PYTHONHASHSEED="0", OTEL_TRACES_EXPORTER="none")
-        argv = [
-            "valgrind",
-            "--tool=callgrind",
-            "--separate-threads=yes",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            "--dump-after=functools_reduce",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            __file__,
-            "--harness",
-            f"--batch={n}",
-        ]
+        argv = _gate().batched_callgrind(out, [__file__, "--harness", f"--batch={n}"])
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"the harness failed under valgrind:\n{proc.stderr[-3000:]}")
